@@ -1,0 +1,398 @@
+"""The analyst: ranks root-cause hypotheses from evidence and derives their confidence from that evidence.
+
+The deterministic method (docs/analyst-method.md) scores every service on independent evidence families —
+metrics, health/runtime, logs, traces, recent changes, memory of past incidents — then moves blame down the
+dependency graph: a service whose own dependency is failing is more likely a symptom than a cause. The LLM
+mode lets a model investigate with read-only tools and rank hypotheses, but every hypothesis it names is
+scored on the same measured evidence, so a model cannot talk its way into confidence.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from graphs.state import ActionResult, Diagnosis, Evidence, FaultType, Hypothesis, Observation, Signal, SimilarIncident
+from sregraph.config import AnalystConfig, ObserverConfig
+from tools.base import Change, ServiceStatus, SregraphError
+from tools.toolbox import Toolbox
+
+from agents.signals import Windows, log_evidence, measure, trace_origins
+
+log = logging.getLogger(__name__)
+
+# Evidence weights. They are prior beliefs about how telling each kind of evidence is, set once by hand and
+# documented; they are not fitted to any test case.
+W_HEALTH = 3.0
+W_NOT_RUNNING = 3.0
+W_STALE = 2.0
+W_METRIC_PER_SD = 0.25
+W_METRIC_CAP = 2.0
+W_FIRST = 0.75
+W_LOGS = 1.0
+W_LOG_POINTER = 1.0
+W_TRACE_ORIGIN = 2.5
+W_CHANGE = 2.0
+W_SYMPTOM_PENALTY = 0.7
+W_DEPENDENCY_BONUS = 0.5
+W_MEMORY = 0.75
+W_FAILED_ACTION = 2.0
+
+FAMILIES = {"metric": "metric", "health": "health", "runtime": "health", "log": "log", "trace": "trace", "change": "change", "memory": "memory"}
+
+
+@dataclass
+class ServiceEvidence:
+    """Everything measured about one service."""
+
+    service: str
+    signals: list[Signal] = field(default_factory=list)
+    status: ServiceStatus | None = None
+    evidence: list[Evidence] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+
+    @property
+    def score(self) -> float:
+        """Sum of evidence weights."""
+        return sum(e.weight for e in self.evidence)
+
+    @property
+    def onset(self) -> float | None:
+        """Earliest onset among this service's signals."""
+        onsets = [s.onset for s in self.signals if s.onset is not None]
+        return min(onsets) if onsets else None
+
+    def has(self, name: str) -> bool:
+        """Whether a signal of this name deviates."""
+        return any(s.name == name for s in self.signals)
+
+    @property
+    def down(self) -> bool:
+        """Not serving: health failing, process gone, or telemetry stopped."""
+        return self.has("health") or self.has("stale") or (self.status is not None and not self.status.running)
+
+
+class Analyst:
+    """Produces a Diagnosis; deterministic by default, LLM-ranked when a chat model is given."""
+
+    def __init__(
+        self,
+        toolbox: Toolbox,
+        config: AnalystConfig,
+        observer_config: ObserverConfig,
+        chat_model: Any = None,
+        llm_config: Any = None,
+    ) -> None:
+        self.toolbox = toolbox
+        self.config = config
+        self.observer_config = observer_config
+        self.chat_model = chat_model
+        self.llm_config = llm_config
+
+    # ------------------------------------------------------------------ gathering
+
+    def gather(
+        self, observation: Observation, previous: list[ActionResult]
+    ) -> tuple[dict[str, ServiceEvidence], list[SimilarIncident], Windows]:
+        """Measure every service now, against the baseline that ended before the incident."""
+        tb, oc = self.toolbox, self.observer_config
+        now = tb.clock.now()
+        windows = Windows.ending_at(now, oc.window_s, oc.baseline_s, baseline_end=observation.baseline_end)
+        signals, _ = measure(tb, windows, oc.z_threshold)
+        if not signals:
+            # The trouble may have paused; what the observer saw is still evidence.
+            signals = list(observation.signals)
+        table = {s: ServiceEvidence(s) for s in tb.services}
+        for sig in signals:
+            if sig.service in table:
+                table[sig.service].signals.append(sig)
+        for service, ev in table.items():
+            try:
+                ev.status = tb.runtime.status(service)
+            except SregraphError as exc:
+                log.warning("runtime status of %s failed: %s", service, exc)
+        since = windows.baseline_end - self.config.change_lookback_s
+        for change in tb.gitops.history(since=since):
+            if change.kind == "other":
+                continue  # seed commits and unrelated files change nothing that runs
+            for service in change.services:
+                if service in table:
+                    table[service].changes.append(change)
+        similar = self.similar(signals)
+        self._score(table, windows, similar, previous)
+        return table, similar, windows
+
+    def similar(self, signals: list[Signal]) -> list[SimilarIncident]:
+        """Past incidents whose post-mortems resemble these symptoms."""
+        if self.toolbox.memory is None or not signals:
+            return []
+        text = symptom_text(signals)
+        try:
+            found: list[SimilarIncident] = self.toolbox.memory.search(text, k=self.config.similar_k)
+        except SregraphError as exc:
+            log.warning("memory search failed: %s", exc)
+            return []
+        return [s for s in found if s.similarity >= self.config.memory_min_similarity]
+
+    def _score(
+        self,
+        table: dict[str, ServiceEvidence],
+        windows: Windows,
+        similar: list[SimilarIncident],
+        previous: list[ActionResult],
+    ) -> None:
+        z = self.observer_config.z_threshold
+        for ev in table.values():
+            for sig in ev.signals:
+                if sig.name == "health":
+                    ev.evidence.append(Evidence(kind="health", service=ev.service, summary=sig.detail, weight=W_HEALTH))
+                elif sig.name == "stale":
+                    ev.evidence.append(Evidence(kind="metric", service=ev.service, summary=sig.detail, weight=W_STALE, ref="stale"))
+                else:
+                    weight = min(W_METRIC_PER_SD * sig.score, W_METRIC_CAP) * min(sig.score / z, 1.0)
+                    ev.evidence.append(Evidence(kind="metric", service=ev.service, summary=sig.detail, weight=round(weight, 3), ref=sig.name))
+            if ev.status is not None and not ev.status.running:
+                detail = f"process not running (exit code {ev.status.exit_code}, restarts {ev.status.restarts})"
+                if ev.status.oom_killed:
+                    detail += ", OOM-killed"
+                ev.evidence.append(Evidence(kind="runtime", service=ev.service, summary=detail, weight=W_NOT_RUNNING))
+
+        # Which deviated first: the cause usually leads its symptoms.
+        onsets = {s: ev.onset for s, ev in table.items() if ev.onset is not None}
+        if len(onsets) > 1:
+            first = min(onsets, key=lambda s: onsets[s])
+            lead = sorted(onsets.values())[1] - onsets[first]
+            if lead > 0:
+                table[first].evidence.append(
+                    Evidence(kind="metric", service=first, summary=f"deviated first, {lead:.1f}s before the next service", weight=W_FIRST, ref="onset")
+                )
+
+        services = list(table)
+        # Logs and traces are read from the incident's start (at most a minute back), not just the last window.
+        span = Windows(windows.baseline_start, windows.baseline_end, max(windows.baseline_end, windows.recent_end - 60), windows.recent_end)
+        logs = log_evidence(self.toolbox.telemetry, services, span)
+        for service, le in logs.items():
+            if le.errors >= 3 and le.errors > 3 * le.baseline_errors:
+                top = le.templates[0][0] if le.templates else ""
+                table[service].evidence.append(
+                    Evidence(kind="log", service=service, summary=f"{le.errors} error lines (baseline {le.baseline_errors}); top: {top}", weight=W_LOGS)
+                )
+            total = sum(le.mentions.values())
+            for other, count in le.mentions.items():
+                if count >= 3 and other in self.toolbox.downstream_of(service):
+                    table[other].evidence.append(
+                        Evidence(kind="log", service=other, summary=f"{count} of {service}'s error lines name {other}", weight=round(W_LOG_POINTER * count / total, 3))
+                    )
+
+        origins, _, edges = trace_origins(self.toolbox.telemetry, span)
+        failing = sum(origins.values())
+        for service, count in origins.items():
+            if service in table and failing >= 3:
+                table[service].evidence.append(
+                    Evidence(kind="trace", service=service, summary=f"deepest error span in {count} of {failing} failing traces", weight=round(W_TRACE_ORIGIN * count / failing, 3))
+                )
+
+        deviating = {s for s, ev in table.items() if ev.score > 0}
+        for ev in table.values():
+            if ev.service not in deviating:
+                continue  # a change on a quiet service is a red herring, not evidence
+            for change in ev.changes[:1]:
+                anchor = ev.onset or windows.recent_end
+                age = anchor - change.at
+                if -5 <= age <= self.config.change_lookback_s:
+                    proximity = 1.0 if age <= 300 else 0.5
+                    ev.evidence.append(
+                        Evidence(kind="change", service=ev.service, summary=f"{change.kind} {change.sha[:8]} '{change.message.splitlines()[0]}' {age:.0f}s before onset", weight=W_CHANGE * proximity, ref=change.sha)
+                    )
+
+        # Blame flows down the dependency graph: a caller of a failing dependency is a symptom.
+        base_scores = {s: ev.score for s, ev in table.items()}
+        for service, ev in table.items():
+            if base_scores[service] <= 0:
+                continue
+            culprits = [d for d in self.toolbox.downstream_of(service) | edges.get(service, set()) if d in table and base_scores[d] > 0 and _leads(table[d], ev)]
+            if culprits:
+                culprit = max(culprits, key=lambda d: base_scores[d])
+                metric_weight = sum(e.weight for e in ev.evidence if e.kind in ("metric", "log", "trace"))
+                ev.evidence.append(
+                    Evidence(kind="topology", service=service, summary=f"depends on {culprit}, which is failing too: likely a symptom", weight=-round(W_SYMPTOM_PENALTY * metric_weight, 3), ref=culprit)
+                )
+                table[culprit].evidence.append(
+                    Evidence(kind="topology", service=culprit, summary=f"its caller {service} degrades too, consistent with {culprit} as the cause", weight=W_DEPENDENCY_BONUS, ref=service)
+                )
+
+        for past in similar[:1]:
+            if past.service in table and table[past.service].score > 0:
+                table[past.service].evidence.append(
+                    Evidence(kind="memory", service=past.service, summary=f"resembles {past.incident_id} ({past.fault_type}, {past.outcome}; similarity {past.similarity:.2f})", weight=round(W_MEMORY * past.similarity, 3), ref=past.incident_id)
+                )
+
+        for result in previous:
+            if result.status == "done" and result.action.service in table:
+                table[result.action.service].evidence.append(
+                    Evidence(kind="action", service=result.action.service, summary=f"{result.action.kind} already tried ({result.key}) and the system did not recover", weight=-W_FAILED_ACTION, ref=result.key)
+                )
+
+    # ------------------------------------------------------------------ ranking
+
+    def diagnose(self, observation: Observation, previous: list[ActionResult] | None = None) -> Diagnosis:
+        """Ranked hypotheses with evidence-derived confidence."""
+        previous = previous or []
+        table, similar, _ = self.gather(observation, previous)
+        if self.chat_model is not None:
+            try:
+                return self._diagnose_llm(observation, table, similar, previous)
+            except SregraphError as exc:
+                log.warning("LLM analyst failed, using the deterministic method: %s", exc)
+                diagnosis = self._rank(table, similar, previous)
+                diagnosis.notes.append(f"LLM unavailable ({exc}); fell back to the deterministic method")
+                return diagnosis
+        return self._rank(table, similar, previous)
+
+    def _rank(
+        self,
+        table: dict[str, ServiceEvidence],
+        similar: list[SimilarIncident],
+        previous: list[ActionResult],
+        order: list[tuple[str, FaultType, str]] | None = None,
+        method: str = "deterministic",
+    ) -> Diagnosis:
+        candidates = [ev for ev in table.values() if ev.score > 0]
+        if order is None:
+            candidates.sort(key=lambda ev: (-ev.score, ev.service))
+            picks = [(ev.service, classify(ev, table, self.toolbox, similar), "") for ev in candidates]
+        else:
+            picks = [p for p in order if p[0] in table]
+            named = {p[0] for p in picks}
+            picks += [(ev.service, classify(ev, table, self.toolbox, similar), "") for ev in sorted(candidates, key=lambda e: -e.score) if ev.service not in named]
+        total = sum(ev.score for ev in candidates) or 1.0
+        hypotheses = []
+        for service, fault, rationale in picks:
+            ev = table[service]
+            hypotheses.append(
+                Hypothesis(
+                    service=service,
+                    fault_type=fault,
+                    score=round(ev.score, 3),
+                    confidence=confidence(ev, total),
+                    evidence=sorted(ev.evidence, key=lambda e: -abs(e.weight)),
+                    rationale=rationale or rationale_for(ev, fault),
+                )
+            )
+        top_conf = hypotheses[0].confidence if hypotheses else 0.0
+        notes = [] if hypotheses else ["no service shows evidence of a fault"]
+        return Diagnosis(hypotheses=hypotheses, confidence=top_conf, method=method, similar=similar, notes=notes)
+
+    def _diagnose_llm(
+        self,
+        observation: Observation,
+        table: dict[str, ServiceEvidence],
+        similar: list[SimilarIncident],
+        previous: list[ActionResult],
+    ) -> Diagnosis:
+        from agents.llm import LLMDiagnosis, run_tool_loop
+        from agents.tokens import TokenBudget
+        from prompts import render
+        from tools.readonly import build_readonly_tools
+
+        tb = self.toolbox
+        memory_search = (lambda text: tb.memory.search(text, k=self.config.similar_k)) if tb.memory is not None else None
+        tools = build_readonly_tools(tb.telemetry, tb.runtime, tb.gitops, memory_search, tb.clock, self.observer_config.window_s * 10)
+        changes = sorted({c.sha: c for ev in table.values() for c in ev.changes}.values(), key=lambda c: -c.at)
+        system = render("analyst.md.j2", **analyst_prompt_context(observation, tb, changes, similar, previous))
+        user = "Investigate this incident with the tools, then give your ranked hypotheses."
+        budget = TokenBudget(self.llm_config.token_budget if self.llm_config else 12000)
+        result = run_tool_loop(self.chat_model, system, user, tools, LLMDiagnosis, self.llm_config.max_steps if self.llm_config else 6, budget)
+        answer: LLMDiagnosis = result.output  # type: ignore[assignment]
+        order = [(h.service, h.fault_type, h.rationale) for h in answer.hypotheses]
+        unknown = [s for s, _, _ in order if s not in table]
+        diagnosis = self._rank(table, similar, previous, order=order, method=f"llm:{getattr(self.llm_config, 'provider', 'custom')}")
+        diagnosis.tokens = result.tokens
+        diagnosis.notes.extend(answer.notes if hasattr(answer, "notes") else [])
+        if unknown:
+            diagnosis.notes.append(f"model named unknown services, ignored: {', '.join(unknown)}")
+        return diagnosis
+
+
+def _leads(cause: ServiceEvidence, symptom: ServiceEvidence) -> bool:
+    """Whether `cause` went wrong no later than `symptom` (a dead dependency always leads)."""
+    if cause.down:
+        return True
+    if cause.onset is None or symptom.onset is None:
+        return True
+    return cause.onset <= symptom.onset + 1.0
+
+
+def confidence(ev: ServiceEvidence, total: float) -> float:
+    """Confidence in a service's hypothesis: its share of all evidence times how many families agree.
+
+    share = score / sum of positive scores (separation from the alternatives);
+    agreement = independent families (metric, health, log, trace, change, memory) with positive weight, over 3.
+    confidence = share * (0.4 + 0.6 * min(agreement, 1)).
+    """
+    if ev.score <= 0:
+        return 0.0
+    families = {FAMILIES[e.kind] for e in ev.evidence if e.weight > 0 and e.kind in FAMILIES}
+    agreement = min(len(families) / 3.0, 1.0)
+    share = ev.score / total
+    return round(min(1.0, share * (0.4 + 0.6 * agreement)), 3)
+
+
+def classify(ev: ServiceEvidence, table: dict[str, ServiceEvidence], toolbox: Toolbox, similar: list[SimilarIncident]) -> FaultType:
+    """The fault type the evidence pattern of one service points to."""
+    recent_change = next((e for e in ev.evidence if e.kind == "change"), None)
+    change_kind = next((c.kind for c in ev.changes if recent_change and c.sha == recent_change.ref), None)
+    if ev.status is not None and not ev.status.running:
+        return "crash"
+    if ev.has("memory_rss_mb"):
+        return "memory_leak"
+    if ev.down:
+        return "crash"
+    if recent_change is not None and (ev.has("error_ratio") or ev.has("latency_p95_ms")):
+        return "config_change" if change_kind == "config" else "bad_deploy"
+    if ev.has("cpu_percent"):
+        return "cpu_saturation"
+    if ev.has("error_ratio"):
+        return "error_spike"
+    if ev.has("latency_p95_ms"):
+        return "latency"
+    if ev.has("conversion_ratio"):
+        return "bad_deploy" if recent_change is not None else "conversion_drop"
+    if any(table[d].down for d in toolbox.downstream_of(ev.service) if d in table):
+        return "dependency_down"
+    remembered = next((s.fault_type for s in similar if s.service == ev.service), None)
+    return remembered if remembered in _FAULTS else "unknown"  # type: ignore[return-value]
+
+
+_FAULTS = {"crash", "memory_leak", "bad_deploy", "config_change", "latency", "error_spike", "dependency_down", "cpu_saturation", "disk_full", "conversion_drop"}
+
+
+def rationale_for(ev: ServiceEvidence, fault: str) -> str:
+    """One sentence tying the fault type to the strongest evidence."""
+    strongest = [e.summary for e in sorted(ev.evidence, key=lambda e: -e.weight) if e.weight > 0][:3]
+    return f"{ev.service}: {fault.replace('_', ' ')} — " + "; ".join(strongest)
+
+
+def symptom_text(signals: list[Signal]) -> str:
+    """Symptoms as text, for similarity search over post-mortems."""
+    lines = defaultdict(list)
+    for s in sorted(signals, key=lambda s: -s.score)[:8]:
+        lines[s.service].append(s.detail)
+    return " ".join(f"{svc}: {'; '.join(d)}." for svc, d in lines.items())
+
+
+def analyst_prompt_context(
+    observation: Observation, toolbox: Toolbox, changes: list[Change], similar: list[SimilarIncident], previous: list[ActionResult]
+) -> dict[str, Any]:
+    """What the analyst prompt template is rendered with."""
+    return {
+        "summary": symptom_text(observation.signals) or "a reported problem with no measured deviation",
+        "signals": observation.signals[:12],
+        "services": toolbox.services,
+        "edges": [(s, d) for s, deps in sorted(toolbox.topology.items()) for d in deps],
+        "changes": changes[:5],
+        "similar": similar,
+        "previous": previous,
+    }

@@ -1,0 +1,224 @@
+"""The engineer: turns a diagnosis into typed, policy-checked actions, runs them once, and verifies recovery."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from graphs.state import Action, ActionKind, ActionPlan, ActionResult, Diagnosis, FaultType, Hypothesis, Observation, Verification
+from sregraph.config import AnalystConfig, EngineerConfig, ObserverConfig
+from tools.base import NotFound, SregraphError
+from tools.toolbox import Toolbox
+
+from agents.policy import Policy
+from agents.signals import Windows, measure
+
+log = logging.getLogger(__name__)
+
+# What each fault type calls for. Faults with no safe automatic remedy are left to a human.
+REMEDY: dict[FaultType, ActionKind | None] = {
+    "crash": "restart",
+    "memory_leak": "restart",
+    "bad_deploy": "rollback",
+    "config_change": "config_change",
+    "latency": "restart",
+    "error_spike": "restart",
+    "cpu_saturation": "restart",
+    "dependency_down": "restart",
+    "conversion_drop": None,
+    "disk_full": None,
+    "unknown": None,
+}
+
+
+def action_key(incident_id: str, attempt: int, action: Action) -> str:
+    """Idempotency key of an action: incident, attempt number and what is done to what."""
+    return f"{incident_id}/attempt-{attempt}/{action.kind}/{action.service}"
+
+
+class Engineer:
+    """Plans, acts and verifies; the policy check is code, not a prompt."""
+
+    def __init__(
+        self,
+        toolbox: Toolbox,
+        policy: Policy,
+        config: EngineerConfig,
+        analyst_config: AnalystConfig,
+        observer_config: ObserverConfig,
+    ) -> None:
+        self.toolbox = toolbox
+        self.policy = policy
+        self.config = config
+        self.analyst_config = analyst_config
+        self.observer_config = observer_config
+
+    def max_attempts(self, service: str | None) -> int:
+        """Attempts allowed for an incident whose suspect is `service`."""
+        limit = self.config.max_attempts
+        if service is not None:
+            limit = min(limit, self.policy.for_service(service).max_attempts)
+        return limit
+
+    # ------------------------------------------------------------------ plan
+
+    def plan(self, diagnosis: Diagnosis, attempts: int, previous: list[ActionResult]) -> ActionPlan:
+        """Pick the remedy for the best hypothesis and check it against policy."""
+        top = diagnosis.top
+        if top is None:
+            return ActionPlan(decision="escalate", escalation_reason="no hypothesis explains the symptoms")
+        if diagnosis.confidence < self.analyst_config.min_confidence:
+            return ActionPlan(
+                decision="escalate",
+                hypothesis=top,
+                escalation_reason=f"confidence {diagnosis.confidence:.2f} is below {self.analyst_config.min_confidence:.2f}",
+            )
+        action = self.remedy(top)
+        if action is None:
+            return ActionPlan(decision="escalate", hypothesis=top, escalation_reason=f"no automatic remedy for {top.fault_type} on {top.service}")
+        verdict = self.policy.check(
+            action,
+            attempts_so_far=attempts,
+            last_same_action_at=self.toolbox.ledger.last_action_at(action.service, action.kind),
+            now=self.toolbox.clock.now(),
+            known_services=self.toolbox.services,
+        )
+        if not verdict.allowed:
+            return ActionPlan(
+                decision="escalate",
+                actions=[action],
+                hypothesis=top,
+                policy_notes=verdict.reasons,
+                escalation_reason="policy refused: " + "; ".join(verdict.reasons),
+            )
+        return ActionPlan(decision="act", actions=[action], needs_approval=verdict.needs_approval, dry_run=verdict.dry_run, hypothesis=top)
+
+    def remedy(self, hypothesis: Hypothesis) -> Action | None:
+        """The typed action for a hypothesis, or None when only a human should act."""
+        kind = REMEDY.get(hypothesis.fault_type)
+        service = hypothesis.service
+        if kind is None:
+            return None
+        if kind == "restart":
+            try:
+                if not self.toolbox.runtime.status(service).running:
+                    kind = "start" if "start" in self.policy.for_service(service).allowed else "restart"
+            except NotFound:
+                return None
+            return Action(kind=kind, service=service, reason=f"{hypothesis.fault_type} on {service}")
+        # rollback / config_change: restore the config from before the suspect change.
+        change = next((e.ref for e in hypothesis.evidence if e.kind == "change" and e.ref), None)
+        if change is None:
+            return None
+        try:
+            target = self.toolbox.gitops.rollback_config(service, before=change)
+        except SregraphError as exc:
+            log.warning("cannot compute the rollback config of %s: %s", service, exc)
+            return None
+        return Action(kind=kind, service=service, params={"config": target, "revert": change}, reason=f"{hypothesis.fault_type} after change {change[:8]}")
+
+    # ------------------------------------------------------------------ act
+
+    def act(self, incident_id: str, plan: ActionPlan, attempt: int, issue_ref: str = "") -> list[ActionResult]:
+        """Run the plan's actions once each; a replayed key returns the recorded outcome instead."""
+        return [self._run(incident_id, attempt, action, plan.dry_run, issue_ref) for action in plan.actions]
+
+    def _run(self, incident_id: str, attempt: int, action: Action, dry_run: bool, issue_ref: str) -> ActionResult:
+        tb = self.toolbox
+        key = action_key(incident_id, attempt, action)
+        entry = tb.ledger.get(key)
+        if entry is not None and entry.status in ("done", "failed", "dry_run"):
+            return ActionResult(action=action, key=key, status=entry.status, detail=entry.detail, ref=entry.ref, started_at=entry.started_at, finished_at=entry.finished_at or entry.started_at)  # type: ignore[arg-type]
+        now = tb.clock.now()
+        if dry_run:
+            tb.ledger.start(key, incident_id, action.service, action.kind, {}, now)
+            tb.ledger.finish(key, "dry_run", "dry run: nothing was changed", "", now)
+            return ActionResult(action=action, key=key, status="dry_run", detail="dry run: nothing was changed", started_at=now, finished_at=now)
+        if entry is None:
+            before = self._before(action)
+            tb.ledger.start(key, incident_id, action.service, action.kind, before, now)
+        else:
+            before = entry.before
+            started = entry.started_at
+            # An earlier run died mid-action: finish it without doing it twice.
+            if self._took_effect(action, before):
+                detail = "completed before a restart of sregraph; not repeated"
+                tb.ledger.finish(key, "done", detail, self._ref(action), tb.clock.now())
+                return ActionResult(action=action, key=key, status="done", detail=detail, ref=self._ref(action), started_at=started, finished_at=tb.clock.now())
+        try:
+            detail, ref = self._execute(action, key, issue_ref)
+            status = "done"
+        except SregraphError as exc:
+            detail, ref, status = f"{type(exc).__name__}: {exc}", "", "failed"
+        finished = tb.clock.now()
+        tb.ledger.finish(key, status, detail, ref, finished)
+        return ActionResult(action=action, key=key, status=status, detail=detail, ref=ref, started_at=now, finished_at=finished)  # type: ignore[arg-type]
+
+    def _before(self, action: Action) -> dict[str, Any]:
+        try:
+            status = self.toolbox.runtime.status(action.service)
+        except SregraphError:
+            return {}
+        return {"restarts": status.restarts, "running": status.running, "replicas": status.replicas}
+
+    def _took_effect(self, action: Action, before: dict[str, Any]) -> bool:
+        status = self.toolbox.runtime.status(action.service)
+        if action.kind in ("restart", "rollback", "config_change"):
+            return status.restarts > int(before.get("restarts", status.restarts))
+        if action.kind == "start":
+            return status.running
+        if action.kind == "scale":
+            return status.replicas == int(action.params.get("replicas", -1))
+        return False
+
+    def _ref(self, action: Action) -> str:
+        status = self.toolbox.runtime.status(action.service)
+        return f"restarts={status.restarts}"
+
+    def _execute(self, action: Action, key: str, issue_ref: str) -> tuple[str, str]:
+        tb = self.toolbox
+        if action.kind == "restart":
+            status = tb.runtime.restart(action.service)
+            return f"restarted {action.service} (pid {status.pid})", f"restarts={status.restarts}"
+        if action.kind == "start":
+            status = tb.runtime.start(action.service)
+            return f"started {action.service} (pid {status.pid})", f"restarts={status.restarts}"
+        if action.kind == "scale":
+            status = tb.runtime.scale(action.service, int(action.params["replicas"]))
+            return f"scaled {action.service} to {status.replicas}", f"replicas={status.replicas}"
+        # GitOps: the change is a pull request; merging it and applying the merged config is the deploy.
+        title = f"{action.kind.replace('_', ' ')} {action.service}: revert {str(action.params['revert'])[:8]}"
+        body = f"{action.reason}\n\nOpened by sregraph for incident {issue_ref or key.split('/')[0]}.\nIdempotency key: `{key}`"
+        pr = tb.gitops.propose(action.service, action.params["config"], title, body, key=key)
+        if not self.policy.for_service(action.service).auto_merge:
+            return f"opened PR #{pr.id}; policy leaves the merge to a human", f"pr={pr.id}"
+        merged = tb.gitops.merge(pr.id)
+        status = tb.deployer.apply(action.service)
+        return f"merged PR #{pr.id} ({(merged.merge_sha or '')[:8]}) and applied it to {action.service}", f"pr={pr.id} restarts={status.restarts}"
+
+    # ------------------------------------------------------------------ verify
+
+    def verify(self, observation: Observation, since: float) -> Verification:
+        """Watch after the actions: recovered once every service is healthy for `stable_checks` polls."""
+        tb, oc = self.toolbox, self.observer_config
+        deadline = tb.clock.now() + self.config.verify_timeout_s
+        streak = 0
+        remaining: list = []
+        # Let fresh telemetry arrive before judging.
+        tb.clock.sleep(min(2.0, self.config.verify_timeout_s / 4))
+        while True:
+            now = tb.clock.now()
+            start = max(since + 0.5, now - oc.window_s)
+            windows = Windows(observation.baseline_end - oc.baseline_s, observation.baseline_end, start, now)
+            remaining, _ = measure(tb, windows, oc.z_threshold)
+            streak = streak + 1 if not remaining else 0
+            if streak >= self.config.stable_checks:
+                return Verification(recovered=True, checks=[f"{streak} consecutive healthy checks of {len(tb.services)} services"], at=now)
+            if now >= deadline:
+                return Verification(
+                    recovered=False,
+                    checks=[f"still deviating after {self.config.verify_timeout_s:.0f}s"],
+                    remaining=remaining,
+                    at=now,
+                )
+            tb.clock.sleep(self.config.verify_poll_s)

@@ -1,0 +1,142 @@
+"""The librarian: writes the post-mortem, stores it in long-term memory, and recalls similar incidents."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+from graphs.state import IncidentState, PostMortem, SimilarIncident
+from tools.base import SregraphError
+from tools.toolbox import Toolbox
+
+from agents.analyst import symptom_text
+
+log = logging.getLogger(__name__)
+
+FOLLOW_UPS = {
+    "crash": "Find why the process exited (exit code, last log lines) and add a liveness probe with automatic restart.",
+    "memory_leak": "Profile memory on the leaking code path; set a memory limit so the runtime restarts it before it hurts others.",
+    "bad_deploy": "Add a canary stage and an automatic rollback on error-rate burn for this service's deploys.",
+    "config_change": "Validate config changes in CI and roll them out progressively.",
+    "latency": "Find the slow dependency or code path; add a latency SLO with a burn-rate alert.",
+    "error_spike": "Find the failing code path from the top error template; add a test that reproduces it.",
+    "cpu_saturation": "Profile CPU; add autoscaling or a CPU limit with headroom.",
+    "dependency_down": "Add a circuit breaker and a fallback for this dependency.",
+}
+
+
+def _ts(at: float) -> str:
+    return datetime.fromtimestamp(at, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+class Librarian:
+    """Post-mortems in, similar incidents out."""
+
+    def __init__(self, toolbox: Toolbox, chat_model: Any = None) -> None:
+        self.toolbox = toolbox
+        self.chat_model = chat_model
+
+    def write(self, state: IncidentState) -> PostMortem:
+        """A post-mortem from what the graph recorded: facts only, in a fixed shape."""
+        iid = state["incident_id"]
+        observation = state.get("observation")
+        diagnosis = state.get("diagnosis")
+        top = diagnosis.top if diagnosis else None
+        verification = state.get("verification")
+        actions = state.get("actions", [])
+        escalation = state.get("escalation")
+        recovered = bool(verification and verification.recovered)
+        outcome = "recovered" if recovered else ("escalated" if escalation else "not_recovered")
+        signals = observation.signals if observation else []
+        service = top.service if top else (signals[0].service if signals else "unknown")
+        fault = top.fault_type if top else "unknown"
+        timeline = sorted(state.get("timeline", []), key=lambda t: t.at)
+        duration = (timeline[-1].at - timeline[0].at) if len(timeline) > 1 else 0.0
+        symptoms = symptom_text(signals) or "no measured deviation"
+        action_lines = [f"{a.action.kind} {a.action.service}: {a.status} — {a.detail}" for a in actions]
+        summary = (
+            f"{fault.replace('_', ' ')} on {service}. Symptoms: {symptoms} "
+            + (f"Remedied by {actions[-1].action.kind} of {actions[-1].action.service}; recovery verified." if recovered and actions else "")
+            + (f"Escalated to a human: {escalation}." if escalation else "")
+        ).strip()
+        impact = (
+            f"{len({s.service for s in signals})} service(s) deviated ("
+            + ", ".join(sorted({s.service for s in signals}))
+            + f") for about {duration:.0f}s from detection to {'recovery' if recovered else 'hand-off'}."
+            if signals
+            else "No measured impact."
+        )
+        evidence = [f"[{e.kind}] {e.summary} (weight {e.weight:+.2f})" for e in (top.evidence if top else [])][:8]
+        root_cause = (
+            f"{top.rationale} (confidence {top.confidence:.2f}, method {diagnosis.method})" if top and diagnosis else "undetermined"
+        )
+        follow_ups = [FOLLOW_UPS[fault]] if fault in FOLLOW_UPS else []
+        if not recovered:
+            follow_ups.append("A human must confirm the root cause and finish the remediation.")
+        pm = PostMortem(
+            incident_id=iid,
+            title=f"Post-mortem {iid}: {fault.replace('_', ' ')} on {service}",
+            summary=summary,
+            impact=impact,
+            timeline=timeline,
+            root_cause=root_cause,
+            service=service,
+            fault_type=fault,
+            evidence=evidence,
+            actions=action_lines,
+            outcome=outcome,
+            follow_ups=follow_ups,
+        )
+        pm.markdown = render_markdown(pm)
+        return pm
+
+    def store(self, pm: PostMortem) -> bool:
+        """Index the post-mortem in memory; False (logged) when memory is unavailable."""
+        if self.toolbox.memory is None:
+            return False
+        try:
+            self.toolbox.memory.add(pm)
+        except SregraphError as exc:
+            log.error("could not store post-mortem %s: %s", pm.incident_id, exc)
+            return False
+        return True
+
+    def recall(self, text: str, k: int = 3) -> list[SimilarIncident]:
+        """Similar past incidents for free text (used by `sregraph memory search`)."""
+        if self.toolbox.memory is None:
+            return []
+        found: list[SimilarIncident] = self.toolbox.memory.search(text, k=k)
+        return found
+
+
+def render_markdown(pm: PostMortem) -> str:
+    """The post-mortem as Markdown, for the incident issue."""
+    lines = [
+        f"## {pm.title}",
+        "",
+        f"**Outcome:** {pm.outcome}  ",
+        f"**Service:** {pm.service}  **Fault type:** {pm.fault_type}",
+        "",
+        "### Summary",
+        pm.summary,
+        "",
+        "### Impact",
+        pm.impact,
+        "",
+        "### Timeline",
+        *[f"- {_ts(t.at)} — {t.event}" for t in pm.timeline],
+        "",
+        "### Root cause",
+        pm.root_cause,
+        "",
+        "### Evidence",
+        *[f"- {e}" for e in pm.evidence],
+        "",
+        "### Actions",
+        *([f"- {a}" for a in pm.actions] or ["- none"]),
+        "",
+        "### Follow-ups",
+        *[f"- [ ] {f}" for f in pm.follow_ups],
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,96 @@
+"""The observer: watches telemetry and health, decides that an incident exists, and describes it."""
+
+from __future__ import annotations
+
+from graphs.state import Observation, Signal, Trigger
+from sregraph.config import ObserverConfig
+from tools.toolbox import Toolbox
+
+from agents.signals import Windows, backtrack_onset, measure
+
+
+class Observer:
+    """Decides whether the system is healthy; deterministic detection in both modes.
+
+    Detection stays statistical even with an LLM brain (a model is no better at thresholds and far slower);
+    in LLM mode the model only words the incident title, which is cosmetic and checked by nothing.
+    """
+
+    def __init__(self, toolbox: Toolbox, config: ObserverConfig) -> None:
+        self.toolbox = toolbox
+        self.config = config
+
+    def check(self, now: float | None = None) -> tuple[list[Signal], dict[str, dict[str, float]], Windows]:
+        """One measurement of every service."""
+        now = self.toolbox.clock.now() if now is None else now
+        windows = Windows.ending_at(now, self.config.window_s, self.config.baseline_s)
+        signals, snapshot = measure(self.toolbox, windows, self.config.z_threshold)
+        return signals, snapshot, windows
+
+    def observe(self, trigger: Trigger, timeout_s: float | None = None) -> Observation:
+        """Watch until a deviation persists for `confirm_polls` polls, or until the timeout says healthy."""
+        clock = self.toolbox.clock
+        timeout = self.config.detect_timeout_s if timeout_s is None else timeout_s
+        deadline = clock.now() + timeout
+        streak: dict[str, int] = {}
+        first_seen: dict[str, float] = {}
+        while True:
+            signals, snapshot, windows = self.check()
+            keys = {f"{s.service}:{s.name}" for s in signals}
+            streak = {k: streak.get(k, 0) + 1 for k in keys}
+            for key in keys:
+                first_seen.setdefault(key, windows.recent_end)
+            confirmed = [s for s in signals if streak[f"{s.service}:{s.name}"] >= self.config.confirm_polls]
+            if confirmed:
+                # The baseline must end before the trouble began, or later analysis compares trouble with trouble.
+                onset = min(first_seen[f"{s.service}:{s.name}"] for s in confirmed)
+                lookback = windows.recent_end - self.config.window_s - self.config.baseline_s
+                for s in confirmed:
+                    s.onset = backtrack_onset(self.toolbox.telemetry, s, lookback, windows.recent_end)
+                onsets = [s.onset for s in confirmed if s.onset is not None]
+                start = min([onset - self.config.window_s, *onsets]) - 1.0
+                return Observation(
+                    healthy=False,
+                    signals=signals,
+                    snapshot=snapshot,
+                    observed_at=windows.recent_end,
+                    window_s=self.config.window_s,
+                    baseline_end=start,
+                )
+            if clock.now() >= deadline:
+                return Observation(
+                    healthy=True,
+                    signals=[],
+                    snapshot=snapshot,
+                    observed_at=windows.recent_end,
+                    window_s=self.config.window_s,
+                    baseline_end=windows.baseline_end,
+                )
+            clock.sleep(self.config.poll_s)
+
+
+def incident_title(observation: Observation, trigger: Trigger) -> str:
+    """A short human title for the incident issue."""
+    if observation.signals:
+        top = max(observation.signals, key=lambda s: s.score)
+        return f"[incident] {top.service}: {top.detail}"
+    return f"[incident] {trigger.summary or 'reported problem'}"
+
+
+def incident_body(observation: Observation, trigger: Trigger) -> str:
+    """The issue body: what was observed, when, and a compact telemetry snapshot."""
+    lines = [
+        f"**Trigger:** {trigger.source}" + (f" — {trigger.summary}" if trigger.summary else ""),
+        f"**Observed at:** {observation.observed_at:.0f} (epoch s), window {observation.window_s:.0f}s",
+        "",
+        "### Deviations",
+        "| service | signal | value | baseline | score |",
+        "|---|---|---|---|---|",
+    ]
+    for s in observation.signals[:10]:
+        lines.append(f"| {s.service} | {s.name} | {s.value:g} | {s.baseline:g} | {s.score:.1f} |")
+    metrics = sorted({m for snap in observation.snapshot.values() for m in snap})
+    lines += ["", "### Telemetry snapshot", "| service | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    for service, snap in sorted(observation.snapshot.items()):
+        lines.append(f"| {service} | " + " | ".join(f"{snap[m]:g}" if m in snap else "–" for m in metrics) + " |")
+    return "\n".join(lines)

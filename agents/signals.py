@@ -1,0 +1,282 @@
+"""Measuring deviations: the shared arithmetic of the observer (detect), analyst (explain) and engineer (verify).
+
+Each metric of each service is compared between a baseline window and a recent window with a robust z-score:
+(recent median - baseline median) / max(1.4826 * baseline MAD, floor). The floor keeps a perfectly flat
+baseline (MAD = 0) from turning noise into huge scores; it is the smallest change an operator would care about.
+Memory is judged on growth across the window (a leak is a slope, not a level). Health probes and telemetry
+that stopped arriving are signals of their own. The method is written up in docs/analyst-method.md.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+from graphs.state import Signal
+from tools.base import LogRecord, Span, Telemetry
+from tools.toolbox import Toolbox
+
+
+@dataclass(frozen=True)
+class MetricRule:
+    """How one metric is judged."""
+
+    direction: int
+    """+1 when higher is worse, -1 when lower is worse."""
+    floor: float
+    """Smallest absolute change that matters."""
+    relative_floor: float = 0.0
+    """Smallest change that matters as a share of the baseline level."""
+    mode: str = "level"
+    """level: compare medians; growth: compare the rise across each window."""
+
+
+RULES: dict[str, MetricRule] = {
+    "error_ratio": MetricRule(+1, floor=0.03),
+    "latency_p95_ms": MetricRule(+1, floor=15.0, relative_floor=0.3),
+    "memory_rss_mb": MetricRule(+1, floor=10.0, mode="growth"),
+    "cpu_percent": MetricRule(+1, floor=20.0),
+    "request_rate": MetricRule(-1, floor=2.0, relative_floor=0.5),
+    "conversion_ratio": MetricRule(-1, floor=0.1),
+}
+
+HEALTH_SCORE = 12.0
+STALE_SCORE = 8.0
+MIN_POINTS = 4
+
+
+@dataclass(frozen=True)
+class Windows:
+    """The baseline and recent windows of one measurement."""
+
+    baseline_start: float
+    baseline_end: float
+    recent_start: float
+    recent_end: float
+
+    @classmethod
+    def ending_at(cls, now: float, window_s: float, baseline_s: float, baseline_end: float | None = None) -> Windows:
+        """Recent window [now - window_s, now]; baseline ends at `baseline_end` or where the recent one starts."""
+        b_end = now - window_s if baseline_end is None else baseline_end
+        return cls(b_end - baseline_s, b_end, now - window_s, now)
+
+
+def _mad_scale(values: list[float]) -> float:
+    med = statistics.median(values)
+    return 1.4826 * statistics.median(abs(v - med) for v in values)
+
+
+def _growth(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope times the window span: how much the series rose across the window."""
+    if len(points) < 2:
+        return 0.0
+    ts = [p[0] for p in points]
+    vs = [p[1] for p in points]
+    t_mean, v_mean = statistics.fmean(ts), statistics.fmean(vs)
+    den = sum((t - t_mean) ** 2 for t in ts)
+    if den == 0:
+        return 0.0
+    slope = sum((t - t_mean) * (v - v_mean) for t, v in zip(ts, vs)) / den
+    return slope * (ts[-1] - ts[0])
+
+
+def score_metric(
+    name: str, baseline: list[tuple[float, float]], recent: list[tuple[float, float]], z_threshold: float
+) -> tuple[float, float, float, float | None] | None:
+    """(score, recent value, baseline value, onset) for one metric, or None without enough data."""
+    rule = RULES[name]
+    if len(baseline) < MIN_POINTS or len(recent) < 2:
+        return None
+    base_vals = [v for _, v in baseline]
+    if rule.mode == "growth":
+        # Compare the rise across the recent window with rises of the same length seen in the baseline.
+        span = recent[-1][0] - recent[0][0]
+        base_growth = _growth(baseline) * (span / max(baseline[-1][0] - baseline[0][0], 1e-9))
+        value, center = _growth(recent), base_growth
+        scale = rule.floor
+    else:
+        center = statistics.median(base_vals)
+        value = statistics.median(v for _, v in recent)
+        scale = max(_mad_scale(base_vals), rule.floor, rule.relative_floor * abs(center))
+    score = rule.direction * (value - center) / scale
+    onset = None
+    if score >= z_threshold:
+        if rule.mode == "growth":
+            onset = recent[0][0]
+        else:
+            limit = center + rule.direction * z_threshold * scale
+            for ts, v in recent:
+                if rule.direction * (v - limit) >= 0:
+                    onset = ts
+                    break
+    return score, value, center, onset
+
+
+def backtrack_onset(telemetry: Telemetry, signal: Signal, start: float, end: float) -> float | None:
+    """Walk back from `end` while the metric stays past the midpoint between baseline and now: the onset."""
+    if signal.name not in RULES or RULES[signal.name].mode != "level":
+        return signal.onset
+    rule = RULES[signal.name]
+    midpoint = (signal.baseline + signal.value) / 2
+    points = _points(telemetry, signal.name, {"service": signal.service}, start, end)
+    onset = None
+    for ts, value in reversed(points):
+        if rule.direction * (value - midpoint) < 0:
+            break
+        onset = ts
+    return onset if onset is not None else signal.onset
+
+
+def measure_service(
+    telemetry: Telemetry, service: str, windows: Windows, z_threshold: float
+) -> tuple[list[Signal], dict[str, float]]:
+    """Deviating metric signals of one service and a snapshot of its latest values."""
+    signals: list[Signal] = []
+    snapshot: dict[str, float] = {}
+    labels = {"service": service}
+    for name in RULES:
+        base = _points(telemetry, name, labels, windows.baseline_start, windows.baseline_end)
+        recent = _points(telemetry, name, labels, windows.recent_start, windows.recent_end)
+        if recent:
+            snapshot[name] = round(recent[-1][1], 3)
+        result = score_metric(name, base, recent, z_threshold)
+        if result is None:
+            continue
+        score, value, center, onset = result
+        if score >= z_threshold:
+            signals.append(
+                Signal(
+                    service=service,
+                    name=name,
+                    value=round(value, 3),
+                    baseline=round(center, 3),
+                    score=round(score, 2),
+                    onset=onset,
+                    detail=f"{name} {'rose' if RULES[name].direction > 0 else 'fell'} to {value:.3g} "
+                    f"from {center:.3g} ({score:.1f} robust sd)",
+                )
+            )
+    had_baseline = bool(_points(telemetry, "request_rate", labels, windows.baseline_start, windows.baseline_end))
+    fresh = _points(telemetry, "request_rate", labels, windows.recent_end - 2.5, windows.recent_end)
+    if had_baseline and not fresh:
+        last = _points(telemetry, "request_rate", labels, windows.baseline_start, windows.recent_end)
+        signals.append(
+            Signal(
+                service=service,
+                name="stale",
+                value=0,
+                baseline=1,
+                score=STALE_SCORE,
+                onset=last[-1][0] if last else windows.recent_start,
+                detail="telemetry stopped arriving",
+            )
+        )
+    return signals, snapshot
+
+
+def _points(telemetry: Telemetry, name: str, labels: dict[str, str], start: float, end: float) -> list[tuple[float, float]]:
+    series = telemetry.query_range(name, labels, start, end)
+    points = [p for s in series for p in s.points]
+    points.sort()
+    return points
+
+
+def measure(toolbox: Toolbox, windows: Windows, z_threshold: float) -> tuple[list[Signal], dict[str, dict[str, float]]]:
+    """Signals across every service (metrics, staleness, health probes) and a per-service snapshot."""
+    signals: list[Signal] = []
+    snapshot: dict[str, dict[str, float]] = {}
+    for service in toolbox.services:
+        found, snap = measure_service(toolbox.telemetry, service, windows, z_threshold)
+        health = toolbox.health.check(service)
+        snap["health_ok"] = 1.0 if health.ok else 0.0
+        if not health.ok:
+            found.append(
+                Signal(
+                    service=service,
+                    name="health",
+                    value=0,
+                    baseline=1,
+                    score=HEALTH_SCORE,
+                    onset=windows.recent_end,
+                    detail=f"health check failed: {health.detail}",
+                )
+            )
+        signals.extend(found)
+        snapshot[service] = snap
+    signals.sort(key=lambda s: -s.score)
+    return signals, snapshot
+
+
+# --------------------------------------------------------------------------- logs and traces
+
+_VOLATILE = re.compile(r"0x[0-9a-fA-F]+|\b[0-9a-f]{8,}\b|\b\d+(\.\d+)?\b")
+
+
+def template_of(message: str) -> str:
+    """A log message with numbers and ids masked, so repeated errors group together."""
+    return _VOLATILE.sub("<*>", message)[:200]
+
+
+@dataclass
+class LogEvidence:
+    """Error log counts of one service."""
+
+    errors: int
+    baseline_errors: int
+    templates: list[tuple[str, int]]
+    mentions: Counter[str]
+    """How often each other service is named in this service's error lines (pointers downstream)."""
+
+
+def log_evidence(
+    telemetry: Telemetry, services: list[str], windows: Windows
+) -> dict[str, LogEvidence]:
+    """Per service: errors in the recent window vs the baseline, top templates, services named in errors."""
+    out: dict[str, LogEvidence] = {}
+    for service in services:
+        recent = [r for r in telemetry.search_logs(service, windows.recent_start, windows.recent_end, level="error")]
+        base = telemetry.search_logs(service, windows.baseline_start, windows.baseline_end, level="error")
+        templates = Counter(template_of(r.message) for r in recent)
+        mentions: Counter[str] = Counter()
+        for record in recent:
+            text = _record_text(record)
+            for other in services:
+                if other != service and other in text:
+                    mentions[other] += 1
+        out[service] = LogEvidence(len(recent), len(base), templates.most_common(3), mentions)
+    return out
+
+
+def _record_text(record: LogRecord) -> str:
+    return record.message + " " + " ".join(str(v) for v in record.attrs.values())
+
+
+def trace_origins(telemetry: Telemetry, windows: Windows) -> tuple[Counter[str], Counter[str], dict[str, set[str]]]:
+    """Where errors start: per service, how many failing traces have their deepest error there.
+
+    Also returns how many error spans each service had and the call edges seen in traces.
+    """
+    spans = telemetry.spans(None, windows.recent_start, windows.recent_end)
+    by_trace: dict[str, list[Span]] = defaultdict(list)
+    for span in spans:
+        by_trace[span.trace_id].append(span)
+    origins: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    edges: dict[str, set[str]] = defaultdict(set)
+    for trace in by_trace.values():
+        by_id = {s.span_id: s for s in trace}
+        erroring_parents = set()
+        for span in trace:
+            parent = by_id.get(span.parent_id or "")
+            if parent is not None and parent.service != span.service:
+                edges[parent.service].add(span.service)
+            if span.status == "error":
+                errors[span.service] += 1
+                if parent is not None and parent.status == "error":
+                    erroring_parents.add(parent.span_id)
+        for span in trace:
+            if span.status == "error" and span.span_id not in erroring_parents:
+                origins[span.service] += 1
+    return origins, errors, edges

@@ -1,0 +1,271 @@
+"""The incident graph: observe → open → analyze → plan → (approve) → act → verify → document, with loops.
+
+One thread per incident (thread id = incident id). Nodes get the agents through the run context, so the same
+compiled graph serves the CLI, the worker, the evals and LangGraph Studio (langgraph.json points at `graph`).
+Every side effect in a node is idempotent (issue fingerprints, comment keys, the action ledger), because a node
+interrupted by a crash runs again from its start when the thread resumes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+from langgraph.types import interrupt
+
+from agents.analyst import Analyst
+from agents.engineer import Engineer
+from agents.librarian import Librarian
+from agents.observer import Observer, incident_body, incident_title
+from graphs.state import ApprovalDecision, IncidentState, RunInput, TimelineEntry
+from sregraph.config import Settings
+from tools.toolbox import Toolbox
+
+from graphs import report
+
+
+@dataclass
+class Crew:
+    """The four agents and what they share; the graph's run context."""
+
+    settings: Settings
+    toolbox: Toolbox
+    observer: Observer
+    analyst: Analyst
+    engineer: Engineer
+    librarian: Librarian
+
+
+def _at(crew: Crew, event: str) -> list[TimelineEntry]:
+    return [TimelineEntry(at=crew.toolbox.clock.now(), event=event)]
+
+
+def _status(crew: Crew, state: IncidentState, status: str) -> None:
+    issue = state.get("issue_id")
+    if issue is not None:
+        surface = crew.toolbox.incidents
+        current = surface.get(issue)
+        stale = [label for label in current.labels if label.startswith("status:") and label != f"status:{status}"]
+        surface.set_labels(issue, add=[f"status:{status}"], remove=stale)
+
+
+def _comment(crew: Crew, state: IncidentState, phase: str, body: str) -> None:
+    issue = state.get("issue_id")
+    if issue is not None:
+        crew.toolbox.incidents.comment(issue, body, key=f"{state['incident_id']}/{phase}")
+
+
+# ----------------------------------------------------------------------------- nodes
+
+
+def observe(state: IncidentState, runtime: Runtime[Crew]) -> dict:
+    """Decide whether an incident exists."""
+    crew = runtime.context
+    trigger = state["trigger"]
+    observation = crew.observer.observe(trigger)
+    if observation.healthy and trigger.issue_id is None:
+        return {"observation": observation, "status": "healthy", "attempts": 0, "timeline": _at(crew, "checked every service: healthy, no incident")}
+    what = observation.signals[0].detail if observation.signals else f"reported: {trigger.summary}"
+    return {"observation": observation, "status": "open", "attempts": 0, "timeline": _at(crew, f"detected: {what}")}
+
+
+def open_incident(state: IncidentState, runtime: Runtime[Crew]) -> dict:
+    """Open (or join) the incident issue on the surface with a telemetry snapshot."""
+    crew = runtime.context
+    observation, trigger = state["observation"], state["trigger"]
+    assert observation is not None
+    if trigger.issue_id is not None:
+        issue = crew.toolbox.incidents.get(trigger.issue_id)
+        created = False
+    else:
+        top = max(observation.signals, key=lambda s: s.score) if observation.signals else None
+        labels = ["incident", "status:open", f"severity:{report.severity(observation)}"]
+        if top:
+            labels.append(f"service:{top.service}")
+        issue, created = crew.toolbox.incidents.open_issue(
+            incident_title(observation, trigger),
+            incident_body(observation, trigger) + f"\n\n_sregraph incident `{state['incident_id']}`_",
+            labels,
+            observation.fingerprint,
+        )
+    if not created:
+        crew.toolbox.incidents.comment(issue.id, f"Incident `{state['incident_id']}` attached to this issue.\n\n" + incident_body(observation, trigger), key=f"{state['incident_id']}/attach")
+    crew.toolbox.notifier.notify(state["incident_id"], "opened", f"{issue.title} ({issue.url})")
+    return {"issue_id": issue.id, "timeline": _at(crew, f"incident opened as issue #{issue.id}")}
+
+
+def analyze(state: IncidentState, runtime: Runtime[Crew]) -> dict:
+    """Rank root-cause hypotheses from the evidence."""
+    crew = runtime.context
+    _status(crew, state, "diagnosing")
+    observation = state["observation"]
+    assert observation is not None
+    diagnosis = crew.analyst.diagnose(observation, state.get("actions", []))
+    attempt = state.get("attempts", 0)
+    _comment(crew, state, f"diagnosis-{attempt}", report.diagnosis_comment(diagnosis))
+    top = diagnosis.top
+    event = f"diagnosis: {top.fault_type} on {top.service} (confidence {diagnosis.confidence:.2f})" if top else "diagnosis: no hypothesis"
+    return {
+        "diagnosis": diagnosis,
+        "diagnoses": [diagnosis],
+        "status": "diagnosing",
+        "tokens": state.get("tokens", 0) + diagnosis.tokens,
+        "timeline": _at(crew, event),
+    }
+
+
+def plan(state: IncidentState, runtime: Runtime[Crew]) -> dict:
+    """Choose a typed action and check it against policy."""
+    crew = runtime.context
+    diagnosis = state["diagnosis"]
+    assert diagnosis is not None
+    action_plan = crew.engineer.plan(diagnosis, state.get("attempts", 0), state.get("actions", []))
+    _comment(crew, state, f"plan-{state.get('attempts', 0)}", report.plan_comment(action_plan))
+    event = (
+        f"plan: {', '.join(f'{a.kind} {a.service}' for a in action_plan.actions)}" + (" (needs approval)" if action_plan.needs_approval else "")
+        if action_plan.decision == "act"
+        else f"plan: escalate ({action_plan.escalation_reason})"
+    )
+    return {"plan": action_plan, "approval": None, "timeline": _at(crew, event)}
+
+
+def approval(state: IncidentState, runtime: Runtime[Crew]) -> dict:
+    """Wait for a human decision; the thread sleeps in the checkpointer until resumed."""
+    crew = runtime.context
+    action_plan = state["plan"]
+    assert action_plan is not None
+    _status(crew, state, "awaiting-approval")
+    _comment(crew, state, f"approval-request-{state.get('attempts', 0)}", report.approval_request(state["incident_id"], action_plan))
+    answer = interrupt({"incident_id": state["incident_id"], "actions": [a.model_dump() for a in action_plan.actions]})
+    decision = answer if isinstance(answer, ApprovalDecision) else ApprovalDecision.model_validate(answer)
+    verb = "approved" if decision.approved else "rejected"
+    _comment(crew, state, f"approval-{state.get('attempts', 0)}", f"**{verb}** by {decision.by}" + (f": {decision.reason}" if decision.reason else ""))
+    return {"approval": decision, "timeline": _at(crew, f"{verb} by {decision.by}")}
+
+
+def act(state: IncidentState, runtime: Runtime[Crew]) -> dict:
+    """Run the approved, policy-checked actions exactly once."""
+    crew = runtime.context
+    _status(crew, state, "remediating")
+    action_plan = state["plan"]
+    assert action_plan is not None
+    attempt = state.get("attempts", 0) + 1
+    results = crew.engineer.act(state["incident_id"], action_plan, attempt, issue_ref=f"#{state.get('issue_id')}")
+    for result in results:
+        _comment(crew, state, f"action-{result.key}", report.action_comment(result))
+        crew.toolbox.notifier.notify(state["incident_id"], "action", f"{result.action.kind} {result.action.service}: {result.status}")
+    events = [TimelineEntry(at=r.finished_at, event=f"action {r.action.kind} {r.action.service}: {r.status} — {r.detail}") for r in results]
+    return {"actions": results, "attempts": attempt, "status": "remediating", "timeline": events}
+
+
+def verify(state: IncidentState, runtime: Runtime[Crew]) -> dict:
+    """Watch the system after the actions."""
+    crew = runtime.context
+    _status(crew, state, "verifying")
+    observation = state["observation"]
+    assert observation is not None
+    since = max((a.finished_at for a in state.get("actions", [])), default=crew.toolbox.clock.now())
+    verification = crew.engineer.verify(observation, since)
+    _comment(crew, state, f"verify-{state.get('attempts', 0)}", report.verification_comment(verification))
+    event = "verified: recovered" if verification.recovered else "verification: not recovered"
+    return {"verification": verification, "status": "recovered" if verification.recovered else "verifying", "timeline": _at(crew, event)}
+
+
+def escalate(state: IncidentState, runtime: Runtime[Crew]) -> dict:
+    """Hand the incident to a human; nothing is mutated."""
+    crew = runtime.context
+    reason = report.escalation_reason(state, crew.engineer)
+    _status(crew, state, "escalated")
+    _comment(crew, state, "escalation", f"### Escalated to a human\n{reason}")
+    crew.toolbox.notifier.notify(state["incident_id"], "escalated", reason)
+    return {"escalation": reason, "status": "escalated", "timeline": _at(crew, f"escalated: {reason}")}
+
+
+def document(state: IncidentState, runtime: Runtime[Crew]) -> dict:
+    """Write the post-mortem, store it in memory, post it, and close the issue if recovered."""
+    crew = runtime.context
+    postmortem = crew.librarian.write(state)
+    crew.librarian.store(postmortem)
+    _comment(crew, state, "postmortem", postmortem.markdown)
+    issue = state.get("issue_id")
+    if issue is not None and postmortem.outcome == "recovered":
+        _status(crew, state, "resolved")
+        crew.toolbox.incidents.close(issue)
+    crew.toolbox.notifier.notify(state["incident_id"], "documented", postmortem.title)
+    final = "resolved" if postmortem.outcome == "recovered" else "escalated"
+    return {"postmortem": postmortem, "status": final, "timeline": _at(crew, "post-mortem written and stored")}
+
+
+# ----------------------------------------------------------------------------- routing
+
+
+def after_observe(state: IncidentState) -> Literal["open_incident", "__end__"]:
+    """Healthy systems end here: no incident, no action."""
+    return END if state.get("status") == "healthy" else "open_incident"
+
+
+def after_plan(state: IncidentState) -> Literal["approval", "act", "escalate"]:
+    """Escalate, ask a human, or act."""
+    action_plan = state["plan"]
+    assert action_plan is not None
+    if action_plan.decision == "escalate":
+        return "escalate"
+    return "approval" if action_plan.needs_approval else "act"
+
+
+def after_approval(state: IncidentState) -> Literal["act", "escalate"]:
+    """Act only on an explicit approval."""
+    decision = state.get("approval")
+    return "act" if decision is not None and decision.approved else "escalate"
+
+
+def after_act(state: IncidentState) -> Literal["verify", "escalate"]:
+    """A dry run or a failed action is handed to a human; otherwise verify."""
+    marker = f"/attempt-{state.get('attempts', 0)}/"
+    results = [r for r in state.get("actions", []) if marker in r.key]
+    if results and all(r.status == "done" for r in results):
+        return "verify"
+    return "escalate"
+
+
+def after_verify(state: IncidentState, runtime: Runtime[Crew]) -> Literal["document", "analyze", "escalate"]:
+    """Recovered: document. Attempts left: analyze again with the new evidence. Otherwise escalate."""
+    verification = state.get("verification")
+    if verification is not None and verification.recovered:
+        return "document"
+    diagnosis = state.get("diagnosis")
+    suspect = diagnosis.top.service if diagnosis and diagnosis.top else None
+    if state.get("attempts", 0) < runtime.context.engineer.max_attempts(suspect):
+        return "analyze"
+    return "escalate"
+
+
+def build_graph() -> StateGraph:
+    """The uncompiled incident graph."""
+    builder = StateGraph(IncidentState, context_schema=Crew, input_schema=RunInput)
+    builder.add_node("observe", observe)
+    builder.add_node("open_incident", open_incident)
+    builder.add_node("analyze", analyze)
+    builder.add_node("plan", plan)
+    builder.add_node("approval", approval)
+    builder.add_node("act", act)
+    builder.add_node("verify", verify)
+    builder.add_node("escalate", escalate)
+    builder.add_node("document", document)
+    builder.add_edge(START, "observe")
+    builder.add_conditional_edges("observe", after_observe)
+    builder.add_edge("open_incident", "analyze")
+    builder.add_edge("analyze", "plan")
+    builder.add_conditional_edges("plan", after_plan)
+    builder.add_conditional_edges("approval", after_approval)
+    builder.add_conditional_edges("act", after_act)
+    builder.add_conditional_edges("verify", after_verify)
+    builder.add_edge("escalate", "document")
+    builder.add_edge("document", END)
+    return builder
+
+
+# Compiled without a checkpointer for LangGraph Studio / Agent Server, which bring their own.
+graph = build_graph().compile()

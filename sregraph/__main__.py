@@ -1,0 +1,5 @@
+"""`python -m sregraph`."""
+
+from sregraph.cli import main
+
+main()

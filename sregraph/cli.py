@@ -1,0 +1,263 @@
+"""The `sregraph` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from graphs.state import ApprovalDecision, Trigger
+from sregraph.config import Settings, load_settings
+from tools.base import SregraphError
+
+app = typer.Typer(help="sregraph: a team of SRE agents that runs the incident lifecycle.", no_args_is_help=True)
+incidents_app = typer.Typer(help="Incidents the graph has handled.", no_args_is_help=True)
+memory_app = typer.Typer(help="Long-term memory of post-mortems.", no_args_is_help=True)
+app.add_typer(incidents_app, name="incidents")
+app.add_typer(memory_app, name="memory")
+
+console = Console(stderr=True)
+out = Console()
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="sregraph.yaml to read (default: ./sregraph.yaml if present).")
+DataOpt = typer.Option(None, "--data-dir", help="Where checkpoints, incidents, memory and the local app live.")
+
+
+def _settings(config: Optional[Path], data_dir: Optional[Path], **overrides: Any) -> Settings:
+    try:
+        return load_settings(config, data_dir=data_dir, **overrides)
+    except SregraphError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except SregraphError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _progress(incident_id: str, node: str, update: dict[str, Any]) -> None:
+    for entry in update.get("timeline", []):
+        console.print(f"[dim]{time.strftime('%H:%M:%S', time.localtime(entry.at))}[/dim] [cyan]{incident_id}[/cyan] [bold]{node:>13}[/bold]  {entry.event}")
+
+
+def _summary(state: dict[str, Any]) -> dict[str, Any]:
+    diagnosis = state.get("diagnosis")
+    top = diagnosis.top if diagnosis else None
+    return {
+        "incident_id": state.get("incident_id"),
+        "status": state.get("status"),
+        "waiting_for_approval": state.get("waiting", False),
+        "issue_id": state.get("issue_id"),
+        "root_cause_service": top.service if top else None,
+        "fault_type": top.fault_type if top else None,
+        "confidence": diagnosis.confidence if diagnosis else None,
+        "actions": [f"{a.action.kind} {a.action.service}: {a.status}" for a in state.get("actions", [])],
+        "recovered": bool(state.get("verification") and state["verification"].recovered),
+        "escalation": state.get("escalation"),
+        "similar": [s.incident_id for s in diagnosis.similar] if diagnosis else [],
+        "tokens": state.get("tokens", 0),
+    }
+
+
+def _engine(settings: Settings, attach: bool = True) -> Any:
+    from sregraph.engine import Engine, local_toolbox
+    from sregraph.scenario import start_app
+
+    local = start_app(settings) if attach else None
+    return Engine(settings, local_toolbox(settings, local), progress=_progress), local
+
+
+@app.command()
+def run(
+    scenario: str = typer.Argument("crash-payments", help="A bundled scenario name or a scenario YAML file."),
+    alert: Optional[Path] = typer.Option(None, help="Run on an alert JSON file (a Trigger) instead of injecting a fault."),
+    keep_running: bool = typer.Option(False, help="Leave the local app running afterwards (needed to approve later)."),
+    fmt: str = typer.Option("text", "--format", help="text or json"),
+    config: Optional[Path] = ConfigOpt,
+    data_dir: Optional[Path] = DataOpt,
+) -> None:
+    """Run one incident: start the local app, inject the scenario's fault, and let the agents handle it."""
+    from sregraph.scenario import inject, load_scenario, trigger_for
+
+    settings = _settings(config, data_dir)
+    with _errors():
+        if alert is not None:
+            try:
+                trigger = Trigger.model_validate_json(alert.read_text())
+            except (OSError, ValueError) as exc:
+                raise typer.BadParameter(f"{alert}: {exc}") from exc
+            spec = None
+        else:
+            spec = load_scenario(scenario)
+        engine, local = _engine(settings)
+        try:
+            if spec is not None:
+                console.print(f"[bold]scenario[/bold] {spec.name}: {spec.description}")
+                console.print(f"warming up for {spec.warmup_s:.0f}s so the observer has a baseline…")
+                time.sleep(spec.warmup_s)
+                inject(local, spec)
+                trigger = trigger_for(spec, time.time())
+            state = engine.start(trigger)
+        finally:
+            if not keep_running:
+                local.stop()
+            engine.close()
+    summary = _summary(state)
+    if fmt == "json":
+        out.print_json(json.dumps(summary))
+    else:
+        _print_summary(summary)
+    if summary["waiting_for_approval"]:
+        console.print(f"waiting for approval: [bold]sregraph approve {summary['incident_id']}[/bold] or reject")
+    ok = summary["status"] in ("resolved", "healthy") or summary["waiting_for_approval"]
+    raise typer.Exit(0 if ok else 1)
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    table = Table(title=f"incident {summary['incident_id']}", show_header=False)
+    for key, value in summary.items():
+        table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
+    out.print(table)
+
+
+def _decide(incident_id: str, approved: bool, by: str, reason: str, config: Optional[Path], data_dir: Optional[Path]) -> None:
+    settings = _settings(config, data_dir)
+    with _errors():
+        engine, local = _engine(settings)
+        try:
+            state = engine.decide(incident_id, ApprovalDecision(approved=approved, by=by, reason=reason))
+        finally:
+            engine.close()
+    _print_summary(_summary(state))
+
+
+@app.command()
+def approve(
+    incident_id: str,
+    by: str = typer.Option("cli", help="Who approves (recorded on the incident)."),
+    reason: str = "",
+    config: Optional[Path] = ConfigOpt,
+    data_dir: Optional[Path] = DataOpt,
+) -> None:
+    """Approve the plan of an incident waiting at the approval gate; the graph resumes and acts."""
+    _decide(incident_id, True, by, reason, config, data_dir)
+
+
+@app.command()
+def reject(
+    incident_id: str,
+    by: str = typer.Option("cli", help="Who rejects (recorded on the incident)."),
+    reason: str = "",
+    config: Optional[Path] = ConfigOpt,
+    data_dir: Optional[Path] = DataOpt,
+) -> None:
+    """Reject the plan of an incident waiting at the approval gate; the incident is escalated."""
+    _decide(incident_id, False, by, reason, config, data_dir)
+
+
+@app.command()
+def worker(
+    once: bool = typer.Option(False, help="Resume unfinished incidents, scan once, and exit."),
+    interval: float = typer.Option(2.0, help="Seconds between scans."),
+    config: Optional[Path] = ConfigOpt,
+    data_dir: Optional[Path] = DataOpt,
+) -> None:
+    """Long-lived loop: resume unfinished incidents, watch telemetry, open and handle new incidents."""
+    from sregraph.worker import Worker
+
+    settings = _settings(config, data_dir)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    with _errors():
+        engine, _ = _engine(settings)
+        Worker(engine).run(once=once, interval=interval)
+
+
+@app.command()
+def scenarios() -> None:
+    """List the bundled scenarios."""
+    from sregraph.scenario import bundled, load_scenario
+
+    for name in bundled():
+        out.print(f"{name:24} {load_scenario(name).description}")
+
+
+@incidents_app.command("list")
+def incidents_list(config: Optional[Path] = ConfigOpt, data_dir: Optional[Path] = DataOpt, fmt: str = typer.Option("text", "--format")) -> None:
+    """Incidents with their status."""
+    from sregraph.engine import RunRegistry
+
+    settings = _settings(config, data_dir)
+    runs = RunRegistry(settings.data_dir / "runs.db").list()
+    if fmt == "json":
+        out.print_json(json.dumps(runs))
+        return
+    table = Table("incident", "status", "started", "trigger")
+    for r in runs:
+        table.add_row(r["incident_id"], r["status"], time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at"])), r["trigger"].get("summary", ""))
+    out.print(table)
+
+
+@incidents_app.command("show")
+def incidents_show(incident_id: str, config: Optional[Path] = ConfigOpt, data_dir: Optional[Path] = DataOpt) -> None:
+    """One incident: status, diagnosis, actions and post-mortem."""
+    from graphs.checkpoint import open_checkpointer
+    from graphs.graph import build_graph
+
+    settings = _settings(config, data_dir)
+    graph = build_graph().compile(checkpointer=open_checkpointer(settings.checkpoint_db))
+    snapshot = graph.get_state({"configurable": {"thread_id": incident_id}})
+    if not snapshot.values:
+        console.print(f"[red]error:[/red] no incident {incident_id}")
+        raise typer.Exit(2)
+    state = dict(snapshot.values)
+    state["waiting"] = any(t.interrupts for t in snapshot.tasks)
+    _print_summary(_summary(state))
+    for entry in state.get("timeline", []):
+        out.print(f"{time.strftime('%H:%M:%S', time.localtime(entry.at))}  {entry.event}")
+    if state.get("postmortem"):
+        out.print(state["postmortem"].markdown)
+
+
+@memory_app.command("search")
+def memory_search(text: str, k: int = 3, config: Optional[Path] = ConfigOpt, data_dir: Optional[Path] = DataOpt) -> None:
+    """Past incidents whose post-mortems resemble TEXT."""
+    from memory.store import PostMortemStore
+
+    settings = _settings(config, data_dir)
+    with _errors():
+        found = PostMortemStore(settings.data_dir / "memory").search(text, k=k)
+    if not found:
+        out.print("no similar incidents")
+    for s in found:
+        out.print(f"{s.similarity:.2f}  {s.incident_id}  {s.fault_type} on {s.service} ({s.outcome}): {s.summary[:120]}")
+
+
+@app.command("app-stop")
+def app_stop(config: Optional[Path] = ConfigOpt, data_dir: Optional[Path] = DataOpt) -> None:
+    """Stop the local application left running by `run --keep-running`."""
+    from sregraph.localenv.app import LocalApp
+
+    settings = _settings(config, data_dir)
+    LocalApp(settings.data_dir / "app").stop()
+
+
+def main() -> None:
+    """Entry point for `python -m sregraph`."""
+    app(prog_name="sregraph")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

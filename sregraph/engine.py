@@ -1,0 +1,190 @@
+"""Wires settings, backends and agents together, and runs, resumes and lists incident threads."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from langgraph.types import Command
+
+from agents.analyst import Analyst
+from agents.engineer import Engineer
+from agents.librarian import Librarian
+from agents.observer import Observer
+from agents.policy import load_policy
+from graphs.checkpoint import open_checkpointer
+from graphs.graph import Crew, build_graph
+from graphs.state import ApprovalDecision, Trigger
+from sregraph.config import Settings
+from tools.base import NotFound
+from tools.toolbox import Toolbox
+
+ProgressFn = Callable[[str, str, dict[str, Any]], None]
+"""Called with (incident_id, node, update) after every node."""
+
+
+def new_incident_id(now: float | None = None) -> str:
+    """A sortable, unique incident id."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now or time.time()))
+    return f"inc-{stamp}-{secrets.token_hex(2)}"
+
+
+def local_toolbox(settings: Settings, app: Any) -> Toolbox:
+    """The embedded default backends around a running local application."""
+    from memory.store import PostMortemStore
+    from tools.incidents import LocalIncidentSurface
+    from tools.ledger import ActionLedger
+    from tools.notifier import ConsoleNotifier, JsonlNotifier, MultiNotifier
+
+    data = settings.data_dir
+    return Toolbox(
+        telemetry=app.telemetry,
+        runtime=app.runtime,
+        incidents=LocalIncidentSurface(data / "incidents.db"),
+        gitops=app.gitops,
+        notifier=MultiNotifier(ConsoleNotifier(), JsonlNotifier(data / "notifications.jsonl")),
+        health=app.health,
+        deployer=app,
+        ledger=ActionLedger(data / "ledger.db"),
+        topology=app.topology,
+        memory=PostMortemStore(data / "memory"),
+    )
+
+
+def build_crew(settings: Settings, toolbox: Toolbox, chat_model: Any = None) -> Crew:
+    """The four agents; an LLM brain only when configured (or a model is injected, as tests do)."""
+    if chat_model is None and settings.brain == "llm":
+        from agents.llm import make_chat_model
+
+        chat_model = make_chat_model(settings.llm)
+    policy = load_policy(settings.policy_file)
+    return Crew(
+        settings=settings,
+        toolbox=toolbox,
+        observer=Observer(toolbox, settings.observer),
+        analyst=Analyst(toolbox, settings.analyst, settings.observer, chat_model, settings.llm),
+        engineer=Engineer(toolbox, policy, settings.engineer, settings.analyst, settings.observer),
+        librarian=Librarian(toolbox, chat_model),
+    )
+
+
+class RunRegistry:
+    """Which incident threads exist and how they ended, for listing and for resuming after a crash."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS runs (incident_id TEXT PRIMARY KEY, created_at REAL, trigger TEXT,"
+                " status TEXT, updated_at REAL)"
+            )
+        conn.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=10)
+        conn.execute("PRAGMA journal_mode=WAL")
+        return conn
+
+    def record(self, incident_id: str, trigger: Trigger | None, status: str) -> None:
+        """Insert or update a run."""
+        now = time.time()
+        with self._connect() as conn:
+            conn.execute(
+                "INSERT INTO runs VALUES (?, ?, ?, ?, ?) ON CONFLICT(incident_id) DO UPDATE SET status = excluded.status,"
+                " updated_at = excluded.updated_at",
+                (incident_id, now, trigger.model_dump_json() if trigger else "{}", status, now),
+            )
+        conn.close()
+
+    def list(self) -> list[dict[str, Any]]:
+        """All runs, newest first."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT incident_id, created_at, trigger, status, updated_at FROM runs ORDER BY created_at DESC").fetchall()
+        conn.close()
+        return [
+            {"incident_id": r[0], "created_at": r[1], "trigger": json.loads(r[2]), "status": r[3], "updated_at": r[4]}
+            for r in rows
+        ]
+
+
+FINAL = {"healthy", "resolved", "escalated"}
+
+
+class Engine:
+    """Runs incident threads on a compiled graph with the durable checkpointer."""
+
+    def __init__(self, settings: Settings, toolbox: Toolbox, chat_model: Any = None, progress: ProgressFn | None = None) -> None:
+        self.settings = settings
+        self.toolbox = toolbox
+        self.crew = build_crew(settings, toolbox, chat_model)
+        self.checkpointer = open_checkpointer(settings.checkpoint_db)
+        self.graph = build_graph().compile(checkpointer=self.checkpointer)
+        self.registry = RunRegistry(settings.data_dir / "runs.db")
+        self.progress = progress
+
+    def _config(self, incident_id: str) -> dict[str, Any]:
+        return {"configurable": {"thread_id": incident_id}}
+
+    def _drive(self, incident_id: str, payload: Any) -> dict[str, Any]:
+        for chunk in self.graph.stream(payload, self._config(incident_id), context=self.crew, stream_mode="updates"):
+            for node, update in chunk.items():
+                if node == "__interrupt__":
+                    self.registry.record(incident_id, None, "awaiting_approval")
+                elif self.progress is not None:
+                    self.progress(incident_id, node, update or {})
+                if isinstance(update, dict) and update.get("status"):
+                    self.registry.record(incident_id, None, update["status"])
+        return self.state(incident_id)
+
+    def start(self, trigger: Trigger, incident_id: str | None = None) -> dict[str, Any]:
+        """Run a new incident thread until it ends or waits for a human."""
+        incident_id = incident_id or new_incident_id(self.toolbox.clock.now())
+        self.registry.record(incident_id, trigger, "observing")
+        return self._drive(incident_id, {"incident_id": incident_id, "trigger": trigger})
+
+    def decide(self, incident_id: str, decision: ApprovalDecision) -> dict[str, Any]:
+        """Resume a thread paused at the approval gate with a human decision."""
+        if not self.pending_approval(incident_id):
+            raise NotFound(f"incident {incident_id} is not waiting for an approval")
+        return self._drive(incident_id, Command(resume=decision.model_dump()))
+
+    def resume(self, incident_id: str) -> dict[str, Any]:
+        """Continue a thread from its last checkpoint (after a crash or restart)."""
+        return self._drive(incident_id, None)
+
+    def state(self, incident_id: str) -> dict[str, Any]:
+        """The thread's current values, plus `next` (nodes still to run) and `waiting` (an approval)."""
+        snapshot = self.graph.get_state(self._config(incident_id))
+        if not snapshot.values and not snapshot.next:
+            raise NotFound(f"no incident {incident_id}")
+        values = dict(snapshot.values)
+        values["next"] = list(snapshot.next)
+        values["waiting"] = any(t.interrupts for t in snapshot.tasks)
+        return values
+
+    def pending_approval(self, incident_id: str) -> bool:
+        """Whether the thread waits at the approval gate."""
+        try:
+            return bool(self.state(incident_id)["waiting"])
+        except NotFound:
+            return False
+
+    def unfinished(self) -> Iterator[str]:
+        """Threads that stopped mid-way (not finished, not waiting for a human)."""
+        for run in self.registry.list():
+            try:
+                state = self.state(run["incident_id"])
+            except NotFound:
+                continue
+            if state["next"] and not state["waiting"]:
+                yield run["incident_id"]
+
+    def close(self) -> None:
+        """Close the checkpointer connection."""
+        self.checkpointer.conn.close()

@@ -1,0 +1,444 @@
+"""One tiny HTTP service of the local app (stdlib server, no framework).
+
+Run as ``python -m sregraph.localenv.service --name NAME --port PORT --config PATH --telemetry DB
+[--downstream NAME=URL ...]``. The YAML config is read once at start (a restart picks up a new one):
+``version``, ``error_rate`` (0), ``latency_ms`` (5), ``timeout_ms`` (1000), ``memory_limit_mb`` (1024), any
+other keys are kept and ignored. The version selects a row of `RELEASES`, which is how a bad release misbehaves.
+
+Routes: ``GET /health``; the business route (frontend ``/buy``, checkout ``/checkout``, payments ``/pay``, and
+``/work`` everywhere) which calls every downstream's business route, propagating ``X-Trace-Id`` and
+``X-Parent-Span``; ``POST /chaos`` which sets in-memory faults (gone after a restart).
+
+Every `TICK_S` a background thread writes metrics labelled ``{"service": NAME}`` (plus ``"replica": "i"`` for an
+extra replica, which listens on PORT+i) and flushes buffered logs and spans to the telemetry store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from tools.base import LogRecord, Span, SregraphError
+from tools.telemetry import LocalTelemetryStore, MetricPoint
+
+TICK_S = 0.5
+ROUTES = {"frontend": "/buy", "checkout": "/checkout", "payments": "/pay"}
+"""The business route of each known service; any other name serves `/work` only."""
+OOM_EXIT_CODE = 137
+MAX_BUFFER = 5000
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Release:
+    """How a released version behaves, on top of its config."""
+
+    error_rate: float = 0.0
+    extra_latency_ms: float = 0.0
+    error: str = ""
+
+
+RELEASES: dict[str, Release] = {
+    "2.0.0-rc1": Release(error_rate=0.6, error="NullPointerException in PriceCalculator.apply"),
+    "2.0.0-rc2": Release(extra_latency_ms=400.0, error="slow query in InventoryRepository.reserve"),
+}
+"""Known-bad releases; every other version (the 1.x line included) behaves as its config says."""
+
+
+def release_for(version: str) -> Release:
+    """The behaviour of a version: a known-bad row of `RELEASES`, else healthy."""
+    return RELEASES.get(version, Release())
+
+
+def _rss_mb() -> float:
+    """This process's resident memory in MB."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+def _p95(values: list[float]) -> float:
+    """95th percentile (nearest rank) of a non-empty list."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
+
+@dataclass
+class Faults:
+    """Chaos state, in memory only: a restart clears it."""
+
+    leak_mb_per_s: float = 0.0
+    latency_ms: float = 0.0
+    error_ratio: float = 0.0
+    cpu_stop: threading.Event | None = None
+    leaked: list[bytes] = field(default_factory=list)
+
+    def describe(self) -> dict[str, Any]:
+        """The active faults as JSON."""
+        return {
+            "leak_mb_per_s": self.leak_mb_per_s,
+            "leaked_mb": sum(len(b) for b in self.leaked) / MB,
+            "latency_ms": self.latency_ms,
+            "error_ratio": self.error_ratio,
+            "cpu": self.cpu_stop is not None,
+        }
+
+
+@dataclass
+class Window:
+    """Counters for the current metrics interval."""
+
+    requests: int = 0
+    errors: int = 0
+    latencies: list[float] = field(default_factory=list)
+    purchases: int = 0
+
+
+class Service:
+    """The state and behaviour of one running service."""
+
+    def __init__(
+        self,
+        name: str,
+        config: dict[str, Any],
+        store: LocalTelemetryStore,
+        downstreams: dict[str, str],
+        replica: int = 0,
+    ) -> None:
+        """Build the service from its parsed config."""
+        self.name = name
+        self.config = config
+        self.version = str(config.get("version", "0.0.0"))
+        self.release = release_for(self.version)
+        self.error_rate = float(config.get("error_rate", 0.0))
+        self.latency_ms = float(config.get("latency_ms", 5.0))
+        self.timeout_s = float(config.get("timeout_ms", 1000.0)) / 1000.0
+        self.memory_limit_mb = float(config.get("memory_limit_mb", 1024.0))
+        self.store = store
+        self.downstreams = downstreams
+        self.replica = replica
+        self.route = ROUTES.get(name, "/work")
+        self.labels = {"service": name} if replica == 0 else {"service": name, "replica": str(replica)}
+        self.faults = Faults()
+        self.started = time.time()
+        self._lock = threading.Lock()
+        self._out_lock = threading.Lock()
+        self._window = Window()
+        self._logs: list[LogRecord] = []
+        self._spans: list[Span] = []
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+        self._http = httpx.Client(timeout=self.timeout_s)
+
+    # ------------------------------------------------------------------ logging
+
+    def log(self, level: str, message: str, **attrs: Any) -> None:
+        """One JSON line on stdout, and the same record buffered for the store."""
+        record = LogRecord(ts=time.time(), service=self.name, level=level, message=message, attrs=attrs)
+        line = json.dumps({"ts": record.ts, "level": level, "service": self.name, "message": message, **attrs})
+        with self._out_lock:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        with self._lock:
+            if len(self._logs) < MAX_BUFFER:
+                self._logs.append(record)
+
+    # ------------------------------------------------------------------ requests
+
+    def handle(self, route: str, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        """Serve one business request: local work, then every downstream; returns (status, body)."""
+        began, t0 = time.time(), time.perf_counter()
+        trace_id = headers.get("x-trace-id") or os.urandom(8).hex()
+        parent_id = headers.get("x-parent-span") or None
+        span_id = os.urandom(8).hex()
+        faults = self.faults
+        delay_ms = self.latency_ms + self.release.extra_latency_ms + faults.latency_ms
+        if delay_ms > 0:
+            time.sleep(delay_ms / 1000.0)
+        status, error = 200, ""
+        p_ok = (1 - self.error_rate) * (1 - self.release.error_rate) * (1 - faults.error_ratio)
+        if random.random() >= p_ok:
+            status = 500
+            # Attribute the failure to one cause, weighted like the probabilities that produced it.
+            causes = [
+                (self.release.error_rate, f"release {self.version}: {self.release.error}"),
+                (faults.error_ratio, "internal error: request handler failed"),
+                (self.error_rate, f"internal error: simulated failure (error_rate={self.error_rate:g})"),
+            ]
+            weights = [w for w, _ in causes]
+            error = random.choices([m for _, m in causes], weights=weights)[0] if sum(weights) else "internal error"
+        else:
+            for name, url in self.downstreams.items():
+                error = self._call(name, url, trace_id, span_id)
+                if error:
+                    status = 502
+                    break
+        if error:
+            self.log("error", error, trace_id=trace_id, route=route, status=status)
+        elapsed_ms = (time.perf_counter() - t0) * 1000.0
+        span = Span(
+            trace_id=trace_id,
+            span_id=span_id,
+            parent_id=parent_id,
+            service=self.name,
+            name=f"GET {route}",
+            start=began,
+            duration_ms=elapsed_ms,
+            status="ok" if status == 200 else "error",
+            attrs={"http.status": status, "version": self.version, "replica": self.replica},
+        )
+        with self._lock:
+            w = self._window
+            w.requests += 1
+            w.errors += status != 200
+            w.purchases += status == 200
+            w.latencies.append(elapsed_ms)
+            if len(self._spans) < MAX_BUFFER:
+                self._spans.append(span)
+        if status == 200:
+            return 200, {"ok": True, "service": self.name, "version": self.version, "trace_id": trace_id}
+        return status, {"ok": False, "service": self.name, "error": error, "trace_id": trace_id}
+
+    def _call(self, name: str, base_url: str, trace_id: str, span_id: str) -> str:
+        """Call one downstream; an error message, or "" on success."""
+        url = base_url.rstrip("/") + ROUTES.get(name, "/work")
+        try:
+            resp = self._http.get(url, headers={"X-Trace-Id": trace_id, "X-Parent-Span": span_id})
+        except httpx.TimeoutException:
+            return f"upstream {name} timed out after {self.timeout_s * 1000:.0f} ms"
+        except httpx.HTTPError as exc:
+            return f"upstream {name} unreachable: {type(exc).__name__}"
+        if resp.status_code != 200:
+            return f"upstream {name} returned {resp.status_code}"
+        return ""
+
+    # ------------------------------------------------------------------ chaos
+
+    def chaos(self, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """Set or clear an in-memory fault; returns (status, body)."""
+        fault = payload.get("fault")
+        try:
+            if fault == "leak":
+                self.faults.leak_mb_per_s = float(payload.get("mb_per_s", 40.0))
+            elif fault == "latency":
+                self.faults.latency_ms = float(payload.get("ms", 500.0))
+            elif fault == "errors":
+                self.faults.error_ratio = min(1.0, max(0.0, float(payload.get("ratio", 0.5))))
+            elif fault == "cpu":
+                self._start_cpu(int(payload.get("threads", 1)))
+            elif fault == "clear":
+                if self.faults.cpu_stop is not None:
+                    self.faults.cpu_stop.set()
+                self.faults = Faults()
+            else:
+                return 400, {"ok": False, "error": f"unknown fault {fault!r}"}
+        except (TypeError, ValueError) as exc:
+            return 400, {"ok": False, "error": f"bad parameter: {exc}"}
+        return 200, {"ok": True, "faults": self.faults.describe()}
+
+    def _start_cpu(self, threads: int) -> None:
+        """Burn CPU in `threads` busy threads until the fault is cleared."""
+        stop = self.faults.cpu_stop or threading.Event()
+        self.faults.cpu_stop = stop
+
+        def burn() -> None:
+            x = 0
+            while not stop.is_set():
+                for _ in range(10_000):
+                    x = (x * 31 + 7) % 1_000_003
+
+        for _ in range(max(1, min(threads, 4))):
+            threading.Thread(target=burn, name="chaos-cpu", daemon=True).start()
+
+    # ------------------------------------------------------------------ background
+
+    def tick(self, interval: float, cpu_s: float) -> None:
+        """One metrics interval: grow a leak, check the memory limit, write metrics, flush logs and spans."""
+        now = time.time()
+        if self.faults.leak_mb_per_s > 0:
+            # Filled bytes, not zeros: zero pages are not resident, and the point is a growing RSS.
+            self.faults.leaked.append(b"\x01" * int(self.faults.leak_mb_per_s * interval * MB))
+        rss = _rss_mb()
+        if rss > self.memory_limit_mb:
+            self.log("error", f"out of memory: rss {rss:.0f} MB exceeds limit {self.memory_limit_mb:.0f} MB")
+            self.flush([])
+            os._exit(OOM_EXIT_CODE)
+        with self._lock:
+            w, self._window = self._window, Window()
+        points = [
+            MetricPoint("request_rate", self.labels, w.requests / interval, now),
+            MetricPoint("error_ratio", self.labels, w.errors / w.requests if w.requests else 0.0, now),
+            MetricPoint("memory_rss_mb", self.labels, rss, now),
+            MetricPoint("cpu_percent", self.labels, 100.0 * cpu_s / interval, now),
+        ]
+        if w.latencies:
+            points.append(MetricPoint("latency_p95_ms", self.labels, _p95(w.latencies), now))
+        if self.name == "frontend":
+            points.append(MetricPoint("purchases_rate", self.labels, w.purchases / interval, now))
+            if w.requests:
+                points.append(MetricPoint("conversion_ratio", self.labels, w.purchases / w.requests, now))
+        self.flush(points)
+
+    def flush(self, points: list[MetricPoint]) -> None:
+        """Write metrics and the buffered logs and spans; on failure drop them and say so on stderr."""
+        with self._lock:
+            logs, self._logs = self._logs, []
+            spans, self._spans = self._spans, []
+        try:
+            self.store.write_metrics(points)
+            self.store.write_logs(logs)
+            self.store.write_spans(spans)
+        except SregraphError as exc:
+            print(f"telemetry write failed, dropped a batch: {exc}", file=sys.stderr, flush=True)
+
+    def start_ticker(self) -> None:
+        """Start the background thread that runs `tick` every TICK_S."""
+        self._ticker = threading.Thread(target=self._run_ticker, name="telemetry", daemon=True)
+        self._ticker.start()
+
+    def _run_ticker(self) -> None:
+        last, last_cpu = time.monotonic(), time.process_time()
+        while not self._stop.wait(max(0.0, last + TICK_S - time.monotonic())):
+            now, cpu = time.monotonic(), time.process_time()
+            self.tick(max(now - last, 1e-3), cpu - last_cpu)
+            last, last_cpu = now, cpu
+
+    def close(self) -> None:
+        """Stop the ticker and release resources, flushing what is buffered."""
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=5.0)
+        if self.faults.cpu_stop is not None:
+            self.faults.cpu_stop.set()
+        self.flush([])
+        self._http.close()
+
+
+def make_handler(service: Service) -> type[BaseHTTPRequestHandler]:
+    """A request handler class bound to `service`."""
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = f"sregraph-{service.name}"
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+            """Silence the per-request access log (spans and metrics cover it)."""
+
+        def _send(self, status: int, body: dict[str, Any]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+            """Health and business routes."""
+            path = self.path.split("?", 1)[0]
+            if path == "/health":
+                self._send(200, {"status": "ok", "version": service.version, "replica": service.replica})
+            elif path in (service.route, "/work"):
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                self._send(*service.handle(path, headers))
+            else:
+                self._send(404, {"error": f"no route {path}"})
+
+        def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+            """Chaos control."""
+            if self.path.split("?", 1)[0] != "/chaos":
+                self._send(404, {"error": f"no route {self.path}"})
+                return
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+                payload = json.loads(self.rfile.read(length) or b"{}")
+                if not isinstance(payload, dict):
+                    raise ValueError("body must be a JSON object")
+            except ValueError as exc:
+                self._send(400, {"ok": False, "error": f"bad JSON: {exc}"})
+                return
+            self._send(*service.chaos(payload))
+
+    return Handler
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False  # never wait for in-flight requests on shutdown
+
+
+def _parse_downstream(text: str) -> tuple[str, str]:
+    """`NAME=URL` (or a bare URL, named by its host:port)."""
+    name, sep, url = text.partition("=")
+    if not sep:
+        url = text
+        name = text.split("://", 1)[-1].rstrip("/")
+    return name, url
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one service until SIGTERM/SIGINT; the exit code is 0 on a clean stop."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--telemetry", type=Path, required=True)
+    parser.add_argument("--downstream", action="append", default=[], metavar="NAME=URL")
+    parser.add_argument("--host", default="127.0.0.1")
+    args = parser.parse_args(argv)
+
+    replica = int(os.environ.get("REPLICA", "0") or 0)
+    try:
+        config = yaml.safe_load(args.config.read_text()) or {}
+        if not isinstance(config, dict):
+            raise ValueError("top level must be a mapping")
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        print(json.dumps({"level": "error", "service": args.name, "message": f"bad config {args.config}: {exc}"}))
+        return 2
+    store = LocalTelemetryStore(args.telemetry)
+    service = Service(args.name, config, store, dict(map(_parse_downstream, args.downstream)), replica)
+    port = args.port + replica
+    try:
+        server = _Server((args.host, port), make_handler(service))
+    except OSError as exc:
+        service.log("error", f"cannot listen on {args.host}:{port}: {exc}")
+        service.close()
+        store.close()
+        return 1
+
+    def on_signal(signum: int, frame: object) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    service.start_ticker()
+    service.log("info", f"service started version={service.version}", port=port, replica=replica, pid=os.getpid())
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        service.log("info", "service stopping")
+        server.server_close()
+        service.close()
+        store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

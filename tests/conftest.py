@@ -1,0 +1,69 @@
+"""Test-wide guards: no real outbound connection (so no real model call), no telemetry from chromadb."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+# Set before any test module imports chromadb, which reads it once.
+os.environ["ANONYMIZED_TELEMETRY"] = "False"
+
+
+class NetworkBlockedError(ConnectionRefusedError):
+    """A test tried to open a connection beyond loopback."""
+
+
+def _is_loopback(address: Any) -> bool:
+    if not isinstance(address, tuple):  # AF_UNIX path (a docker/podman socket, for instance)
+        return True
+    host = address[0]
+    if host == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a name instead of an address: it would need a lookup, so it is not loopback
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+class NetworkGuard:
+    """Refuses non-loopback connections and remembers them, since libraries may swallow the error."""
+
+    def __init__(self) -> None:
+        self.blocked: list[Any] = []
+
+    def check(self, address: Any) -> None:
+        """Raise for an address beyond loopback."""
+        if not _is_loopback(address):
+            self.blocked.append(address)
+            raise NetworkBlockedError(
+                f"sregraph tests allow loopback connections only; blocked {address!r}. Use a scripted model "
+                "(tests/fakes/chat.py) or the local server (tests/fakes/openai_server.py) instead of a real one."
+            )
+
+
+@pytest.fixture(autouse=True)
+def network_guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[NetworkGuard]:
+    """Every test: no outbound connection beyond loopback; a test that expects a block clears `blocked`."""
+    guard = NetworkGuard()
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def connect(self: socket.socket, address: Any) -> None:
+        guard.check(address)
+        real_connect(self, address)
+
+    def connect_ex(self: socket.socket, address: Any) -> int:
+        guard.check(address)
+        return real_connect_ex(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    yield guard
+    if guard.blocked:
+        pytest.fail(f"the test tried to reach the network (blocked, maybe swallowed): {guard.blocked}", pytrace=False)

@@ -1,0 +1,238 @@
+"""The deterministic analyst and engineer planning on synthetic telemetry written to the real local store."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from agents.analyst import Analyst
+from agents.engineer import Engineer
+from agents.observer import Observer
+from agents.policy import Policy, ServicePolicy, load_policy
+from graphs.state import Action, Observation
+from sregraph.config import AnalystConfig, EngineerConfig, ObserverConfig
+from tools.base import ConfigError, HealthResult, LogRecord, NotFound, ServiceStatus, Span
+from tools.gitops import LocalGitOps
+from tools.ledger import ActionLedger
+from tools.notifier import JsonlNotifier
+from tools.telemetry import LocalTelemetryStore
+from tools.toolbox import Toolbox
+
+T0 = 1_700_000_000.0
+FAULT_AT = T0 + 40
+NOW = T0 + 50
+TOPOLOGY = {"frontend": ["checkout"], "checkout": ["payments"], "payments": []}
+NORMAL = {"request_rate": 15.0, "error_ratio": 0.0, "latency_p95_ms": 12.0, "memory_rss_mb": 40.0, "cpu_percent": 5.0}
+
+
+class FixedClock:
+    def __init__(self, now: float) -> None:
+        self.t = now
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += seconds
+
+
+class FakeRuntime:
+    """Runtime fake: a dict of statuses (only the network boundary of a real runtime is faked)."""
+
+    def __init__(self, down: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        self.statuses = {s: ServiceStatus(service=s, running=s not in down, exit_code=-9 if s in down else None) for s in TOPOLOGY}
+
+    def services(self) -> list[str]:
+        return list(self.statuses)
+
+    def status(self, service: str) -> ServiceStatus:
+        if service not in self.statuses:
+            raise NotFound(service)
+        return self.statuses[service]
+
+
+class FakeHealth:
+    def __init__(self, failing: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        self.failing = failing
+
+    def check(self, service: str) -> HealthResult:
+        return HealthResult(service=service, ok=service not in self.failing, detail="connection refused" if service in self.failing else "")
+
+
+def write_series(store: LocalTelemetryStore, service: str, fault: dict[str, float] | None = None, stop_at: float | None = None, leak_mb_s: float = 0.0) -> None:
+    """Half-second samples from T0 to NOW; after FAULT_AT the `fault` values replace normal ones."""
+    rng = random.Random(hash(service) & 0xFFFF)
+    batch = []
+    t = T0
+    while t <= NOW:
+        if stop_at is not None and t >= stop_at:
+            break
+        for name, normal in NORMAL.items():
+            value = normal * (1 + rng.uniform(-0.05, 0.05)) if normal else 0.0
+            if t >= FAULT_AT and fault and name in fault:
+                value = fault[name]
+            if name == "memory_rss_mb" and t >= FAULT_AT:
+                value += leak_mb_s * (t - FAULT_AT)
+            batch.append((name, {"service": service}, value, t))
+        t += 0.5
+    store.write_metrics(batch)
+
+
+def error_traces(store: LocalTelemetryStore, origin: str, n: int = 20) -> None:
+    """Failing traces frontend -> checkout -> payments whose deepest error is at `origin`."""
+    chain = ["frontend", "checkout", "payments"]
+    spans = []
+    for i in range(n):
+        parent = None
+        for depth, svc in enumerate(chain):
+            failing = chain.index(origin) >= depth
+            spans.append(Span(trace_id=f"t{i}", span_id=f"t{i}-{svc}", parent_id=parent, service=svc, name="req", start=FAULT_AT + 1 + i * 0.3, duration_ms=5, status="error" if failing else "ok"))
+            parent = f"t{i}-{svc}"
+            if svc == origin:
+                break
+    store.write_spans(spans)
+
+
+def make_toolbox(tmp_path: Path, runtime: FakeRuntime, health: FakeHealth) -> Toolbox:
+    store = LocalTelemetryStore(tmp_path / "telemetry.db")
+    configs = {s: {"version": "1.4.0"} for s in TOPOLOGY}
+    clock = FixedClock(T0 - 600)
+    gitops = LocalGitOps.init(tmp_path / "repo", configs, clock=clock)
+    clock.t = NOW
+    return Toolbox(
+        telemetry=store,
+        runtime=runtime,  # type: ignore[arg-type]
+        incidents=None,  # type: ignore[arg-type]
+        gitops=gitops,
+        notifier=JsonlNotifier(tmp_path / "n.jsonl"),
+        health=health,
+        deployer=None,  # type: ignore[arg-type]
+        ledger=ActionLedger(tmp_path / "ledger.db"),
+        topology=TOPOLOGY,
+        clock=clock,
+    )
+
+
+def observe(tb: Toolbox) -> Observation:
+    cfg = ObserverConfig(window_s=6, baseline_s=30, confirm_polls=1, detect_timeout_s=0)
+    return Observer(tb, cfg).observe(trigger=__import__("graphs.state", fromlist=["Trigger"]).Trigger())
+
+
+def analyst(tb: Toolbox) -> Analyst:
+    return Analyst(tb, AnalystConfig(), ObserverConfig(window_s=6, baseline_s=30))
+
+
+def test_cascade_blames_the_dependency_not_the_loud_caller(tmp_path: Path) -> None:
+    """payments fails a little; checkout and frontend fail loudly because they call it."""
+    tb = make_toolbox(tmp_path, FakeRuntime(), FakeHealth())
+    write_series(tb.telemetry, "payments", {"error_ratio": 0.3})  # type: ignore[arg-type]
+    write_series(tb.telemetry, "checkout", {"error_ratio": 0.6})  # type: ignore[arg-type]
+    write_series(tb.telemetry, "frontend", {"error_ratio": 0.9})  # type: ignore[arg-type]
+    error_traces(tb.telemetry, "payments")  # type: ignore[arg-type]
+    tb.telemetry.write_logs([LogRecord(ts=FAULT_AT + 2 + i * 0.1, service="checkout", level="error", message="upstream payments returned 500") for i in range(10)])  # type: ignore[attr-defined]
+    obs = observe(tb)
+    assert not obs.healthy
+    diagnosis = analyst(tb).diagnose(obs)
+    assert diagnosis.top is not None
+    assert diagnosis.top.service == "payments"
+    assert diagnosis.top.fault_type == "error_spike"
+    kinds = {e.kind for e in diagnosis.top.evidence}
+    assert {"metric", "trace", "log"} <= kinds
+    frontend = next(h for h in diagnosis.hypotheses if h.service == "frontend")
+    assert any(e.kind == "topology" and e.weight < 0 for e in frontend.evidence)
+    assert 0 < diagnosis.confidence <= 1
+
+
+def test_crash_with_unrelated_deploy_elsewhere(tmp_path: Path) -> None:
+    """A deploy to a quiet service is a red herring; the dead process is the cause."""
+    tb = make_toolbox(tmp_path, FakeRuntime(down={"payments"}), FakeHealth(failing={"payments"}))
+    tb.gitops.commit_config("inventory" if False else "frontend", {"version": "1.4.1"}, "frontend 1.4.1", kind="deploy")  # type: ignore[attr-defined]
+    write_series(tb.telemetry, "payments", stop_at=FAULT_AT)  # type: ignore[arg-type]
+    write_series(tb.telemetry, "checkout", {"error_ratio": 1.0})  # type: ignore[arg-type]
+    write_series(tb.telemetry, "frontend", {"error_ratio": 1.0})  # type: ignore[arg-type]
+    diagnosis = analyst(tb).diagnose(observe(tb))
+    assert diagnosis.top is not None and diagnosis.top.service == "payments"
+    assert diagnosis.top.fault_type == "crash"
+    frontend = next(h for h in diagnosis.hypotheses if h.service == "frontend")
+    # the frontend deploy may be listed but must not outweigh the crash
+    assert frontend.score < diagnosis.top.score
+    assert diagnosis.confidence > 0.5
+
+
+def test_bad_deploy_is_named_and_planned_as_rollback(tmp_path: Path) -> None:
+    tb = make_toolbox(tmp_path, FakeRuntime(), FakeHealth())
+    assert isinstance(tb.clock, FixedClock)
+    tb.clock.t = FAULT_AT - 20
+    tb.gitops.commit_config("payments", {"version": "2.0.0-rc1"}, "payments 2.0.0-rc1", kind="deploy")  # type: ignore[attr-defined]
+    tb.clock.t = NOW
+    write_series(tb.telemetry, "payments", {"error_ratio": 0.6})  # type: ignore[arg-type]
+    write_series(tb.telemetry, "checkout", {"error_ratio": 0.6})  # type: ignore[arg-type]
+    write_series(tb.telemetry, "frontend", {"error_ratio": 0.6})  # type: ignore[arg-type]
+    error_traces(tb.telemetry, "payments")  # type: ignore[arg-type]
+    diagnosis = analyst(tb).diagnose(observe(tb))
+    assert diagnosis.top is not None
+    assert (diagnosis.top.service, diagnosis.top.fault_type) == ("payments", "bad_deploy")
+    engineer = Engineer(tb, load_policy(), EngineerConfig(), AnalystConfig(), ObserverConfig())
+    plan = engineer.plan(diagnosis, attempts=0, previous=[])
+    assert plan.decision == "act"
+    assert plan.actions[0].kind == "rollback"
+    assert plan.actions[0].params["config"]["version"] == "1.4.0"
+
+
+def test_memory_leak_is_recognised(tmp_path: Path) -> None:
+    tb = make_toolbox(tmp_path, FakeRuntime(), FakeHealth())
+    write_series(tb.telemetry, "checkout", leak_mb_s=40)  # type: ignore[arg-type]
+    write_series(tb.telemetry, "payments")  # type: ignore[arg-type]
+    write_series(tb.telemetry, "frontend")  # type: ignore[arg-type]
+    diagnosis = analyst(tb).diagnose(observe(tb))
+    assert diagnosis.top is not None
+    assert (diagnosis.top.service, diagnosis.top.fault_type) == ("checkout", "memory_leak")
+
+
+def test_healthy_system_has_no_signals(tmp_path: Path) -> None:
+    tb = make_toolbox(tmp_path, FakeRuntime(), FakeHealth())
+    for s in TOPOLOGY:
+        write_series(tb.telemetry, s)  # type: ignore[arg-type]
+    obs = observe(tb)
+    assert obs.healthy and obs.signals == []
+    diagnosis = analyst(tb).diagnose(obs)
+    assert diagnosis.hypotheses == [] and diagnosis.confidence == 0.0
+
+
+def test_confidence_follows_separation(tmp_path: Path) -> None:
+    """Two equally broken independent services split the confidence; one broken service gets it all."""
+    tb = make_toolbox(tmp_path, FakeRuntime(), FakeHealth())
+    write_series(tb.telemetry, "payments", {"latency_p95_ms": 400})  # type: ignore[arg-type]
+    write_series(tb.telemetry, "checkout")  # type: ignore[arg-type]
+    write_series(tb.telemetry, "frontend")  # type: ignore[arg-type]
+    alone = analyst(tb).diagnose(observe(tb)).confidence
+    tb2 = make_toolbox(tmp_path / "two", FakeRuntime(), FakeHealth())
+    topo = {"frontend": [], "checkout": [], "payments": []}
+    tb2.topology = topo
+    write_series(tb2.telemetry, "payments", {"latency_p95_ms": 400})  # type: ignore[arg-type]
+    write_series(tb2.telemetry, "checkout", {"latency_p95_ms": 400})  # type: ignore[arg-type]
+    write_series(tb2.telemetry, "frontend")  # type: ignore[arg-type]
+    split = analyst(tb2).diagnose(observe(tb2)).confidence
+    assert split < alone
+    assert split == pytest.approx(alone / 2, rel=0.25)
+
+
+def test_policy_refuses_and_limits(tmp_path: Path) -> None:
+    policy = Policy(defaults=ServicePolicy(allowed=["restart"], max_attempts=2, cooldown_s=60, require_approval=["restart"]))
+    services = list(TOPOLOGY)
+    ok = policy.check(Action(kind="restart", service="payments"), attempts_so_far=0, last_same_action_at=None, now=100, known_services=services)
+    assert ok.allowed and ok.needs_approval
+    assert not policy.check(Action(kind="rollback", service="payments"), attempts_so_far=0, last_same_action_at=None, now=100, known_services=services).allowed
+    assert not policy.check(Action(kind="restart", service="payments"), attempts_so_far=2, last_same_action_at=None, now=100, known_services=services).allowed
+    cooling = policy.check(Action(kind="restart", service="payments"), attempts_so_far=0, last_same_action_at=80, now=100, known_services=services)
+    assert not cooling.allowed and "cooling down" in cooling.reasons[0]
+    assert not policy.check(Action(kind="restart", service="db"), attempts_so_far=0, last_same_action_at=None, now=100, known_services=services).allowed
+
+
+def test_bad_policy_file_names_the_field(tmp_path: Path) -> None:
+    bad = tmp_path / "policy.yaml"
+    bad.write_text("defaults:\n  allowed: [restart, delete_everything]\n")
+    with pytest.raises(ConfigError, match="defaults.allowed"):
+        load_policy(bad)
