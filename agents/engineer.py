@@ -7,7 +7,7 @@ from typing import Any
 
 from graphs.state import Action, ActionKind, ActionPlan, ActionResult, Diagnosis, FaultType, Hypothesis, Observation, Verification
 from sregraph.config import AnalystConfig, EngineerConfig, ObserverConfig
-from tools.base import NotFound, SregraphError
+from tools.base import SregraphError
 from tools.toolbox import Toolbox
 
 from agents.policy import Policy
@@ -100,11 +100,7 @@ class Engineer:
         if kind is None:
             return None
         if kind == "restart":
-            try:
-                if not self.toolbox.runtime.status(service).running:
-                    kind = "start" if "start" in self.policy.for_service(service).allowed else "restart"
-            except NotFound:
-                return None
+            # A restart of a dead process starts it and counts it, which is what an operator expects to see.
             return Action(kind=kind, service=service, reason=f"{hypothesis.fault_type} on {service}")
         # rollback / config_change: restore the config from before the suspect change.
         change = next((e.ref for e in hypothesis.evidence if e.kind == "change" and e.ref), None)

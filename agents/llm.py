@@ -84,7 +84,8 @@ def _secret(environ: Mapping[str, str], name: str, provider: str, field_name: st
     value = environ.get(name, "").strip()
     if not value:
         raise ConfigError(
-            f"{field_name}: environment variable {name} is not set; provider {provider!r} needs an API key there"
+            f"{field_name}: environment variable {name} is not set; "
+            f"provider {provider!r} reads its API key from there"
         )
     return SecretStr(value)
 
@@ -137,7 +138,8 @@ class LLMHypothesis(BaseModel):
     service: str = Field(description="The service at fault, spelled as the tools spell it.")
     fault_type: FaultType = Field(description="The kind of fault.")
     cited_evidence: list[str] = Field(
-        default_factory=list, description="Short verbatim quotes of the tool results this hypothesis rests on."
+        default_factory=list,
+        description="Short verbatim quotes of the tool results this hypothesis rests on.",
     )
     rationale: str = Field(description="One or two sentences: why this service and this fault.")
 
@@ -145,7 +147,9 @@ class LLMHypothesis(BaseModel):
 class LLMDiagnosis(BaseModel):
     """Ranked root-cause hypotheses for the incident, most likely first."""
 
-    hypotheses: list[LLMHypothesis] = Field(description="Candidate root causes, most likely first; at most 3.")
+    hypotheses: list[LLMHypothesis] = Field(
+        description="Candidate root causes, most likely first; at most 3."
+    )
     notes: list[str] = Field(
         default_factory=list, description="Anything an on-call engineer should know: gaps, contradictions."
     )
@@ -225,9 +229,9 @@ def _invoke(runnable: Any, messages: list[BaseMessage], what: str) -> Any:
 def _run_tool(tools: Mapping[str, BaseTool], name: str, args: Any) -> str:
     tool = tools.get(name)
     if tool is None:
-        return ToolResult.fail(f"unknown tool {name!r}; available: {', '.join(sorted(tools))}").model_dump_json(
-            exclude_none=True
-        )
+        return ToolResult.fail(
+            f"unknown tool {name!r}; available: {', '.join(sorted(tools))}"
+        ).model_dump_json(exclude_none=True)
     try:
         result = tool.invoke(args if isinstance(args, dict) else {})
     except Exception as exc:  # a tool must never end the loop; the model reads the error and moves on
@@ -260,12 +264,14 @@ def run_tool_loop(
     budget: TokenBudget,
     encoding: str = "cl100k_base",
 ) -> LoopResult:
-    """Let `model` call `tools` for up to `max_steps` calls within `budget`, then return its answer as `output`."""
+    """Run the bounded tool loop of `model` over `tools`, then return its structured answer as `output`."""
     if max_steps < 0:
         raise ConfigError(f"max_steps must be >= 0, got {max_steps}")
     by_name = {t.name: t for t in tools}
     messages: list[BaseMessage] = [SystemMessage(system), HumanMessage(user)]
-    schema_tokens = count_tokens(json.dumps([convert_to_openai_tool(t) for t in tools]), encoding) if tools else 0
+    schema_tokens = (
+        count_tokens(json.dumps([convert_to_openai_tool(t) for t in tools]), encoding) if tools else 0
+    )
     answer_tokens = count_tokens(json.dumps(output.model_json_schema()), encoding) + REPLY_RESERVE
     meter = _Meter(budget, encoding)
 
@@ -273,7 +279,9 @@ def run_tool_loop(
         return schema_tokens + sum(message_tokens(m, encoding) for m in messages)
 
     if prompt_tokens() + answer_tokens > budget.remaining:
-        raise LLMError(f"the prompt needs {prompt_tokens()} tokens; only {budget.remaining} of the budget remain")
+        raise LLMError(
+            f"the prompt needs {prompt_tokens()} tokens; only {budget.remaining} of the budget remain"
+        )
 
     bound: Any = model
     if tools and max_steps > 0:
@@ -311,7 +319,10 @@ def run_tool_loop(
             status = _envelope_status(content)
             messages.append(
                 ToolMessage(
-                    content, tool_call_id=call_id, name=call["name"], status="error" if status == "error" else "success"
+                    content,
+                    tool_call_id=call_id,
+                    name=call["name"],
+                    status="error" if status == "error" else "success",
                 )
             )
             calls_log.append(
@@ -325,8 +336,12 @@ def run_tool_loop(
                 }
             )
 
-    answer = _final_answer(model, messages, last if stop == "answered" else None, output, meter, prompt_tokens)
-    log.info("tool loop: %d steps, %d tool calls, %d tokens, stopped: %s", steps, len(calls_log), meter.used, stop)
+    answer = _final_answer(
+        model, messages, last if stop == "answered" else None, output, meter, prompt_tokens
+    )
+    log.info(
+        "tool loop: %d steps, %d tool calls, %d tokens, stopped: %s", steps, len(calls_log), meter.used, stop
+    )
     return LoopResult(output=answer, tokens=meter.used, steps=steps, tool_calls=calls_log, stop_reason=stop)
 
 
@@ -366,4 +381,6 @@ def _final_answer(
         return parsed
     if isinstance(raw, BaseMessage) and "{" in raw.text:
         return parse_json_output(raw.text, output)
-    raise LLMError(f"the model's final answer is not a valid {output.__name__}: {result.get('parsing_error')}")
+    raise LLMError(
+        f"the model's final answer is not a valid {output.__name__}: {result.get('parsing_error')}"
+    )

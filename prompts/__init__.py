@@ -1,7 +1,7 @@
 """Prompts as Jinja2 templates, one per agent, with shared partials in `partials/`.
 
-`render(name, **context)` fills a template; an undefined variable is an error (StrictUndefined), never an empty
-string. The context each template needs (a snapshot test renders each with a fixed one):
+`render(name, **context)` fills a template; an undefined variable is an error (StrictUndefined), never an
+empty string. The context each template needs (a snapshot test renders each with a fixed one):
 
 - observer.md.j2: signals (list[Signal])
 - analyst.md.j2: summary (str), signals (list[Signal]), services (list[str]), edges (list[(caller, callee)]),
@@ -17,7 +17,7 @@ break out of).
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ def num(value: float) -> str:
 
 def utc(at: float) -> str:
     """Epoch seconds as an ISO-like UTC time."""
-    return datetime.fromtimestamp(at, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.fromtimestamp(at, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _environment() -> Environment:

@@ -72,11 +72,14 @@ def _summary(state: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _engine(settings: Settings, attach: bool = True) -> Any:
+def _engine(settings: Settings, start: bool = False) -> Any:
+    """An engine on the local app: started with load (`run`), or attached as it is (worker, approve)."""
     from sregraph.engine import Engine, local_toolbox
+    from sregraph.localenv.app import LocalApp
     from sregraph.scenario import start_app
 
-    local = start_app(settings) if attach else None
+    # Attaching must never start services: a stopped service is what the agents are there to notice.
+    local = start_app(settings) if start else LocalApp(settings.data_dir / "app")
     return Engine(settings, local_toolbox(settings, local), progress=_progress), local
 
 
@@ -102,7 +105,7 @@ def run(
             spec = None
         else:
             spec = load_scenario(scenario)
-        engine, local = _engine(settings)
+        engine, local = _engine(settings, start=True)
         try:
             if spec is not None:
                 console.print(f"[bold]scenario[/bold] {spec.name}: {spec.description}")

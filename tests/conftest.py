@@ -43,8 +43,8 @@ class NetworkGuard:
         if not _is_loopback(address):
             self.blocked.append(address)
             raise NetworkBlockedError(
-                f"sregraph tests allow loopback connections only; blocked {address!r}. Use a scripted model "
-                "(tests/fakes/chat.py) or the local server (tests/fakes/openai_server.py) instead of a real one."
+                f"sregraph tests allow loopback connections only; blocked {address!r}. Use a scripted "
+                "model (tests/fakes/chat.py) or the local server (tests/fakes/openai_server.py) instead."
             )
 
 
@@ -66,4 +66,6 @@ def network_guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[NetworkGuard]:
     monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
     yield guard
     if guard.blocked:
-        pytest.fail(f"the test tried to reach the network (blocked, maybe swallowed): {guard.blocked}", pytrace=False)
+        pytest.fail(
+            f"the test tried to reach the network (blocked, maybe swallowed): {guard.blocked}", pytrace=False
+        )

@@ -1,7 +1,8 @@
-"""The embedded local environment, with real processes on loopback: telemetry store, supervisor, app, chaos."""
+"""The embedded local environment with real processes on loopback: telemetry, supervisor, app, chaos."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -63,7 +64,8 @@ def test_query_range_matches_label_subsets_and_time_range(tmp_path: Path) -> Non
     assert [s.labels for s in series] == [{"replica": "1", "service": "a"}, {"service": "a"}]
     assert series[1].points == [(100.0, 1.0), (101.0, 2.0), (102.0, 3.0)]
     assert len(store.query_range("request_rate", None, 0, 1000)) == 3
-    assert store.query_range("request_rate", {"service": "a", "replica": "1"}, 0, 1000)[0].points == [(101.0, 5.0)]
+    exact = store.query_range("request_rate", {"service": "a", "replica": "1"}, 0, 1000)
+    assert [s.points for s in exact] == [[(101.0, 5.0)]]
     clipped = store.query_range("request_rate", {"service": "a"}, 100.5, 101.5)
     assert [s.points for s in clipped] == [[(101.0, 5.0)], [(101.0, 2.0)]]
     assert store.query_range("request_rate", {"service": "zzz"}, 0, 1000) == []
@@ -96,7 +98,8 @@ def test_logs_spans_and_prune(tmp_path: Path) -> None:
     child = Span(trace_id="t1", span_id="b", parent_id="a", service="pay", name="GET /pay", start=50.001,
                  duration_ms=1, status="error", attrs={"http.status": 500})
     store.write_spans([child, root])
-    store.write_span(Span(trace_id="t2", span_id="c", service="pay", name="GET /pay", start=70.0, duration_ms=1))
+    other = Span(trace_id="t2", span_id="c", service="pay", name="GET /pay", start=70.0, duration_ms=1)
+    store.write_span(other)
     assert [s.span_id for s in store.spans(None, 0, 100)] == ["a", "b", "c"]
     assert [s.span_id for s in store.spans("pay", 0, 60)] == ["b"]
     assert store.trace("t1") == [root, child]
@@ -126,7 +129,9 @@ WRITER = textwrap.dedent(
 def test_several_processes_write_concurrently(tmp_path: Path) -> None:
     db = tmp_path / "t.db"
     writers = [
-        subprocess.Popen([sys.executable, "-c", WRITER, str(db), f"w{n}"], env=child_env(), stderr=subprocess.PIPE)
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(db), f"w{n}"], env=child_env(), stderr=subprocess.PIPE
+        )
         for n in range(4)
     ]
     for proc in writers:
@@ -142,7 +147,9 @@ def test_several_processes_write_concurrently(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- supervisor
 
-SLEEPER = "import os, time; print('hello replica', os.environ.get('REPLICA', '0'), flush=True); time.sleep(120)"
+SLEEPER = (
+    "import os, time; print('hello replica', os.environ.get('REPLICA', '0'), flush=True); time.sleep(120)"
+)
 
 
 def sleeper_specs(tmp_path: Path) -> dict[str, ProcessSpec]:
@@ -264,7 +271,8 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalApp]:
             local.stop()
         finally:
             for pid in local.runtime.pids():  # belt and braces: nothing survives the module
-                os.killpg(pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
             local.close()
 
 
@@ -277,7 +285,7 @@ def recent(app: LocalApp, metric: str, service: str, since: float) -> list[float
 def test_load_flows_through_all_services(app: LocalApp) -> None:
     since = time.time()
     for name in app.services():
-        wait_for(f"{name} request_rate > 0", lambda n=name: any(v > 0 for v in recent(app, "request_rate", n, since)))
+        wait_for(f"{name} traffic", lambda n=name: any(v > 0 for v in recent(app, "request_rate", n, since)))
     assert {"request_rate", "error_ratio", "latency_p95_ms", "memory_rss_mb", "cpu_percent", "purchases_rate",
             "conversion_ratio"} <= set(app.telemetry.metric_names())
     assert all(v == 0 for v in recent(app, "error_ratio", "payments", since))
@@ -315,8 +323,10 @@ def test_crash_fails_health_and_restart_cures(app: LocalApp) -> None:
     status = app.runtime.status("checkout")
     assert not status.running and status.exit_code == -signal.SIGKILL
     assert not app.health.check("checkout").ok
-    wait_for("frontend to log the broken dependency",
-             lambda: app.telemetry.search_logs("frontend", time.time() - 5, time.time() + 1, query="upstream checkout"))
+    wait_for(
+        "frontend to log the broken dependency",
+        lambda: app.telemetry.search_logs("frontend", time.time() - 5, time.time() + 1, query="upstream"),
+    )
     restarted = app.runtime.restart("checkout")
     assert restarted.running and restarted.restarts == 1
     assert app.wait_healthy(["checkout"], timeout=5)["checkout"].ok
@@ -329,13 +339,14 @@ def test_memory_leak_grows_rss_and_restart_cures(app: LocalApp) -> None:
     wait_for("memory growth", lambda: max(recent(app, "memory_rss_mb", "payments", since)) > base + 50)
     assert app.apply("payments").running  # a restart drops in-memory faults
     cured = time.time()
-    assert wait_for("memory after restart", lambda: recent(app, "memory_rss_mb", "payments", cured))[-1] < base + 30
+    after = wait_for("memory after restart", lambda: recent(app, "memory_rss_mb", "payments", cured))
+    assert after[-1] < base + 30
 
 
 def test_latency_fault_and_clear(app: LocalApp) -> None:
     since = time.time()
     app.inject("latency", "payments", ms=250)
-    wait_for("payments p95 > 250 ms", lambda: any(v > 250 for v in recent(app, "latency_p95_ms", "payments", since)))
+    wait_for("p95 > 250 ms", lambda: any(v > 250 for v in recent(app, "latency_p95_ms", "payments", since)))
     app.inject("clear", "payments")
     cleared = time.time() + 0.6
     wait_for("p95 back to normal",
@@ -354,9 +365,9 @@ def test_bad_deploy_cascades_and_rollback_cures(app: LocalApp) -> None:
 
     wait_for("payments errors", lambda: bad("payments"))
     wait_for("errors cascading to frontend", lambda: bad("frontend"))
-    assert app.telemetry.search_logs("payments", since, time.time() + 1, query="NullPointerException", limit=1)
-    assert app.telemetry.search_logs("frontend", since, time.time() + 1, query="upstream checkout returned 502",
-                                     level="error", limit=1)
+    logs = app.telemetry.search_logs
+    assert logs("payments", since, time.time() + 1, query="NullPointerException", level="error", limit=1)
+    assert logs("frontend", since, time.time() + 1, query="upstream checkout returned 502", level="error")
 
     good = {**app.gitops.config("payments"), "version": STABLE_VERSION}
     app.gitops.commit_config("payments", good, "Roll back payments to 1.4.0", kind="rollback", author="test")

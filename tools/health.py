@@ -1,4 +1,4 @@
-"""`HealthChecker` over HTTP: GET <url>/health with a short timeout; a dead service is a result, not an error."""
+"""`HealthChecker` over HTTP: GET <url>/health with a timeout; a dead service is a result, not an error."""
 
 from __future__ import annotations
 

@@ -73,12 +73,12 @@ def _enveloped(fn: Callable[P, ToolResult]) -> Callable[P, str]:
             result = ToolResult.fail(f"not found: {exc}")
         except (SregraphError, ValueError) as exc:
             result = ToolResult.fail(str(exc))
-        except Exception as exc:  # a backend bug must not end the investigation; the model can try another tool
+        except Exception as exc:  # a backend bug must not end the investigation: the model tries another tool
             log.warning("read-only tool %s failed", fn.__name__, exc_info=True)
             result = ToolResult.fail(f"{type(exc).__name__}: {exc}")
         return dump_result(result)
 
-    return run  # type: ignore[return-value]
+    return run
 
 
 def _bad_arguments(exc: ValidationError | Any) -> str:
@@ -150,11 +150,17 @@ def build_readonly_tools(
         rows = []
         for s in series[:MAX_SERIES]:
             extra = {k: v for k, v in s.labels.items() if k != "service"}
-            rows.append({"labels": extra, "summary": summarize_series(s.points)} if extra else summarize_series(s.points))
+            rows.append(
+                {"labels": extra, "summary": summarize_series(s.points)}
+                if extra
+                else summarize_series(s.points)
+            )
         return ToolResult.ok({**context, "series": rows})
 
     @_enveloped
-    def search_logs(service: str | None = None, query: str | None = None, minutes: float | None = None) -> ToolResult:
+    def search_logs(
+        service: str | None = None, query: str | None = None, minutes: float | None = None
+    ) -> ToolResult:
         """Log lines of a service grouped into templates, errors first, with counts and one example each.
 
         Args:
@@ -229,7 +235,9 @@ def build_readonly_tools(
         try:
             status = runtime.status(service)
         except NotFound:
-            return ToolResult.fail(f"unknown service {service!r}; known services: {', '.join(sorted(runtime.services()))}")
+            return ToolResult.fail(
+                f"unknown service {service!r}; known services: {', '.join(sorted(runtime.services()))}"
+            )
         data = status.model_dump(exclude_none=True)
         if status.started_at is not None:
             data["uptime_s"] = round(clock.now() - status.started_at, 1)
@@ -262,7 +270,13 @@ def build_readonly_tools(
             return ToolResult(status="no_data", data={"service": service or "all", "window_s": round(span_s)})
         return ToolResult.ok(rows)
 
-    tools: list[Callable[..., str]] = [query_metric, search_logs, trace_errors, service_status, recent_changes]
+    tools: list[Callable[..., str]] = [
+        query_metric,
+        search_logs,
+        trace_errors,
+        service_status,
+        recent_changes,
+    ]
 
     if memory_search is not None:
         search = memory_search
@@ -285,4 +299,3 @@ def build_readonly_tools(
         StructuredTool.from_function(fn, parse_docstring=True, handle_validation_error=_bad_arguments)
         for fn in tools
     ]
-

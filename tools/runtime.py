@@ -73,7 +73,7 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
     """(state letter, start time in clock ticks) of a pid, or None if there is no such process."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+    except OSError:
         return None
     # comm (field 2) may hold spaces and parentheses; everything after the last ')' is space-separated.
     rest = raw[raw.rfind(")") + 2 :].split()
@@ -86,7 +86,7 @@ def _rss_mb(pid: int) -> float | None:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024.0
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+    except OSError:
         return None
     return None
 
@@ -244,7 +244,8 @@ class ProcessSupervisor:
         now = time.time()
         with self._tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO procs VALUES (?, ?, ?, ?, ?)", (spec.name, replica, popen.pid, pstart, now)
+                "INSERT OR REPLACE INTO procs VALUES (?, ?, ?, ?, ?)",
+                (spec.name, replica, popen.pid, pstart, now),
             )
             if replica == 0:
                 db.execute("UPDATE services SET started_at = ? WHERE service = ?", (now, spec.name))

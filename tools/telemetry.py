@@ -52,6 +52,9 @@ CREATE INDEX IF NOT EXISTS spans_trace ON spans (trace_id);
 BUSY_TIMEOUT_S = 5.0
 
 
+MetricTuple = tuple[str, Mapping[str, Any], float, float]
+
+
 class MetricPoint(NamedTuple):
     """One metric sample as `write_metrics` takes it; a plain 4-tuple works too."""
 
@@ -63,7 +66,8 @@ class MetricPoint(NamedTuple):
 
 def _labels_key(labels: Mapping[str, Any] | None) -> str:
     """Canonical text of a label set, so equal sets compare equal in SQL."""
-    return json.dumps({str(k): str(v) for k, v in (labels or {}).items()}, sort_keys=True, separators=(",", ":"))
+    canonical = {str(k): str(v) for k, v in (labels or {}).items()}
+    return json.dumps(canonical, sort_keys=True, separators=(",", ":"))
 
 
 class LocalTelemetryStore:
@@ -136,7 +140,7 @@ class LocalTelemetryStore:
         """Store one metric sample."""
         self.write_metrics([(name, labels, value, ts)])
 
-    def write_metrics(self, batch: Iterable[MetricPoint | tuple[str, Mapping[str, Any], float, float]]) -> None:
+    def write_metrics(self, batch: Iterable[MetricPoint | MetricTuple]) -> None:
         """Store many samples, each `(name, labels, value, ts)`, in one transaction."""
         rows = [(str(n), _labels_key(lb), float(ts), float(v)) for n, lb, v, ts in batch]
         if not rows:
@@ -150,7 +154,9 @@ class LocalTelemetryStore:
 
     def write_logs(self, batch: Iterable[LogRecord]) -> None:
         """Store many log records in one transaction."""
-        rows = [(r.ts, r.service, r.level.lower(), r.message, json.dumps(r.attrs, default=str)) for r in batch]
+        rows = [
+            (r.ts, r.service, r.level.lower(), r.message, json.dumps(r.attrs, default=str)) for r in batch
+        ]
         if not rows:
             return
         with self._lock:
@@ -179,10 +185,12 @@ class LocalTelemetryStore:
         if not rows:
             return
         with self._lock:
-            self._write_tx(lambda c: c.executemany("INSERT INTO spans VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows))
+            self._write_tx(
+                lambda c: c.executemany("INSERT INTO spans VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            )
 
     def prune(self, older_than_ts: float) -> int:
-        """Delete every metric, log and span older than `older_than_ts`; returns the number of rows deleted."""
+        """Delete every metric, log and span older than `older_than_ts`; returns how many rows went."""
         deleted = 0
 
         def body(c: sqlite3.Connection) -> None:
@@ -230,7 +238,7 @@ class LocalTelemetryStore:
         level: str | None = None,
         limit: int = 500,
     ) -> list[LogRecord]:
-        """Log records in [start, end] (the newest `limit`, in time order), filtered by service, text, level."""
+        """Log records in [start, end] by service, text and level: the newest `limit`, oldest first."""
         sql = "SELECT ts, service, level, message, attrs FROM logs WHERE ts BETWEEN ? AND ?"
         args: list[Any] = [start, end]
         if service is not None:
@@ -252,7 +260,7 @@ class LocalTelemetryStore:
         ]
 
     def spans(self, service: str | None, start: float, end: float, limit: int = 2000) -> list[Span]:
-        """Spans that started in [start, end] (the newest `limit`, in time order), optionally for one service."""
+        """Spans that started in [start, end], optionally of one service: the newest `limit`, oldest first."""
         sql = (
             "SELECT trace_id, span_id, parent_id, service, name, start, duration_ms, status, attrs "
             "FROM spans WHERE start BETWEEN ? AND ?"

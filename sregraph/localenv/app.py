@@ -8,6 +8,9 @@ Everything lives under one data directory, and the ports are chosen once and sav
     data_dir/config-repo/      git repo; services/<name>.yaml on main is what runs after a restart
     data_dir/runtime/          supervisor state and per-service stdout logs
     data_dir/chaos.jsonl       every injected fault (ground truth for evals; the services never log it)
+
+`runtime.scale` starts extra replicas on PORT+i; they serve and report telemetry with a ``replica`` label, but
+nothing load-balances to them (callers use replica 0), so scaling adds capacity only in name.
 """
 
 from __future__ import annotations
@@ -200,7 +203,7 @@ class LocalApp:
         return ports
 
     def _specs(self) -> dict[str, ProcessSpec]:
-        """How the supervisor runs each service; the config is the file on the repo's work tree (branch main)."""
+        """How the supervisor runs each service; `--config` is the file in the repo's work tree (main)."""
         pythonpath = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)
         specs = {}
         for name, downstreams in TOPOLOGY.items():
@@ -248,7 +251,7 @@ class LocalApp:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, wait_healthy: bool = True, timeout: float = 15.0) -> dict[str, ServiceStatus]:
-        """Start every service that is not running (dependencies first); optionally wait until all are healthy."""
+        """Start the stopped services, dependencies first; optionally wait until all are healthy."""
         for name in START_ORDER:
             self.runtime.start(name)
         if wait_healthy:
@@ -262,7 +265,9 @@ class LocalApp:
                 raise ToolError(f"services not healthy after {timeout:g}s: " + "; ".join(lines))
         return {name: self.status(name) for name in TOPOLOGY}
 
-    def wait_healthy(self, services: list[str] | None = None, timeout: float = 10.0) -> dict[str, HealthResult]:
+    def wait_healthy(
+        self, services: list[str] | None = None, timeout: float = 10.0
+    ) -> dict[str, HealthResult]:
         """Poll health until every service (default: all) is ok or `timeout` passes; the last results."""
         names = services or list(TOPOLOGY)
         deadline = time.monotonic() + timeout
@@ -334,6 +339,8 @@ class LocalApp:
 
         detail = ""
         if fault == "crash":
+            if not self.runtime.status(service).running:
+                raise ToolError(f"cannot crash {service}: it is not running")
             status = self.runtime.kill(service)
             detail = f"killed; exit_code={status.exit_code}"
         elif fault == "bad_deploy":
@@ -348,7 +355,9 @@ class LocalApp:
             chaos = {"memory_leak": "leak", "latency": "latency", "error_rate": "errors", "cpu": "cpu"}
             body = {"fault": chaos.get(fault, fault), **params}
             detail = json.dumps(self._chaos(service, body))
-        injection = FaultInjection(fault=fault, service=service, params=params, at=self.clock.now(), detail=detail)
+        injection = FaultInjection(
+            fault=fault, service=service, params=params, at=self.clock.now(), detail=detail
+        )
         with self._journal_lock, open(self.data_dir / "chaos.jsonl", "a") as fh:
             fh.write(injection.model_dump_json() + "\n")
         return injection

@@ -2,15 +2,15 @@
 
 Run as ``python -m sregraph.localenv.service --name NAME --port PORT --config PATH --telemetry DB
 [--downstream NAME=URL ...]``. The YAML config is read once at start (a restart picks up a new one):
-``version``, ``error_rate`` (0), ``latency_ms`` (5), ``timeout_ms`` (1000), ``memory_limit_mb`` (1024), any
-other keys are kept and ignored. The version selects a row of `RELEASES`, which is how a bad release misbehaves.
+``version``, ``error_rate`` (0), ``latency_ms`` (5), ``timeout_ms`` (1000), ``memory_limit_mb`` (1536), any
+other keys are kept and ignored. The version selects a row of `RELEASES` (how a bad release misbehaves).
 
 Routes: ``GET /health``; the business route (frontend ``/buy``, checkout ``/checkout``, payments ``/pay``, and
 ``/work`` everywhere) which calls every downstream's business route, propagating ``X-Trace-Id`` and
 ``X-Parent-Span``; ``POST /chaos`` which sets in-memory faults (gone after a restart).
 
-Every `TICK_S` a background thread writes metrics labelled ``{"service": NAME}`` (plus ``"replica": "i"`` for an
-extra replica, which listens on PORT+i) and flushes buffered logs and spans to the telemetry store.
+Every `TICK_S` a background thread writes metrics labelled ``{"service": NAME}`` (plus ``"replica": "i"``
+for an extra replica, which listens on PORT+i) and flushes buffered logs and spans to the telemetry store.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ class Service:
         self.error_rate = float(config.get("error_rate", 0.0))
         self.latency_ms = float(config.get("latency_ms", 5.0))
         self.timeout_s = float(config.get("timeout_ms", 1000.0)) / 1000.0
-        self.memory_limit_mb = float(config.get("memory_limit_mb", 1024.0))
+        self.memory_limit_mb = float(config.get("memory_limit_mb", 1536.0))
         self.store = store
         self.downstreams = downstreams
         self.replica = replica
@@ -154,7 +154,9 @@ class Service:
     def log(self, level: str, message: str, **attrs: Any) -> None:
         """One JSON line on stdout, and the same record buffered for the store."""
         record = LogRecord(ts=time.time(), service=self.name, level=level, message=message, attrs=attrs)
-        line = json.dumps({"ts": record.ts, "level": level, "service": self.name, "message": message, **attrs})
+        line = json.dumps(
+            {"ts": record.ts, "level": level, "service": self.name, "message": message, **attrs}, default=str
+        )
         with self._out_lock:
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
@@ -185,7 +187,9 @@ class Service:
                 (self.error_rate, f"internal error: simulated failure (error_rate={self.error_rate:g})"),
             ]
             weights = [w for w, _ in causes]
-            error = random.choices([m for _, m in causes], weights=weights)[0] if sum(weights) else "internal error"
+            error = "internal error"
+            if sum(weights):
+                error = random.choices([m for _, m in causes], weights=weights)[0]
         else:
             for name, url in self.downstreams.items():
                 error = self._call(name, url, trace_id, span_id)
@@ -410,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(config, dict):
             raise ValueError("top level must be a mapping")
     except (OSError, ValueError, yaml.YAMLError) as exc:
-        print(json.dumps({"level": "error", "service": args.name, "message": f"bad config {args.config}: {exc}"}))
+        message = f"bad config {args.config}: {exc}"
+        print(json.dumps({"level": "error", "service": args.name, "message": message}), flush=True)
         return 2
     store = LocalTelemetryStore(args.telemetry)
     service = Service(args.name, config, store, dict(map(_parse_downstream, args.downstream)), replica)
@@ -429,7 +434,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     service.start_ticker()
-    service.log("info", f"service started version={service.version}", port=port, replica=replica, pid=os.getpid())
+    service.log(
+        "info", f"service started version={service.version}", port=port, replica=replica, pid=os.getpid()
+    )
     try:
         server.serve_forever(poll_interval=0.2)
     finally:

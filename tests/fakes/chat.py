@@ -15,6 +15,7 @@ from typing import Any
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
 from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
@@ -24,35 +25,47 @@ from pydantic import BaseModel, Field
 _ids = itertools.count(1)
 
 
-def _usage(usage: tuple[int, int] | None) -> dict[str, int] | None:
+def _usage(usage: tuple[int, int] | None) -> UsageMetadata | None:
     if usage is None:
         return None
-    return {"input_tokens": usage[0], "output_tokens": usage[1], "total_tokens": usage[0] + usage[1]}
+    return UsageMetadata(input_tokens=usage[0], output_tokens=usage[1], total_tokens=usage[0] + usage[1])
 
 
-def tool_call(name: str, args: dict[str, Any] | None = None, *more: tuple[str, dict[str, Any]],
-              usage: tuple[int, int] | None = None) -> AIMessage:
+def tool_call(
+    name: str,
+    args: dict[str, Any] | None = None,
+    *more: tuple[str, dict[str, Any]],
+    usage: tuple[int, int] | None = None,
+) -> AIMessage:
     """A reply asking for one tool call (and optionally more, as (name, args) pairs)."""
     calls = [(name, args or {}), *more]
     return AIMessage(
         content="",
-        tool_calls=[{"name": n, "args": a, "id": f"call_{next(_ids)}", "type": "tool_call"} for n, a in calls],
-        usage_metadata=_usage(usage),  # type: ignore[arg-type]
+        tool_calls=[
+            {"name": n, "args": a, "id": f"call_{next(_ids)}", "type": "tool_call"} for n, a in calls
+        ],
+        usage_metadata=_usage(usage),
     )
 
 
 def say(text: str, usage: tuple[int, int] | None = None) -> AIMessage:
     """A plain text reply with no tool calls."""
-    return AIMessage(content=text, usage_metadata=_usage(usage))  # type: ignore[arg-type]
+    return AIMessage(content=text, usage_metadata=_usage(usage))
 
 
 def answer(output: BaseModel, usage: tuple[int, int] | None = None) -> AIMessage:
     """A structured final answer, as the schema-as-a-tool call `with_structured_output` parses."""
     return AIMessage(
         content="",
-        tool_calls=[{"name": type(output).__name__, "args": output.model_dump(mode="json"),
-                     "id": f"call_{next(_ids)}", "type": "tool_call"}],
-        usage_metadata=_usage(usage),  # type: ignore[arg-type]
+        tool_calls=[
+            {
+                "name": type(output).__name__,
+                "args": output.model_dump(mode="json"),
+                "id": f"call_{next(_ids)}",
+                "type": "tool_call",
+            }
+        ],
+        usage_metadata=_usage(usage),
     )
 
 
@@ -75,7 +88,7 @@ class ScriptedChatModel(FakeMessagesListChatModel):
         self.calls.append(list(messages))
         if self.i >= len(self.responses):
             raise AssertionError(
-                f"scripted model exhausted: call {self.i + 1} but only {len(self.responses)} replies scripted; "
+                f"scripted model exhausted: call {self.i + 1}, {len(self.responses)} replies scripted; "
                 f"last message sent: {messages[-1].text[:300]!r}"
             )
         reply = self.responses[self.i]

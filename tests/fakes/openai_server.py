@@ -26,7 +26,7 @@ def reply(
     usage: tuple[int, int] = (50, 10),
     status: int = 200,
 ) -> dict[str, Any]:
-    """One scripted response: text content and/or tool calls as (name, arguments), token usage, HTTP status."""
+    """One scripted response: text and/or tool calls as (name, arguments), token usage, HTTP status."""
     return {"content": content, "tool_calls": tool_calls or [], "usage": usage, "status": status}
 
 
@@ -74,13 +74,19 @@ class FakeOpenAIServer:
             self.headers.append(headers)
             index = len(self.requests) - 1
             if index >= len(self.script):
-                return 400, _error(f"fake server script exhausted: request {index + 1}, {len(self.script)} scripted")
+                return 400, _error(
+                    f"fake server script exhausted: request {index + 1}, {len(self.script)} scripted"
+                )
             step = self.script[index]
             n = next(self._ids)
         if step["status"] != 200:
             return step["status"], _error(step.get("content") or f"scripted HTTP {step['status']}")
         tool_calls = [
-            {"id": f"call_{n}_{i}", "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}
+            {
+                "id": f"call_{n}_{i}",
+                "type": "function",
+                "function": {"name": name, "arguments": json.dumps(args)},
+            }
             for i, (name, args) in enumerate(step["tool_calls"])
         ]
         message: dict[str, Any] = {"role": "assistant", "content": step["content"], "refusal": None}
@@ -100,7 +106,11 @@ class FakeOpenAIServer:
                     "finish_reason": "tool_calls" if tool_calls else "stop",
                 }
             ],
-            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            },
             "system_fingerprint": "fp_fake",
         }
 
