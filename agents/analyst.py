@@ -350,7 +350,9 @@ def classify(ev: ServiceEvidence, table: dict[str, ServiceEvidence], toolbox: To
         return "memory_leak"
     if ev.down:
         return "crash"
-    if recent_change is not None and (ev.has("error_ratio") or ev.has("latency_p95_ms")):
+    # Errors seen from any family: its own metrics, or callers' traces and logs pointing at it.
+    erroring = ev.has("error_ratio") or any(e.kind in ("trace", "log") and e.weight > 0 for e in ev.evidence)
+    if recent_change is not None and (erroring or ev.has("latency_p95_ms")):
         return "config_change" if change_kind == "config" else "bad_deploy"
     if ev.has("cpu_percent"):
         return "cpu_saturation"

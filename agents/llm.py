@@ -272,11 +272,17 @@ def run_tool_loop(
     schema_tokens = (
         count_tokens(json.dumps([convert_to_openai_tool(t) for t in tools]), encoding) if tools else 0
     )
-    answer_tokens = count_tokens(json.dumps(output.model_json_schema()), encoding) + REPLY_RESERVE
+    output_schema_tokens = count_tokens(json.dumps(output.model_json_schema()), encoding)
+    answer_tokens = output_schema_tokens + REPLY_RESERVE
     meter = _Meter(budget, encoding)
 
     def prompt_tokens() -> int:
+        """What the next investigation call sends: the conversation and the tool schemas."""
         return schema_tokens + sum(message_tokens(m, encoding) for m in messages)
+
+    def final_prompt_tokens() -> int:
+        """What the final call sends: the conversation and the output schema instead of the tools."""
+        return output_schema_tokens + sum(message_tokens(m, encoding) for m in messages)
 
     if prompt_tokens() + answer_tokens > budget.remaining:
         raise LLMError(
@@ -337,7 +343,7 @@ def run_tool_loop(
             )
 
     answer = _final_answer(
-        model, messages, last if stop == "answered" else None, output, meter, prompt_tokens
+        model, messages, last if stop == "answered" else None, output, meter, final_prompt_tokens
     )
     log.info(
         "tool loop: %d steps, %d tool calls, %d tokens, stopped: %s", steps, len(calls_log), meter.used, stop

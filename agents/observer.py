@@ -38,9 +38,13 @@ class Observer:
             signals, snapshot, windows = self.check()
             keys = {f"{s.service}:{s.name}" for s in signals}
             streak = {k: streak.get(k, 0) + 1 for k in keys}
-            for key in keys:
-                first_seen.setdefault(key, windows.recent_end)
-            confirmed = [s for s in signals if streak[f"{s.service}:{s.name}"] >= self.config.confirm_polls]
+            first_seen = {k: first_seen.get(k, windows.recent_end) for k in keys}
+            confirmed = [
+                s
+                for s in signals
+                if streak[f"{s.service}:{s.name}"] >= self.config.confirm_polls
+                and windows.recent_end - first_seen[f"{s.service}:{s.name}"] >= self.config.confirm_s
+            ]
             if confirmed:
                 # The baseline must end before the trouble began, or later analysis compares trouble with trouble.
                 onset = min(first_seen[f"{s.service}:{s.name}"] for s in confirmed)

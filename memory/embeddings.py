@@ -18,7 +18,7 @@ from chromadb.utils.embedding_functions import register_embedding_function
 from tools.base import ToolError
 
 if TYPE_CHECKING:
-    from wordllama import WordLlamaInference
+    from wordllama import WordLlamaInference  # type: ignore[import-untyped]
 
 MODEL_CONFIG = "l2_supercat"
 FULL_DIM = 256

@@ -1,4 +1,4 @@
-"""The librarian's long-term memory: post-mortems in a persistent ChromaDB collection, searchable by symptom."""
+"""The librarian's long-term memory: post-mortems in a persistent ChromaDB collection, searched by symptom."""
 
 from __future__ import annotations
 
@@ -50,13 +50,14 @@ class PostMortemStore:
         except OSError as exc:
             raise ToolError(f"cannot create memory directory {self.path}: {exc}") from exc
         try:
-            # Telemetry off: ChromaDB would otherwise try to phone home on client start and on writes.
+            # Telemetry off explicitly: chroma 1.5's client is a no-op, but that is a version detail.
             self._client = chromadb.PersistentClient(
                 path=str(self.path), settings=Settings(anonymized_telemetry=False)
             )
             self._collection = self._client.get_or_create_collection(
                 COLLECTION,
-                embedding_function=WordLlamaEmbeddingFunction(),
+                # chroma types this as a function of documents *or* images; a text-only one is still valid.
+                embedding_function=WordLlamaEmbeddingFunction(),  # type: ignore[arg-type]
                 # Measured: with chroma's default sync_threshold (1000) a single add slows from 10 ms to 40 ms
                 # as unsynced writes pile up; syncing every 100 writes keeps it near 10 ms.
                 configuration={"hnsw": {"space": "cosine", "sync_threshold": 100}},
@@ -88,8 +89,6 @@ class PostMortemStore:
             raise ConfigError("search text is empty")
         if k < 1:
             raise ConfigError(f"k must be at least 1, got {k}")
-        if self._collection.count() == 0:
-            return []
         result = self._collection.query(
             query_texts=[text],
             n_results=k,
@@ -136,4 +135,6 @@ def _parse(meta: Any) -> PostMortem:
     try:
         return PostMortem.model_validate_json(raw)
     except ValidationError as exc:
-        raise ToolError(f"memory record {meta.get('incident_id')} holds an invalid post-mortem: {exc}") from exc
+        raise ToolError(
+            f"memory record {meta.get('incident_id')} holds an invalid post-mortem: {exc}"
+        ) from exc

@@ -106,6 +106,9 @@ def run(
         else:
             spec = load_scenario(scenario)
         engine, local = _engine(settings, start=True)
+        if keep_running:
+            # Load must outlive this process, or a later `approve` would verify against silence.
+            local.start_background_load()
         try:
             if spec is not None:
                 console.print(f"[bold]scenario[/bold] {spec.name}: {spec.description}")

@@ -32,6 +32,8 @@ class ObserverConfig(BaseModel):
     """Robust z-score above which a metric counts as deviating."""
     confirm_polls: int = 2
     """Consecutive polls a deviation must persist before an incident opens (flap suppression)."""
+    confirm_s: float = 1.5
+    """...and for at least this long, so a restart's sub-second gap is not an incident."""
     poll_s: float = 0.5
     detect_timeout_s: float = 20.0
     """How long one observe step watches before calling the system healthy."""

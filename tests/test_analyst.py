@@ -116,7 +116,7 @@ def make_toolbox(tmp_path: Path, runtime: FakeRuntime, health: FakeHealth) -> To
 
 
 def observe(tb: Toolbox) -> Observation:
-    cfg = ObserverConfig(window_s=6, baseline_s=30, confirm_polls=1, detect_timeout_s=0)
+    cfg = ObserverConfig(window_s=6, baseline_s=30, confirm_polls=1, confirm_s=0, detect_timeout_s=0)
     return Observer(tb, cfg).observe(trigger=__import__("graphs.state", fromlist=["Trigger"]).Trigger())
 
 

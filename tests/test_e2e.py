@@ -239,15 +239,16 @@ def test_worker_killed_mid_incident_resumes_without_repeating(config_file: Path,
     engine.close()
 
 
-def test_second_occurrence_recalls_the_first_postmortem(settings: Settings, app: LocalApp) -> None:
+def test_second_occurrence_recalls_the_first_postmortem(tmp_path: Path, app: LocalApp) -> None:
+    # No cooldown: the default 30 s would (rightly) hold back a second restart this soon.
+    policy = {"defaults": {"allowed": ["restart"], "cooldown_s": 0}}
+    settings = load_settings(write_config(tmp_path, policy), environ={})
     engine = engine_for(settings, app)
     app.inject("crash", "payments")
     first = run(engine)
     assert first["status"] == "resolved"
     time.sleep(WARMUP_S)  # a fresh baseline after recovery
     app.inject("crash", "payments")
-    # Policy cooldown (30 s by default) would otherwise hold back the second restart.
-    engine.crew.engineer.policy.defaults.cooldown_s = 0
     second = run(engine)
     assert second["status"] == "resolved", second.get("escalation")
     similar = second["diagnosis"].similar

@@ -39,7 +39,7 @@ def _is_local(address: Any) -> bool:
 
 @pytest.fixture
 def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
-    """Refuse every non-loopback connection or lookup, and record the attempts (libraries may swallow the error)."""
+    """Refuse non-loopback connections and lookups, recording each (a library may swallow the error)."""
     attempts: list[Any] = []
     real_connect = socket.socket.connect
     real_connect_ex = socket.socket.connect_ex
@@ -85,7 +85,7 @@ socket.socket.connect = _guard
 
 
 def run_python(code: str) -> dict[str, Any]:
-    """Run `code` in a fresh interpreter (warnings are errors, network guarded) and parse its last line as JSON."""
+    """Run `code` in a fresh guarded interpreter, warnings as errors; parse its last output line as JSON."""
     proc = subprocess.run(
         [sys.executable, "-W", "error", "-c", SUBPROCESS_GUARD + textwrap.dedent(code)],
         cwd=REPO,
@@ -94,7 +94,8 @@ def run_python(code: str) -> dict[str, Any]:
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
 
 
 # --------------------------------------------------------------------------- data
@@ -134,59 +135,101 @@ def make_pm(
 
 CORPUS = [
     make_pm(
-        "inc-payments-crash", "payments", "crash", "Payments crash loop",
+        "inc-payments-crash",
+        "payments",
+        "crash",
+        "Payments crash loop",
         "The payments service crashed repeatedly and was restarted by the supervisor.",
         "A null pointer dereference in the card tokenizer made the process segfault on a malformed request.",
-        ["process exited with code 139 (SIGSEGV)", "restart count rose from 0 to 7 in 10 minutes",
-         "health check failed"],
+        [
+            "process exited with code 139 (SIGSEGV)",
+            "restart count rose from 0 to 7 in 10 minutes",
+            "health check failed",
+        ],
         ["restart payments"],
     ),
     make_pm(
-        "inc-checkout-leak", "checkout", "memory_leak", "Checkout memory leak",
+        "inc-checkout-leak",
+        "checkout",
+        "memory_leak",
+        "Checkout memory leak",
         "Checkout memory grew without bound until the kernel OOM killer stopped it.",
         "Session objects were cached in an unbounded in-process dictionary.",
-        ["memory_rss_mb grew from 310 to 1980 over 6 hours", "container OOMKilled",
-         "garbage collection pauses increased"],
+        [
+            "memory_rss_mb grew from 310 to 1980 over 6 hours",
+            "container OOMKilled",
+            "garbage collection pauses increased",
+        ],
         ["restart checkout", "scale checkout to 3 replicas"],
     ),
     make_pm(
-        "inc-frontend-deploy", "frontend", "bad_deploy", "Frontend regression after release",
+        "inc-frontend-deploy",
+        "frontend",
+        "bad_deploy",
+        "Frontend regression after release",
         "Frontend errors spiked right after version 2.4.0 was deployed.",
         "Release 2.4.0 shipped a template that references a removed field.",
-        ["error_ratio rose from 0.1% to 38% within a minute of the deploy",
-         "deploy commit a1b2c3 changed the frontend image", "500 responses on /product pages"],
+        [
+            "error_ratio rose from 0.1% to 38% within a minute of the deploy",
+            "deploy commit a1b2c3 changed the frontend image",
+            "500 responses on /product pages",
+        ],
         ["rollback frontend to 2.3.9"],
     ),
     make_pm(
-        "inc-cart-config", "cart", "config_change", "Cart timeouts after pool config change",
+        "inc-cart-config",
+        "cart",
+        "config_change",
+        "Cart timeouts after pool config change",
         "Cart requests timed out after the Redis connection pool was resized.",
         "A config change set redis max_connections to 2.",
-        ["config commit set max_connections=2", "redis pool exhausted warnings in logs", "latency_p95_ms 4200"],
+        [
+            "config commit set max_connections=2",
+            "redis pool exhausted warnings in logs",
+            "latency_p95_ms 4200",
+        ],
         ["revert cart config max_connections to 64"],
     ),
     make_pm(
-        "inc-search-latency", "search", "latency", "Search slow queries",
+        "inc-search-latency",
+        "search",
+        "latency",
+        "Search slow queries",
         "Search responses became slow under normal traffic.",
         "A missing index made product queries scan the whole table.",
-        ["latency_p95_ms rose from 120 to 3100", "slow query log shows full table scans", "request rate unchanged"],
+        [
+            "latency_p95_ms rose from 120 to 3100",
+            "slow query log shows full table scans",
+            "request rate unchanged",
+        ],
         ["scale search to 4 replicas"],
     ),
     make_pm(
-        "inc-auth-db", "auth", "dependency_down", "Auth lost its database",
+        "inc-auth-db",
+        "auth",
+        "dependency_down",
+        "Auth lost its database",
         "Logins failed because the auth database was down.",
         "The postgres instance auth depends on was stopped.",
         ["connection refused to postgres:5432", "auth health check failing", "error_ratio 100% on /login"],
-        ["start postgres"], outcome="escalated",
+        ["start postgres"],
+        outcome="escalated",
     ),
     make_pm(
-        "inc-inventory-disk", "inventory", "disk_full", "Inventory disk full",
+        "inc-inventory-disk",
+        "inventory",
+        "disk_full",
+        "Inventory disk full",
         "Inventory writes failed when its volume filled up.",
         "Debug logging filled the data volume.",
         ["No space left on device errors", "disk usage 100% on /var/lib/inventory", "writes rejected"],
         ["set inventory log_level to info"],
     ),
     make_pm(
-        "inc-shipping-cpu", "shipping", "cpu_saturation", "Shipping CPU saturation",
+        "inc-shipping-cpu",
+        "shipping",
+        "cpu_saturation",
+        "Shipping CPU saturation",
         "Shipping rate calculation pegged the CPU and requests queued.",
         "A quadratic loop in rate calculation for large carts.",
         ["cpu usage 100% on all cores", "throttled periods increasing", "request queue depth 900"],
@@ -302,7 +345,9 @@ def test_re_adding_is_idempotent_and_replaces(store: PostMortemStore) -> None:
     store.add(pm)
     assert store.count() == 1
 
-    revised = pm.model_copy(update={"summary": "Payments exhausted its disk and stopped.", "actions": ["rotate logs"]})
+    revised = pm.model_copy(
+        update={"summary": "Payments exhausted its disk and stopped.", "actions": ["rotate logs"]}
+    )
     store.add(revised)
     assert store.count() == 1
     assert store.get(pm.incident_id) == revised
@@ -373,7 +418,9 @@ def test_persists_across_stores_and_processes(tmp_path: Path) -> None:
     assert out["top"] == "inc-auth-db"
 
 
-def test_no_network_is_touched(tmp_path: Path, no_network: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_network_is_touched(
+    tmp_path: Path, no_network: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Drop the cached model so loading it happens under the guard too.
     monkeypatch.setattr(embeddings, "_models", {})
     store = PostMortemStore(tmp_path / "memory")

@@ -165,7 +165,7 @@ def build_readonly_tools(
 
         Args:
             service: Service name; omit to search every service.
-            query: Case-insensitive substring the message must contain; omit for all lines.
+            query: Text to look for in the lines, case-insensitive; omit for all lines.
             minutes: How far back to look; defaults to the incident window.
         """
         span_s = _window_s(minutes, window_s)

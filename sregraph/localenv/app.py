@@ -281,6 +281,7 @@ class LocalApp:
     def stop(self) -> None:
         """Stop the load and every service."""
         self.stop_load()
+        self.stop_background_load()
         self.runtime.shutdown_all()
 
     def close(self) -> None:
@@ -310,6 +311,30 @@ class LocalApp:
         if self._load is not None:
             self._load.stop()
             self._load = None
+
+    def _background(self, rps: float = 15.0) -> ProcessSupervisor:
+        """A supervisor of the detached load process; separate so agents never see or restart it."""
+        argv = [sys.executable, "-m", "sregraph.localenv.app", self.urls["frontend"] + ROUTES["frontend"], str(rps)]
+        env = {"PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+        return ProcessSupervisor(self.data_dir / "load", {"load": ProcessSpec(name="load", argv=argv, env=env, cwd=self.data_dir)})
+
+    def start_background_load(self, rps: float = 15.0) -> None:
+        """Load from a detached process that outlives this one (`sregraph run --keep-running`)."""
+        self.stop_load()
+        supervisor = self._background(rps)
+        try:
+            supervisor.start("load")
+        finally:
+            supervisor.close()
+
+    def stop_background_load(self) -> None:
+        """Stop the detached load process, if any."""
+        if (self.data_dir / "load").exists():
+            supervisor = self._background()
+            try:
+                supervisor.shutdown_all()
+            finally:
+                supervisor.close()
 
     def load_stats(self) -> dict[str, float]:
         """The load generator's counters (empty when no load runs)."""
@@ -380,3 +405,19 @@ class LocalApp:
                 replies[str(i)] = resp.json().get("faults")
         return replies
 
+
+
+def _run_load(url: str, rps: float) -> None:
+    """Generate load until SIGTERM (the detached load process)."""
+    import signal
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    load = LoadGenerator(url, rps)
+    load.start()
+    stop.wait()
+    load.stop()
+
+
+if __name__ == "__main__":
+    _run_load(sys.argv[1], float(sys.argv[2]))

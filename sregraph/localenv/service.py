@@ -438,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         "info", f"service started version={service.version}", port=port, replica=replica, pid=os.getpid()
     )
     try:
-        server.serve_forever(poll_interval=0.2)
+        server.serve_forever(poll_interval=0.05)
     finally:
         service.log("info", "service stopping")
         server.server_close()
