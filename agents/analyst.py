@@ -237,13 +237,13 @@ class Analyst:
 
     # ------------------------------------------------------------------ ranking
 
-    def diagnose(self, observation: Observation, previous: list[ActionResult] | None = None) -> Diagnosis:
+    def diagnose(self, observation: Observation, previous: list[ActionResult] | None = None, tokens_spent: int = 0) -> Diagnosis:
         """Ranked hypotheses with evidence-derived confidence."""
         previous = previous or []
         table, similar, _ = self.gather(observation, previous)
         if self.chat_model is not None:
             try:
-                return self._diagnose_llm(observation, table, similar, previous)
+                return self._diagnose_llm(observation, table, similar, previous, tokens_spent)
             except SregraphError as exc:
                 log.warning("LLM analyst failed, using the deterministic method: %s", exc)
                 diagnosis = self._rank(table, similar, previous)
@@ -291,9 +291,9 @@ class Analyst:
         table: dict[str, ServiceEvidence],
         similar: list[SimilarIncident],
         previous: list[ActionResult],
+        tokens_spent: int,
     ) -> Diagnosis:
-        from agents.llm import LLMDiagnosis, run_tool_loop
-        from agents.tokens import TokenBudget
+        from agents.llm import LLMDiagnosis, incident_budget, run_tool_loop
         from prompts import render
         from tools.readonly import build_readonly_tools
 
@@ -303,7 +303,7 @@ class Analyst:
         changes = sorted({c.sha: c for ev in table.values() for c in ev.changes}.values(), key=lambda c: -c.at)
         system = render("analyst.md.j2", **analyst_prompt_context(observation, tb, changes, similar, previous))
         user = "Investigate this incident with the tools, then give your ranked hypotheses."
-        budget = TokenBudget(self.llm_config.token_budget if self.llm_config else 12000)
+        budget = incident_budget(self.llm_config, tokens_spent)
         result = run_tool_loop(self.chat_model, system, user, tools, LLMDiagnosis, self.llm_config.max_steps if self.llm_config else 6, budget)
         answer: LLMDiagnosis = result.output  # type: ignore[assignment]
         order = [(h.service, h.fault_type, h.rationale) for h in answer.hypotheses]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
 
 from graphs.state import Action, ActionKind, ActionPlan, ActionResult, Diagnosis, FaultType, Hypothesis, Observation, Verification
 from sregraph.config import AnalystConfig, EngineerConfig, ObserverConfig
@@ -31,6 +33,14 @@ REMEDY: dict[FaultType, ActionKind | None] = {
 }
 
 
+class EngineerChoice(BaseModel):
+    """The engineer model's answer: one action kind from the allowed list, or escalate."""
+
+    kind: Literal["restart", "start", "scale", "rollback", "config_change", "escalate"]
+    replicas: int | None = Field(default=None, description="Only for scale.")
+    reason: str = ""
+
+
 def action_key(incident_id: str, attempt: int, action: Action) -> str:
     """Idempotency key of an action: incident, attempt number and what is done to what."""
     return f"{incident_id}/attempt-{attempt}/{action.kind}/{action.service}"
@@ -46,12 +56,16 @@ class Engineer:
         config: EngineerConfig,
         analyst_config: AnalystConfig,
         observer_config: ObserverConfig,
+        chat_model: Any = None,
+        llm_config: Any = None,
     ) -> None:
         self.toolbox = toolbox
         self.policy = policy
         self.config = config
         self.analyst_config = analyst_config
         self.observer_config = observer_config
+        self.chat_model = chat_model
+        self.llm_config = llm_config
 
     def max_attempts(self, service: str | None) -> int:
         """Attempts allowed for an incident whose suspect is `service`."""
@@ -62,7 +76,7 @@ class Engineer:
 
     # ------------------------------------------------------------------ plan
 
-    def plan(self, diagnosis: Diagnosis, attempts: int, previous: list[ActionResult]) -> ActionPlan:
+    def plan(self, diagnosis: Diagnosis, attempts: int, previous: list[ActionResult], tokens_spent: int = 0) -> ActionPlan:
         """Pick the remedy for the best hypothesis and check it against policy."""
         top = diagnosis.top
         if top is None:
@@ -74,8 +88,19 @@ class Engineer:
                 escalation_reason=f"confidence {diagnosis.confidence:.2f} is below {self.analyst_config.min_confidence:.2f}",
             )
         action = self.remedy(top)
+        notes: list[str] = []
+        tokens = 0
+        if self.chat_model is not None:
+            choice, tokens, note = self._choose_llm(top, previous, tokens_spent)
+            if note:
+                notes.append(note)
+            if choice is not None and choice.kind == "escalate":
+                return ActionPlan(decision="escalate", hypothesis=top, escalation_reason=f"the engineer model escalated: {choice.reason[:300]}", policy_notes=notes, tokens=tokens)
+            if choice is not None:
+                action = self.remedy(top, kind=choice.kind, replicas=choice.replicas)
+                notes.append(f"model chose {choice.kind}: {choice.reason[:200]}")
         if action is None:
-            return ActionPlan(decision="escalate", hypothesis=top, escalation_reason=f"no automatic remedy for {top.fault_type} on {top.service}")
+            return ActionPlan(decision="escalate", hypothesis=top, escalation_reason=f"no automatic remedy for {top.fault_type} on {top.service}", policy_notes=notes, tokens=tokens)
         verdict = self.policy.check(
             action,
             attempts_so_far=attempts,
@@ -88,20 +113,38 @@ class Engineer:
                 decision="escalate",
                 actions=[action],
                 hypothesis=top,
-                policy_notes=verdict.reasons,
+                policy_notes=notes + verdict.reasons,
                 escalation_reason="policy refused: " + "; ".join(verdict.reasons),
+                tokens=tokens,
             )
-        return ActionPlan(decision="act", actions=[action], needs_approval=verdict.needs_approval, dry_run=verdict.dry_run, hypothesis=top)
+        return ActionPlan(decision="act", actions=[action], needs_approval=verdict.needs_approval, dry_run=verdict.dry_run, hypothesis=top, policy_notes=notes, tokens=tokens)
 
-    def remedy(self, hypothesis: Hypothesis) -> Action | None:
-        """The typed action for a hypothesis, or None when only a human should act."""
-        kind = REMEDY.get(hypothesis.fault_type)
+    def _choose_llm(self, top: Hypothesis, previous: list[ActionResult], tokens_spent: int) -> tuple[EngineerChoice | None, int, str]:
+        """Ask the model to pick among the allowed actions; None (and a note) when it cannot."""
+        from agents.llm import ask, incident_budget
+        from prompts import render
+
+        allowed = list(self.policy.for_service(top.service).allowed)
+        prompt = render("engineer.md.j2", hypothesis=top, allowed=allowed, previous=previous)
+        try:
+            result = ask(self.chat_model, prompt, EngineerChoice, incident_budget(self.llm_config, tokens_spent))
+        except SregraphError as exc:
+            log.warning("LLM engineer failed, using the deterministic remedy: %s", exc)
+            return None, 0, f"LLM unavailable ({exc}); deterministic remedy used"
+        choice: EngineerChoice = result.output  # type: ignore[assignment]
+        return choice, result.tokens, ""
+
+    def remedy(self, hypothesis: Hypothesis, kind: str | None = None, replicas: int | None = None) -> Action | None:
+        """The typed action for a hypothesis (the fault type's remedy unless `kind` is given), or None."""
+        kind = kind or REMEDY.get(hypothesis.fault_type)
         service = hypothesis.service
         if kind is None:
             return None
-        if kind == "restart":
+        if kind in ("restart", "start"):
             # A restart of a dead process starts it and counts it, which is what an operator expects to see.
-            return Action(kind=kind, service=service, reason=f"{hypothesis.fault_type} on {service}")
+            return Action(kind=kind, service=service, reason=f"{hypothesis.fault_type} on {service}")  # type: ignore[arg-type]
+        if kind == "scale":
+            return Action(kind="scale", service=service, params={"replicas": replicas or 2}, reason=f"{hypothesis.fault_type} on {service}")
         # rollback / config_change: restore the config from before the suspect change.
         change = next((e.ref for e in hypothesis.evidence if e.kind == "change" and e.ref), None)
         if change is None:
@@ -111,7 +154,7 @@ class Engineer:
         except SregraphError as exc:
             log.warning("cannot compute the rollback config of %s: %s", service, exc)
             return None
-        return Action(kind=kind, service=service, params={"config": target, "revert": change}, reason=f"{hypothesis.fault_type} after change {change[:8]}")
+        return Action(kind=kind, service=service, params={"config": target, "revert": change}, reason=f"{hypothesis.fault_type} after change {change[:8]}")  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ act
 

@@ -6,6 +6,8 @@ import logging
 from datetime import datetime, timezone
 from typing import Any
 
+from pydantic import BaseModel, Field
+
 from graphs.state import IncidentState, PostMortem, SimilarIncident
 from tools.base import SregraphError
 from tools.toolbox import Toolbox
@@ -30,12 +32,57 @@ def _ts(at: float) -> str:
     return datetime.fromtimestamp(at, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+class PostMortemText(BaseModel):
+    """The librarian model's answer: prose only; facts stay as recorded."""
+
+    title: str
+    summary: str
+    impact: str
+    root_cause: str
+    follow_ups: list[str] = Field(default_factory=list, max_length=4)
+
+
 class Librarian:
     """Post-mortems in, similar incidents out."""
 
-    def __init__(self, toolbox: Toolbox, chat_model: Any = None) -> None:
+    def __init__(self, toolbox: Toolbox, chat_model: Any = None, llm_config: Any = None) -> None:
         self.toolbox = toolbox
         self.chat_model = chat_model
+        self.llm_config = llm_config
+
+    def write_with_model(self, state: IncidentState) -> PostMortem:
+        """The factual draft, with title, summary, impact, root cause and follow-ups worded by the model."""
+        draft = self.write(state)
+        if self.chat_model is None:
+            return draft
+        from agents.llm import ask, incident_budget
+        from prompts import render
+
+        comments = []
+        if state.get("issue_id") is not None:
+            try:
+                comments = [c for c in self.toolbox.incidents.get(state["issue_id"]).comments if c.author != "sregraph"][-5:]
+            except SregraphError as exc:
+                log.warning("could not read the incident's comments: %s", exc)
+        try:
+            result = ask(self.chat_model, render("librarian.md.j2", draft=draft, comments=comments), PostMortemText, incident_budget(self.llm_config, state.get("tokens", 0)))
+        except SregraphError as exc:
+            log.warning("LLM librarian failed, keeping the deterministic post-mortem: %s", exc)
+            draft.markdown += f"\n\n_Written by the deterministic librarian: the LLM was unavailable ({exc})._"
+            return draft
+        text: PostMortemText = result.output  # type: ignore[assignment]
+        worded = draft.model_copy(
+            update={
+                "title": text.title[:200],
+                "summary": text.summary[:2000],
+                "impact": text.impact[:1000],
+                "root_cause": text.root_cause[:2000],
+                "follow_ups": [f[:300] for f in text.follow_ups[:4]] or draft.follow_ups,
+                "tokens": result.tokens,
+            }
+        )
+        worded.markdown = render_markdown(worded)
+        return worded
 
     def write(self, state: IncidentState) -> PostMortem:
         """A post-mortem from what the graph recorded: facts only, in a fixed shape."""

@@ -390,3 +390,16 @@ def _final_answer(
     raise LLMError(
         f"the model's final answer is not a valid {output.__name__}: {result.get('parsing_error')}"
     )
+
+
+def ask(model: BaseChatModel, system: str, output: type[BaseModel], budget: TokenBudget) -> LoopResult:
+    """One structured answer with no tools (observer titles, engineer choices, librarian prose)."""
+    return run_tool_loop(model, system, "Answer now.", [], output, 0, budget)
+
+
+def incident_budget(cfg: LLMConfig | None, spent: int) -> TokenBudget:
+    """What is left of the per-incident token budget after `spent` tokens."""
+    limit = cfg.token_budget if cfg is not None else 12000
+    budget = TokenBudget(limit)
+    budget.charge(min(spent, limit))
+    return budget

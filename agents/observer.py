@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
+from pydantic import BaseModel, Field
+
 from graphs.state import Observation, Signal, Trigger
 from sregraph.config import ObserverConfig
+from tools.base import SregraphError
 from tools.toolbox import Toolbox
 
 from agents.signals import Windows, backtrack_onset, measure
+
+
+log = logging.getLogger(__name__)
+
+
+class IncidentTitle(BaseModel):
+    """The observer model's answer."""
+
+    title: str = Field(description="At most 80 characters: the most affected service and its main symptom.")
 
 
 class Observer:
@@ -16,9 +31,29 @@ class Observer:
     in LLM mode the model only words the incident title, which is cosmetic and checked by nothing.
     """
 
-    def __init__(self, toolbox: Toolbox, config: ObserverConfig) -> None:
+    def __init__(self, toolbox: Toolbox, config: ObserverConfig, chat_model: Any = None, llm_config: Any = None) -> None:
         self.toolbox = toolbox
         self.config = config
+        self.chat_model = chat_model
+        self.llm_config = llm_config
+
+    def title(self, observation: Observation, trigger: Trigger, tokens_spent: int = 0) -> tuple[str, int]:
+        """The incident's title and the tokens spent on it: worded by the model if there is one."""
+        fallback = incident_title(observation, trigger)
+        if self.chat_model is None or not observation.signals:
+            return fallback, 0
+        from agents.llm import ask, incident_budget
+        from prompts import render
+
+        try:
+            result = ask(self.chat_model, render("observer.md.j2", signals=observation.signals[:12]), IncidentTitle, incident_budget(self.llm_config, tokens_spent))
+        except SregraphError as exc:
+            log.warning("LLM observer failed, using the deterministic title: %s", exc)
+            return fallback, 0
+        answer: IncidentTitle = result.output  # type: ignore[assignment]
+        # The title is untrusted model text: one line, bounded, and prefixed so it is never mistaken for ours.
+        text = " ".join(answer.title.split())[:80] or fallback
+        return f"[incident] {text}", result.tokens
 
     def check(self, now: float | None = None) -> tuple[list[Signal], dict[str, dict[str, float]], Windows]:
         """One measurement of every service."""

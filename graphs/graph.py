@@ -18,7 +18,7 @@ from langgraph.types import interrupt
 from agents.analyst import Analyst
 from agents.engineer import Engineer
 from agents.librarian import Librarian
-from agents.observer import Observer, incident_body, incident_title
+from agents.observer import Observer, incident_body
 from graphs.state import ApprovalDecision, IncidentState, RunInput, TimelineEntry
 from sregraph.config import Settings
 from tools.toolbox import Toolbox
@@ -76,6 +76,7 @@ def open_incident(state: IncidentState, runtime: Runtime[Crew]) -> dict:
     crew = runtime.context
     observation, trigger = state["observation"], state["trigger"]
     assert observation is not None
+    tokens = 0
     if trigger.issue_id is not None:
         issue = crew.toolbox.incidents.get(trigger.issue_id)
         created = False
@@ -84,8 +85,9 @@ def open_incident(state: IncidentState, runtime: Runtime[Crew]) -> dict:
         labels = ["incident", "status:open", f"severity:{report.severity(observation)}"]
         if top:
             labels.append(f"service:{top.service}")
+        title, tokens = crew.observer.title(observation, trigger, state.get("tokens", 0))
         issue, created = crew.toolbox.incidents.open_issue(
-            incident_title(observation, trigger),
+            title,
             incident_body(observation, trigger) + f"\n\n_sregraph incident `{state['incident_id']}`_",
             labels,
             observation.fingerprint,
@@ -93,7 +95,7 @@ def open_incident(state: IncidentState, runtime: Runtime[Crew]) -> dict:
     if not created:
         crew.toolbox.incidents.comment(issue.id, f"Incident `{state['incident_id']}` attached to this issue.\n\n" + incident_body(observation, trigger), key=f"{state['incident_id']}/attach")
     crew.toolbox.notifier.notify(state["incident_id"], "opened", f"{issue.title} ({issue.url})")
-    return {"issue_id": issue.id, "timeline": _at(crew, f"incident opened as issue #{issue.id}")}
+    return {"issue_id": issue.id, "tokens": state.get("tokens", 0) + tokens, "timeline": _at(crew, f"incident opened as issue #{issue.id}")}
 
 
 def analyze(state: IncidentState, runtime: Runtime[Crew]) -> dict:
@@ -102,7 +104,7 @@ def analyze(state: IncidentState, runtime: Runtime[Crew]) -> dict:
     _status(crew, state, "diagnosing")
     observation = state["observation"]
     assert observation is not None
-    diagnosis = crew.analyst.diagnose(observation, state.get("actions", []))
+    diagnosis = crew.analyst.diagnose(observation, state.get("actions", []), state.get("tokens", 0))
     attempt = state.get("attempts", 0)
     _comment(crew, state, f"diagnosis-{attempt}", report.diagnosis_comment(diagnosis))
     top = diagnosis.top
@@ -121,14 +123,14 @@ def plan(state: IncidentState, runtime: Runtime[Crew]) -> dict:
     crew = runtime.context
     diagnosis = state["diagnosis"]
     assert diagnosis is not None
-    action_plan = crew.engineer.plan(diagnosis, state.get("attempts", 0), state.get("actions", []))
+    action_plan = crew.engineer.plan(diagnosis, state.get("attempts", 0), state.get("actions", []), state.get("tokens", 0))
     _comment(crew, state, f"plan-{state.get('attempts', 0)}", report.plan_comment(action_plan))
     event = (
         f"plan: {', '.join(f'{a.kind} {a.service}' for a in action_plan.actions)}" + (" (needs approval)" if action_plan.needs_approval else "")
         if action_plan.decision == "act"
         else f"plan: escalate ({action_plan.escalation_reason})"
     )
-    return {"plan": action_plan, "approval": None, "timeline": _at(crew, event)}
+    return {"plan": action_plan, "approval": None, "tokens": state.get("tokens", 0) + action_plan.tokens, "timeline": _at(crew, event)}
 
 
 def approval(state: IncidentState, runtime: Runtime[Crew]) -> dict:
@@ -186,7 +188,7 @@ def escalate(state: IncidentState, runtime: Runtime[Crew]) -> dict:
 def document(state: IncidentState, runtime: Runtime[Crew]) -> dict:
     """Write the post-mortem, store it in memory, post it, and close the issue if recovered."""
     crew = runtime.context
-    postmortem = crew.librarian.write(state)
+    postmortem = crew.librarian.write_with_model(state)
     crew.librarian.store(postmortem)
     _comment(crew, state, "postmortem", postmortem.markdown)
     issue = state.get("issue_id")
@@ -195,7 +197,7 @@ def document(state: IncidentState, runtime: Runtime[Crew]) -> dict:
         crew.toolbox.incidents.close(issue)
     crew.toolbox.notifier.notify(state["incident_id"], "documented", postmortem.title)
     final = "resolved" if postmortem.outcome == "recovered" else "escalated"
-    return {"postmortem": postmortem, "status": final, "timeline": _at(crew, "post-mortem written and stored")}
+    return {"postmortem": postmortem, "status": final, "tokens": state.get("tokens", 0) + postmortem.tokens, "timeline": _at(crew, "post-mortem written and stored")}
 
 
 # ----------------------------------------------------------------------------- routing

@@ -38,11 +38,13 @@ def diagnosis_comment(diagnosis: Diagnosis) -> str:
 
 def plan_comment(plan: ActionPlan) -> str:
     """The chosen actions, or why the engineer escalates."""
+    notes = [f"- note: {n}" for n in plan.policy_notes]
     if plan.decision == "escalate":
-        return f"### Plan\nEscalate: {plan.escalation_reason}"
+        return "\n".join([f"### Plan\nEscalate: {plan.escalation_reason}", *notes])
     lines = ["### Plan"]
     for a in plan.actions:
         lines.append(f"- `{a.kind}` on `{a.service}` — {a.reason}")
+    lines += notes
     if plan.needs_approval:
         lines.append("\nPolicy requires a human approval before this runs.")
     if plan.dry_run:

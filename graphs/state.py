@@ -163,6 +163,8 @@ class ActionPlan(BaseModel):
     hypothesis: Hypothesis | None = None
     policy_notes: list[str] = Field(default_factory=list)
     escalation_reason: str = ""
+    tokens: int = 0
+    """LLM tokens spent choosing the action (0 in deterministic mode)."""
 
 
 class ApprovalDecision(BaseModel):
@@ -219,6 +221,8 @@ class PostMortem(BaseModel):
     outcome: Literal["recovered", "escalated", "not_recovered"]
     follow_ups: list[str]
     markdown: str = ""
+    tokens: int = 0
+    """LLM tokens spent writing it (0 in deterministic mode)."""
 
 
 class IncidentState(TypedDict, total=False):

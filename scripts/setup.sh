@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up .venv from the lock file; a no-op when the lock and pyproject have not changed since the last run.
-# Needs only python3 (3.11+) with venv and pip.
+# Needs only python3 (3.11+) with venv and pip. pip's output goes to .venv/setup.log (shown on failure).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -10,6 +10,10 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
-echo "$want" > "$stamp"
+log=.venv/setup.log
+pip() { .venv/bin/python -m pip --disable-pip-version-check "$@" >>"$log" 2>&1 || { cat "$log"; exit 1; }; }
+: >"$log"
+echo "setting up .venv from requirements.lock (first run takes a minute or two)…" >&2
+pip install -r requirements.lock
+pip install --no-deps -e .
+echo "$want" >"$stamp"

@@ -66,10 +66,10 @@ def build_crew(settings: Settings, toolbox: Toolbox, chat_model: Any = None) -> 
     return Crew(
         settings=settings,
         toolbox=toolbox,
-        observer=Observer(toolbox, settings.observer),
+        observer=Observer(toolbox, settings.observer, chat_model, settings.llm),
         analyst=Analyst(toolbox, settings.analyst, settings.observer, chat_model, settings.llm),
-        engineer=Engineer(toolbox, policy, settings.engineer, settings.analyst, settings.observer),
-        librarian=Librarian(toolbox, chat_model),
+        engineer=Engineer(toolbox, policy, settings.engineer, settings.analyst, settings.observer, chat_model, settings.llm),
+        librarian=Librarian(toolbox, chat_model, settings.llm),
     )
 
 

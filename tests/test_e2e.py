@@ -13,29 +13,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from graphs.state import ApprovalDecision, Trigger
+from graphs.state import ApprovalDecision
 from sregraph.config import Settings, load_settings
-from sregraph.engine import Engine, local_toolbox
+from sregraph.engine import Engine
 from sregraph.localenv.app import LocalApp
+from tests.localapp import FAST, ROOT, WARMUP_S, engine_for, run_incident, running_app, write_config
 from tools.base import NotFound
 
-ROOT = Path(__file__).resolve().parents[1]
-FAST = {
-    "observer": {"window_s": 4, "baseline_s": 20, "detect_timeout_s": 15},
-    "engineer": {"verify_timeout_s": 20},
-}
-WARMUP_S = 6.0
-
-
-def write_config(tmp_path: Path, policy: dict | None = None) -> Path:
-    data = {"data_dir": str(tmp_path / "data"), **FAST}
-    if policy is not None:
-        policy_file = tmp_path / "policy.yaml"
-        policy_file.write_text(yaml.safe_dump(policy))
-        data["policy_file"] = str(policy_file)
-    path = tmp_path / "sregraph.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 @pytest.fixture
@@ -50,23 +34,12 @@ def settings(config_file: Path) -> Settings:
 
 @pytest.fixture
 def app(settings: Settings) -> Iterator[LocalApp]:
-    local = LocalApp(settings.data_dir / "app")
-    try:
-        local.start()
-        local.start_load()
-        time.sleep(WARMUP_S)
+    with running_app(settings) as local:
         yield local
-    finally:
-        local.stop()
-        local.close()
-
-
-def engine_for(settings: Settings, app: LocalApp) -> Engine:
-    return Engine(settings, local_toolbox(settings, app))
 
 
 def run(engine: Engine) -> dict:
-    return engine.start(Trigger(source="scenario", summary="test", fired_at=time.time()))
+    return run_incident(engine)
 
 
 def test_crash_is_restarted_and_verified(settings: Settings, app: LocalApp) -> None:
@@ -140,11 +113,7 @@ def cli(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
 def test_approval_gate_pauses_then_cli_approve_resumes(tmp_path: Path) -> None:
     config = write_config(tmp_path, APPROVAL_POLICY)
     settings = load_settings(config, environ={})
-    app = LocalApp(settings.data_dir / "app")
-    try:
-        app.start()
-        app.start_load()
-        time.sleep(WARMUP_S)
+    with running_app(settings) as app:
         engine = engine_for(settings, app)
         app.inject("crash", "payments")
         state = run(engine)
@@ -166,19 +135,12 @@ def test_approval_gate_pauses_then_cli_approve_resumes(tmp_path: Path) -> None:
         again = cli("approve", state["incident_id"], config=config)
         assert again.returncode == 2 and "not waiting" in again.stderr
         engine.close()
-    finally:
-        app.stop()
-        app.close()
 
 
 def test_reject_escalates_without_acting(tmp_path: Path) -> None:
     config = write_config(tmp_path, APPROVAL_POLICY)
     settings = load_settings(config, environ={})
-    app = LocalApp(settings.data_dir / "app")
-    try:
-        app.start()
-        app.start_load()
-        time.sleep(WARMUP_S)
+    with running_app(settings) as app:
         engine = engine_for(settings, app)
         app.inject("crash", "payments")
         state = run(engine)
@@ -193,9 +155,6 @@ def test_reject_escalates_without_acting(tmp_path: Path) -> None:
         with pytest.raises(NotFound):
             engine.decide(state["incident_id"], ApprovalDecision(approved=True))
         engine.close()
-    finally:
-        app.stop()
-        app.close()
 
 
 def test_worker_killed_mid_incident_resumes_without_repeating(config_file: Path, settings: Settings, app: LocalApp) -> None:
