@@ -109,6 +109,7 @@ class Engineer:
             known_services=self.toolbox.services,
         )
         if not verdict.allowed:
+            self._record_refusal(diagnosis, attempts, action, verdict.reasons)
             return ActionPlan(
                 decision="escalate",
                 actions=[action],
@@ -118,6 +119,14 @@ class Engineer:
                 tokens=tokens,
             )
         return ActionPlan(decision="act", actions=[action], needs_approval=verdict.needs_approval, dry_run=verdict.dry_run, hypothesis=top, policy_notes=notes, tokens=tokens)
+
+    def _record_refusal(self, diagnosis: Diagnosis, attempts: int, action: Action, reasons: list[str]) -> None:
+        """Refusals go in the ledger too, so an audit sees what was asked for and why it did not run."""
+        ledger, now = self.toolbox.ledger, self.toolbox.clock.now()
+        incident = diagnosis.incident_id or "unknown"
+        key = f"{action_key(incident, attempts + 1, action)}/refused"
+        ledger.start(key, incident, action.service, action.kind, {}, now)
+        ledger.finish(key, "refused", "; ".join(reasons), "", now)
 
     def _choose_llm(self, top: Hypothesis, previous: list[ActionResult], tokens_spent: int) -> tuple[EngineerChoice | None, int, str]:
         """Ask the model to pick among the allowed actions; None (and a note) when it cannot."""

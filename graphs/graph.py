@@ -105,6 +105,7 @@ def analyze(state: IncidentState, runtime: Runtime[Crew]) -> dict:
     observation = state["observation"]
     assert observation is not None
     diagnosis = crew.analyst.diagnose(observation, state.get("actions", []), state.get("tokens", 0))
+    diagnosis.incident_id = state["incident_id"]
     attempt = state.get("attempts", 0)
     _comment(crew, state, f"diagnosis-{attempt}", report.diagnosis_comment(diagnosis))
     top = diagnosis.top

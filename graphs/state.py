@@ -137,6 +137,7 @@ class Diagnosis(BaseModel):
     similar: list[SimilarIncident] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
     tokens: int = 0
+    incident_id: str = ""
 
     @property
     def top(self) -> Hypothesis | None:

@@ -236,3 +236,30 @@ def test_bad_policy_file_names_the_field(tmp_path: Path) -> None:
     bad.write_text("defaults:\n  allowed: [restart, delete_everything]\n")
     with pytest.raises(ConfigError, match="defaults.allowed"):
         load_policy(bad)
+
+
+def test_dry_run_changes_nothing_and_refusals_are_recorded(tmp_path: Path) -> None:
+    from graphs.state import ActionPlan, Diagnosis, Evidence, Hypothesis
+
+    class CountingRuntime(FakeRuntime):
+        restarted = 0
+
+        def restart(self, service: str) -> ServiceStatus:
+            self.restarted += 1
+            return self.status(service)
+
+    runtime = CountingRuntime()
+    tb = make_toolbox(tmp_path, runtime, FakeHealth())
+    engineer = Engineer(tb, Policy(defaults=ServicePolicy(allowed=["restart"], dry_run=True)), EngineerConfig(), AnalystConfig(), ObserverConfig())
+    plan = ActionPlan(decision="act", actions=[Action(kind="restart", service="payments")], dry_run=True)
+    [result] = engineer.act("inc-1", plan, attempt=1)
+    assert result.status == "dry_run" and runtime.restarted == 0
+    assert [e.status for e in tb.ledger.all()] == ["dry_run"]
+
+    strict = Engineer(tb, Policy(defaults=ServicePolicy(allowed=["rollback"])), EngineerConfig(), AnalystConfig(), ObserverConfig())
+    hypothesis = Hypothesis(service="payments", fault_type="crash", confidence=0.9, evidence=[Evidence(kind="health", service="payments", summary="down", weight=3)])
+    refused = strict.plan(Diagnosis(hypotheses=[hypothesis], confidence=0.9, incident_id="inc-2"), attempts=0, previous=[])
+    assert refused.decision == "escalate" and "not allowed" in refused.escalation_reason
+    assert runtime.restarted == 0
+    [entry] = [e for e in tb.ledger.all() if e.incident_id == "inc-2"]
+    assert (entry.kind, entry.status) == ("restart", "refused") and "not allowed" in entry.detail
