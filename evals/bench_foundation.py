@@ -684,37 +684,30 @@ def _print_table(report: Report) -> None:
         f"{m['langgraph_checkpoint_sqlite']}, SQLite {m['sqlite']}; temp dir {m['workdir']} ({m['workdir_fs']})"
     )
     table = Table(
-        title=f"incident graph, {report.incidents_per_configuration} timed incidents per configuration "
-        f"(graph.invoke, interleaved; after {report.warmup_per_configuration} untimed warm-up)"
+        title=f"incident graph: {report.incidents_per_configuration} timed graph.invoke runs per checkpointer "
+        f"(interleaved, after {report.warmup_per_configuration} untimed warm-up each)"
     )
-    for column, justify in [
-        ("checkpointer", "left"),
-        ("resolved", "right"),
-        ("failed", "right"),
-        ("steps/incident", "right"),
-        ("checkpoints/incident", "right"),
-        ("incidents/s", "right"),
-        ("mean ms", "right"),
-        ("median ms", "right"),
-        ("stdev ms", "right"),
-        ("overhead ms/step (mean)", "right"),
-        ("(median)", "right"),
-    ]:
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    table.add_column("measure")
     for r in report.graph:
-        table.add_row(
-            r.name,
-            f"{r.resolved}/{r.incidents}",
-            str(len(r.failures)),
-            str(r.steps_per_incident),
-            "–" if r.checkpoints_per_incident is None else str(r.checkpoints_per_incident),
-            f"{r.incidents_per_s:.1f}",
-            f"{r.mean_ms:.2f}",
-            f"{r.median_ms:.2f}",
-            f"{r.stdev_ms:.2f}",
-            "baseline" if r.overhead_ms_per_step is None else f"{r.overhead_ms_per_step:+.3f}",
-            "" if r.overhead_ms_per_step_median is None else f"{r.overhead_ms_per_step_median:+.3f}",
-        )
+        table.add_column(r.name, justify="right")
+
+    def overhead(value: float | None) -> str:
+        return "baseline" if value is None else f"{value:+.3f}"
+
+    rows: list[tuple[str, Callable[[ConfigResult], str]]] = [
+        ("resolved / timed runs", lambda r: f"{r.resolved}/{r.incidents}"),
+        ("failures (incl. warm-up)", lambda r: str(len(r.failures))),
+        ("graph steps per incident", lambda r: str(r.steps_per_incident)),
+        ("checkpoints per incident", lambda r: "–" if r.checkpoints_per_incident is None else str(r.checkpoints_per_incident)),
+        ("incidents/s", lambda r: f"{r.incidents_per_s:.1f}"),
+        ("mean ms per incident", lambda r: f"{r.mean_ms:.2f}"),
+        ("median ms per incident", lambda r: f"{r.median_ms:.2f}"),
+        ("stdev ms", lambda r: f"{r.stdev_ms:.2f}"),
+        ("checkpointer ms per step (means)", lambda r: overhead(r.overhead_ms_per_step)),
+        ("checkpointer ms per step (medians)", lambda r: overhead(r.overhead_ms_per_step_median)),
+    ]
+    for label, cell in rows:
+        table.add_row(label, *[cell(r) for r in report.graph])
     console.print(table)
     console.print(f"steps: {' → '.join(report.graph[0].step_path)}")
     for r in report.graph:

@@ -102,6 +102,15 @@ class RunRegistry:
             )
         conn.close()
 
+    def trigger(self, incident_id: str) -> Trigger | None:
+        """The trigger a run started with (None if unknown)."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT trigger FROM runs WHERE incident_id = ?", (incident_id,)).fetchone()
+        conn.close()
+        if not row or row[0] in ("", "{}"):
+            return None
+        return Trigger.model_validate_json(row[0])
+
     def list(self) -> list[dict[str, Any]]:
         """All runs, newest first."""
         with self._connect() as conn:
@@ -156,6 +165,14 @@ class Engine:
 
     def resume(self, incident_id: str) -> dict[str, Any]:
         """Continue a thread from its last checkpoint (after a crash or restart)."""
+        try:
+            self.state(incident_id)
+        except NotFound:
+            trigger = self.registry.trigger(incident_id)
+            if trigger is None:
+                raise
+            # Killed before the first checkpoint: start over with the same id and trigger.
+            return self._drive(incident_id, {"incident_id": incident_id, "trigger": trigger})
         return self._drive(incident_id, None)
 
     def state(self, incident_id: str) -> dict[str, Any]:
@@ -176,14 +193,27 @@ class Engine:
             return False
 
     def unfinished(self) -> Iterator[str]:
-        """Threads that stopped mid-way (not finished, not waiting for a human)."""
+        """Threads that stopped mid-way (not finished, not waiting for a human).
+
+        Includes runs registered but killed before their first checkpoint: `resume` restarts those.
+        """
         for run in self.registry.list():
             try:
                 state = self.state(run["incident_id"])
             except NotFound:
+                if run["status"] == "observing":
+                    yield run["incident_id"]
                 continue
             if state["next"] and not state["waiting"]:
                 yield run["incident_id"]
+
+    def in_progress_services(self) -> set[str]:
+        """Services named by incidents not yet finished (including those waiting for approval)."""
+        busy = set()
+        for run in self.registry.list():
+            if run["status"] not in FINAL and run["trigger"].get("service"):
+                busy.add(run["trigger"]["service"])
+        return busy
 
     def close(self) -> None:
         """Close the checkpointer connection."""

@@ -43,6 +43,10 @@ class Worker:
         signals, _, _ = self.engine.crew.observer.check()
         if not signals:
             return None
+        busy = self.engine.in_progress_services()
+        signals = [s for s in signals if s.service not in busy]
+        if not signals:
+            return None  # already handled by an open incident (e.g. one waiting for approval)
         top = signals[0]
         trigger = Trigger(source="scan", service=top.service, signal=top.name, summary=top.detail, fired_at=self.engine.toolbox.clock.now())
         state = self.engine.start(trigger)
