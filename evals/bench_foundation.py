@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import random
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -295,9 +297,44 @@ class ConfigResult:
     median_ms: float
     stdev_ms: float
     overhead_ms_per_step: float | None = None
-    """(mean with this checkpointer - mean without) / steps; None for the baseline."""
+    """(mean ms with this checkpointer - mean ms without) / steps per incident; None for the baseline."""
+    overhead_ms_per_step_ci95: float | None = None
+    """Half-width of the 95% confidence interval of `overhead_ms_per_step` (normal approximation)."""
     overhead_ms_per_step_median: float | None = None
-    """The same from the medians, which a stray slow run moves less."""
+    """The same difference from the medians, which a stray slow run moves less."""
+    saver_ms_per_step: float | None = None
+    """Time spent inside the saver's put / put_writes / get_tuple calls, per step (serialization and storage)."""
+
+
+class SaverTimer:
+    """Wraps a saver's storage calls on the instance and adds up the time spent in them (thread-safe)."""
+
+    METHODS = ("put", "put_writes", "get_tuple")
+
+    def __init__(self, saver: Any) -> None:
+        self.seconds = 0.0
+        self.calls = 0
+        self._lock = threading.Lock()
+        for name in self.METHODS:
+            setattr(saver, name, self._wrap(getattr(saver, name)))
+
+    def _wrap(self, method: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - t0
+                with self._lock:
+                    self.seconds += elapsed
+                    self.calls += 1
+
+        return timed
+
+    def reset(self) -> None:
+        """Forget what was measured so far."""
+        with self._lock:
+            self.seconds, self.calls = 0.0, 0
 
 
 @dataclass
@@ -306,6 +343,7 @@ class _Config:
     graph: Any
     world: SyntheticWorld
     crew: Crew
+    timer: SaverTimer | None = None
     durations: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     steps: int = 0
@@ -331,15 +369,24 @@ def _failure(incident_id: str, state: dict[str, Any] | None, error: BaseExceptio
     return f"{incident_id}: ended {state.get('status')!r} (escalation: {state.get('escalation')})"
 
 
-def _warm_up(cfg: _Config) -> tuple[Any, ...] | None:
-    """One untimed run through `graph.stream(..., stream_mode="updates")`: counts the steps and the checkpoints."""
+def _durability(cfg: _Config, durability: str) -> dict[str, Any]:
+    """The durability argument, for graphs with a checkpointer only (LangGraph warns otherwise)."""
+    return {"durability": durability} if cfg.graph.checkpointer is not None else {}
+
+
+def _warm_up(cfg: _Config, durability: str) -> tuple[Any, ...] | None:
+    """One untimed run through `graph.stream`: counts the node updates (steps) and the checkpoints written."""
     incident_id = f"bench-{cfg.name}-warmup"
     trigger = cfg.world.begin_incident()
     config = {"configurable": {"thread_id": incident_id}}
     final: dict[str, Any] | None = None
     try:
         for mode, chunk in cfg.graph.stream(
-            {"incident_id": incident_id, "trigger": trigger}, config, context=cfg.crew, stream_mode=["updates", "values"]
+            {"incident_id": incident_id, "trigger": trigger},
+            config,
+            context=cfg.crew,
+            stream_mode=["updates", "values"],
+            **_durability(cfg, durability),
         ):
             if mode == "updates":
                 cfg.path.extend(node for node in chunk if node != "__interrupt__")
@@ -357,15 +404,15 @@ def _warm_up(cfg: _Config) -> tuple[Any, ...] | None:
     return _signature(final)
 
 
-def _timed_run(cfg: _Config, index: int, expected: tuple[Any, ...] | None) -> None:
-    """One timed `graph.invoke` of a fresh incident."""
+def _timed_run(cfg: _Config, index: int, expected: tuple[Any, ...] | None, durability: str) -> None:
+    """One timed `graph.invoke` of a fresh incident; anything but "resolved" by the warm-up's path is a failure."""
     incident_id = f"bench-{cfg.name}-{index:04d}"
     trigger = cfg.world.begin_incident()
     payload = {"incident_id": incident_id, "trigger": trigger}
     config = {"configurable": {"thread_id": incident_id}}
     t0 = time.perf_counter()
     try:
-        state = cfg.graph.invoke(payload, config, context=cfg.crew)
+        state = cfg.graph.invoke(payload, config, context=cfg.crew, **_durability(cfg, durability))
     except Exception as exc:  # reported, never hidden
         cfg.durations.append(time.perf_counter() - t0)
         cfg.failures.append(_failure(incident_id, None, exc))
@@ -377,8 +424,8 @@ def _timed_run(cfg: _Config, index: int, expected: tuple[Any, ...] | None) -> No
         cfg.failures.append(f"{incident_id}: resolved by another path than the warm-up run {_signature(state)} != {expected}")
 
 
-def bench_checkpointers(root: Path, incidents: int, seed: int) -> list[ConfigResult]:
-    """Run `incidents` timed incidents per configuration, interleaved so drift hits every configuration alike."""
+def bench_checkpointers(root: Path, incidents: int, seed: int, durability: str = "async") -> list[ConfigResult]:
+    """Time `incidents` incidents per configuration, interleaved and rotated so drift and position hit all alike."""
     configs: list[_Config] = []
     sqlite_saver = open_checkpointer(root / "sqlite" / "checkpoints.db")
     try:
@@ -388,11 +435,16 @@ def bench_checkpointers(root: Path, incidents: int, seed: int) -> list[ConfigRes
             base = root / name
             settings = Settings(data_dir=base / "data")
             world = SyntheticWorld(base, settings, seed)
-            configs.append(_Config(name, build_graph().compile(checkpointer=saver), world, build_crew(settings, world.toolbox)))
-        expected = {cfg.name: _warm_up(cfg) for cfg in configs}
+            timer = SaverTimer(saver) if saver is not None else None
+            graph = build_graph().compile(checkpointer=saver)
+            configs.append(_Config(name, graph, world, build_crew(settings, world.toolbox), timer))
+        expected = {cfg.name: _warm_up(cfg, durability) for cfg in configs}
+        for cfg in configs:
+            if cfg.timer is not None:
+                cfg.timer.reset()
         for i in range(incidents):
-            for cfg in configs:
-                _timed_run(cfg, i, expected[cfg.name])
+            for cfg in configs[i % len(configs) :] + configs[: i % len(configs)]:
+                _timed_run(cfg, i, expected[cfg.name], durability)
     finally:
         for cfg in configs:
             cfg.world.close()
@@ -402,6 +454,9 @@ def bench_checkpointers(root: Path, incidents: int, seed: int) -> list[ConfigRes
     for cfg in configs:
         total = sum(cfg.durations)
         ms = [d * 1000 for d in cfg.durations]
+        saver_ms = None
+        if cfg.timer is not None and cfg.steps and ms:
+            saver_ms = round(cfg.timer.seconds * 1000 / (len(ms) * cfg.steps), 4)
         results.append(
             ConfigResult(
                 name={"none": "none", "memory": "InMemorySaver", "sqlite": "SqliteSaver"}[cfg.name],
@@ -416,13 +471,17 @@ def bench_checkpointers(root: Path, incidents: int, seed: int) -> list[ConfigRes
                 mean_ms=round(statistics.fmean(ms), 3),
                 median_ms=round(statistics.median(ms), 3),
                 stdev_ms=round(statistics.stdev(ms), 3) if len(ms) > 1 else 0.0,
+                saver_ms_per_step=saver_ms,
             )
         )
-    baseline = results[0]
+    base = results[0]
     for r in results[1:]:
         if r.steps_per_incident:
-            r.overhead_ms_per_step = round((r.mean_ms - baseline.mean_ms) / r.steps_per_incident, 4)
-            r.overhead_ms_per_step_median = round((r.median_ms - baseline.median_ms) / r.steps_per_incident, 4)
+            r.overhead_ms_per_step = round((r.mean_ms - base.mean_ms) / r.steps_per_incident, 4)
+            r.overhead_ms_per_step_median = round((r.median_ms - base.median_ms) / r.steps_per_incident, 4)
+            if r.incidents > 1 and base.incidents > 1:
+                se = math.sqrt(r.stdev_ms**2 / r.incidents + base.stdev_ms**2 / base.incidents)
+                r.overhead_ms_per_step_ci95 = round(1.96 * se / r.steps_per_incident, 4)
     return results
 
 
@@ -651,6 +710,8 @@ class Report:
     machine: dict[str, Any]
     incidents_per_configuration: int
     warmup_per_configuration: int
+    durability: str
+    """LangGraph durability mode of the checkpointed runs ("async" is LangGraph's default)."""
     graph: list[ConfigResult]
     tokens: TokenResult
     wall_s: float
@@ -661,15 +722,15 @@ class Report:
         return sum(len(r.failures) for r in self.graph) + (0 if self.tokens.ok else 1)
 
 
-def run(incidents: int, seed: int = 7, workdir: Path | None = None) -> Report:
+def run(incidents: int, seed: int = 7, workdir: Path | None = None, durability: str = "async") -> Report:
     """Both measurements in a fresh temporary directory that is removed afterwards."""
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-foundation-", dir=workdir) as tmp:
         root = Path(tmp)
         machine = machine_info(root.parent)
-        graph = bench_checkpointers(root / "graph", incidents, seed)
+        graph = bench_checkpointers(root / "graph", incidents, seed, durability)
         tokens = bench_llm_tokens(root / "llm", seed)
-    return Report(machine, incidents, 1, graph, tokens, round(time.perf_counter() - started, 2))
+    return Report(machine, incidents, 1, durability, graph, tokens, round(time.perf_counter() - started, 2))
 
 
 def _print_table(report: Report) -> None:
@@ -685,14 +746,17 @@ def _print_table(report: Report) -> None:
     )
     table = Table(
         title=f"incident graph: {report.incidents_per_configuration} timed graph.invoke runs per checkpointer "
-        f"(interleaved, after {report.warmup_per_configuration} untimed warm-up each)"
+        f"(interleaved, after {report.warmup_per_configuration} untimed warm-up each; durability "
+        f"{report.durability!r})"
     )
     table.add_column("measure")
     for r in report.graph:
         table.add_column(r.name, justify="right")
 
-    def overhead(value: float | None) -> str:
-        return "baseline" if value is None else f"{value:+.3f}"
+    def overhead(value: float | None, ci: float | None = None) -> str:
+        if value is None:
+            return "baseline"
+        return f"{value:+.3f}" + (f" ± {ci:.3f}" if ci is not None else "")
 
     rows: list[tuple[str, Callable[[ConfigResult], str]]] = [
         ("resolved / timed runs", lambda r: f"{r.resolved}/{r.incidents}"),
@@ -703,13 +767,19 @@ def _print_table(report: Report) -> None:
         ("mean ms per incident", lambda r: f"{r.mean_ms:.2f}"),
         ("median ms per incident", lambda r: f"{r.median_ms:.2f}"),
         ("stdev ms", lambda r: f"{r.stdev_ms:.2f}"),
-        ("checkpointer ms per step (means)", lambda r: overhead(r.overhead_ms_per_step)),
-        ("checkpointer ms per step (medians)", lambda r: overhead(r.overhead_ms_per_step_median)),
+        ("overhead ms/step (means, 95% CI)", lambda r: overhead(r.overhead_ms_per_step, r.overhead_ms_per_step_ci95)),
+        ("overhead ms/step (medians)", lambda r: overhead(r.overhead_ms_per_step_median)),
+        ("ms/step inside saver calls", lambda r: "–" if r.saver_ms_per_step is None else f"{r.saver_ms_per_step:.3f}"),
     ]
     for label, cell in rows:
         table.add_row(label, *[cell(r) for r in report.graph])
     console.print(table)
     console.print(f"steps: {' → '.join(report.graph[0].step_path)}")
+    console.print(
+        "overhead/step = (mean ms with the saver - mean ms without) / steps per incident; "
+        "'inside saver calls' adds up put, put_writes and get_tuple (with durability 'async' the puts run on a "
+        "background thread, overlapping the next node)."
+    )
     for r in report.graph:
         for failure in r.failures:
             console.print(f"[red]FAILED[/] [{r.name}] {failure}")
@@ -740,11 +810,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--incidents", type=int, default=30, help="timed incidents per graph configuration")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workdir", type=Path, default=None, help="where the temporary directory goes (default: system temp)")
+    parser.add_argument(
+        "--durability", choices=["async", "sync", "exit"], default="async", help="LangGraph durability of checkpointed runs"
+    )
     parser.add_argument("--format", choices=["table", "json"], default="table")
     args = parser.parse_args(argv)
     if args.incidents < 1:
         parser.error("--incidents must be at least 1")
-    report = run(args.incidents, args.seed, args.workdir)
+    report = run(args.incidents, args.seed, args.workdir, args.durability)
     if args.format == "json":
         print(json.dumps({**asdict(report), "failures": report.failures}, indent=2))
     else:

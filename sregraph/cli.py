@@ -12,6 +12,7 @@ from typing import Any, Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from graphs.state import ApprovalDecision, Trigger
@@ -50,7 +51,7 @@ def _errors() -> Iterator[None]:
 
 def _progress(incident_id: str, node: str, update: dict[str, Any]) -> None:
     for entry in update.get("timeline", []):
-        console.print(f"[dim]{time.strftime('%H:%M:%S', time.localtime(entry.at))}[/dim] [cyan]{incident_id}[/cyan] [bold]{node:>13}[/bold]  {entry.event}")
+        console.print(f"[dim]{time.strftime('%H:%M:%S', time.localtime(entry.at))}[/dim] [cyan]{incident_id}[/cyan] [bold]{node:>13}[/bold]  {escape(entry.event)}", soft_wrap=True)
 
 
 def _summary(state: dict[str, Any]) -> dict[str, Any]:
