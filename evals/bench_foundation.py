@@ -18,11 +18,13 @@ Run with ``python -m evals.bench_foundation [--incidents N] [--format json]``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
 import platform
 import random
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -78,6 +80,8 @@ HEALTHY_LEAD_S = 40.0
 """Normal telemetry before each crash (longer than the observer's 6 s window plus 30 s baseline)."""
 DETECT_AFTER_S = 10.0
 """The incident run starts this long after the crash."""
+MetricRow = tuple[str, dict[str, str], float, float]
+"""(name, labels, value, ts), as `LocalTelemetryStore.write_metrics` takes it."""
 GAP_S = 120.0
 """Quiet time between incidents (longer than the policy's 30 s restart cooldown)."""
 EPOCH = 1_700_000_000.0
@@ -187,7 +191,7 @@ class SyntheticWorld:
     name their dependency and emit failing traces; otherwise every service is normal.
     """
 
-    def __init__(self, root: Path, settings: Settings, seed: int) -> None:
+    def __init__(self, root: Path, seed: int) -> None:
         self.rng = random.Random(seed)
         self.clock = SimClock(EPOCH - 600)
         self.crashed = False
@@ -212,7 +216,6 @@ class SyntheticWorld:
         )
         self.toolbox.on_close.append(self.store.close)
         self.clock.on_advance = self.advance_to
-        self.settings = settings
 
     def begin_incident(self) -> Trigger:
         """Write a healthy lead-in, crash payments, and move the clock to when the run starts."""
@@ -237,7 +240,7 @@ class SyntheticWorld:
 
     def advance_to(self, t: float) -> None:
         """Write every telemetry tick up to `t` (one transaction per kind)."""
-        metrics: list[tuple[str, dict[str, str], float, float]] = []
+        metrics: list[MetricRow] = []
         logs: list[LogRecord] = []
         spans: list[Span] = []
         while self.next_tick <= t + 1e-9:
@@ -250,7 +253,8 @@ class SyntheticWorld:
         if spans:
             self.store.write_spans(spans)
 
-    def _tick(self, ts: float, metrics: list[tuple[str, dict[str, str], float, float]], logs: list[LogRecord], spans: list[Span]) -> None:
+    def _tick(self, ts: float, metrics: list[MetricRow], logs: list[LogRecord], spans: list[Span]) -> None:
+        """One sample of every metric of every service that is up, plus the tick's logs and one trace."""
         for service in TOPOLOGY:
             if self.crashed and service == FAULTY:
                 continue
@@ -262,15 +266,26 @@ class SyntheticWorld:
         self._traces += 1
         trace = f"t{self._traces}"
         if self.crashed:
-            logs.append(LogRecord(ts=ts, service="checkout", level="error", message=f"upstream payments unreachable: connection refused (request {self._traces})"))
-            logs.append(LogRecord(ts=ts, service="frontend", level="error", message="checkout returned 502 for /api/orders"))
-            spans.append(Span(trace_id=trace, span_id=f"{trace}-f", service="frontend", name="GET /api/orders", start=ts, duration_ms=4, status="error"))
-            spans.append(Span(trace_id=trace, span_id=f"{trace}-c", parent_id=f"{trace}-f", service="checkout", name="POST /pay", start=ts, duration_ms=2, status="error"))
+            refused = f"upstream payments unreachable: connection refused (request {self._traces})"
+            logs.append(LogRecord(ts=ts, service="checkout", level="error", message=refused))
+            logs.append(LogRecord(ts=ts, service="frontend", level="error", message="checkout returned 502 for /orders"))
+            spans.append(
+                Span(trace_id=trace, span_id=f"{trace}-f", service="frontend", name="GET /orders", start=ts,
+                     duration_ms=4, status="error")
+            )
+            spans.append(
+                Span(trace_id=trace, span_id=f"{trace}-c", parent_id=f"{trace}-f", service="checkout", name="POST /pay",
+                     start=ts, duration_ms=2, status="error")
+            )
         else:
             parent = None
             for service in ("frontend", "checkout", "payments"):
-                spans.append(Span(trace_id=trace, span_id=f"{trace}-{service}", parent_id=parent, service=service, name="req", start=ts, duration_ms=5))
-                parent = f"{trace}-{service}"
+                span_id = f"{trace}-{service}"
+                spans.append(
+                    Span(trace_id=trace, span_id=span_id, parent_id=parent, service=service, name="req", start=ts,
+                         duration_ms=5)
+                )
+                parent = span_id
 
     def close(self) -> None:
         """Close what the world opened."""
@@ -421,7 +436,7 @@ def _timed_run(cfg: _Config, index: int, expected: tuple[Any, ...] | None, durab
     if state.get("status") != "resolved":
         cfg.failures.append(_failure(incident_id, state))
     elif expected is not None and _signature(state) != expected:
-        cfg.failures.append(f"{incident_id}: resolved by another path than the warm-up run {_signature(state)} != {expected}")
+        cfg.failures.append(f"{incident_id}: resolved by another path than the warm-up: {_signature(state)} != {expected}")
 
 
 def bench_checkpointers(root: Path, incidents: int, seed: int, durability: str = "async") -> list[ConfigResult]:
@@ -430,11 +445,12 @@ def bench_checkpointers(root: Path, incidents: int, seed: int, durability: str =
     sqlite_saver = open_checkpointer(root / "sqlite" / "checkpoints.db")
     try:
         # Both savers share the project's serializer, which allow-lists the state's types.
-        savers: dict[str, Any] = {"none": None, "memory": InMemorySaver(serde=sqlite_saver.serde), "sqlite": sqlite_saver}
+        memory_saver = InMemorySaver(serde=sqlite_saver.serde)
+        savers: dict[str, Any] = {"none": None, "memory": memory_saver, "sqlite": sqlite_saver}
         for name, saver in savers.items():
             base = root / name
             settings = Settings(data_dir=base / "data")
-            world = SyntheticWorld(base, settings, seed)
+            world = SyntheticWorld(base, seed)
             timer = SaverTimer(saver) if saver is not None else None
             graph = build_graph().compile(checkpointer=saver)
             configs.append(_Config(name, graph, world, build_crew(settings, world.toolbox), timer))
@@ -527,14 +543,16 @@ class ReplayChatModel(FakeMessagesListChatModel):
         return len(self.responses) - self.i
 
 
-_call_ids = iter(range(1, 1_000_000))
+_call_ids = itertools.count(1)
 
 
 def _tool_calls(*calls: tuple[str, dict[str, Any]]) -> AIMessage:
     """A reply asking for these tool calls, in parallel."""
     return AIMessage(
         content="",
-        tool_calls=[{"name": name, "args": args, "id": f"call_{next(_call_ids)}", "type": "tool_call"} for name, args in calls],
+        tool_calls=[
+            {"name": name, "args": args, "id": f"call_{next(_call_ids)}", "type": "tool_call"} for name, args in calls
+        ],
     )
 
 
@@ -556,8 +574,18 @@ TOOL_ARGS: dict[str, dict[str, Any]] = {
 SCRIPTED_TITLE = "payments down, checkout and frontend failing"
 SCRIPTED_DIAGNOSIS = LLMDiagnosis(
     hypotheses=[
-        LLMHypothesis(service="payments", fault_type="crash", cited_evidence=["running: false", "exit_code: 137"], rationale="payments exited; its callers fail because it is unreachable"),
-        LLMHypothesis(service="checkout", fault_type="dependency_down", cited_evidence=["upstream payments unreachable"], rationale="checkout errors are a symptom of payments being down"),
+        LLMHypothesis(
+            service="payments",
+            fault_type="crash",
+            cited_evidence=["running: false", "exit_code: 137"],
+            rationale="payments exited; its callers fail because it is unreachable",
+        ),
+        LLMHypothesis(
+            service="checkout",
+            fault_type="dependency_down",
+            cited_evidence=["upstream payments unreachable"],
+            rationale="checkout errors are a symptom of payments being down",
+        ),
     ],
     notes=[],
 )
@@ -597,7 +625,7 @@ class TokenResult:
 def bench_llm_tokens(root: Path, seed: int) -> TokenResult:
     """Run one synthetic incident with brain="llm" and a replayed script; read the tokens from the state."""
     settings = Settings(data_dir=root / "data", brain="llm")
-    world = SyntheticWorld(root, settings, seed)
+    world = SyntheticWorld(root, seed)
     offered = [n for n in READONLY_TOOL_NAMES if n != "similar_incidents" or world.toolbox.memory is not None]
     script: list[BaseMessage] = [_structured(IncidentTitle(title=SCRIPTED_TITLE))]
     # All tool calls in one reply (as tool-calling models do in parallel): one call per step would resend the
@@ -610,12 +638,17 @@ def bench_llm_tokens(root: Path, seed: int) -> TokenResult:
     ]
     model = ReplayChatModel(responses=script)
     problems: list[str] = []
+    state: dict[str, Any] = {}
+    title = ""
     try:
         crew = build_crew(settings, world.toolbox, chat_model=model)
         graph = build_graph().compile()
         trigger = world.begin_incident()
-        state = graph.invoke({"incident_id": "bench-llm", "trigger": trigger}, {"configurable": {"thread_id": "bench-llm"}}, context=crew)
+        config = {"configurable": {"thread_id": "bench-llm"}}
+        state = graph.invoke({"incident_id": "bench-llm", "trigger": trigger}, config, context=crew)
         title = world.toolbox.incidents.get(state["issue_id"]).title if state.get("issue_id") is not None else ""
+    except Exception as exc:  # reported, never hidden
+        problems.append(f"the LLM-mode incident raised {type(exc).__name__}: {exc}")
     finally:
         world.close()
 
@@ -624,7 +657,8 @@ def bench_llm_tokens(root: Path, seed: int) -> TokenResult:
         problems.append(f"incident ended {state.get('status')!r}: {state.get('escalation')}")
     if title != f"[incident] {SCRIPTED_TITLE}":
         problems.append(f"observer did not use the model's title (issue title {title!r})")
-    if diagnosis is None or not diagnosis.method.startswith("llm") or any("LLM unavailable" in n for n in diagnosis.notes):
+    fell_back = diagnosis is None or any("LLM unavailable" in n for n in diagnosis.notes)
+    if diagnosis is None or fell_back or not diagnosis.method.startswith("llm"):
         problems.append(f"analyst fell back to the deterministic method: {diagnosis.notes if diagnosis else None}")
     if plan is None or not any("model chose restart" in n for n in plan.policy_notes):
         problems.append(f"engineer did not use the model's choice: {plan.policy_notes if plan else None}")
@@ -675,7 +709,8 @@ def _fs_type(path: Path) -> str:
     except OSError:
         return "unknown"
     resolved = str(path.resolve())
-    best = max((m for m in mounts if resolved == m[0] or resolved.startswith(m[0].rstrip("/") + "/")), key=lambda m: len(m[0]), default=None)
+    under = [m for m in mounts if resolved == m[0] or resolved.startswith(m[0].rstrip("/") + "/")]
+    best = max(under, key=lambda m: len(m[0]), default=None)
     return best[1] if best else "unknown"
 
 
@@ -699,7 +734,7 @@ def machine_info(workdir: Path) -> dict[str, Any]:
         "langgraph": version("langgraph"),
         "langgraph_checkpoint": version("langgraph-checkpoint"),
         "langgraph_checkpoint_sqlite": version("langgraph-checkpoint-sqlite"),
-        "sqlite": __import__("sqlite3").sqlite_version,
+        "sqlite": sqlite3.sqlite_version,
     }
 
 
@@ -733,6 +768,10 @@ def run(incidents: int, seed: int = 7, workdir: Path | None = None, durability: 
     return Report(machine, incidents, 1, durability, graph, tokens, round(time.perf_counter() - started, 2))
 
 
+def _opt(value: float | int | None, fmt: str) -> str:
+    return "–" if value is None else fmt.format(value)
+
+
 def _print_table(report: Report) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -759,17 +798,17 @@ def _print_table(report: Report) -> None:
         return f"{value:+.3f}" + (f" ± {ci:.3f}" if ci is not None else "")
 
     rows: list[tuple[str, Callable[[ConfigResult], str]]] = [
-        ("resolved / timed runs", lambda r: f"{r.resolved}/{r.incidents}"),
+        ("resolved as expected / runs", lambda r: f"{r.resolved}/{r.incidents}"),
         ("failures (incl. warm-up)", lambda r: str(len(r.failures))),
         ("graph steps per incident", lambda r: str(r.steps_per_incident)),
-        ("checkpoints per incident", lambda r: "–" if r.checkpoints_per_incident is None else str(r.checkpoints_per_incident)),
-        ("incidents/s", lambda r: f"{r.incidents_per_s:.1f}"),
+        ("checkpoints per incident", lambda r: _opt(r.checkpoints_per_incident, "{}")),
+        ("incidents/s (invoke time)", lambda r: f"{r.incidents_per_s:.1f}"),
         ("mean ms per incident", lambda r: f"{r.mean_ms:.2f}"),
         ("median ms per incident", lambda r: f"{r.median_ms:.2f}"),
         ("stdev ms", lambda r: f"{r.stdev_ms:.2f}"),
-        ("overhead ms/step (means, 95% CI)", lambda r: overhead(r.overhead_ms_per_step, r.overhead_ms_per_step_ci95)),
-        ("overhead ms/step (medians)", lambda r: overhead(r.overhead_ms_per_step_median)),
-        ("ms/step inside saver calls", lambda r: "–" if r.saver_ms_per_step is None else f"{r.saver_ms_per_step:.3f}"),
+        ("overhead ms/step, mean ±CI95", lambda r: overhead(r.overhead_ms_per_step, r.overhead_ms_per_step_ci95)),
+        ("overhead ms/step, median", lambda r: overhead(r.overhead_ms_per_step_median)),
+        ("ms/step inside saver calls", lambda r: _opt(r.saver_ms_per_step, "{:.3f}")),
     ]
     for label, cell in rows:
         table.add_row(label, *[cell(r) for r in report.graph])
@@ -788,7 +827,13 @@ def _print_table(report: Report) -> None:
     tokens = Table(title="tokens of one incident in LLM mode (scripted replay model)")
     tokens.add_column("agent")
     tokens.add_column("tokens", justify="right")
-    for agent, n in [("observer (title)", t.observer), ("analyst (tool loop)", t.analyst), ("engineer (choice)", t.engineer), ("librarian (post-mortem)", t.librarian)]:
+    per_agent = [
+        ("observer (title)", t.observer),
+        ("analyst (tool loop)", t.analyst),
+        ("engineer (choice)", t.engineer),
+        ("librarian (post-mortem)", t.librarian),
+    ]
+    for agent, n in per_agent:
         tokens.add_row(agent, str(n))
     tokens.add_row("[bold]total (state['tokens'])[/]", f"[bold]{t.total}[/]")
     console.print(tokens)
@@ -809,9 +854,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m evals.bench_foundation", description=__doc__.splitlines()[0])
     parser.add_argument("--incidents", type=int, default=30, help="timed incidents per graph configuration")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--workdir", type=Path, default=None, help="where the temporary directory goes (default: system temp)")
+    parser.add_argument("--workdir", type=Path, default=None, help="parent of the temp directory (default: system temp)")
     parser.add_argument(
-        "--durability", choices=["async", "sync", "exit"], default="async", help="LangGraph durability of checkpointed runs"
+        "--durability", choices=["async", "sync", "exit"], default="async", help="LangGraph durability of the saver runs"
     )
     parser.add_argument("--format", choices=["table", "json"], default="table")
     args = parser.parse_args(argv)
