@@ -179,6 +179,10 @@ class Analyst:
                 table[service].evidence.append(
                     Evidence(kind="log", service=service, summary=f"{le.errors} error lines (baseline {le.baseline_errors}); top: {top}", weight=W_LOGS)
                 )
+            if le.warnings >= 3 and le.warnings > 3 * le.baseline_warnings:
+                table[service].evidence.append(
+                    Evidence(kind="log", service=service, summary=f"{le.warnings} warning lines (baseline {le.baseline_warnings})", weight=W_LOGS / 2)
+                )
             total = sum(le.mentions.values())
             for other, count in le.mentions.items():
                 if count >= 3 and other in self.toolbox.downstream_of(service):
@@ -195,8 +199,14 @@ class Analyst:
                 )
 
         deviating = {s for s, ev in table.items() if ev.score > 0}
+        # A broken business journey with no errors anywhere: changes along the journey's path are suspects
+        # even on services that look quiet, because "succeeds but buys nothing" shows only at the entry.
+        journey = set()
+        for s, ev in table.items():
+            if ev.has("conversion_ratio"):
+                journey |= self.toolbox.downstream_of(s)
         for ev in table.values():
-            if ev.service not in deviating:
+            if ev.service not in deviating and ev.service not in journey:
                 continue  # a change on a quiet service is a red herring, not evidence
             for change in ev.changes[:1]:
                 anchor = ev.onset or windows.recent_end
@@ -316,6 +326,12 @@ class Analyst:
         return diagnosis
 
 
+def _stronger(ev: ServiceEvidence, name: str, than: str) -> bool:
+    """Whether signal `name` deviates more (in robust sd) than signal `than` on this service."""
+    scores = {s.name: s.score for s in ev.signals}
+    return scores.get(name, 0.0) > scores.get(than, 0.0)
+
+
 def _leads(cause: ServiceEvidence, symptom: ServiceEvidence) -> bool:
     """Whether `cause` went wrong no later than `symptom` (a dead dependency always leads)."""
     if cause.down:
@@ -346,7 +362,7 @@ def classify(ev: ServiceEvidence, table: dict[str, ServiceEvidence], toolbox: To
     change_kind = next((c.kind for c in ev.changes if recent_change and c.sha == recent_change.ref), None)
     if ev.status is not None and not ev.status.running:
         return "crash"
-    if ev.has("memory_rss_mb"):
+    if ev.has("memory_rss_mb") and not _stronger(ev, "cpu_percent", "memory_rss_mb"):
         return "memory_leak"
     if ev.down:
         return "crash"
@@ -362,6 +378,9 @@ def classify(ev: ServiceEvidence, table: dict[str, ServiceEvidence], toolbox: To
         return "latency"
     if ev.has("conversion_ratio"):
         return "bad_deploy" if recent_change is not None else "conversion_drop"
+    if recent_change is not None:
+        # Quiet itself, but changed just before the journey broke (see the journey rule in _score).
+        return "config_change" if change_kind == "config" else "bad_deploy"
     if any(table[d].down for d in toolbox.downstream_of(ev.service) if d in table):
         return "dependency_down"
     remembered = next((s.fault_type for s in similar if s.service == ev.service), None)

@@ -94,7 +94,8 @@ def score_metric(
         # Compare the rise across the recent window with rises of the same length seen in the baseline.
         span = recent[-1][0] - recent[0][0]
         base_growth = _growth(baseline) * (span / max(baseline[-1][0] - baseline[0][0], 1e-9))
-        value, center = _growth(recent), base_growth
+        # A leak is growth: memory settling back down during the baseline is not a negative normal.
+        value, center = _growth(recent), max(base_growth, 0.0)
         scale = rule.floor
     else:
         center = statistics.median(base_vals)
@@ -158,8 +159,11 @@ def measure_service(
                     f"from {center:.3g} ({score:.1f} robust sd)",
                 )
             )
-    had_baseline = bool(_points(telemetry, "request_rate", labels, windows.baseline_start, windows.baseline_end))
-    fresh = _points(telemetry, "request_rate", labels, windows.recent_end - 2.5, windows.recent_end)
+    baseline_rate = _points(telemetry, "request_rate", labels, windows.baseline_start, windows.baseline_end)
+    # "Silent" means several sampling intervals without a point, whatever the scrape interval is.
+    interval = statistics.median(b[0] - a[0] for a, b in zip(baseline_rate, baseline_rate[1:])) if len(baseline_rate) > 2 else 0.5
+    fresh = _points(telemetry, "request_rate", labels, windows.recent_end - max(2.5, 5 * interval), windows.recent_end)
+    had_baseline = bool(baseline_rate)
     if had_baseline and not fresh:
         last = _points(telemetry, "request_rate", labels, windows.baseline_start, windows.recent_end)
         signals.append(
@@ -225,6 +229,8 @@ class LogEvidence:
 
     errors: int
     baseline_errors: int
+    warnings: int
+    baseline_warnings: int
     templates: list[tuple[str, int]]
     mentions: Counter[str]
     """How often each other service is named in this service's error lines (pointers downstream)."""
@@ -236,8 +242,10 @@ def log_evidence(
     """Per service: errors in the recent window vs the baseline, top templates, services named in errors."""
     out: dict[str, LogEvidence] = {}
     for service in services:
-        recent = [r for r in telemetry.search_logs(service, windows.recent_start, windows.recent_end, level="error")]
+        recent = telemetry.search_logs(service, windows.recent_start, windows.recent_end, level="error")
         base = telemetry.search_logs(service, windows.baseline_start, windows.baseline_end, level="error")
+        warnings = len(telemetry.search_logs(service, windows.recent_start, windows.recent_end, level="warning"))
+        base_warnings = len(telemetry.search_logs(service, windows.baseline_start, windows.baseline_end, level="warning"))
         templates = Counter(template_of(r.message) for r in recent)
         mentions: Counter[str] = Counter()
         for record in recent:
@@ -245,7 +253,7 @@ def log_evidence(
             for other in services:
                 if other != service and other in text:
                     mentions[other] += 1
-        out[service] = LogEvidence(len(recent), len(base), templates.most_common(3), mentions)
+        out[service] = LogEvidence(len(recent), len(base), warnings, base_warnings, templates.most_common(3), mentions)
     return out
 
 

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from graphs.state import ApprovalDecision, Trigger
 from sregraph.config import Settings, load_settings
+from sregraph.slo_cli import release_gate_command, slo
 from tools.base import SregraphError
 
 app = typer.Typer(help="sregraph: a team of SRE agents that runs the incident lifecycle.", no_args_is_help=True)
@@ -24,6 +25,8 @@ incidents_app = typer.Typer(help="Incidents the graph has handled.", no_args_is_
 memory_app = typer.Typer(help="Long-term memory of post-mortems.", no_args_is_help=True)
 app.add_typer(incidents_app, name="incidents")
 app.add_typer(memory_app, name="memory")
+app.add_typer(slo, name="slo")
+app.command("release-gate")(release_gate_command)
 
 console = Console(stderr=True)
 out = Console()

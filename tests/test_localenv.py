@@ -297,14 +297,38 @@ def test_load_flows_through_all_services(app: LocalApp) -> None:
 
 
 def test_spans_link_frontend_checkout_payments(app: LocalApp) -> None:
+    """OpenTelemetry server and client spans chain frontend -> checkout -> payments through traceparent."""
     since = time.time() - 5
-    roots = wait_for("frontend spans", lambda: app.telemetry.spans("frontend", since, time.time() + 1))
+    roots = wait_for(
+        "frontend server spans",
+        lambda: [s for s in app.telemetry.spans("frontend", since, time.time() + 1) if s.parent_id is None],
+    )
     root = roots[-2] if len(roots) > 1 else roots[-1]  # the newest may still have children in flight
-    chain = wait_for("a full trace", lambda: len(t := app.telemetry.trace(root.trace_id)) == 3 and t)
-    by_service = {s.service: s for s in chain}
-    assert by_service["frontend"].parent_id is None
-    assert by_service["checkout"].parent_id == by_service["frontend"].span_id
-    assert by_service["payments"].parent_id == by_service["checkout"].span_id
+    chain = wait_for("a full trace", lambda: len(t := app.telemetry.trace(root.trace_id)) == 5 and t)
+    by_name = {(s.service, s.name): s for s in chain}
+    front = by_name[("frontend", "GET /buy")]
+    call_checkout = by_name[("frontend", "call checkout")]
+    checkout = by_name[("checkout", "GET /checkout")]
+    call_payments = by_name[("checkout", "call payments")]
+    payments = by_name[("payments", "GET /pay")]
+    assert front.parent_id is None
+    assert call_checkout.parent_id == front.span_id
+    assert checkout.parent_id == call_checkout.span_id
+    assert call_payments.parent_id == checkout.span_id
+    assert payments.parent_id == call_payments.span_id
+    assert len(root.trace_id) == 32 and all(s.status == "ok" for s in chain)
+
+
+def test_metrics_endpoint_speaks_prometheus(app: LocalApp) -> None:
+    """Each service exposes prometheus-client metrics that Prometheus can scrape."""
+    import httpx
+
+    text = wait_for(
+        "requests counted on /metrics",
+        lambda: (body := httpx.get(app.urls["frontend"] + "/metrics", timeout=2).text) and "shop_purchases_total{" in body and body,
+    )
+    assert 'http_requests_total{code="200",handler="/buy",service="frontend"}' in text
+    assert "http_request_duration_seconds_bucket" in text
 
 
 def test_reattach_from_a_new_object(app: LocalApp) -> None:

@@ -66,6 +66,8 @@ FAULTS: dict[str, frozenset[str]] = {
     "error_rate": frozenset({"ratio"}),
     "cpu": frozenset({"threads"}),
     "bad_deploy": frozenset({"version"}),
+    "dependency_down": frozenset(),
+    "conversion_drop": frozenset(),
     "clear": frozenset(),
 }
 """Every fault `inject` knows, with the parameters it accepts."""
@@ -368,6 +370,20 @@ class LocalApp:
                 raise ToolError(f"cannot crash {service}: it is not running")
             status = self.runtime.kill(service)
             detail = f"killed; exit_code={status.exit_code}"
+        elif fault == "dependency_down":
+            # A clean shutdown (exit 0), as when a dependency is taken down rather than crashing.
+            if not self.runtime.status(service).running:
+                raise ToolError(f"cannot take {service} down: it is not running")
+            status = self.runtime.stop(service)
+            detail = f"stopped; exit_code={status.exit_code}"
+        elif fault == "conversion_drop":
+            # Requests keep succeeding but nothing is bought: a config change turns payment capture off.
+            config = {**self.gitops.config(service), "capture": False}
+            change = self.gitops.commit_config(
+                service, config, f"{service}: disable payment capture during PSP migration", kind="config", author="ops"
+            )
+            status = self.apply(service)
+            detail = f"config {change.sha[:10]} sets capture=false; running={status.running}"
         elif fault == "bad_deploy":
             version = str(params.get("version", BAD_VERSION))
             config = {**self.gitops.config(service), "version": version}

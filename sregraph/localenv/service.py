@@ -5,12 +5,17 @@ Run as ``python -m sregraph.localenv.service --name NAME --port PORT --config PA
 ``version``, ``error_rate`` (0), ``latency_ms`` (5), ``timeout_ms`` (1000), ``memory_limit_mb`` (1536), any
 other keys are kept and ignored. The version selects a row of `RELEASES` (how a bad release misbehaves).
 
-Routes: ``GET /health``; the business route (frontend ``/buy``, checkout ``/checkout``, payments ``/pay``, and
-``/work`` everywhere) which calls every downstream's business route, propagating ``X-Trace-Id`` and
-``X-Parent-Span``; ``POST /chaos`` which sets in-memory faults (gone after a restart).
+Routes: ``GET /health``; ``GET /metrics`` (Prometheus text format, prometheus-client); the business route
+(frontend ``/buy``, checkout ``/checkout``, payments ``/pay``, and ``/work`` everywhere) which calls every
+downstream's business route, propagating W3C ``traceparent`` through the OpenTelemetry SDK; ``POST /chaos``
+which sets in-memory faults (gone after a restart).
 
 Every `TICK_S` a background thread writes metrics labelled ``{"service": NAME}`` (plus ``"replica": "i"``
-for an extra replica, which listens on PORT+i) and flushes buffered logs and spans to the telemetry store.
+for an extra replica, which listens on PORT+i) and flushes buffered logs to the telemetry store; spans go to
+the store through an OpenTelemetry span exporter.
+
+Config ``capture: false`` makes payments authorise without capturing: every request succeeds, nothing is
+bought (the business journey breaks with no error anywhere).
 """
 
 from __future__ import annotations
@@ -31,6 +36,14 @@ from typing import Any
 
 import httpx
 import yaml
+from opentelemetry import context as otel_context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from tools.base import LogRecord, Span, SregraphError
 from tools.telemetry import LocalTelemetryStore, MetricPoint
@@ -82,6 +95,51 @@ def _p95(values: list[float]) -> float:
     return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
 
 
+class StoreSpanExporter(SpanExporter):
+    """OpenTelemetry exporter into the local telemetry store (the embedded default has no collector)."""
+
+    def __init__(self, store: LocalTelemetryStore, service: str) -> None:
+        self.store = store
+        self.service = service
+
+    def export(self, spans: Any) -> SpanExportResult:
+        """Convert and write one batch."""
+        out = []
+        for span in spans:
+            assert isinstance(span, ReadableSpan)
+            ctx = span.get_span_context()
+            if ctx is None:
+                continue
+            parent = span.parent
+            start, end = span.start_time or 0, span.end_time or span.start_time or 0
+            attrs = {k: v for k, v in (span.attributes or {}).items()}
+            out.append(
+                Span(
+                    trace_id=format(ctx.trace_id, "032x"),
+                    span_id=format(ctx.span_id, "016x"),
+                    parent_id=format(parent.span_id, "016x") if parent is not None else None,
+                    service=self.service,
+                    name=span.name,
+                    start=start / 1e9,
+                    duration_ms=(end - start) / 1e6,
+                    status="error" if span.status.status_code == StatusCode.ERROR else "ok",
+                    attrs=attrs,
+                )
+            )
+        try:
+            self.store.write_spans(out)
+        except SregraphError as exc:
+            print(f"span export failed, dropped {len(out)} spans: {exc}", file=sys.stderr, flush=True)
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        """Nothing to release: the store belongs to the service."""
+
+
+PROPAGATOR = TraceContextTextMapPropagator()
+
+
 @dataclass
 class Faults:
     """Chaos state, in memory only: a restart clears it."""
@@ -89,6 +147,7 @@ class Faults:
     leak_mb_per_s: float = 0.0
     latency_ms: float = 0.0
     error_ratio: float = 0.0
+    no_capture: bool = False
     cpu_stop: threading.Event | None = None
     leaked: list[bytes] = field(default_factory=list)
 
@@ -99,6 +158,7 @@ class Faults:
             "leaked_mb": sum(len(b) for b in self.leaked) / MB,
             "latency_ms": self.latency_ms,
             "error_ratio": self.error_ratio,
+            "no_capture": self.no_capture,
             "cpu": self.cpu_stop is not None,
         }
 
@@ -138,16 +198,28 @@ class Service:
         self.replica = replica
         self.route = ROUTES.get(name, "/work")
         self.labels = {"service": name} if replica == 0 else {"service": name, "replica": str(replica)}
+        self.capture = bool(config.get("capture", True))
         self.faults = Faults()
         self.started = time.time()
         self._lock = threading.Lock()
         self._out_lock = threading.Lock()
         self._window = Window()
         self._logs: list[LogRecord] = []
-        self._spans: list[Span] = []
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         self._http = httpx.Client(timeout=self.timeout_s)
+        # Spans through the OpenTelemetry SDK, exported to the store in batches.
+        self.tracer_provider = TracerProvider(resource=Resource.create({"service.name": name, "service.version": self.version}))
+        self.tracer_provider.add_span_processor(BatchSpanProcessor(StoreSpanExporter(store, name), schedule_delay_millis=int(TICK_S * 1000)))
+        self.tracer = self.tracer_provider.get_tracer("sregraph.localenv")
+        # Prometheus metrics in a registry of this service's own.
+        self.registry = CollectorRegistry()
+        self.requests_total = Counter("http_requests_total", "Business requests served.", ["service", "handler", "code"], registry=self.registry)
+        self.duration = Histogram(
+            "http_request_duration_seconds", "Business request duration.", ["service", "handler"], registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.3, 0.5, 1.0, 2.5),
+        )
+        self.purchases_total = Counter("shop_purchases_total", "Completed purchases (frontend).", ["service"], registry=self.registry)
 
     # ------------------------------------------------------------------ logging
 
@@ -167,11 +239,21 @@ class Service:
     # ------------------------------------------------------------------ requests
 
     def handle(self, route: str, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
-        """Serve one business request: local work, then every downstream; returns (status, body)."""
-        began, t0 = time.time(), time.perf_counter()
-        trace_id = headers.get("x-trace-id") or os.urandom(8).hex()
-        parent_id = headers.get("x-parent-span") or None
-        span_id = os.urandom(8).hex()
+        """Serve one business request inside a server span continuing the caller's trace."""
+        parent = PROPAGATOR.extract(headers)
+        with self.tracer.start_as_current_span(f"GET {route}", context=parent, kind=SpanKind.SERVER) as span:
+            span.set_attribute("http.route", route)
+            span.set_attribute("service.replica", self.replica)
+            status, body = self._handle(route)
+            span.set_attribute("http.status_code", status)
+            if status != 200:
+                span.set_status(Status(StatusCode.ERROR, str(body.get("error", ""))[:200]))
+            return status, body
+
+    def _handle(self, route: str) -> tuple[int, dict[str, Any]]:
+        """Local work, then every downstream; returns (status, body)."""
+        t0 = time.perf_counter()
+        trace_id = format(_current_trace_id(), "032x")
         faults = self.faults
         delay_ms = self.latency_ms + self.release.extra_latency_ms + faults.latency_ms
         if delay_ms > 0:
@@ -190,50 +272,57 @@ class Service:
             error = "internal error"
             if sum(weights):
                 error = random.choices([m for _, m in causes], weights=weights)[0]
-        else:
+        purchased = self.capture and not faults.no_capture
+        if status == 200:
             for name, url in self.downstreams.items():
-                error = self._call(name, url, trace_id, span_id)
+                error, confirmed = self._call(name, url)
                 if error:
                     status = 502
                     break
+                purchased = purchased and confirmed
         if error:
             self.log("error", error, trace_id=trace_id, route=route, status=status)
+        elif not purchased and not self.downstreams:
+            # The journey's last hop says why nothing was bought; a warning, since the request "worked".
+            self.log("warning", "payment authorised but not captured; no purchase recorded", trace_id=trace_id, route=route)
         elapsed_ms = (time.perf_counter() - t0) * 1000.0
-        span = Span(
-            trace_id=trace_id,
-            span_id=span_id,
-            parent_id=parent_id,
-            service=self.name,
-            name=f"GET {route}",
-            start=began,
-            duration_ms=elapsed_ms,
-            status="ok" if status == 200 else "error",
-            attrs={"http.status": status, "version": self.version, "replica": self.replica},
-        )
+        self.requests_total.labels(self.name, route, str(status)).inc()
+        self.duration.labels(self.name, route).observe(elapsed_ms / 1000.0)
+        bought = status == 200 and purchased
+        if bought and self.name == "frontend":
+            self.purchases_total.labels(self.name).inc()
         with self._lock:
             w = self._window
             w.requests += 1
             w.errors += status != 200
-            w.purchases += status == 200
+            w.purchases += bought
             w.latencies.append(elapsed_ms)
-            if len(self._spans) < MAX_BUFFER:
-                self._spans.append(span)
         if status == 200:
-            return 200, {"ok": True, "service": self.name, "version": self.version, "trace_id": trace_id}
+            return 200, {"ok": True, "service": self.name, "version": self.version, "purchased": purchased, "trace_id": trace_id}
         return status, {"ok": False, "service": self.name, "error": error, "trace_id": trace_id}
 
-    def _call(self, name: str, base_url: str, trace_id: str, span_id: str) -> str:
-        """Call one downstream; an error message, or "" on success."""
+    def _call(self, name: str, base_url: str) -> tuple[str, bool]:
+        """Call one downstream in a client span; (error message or "", whether it confirmed the purchase)."""
         url = base_url.rstrip("/") + ROUTES.get(name, "/work")
-        try:
-            resp = self._http.get(url, headers={"X-Trace-Id": trace_id, "X-Parent-Span": span_id})
-        except httpx.TimeoutException:
-            return f"upstream {name} timed out after {self.timeout_s * 1000:.0f} ms"
-        except httpx.HTTPError as exc:
-            return f"upstream {name} unreachable: {type(exc).__name__}"
-        if resp.status_code != 200:
-            return f"upstream {name} returned {resp.status_code}"
-        return ""
+        with self.tracer.start_as_current_span(f"call {name}", kind=SpanKind.CLIENT) as span:
+            headers: dict[str, str] = {}
+            PROPAGATOR.inject(headers)
+            try:
+                resp = self._http.get(url, headers=headers)
+            except httpx.TimeoutException:
+                error = f"upstream {name} timed out after {self.timeout_s * 1000:.0f} ms"
+            except httpx.HTTPError as exc:
+                error = f"upstream {name} unreachable: {type(exc).__name__}"
+            else:
+                if resp.status_code == 200:
+                    try:
+                        confirmed = bool(resp.json().get("purchased", True))
+                    except ValueError:
+                        confirmed = True
+                    return "", confirmed
+                error = f"upstream {name} returned {resp.status_code}"
+            span.set_status(Status(StatusCode.ERROR, error))
+            return error, False
 
     # ------------------------------------------------------------------ chaos
 
@@ -249,6 +338,8 @@ class Service:
                 self.faults.error_ratio = min(1.0, max(0.0, float(payload.get("ratio", 0.5))))
             elif fault == "cpu":
                 self._start_cpu(int(payload.get("threads", 1)))
+            elif fault == "no_capture":
+                self.faults.no_capture = True
             elif fault == "clear":
                 if self.faults.cpu_stop is not None:
                     self.faults.cpu_stop.set()
@@ -303,14 +394,12 @@ class Service:
         self.flush(points)
 
     def flush(self, points: list[MetricPoint]) -> None:
-        """Write metrics and the buffered logs and spans; on failure drop them and say so on stderr."""
+        """Write metrics and the buffered logs; on failure drop them and say so on stderr."""
         with self._lock:
             logs, self._logs = self._logs, []
-            spans, self._spans = self._spans, []
         try:
             self.store.write_metrics(points)
             self.store.write_logs(logs)
-            self.store.write_spans(spans)
         except SregraphError as exc:
             print(f"telemetry write failed, dropped a batch: {exc}", file=sys.stderr, flush=True)
 
@@ -334,7 +423,15 @@ class Service:
         if self.faults.cpu_stop is not None:
             self.faults.cpu_stop.set()
         self.flush([])
+        self.tracer_provider.shutdown()  # flushes the last spans
         self._http.close()
+
+
+def _current_trace_id() -> int:
+    """Trace id of the active span (0 outside a span)."""
+    from opentelemetry import trace
+
+    return trace.get_current_span(otel_context.get_current()).get_span_context().trace_id
 
 
 def make_handler(service: Service) -> type[BaseHTTPRequestHandler]:
@@ -359,6 +456,13 @@ def make_handler(service: Service) -> type[BaseHTTPRequestHandler]:
             path = self.path.split("?", 1)[0]
             if path == "/health":
                 self._send(200, {"status": "ok", "version": service.version, "replica": service.replica})
+            elif path == "/metrics":
+                data = generate_latest(service.registry)
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
             elif path in (service.route, "/work"):
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 self._send(*service.handle(path, headers))

@@ -1,0 +1,297 @@
+"""The Nezha adapter on a tiny synthetic day in Nezha's layout, and once on the shared real day when present."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from evals.nezha import (
+    CaseResult,
+    NezhaTelemetry,
+    Replay,
+    find_days,
+    load_day,
+    parse_log_line,
+    run_case,
+    run_nezha,
+    service_of,
+    summarise,
+)
+from evals.nezha_cli import nezha
+from tools.base import ConfigError, Refused, Telemetry
+
+REAL = Path("/work/shared/data/nezha-ob")
+DAY = "2022-08-22"
+T0 = 1661162400  # 2022-08-22 10:00:00 UTC
+MINUTES = 60
+PODS = {
+    "frontend": "frontend-579b9bff58-t2dbm",
+    "checkoutservice": "checkoutservice-578fcf4766-9csqn",
+    "paymentservice": "paymentservice-9cdb6588f-554sm",
+    "adservice": "adservice-5f6585d649-fnmft",
+}
+NORMAL = {  # column -> value per service
+    "CpuUsageRate(%)": {"frontend": 10.0, "checkoutservice": 5.0, "paymentservice": 2.0, "adservice": 4.0},
+    "MemoryUsage(Mi)": {"frontend": 20.0, "checkoutservice": 50.0, "paymentservice": 30.0, "adservice": 200.0},
+    "PodServerLatencyP95(s)": {"frontend": 0.8, "checkoutservice": 0.05, "paymentservice": 0.005, "adservice": 0.04},
+    "PodWorkload(Ops)": {"frontend": 9.0, "checkoutservice": 0.3, "paymentservice": 0.3, "adservice": 5.0},
+}
+COLUMNS = [
+    "Time", "TimeStamp", "PodName", "CpuUsage(m)", "CpuUsageRate(%)", "MemoryUsage(Mi)", "MemoryUsageRate(%)",
+    "SyscallRead", "SyscallWrite", "NetworkReceiveBytes", "NetworkTransmitBytes", "PodClientLatencyP90(s)",
+    "PodServerLatencyP90(s)", "PodClientLatencyP95(s)", "PodServerLatencyP95(s)", "PodClientLatencyP99(s)",
+    "PodServerLatencyP99(s)", "PodWorkload(Ops)", "PodSuccessRate(%)", "NodeCpuUsageRate(%)",
+    "NodeMemoryUsageRate(%)", "NodeNetworkReceiveBytes",
+]  # fmt: skip
+
+# Four faults, with what the synthetic metrics show for each (minute offsets from T0 -> value):
+#  A 10:10:30 paymentservice cpu_consumed   payment CPU 2 -> 95 %            => payment #1, cpu_saturation
+#  B 10:20:30 checkoutservice network_delay  checkout p95 50 -> 600 ms, frontend 0.8 -> 3 s at the same minutes
+#                                            => checkout #1 (frontend is its caller: a symptom), latency
+#  C 10:30:30 paymentservice return          entry success 100 -> 60 % from 10:31, payment p95 5 -> 100 ms from
+#                                            10:32 (after the frontend): frontend #1 (error_spike), payment #2
+#  D 10:40:30 frontend cpu_contention        nothing visible => no hypothesis
+FAULTS = [
+    ("10:10:30", "paymentservice", "cpu_consumed"),
+    ("10:20:30", "checkoutservice", "network_delay"),
+    ("10:30:30", "paymentservice", "return"),
+    ("10:40:30", "frontend", "cpu_contention"),
+]
+ANOMALIES: dict[tuple[str, str], tuple[range, float]] = {
+    ("paymentservice", "CpuUsageRate(%)"): (range(11, 14), 95.0),
+    ("checkoutservice", "PodServerLatencyP95(s)"): (range(21, 24), 0.6),
+    ("frontend", "PodServerLatencyP95(s)"): (range(21, 24), 3.0),
+    ("paymentservice", "PodServerLatencyP95(s)"): (range(32, 35), 0.1),
+}
+ENTRY_SUCCESS = (range(31, 35), 60.0)
+
+
+def _stamp(minute: int, second: int = 19) -> str:
+    t = time.gmtime(T0 + minute * 60 + second)
+    return time.strftime("%Y-%m-%d %H:%M:%S", t) + f".{minute:03d}158889 +0000 UTC m=+{minute * 60}.113112869"
+
+
+def write_day(root: Path, traces: bool = False) -> Path:
+    """Write a day folder in Nezha's layout: rca_data/<day>/{fault list, metric/*.csv[, trace/, log/]}."""
+    day = root / "rca_data" / DAY
+    metric = day / "metric"
+    metric.mkdir(parents=True)
+    rng = random.Random(7)
+    for service, pod in PODS.items():
+        with (metric / f"{pod}_metric.csv").open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(COLUMNS)
+            for m in range(MINUTES):
+                ts = T0 + m * 60 + 19 + (200_000_000 if service == "adservice" else 0)  # adservice: corrupt TimeStamp
+                row: dict[str, object] = {c: 1.0 for c in COLUMNS}
+                row.update({"Time": _stamp(m), "TimeStamp": ts, "PodName": pod, "PodSuccessRate(%)": 0})
+                for column, normal in NORMAL.items():
+                    value = normal[service] * (1 + rng.uniform(-0.03, 0.03))
+                    span, bad = ANOMALIES.get((service, column), (range(0), 0.0))
+                    row[column] = bad if m in span else value
+                if service == "checkoutservice" and m == 5:
+                    row["PodServerLatencyP95(s)"] = "NaN"  # the real files hold NaN cells
+                w.writerow([row[c] for c in COLUMNS])
+    with (metric / "front_service.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["Time", "TimeStamp", "ServiceName", "SuccessRate(%)", "LatencyP50(s)", "LatencyP90(s)", "LatencyP95(s)", "LatencyP99(s)"])
+        for m in range(MINUTES):
+            ok = ENTRY_SUCCESS[1] if m in ENTRY_SUCCESS[0] else 100.0
+            w.writerow([_stamp(m), T0 + m * 60 + 19, "Frontend", ok, 0.2, 0.5, 0.8, 1.2])
+    (metric / "dependency.csv").write_text(
+        "Source,Target,Weight\nfrontend,checkoutservice,1\ncheckoutservice,paymentservice,1\nfrontend,adservice,1\n"
+        "frontend,33.33.33.167,1\nloadgenerator,33.33.33.79,1\nloadgenerator,frontend,1\n"
+    )
+    with (metric / "source_50.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["time", "timestamp", "frontend_checkoutservice", "checkoutservice_paymentservice", "frontend_adservice"])
+        for m in range(MINUTES):
+            w.writerow([_stamp(m, 20), T0 + m * 60 + 20, 0.2, "" if m == 3 else 0.004, 0.01])
+    labels: dict[str, list[dict[str, str]]] = {}
+    for hhmmss, service, kind in FAULTS:
+        at = f"{DAY} {hhmmss}"
+        ts = T0 + int(hhmmss[3:5]) * 60 + int(hhmmss[6:8])
+        if kind == "return":
+            ts -= 60  # the real labels hold one inject_timestamp 60 s off; inject_time is authoritative
+        labels.setdefault(hhmmss[:2], []).append({"inject_time": at, "inject_timestamp": str(ts), "inject_pod": PODS[service], "inject_type": kind})
+    (day / f"{DAY}-fault_list.json").write_text(json.dumps(labels))
+    if traces:
+        (day / "trace").mkdir()
+        start = (T0 + 21 * 60) * 10**9
+        (day / "trace" / "10_21_trace.csv").write_text(
+            "TraceID,SpanID,ParentID,PodName,OperationName,StartTimeUnixNano,EndTimeUnixNano,Duration\n"
+            f"t1,a,root,{PODS['frontend']},hipstershop.Frontend/Recv.,{start},{start + 9_000_000},9000\n"
+            f"t1,b,a,{PODS['checkoutservice']},hipstershop.CheckoutService/PlaceOrder,{start + 1000},{start + 5_000_000},5000\n"
+        )
+        (day / "log").mkdir()
+        inner = json.dumps({"severity": "error", "message": "failed to charge card"})
+        docker = json.dumps({"log": inner + "\n", "stream": "stdout", "time": "x"})
+        with (day / "log" / "10_21_log.csv").open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["Timestamp", "TimeUnixNano", "Node", "PodName", "Container", "TraceID", "SpanID", "Log"])
+            w.writerow(["x", start + 2_000_000, "n", PODS["checkoutservice"], "server", "t1", "b", docker])
+            w.writerow(["x", start + 3_000_000, "n", PODS["adservice"], "server", "t1", "c", json.dumps({"log": "2022 INFO AdService - received ad request"})])
+    return day
+
+
+@pytest.fixture
+def day_dir(tmp_path: Path) -> Path:
+    return write_day(tmp_path)
+
+
+def test_loader_reads_labels_metrics_and_call_graph(day_dir: Path) -> None:
+    day = load_day(day_dir)
+    assert day.services == ["adservice", "checkoutservice", "frontend", "paymentservice"]
+    assert day.topology == {"adservice": [], "checkoutservice": ["paymentservice"], "frontend": ["adservice", "checkoutservice"], "paymentservice": []}
+    assert day.entry_service == "frontend"
+    assert [(f.service, f.nezha_type, f.expected) for f in day.faults] == [
+        ("paymentservice", "cpu_consumed", "cpu_saturation"),
+        ("checkoutservice", "network_delay", "latency"),
+        ("paymentservice", "return", "error_spike"),
+        ("frontend", "cpu_contention", "cpu_saturation"),
+    ]
+    assert day.faults[2].at == T0 + 30 * 60 + 30  # inject_time, not the inconsistent inject_timestamp
+
+    tel = NezhaTelemetry(day)
+    assert isinstance(tel, Telemetry)
+    names = tel.metric_names()
+    assert {"cpu_percent", "memory_rss_mb", "latency_p95_ms", "request_rate", "error_ratio", "edge_latency_p50_ms"} <= set(names)
+    # Rows are stamped at their minute; the corrupt adservice TimeStamp column is ignored.
+    [ad] = tel.query_range("memory_rss_mb", {"service": "adservice"}, T0, T0 + 120)
+    assert [t for t, _ in ad.points] == [T0, T0 + 60, T0 + 120]
+    assert ad.points[0][1] == pytest.approx(200 * 1.048576, rel=0.04)  # MiB -> MB
+    [lat] = tel.query_range("latency_p95_ms", {"service": "checkoutservice"}, T0 + 21 * 60, T0 + 21 * 60)
+    [(at, value)] = lat.points
+    assert at == T0 + 21 * 60 and value == pytest.approx(600.0)  # seconds -> ms
+    [gap] = tel.query_range("latency_p95_ms", {"service": "checkoutservice"}, T0 + 4 * 60, T0 + 6 * 60)
+    assert [t for t, _ in gap.points] == [T0 + 4 * 60, T0 + 6 * 60]  # the NaN cell is no data, not a value
+    # error_ratio comes from the entry view only (PodSuccessRate is 0 in every row: not recorded).
+    errors = tel.query_range("error_ratio", None, T0 + 31 * 60, T0 + 31 * 60)
+    [(service, ratio)] = [(s.labels["service"], s.points[0][1]) for s in errors]
+    assert service == "frontend" and ratio == pytest.approx(0.4)
+    assert any("PodSuccessRate" in n for n in day.notes)
+    # Edge latencies: labelled by caller and callee; an empty cell is no data.
+    [edge] = tel.query_range("edge_latency_p50_ms", {"source": "checkoutservice", "target": "paymentservice"}, T0, T0 + 5 * 60)
+    assert len(edge.points) == 5 and edge.points[0][1] == pytest.approx(4.0)
+
+
+def test_find_days_accepts_root_rca_data_or_day(day_dir: Path, tmp_path: Path) -> None:
+    assert find_days(tmp_path) == [day_dir]
+    assert find_days(tmp_path / "rca_data") == [day_dir]
+    assert find_days(day_dir) == [day_dir]
+    with pytest.raises(ConfigError, match="no Nezha day folder"):
+        find_days(day_dir / "metric")
+
+
+def test_benchmark_on_synthetic_day(day_dir: Path, tmp_path: Path) -> None:
+    """Expected by hand: ranks 1, 1, 2, none -> AS@1 2/4, AS@3 = AS@5 3/4; types right in A, B, C -> 3/4."""
+    result = run_nezha(tmp_path)
+    ranks = [(c["service"], c["rank"], c["top3"], c["top_fault"]) for c in result["per_case"]]
+    assert ranks == [
+        ("paymentservice", 1, ["paymentservice"], "cpu_saturation"),
+        ("checkoutservice", 1, ["checkoutservice", "frontend"], "latency"),
+        ("paymentservice", 2, ["frontend", "paymentservice"], "error_spike"),
+        ("frontend", None, [], "unknown"),
+    ]
+    assert (result["cases"], result["as1"], result["as3"], result["as5"]) == (4, 0.5, 0.75, 0.75)
+    assert (result["fault_type_acc"], result["as1_and_type"], result["no_hypothesis"]) == (0.75, 0.5, 1)
+    assert result["days"][DAY]["cases"] == 4
+
+
+def test_labels_never_reach_the_analyst(day_dir: Path) -> None:
+    """Relabelling a fault (another service and type) leaves the diagnosis unchanged: only the score moves."""
+    day = load_day(day_dir)
+    tel = NezhaTelemetry(day)
+    fault = day.faults[2]
+    honest, d1 = run_case(day, tel, fault, Replay())
+    relabelled, d2 = run_case(day, tel, replace(fault, service="adservice", pod=PODS["adservice"], nezha_type="network_delay", expected="latency"), Replay())
+    assert honest.ranked == relabelled.ranked and d1.hypotheses == d2.hypotheses
+    assert (honest.rank, relabelled.rank) == (2, None)
+
+
+def test_summary_arithmetic_by_hand() -> None:
+    def case(service: str, ranked: list[str], expected: str, top: str) -> CaseResult:
+        return CaseResult(DAY, "t", service, "x", expected, ranked, top, 0.5, 0.0)
+
+    cases = [
+        case("a", ["a", "b"], "latency", "latency"),  # rank 1, type right
+        case("a", ["b", "c", "a"], "latency", "cpu_saturation"),  # rank 3
+        case("a", ["b", "c", "d", "e", "a"], "error_spike", "error_spike"),  # rank 5, type right (service wrong)
+        case("a", ["b", "c", "d", "e", "f", "a"], "latency", "latency"),  # rank 6
+        case("a", [], "unknown", "unknown"),  # unmapped type: out of the fault-type denominator
+    ]
+    s = summarise(cases)
+    assert (s["cases"], s["as1"], s["as3"], s["as5"]) == (5, 0.2, 0.4, 0.6)
+    assert (s["fault_type_cases"], s["fault_type_acc"], s["as1_and_type"], s["no_hypothesis"]) == (4, 0.75, 0.25, 1)
+    assert summarise([])["as1"] == 0.0
+
+
+def test_traces_and_logs_are_read_when_present(tmp_path: Path) -> None:
+    day = load_day(write_day(tmp_path, traces=True))
+    tel = NezhaTelemetry(day)
+    spans = tel.spans(None, T0 + 21 * 60, T0 + 22 * 60)
+    assert [(s.service, s.parent_id, s.duration_ms) for s in spans] == [("frontend", None, 9.0), ("checkoutservice", "a", 5.0)]
+    assert tel.spans("checkoutservice", T0, T0 + 22 * 60, limit=1)[0].span_id == "b"
+    errors = tel.search_logs(None, T0 + 21 * 60, T0 + 22 * 60, level="error")
+    assert [(r.service, r.message) for r in errors] == [("checkoutservice", "failed to charge card")]
+    assert [r.service for r in tel.search_logs(None, T0, T0 + 22 * 60, query="AD REQUEST")] == ["adservice"]
+    assert tel.search_logs(None, T0 + 40 * 60, T0 + 45 * 60) == []  # no file for those minutes
+
+
+def test_parsing_helpers() -> None:
+    assert service_of("checkoutservice-578fcf4766-9csqn") == "checkoutservice"
+    assert service_of("redis-cart-0") == "redis-cart"
+    assert service_of("loadgenerator") == "loadgenerator"
+    assert parse_log_line('{"log": "12:00 ERROR c.h.AdService - boom\\n"}') == ("error", "12:00 ERROR c.h.AdService - boom")
+    assert parse_log_line('{"severity": "warning", "message": "slow"}') == ("warn", "slow")
+
+
+def test_replay_stubs_refuse_mutation(day_dir: Path) -> None:
+    from evals.nezha import build_incident
+
+    day = load_day(day_dir)
+    tb, obs = build_incident(day, NezhaTelemetry(day), day.faults[0].at, Replay())
+    assert obs.baseline_end == day.faults[0].at and tb.clock.now() == T0 + 14 * 60
+    assert all(tb.runtime.status(s).running and tb.health.check(s).ok for s in tb.services)
+    assert tb.gitops.history() == []
+    with pytest.raises(Refused):
+        tb.runtime.restart("frontend")
+    with pytest.raises(Refused):
+        tb.incidents.open_issue("t", "b", [], "f")
+
+
+def test_cli_json_text_and_mounted(day_dir: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = runner.invoke(nezha, ["--data", str(tmp_path), "--format", "json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    assert {k: data[k] for k in ("cases", "as1", "as3", "as5", "fault_type_acc")} == {"cases": 4, "as1": 0.5, "as3": 0.75, "as5": 0.75, "fault_type_acc": 0.75}
+    text = runner.invoke(nezha, ["--data", str(day_dir)])
+    assert text.exit_code == 0 and "50.00" in text.output and "Nezha (metrics + traces + logs)" in text.output
+
+    app, bench = typer.Typer(), typer.Typer()
+    app.add_typer(bench, name="bench")
+    bench.add_typer(nezha, name="nezha")
+    mounted = runner.invoke(app, ["bench", "nezha", "--data", str(tmp_path), "--format", "json"])
+    assert mounted.exit_code == 0 and json.loads(mounted.output)["cases"] == 4
+    assert runner.invoke(app, ["bench", "nezha", "--data", str(tmp_path / "missing")]).exit_code == 2
+    assert runner.invoke(nezha, ["--data", str(tmp_path), "--format", "xml"]).exit_code == 2
+
+
+@pytest.mark.skipif(not (REAL / "rca_data").is_dir(), reason=f"the shared Nezha day is not at {REAL}")
+def test_real_day_runs_end_to_end() -> None:
+    result = run_nezha(REAL)
+    assert result["cases"] == 24 and len(result["per_case"]) == 24
+    services = {c["service"] for c in result["per_case"]}
+    assert len(services) == 10 and "loadgenerator" not in services
+    # A broken mapping sees nothing; the documented run (docs/nezha.md) places 16 of 24 first.
+    assert result["as1"] >= 0.5
+    assert result["as1"] <= result["as3"] <= result["as5"]
