@@ -29,7 +29,8 @@ app.add_typer(slo, name="slo")
 app.command("release-gate")(release_gate_command)
 
 console = Console(stderr=True)
-out = Console()
+# Tables keep their columns when piped (rich would otherwise squeeze them to 80 characters).
+out = Console(width=None if sys.stdout.isatty() else 160)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="sregraph.yaml to read (default: ./sregraph.yaml if present).")
 DataOpt = typer.Option(None, "--data-dir", help="Where checkpoints, incidents, memory and the local app live.")
@@ -176,6 +177,75 @@ def reject(
 ) -> None:
     """Reject the plan of an incident waiting at the approval gate; the incident is escalated."""
     _decide(incident_id, False, by, reason, config, data_dir)
+
+
+@app.command()
+def demo(
+    fmt: str = typer.Option("text", "--format", help="text or json (the scorecard)"),
+    faults: Optional[str] = typer.Option(None, help="Comma-separated FAULT:SERVICE pairs instead of the full sequence."),
+    config: Optional[Path] = ConfigOpt,
+    data_dir: Optional[Path] = DataOpt,
+) -> None:
+    """Start the app and the worker, inject every fault in turn, watch the agents handle them, print a scorecard."""
+    from sregraph.demo import DEFAULT_SEQUENCE, as_rows, demo_settings, run_demo
+
+    settings = demo_settings(_settings(config, data_dir))
+    sequence = DEFAULT_SEQUENCE
+    if faults:
+        defaults = {(f, s): p for f, s, p in DEFAULT_SEQUENCE}
+        try:
+            pairs = [tuple(item.strip().split(":")) for item in faults.split(",") if item.strip()]
+            sequence = [(f, s, defaults.get((f, s), {})) for f, s in pairs]  # type: ignore[misc]
+        except ValueError as exc:
+            raise typer.BadParameter("use FAULT:SERVICE pairs, e.g. crash:payments,latency:checkout") from exc
+    console.print("[bold]sregraph demo[/bold] — the demo policy auto-approves every allowed action (see sregraph/demo_policy.yaml)")
+    with _errors():
+        results = run_demo(settings, sequence, progress=_progress, say=lambda text: console.print(text, soft_wrap=True))
+    rows = as_rows(results)
+    if fmt == "json":
+        out.print_json(json.dumps(rows))
+    else:
+        table = Table(title="sregraph demo: one incident per fault")
+        for column in ("fault", "service", "detected", "root cause", "fault type", "action", "recovered", "TTD s", "TTR s", "memory"):
+            table.add_column(column)
+        for r in rows:
+            table.add_row(
+                r["fault"], r["service"], _tick(r["detected"]),
+                f"{r['root_cause_service'] or '–'} {_tick(r['root_cause_correct'])}", r["fault_type"] or "–",
+                r["action"] or "–", _tick(r["recovered"]),
+                f"{r['mttd_s']:.1f}" if r["mttd_s"] is not None else "–", f"{r['mttr_s']:.1f}" if r["mttr_s"] is not None else "–",
+                r["memory_hit"] or "–",
+            )
+        out.print(table)
+    raise typer.Exit(0 if results and all(r.recovered for r in results) else 1)
+
+
+@app.command()
+def chaos(
+    fault: str = typer.Argument(..., help="crash, latency, error-rate, memory-leak, bad-deploy, dependency-down, cpu-saturation, conversion-drop"),
+    service: str = typer.Argument(..., help="frontend, checkout or payments"),
+    config: Optional[Path] = ConfigOpt,
+    data_dir: Optional[Path] = DataOpt,
+) -> None:
+    """Inject a fault into the running local app (started by `run --keep-running` or a worker's app)."""
+    from sregraph.demo import validate
+    from sregraph.localenv.app import LocalApp
+
+    settings = _settings(config, data_dir)
+    with _errors():
+        [(name, target, params)] = validate([(fault, service, {})])
+        if not (settings.data_dir / "app" / "app.json").exists():
+            raise SregraphError(f"no local app under {settings.data_dir / 'app'}; start one with `sregraph run --keep-running`")
+        local = LocalApp(settings.data_dir / "app")
+        try:
+            injection = local.inject(name, target, **params)
+        finally:
+            local.close()
+    out.print(f"injected {injection.fault} into {injection.service}: {injection.detail}")
+
+
+def _tick(value: bool) -> str:
+    return "✔" if value else "✘"
 
 
 @app.command()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 from types import FrameType
 
 from graphs.state import Trigger
@@ -55,7 +56,9 @@ class Worker:
 
     def run(self, once: bool = False, interval: float = 2.0) -> None:
         """Resume, then scan every `interval` seconds until stopped."""
-        previous = signal.signal(signal.SIGTERM, self._on_term)
+        # Signal handlers belong to the main thread; a worker run in a thread (the demo) is stopped by flag.
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, self._on_term) if main else None
         try:
             self.resume_unfinished()
             while not self.stopping:
@@ -64,5 +67,6 @@ class Worker:
                     break
                 self.engine.toolbox.clock.sleep(interval)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            if main:
+                signal.signal(signal.SIGTERM, previous)
             self.engine.close()

@@ -1,0 +1,202 @@
+"""`sregraph demo`: the local app, the worker, and a sequence of faults handled live, with a scorecard.
+
+The worker runs exactly as `sregraph worker` does (scan, open, diagnose, act, verify, document), in a thread
+of this process; the demo only injects faults and reads the outcome of each incident from the run registry and
+the checkpoints. Nothing in the worker knows which fault was injected.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from sregraph.config import Settings
+from sregraph.engine import FINAL, Engine, ProgressFn, local_toolbox
+from sregraph.worker import Worker
+from tools.base import ConfigError, SregraphError
+
+# (fault, service, params): every chaos fault of the local app, then one repeat that memory should recognise.
+DEFAULT_SEQUENCE: list[tuple[str, str, dict[str, Any]]] = [
+    ("crash", "payments", {}),
+    ("latency", "checkout", {"ms": 400}),
+    ("error_rate", "payments", {"ratio": 0.5}),
+    ("memory_leak", "checkout", {"mb_per_s": 40}),
+    ("bad_deploy", "payments", {}),
+    ("dependency_down", "payments", {}),
+    ("cpu", "checkout", {"threads": 4}),
+    ("conversion_drop", "payments", {}),
+    ("crash", "payments", {}),
+]
+FAULT_TIMEOUT_S = 60.0
+SETTLE_S = 5.0
+"""Healthy traffic between two faults, so each incident has a clean recent baseline."""
+
+
+@dataclass
+class FaultResult:
+    """One row of the demo's scorecard."""
+
+    fault: str
+    service: str
+    incident_id: str | None
+    detected: bool
+    root_cause_service: str | None
+    root_cause_correct: bool
+    fault_type: str | None
+    action: str | None
+    recovered: bool
+    mttd_s: float | None
+    mttr_s: float | None
+    memory_hit: str | None
+    status: str
+
+
+CHAOS_NAMES = {
+    "crash": "crash",
+    "latency": "latency",
+    "error-rate": "error_rate",
+    "memory-leak": "memory_leak",
+    "bad-deploy": "bad_deploy",
+    "dependency-down": "dependency_down",
+    "cpu-saturation": "cpu",
+    "conversion-drop": "conversion_drop",
+}
+"""The `sregraph chaos` names of the local app's faults."""
+
+
+def fault_name(name: str) -> str:
+    """The app's fault for a chaos name (both spellings accepted); ConfigError naming the choices otherwise."""
+    from sregraph.localenv.app import FAULTS
+
+    fault = CHAOS_NAMES.get(name, name)
+    if fault not in FAULTS or fault == "clear":
+        raise ConfigError(f"unknown fault {name!r}; known faults: {', '.join(CHAOS_NAMES)}")
+    return fault
+
+
+def validate(sequence: list[tuple[str, str, dict[str, Any]]]) -> list[tuple[str, str, dict[str, Any]]]:
+    """The sequence with canonical fault names; bad faults or services fail before anything starts."""
+    from sregraph.localenv.app import TOPOLOGY
+
+    checked = []
+    for fault, service, params in sequence:
+        if service not in TOPOLOGY:
+            raise ConfigError(f"unknown service {service!r}; known services: {', '.join(TOPOLOGY)}")
+        checked.append((fault_name(fault), service, params))
+    return checked
+
+
+def demo_settings(base: Settings) -> Settings:
+    """The demo's settings: short windows, and the demo policy (auto-approved config changes, said so)."""
+    policy = resources.files("sregraph").joinpath("demo_policy.yaml")
+    return base.model_copy(
+        update={
+            "data_dir": base.data_dir / "demo",
+            "policy_file": Path(str(policy)),
+            "observer": base.observer.model_copy(update={"window_s": 4.0, "baseline_s": 20.0, "detect_timeout_s": 10.0}),
+            "engineer": base.engineer.model_copy(update={"verify_timeout_s": 20.0}),
+        }
+    )
+
+
+def _outcome(engine: Engine, incident_id: str, fault: str, service: str, injected_at: float) -> FaultResult:
+    state = engine.state(incident_id)
+    observation, diagnosis, verification = state.get("observation"), state.get("diagnosis"), state.get("verification")
+    top = diagnosis.top if diagnosis else None
+    actions = state.get("actions", [])
+    detected = observation is not None and not observation.healthy
+    recovered = bool(verification and verification.recovered)
+    return FaultResult(
+        fault=fault,
+        service=service,
+        incident_id=incident_id,
+        detected=detected,
+        root_cause_service=top.service if top else None,
+        root_cause_correct=bool(top and top.service == service),
+        fault_type=top.fault_type if top else None,
+        action=", ".join(f"{a.action.kind} {a.action.service}" for a in actions) or None,
+        recovered=recovered,
+        mttd_s=round(observation.observed_at - injected_at, 2) if detected and observation else None,
+        mttr_s=round(verification.at - injected_at, 2) if recovered and verification else None,
+        memory_hit=diagnosis.similar[0].incident_id if diagnosis and diagnosis.similar else None,
+        status=str(state.get("status")),
+    )
+
+
+def _wait_for_incident(engine: Engine, known: set[str], deadline: float) -> str | None:
+    """The id of a new incident that reached a final state, or None at the deadline."""
+    while time.time() < deadline:
+        for run in engine.registry.list():
+            if run["incident_id"] not in known and run["status"] in FINAL - {"healthy"}:
+                return str(run["incident_id"])
+            if run["incident_id"] not in known and run["status"] == "awaiting_approval":
+                return str(run["incident_id"])
+        time.sleep(0.2)
+    return None
+
+
+def run_demo(
+    settings: Settings,
+    sequence: list[tuple[str, str, dict[str, Any]]] | None = None,
+    progress: ProgressFn | None = None,
+    say: Callable[[str], None] = print,
+    warmup_s: float = 8.0,
+) -> list[FaultResult]:
+    """Start everything, inject each fault after the last one is handled, and stop everything."""
+    from sregraph.localenv.app import LocalApp
+
+    sequence = validate(sequence or DEFAULT_SEQUENCE)
+    if settings.data_dir.exists():
+        # A leftover app from an interrupted demo is stopped before its state is wiped.
+        LocalApp(settings.data_dir / "app").stop()
+        shutil.rmtree(settings.data_dir)
+    app = LocalApp(settings.data_dir / "app")
+    results: list[FaultResult] = []
+    worker_thread: threading.Thread | None = None
+    worker: Worker | None = None
+    try:
+        say("starting the application (frontend → checkout → payments) and its load…")
+        app.start()
+        app.start_load()
+        engine = Engine(settings, local_toolbox(settings, app), progress=progress)
+        worker = Worker(engine)
+        say(f"collecting a {warmup_s:.0f}s baseline, then starting the worker…")
+        time.sleep(warmup_s)
+        worker_thread = threading.Thread(target=worker.run, kwargs={"interval": 0.5}, name="worker", daemon=True)
+        worker_thread.start()
+        for fault, service, params in sequence:
+            known = {r["incident_id"] for r in engine.registry.list()}
+            say(f"▶ injecting {fault} into {service}")
+            injected_at = time.time()
+            try:
+                app.inject(fault, service, **params)
+            except SregraphError as exc:
+                say(f"  could not inject {fault}: {exc}")
+                results.append(FaultResult(fault, service, None, False, None, False, None, None, False, None, None, None, "not injected"))
+                continue
+            incident = _wait_for_incident(engine, known, time.time() + FAULT_TIMEOUT_S)
+            if incident is None:
+                results.append(FaultResult(fault, service, None, False, None, False, None, None, False, None, None, None, "not detected"))
+                app.inject("clear", service)
+            else:
+                results.append(_outcome(engine, incident, fault, service, injected_at))
+            time.sleep(SETTLE_S)
+    finally:
+        if worker is not None:
+            worker.stopping = True
+        if worker_thread is not None:
+            worker_thread.join(timeout=FAULT_TIMEOUT_S)
+        app.stop()
+        app.close()
+    return results
+
+
+def as_rows(results: list[FaultResult]) -> list[dict[str, Any]]:
+    """The scorecard as JSON-ready rows."""
+    return [asdict(r) for r in results]
