@@ -17,6 +17,8 @@ from rich.table import Table
 
 from graphs.state import ApprovalDecision, Trigger
 from sregraph.config import Settings, load_settings
+from evals.nezha_cli import nezha
+from sregraph.bench import bench
 from sregraph.slo_cli import release_gate_command, slo
 from tools.base import SregraphError
 
@@ -27,6 +29,8 @@ app.add_typer(incidents_app, name="incidents")
 app.add_typer(memory_app, name="memory")
 app.add_typer(slo, name="slo")
 app.command("release-gate")(release_gate_command)
+bench.add_typer(nezha, name="nezha")
+app.add_typer(bench, name="bench")
 
 console = Console(stderr=True)
 # Tables keep their columns when piped (rich would otherwise squeeze them to 80 characters).
