@@ -256,17 +256,23 @@ def _tick(value: bool) -> str:
 def worker(
     once: bool = typer.Option(False, help="Resume unfinished incidents, scan once, and exit."),
     interval: float = typer.Option(2.0, help="Seconds between scans."),
+    http_port: Optional[int] = typer.Option(None, help="Serve /metrics and /healthz on 127.0.0.1:PORT."),
     config: Optional[Path] = ConfigOpt,
     data_dir: Optional[Path] = DataOpt,
 ) -> None:
     """Long-lived loop: resume unfinished incidents, watch telemetry, open and handle new incidents."""
+    from sregraph.observability import HealthState, configure_logging, serve
     from sregraph.worker import Worker
 
     settings = _settings(config, data_dir)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(logging.INFO)
     with _errors():
         engine, _ = _engine(settings)
-        Worker(engine).run(once=once, interval=interval)
+        health = HealthState(stale_after_s=max(60.0, 10 * interval))
+        if http_port is not None:
+            server = serve(engine.metrics, health, port=http_port)
+            console.print(f"metrics and health on http://127.0.0.1:{server.server_address[1]}/metrics, /healthz")
+        Worker(engine, health).run(once=once, interval=interval)
 
 
 @app.command()

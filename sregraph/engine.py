@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import sqlite3
 import time
@@ -21,8 +22,11 @@ from graphs.checkpoint import open_checkpointer
 from graphs.graph import Crew, build_graph
 from graphs.state import ApprovalDecision, Trigger
 from sregraph.config import Settings
+from sregraph.observability import Metrics, incident_var
 from tools.base import NotFound
 from tools.toolbox import Toolbox
+
+log = logging.getLogger("sregraph.engine")
 
 ProgressFn = Callable[[str, str, dict[str, Any]], None]
 """Called with (incident_id, node, update) after every node."""
@@ -128,7 +132,14 @@ FINAL = {"healthy", "resolved", "escalated"}
 class Engine:
     """Runs incident threads on a compiled graph with the durable checkpointer."""
 
-    def __init__(self, settings: Settings, toolbox: Toolbox, chat_model: Any = None, progress: ProgressFn | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        toolbox: Toolbox,
+        chat_model: Any = None,
+        progress: ProgressFn | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.settings = settings
         self.toolbox = toolbox
         self.crew = build_crew(settings, toolbox, chat_model)
@@ -136,20 +147,53 @@ class Engine:
         self.graph = build_graph().compile(checkpointer=self.checkpointer)
         self.registry = RunRegistry(settings.data_dir / "runs.db")
         self.progress = progress
+        self.metrics = metrics or Metrics()
+        self.should_stop: Callable[[], bool] = lambda: False
 
     def _config(self, incident_id: str) -> dict[str, Any]:
         return {"configurable": {"thread_id": incident_id}}
 
     def _drive(self, incident_id: str, payload: Any) -> dict[str, Any]:
-        for chunk in self.graph.stream(payload, self._config(incident_id), context=self.crew, stream_mode="updates"):
-            for node, update in chunk.items():
-                if node == "__interrupt__":
-                    self.registry.record(incident_id, None, "awaiting_approval")
-                elif self.progress is not None:
-                    self.progress(incident_id, node, update or {})
-                if isinstance(update, dict) and update.get("status"):
-                    self.registry.record(incident_id, None, update["status"])
+        token = incident_var.set(incident_id)
+        self.metrics.open_incidents.inc()
+        tokens_before = self._tokens(incident_id)
+        step_started = time.monotonic()
+        try:
+            # durability="sync": each step's checkpoint is on disk before the next step starts, so a kill at
+            # any moment loses at most the step in flight (about 2.5 ms more per step than "async").
+            stream = self.graph.stream(payload, self._config(incident_id), context=self.crew, stream_mode="updates", durability="sync")
+            for chunk in stream:
+                for node, update in chunk.items():
+                    if node == "__interrupt__":
+                        self.registry.record(incident_id, None, "awaiting_approval")
+                        continue
+                    now = time.monotonic()
+                    self.metrics.observe_update(node, update or {}, now - step_started)
+                    step_started = now
+                    log.info("step %s done", node)
+                    if self.progress is not None:
+                        self.progress(incident_id, node, update or {})
+                    if isinstance(update, dict) and update.get("status"):
+                        self.registry.record(incident_id, None, update["status"])
+                # Between steps, a stop request leaves the thread at a checkpoint the next start resumes.
+                if self.should_stop():
+                    log.info("stopping at a step boundary; the incident resumes on the next start")
+                    break
+        except Exception:
+            self.metrics.errors.labels("graph").inc()
+            log.exception("incident run failed")
+            raise
+        finally:
+            self.metrics.open_incidents.dec()
+            incident_var.reset(token)
+        self.metrics.llm_tokens.inc(max(0, self._tokens(incident_id) - tokens_before))
         return self.state(incident_id)
+
+    def _tokens(self, incident_id: str) -> int:
+        try:
+            return int(self.state(incident_id).get("tokens", 0) or 0)
+        except NotFound:
+            return 0
 
     def start(self, trigger: Trigger, incident_id: str | None = None) -> dict[str, Any]:
         """Run a new incident thread until it ends or waits for a human."""

@@ -13,6 +13,8 @@ from types import FrameType
 
 from graphs.state import Trigger
 from sregraph.engine import Engine
+from sregraph.observability import HealthState
+from tools.base import SregraphError
 
 log = logging.getLogger("sregraph.worker")
 
@@ -20,9 +22,11 @@ log = logging.getLogger("sregraph.worker")
 class Worker:
     """Drives the engine forever (or once)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, health: HealthState | None = None) -> None:
         self.engine = engine
         self.stopping = False
+        self.health = health or HealthState()
+        engine.should_stop = lambda: self.stopping
 
     def _on_term(self, signum: int, frame: FrameType | None) -> None:
         log.info("signal %s: finishing the current step, then exiting", signum)
@@ -62,7 +66,14 @@ class Worker:
         try:
             self.resume_unfinished()
             while not self.stopping:
-                self.scan()
+                try:
+                    self.scan()
+                except SregraphError as exc:
+                    # A flaky backend must not kill a worker meant to run for months; the next loop retries.
+                    self.engine.metrics.errors.labels("scan").inc()
+                    log.error("scan failed: %s", exc)
+                self.health.beat()
+                self.engine.metrics.last_scan.set_to_current_time()
                 if once:
                     break
                 self.engine.toolbox.clock.sleep(interval)
