@@ -65,6 +65,21 @@ class EngineerConfig(BaseModel):
     verify_poll_s: float = 0.5
 
 
+class GitHubSettings(BaseModel):
+    """Where the GitHub incident surface and GitOps repository live (the token comes only from the environment)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repo: str = ""
+    """owner/name of the repository whose issues are the incident surface."""
+    base_url: str = "https://api.github.com"
+    """GitHub Enterprise: https://HOST/api/v3."""
+    gitops_repo: str = ""
+    """owner/name of the deploy-config repository (services/<name>.yaml); empty = use the local git repo."""
+    deploy_branch: str = "main"
+    timeout_s: float = 10.0
+
+
 class Settings(BaseModel):
     """All of sregraph's configuration."""
 
@@ -73,6 +88,9 @@ class Settings(BaseModel):
     data_dir: Path = Path(".sregraph")
     brain: Literal["deterministic", "llm"] = "deterministic"
     llm: LLMConfig = Field(default_factory=LLMConfig)
+    surface: Literal["local", "github"] = "local"
+    """Where incidents are opened: a local SQLite tracker, or GitHub issues (see docs/github.md)."""
+    github: GitHubSettings = Field(default_factory=GitHubSettings)
     policy_file: Path | None = None
     """Remediation policy YAML; the bundled default when unset."""
     observer: ObserverConfig = Field(default_factory=ObserverConfig)

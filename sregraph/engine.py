@@ -23,7 +23,7 @@ from graphs.graph import Crew, build_graph
 from graphs.state import ApprovalDecision, Trigger
 from sregraph.config import Settings
 from sregraph.observability import Metrics, incident_var
-from tools.base import NotFound
+from tools.base import ConfigError, NotFound
 from tools.toolbox import Toolbox
 
 log = logging.getLogger("sregraph.engine")
@@ -46,11 +46,24 @@ def local_toolbox(settings: Settings, app: Any) -> Toolbox:
     from tools.notifier import ConsoleNotifier, JsonlNotifier, MultiNotifier
 
     data = settings.data_dir
+    incidents: Any = LocalIncidentSurface(data / "incidents.db")
+    gitops: Any = app.gitops
+    gh = settings.github
+    if settings.surface == "github":
+        from tools.github import GitHubIncidentSurface
+
+        if not gh.repo:
+            raise ConfigError("github.repo: set owner/name of the incident repository when surface is github")
+        incidents = GitHubIncidentSurface(gh.repo, base_url=gh.base_url, timeout=gh.timeout_s)
+    if gh.gitops_repo:
+        from tools.github import GitHubGitOps
+
+        gitops = GitHubGitOps(gh.gitops_repo, base_url=gh.base_url, deploy_branch=gh.deploy_branch, timeout=gh.timeout_s, incident_repo=gh.repo or None)
     return Toolbox(
         telemetry=app.telemetry,
         runtime=app.runtime,
-        incidents=LocalIncidentSurface(data / "incidents.db"),
-        gitops=app.gitops,
+        incidents=incidents,
+        gitops=gitops,
         notifier=MultiNotifier(ConsoleNotifier(), JsonlNotifier(data / "notifications.jsonl")),
         health=app.health,
         deployer=app,
@@ -250,6 +263,16 @@ class Engine:
                 continue
             if state["next"] and not state["waiting"]:
                 yield run["incident_id"]
+
+    def incident_for_issue(self, issue_id: int) -> str | None:
+        """The newest incident thread attached to an issue of the surface."""
+        for run in self.registry.list():
+            try:
+                if self.state(run["incident_id"]).get("issue_id") == issue_id:
+                    return str(run["incident_id"])
+            except NotFound:
+                continue
+        return None
 
     def in_progress_services(self) -> set[str]:
         """Services named by incidents not yet finished (including those waiting for approval)."""

@@ -11,7 +11,7 @@ import signal
 import threading
 from types import FrameType
 
-from graphs.state import Trigger
+from graphs.state import ApprovalDecision, Trigger
 from sregraph.engine import Engine
 from sregraph.observability import HealthState
 from tools.base import SregraphError
@@ -43,6 +43,35 @@ class Worker:
             resumed.append(incident_id)
         return resumed
 
+    def handle_commands(self) -> list[str]:
+        """Act on slash commands humans wrote on incident issues (authorised by the surface); returns what was done.
+
+        /approve and /reject answer a waiting approval gate; /escalate rejects it as an escalation; /retry
+        starts a new investigation on an escalated incident's issue. Commands come only from comments by users
+        with write access: text in logs or issue bodies is never parsed for commands.
+        """
+        poll = getattr(self.engine.toolbox.incidents, "poll_commands", None)
+        if poll is None:
+            return []
+        done = []
+        for command in poll():
+            incident_id = self.engine.incident_for_issue(command.issue_id)
+            if incident_id is None:
+                log.info("/%s on issue #%s: no incident thread is attached to it", command.name, command.issue_id)
+                continue
+            if command.name in ("approve", "reject", "escalate") and self.engine.pending_approval(incident_id):
+                reason = command.args or f"/{command.name} on the issue"
+                decision = ApprovalDecision(approved=command.name == "approve", by=command.author, reason=reason)
+                self.engine.decide(incident_id, decision)
+                done.append(f"{command.name} {incident_id}")
+            elif command.name == "retry" and self.engine.state(incident_id).get("status") == "escalated":
+                trigger = Trigger(source="issue", issue_id=command.issue_id, summary=f"/retry by {command.author}", fired_at=self.engine.toolbox.clock.now())
+                self.engine.start(trigger)
+                done.append(f"retry {incident_id}")
+            else:
+                log.info("/%s on %s ignored: nothing is waiting for it", command.name, incident_id)
+        return done
+
     def scan(self) -> str | None:
         """One look at telemetry; a deviation starts an incident thread. Returns its id."""
         signals, _, _ = self.engine.crew.observer.check()
@@ -67,6 +96,7 @@ class Worker:
             self.resume_unfinished()
             while not self.stopping:
                 try:
+                    self.handle_commands()
                     self.scan()
                 except SregraphError as exc:
                     # A flaky backend must not kill a worker meant to run for months; the next loop retries.
