@@ -40,6 +40,23 @@ W_DEPENDENCY_BONUS = 0.5
 W_MEMORY = 0.75
 W_FAILED_ACTION = 2.0
 
+CHANGE_SLACK_S = 5.0
+"""A change may land a few seconds after the baseline ends (commit times are whole seconds)."""
+
+
+def change_proximity(healthy_for: float) -> float:
+    """How suspect a change is, from how long the service ran normally after it.
+
+    A bad deploy or config usually hurts within seconds to a minute of rollout; a service that ran normally
+    for minutes after a change is probably failing for another reason (documented in docs/analyst-method.md).
+    """
+    if healthy_for <= 60:
+        return 1.0
+    if healthy_for <= 300:
+        return 0.4
+    return 0.2
+
+
 FAMILIES = {"metric": "metric", "health": "health", "runtime": "health", "log": "log", "trace": "trace", "change": "change", "memory": "memory"}
 
 
@@ -208,13 +225,15 @@ class Analyst:
         for ev in table.values():
             if ev.service not in deviating and ev.service not in journey:
                 continue  # a change on a quiet service is a red herring, not evidence
-            for change in ev.changes[:1]:
-                anchor = ev.onset or windows.recent_end
-                age = anchor - change.at
-                if -5 <= age <= self.config.change_lookback_s:
-                    proximity = 1.0 if age <= 300 else 0.5
+            # Only changes before the incident began can have caused it: the incident's own remediation
+            # commits (a rollback PR merged a minute ago) are never suspects, and never reverted in turn.
+            started = windows.baseline_end
+            before = [c for c in ev.changes if c.at <= started + CHANGE_SLACK_S]
+            for change in before[:1]:
+                healthy_for = max(0.0, started - change.at)
+                if healthy_for <= self.config.change_lookback_s:
                     ev.evidence.append(
-                        Evidence(kind="change", service=ev.service, summary=f"{change.kind} {change.sha[:8]} '{change.message.splitlines()[0]}' {age:.0f}s before onset", weight=W_CHANGE * proximity, ref=change.sha)
+                        Evidence(kind="change", service=ev.service, summary=f"{change.kind} {change.sha[:8]} '{change.message.splitlines()[0]}', {healthy_for:.0f}s of normal running before the incident", weight=round(W_CHANGE * change_proximity(healthy_for), 3), ref=change.sha)
                     )
 
         # Blame flows down the dependency graph: a caller of a failing dependency is a symptom.
@@ -358,7 +377,10 @@ def confidence(ev: ServiceEvidence, total: float) -> float:
 
 def classify(ev: ServiceEvidence, table: dict[str, ServiceEvidence], toolbox: Toolbox, similar: list[SimilarIncident]) -> FaultType:
     """The fault type the evidence pattern of one service points to."""
-    recent_change = next((e for e in ev.evidence if e.kind == "change"), None)
+    change = next((e for e in ev.evidence if e.kind == "change"), None)
+    restart_failed = any(e.kind == "action" and "restart" in e.summary for e in ev.evidence)
+    # A change names the fault when it is close to the onset, or when restarting has already failed.
+    recent_change = change if change is not None and (change.weight >= W_CHANGE or restart_failed) else None
     change_kind = next((c.kind for c in ev.changes if recent_change and c.sha == recent_change.ref), None)
     if ev.status is not None and not ev.status.running:
         return "crash"

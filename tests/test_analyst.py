@@ -263,3 +263,22 @@ def test_dry_run_changes_nothing_and_refusals_are_recorded(tmp_path: Path) -> No
     assert runtime.restarted == 0
     [entry] = [e for e in tb.ledger.all() if e.incident_id == "inc-2"]
     assert (entry.kind, entry.status) == ("restart", "refused") and "not allowed" in entry.detail
+
+
+@pytest.mark.parametrize(("deployed_at", "expected"), [(FAULT_AT - 20, "bad_deploy"), (FAULT_AT - 200, "error_spike"), (FAULT_AT + 5, "error_spike")])
+def test_only_changes_shortly_before_the_incident_name_the_fault(tmp_path: Path, deployed_at: float, expected: str) -> None:
+    """A change the service ran normally after for minutes, or one made after the trouble began
+    (a remediation commit), does not make an error spike a bad deploy."""
+    tb = make_toolbox(tmp_path, FakeRuntime(), FakeHealth())
+    assert isinstance(tb.clock, FixedClock)
+    tb.clock.t = deployed_at
+    tb.gitops.commit_config("payments", {"version": "1.4.1"}, "payments 1.4.1", kind="deploy")  # type: ignore[attr-defined]
+    tb.clock.t = NOW
+    for service in TOPOLOGY:
+        write_series(tb.telemetry, service, {"error_ratio": 0.5})  # type: ignore[arg-type]
+    error_traces(tb.telemetry, "payments")  # type: ignore[arg-type]
+    diagnosis = analyst(tb).diagnose(observe(tb))
+    assert diagnosis.top is not None and diagnosis.top.service == "payments"
+    assert diagnosis.top.fault_type == expected
+    changes = [e for e in diagnosis.top.evidence if e.kind == "change"]
+    assert bool(changes) == (deployed_at < FAULT_AT)
