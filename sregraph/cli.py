@@ -186,6 +186,7 @@ def reject(
 @app.command()
 def demo(
     fmt: str = typer.Option("text", "--format", help="text or json (the scorecard)"),
+    runtime: Optional[str] = typer.Option(None, help="process (default) or docker (start scripts/container-engine.sh first)"),
     faults: Optional[str] = typer.Option(None, help="Comma-separated FAULT:SERVICE pairs instead of the full sequence."),
     config: Optional[Path] = ConfigOpt,
     data_dir: Optional[Path] = DataOpt,
@@ -193,7 +194,7 @@ def demo(
     """Start the app and the worker, inject every fault in turn, watch the agents handle them, print a scorecard."""
     from sregraph.demo import DEFAULT_SEQUENCE, as_rows, demo_settings, run_demo
 
-    settings = demo_settings(_settings(config, data_dir))
+    settings = demo_settings(_settings(config, data_dir, runtime=runtime))
     sequence = DEFAULT_SEQUENCE
     if faults:
         defaults = {(f, s): p for f, s, p in DEFAULT_SEQUENCE}

@@ -88,6 +88,10 @@ class Settings(BaseModel):
     data_dir: Path = Path(".sregraph")
     brain: Literal["deterministic", "llm"] = "deterministic"
     llm: LLMConfig = Field(default_factory=LLMConfig)
+    runtime: Literal["process", "docker"] = "process"
+    """Where the local app's services run: supervised processes, or containers through the Docker API."""
+    docker_url: str | None = None
+    """Docker Engine API (unix:// or tcp://); default: $DOCKER_HOST, else scripts/container-engine.sh's socket."""
     surface: Literal["local", "github"] = "local"
     """Where incidents are opened: a local SQLite tracker, or GitHub issues (see docs/github.md)."""
     github: GitHubSettings = Field(default_factory=GitHubSettings)

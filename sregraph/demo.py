@@ -156,7 +156,7 @@ def run_demo(
         # A leftover app from an interrupted demo is stopped before its state is wiped.
         LocalApp(settings.data_dir / "app").stop()
         shutil.rmtree(settings.data_dir)
-    app = LocalApp(settings.data_dir / "app")
+    app = LocalApp(settings.data_dir / "app", runtime=settings.runtime, docker_url=settings.docker_url)
     results: list[FaultResult] = []
     worker_thread: threading.Thread | None = None
     worker: Worker | None = None

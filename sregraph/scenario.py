@@ -56,7 +56,7 @@ def start_app(settings: Settings) -> Any:
     """Start (or re-attach to) the local application with load flowing."""
     from sregraph.localenv.app import LocalApp
 
-    app = LocalApp(settings.data_dir / "app")
+    app = LocalApp(settings.data_dir / "app", runtime=settings.runtime, docker_url=settings.docker_url)
     app.start(wait_healthy=True)
     app.start_load()
     return app

@@ -3,7 +3,7 @@
 Everything lives under one data directory, and the ports are chosen once and saved in ``app.json``, so a new
 `LocalApp` on the same directory (a worker restarted after SIGKILL) re-attaches to the running services::
 
-    data_dir/app.json          ports
+    data_dir/app.json          ports, and the runtime the services run on (with its engine, image, project)
     data_dir/telemetry.db      metrics, logs, spans (LocalTelemetryStore)
     data_dir/config-repo/      git repo; services/<name>.yaml on main is what runs after a restart
     data_dir/runtime/          supervisor state and per-service stdout logs
@@ -11,10 +11,17 @@ Everything lives under one data directory, and the ports are chosen once and sav
 
 `runtime.scale` starts extra replicas on PORT+i; they serve and report telemetry with a ``replica`` label, but
 nothing load-balances to them (callers use replica 0), so scaling adds capacity only in name.
+
+Runtimes: ``"process"`` (local processes under `ProcessSupervisor`, the default) or ``"docker"`` (containers
+of `APP_IMAGE` through a Docker Engine API, `DockerRuntime`: scripts/container-engine.sh starts one and builds
+the image). Containers run the same command with the image's python3, on the host network, with the repository
+mounted read-only and the data directory read-write at the same paths (the config repo read-only on top), so
+they read the merged config and write telemetry exactly as processes do. The choice is saved in app.json.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -23,7 +30,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from pydantic import BaseModel, Field
@@ -42,6 +49,9 @@ from tools.gitops import LocalGitOps
 from tools.health import HttpHealthChecker
 from tools.runtime import ProcessSpec, ProcessSupervisor
 from tools.telemetry import LocalTelemetryStore
+
+if TYPE_CHECKING:
+    from tools.docker_runtime import ContainerSpec, DockerRuntime
 
 TOPOLOGY: dict[str, list[str]] = {"frontend": ["checkout"], "checkout": ["payments"], "payments": []}
 """Who calls whom: each service calls every listed downstream on each request."""
@@ -81,6 +91,11 @@ LOAD_WORKERS = 8
 HOST = "127.0.0.1"
 _NOT_OK = HealthResult(service="", ok=False)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+RUNTIMES = ("process", "docker")
+APP_IMAGE = "localhost/sregraph-app:latest"
+"""The services' image (Debian's python3 plus their dependencies), built by scripts/container-engine.sh."""
+DEFAULT_ENGINE_URL = f"unix://{PROJECT_ROOT / '.sregraph' / 'engine' / 'podman.sock'}"
+"""Where scripts/container-engine.sh serves the Docker API by default (used when DOCKER_HOST is unset)."""
 
 
 class FaultInjection(BaseModel):
@@ -170,16 +185,29 @@ class LoadGenerator:
 class LocalApp:
     """The three-service app, its config repo, telemetry store, runtime, health checks, load and chaos."""
 
-    def __init__(self, data_dir: Path, clock: Clock | None = None) -> None:
-        """Create or re-attach to the app whose state lives in `data_dir`."""
+    def __init__(
+        self,
+        data_dir: Path,
+        clock: Clock | None = None,
+        runtime: str | None = None,
+        docker_url: str | None = None,
+        image: str | None = None,
+    ) -> None:
+        """Create or re-attach to the app whose state lives in `data_dir`.
+
+        `runtime` is "process" or "docker"; None means the one saved in app.json (else "process"). For
+        "docker", `docker_url` and `image` default to the saved ones, else $DOCKER_HOST or
+        `DEFAULT_ENGINE_URL`, and `APP_IMAGE`.
+        """
         self.data_dir = Path(data_dir).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.clock: Clock = clock or SystemClock()
         self.ports = self._ports()
+        self.runtime_choice = self._runtime_choice(runtime, docker_url, image)
         self.telemetry = LocalTelemetryStore(self.data_dir / "telemetry.db")
         self.repo_dir = self.data_dir / "config-repo"
         self.gitops = LocalGitOps.init(self.repo_dir, DEFAULT_CONFIGS)
-        self.runtime = ProcessSupervisor(self.data_dir / "runtime", self._specs(), max_replicas=PORT_BLOCK)
+        self.runtime: ProcessSupervisor | DockerRuntime = self._make_runtime()
         self.health = HttpHealthChecker(self.urls)
         self._load: LoadGenerator | None = None
         self._journal_lock = threading.Lock()
@@ -199,10 +227,88 @@ class LocalApp:
         ports = {}
         for name in TOPOLOGY:
             ports[name] = _free_block({p for base in ports.values() for p in range(base, base + PORT_BLOCK)})
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"ports": ports}, indent=2))
-        tmp.replace(path)
+        self._save_layout({"ports": ports})
         return ports
+
+    def _save_layout(self, fields: dict[str, Any]) -> None:
+        """Merge `fields` into app.json (atomically)."""
+        path = self.data_dir / "app.json"
+        data: dict[str, Any] = {}
+        if path.exists():
+            try:
+                loaded = json.loads(path.read_text())
+                data = loaded if isinstance(loaded, dict) else {}
+            except ValueError:
+                data = {}
+        data.update(fields)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(path)
+
+    def _runtime_choice(self, runtime: str | None, docker_url: str | None, image: str | None) -> dict[str, str]:
+        """The runtime this app runs on: the requested one, else the saved one; saved for re-attaching."""
+        path = self.data_dir / "app.json"
+        saved = json.loads(path.read_text()).get("runtime") if path.exists() else None
+        if saved is not None and not (isinstance(saved, dict) and saved.get("kind") in RUNTIMES):
+            raise ConfigError(f"{path}: field 'runtime' must be an object whose 'kind' is one of {', '.join(RUNTIMES)}")
+        if runtime is not None and runtime not in RUNTIMES:
+            raise ConfigError(f"runtime: unknown runtime {runtime!r}; known runtimes: {', '.join(RUNTIMES)}")
+        if saved is not None and runtime is not None and runtime != saved["kind"]:
+            raise ConfigError(
+                f"runtime: this app ({self.data_dir}) runs on {saved['kind']!r}, not {runtime!r}; stop it and "
+                f"remove {path} to switch"
+            )
+        kind = runtime or (saved["kind"] if saved else "process")
+        choice = {"kind": kind}
+        if kind == "docker":
+            previous = saved or {}
+            digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:10]
+            choice.update(
+                url=docker_url or previous.get("url") or os.environ.get("DOCKER_HOST") or DEFAULT_ENGINE_URL,
+                image=image or previous.get("image") or APP_IMAGE,
+                project=previous.get("project") or f"sregraph-{digest}",
+            )
+        if choice != saved:
+            self._save_layout({"runtime": choice})
+        return choice
+
+    def _make_runtime(self) -> ProcessSupervisor | DockerRuntime:
+        """The runtime `runtime_choice` names, over this app's specs."""
+        if self.runtime_choice["kind"] == "process":
+            return ProcessSupervisor(self.data_dir / "runtime", self._specs(), max_replicas=PORT_BLOCK)
+        from tools.docker_runtime import DockerRuntime, connect
+
+        client = connect(self.runtime_choice["url"])
+        return DockerRuntime(
+            client, self._container_specs(), self.runtime_choice["project"], max_replicas=PORT_BLOCK
+        )
+
+    def _container_specs(self) -> dict[str, ContainerSpec]:
+        """The process specs as containers: same arguments, the image's python3, host network, same paths."""
+        from tools.docker_runtime import BindMount, ContainerSpec
+
+        # Parents before children, so the read-only config repo is mounted over the writable data directory.
+        mounts = sorted(
+            {
+                BindMount(str(PROJECT_ROOT), str(PROJECT_ROOT), read_only=True),
+                BindMount(str(self.data_dir), str(self.data_dir), read_only=False),
+                BindMount(str(self.repo_dir), str(self.repo_dir), read_only=True),
+            },
+            key=lambda m: (len(Path(m.target).parts), m.target),
+        )
+        env = {"PYTHONPATH": str(PROJECT_ROOT), "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+        return {
+            name: ContainerSpec(
+                name=name,
+                image=self.runtime_choice["image"],
+                command=["python3", *spec.argv[1:]],
+                env=env,
+                working_dir=str(spec.cwd) if spec.cwd else None,
+                mounts=tuple(mounts),
+                network_mode="host",
+            )
+            for name, spec in self._specs().items()
+        }
 
     def _specs(self) -> dict[str, ProcessSpec]:
         """How the supervisor runs each service; `--config` is the file in the repo's work tree (main)."""
