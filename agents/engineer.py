@@ -224,6 +224,14 @@ class Engineer:
         return f"restarts={status.restarts}"
 
     def _execute(self, action: Action, key: str, issue_ref: str) -> tuple[str, str]:
+        result = self._execute_action(action, key, issue_ref)
+        # A health checker with circuit breakers must probe the restarted service at once, not after its backoff.
+        reset = getattr(self.toolbox.health, "reset", None)
+        if callable(reset):
+            reset(action.service)
+        return result
+
+    def _execute_action(self, action: Action, key: str, issue_ref: str) -> tuple[str, str]:
         tb = self.toolbox
         if action.kind == "restart":
             status = tb.runtime.restart(action.service)

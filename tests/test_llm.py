@@ -503,7 +503,9 @@ def test_search_logs() -> None:
     tools = make_tools()
     result = call(tools, "search_logs", service="payments")
     assert result["status"] == "success"
-    assert result["data"]["summary"].splitlines()[1].startswith("[error] x12 db pool exhausted")
+    # drain3 templates, errors first, with counts and one example each (agents/logtemplates.py)
+    assert result["data"]["summary"].splitlines()[1].startswith("[error] x12 payments×12")
+    assert "db pool exhausted after <NUM>ms" in result["data"]["summary"].splitlines()[1]
     assert call(tools, "search_logs", service="payments", query="RETRYING")["data"]["summary"].startswith(
         "1 records"
     )

@@ -21,7 +21,8 @@ from typing import Any, ParamSpec
 from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import ValidationError
 
-from agents.tokens import summarize_logs, summarize_series
+from agents.logtemplates import summarize_templates
+from agents.tokens import summarize_series
 from graphs.state import SimilarIncident
 from tools.base import (
     Clock,
@@ -176,7 +177,7 @@ def build_readonly_tools(
             context["query"] = query
         if not records:
             return ToolResult(status="no_data", data=context)
-        return ToolResult.ok({**context, "summary": summarize_logs(records, MAX_LOG_TEMPLATES)})
+        return ToolResult.ok({**context, "summary": summarize_templates(records, MAX_LOG_TEMPLATES)})
 
     @_enveloped
     def trace_errors(service: str | None = None, minutes: float | None = None) -> ToolResult:

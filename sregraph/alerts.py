@@ -1,0 +1,552 @@
+"""Alertmanager webhook receiver: firing alerts become `Trigger`s, resolved ones are noted.
+
+Alertmanager POSTs its webhook payload (version 4) to ``POST /alerts``::
+
+    {"version": "4", "status": "firing", "receiver": "sregraph", "groupKey": "...", "alerts": [
+        {"status": "firing",
+         "labels": {"alertname": "ErrorBudgetBurnPage", "sregraph_service": "payments", ...},
+         "annotations": {"summary": "..."},
+         "startsAt": "2024-05-01T12:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+         "fingerprint": "5f1c..."}], ...}
+
+The payload is validated with pydantic (`AlertmanagerWebhook`); a broken one gets a 4xx naming the field
+(400 not JSON, 401 bad token, 411/413 length, 415 not JSON content, 422 wrong shape), so Alertmanager, which
+retries only 5xx, does not resend it forever. Alerts are grouped by sregraph's fingerprint
+``SERVICE:ALERTNAME`` (the service from the first of the `service_labels` an alert has): one Trigger per
+group that starts firing. While a group stays active (firing, not resolved), repeats of it (Alertmanager
+resends every `repeat_interval`, and each change of its group) are counted as duplicates and start nothing,
+unless `dedup_window_s` has passed since its trigger. A group whose alerts are all resolved is forgotten and
+noted as a `ResolvedAlert`.
+
+Events go through a bounded queue. With a `callback`, one dispatcher thread hands each Trigger to it (the
+worker plugs `engine.start` in); without one, the owner pulls with `next_event`. A full queue answers 503
+without enqueueing anything from the payload, so Alertmanager's retry delivers it whole later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from graphs.state import Trigger
+from tools.base import Clock, ConfigError, SystemClock
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024
+MAX_ALERTS = 1000
+MAX_LABELS = 64
+MAX_TEXT = 2000
+SUMMARY_CHARS = 300
+"""Alert text is written by whoever writes alert rules; keep what reaches a prompt short."""
+SERVICE_LABELS: tuple[str, ...] = ("service", "sregraph_service", "app")
+
+
+# --------------------------------------------------------------------------- payload
+
+
+class AlertmanagerAlert(BaseModel):
+    """One alert of the webhook payload."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    status: Literal["firing", "resolved"]
+    labels: dict[str, str] = Field(max_length=MAX_LABELS)
+    annotations: dict[str, str] = Field(default_factory=dict, max_length=MAX_LABELS)
+    starts_at: datetime = Field(alias="startsAt")
+    ends_at: datetime | None = Field(default=None, alias="endsAt")
+    """Alertmanager sends year 1 (`0001-01-01T00:00:00Z`) for "not ended"."""
+    generator_url: str = Field(default="", alias="generatorURL", max_length=MAX_TEXT)
+    fingerprint: str = Field(default="", max_length=128)
+
+    @property
+    def alertname(self) -> str:
+        """The `alertname` label (every Prometheus alert has one)."""
+        return self.labels.get("alertname", "unnamed")
+
+    def key(self) -> str:
+        """Alertmanager's fingerprint, or a hash of the labels when the sender gave none."""
+        if self.fingerprint:
+            return self.fingerprint
+        canonical = json.dumps(self.labels, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+class AlertmanagerWebhook(BaseModel):
+    """Alertmanager's webhook payload, version 4."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    version: Literal["4"]
+    status: Literal["firing", "resolved"]
+    alerts: list[AlertmanagerAlert] = Field(max_length=MAX_ALERTS)
+    receiver: str = Field(default="", max_length=MAX_TEXT)
+    group_key: str = Field(default="", alias="groupKey", max_length=MAX_TEXT)
+    truncated_alerts: int = Field(default=0, alias="truncatedAlerts", ge=0)
+    group_labels: dict[str, str] = Field(default_factory=dict, alias="groupLabels", max_length=MAX_LABELS)
+    common_labels: dict[str, str] = Field(default_factory=dict, alias="commonLabels", max_length=MAX_LABELS)
+    common_annotations: dict[str, str] = Field(
+        default_factory=dict, alias="commonAnnotations", max_length=MAX_LABELS
+    )
+    external_url: str = Field(default="", alias="externalURL", max_length=MAX_TEXT)
+
+
+class WebhookError(ConfigError):
+    """A payload sregraph will not accept; `status` is the HTTP code to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def parse_webhook(body: bytes | str) -> AlertmanagerWebhook:
+    """Validate a webhook body; WebhookError 400 (not JSON) or 422 (wrong shape, naming the fields)."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise WebhookError(400, f"body is not JSON: {exc}") from exc
+    try:
+        return AlertmanagerWebhook.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:10]
+        )
+        raise WebhookError(422, f"not an Alertmanager v4 webhook payload: {problems}") from exc
+
+
+# --------------------------------------------------------------------------- alerts -> triggers
+
+
+@dataclass(frozen=True)
+class ResolvedAlert:
+    """A group of alerts that stopped firing."""
+
+    fingerprint: str
+    service: str | None
+    alertname: str
+    ended_at: float
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class AlertGroup:
+    """The alerts of one payload that share sregraph's fingerprint."""
+
+    fingerprint: str
+    service: str | None
+    alertname: str
+    alerts: list[AlertmanagerAlert]
+
+    @property
+    def firing(self) -> list[AlertmanagerAlert]:
+        """The group's alerts that are firing."""
+        return [a for a in self.alerts if a.status == "firing"]
+
+
+def service_of(labels: dict[str, str], service_labels: Sequence[str] = SERVICE_LABELS) -> str | None:
+    """The service an alert names: the first of `service_labels` it carries."""
+    for name in service_labels:
+        if labels.get(name):
+            return labels[name]
+    return None
+
+
+def fingerprint_of(service: str | None, alertname: str) -> str:
+    """sregraph's grouping key for alerts: `SERVICE:ALERTNAME` (`-` when no service label)."""
+    return f"{service or '-'}:{alertname}"
+
+
+def group_alerts(
+    webhook: AlertmanagerWebhook, service_labels: Sequence[str] = SERVICE_LABELS
+) -> list[AlertGroup]:
+    """The payload's alerts grouped by fingerprint, in first-seen order."""
+    groups: dict[str, AlertGroup] = {}
+    for alert in webhook.alerts:
+        service = service_of(alert.labels, service_labels)
+        key = fingerprint_of(service, alert.alertname)
+        if key not in groups:
+            groups[key] = AlertGroup(key, service, alert.alertname, [])
+        groups[key].alerts.append(alert)
+    return list(groups.values())
+
+
+def _epoch(moment: datetime | None) -> float | None:
+    """Seconds since the epoch, or None for a missing or year-1 ("not set") time."""
+    if moment is None or moment.year < 1970:
+        return None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC).timestamp()
+    return moment.timestamp()
+
+
+def _clip(text: str, limit: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def trigger_for(group: AlertGroup) -> Trigger:
+    """The Trigger for a firing group: signal = alertname, labels shared by its firing alerts."""
+    firing = group.firing or group.alerts
+    shared = dict(firing[0].labels)
+    for alert in firing[1:]:
+        shared = {k: v for k, v in shared.items() if alert.labels.get(k) == v}
+    annotations = firing[0].annotations
+    summary = (
+        annotations.get("summary")
+        or annotations.get("description")
+        or (f"{group.alertname} firing" + (f" on {group.service}" if group.service else ""))
+    )
+    labels = {k: _clip(v, 200) for k, v in sorted(shared.items())[:MAX_LABELS]}
+    labels.update(
+        {
+            "fingerprint": group.fingerprint,
+            "alertname": group.alertname,
+            "alerts": str(len(firing)),
+            "alertmanager_fingerprints": ",".join(sorted({a.key() for a in firing})[:10]),
+        }
+    )
+    starts = [t for a in firing if (t := _epoch(a.starts_at)) is not None]
+    return Trigger(
+        source="alert",
+        service=group.service,
+        signal=group.alertname,
+        summary=_clip(summary, SUMMARY_CHARS),
+        fired_at=min(starts) if starts else 0.0,
+        labels=labels,
+    )
+
+
+# --------------------------------------------------------------------------- the receiver
+
+AlertEvent = Trigger | ResolvedAlert
+
+
+class _BoundedQueue:
+    """A FIFO with a capacity, where a batch goes in whole or not at all."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: deque[AlertEvent] = deque()
+        self._cond = threading.Condition()
+        self.busy = 0
+        """Events taken but not finished (the dispatcher's current callback)."""
+
+    def offer_all(self, items: list[AlertEvent]) -> bool:
+        with self._cond:
+            if len(self._items) + len(items) > self.capacity:
+                return False
+            self._items.extend(items)
+            self._cond.notify_all()
+            return True
+
+    def take(self, timeout: float | None, mark_busy: bool = False) -> AlertEvent | None:
+        with self._cond:
+            if not self._cond.wait_for(lambda: bool(self._items), timeout):
+                return None
+            self.busy += mark_busy
+            return self._items.popleft()
+
+    def done(self) -> None:
+        with self._cond:
+            self.busy -= 1
+            self._cond.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._items and self.busy == 0, timeout)
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._items)
+
+
+@dataclass
+class ReceiverStats:
+    """Counters since start."""
+
+    payloads: int = 0
+    rejected: int = 0
+    triggers: int = 0
+    duplicates: int = 0
+    resolved: int = 0
+    queue_full: int = 0
+    callback_errors: int = 0
+
+
+class AlertReceiver:
+    """A small HTTP server taking Alertmanager webhooks on `POST /alerts` (stdlib; no framework needed)."""
+
+    def __init__(
+        self,
+        callback: Callable[[Trigger], Any] | None = None,
+        *,
+        on_resolved: Callable[[ResolvedAlert], Any] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        path: str = "/alerts",
+        token: str | None = None,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        queue_size: int = 100,
+        dedup_window_s: float = 3600.0,
+        service_labels: Sequence[str] = SERVICE_LABELS,
+        clock: Clock | None = None,
+    ) -> None:
+        """Listen on host:port (0: a free port) once started; `token` requires `Authorization: Bearer`."""
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be at least 1, got {queue_size}")
+        self.callback = callback
+        self.on_resolved = on_resolved
+        self.host, self.port, self.path = host, port, path
+        self.token = token
+        self.max_body_bytes = max_body_bytes
+        self.dedup_window_s = dedup_window_s
+        self.service_labels = tuple(service_labels)
+        self.clock: Clock = clock or SystemClock()
+        self.stats = ReceiverStats()
+        self.resolved: deque[ResolvedAlert] = deque(maxlen=100)
+        """The latest resolved groups, newest last."""
+        self._queue = _BoundedQueue(queue_size)
+        self._lock = threading.Lock()
+        self._active: dict[str, dict[str, float]] = {}
+        """sregraph fingerprint -> {Alertmanager fingerprint: starts_at} of its alerts still firing."""
+        self._enqueued_at: dict[str, float] = {}
+        self._server: ThreadingHTTPServer | None = None
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+
+    # ------------------------------------------------------------------ processing (no HTTP needed)
+
+    def active(self) -> dict[str, int]:
+        """Active groups and how many of their alerts are firing."""
+        with self._lock:
+            return {fp: len(alerts) for fp, alerts in sorted(self._active.items())}
+
+    def accept(self, webhook: AlertmanagerWebhook) -> tuple[int, dict[str, Any]]:
+        """Apply one payload: (HTTP status, JSON answer). 503 and nothing changed when the queue is full."""
+        now = self.clock.now()
+        events: list[AlertEvent] = []
+        with self._lock:
+            active = {fp: dict(alerts) for fp, alerts in self._active.items()}
+            enqueued_at = dict(self._enqueued_at)
+            new_triggers = duplicates = 0
+            resolved_now: list[ResolvedAlert] = []
+            for group in group_alerts(webhook, self.service_labels):
+                was_active = bool(active.get(group.fingerprint))
+                alerts = active.setdefault(group.fingerprint, {})
+                for alert in group.alerts:
+                    if alert.status == "firing":
+                        alerts[alert.key()] = _epoch(alert.starts_at) or now
+                    else:
+                        alerts.pop(alert.key(), None)
+                if alerts and group.firing:
+                    last = enqueued_at.get(group.fingerprint)
+                    if not was_active or last is None or now - last >= self.dedup_window_s:
+                        events.append(trigger_for(group))
+                        enqueued_at[group.fingerprint] = now
+                        new_triggers += 1
+                    else:
+                        duplicates += 1
+                elif not alerts:
+                    del active[group.fingerprint]
+                    enqueued_at.pop(group.fingerprint, None)
+                    if was_active or not group.firing:
+                        ends = [t for a in group.alerts if (t := _epoch(a.ends_at)) is not None]
+                        resolved = ResolvedAlert(
+                            group.fingerprint,
+                            group.service,
+                            group.alertname,
+                            max(ends) if ends else now,
+                            dict(group.alerts[0].labels),
+                        )
+                        resolved_now.append(resolved)
+                        if self.on_resolved is not None or self.callback is None:
+                            events.append(resolved)
+            if events and not self._queue.offer_all(events):
+                self.stats.queue_full += 1
+                return 503, {"error": f"queue full ({self._queue.capacity} events waiting); retry later"}
+            self._active, self._enqueued_at = active, enqueued_at
+            self.stats.payloads += 1
+            self.stats.triggers += new_triggers
+            self.stats.duplicates += duplicates
+            self.stats.resolved += len(resolved_now)
+            self.resolved.extend(resolved_now)
+        for r in resolved_now:
+            log.info("alert group %s resolved", r.fingerprint)
+        return 200, {"triggers": new_triggers, "duplicates": duplicates, "resolved": len(resolved_now)}
+
+    def handle(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        """Parse and apply one webhook body: (HTTP status, JSON answer)."""
+        try:
+            webhook = parse_webhook(body)
+        except WebhookError as exc:
+            with self._lock:
+                self.stats.rejected += 1
+            return exc.status, {"error": str(exc)}
+        if webhook.truncated_alerts:
+            log.warning(
+                "Alertmanager truncated %d alerts of group %s", webhook.truncated_alerts, webhook.group_key
+            )
+        return self.accept(webhook)
+
+    def next_event(self, timeout: float | None = None) -> AlertEvent | None:
+        """Pull mode (no callback): the next Trigger or ResolvedAlert, or None after `timeout` seconds."""
+        if self.callback is not None:
+            raise ConfigError(
+                "next_event: this receiver hands events to its callback; pull mode needs callback=None"
+            )
+        return self._queue.take(timeout)
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued event was handed out and its callback returned."""
+        return self._queue.wait_idle(timeout)
+
+    @property
+    def queued(self) -> int:
+        """Events waiting in the queue."""
+        return len(self._queue)
+
+    def _dispatch(self) -> None:
+        while not self._stopping.is_set():
+            event = self._queue.take(0.2, mark_busy=True)
+            if event is None:
+                continue
+            try:
+                if isinstance(event, Trigger):
+                    assert self.callback is not None
+                    self.callback(event)
+                elif self.on_resolved is not None:
+                    self.on_resolved(event)
+            except Exception:
+                self.stats.callback_errors += 1
+                log.exception("alert callback failed for %s", event)
+            finally:
+                self._queue.done()
+
+    # ------------------------------------------------------------------ HTTP
+
+    @property
+    def url(self) -> str:
+        """The webhook URL to put in alertmanager.yml."""
+        return f"http://{self.host}:{self.port}{self.path}"
+
+    def start(self) -> AlertReceiver:
+        """Bind, then serve and dispatch on daemon threads; returns self."""
+        if self._server is not None:
+            return self
+        self._stopping.clear()
+        self._server = _Server((self.host, self.port), _handler(self))
+        self.port = self._server.server_address[1]
+        serve = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="alerts-http", daemon=True
+        )
+        self._threads = [serve]
+        if self.callback is not None:
+            self._threads.append(threading.Thread(target=self._dispatch, name="alerts-dispatch", daemon=True))
+        for thread in self._threads:
+            thread.start()
+        log.info("alert receiver listening on %s", self.url)
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop serving; the dispatcher finishes its current callback (bounded wait), queued events stay."""
+        server, self._server = self._server, None
+        self._stopping.set()
+        self._queue.wake()
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._threads = []
+        if len(self._queue):
+            log.warning("alert receiver stopped with %d events still queued", len(self._queue))
+
+    def __enter__(self) -> AlertReceiver:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+
+def _handler(receiver: AlertReceiver) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "sregraph-alerts"
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+            """Requests are logged by outcome in `do_POST`, not per line."""
+
+        def _send(self, status: int, body: dict[str, Any]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            if status == 503:
+                self.send_header("Retry-After", "5")
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+            """Liveness and counters."""
+            if self.path.split("?", 1)[0] in ("/health", "/-/healthy"):
+                self._send(200, {"status": "ok", "queued": receiver.queued, **receiver.stats.__dict__})
+            elif self.path.split("?", 1)[0] == receiver.path:
+                self._send(405, {"error": f"use POST {receiver.path}"})
+            else:
+                self._send(404, {"error": f"no route {self.path}"})
+
+        def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+            """The webhook."""
+            if self.path.split("?", 1)[0] != receiver.path:
+                self._send(404, {"error": f"no route {self.path}; the webhook is POST {receiver.path}"})
+                return
+            if receiver.token is not None:
+                given = self.headers.get("Authorization", "")
+                if not hmac.compare_digest(given.encode(), f"Bearer {receiver.token}".encode()):
+                    self.close_connection = True
+                    self._send(401, {"error": "missing or wrong bearer token"})
+                    return
+            kind = (self.headers.get("Content-Type") or "application/json").split(";")[0].strip().lower()
+            if kind != "application/json" and not kind.endswith("+json"):
+                self.close_connection = True
+                self._send(415, {"error": f"content type {kind!r}; send application/json"})
+                return
+            length_text = self.headers.get("Content-Length")
+            if length_text is None or not length_text.strip().isdigit():
+                self.close_connection = True
+                self._send(411, {"error": "Content-Length required"})
+                return
+            length = int(length_text)
+            if length > receiver.max_body_bytes:
+                self.close_connection = True  # the unread body must not be parsed as the next request
+                self._send(
+                    413, {"error": f"body of {length} bytes exceeds the limit of {receiver.max_body_bytes}"}
+                )
+                return
+            status, answer = receiver.handle(self.rfile.read(length))
+            if status >= 400:
+                log.warning("alert webhook answered %d: %s", status, answer.get("error"))
+            self._send(status, answer)
+
+    return Handler
