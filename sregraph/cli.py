@@ -17,6 +17,7 @@ from rich.table import Table
 
 from graphs.state import ApprovalDecision, Trigger
 from sregraph.config import Settings, load_settings
+from evals.eval_cli import eval_app
 from evals.nezha_cli import nezha
 from sregraph.bench import bench
 from sregraph.slo_cli import release_gate_command, slo
@@ -31,6 +32,7 @@ app.add_typer(slo, name="slo")
 app.command("release-gate")(release_gate_command)
 bench.add_typer(nezha, name="nezha")
 app.add_typer(bench, name="bench")
+app.add_typer(eval_app)
 
 console = Console(stderr=True)
 # Tables keep their columns when piped (rich would otherwise squeeze them to 80 characters).

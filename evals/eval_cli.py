@@ -1,0 +1,171 @@
+"""`sregraph eval` (replay a suite of recorded incidents and score it) and `sregraph record` (make a case).
+
+Mounted by sregraph/cli.py; also runs on its own: `python -m evals.eval_cli eval --suite evals/suite`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+
+from tools.base import SregraphError
+
+SUITE = Path(__file__).resolve().parent / "suite"
+PASS_RATE_BAR = 0.90
+"""CI's bar for the deterministic suite: at least this share of cases must pass (docs/evals.md says why)."""
+BRAINS = ("deterministic", "openai", "watsonx")
+
+eval_app = typer.Typer(help="Replay evals of recorded incidents, and record mode.", no_args_is_help=True)
+console = Console(stderr=True)
+
+
+def _out() -> Console:
+    return Console(width=None if sys.stdout.isatty() else 200)
+
+
+def _chat_model(brain: str, config: Optional[Path]) -> tuple[Any, Any, float]:
+    """The chat model, base settings and price per million tokens for an LLM brain (exit 2 without a key)."""
+    from agents.llm import make_chat_model
+    from evals.scoring import PRICE_PER_MTOK
+    from sregraph.config import load_settings
+
+    settings = load_settings(config)
+    settings = settings.model_copy(update={"brain": "llm", "llm": settings.llm.model_copy(update={"provider": brain})})
+    if brain == "watsonx" and settings.llm.model == "gpt-4o-mini":
+        settings = settings.model_copy(update={"llm": settings.llm.model_copy(update={"model": "ibm/granite-3-8b-instruct"})})
+    return make_chat_model(settings.llm), settings, PRICE_PER_MTOK.get(settings.llm.model, 0.0)
+
+
+def run_eval(
+    suite: Path,
+    brain: str = "deterministic",
+    only: list[str] | None = None,
+    chat_model: Any = None,
+    base_settings: Any = None,
+    price_per_mtok: float = 0.0,
+    min_pass_rate: float | None = PASS_RATE_BAR,
+    progress: Any = None,
+) -> Any:
+    """Replay and score a suite; returns an evals.scoring.SuiteResult."""
+    from evals.replay import load_suite, replay_suite
+    from evals.scoring import score_suite
+
+    cases = load_suite(suite, only)
+    if not cases:
+        raise SregraphError(f"no case folders (with a case.yaml) under {suite}")
+    runs = replay_suite(cases, brain, chat_model, base_settings, on_case=progress)
+    return score_suite(runs, brain, price_per_mtok, min_pass_rate)
+
+
+@eval_app.command("eval")
+def eval_command(
+    suite: Path = typer.Option(SUITE, "--suite", help="A folder of case folders (or one case folder)."),
+    brain: str = typer.Option("deterministic", "--brain", help="deterministic, openai or watsonx (LLM brains need a key)."),
+    fmt: str = typer.Option("text", "--format", help="text (a table) or json"),
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write the Markdown report here."),
+    min_pass_rate: float = typer.Option(PASS_RATE_BAR, "--min-pass-rate", help="Exit 1 when fewer cases pass."),
+    case: list[str] = typer.Option([], "--case", help="Only these case ids (repeatable); memory then holds only them."),
+    price_per_mtok: Optional[float] = typer.Option(None, "--price-per-mtok", help="US$ per million tokens for the cost estimate."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="sregraph.yaml with the llm section for LLM brains."),
+) -> None:
+    """Replay recorded incidents through the graph (tools answered from the recordings, pinned clock) and score them."""
+    if brain not in BRAINS:
+        raise typer.BadParameter(f"--brain must be one of {', '.join(BRAINS)}")
+    if fmt not in ("text", "json"):
+        raise typer.BadParameter("--format must be text or json")
+    chat_model, base, price = None, None, 0.0
+    try:
+        if brain != "deterministic":
+            chat_model, base, price = _chat_model(brain, config)
+        started = time.perf_counter()
+
+        def progress(run: Any) -> None:
+            mark = "[red]error[/red]" if run.error else run.outcome.status
+            console.print(f"[dim]{run.case.id:44}[/dim] {mark} ({run.seconds:.2f}s)", soft_wrap=True)
+
+        result = run_eval(suite, brain, case or None, chat_model, base, price if price_per_mtok is None else price_per_mtok,
+                          min_pass_rate, progress if fmt == "text" else None)
+    except SregraphError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    result.summary["wall_s"] = round(time.perf_counter() - started, 2)
+    from evals.scoring import markdown, rich_table
+
+    command = "sregraph eval" + ("" if suite == SUITE else f" --suite {suite}") + (f" --brain {brain}" if brain != "deterministic" else "")
+    if report is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(markdown(result, command))
+    if fmt == "json":
+        _out().print_json(json.dumps(result.as_json()))
+    else:
+        _out().print(rich_table(result))
+        for score in result.scores:
+            if not score.passed:
+                console.print(f"[yellow]{score.id}[/yellow]: " + "; ".join(score.failures), soft_wrap=True, markup=False)
+    ok = result.summary["pass_rate"] >= min_pass_rate
+    if not ok:
+        console.print(f"[red]pass rate {result.summary['pass_rate']:.0%} is under the bar {min_pass_rate:.0%}[/red]")
+    raise typer.Exit(0 if ok else 1)
+
+
+@eval_app.command("record")
+def record_command(
+    fault: Optional[str] = typer.Argument(None, help="A local-app fault (crash, latency, error-rate, ...); omit with --worker."),
+    service: Optional[str] = typer.Argument(None, help="frontend, checkout or payments."),
+    out: Path = typer.Option(..., "--out", help="Case folder to write (FAULT mode) or folder of case folders (--worker)."),
+    worker: bool = typer.Option(False, "--worker", help="Record every incident a worker handles on the app under --data-dir."),
+    once: bool = typer.Option(False, "--once", help="With --worker: one scan, then exit."),
+    interval: float = typer.Option(2.0, "--interval", help="With --worker: seconds between scans."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
+) -> None:
+    """Record an incident as an eval case: a demo fault on a fresh local app, or (--worker) every live incident."""
+    from evals.recording import record_demo_incident
+    from sregraph.config import load_settings
+    from sregraph.demo import demo_settings, validate
+
+    try:
+        settings = load_settings(config, data_dir=data_dir)
+        if worker:
+            _record_worker(settings, out, once, interval)
+            return
+        if not fault or not service:
+            raise typer.BadParameter("give FAULT and SERVICE, or --worker")
+        [(name, target, _)] = validate([(fault, service, {})])
+        from sregraph.demo import DEFAULT_SEQUENCE
+
+        params = next((p for f, s, p in DEFAULT_SEQUENCE if (f, s) == (name, target)), {})
+        demo = demo_settings(settings)
+        case = record_demo_incident(demo, name, target, out, params, say=lambda text: console.print(text, soft_wrap=True))
+    except (SregraphError, TimeoutError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    o = case.outcome
+    _out().print(f"recorded {case.id} into {out}: {o.status}, root cause {o.root_cause}, {o.fault_type}, actions {', '.join(o.actions) or 'none'}")
+
+
+def _record_worker(settings: Any, out: Path, once: bool, interval: float) -> None:
+    """`sregraph worker` with the recorder attached: every incident becomes a case under `out`."""
+    from evals.recording import attach_recorder
+    from sregraph.engine import Engine, local_toolbox
+    from sregraph.localenv.app import LocalApp
+    from sregraph.worker import Worker
+
+    local = LocalApp(settings.data_dir / "app")
+    engine = Engine(settings, local_toolbox(settings, local))
+    attach_recorder(engine, out)
+    console.print(f"recording every incident into {out}/<incident id>/ (ground truth unlabelled: set truth in case.yaml)")
+    try:
+        Worker(engine).run(once=once, interval=interval)
+    finally:
+        local.close()
+
+
+if __name__ == "__main__":
+    eval_app()

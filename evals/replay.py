@@ -1,0 +1,468 @@
+"""Replay: recorded incidents run again through the real graph, with every tool answered from the recording.
+
+Each backend of the `Toolbox` is replaced by a replay proxy: reads are answered by (tool, method, arguments) and
+the n-th repeat of a call gets the n-th recorded answer (runtime.status before and after a restart differ);
+mutating calls (restart, propose, merge, comment, open_issue...) are matched by the arguments that identify
+them (`recording.MUTATING`), answered with the recorded result, and logged for scoring instead of touching
+anything. Telemetry is answered from the recorded tables inside the windows that were queried. The clock is
+pinned: each function that reads it gets the times it read when the incident was recorded.
+
+A call with no recording raises `MissingRecording`, naming the call and how to record it. It is deliberately not
+a `SregraphError`, so no agent's fallback swallows it; every miss is also kept on the session, so a miss caught
+by a broad handler (the LLM tool loop answers tools' errors to the model) still shows in the case's result.
+
+Memory is live: cases of a suite replay in order against one real ChromaDB `PostMortemStore` in a temporary
+directory, so a recurring incident can retrieve the post-mortem an earlier case just wrote. The action ledger is
+live too, per case, seeded with the rows recorded from the hour before the incident (cooldowns).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import tools.base as tool_errors
+from evals.recording import (
+    MUTATING,
+    TOOLS,
+    Case,
+    Outcome,
+    TelemetryTables,
+    bind_args,
+    call_text,
+    caller_name,
+    canonical,
+    case_folders,
+    covered,
+    expand,
+    identity,
+    outcome_of,
+    protocol_methods,
+    read_calls,
+    read_case,
+    result_adapter,
+    stream_of,
+    tables_from_json,
+)
+from graphs.state import ApprovalDecision
+from tools.base import LogRecord, NotFound, Series, Span, Telemetry
+from tools.ledger import ActionLedger
+from tools.toolbox import Toolbox
+
+log = logging.getLogger("sregraph.evals")
+
+HOW_TO_RECORD = (
+    "The recorded run never made this call, so the agents took another path than when it was recorded. "
+    "Re-record the case: `python -m evals.build_suite --only CASE_ID` for a suite case built on the local app, "
+    "`sregraph record FAULT SERVICE --out DIR` for a new one, or `attach_recorder(engine, DIR)` on a worker "
+    "for live incidents (docs/evals.md, 'Recording')."
+)
+
+IDEMPOTENT = {("incidents", "open_issue"), ("incidents", "comment"), ("incidents", "set_labels"), ("incidents", "close"), ("gitops", "propose"), ("gitops", "merge")}
+"""Mutations whose repeat returns the first result (keyed comments and PRs, fingerprinted issues)."""
+
+
+class MissingRecording(Exception):  # noqa: N818 - the name says what happened
+    """A replayed incident made a tool call the recording has no answer for."""
+
+    def __init__(self, case_id: str, call: str, detail: str) -> None:
+        self.case_id, self.call, self.detail = case_id, call, detail
+        super().__init__(f"case {case_id}: no recording for {call}: {detail}. {HOW_TO_RECORD.replace('CASE_ID', case_id)}")
+
+
+@dataclass
+class Mutation:
+    """One mutating call the replayed agents made (answered from the recording, never executed)."""
+
+    tool: str
+    method: str
+    args: dict[str, Any]
+    at: float
+    recorded: bool = True
+    result: Any = None
+
+    @property
+    def text(self) -> str:
+        """`runtime.restart(service='payments')`."""
+        keys = MUTATING.get((self.tool, self.method), tuple(self.args))
+        return call_text(self.tool, self.method, {k: self.args.get(k) for k in keys})
+
+
+@dataclass
+class ReplaySession:
+    """What one replayed case did: its mutations and the calls the recording could not answer."""
+
+    case_id: str
+    mutations: list[Mutation] = field(default_factory=list)
+    misses: list[str] = field(default_factory=list)
+    strict: bool = True
+    """Deterministic brains replay strictly; LLM brains read more than was recorded (see `stale_reads`)."""
+    calls: int = 0
+    clock_fallbacks: int = 0
+    stale_reads: list[str] = field(default_factory=list)
+    """Reads beyond the recording answered with the last recorded answer (LLM brains only)."""
+    unused: list[str] = field(default_factory=list)
+
+    def miss(self, call: str, detail: str) -> MissingRecording:
+        """Remember a miss and build the exception that reports it."""
+        exc = MissingRecording(self.case_id, call, detail)
+        self.misses.append(str(exc))
+        return exc
+
+
+def _error_class(name: str) -> type[Exception]:
+    found = getattr(tool_errors, name, None)
+    return found if isinstance(found, type) and issubclass(found, Exception) else tool_errors.ToolError
+
+
+class RecordedCalls:
+    """The recorded calls of one case, by replay key, each key's answers in call order."""
+
+    def __init__(self, calls: list[dict[str, Any]]) -> None:
+        self.by_key: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.clock: dict[str, list[float]] = defaultdict(list)
+        for entry in calls:
+            if entry["tool"] == "clock":
+                self.clock[entry["by"]].append(float(entry["result"]))
+            else:
+                self.by_key[identity(entry["tool"], entry["method"], entry.get("args", {}))].append(entry)
+        self.used: dict[str, int] = defaultdict(int)
+
+    def next(self, tool: str, method: str, args: dict[str, Any], session: ReplaySession) -> dict[str, Any]:
+        """The recorded answer to the next occurrence of this call; MissingRecording if there is none."""
+        key = identity(tool, method, args)
+        entries = self.by_key.get(key, [])
+        n = self.used[key]
+        if n < len(entries):
+            self.used[key] = n + 1
+            return entries[n]
+        mutating = (tool, method) in MUTATING
+        if entries and (not mutating or (tool, method) in IDEMPOTENT):
+            answers = {canonical(e.get("result", e.get("error"))) for e in entries}
+            if len(answers) == 1 or (tool, method) in IDEMPOTENT:
+                # A read that always answered the same (or a keyed, idempotent mutation) may repeat.
+                return entries[-1] if not mutating else entries[0]
+            if not session.strict and not mutating:
+                # An LLM brain's extra read (a model tool, the librarian reading comments): the latest state.
+                session.stale_reads.append(call_text(tool, method, args))
+                return entries[-1]
+            detail = f"it was recorded {len(entries)} time(s) with different answers and this is call #{n + 1}"
+        elif entries:
+            detail = f"it was recorded {len(entries)} time(s) and this is call #{n + 1}"
+        else:
+            similar = sorted({k.split(":", 1)[1][:120] for k in self.by_key if k.startswith(f"{tool}.{method}:")})
+            detail = "this call was never recorded" + (f" (recorded arguments: {'; '.join(similar[:3])})" if similar else "")
+        raise session.miss(call_text(tool, method, args), detail)
+
+    def unused_keys(self) -> list[str]:
+        """Recorded calls the replay never asked for (a sign of a different path; not an error)."""
+        return [k for k, v in self.by_key.items() if self.used[k] < len(v) and not k.startswith("notifier.")]
+
+
+class ReplayProxy:
+    """Answers one backend's protocol calls from the recording; mutations are logged, never executed."""
+
+    def __init__(self, tool: str, protocol: type, calls: RecordedCalls, session: ReplaySession, clock: ReplayClock) -> None:
+        self._tool, self._protocol, self._calls, self._session, self._clock = tool, protocol, calls, session, clock
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name not in protocol_methods(self._protocol):
+            raise AttributeError(
+                f"{self._tool}.{name} is not part of the {self._protocol.__name__} contract, so a replay cannot answer it"
+            )
+        tool, protocol, calls, session, clock = self._tool, self._protocol, self._calls, self._session, self._clock
+        adapter = result_adapter(protocol, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            named = bind_args(protocol, name, args, kwargs)
+            session.calls += 1
+            mutating = (tool, name) in MUTATING
+            if tool == "notifier":
+                # Nothing to answer: notifications are counted, never required to match.
+                session.mutations.append(Mutation(tool, name, named, clock.pinned))
+                return None
+            try:
+                entry = calls.next(tool, name, named, session)
+            except MissingRecording:
+                if mutating:
+                    session.mutations.append(Mutation(tool, name, named, clock.pinned, recorded=False))
+                raise
+            if mutating:
+                session.mutations.append(Mutation(tool, name, named, clock.pinned, result=entry.get("result")))
+            if "error" in entry:
+                raise _error_class(entry["error"]["type"])(entry["error"]["message"])
+            return adapter.validate_python(entry["result"])
+
+        return call
+
+
+class ReplayTelemetry:
+    """Telemetry answered from the recorded tables, inside the windows each stream was queried over."""
+
+    def __init__(self, doc: dict[str, Any], session: ReplaySession) -> None:
+        self.tables: TelemetryTables = tables_from_json(doc)
+        self.coverage = {stream: intervals for stream, intervals in doc.get("coverage", [])}
+        self.exceptions = {(e["method"], canonical(e["args"]), e["n"]): e["result"] for e in doc.get("exceptions", [])}
+        self.other = defaultdict(list)
+        for e in doc.get("other", []):
+            self.other[(e["method"], canonical(e["args"]))].append(e["result"])
+        self.seen: dict[str, int] = defaultdict(int)
+        self.session = session
+
+    def _answer(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        named = bind_args(Telemetry, method, args, kwargs)
+        self.session.calls += 1
+        key = canonical(named)
+        self.seen[f"{method}:{key}"] += 1
+        n = self.seen[f"{method}:{key}"]
+        exact = self.exceptions.get((method, key, n))
+        if exact is not None:
+            return self._build(method, exact)
+        intervals = self.coverage.get(stream_of(method, named), [])
+        if covered(intervals, float(named["start"]), float(named["end"])):
+            return self.tables.answer(method, named)
+        where = f"recorded windows of this stream: {intervals[:3]}" if intervals else "this stream was never queried"
+        raise self.session.miss(call_text("telemetry", method, named), f"the window is outside what was recorded ({where})")
+
+    def _build(self, method: str, result: Any) -> Any:
+        t = self.tables
+        if method == "query_range":
+            out = []
+            for pos, runs in result:
+                s = t.series[pos]
+                out.append(Series(name=s.name, labels=dict(s.labels), points=[s.points[i] for i in expand(runs)]))
+            return out
+        if method == "search_logs":
+            return [t.logs[i] for i in expand(result)]
+        return [t.spans[i] for i in expand(result)]
+
+    def query_range(self, name: str, labels: dict[str, str] | None, start: float, end: float) -> list[Series]:
+        """Recorded series in a window."""
+        result: list[Series] = self._answer("query_range", (name, labels, start, end), {})
+        return result
+
+    def search_logs(
+        self, service: str | None, start: float, end: float, query: str | None = None, level: str | None = None, limit: int = 500
+    ) -> list[LogRecord]:
+        """Recorded log records in a window."""
+        result: list[LogRecord] = self._answer("search_logs", (service, start, end), {"query": query, "level": level, "limit": limit})
+        return result
+
+    def spans(self, service: str | None, start: float, end: float, limit: int = 2000) -> list[Span]:
+        """Recorded spans in a window."""
+        result: list[Span] = self._answer("spans", (service, start, end), {"limit": limit})
+        return result
+
+    def metric_names(self) -> list[str]:
+        """The recorded answer, or the names of the recorded series."""
+        self.session.calls += 1
+        answers = self.other.get(("metric_names", canonical({})))
+        return list(answers[0]) if answers else sorted({s.name for s in self.tables.series})
+
+
+class ReplayClock:
+    """The pinned clock: every caller reads the times it read when the incident was recorded, in order.
+
+    A read beyond the recording (an LLM tool, or a run that polls longer than the recorded one) gets the last
+    time handed out plus the sleeps since; sleeping never waits.
+    """
+
+    def __init__(self, reads: dict[str, list[float]], session: ReplaySession) -> None:
+        self.queues = {by: list(values) for by, values in reads.items()}
+        self.pos: dict[str, int] = defaultdict(int)
+        first = min((v[0] for v in reads.values() if v), default=0.0)
+        self.pinned = first
+        self.drift = 0.0
+        self.session = session
+
+    def now(self) -> float:
+        """The next recorded read of this caller, or the pinned time."""
+        by = caller_name()
+        queue = self.queues.get(by, [])
+        i = self.pos[by]
+        if i < len(queue):
+            self.pos[by] = i + 1
+            self.pinned, self.drift = queue[i], 0.0
+            return queue[i]
+        self.session.clock_fallbacks += 1
+        return self.pinned + self.drift
+
+    def sleep(self, seconds: float) -> None:
+        """No waiting on replay."""
+        self.drift += max(0.0, seconds)
+
+
+# --------------------------------------------------------------------------- one case
+
+
+@dataclass
+class LoadedCase:
+    """A case folder read into memory."""
+
+    folder: Path
+    case: Case
+    calls: list[dict[str, Any]]
+    telemetry: dict[str, Any]
+
+
+def load_case(folder: Path) -> LoadedCase:
+    """Read a case folder (case.yaml, calls.jsonl, telemetry.json)."""
+    folder = Path(folder)
+    case = read_case(folder)
+    calls = read_calls(folder / "calls.jsonl")
+    try:
+        telemetry = json.loads((folder / "telemetry.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{folder / 'telemetry.json'}: {exc}") from exc
+    return LoadedCase(folder, case, calls, telemetry)
+
+
+def load_suite(suite: Path, only: list[str] | None = None) -> list[LoadedCase]:
+    """Every case of a suite folder in replay order (or just the named ones, still in order)."""
+    folders = case_folders(Path(suite))
+    if only:
+        wanted = set(only)
+        folders = [f for f in folders if f.name in wanted or read_case(f).id in wanted]
+    return [load_case(f) for f in folders]
+
+
+@dataclass
+class CaseRun:
+    """One replayed case: the outcome, the session (mutations, misses) and any error that ended it."""
+
+    case: Case
+    outcome: Outcome
+    session: ReplaySession
+    state: dict[str, Any]
+    error: str | None = None
+    seconds: float = 0.0
+    ledger: list[dict[str, Any]] = field(default_factory=list)
+
+
+def replay_toolbox(
+    loaded: LoadedCase, workdir: Path, memory: Any = None, strict: bool = True
+) -> tuple[Toolbox, ReplaySession, RecordedCalls]:
+    """A toolbox answering from one case's recording (ledger seeded in `workdir`, memory as given)."""
+    case = loaded.case
+    session = ReplaySession(case.id, strict=strict)
+    calls = RecordedCalls(loaded.calls)
+    clock = ReplayClock(calls.clock, session)
+    ledger = ActionLedger(workdir / "ledger.db")
+    for row in case.ledger_seed:
+        ledger.start(row["key"], row["incident_id"], row["service"], row["kind"], row.get("before") or {}, row["started_at"])
+        if row.get("status") and row["status"] != "started":
+            ledger.finish(row["key"], row["status"], row.get("detail", ""), row.get("ref", ""), row.get("finished_at") or row["started_at"])
+    proxies = {name: ReplayProxy(name, protocol, calls, session, clock) for name, protocol in TOOLS.items()}
+    toolbox = Toolbox(
+        telemetry=ReplayTelemetry(loaded.telemetry, session),  # type: ignore[arg-type]
+        runtime=proxies["runtime"],  # type: ignore[arg-type]
+        incidents=proxies["incidents"],  # type: ignore[arg-type]
+        gitops=proxies["gitops"],  # type: ignore[arg-type]
+        notifier=proxies["notifier"],  # type: ignore[arg-type]
+        health=proxies["health"],  # type: ignore[arg-type]
+        deployer=proxies["deployer"],  # type: ignore[arg-type]
+        ledger=ledger,
+        topology={k: list(v) for k, v in case.topology.items()},
+        memory=memory,
+        clock=clock,
+    )
+    return toolbox, session, calls
+
+
+def case_settings_for(loaded: LoadedCase, workdir: Path, brain: str = "deterministic", base: Any = None) -> Any:
+    """Settings of a replay: the recorded windows and loop caps, the recorded policy, data under `workdir`."""
+    from sregraph.config import Settings
+
+    policy_file = workdir / "policy.yaml"
+    policy_file.write_text(yaml.safe_dump(loaded.case.policy))
+    data: dict[str, Any] = {k: v for k, v in loaded.case.settings.items() if k in ("observer", "analyst", "engineer")}
+    data.update(data_dir=workdir / "data", policy_file=policy_file, brain="deterministic" if brain == "deterministic" else "llm")
+    if base is not None:
+        data["llm"] = base.llm.model_dump()
+    if brain in ("openai", "watsonx"):
+        data.setdefault("llm", {})["provider"] = brain
+    return Settings.model_validate(data)
+
+
+def replay_case(
+    loaded: LoadedCase,
+    workdir: Path,
+    memory: Any = None,
+    brain: str = "deterministic",
+    chat_model: Any = None,
+    base_settings: Any = None,
+) -> CaseRun:
+    """Run one recorded incident through the real graph with tools answered from its recording."""
+    from sregraph.engine import Engine
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    case = loaded.case
+    toolbox, session, calls = replay_toolbox(loaded, workdir, memory, strict=brain == "deterministic")
+    settings = case_settings_for(loaded, workdir, brain, base_settings)
+    started = time.perf_counter()
+    engine = Engine(settings, toolbox, chat_model=chat_model)
+    error: str | None = None
+    state: dict[str, Any] = {}
+    try:
+        try:
+            engine.start(case.trigger, incident_id=case.incident_id)
+            state = engine.state(case.incident_id)
+            if state.get("waiting") and case.approval is not None:
+                state = engine.decide(case.incident_id, ApprovalDecision.model_validate(case.approval))
+        except MissingRecording as exc:
+            error = str(exc)
+        except Exception as exc:  # a crash in the agents is a failed case, reported, not a dead suite
+            log.warning("case %s failed: %s", case.id, exc, exc_info=True)
+            error = f"{type(exc).__name__}: {exc}"
+        if not state:
+            try:
+                state = engine.state(case.incident_id)
+            except NotFound:
+                state = {}
+    finally:
+        engine.close()
+    if session.misses and error is None and session.strict:
+        # A miss an agent caught still fails a deterministic case. With an LLM brain the model's own tool calls
+        # outside the recording were answered with an error envelope; they are counted, not fatal.
+        error = session.misses[0]
+    session.unused = calls.unused_keys()
+    ledger = [e.model_dump(mode="json") for e in toolbox.ledger.all()]
+    return CaseRun(case, outcome_of(state), session, state, error, round(time.perf_counter() - started, 3), ledger)
+
+
+@contextmanager
+def suite_memory(workdir: Path | None = None) -> Iterator[Any]:
+    """A fresh ChromaDB post-mortem store for one suite run."""
+    from memory.store import PostMortemStore
+
+    with tempfile.TemporaryDirectory(prefix="sregraph-eval-memory-") as tmp:
+        yield PostMortemStore(Path(workdir or tmp) / "memory")
+
+
+def replay_suite(
+    cases: list[LoadedCase],
+    brain: str = "deterministic",
+    chat_model: Any = None,
+    base_settings: Any = None,
+    on_case: Callable[[CaseRun], None] | None = None,
+    memory: bool = True,
+) -> list[CaseRun]:
+    """Replay cases in order, sharing one live memory store, each with its own ledger and checkpoints."""
+    runs: list[CaseRun] = []
+    with tempfile.TemporaryDirectory(prefix="sregraph-eval-") as tmp, suite_memory(Path(tmp)) as store:
+        for i, loaded in enumerate(cases):
+            run = replay_case(loaded, Path(tmp) / f"{i:03d}-{loaded.case.id}", store if memory else None, brain, chat_model, base_settings)
+            runs.append(run)
+            if on_case is not None:
+                on_case(run)
+    return runs
