@@ -134,6 +134,10 @@ class Analyst:
         for change in tb.gitops.history(since=since):
             if change.kind == "other":
                 continue  # seed commits and unrelated files change nothing that runs
+            if change.kind == "rollback" or "sregraph" in change.author.lower():
+                # Restores of a known-good config, and sregraph's own remediation: reverting one of these would
+                # bring the bad change back, so they are never suspects.
+                continue
             for service in change.services:
                 if service in table:
                     table[service].changes.append(change)

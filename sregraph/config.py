@@ -65,6 +65,15 @@ class EngineerConfig(BaseModel):
     verify_poll_s: float = 0.5
 
 
+class WorkerConfig(BaseModel):
+    """The long-lived worker."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_concurrent: int = Field(default=4, ge=1, le=256)
+    """Incident threads run at once; more wait their turn (one run per incident at any time)."""
+
+
 class GitHubSettings(BaseModel):
     """Where the GitHub incident surface and GitOps repository live (the token comes only from the environment)."""
 
@@ -100,6 +109,7 @@ class Settings(BaseModel):
     observer: ObserverConfig = Field(default_factory=ObserverConfig)
     analyst: AnalystConfig = Field(default_factory=AnalystConfig)
     engineer: EngineerConfig = Field(default_factory=EngineerConfig)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
 
     @property
     def checkpoint_db(self) -> Path:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import secrets
+import signal
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,6 +34,10 @@ log = logging.getLogger("sregraph.engine")
 
 ProgressFn = Callable[[str, str, dict[str, Any]], None]
 """Called with (incident_id, node, update) after every node."""
+
+FAULT_KILL_ENV = "SREGRAPH_FAULT_KILL_AFTER"
+"""Test hook (tests/test_worker_kills.py): `NODE[:N]` SIGKILLs the process right after the checkpoint of the
+N-th completion (default 1st) of NODE in this process. Never set it in production."""
 
 
 def new_incident_id(now: float | None = None) -> str:
@@ -101,6 +109,10 @@ class RunRegistry:
                 "CREATE TABLE IF NOT EXISTS runs (incident_id TEXT PRIMARY KEY, created_at REAL, trigger TEXT,"
                 " status TEXT, updated_at REAL)"
             )
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS attached_alerts (incident_id TEXT NOT NULL, key TEXT NOT NULL,"
+                " trigger TEXT NOT NULL, received_at REAL NOT NULL, PRIMARY KEY (incident_id, key))"
+            )
         conn.close()
 
     def _connect(self) -> sqlite3.Connection:
@@ -128,6 +140,32 @@ class RunRegistry:
             return None
         return Trigger.model_validate_json(row[0])
 
+    def exists(self, incident_id: str) -> bool:
+        """Whether a run with this id was ever registered."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT 1 FROM runs WHERE incident_id = ?", (incident_id,)).fetchone()
+        conn.close()
+        return row is not None
+
+    def attach(self, incident_id: str, key: str, trigger: Trigger) -> bool:
+        """Remember an alert that joined a run; False if this alert was already attached."""
+        with self._connect() as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO attached_alerts VALUES (?, ?, ?, ?)",
+                (incident_id, key, trigger.model_dump_json(), time.time()),
+            )
+        conn.close()
+        return cur.rowcount == 1
+
+    def attached(self, incident_id: str) -> list[tuple[str, Trigger]]:
+        """The alerts that joined a run, oldest first, with their keys."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT key, trigger FROM attached_alerts WHERE incident_id = ? ORDER BY received_at, key", (incident_id,)
+            ).fetchall()
+        conn.close()
+        return [(r[0], Trigger.model_validate_json(r[1])) for r in rows]
+
     def list(self) -> list[dict[str, Any]]:
         """All runs, newest first."""
         with self._connect() as conn:
@@ -140,6 +178,56 @@ class RunRegistry:
 
 
 FINAL = {"healthy", "resolved", "escalated"}
+
+
+def _one_line(text: str | None, limit: int) -> str:
+    """Whitespace (newlines included) collapsed, control characters dropped, clipped to `limit`."""
+    flat = " ".join("".join(c for c in str(text or "") if c.isprintable() or c.isspace()).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def alert_key(trigger: Trigger) -> str:
+    """Idempotency key of an alert attached to a run: a redelivered alert gets the same key."""
+    return hashlib.sha256(trigger.model_dump_json().encode()).hexdigest()[:16]
+
+
+class _KillAfter:
+    """The FAULT_KILL_ENV test hook: dies right after a chosen node's step checkpoint is on disk.
+
+    LangGraph saves a node's writes (`put_writes`, which names the task's node) and then, once the step is
+    over, the step's checkpoint (`put`); the first arms the kill for that thread, the second fires it. The
+    streamed update is no guide: it may reach the caller after the step's checkpoint was saved.
+    """
+
+    def __init__(self, spec: str) -> None:
+        node, _, count = spec.partition(":")
+        self.node, self.count = node, int(count or 1)
+        self.seen = 0
+        self.armed: set[str] = set()
+        self.lock = threading.Lock()
+
+    def install(self, saver: Any) -> None:
+        """Wrap the saver's `put_writes` and `put`."""
+        put, put_writes = saver.put, saver.put_writes
+
+        def put_writes_and_count(config: Any, writes: Any, task_id: str, task_path: str = "") -> None:
+            put_writes(config, writes, task_id, task_path)
+            node = task_path.rsplit(", ", 1)[-1] if task_path else ""
+            # An interrupt or an error is not the node finishing.
+            if node == self.node and not any(channel in ("__interrupt__", "__error__") for channel, _ in writes):
+                with self.lock:
+                    self.seen += 1
+                    if self.seen == self.count:
+                        self.armed.add(config["configurable"]["thread_id"])
+
+        def put_then_maybe_die(config: Any, *args: Any, **kwargs: Any) -> Any:
+            result = put(config, *args, **kwargs)
+            if config.get("configurable", {}).get("thread_id") in self.armed:
+                log.warning("%s=%s:%d: killing this process", FAULT_KILL_ENV, self.node, self.count)
+                os.kill(os.getpid(), signal.SIGKILL)
+            return result
+
+        saver.put, saver.put_writes = put_then_maybe_die, put_writes_and_count
 
 
 class Engine:
@@ -162,6 +250,10 @@ class Engine:
         self.progress = progress
         self.metrics = metrics or Metrics()
         self.should_stop: Callable[[], bool] = lambda: False
+        spec = os.environ.get(FAULT_KILL_ENV, "")
+        self._kill_after = _KillAfter(spec) if spec else None
+        if self._kill_after is not None:
+            self._kill_after.install(self.checkpointer)
 
     def _config(self, incident_id: str) -> dict[str, Any]:
         return {"configurable": {"thread_id": incident_id}}
@@ -184,6 +276,8 @@ class Engine:
                     self.metrics.observe_update(node, update or {}, now - step_started)
                     step_started = now
                     log.info("step %s done", node)
+                    if isinstance(update, dict) and update.get("issue_id") is not None:
+                        self._post_attached(incident_id, int(update["issue_id"]))
                     if self.progress is not None:
                         self.progress(incident_id, node, update or {})
                     if isinstance(update, dict) and update.get("status"):
@@ -200,7 +294,16 @@ class Engine:
             self.metrics.open_incidents.dec()
             incident_var.reset(token)
         self.metrics.llm_tokens.inc(max(0, self._tokens(incident_id) - tokens_before))
-        return self.state(incident_id)
+        state = self.state(incident_id)
+        self._sync_registry(incident_id, state)
+        return state
+
+    def _sync_registry(self, incident_id: str, state: dict[str, Any], known: str | None = None) -> None:
+        """Make the registry's status the checkpoint's: a process killed after a step's checkpoint and before its
+        streamed update leaves the registry one step behind (a finished incident would look busy forever)."""
+        status = "awaiting_approval" if state["waiting"] else state.get("status")
+        if status and status != known:
+            self.registry.record(incident_id, None, status)
 
     def _tokens(self, incident_id: str) -> int:
         try:
@@ -208,9 +311,58 @@ class Engine:
         except NotFound:
             return 0
 
+    def new_id(self) -> str:
+        """A fresh incident id no run has used."""
+        while True:
+            incident_id = new_incident_id(self.toolbox.clock.now())
+            if not self.registry.exists(incident_id):
+                return incident_id
+
+    def attach_alert(self, incident_id: str, trigger: Trigger) -> bool:
+        """Add an alert to an incident in progress instead of starting another; noted on its issue once it has one.
+
+        Returns False for an alert already attached (a redelivery). Safe from any thread: the note is keyed.
+        """
+        if self.registry.trigger(incident_id) == trigger:
+            return False  # a redelivery of the alert that started the incident
+        added = self.registry.attach(incident_id, alert_key(trigger), trigger)
+        try:
+            issue_id = self.state(incident_id).get("issue_id")
+        except NotFound:
+            issue_id = None
+        if issue_id is not None:
+            self._post_attached(incident_id, int(issue_id))
+        return added
+
+    def _post_attached(self, incident_id: str, issue_id: int) -> None:
+        for key, trigger in self.registry.attached(incident_id):
+            what = " ".join(x for x in (trigger.signal, f"on {trigger.service}" if trigger.service else "") if x)
+            # Alert text is data written by whoever writes alert rules: one quoted line, never a line of its own
+            # that a reader (or a command parser) could take for a slash command.
+            body = f"Another alert joined this incident: `{_one_line(what or trigger.source, 120).replace('`', chr(39))}`\n\n> " + (
+                _one_line(trigger.summary, 300) or "(no summary)"
+            )
+            self.toolbox.incidents.comment(issue_id, body, key=f"{incident_id}/alert-{key}")
+
+    def incident_for_alert(self, trigger: Trigger) -> str | None:
+        """The incident in progress that an alert belongs to (same service, or same fingerprint), if any."""
+        fingerprint = trigger.labels.get("fingerprint")
+        if trigger.service is None and fingerprint is None:
+            return None
+        for run in self.registry.list():
+            if run["status"] in FINAL:
+                continue
+            started = run["trigger"]
+            labels = started.get("labels") or {}
+            if (trigger.service is not None and started.get("service") == trigger.service) or (
+                fingerprint is not None and labels.get("fingerprint") == fingerprint
+            ):
+                return str(run["incident_id"])
+        return None
+
     def start(self, trigger: Trigger, incident_id: str | None = None) -> dict[str, Any]:
         """Run a new incident thread until it ends or waits for a human."""
-        incident_id = incident_id or new_incident_id(self.toolbox.clock.now())
+        incident_id = incident_id or self.new_id()
         self.registry.record(incident_id, trigger, "observing")
         return self._drive(incident_id, {"incident_id": incident_id, "trigger": trigger})
 
@@ -261,6 +413,7 @@ class Engine:
                 if run["status"] == "observing":
                     yield run["incident_id"]
                 continue
+            self._sync_registry(run["incident_id"], state, run["status"])
             if state["next"] and not state["waiting"]:
                 yield run["incident_id"]
 

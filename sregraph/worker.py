@@ -1,7 +1,12 @@
-"""The long-lived worker: resumes unfinished incidents, then watches and handles new ones, one at a time.
+"""The long-lived worker: resumes unfinished incidents, then watches and handles new ones, several at a time.
 
-A SIGTERM lets the current graph step finish (its checkpoint is written by LangGraph at the step boundary)
-and then exits; a SIGKILL loses at most the step in flight, which runs again on the next start.
+Incident runs go to a thread pool of `worker.max_concurrent` threads, at most one run per incident at any time;
+an alert for an incident already in progress joins it (noted on its issue) instead of starting another. The
+threads share the engine: LangGraph's SqliteSaver serialises its one connection with a lock, and every tool
+backend opens its own connection per call.
+
+A SIGTERM lets each running graph step finish (its checkpoint is written at the step boundary) and then exits;
+a SIGKILL loses at most the steps in flight, which run again on the next start (tests/test_worker_kills.py).
 """
 
 from __future__ import annotations
@@ -9,38 +14,124 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from types import FrameType
+from typing import Any
 
 from graphs.state import ApprovalDecision, Trigger
-from sregraph.engine import Engine
+from sregraph.engine import FINAL, Engine
 from sregraph.observability import HealthState
 from tools.base import SregraphError
 
 log = logging.getLogger("sregraph.worker")
 
 
+ISSUE_POLL_EVERY = 15
+"""Loops between two listings of open incident issues (an API call on GitHub; commands are polled every loop)."""
+
+
 class Worker:
     """Drives the engine forever (or once)."""
 
-    def __init__(self, engine: Engine, health: HealthState | None = None) -> None:
+    def __init__(self, engine: Engine, health: HealthState | None = None, max_concurrent: int | None = None) -> None:
         self.engine = engine
         self.stopping = False
         self.health = health or HealthState()
+        self.max_concurrent = max_concurrent or engine.settings.worker.max_concurrent
+        self._pool = ThreadPoolExecutor(self.max_concurrent, thread_name_prefix="incident")
+        # Re-entrant: a future that is already done runs its callback at once, in the thread that holds the lock.
+        self._lock = threading.RLock()
+        self._runs: dict[str, Future[Any]] = {}
         engine.should_stop = lambda: self.stopping
 
     def _on_term(self, signum: int, frame: FrameType | None) -> None:
-        log.info("signal %s: finishing the current step, then exiting", signum)
+        log.info("signal %s: finishing the current steps, then exiting", signum)
         self.stopping = True
 
-    def resume_unfinished(self) -> list[str]:
-        """Finish every thread a previous process left mid-way; returns their ids."""
+    # ------------------------------------------------------------------ runs
+
+    def _launch(self, incident_id: str, fn: Callable[..., Any], *args: Any) -> bool:
+        """Run `fn(*args)` for an incident on the pool, unless that incident already has a run."""
+        with self._lock:
+            current = self._runs.get(incident_id)
+            if current is not None and not current.done():
+                return False
+            future = self._pool.submit(self._guarded, incident_id, fn, *args)
+            self._runs[incident_id] = future
+            future.add_done_callback(lambda done: self._forget(incident_id, done))
+            return True
+
+    def _forget(self, incident_id: str, future: Future[Any]) -> None:
+        with self._lock:
+            if self._runs.get(incident_id) is future:
+                del self._runs[incident_id]
+
+    def _guarded(self, incident_id: str, fn: Callable[..., Any], *args: Any) -> Any:
+        if self.stopping:
+            return None  # queued behind the limit when a stop came: the next start resumes it
+        try:
+            state = fn(*args)
+        except Exception:
+            # The engine logged and counted it; the thread stays resumable and the worker carries on.
+            log.error("incident %s stopped on an error; it resumes on the next start", incident_id)
+            return None
+        if state:
+            log.info("incident %s: %s", incident_id, state.get("status"))
+        return state
+
+    def running(self) -> list[str]:
+        """Incidents with a run queued or in progress in this process."""
+        with self._lock:
+            return sorted(i for i, f in self._runs.items() if not f.done())
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no run is queued or in progress; False on timeout."""
+        while True:
+            with self._lock:
+                pending = [f for f in self._runs.values() if not f.done()]
+            if not pending:
+                return True
+            _, not_done = wait_futures(pending, timeout)
+            if not_done:
+                return False
+
+    # ------------------------------------------------------------------ entry points
+
+    def submit(self, trigger: Trigger) -> tuple[str, bool]:
+        """Route one alert or trigger: (incident id, whether a new incident started).
+
+        An alert for a service (or alert fingerprint) with an incident in progress joins that incident instead
+        of starting another. Thread-safe: the alert receiver's dispatcher may call it.
+        """
+        with self._lock:
+            existing = self.engine.incident_for_alert(trigger)
+            if existing is not None:
+                self.engine.attach_alert(existing, trigger)
+                log.info("alert %s/%s joined incident %s", trigger.service, trigger.signal, existing)
+                return existing, False
+            incident_id = self.engine.new_id()
+            # Registered before the run is queued, so a second alert routed right after this one sees it.
+            self.engine.registry.record(incident_id, trigger, "observing")
+            self._launch(incident_id, self.engine.start, trigger, incident_id)
+            return incident_id, True
+
+    def decide(self, incident_id: str, decision: ApprovalDecision) -> bool:
+        """Answer a waiting approval gate on the pool; False if that incident has a run already."""
+        return self._launch(incident_id, self.engine.decide, incident_id, decision)
+
+    def resume_unfinished(self, wait: bool = True) -> list[str]:
+        """Resume every thread a previous process left mid-way; returns their ids."""
         resumed = []
         for incident_id in list(self.engine.unfinished()):
             if self.stopping:
                 break
-            log.info("resuming %s from its last checkpoint", incident_id)
-            self.engine.resume(incident_id)
-            resumed.append(incident_id)
+            if self._launch(incident_id, self.engine.resume, incident_id):
+                log.info("resuming %s from its last checkpoint", incident_id)
+                resumed.append(incident_id)
+        if wait:
+            self.wait_idle()
         return resumed
 
     def handle_commands(self) -> list[str]:
@@ -62,41 +153,88 @@ class Worker:
             if command.name in ("approve", "reject", "escalate") and self.engine.pending_approval(incident_id):
                 reason = command.args or f"/{command.name} on the issue"
                 decision = ApprovalDecision(approved=command.name == "approve", by=command.author, reason=reason)
-                self.engine.decide(incident_id, decision)
-                done.append(f"{command.name} {incident_id}")
+                if self.decide(incident_id, decision):
+                    done.append(f"{command.name} {incident_id}")
             elif command.name == "retry" and self.engine.state(incident_id).get("status") == "escalated":
                 trigger = Trigger(source="issue", issue_id=command.issue_id, summary=f"/retry by {command.author}", fired_at=self.engine.toolbox.clock.now())
-                self.engine.start(trigger)
+                new_id = self.engine.new_id()
+                self.engine.registry.record(new_id, trigger, "observing")
+                self._launch(new_id, self.engine.start, trigger, new_id)
                 done.append(f"retry {incident_id}")
             else:
                 log.info("/%s on %s ignored: nothing is waiting for it", command.name, incident_id)
         return done
 
+    def handle_new_issues(self) -> list[str]:
+        """Start an investigation for incident issues humans opened or reopened on an external surface.
+
+        An open issue labelled `incident` with no thread attached (opened by a human) or whose last thread
+        resolved it (reopened since) gets a new thread whose trigger names the issue. Escalated incidents stay
+        with their humans until a /retry.
+        """
+        surface = self.engine.toolbox.incidents
+        if not hasattr(surface, "poll_commands"):
+            return []  # the local tracker has no humans opening issues behind our back
+        started = []
+        for issue in surface.list_issues("open"):
+            if "incident" not in issue.labels:
+                continue
+            incident_id = self.engine.incident_for_issue(issue.id)
+            if incident_id is not None and self.engine.state(incident_id).get("status") != "resolved":
+                continue
+            trigger = Trigger(source="issue", issue_id=issue.id, summary=issue.title[:200], fired_at=self.engine.toolbox.clock.now())
+            new_id = self.engine.new_id()
+            self.engine.registry.record(new_id, trigger, "observing")
+            if self._launch(new_id, self.engine.start, trigger, new_id):
+                started.append(new_id)
+        return started
+
     def scan(self) -> str | None:
-        """One look at telemetry; a deviation starts an incident thread. Returns its id."""
+        """One look at telemetry; a deviation on a service with no incident in progress starts one. Returns its id."""
         signals, _, _ = self.engine.crew.observer.check()
         if not signals:
             return None
-        busy = self.engine.in_progress_services()
-        signals = [s for s in signals if s.service not in busy]
+        busy = self._claimed_services()
+        signals = [s for s in signals if busy is not None and s.service not in busy]
         if not signals:
             return None  # already handled by an open incident (e.g. one waiting for approval)
         top = signals[0]
         trigger = Trigger(source="scan", service=top.service, signal=top.name, summary=top.detail, fired_at=self.engine.toolbox.clock.now())
-        state = self.engine.start(trigger)
-        log.info("incident %s ended with status %s", state.get("incident_id"), state.get("status"))
-        return str(state.get("incident_id"))
+        incident_id, _ = self.submit(trigger)
+        return incident_id
+
+    def _claimed_services(self) -> set[str] | None:
+        """Services an incident in progress already covers: its own and every service connected to it, since a
+        fault spreads along calls (a dead dependency fails its callers). None: one covers every service."""
+        runs = [r for r in self.engine.registry.list() if r["status"] not in FINAL]
+        if any(not r["trigger"].get("service") for r in runs):
+            return None
+        toolbox = self.engine.toolbox
+        claimed: set[str] = set()
+        for service in {r["trigger"]["service"] for r in runs}:
+            claimed |= {service} | toolbox.downstream_of(service)
+            stack = [service]
+            while stack:  # every transitive caller
+                for caller in toolbox.callers_of(stack.pop()):
+                    if caller not in claimed:
+                        claimed.add(caller)
+                        stack.append(caller)
+        return claimed
 
     def run(self, once: bool = False, interval: float = 2.0) -> None:
-        """Resume, then scan every `interval` seconds until stopped."""
+        """Resume, then scan every `interval` seconds until stopped; `once`: one scan, then finish every run."""
         # Signal handlers belong to the main thread; a worker run in a thread (the demo) is stopped by flag.
         main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, self._on_term) if main else None
         try:
-            self.resume_unfinished()
+            self.resume_unfinished(wait=False)
+            loops = 0
             while not self.stopping:
                 try:
                     self.handle_commands()
+                    if loops % ISSUE_POLL_EVERY == 0:
+                        self.handle_new_issues()
+                    loops += 1
                     self.scan()
                 except SregraphError as exc:
                     # A flaky backend must not kill a worker meant to run for months; the next loop retries.
@@ -107,7 +245,9 @@ class Worker:
                 if once:
                     break
                 self.engine.toolbox.clock.sleep(interval)
+            self.wait_idle()
         finally:
             if main:
                 signal.signal(signal.SIGTERM, previous)
+            self._pool.shutdown(wait=True)
             self.engine.close()

@@ -282,3 +282,23 @@ def test_only_changes_shortly_before_the_incident_name_the_fault(tmp_path: Path,
     assert diagnosis.top.fault_type == expected
     changes = [e for e in diagnosis.top.evidence if e.kind == "change"]
     assert bool(changes) == (deployed_at < FAULT_AT)
+
+
+def test_a_rollback_is_never_reverted(tmp_path: Path) -> None:
+    """An error spike shortly after sregraph's own revert must not be 'fixed' by reverting the revert."""
+    tb = make_toolbox(tmp_path, FakeRuntime(), FakeHealth())
+    assert isinstance(tb.clock, FixedClock)
+    tb.clock.t = FAULT_AT - 40
+    tb.gitops.commit_config("payments", {"version": "1.4.0", "capture": False}, "disable capture", kind="config", author="ops")  # type: ignore[attr-defined]
+    tb.clock.t = FAULT_AT - 20
+    pr = tb.gitops.propose("payments", {"version": "1.4.0"}, "revert", "revert capture", key="k1")  # type: ignore[call-arg]
+    tb.gitops.merge(pr.id)
+    tb.clock.t = NOW
+    for service in TOPOLOGY:
+        write_series(tb.telemetry, service, {"error_ratio": 0.5})  # type: ignore[arg-type]
+    error_traces(tb.telemetry, "payments")  # type: ignore[arg-type]
+    diagnosis = analyst(tb).diagnose(observe(tb))
+    assert diagnosis.top is not None and diagnosis.top.service == "payments"
+    shas = {e.ref for e in diagnosis.top.evidence if e.kind == "change"}
+    revert = tb.gitops.history(service="payments")[0]
+    assert revert.sha not in shas  # the revert is not a suspect; the 40 s old human change still is

@@ -77,12 +77,49 @@ def test_writer_approve_resumes_reader_approve_is_refused(tmp_path: Path, monkey
         clock.t += 5
         server.add_comment(issue, "alice", "/approve looks right")
         assert worker.handle_commands() == [f"approve {incident}"]
+        assert worker.wait_idle(timeout=60)  # the approved run continues on the worker's pool
         final = engine.state(incident)
         assert final["status"] == "resolved" and final["approval"].by == "alice"
         [pull] = server.pulls()
         assert pull["pull"]["merged_at"] is not None
         assert server.issues[issue]["state"] == "closed"
         assert worker.handle_commands() == []  # the same comments are not acted on twice
+        engine.close()
+        surface.disconnect()
+        gitops.disconnect()
+
+
+def test_human_opened_or_reopened_issue_starts_an_investigation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    clock = FakeTime(T0 - 600)
+    server = FakeGitHub("acme", "ops", max_per_page=3, clock=clock.now)
+    server.add_user(BOT, role="write", token=BOT_TOKEN)
+    server.add_user("alice", role="maintain")
+    server.seed(SEED, SEED_MESSAGE, at=T0 - 600)
+    with server:
+        surface, gitops = make_surface(server, clock), make_gitops(server, clock)
+        clock.t = NOW
+        store = LocalTelemetryStore(tmp_path / "telemetry.db")
+        for service in TOPOLOGY:
+            write_phase(store, service, T0, NOW + 600)  # healthy: the human's report finds nothing measurable
+        runtime = GraphRuntime()
+        toolbox = Toolbox(
+            telemetry=store, runtime=runtime, incidents=surface, gitops=gitops,  # type: ignore[arg-type]
+            notifier=JsonlNotifier(tmp_path / "n.jsonl"), health=FakeHealth(), deployer=GraphDeployer(runtime, gitops),
+            ledger=ActionLedger(tmp_path / "ledger.db"), topology=TOPOLOGY, clock=clock,
+        )
+        settings = load_settings(environ={}, data_dir=tmp_path / "data", observer={"window_s": 6, "baseline_s": 30, "detect_timeout_s": 0})
+        engine = Engine(settings, toolbox)
+        worker = Worker(engine)
+        number = server.add_issue("alice", "checkout feels slow", "customers complain", ["incident"])
+        [started] = worker.handle_new_issues()
+        assert worker.wait_idle(timeout=60)
+        state = engine.state(started)
+        assert state["issue_id"] == number and state["trigger"].source == "issue"
+        # Nothing measurable: the agents investigate, find no cause, and hand it back to a human on the issue.
+        assert state["status"] == "escalated" and state["actions"] == []
+        assert any("Escalated" in c["body"] for c in server.issue_comments(number))
+        assert worker.handle_new_issues() == []  # escalated: it stays with the humans until /retry
         engine.close()
         surface.disconnect()
         gitops.disconnect()

@@ -1,0 +1,488 @@
+"""A synthetic world the worker can run in a subprocess and be killed in: test-only.
+
+Everything the agents touch is real (LocalTelemetryStore, LocalIncidentSurface, LocalGitOps, ActionLedger,
+the engine and the worker) except the services themselves: a SQLite table of running/restarts/fault per
+service, whose telemetry is written as the simulated clock advances. Clock, services and their history live
+in files, so a SIGKILLed worker restarted on the same directory continues the same world.
+
+    python -m tests.worker_harness DIR        # run (or continue) every scenario, then exit 0
+
+`SREGRAPH_FAULT_KILL_AFTER=node[:n]` (read by the engine) kills it after a node's checkpoint;
+`HARNESS_KILL_IN=restart|apply|propose|merge[:n]` kills it inside the n-th such call, after the change is
+made and before the agent hears back (the moment an action is most likely to be repeated by mistake).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import sys
+import threading
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from graphs.state import ApprovalDecision, Trigger
+from sregraph.config import Settings, load_settings
+from sregraph.engine import FINAL, Engine
+from sregraph.worker import Worker
+from tools.base import HealthResult, NotFound, PullRequest, ServiceStatus, Span
+from tools.gitops import LocalGitOps
+from tools.incidents import LocalIncidentSurface
+from tools.ledger import ActionLedger
+from tools.notifier import JsonlNotifier
+from tools.telemetry import LocalTelemetryStore
+from tools.toolbox import Toolbox
+
+T0 = 1_700_000_000.0
+STEP = 0.5
+TOPOLOGY = {"frontend": ["checkout", "search"], "checkout": ["payments"], "payments": [], "search": []}
+NORMAL = {"request_rate": 15.0, "error_ratio": 0.0, "latency_p95_ms": 12.0, "memory_rss_mb": 40.0, "cpu_percent": 5.0}
+GOOD_VERSION = "1.4.0"
+BAD_VERSION = "2.0.0-rc1"
+POLICY = {
+    "defaults": {"allowed": ["restart", "start", "rollback"], "max_attempts": 3, "cooldown_s": 0, "auto_merge": True},
+    "services": {
+        "frontend": {"allowed": [], "cooldown_s": 0},
+        "search": {"allowed": ["restart"], "require_approval": ["restart"], "cooldown_s": 0},
+    },
+}
+SETTINGS: dict[str, Any] = {
+    "observer": {"window_s": 6, "baseline_s": 30, "confirm_polls": 2, "confirm_s": 1.0, "poll_s": 0.5, "detect_timeout_s": 3},
+    "engineer": {"verify_timeout_s": 8, "stable_checks": 3, "verify_poll_s": 0.5},
+}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One fault (or none) on a service, how the worker hears of it, and the end it must reach."""
+
+    fault: str | None
+    service: str
+    via: str = "scan"
+    sticky: int = 0
+    """Restarts that do not fix the fault (the first verification fails, the next attempt works)."""
+    expect: tuple[str, ...] = field(default_factory=tuple)
+    """Final status, then the kinds of the actions taken, in order."""
+
+
+SCENARIOS = [
+    Scenario("crash", "payments", expect=("resolved", "restart")),
+    Scenario("latency", "checkout", expect=("resolved", "restart")),
+    Scenario("bad_deploy", "payments", expect=("resolved", "rollback")),
+    Scenario("memory_leak", "checkout", expect=("resolved", "restart")),
+    # The restart does not help; the second analysis finds nothing it can act on, so a human takes over.
+    Scenario("latency", "checkout", sticky=1, expect=("escalated", "restart")),
+    Scenario(None, "checkout", via="alert", expect=("healthy",)),
+    Scenario("crash", "frontend", expect=("escalated",)),
+    Scenario("latency", "search", expect=("resolved", "restart")),
+    Scenario("crash", "checkout", expect=("resolved", "restart")),
+    Scenario("error_spike", "checkout", expect=("resolved", "restart")),
+    Scenario("bad_deploy", "checkout", expect=("resolved", "rollback")),
+]
+
+
+def _noise(service: str, name: str, t: float) -> float:
+    """Deterministic ±5% jitter, the same for the same sample whichever process writes it."""
+    seed = (int(round(t / STEP)) * 7919 + sum(map(ord, service + name)) * 104729) % 1000
+    return (seed / 1000 - 0.5) / 10
+
+
+class _KillIn:
+    """The HARNESS_KILL_IN hook."""
+
+    def __init__(self, spec: str) -> None:
+        what, _, count = spec.partition(":")
+        self.what, self.count, self.seen = what, int(count or 1), 0
+
+    def after(self, what: str) -> None:
+        """Die if this is the chosen call."""
+        if what == self.what:
+            self.seen += 1
+            if self.seen == self.count:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
+class World:
+    """Services, clock and telemetry on disk."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.db = root / "world.db"
+        self.telemetry = LocalTelemetryStore(root / "telemetry.db")
+        self._lock = threading.RLock()
+        self.kill_in = _KillIn(os.environ.get("HARNESS_KILL_IN", ""))
+        with closing(self._conn()) as conn:
+            self.t = float(self._get(conn, "t") or T0)
+
+    @classmethod
+    def create(cls, root: Path) -> World:
+        """A new world with 45 s of normal telemetry behind it."""
+        root.mkdir(parents=True, exist_ok=True)
+        with closing(sqlite3.connect(root / "world.db")) as conn, conn:
+            conn.execute("CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT)")
+            conn.execute(
+                "CREATE TABLE services (name TEXT PRIMARY KEY, running INT, restarts INT, fault TEXT, fault_at REAL,"
+                " sticky INT, version TEXT)"
+            )
+            conn.execute("CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT, service TEXT, at REAL)")
+            conn.executemany("INSERT INTO services VALUES (?, 1, 0, NULL, NULL, 0, ?)", [(s, GOOD_VERSION) for s in TOPOLOGY])
+            conn.execute("INSERT INTO kv VALUES ('t', ?), ('sampled', ?)", (str(T0), str(T0)))
+        world = cls(root)
+        LocalGitOps.init(root / "gitops", {s: {"version": GOOD_VERSION} for s in TOPOLOGY}, clock=WorldClock(world))
+        world.advance(45)
+        return world
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.db, timeout=10, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    @staticmethod
+    def _get(conn: sqlite3.Connection, key: str) -> str | None:
+        row = conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def get(self, key: str) -> str | None:
+        """A driver flag or value."""
+        with closing(self._conn()) as conn:
+            return self._get(conn, key)
+
+    def put(self, key: str, value: str) -> None:
+        """Set a driver flag or value."""
+        with closing(self._conn()) as conn:
+            conn.execute("INSERT INTO kv VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+    def services(self) -> dict[str, sqlite3.Row]:
+        """Every service's row."""
+        with closing(self._conn()) as conn:
+            return {r["name"]: r for r in conn.execute("SELECT * FROM services")}
+
+    def events(self) -> list[tuple[str, str]]:
+        """(kind, service) of every restart and apply, in order."""
+        with closing(self._conn()) as conn:
+            return [(r["kind"], r["service"]) for r in conn.execute("SELECT kind, service FROM events ORDER BY seq")]
+
+    # ------------------------------------------------------------------ time and telemetry
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock, writing the telemetry the services produce meanwhile (samples first, then the clock)."""
+        with self._lock:
+            end = self.t + seconds
+            with closing(self._conn()) as conn:
+                sampled = float(self._get(conn, "sampled") or T0)
+                rows = {r["name"]: r for r in conn.execute("SELECT * FROM services")}
+                batch: list[tuple[str, dict[str, str], float, float]] = []
+                spans: list[Span] = []
+                t = sampled + STEP
+                last = sampled
+                while t <= end + 1e-9:
+                    for service, row in rows.items():
+                        batch.extend(self._samples(service, row, rows, t))
+                        if row["fault"] in ("error_spike", "bad_deploy") and row["running"]:
+                            spans.append(Span(trace_id=f"{service}-{t}", span_id=f"{service}-{t}", service=service, name="req", start=t, duration_ms=5, status="error"))
+                    last = t
+                    t += STEP
+                if batch:
+                    self.telemetry.write_metrics(batch)
+                if spans:
+                    self.telemetry.write_spans(spans)
+                conn.execute("UPDATE kv SET value = ? WHERE key = 'sampled'", (str(last),))
+                conn.execute("UPDATE kv SET value = ? WHERE key = 't'", (str(end),))
+            self.t = end
+
+    def _samples(self, service: str, row: sqlite3.Row, rows: dict[str, sqlite3.Row], t: float) -> list[tuple[str, dict[str, str], float, float]]:
+        if not row["running"]:
+            return []  # a dead process reports nothing
+        values = {name: normal * (1 + _noise(service, name, t)) for name, normal in NORMAL.items()}
+        fault = row["fault"]
+        if fault == "latency":
+            values["latency_p95_ms"] = 400.0
+        elif fault in ("error_spike", "bad_deploy"):
+            values["error_ratio"] = 0.5
+        elif fault == "memory_leak":
+            values["memory_rss_mb"] += 40.0 * (t - float(row["fault_at"]))
+        if any(not rows[dep]["running"] for dep in TOPOLOGY[service]):
+            values["error_ratio"] = 1.0  # its dependency is down
+        return [(name, {"service": service}, value, t) for name, value in values.items()]
+
+    # ------------------------------------------------------------------ faults
+
+    def inject(self, scenario: Scenario, gitops: LocalGitOps) -> None:
+        """Start a scenario's fault (idempotent), and let it run for 10 s."""
+        if scenario.fault == "bad_deploy" and gitops.config(scenario.service).get("version") == GOOD_VERSION:
+            gitops.commit_config(scenario.service, {"version": BAD_VERSION}, f"{scenario.service} {BAD_VERSION}", kind="deploy")
+            self.advance(3)  # the deploy shortly before the trouble
+        if scenario.fault is not None:
+            with closing(self._conn()) as conn:
+                conn.execute(
+                    "UPDATE services SET fault = ?, fault_at = ?, sticky = ?, running = ?, version = ? WHERE name = ?"
+                    " AND fault IS NULL",
+                    (scenario.fault, self.t, scenario.sticky, int(scenario.fault != "crash"),
+                     BAD_VERSION if scenario.fault == "bad_deploy" else GOOD_VERSION, scenario.service),
+                )
+        self.advance(10)
+
+    def repair(self, gitops: LocalGitOps) -> None:
+        """What a human does after an escalation: every service back to normal (not counted as agent actions)."""
+        for service in TOPOLOGY:
+            if gitops.config(service).get("version") != GOOD_VERSION:
+                gitops.commit_config(service, {"version": GOOD_VERSION}, f"{service} back to {GOOD_VERSION}", kind="deploy")
+        with closing(self._conn()) as conn:
+            conn.execute("UPDATE services SET running = 1, fault = NULL, sticky = 0, version = ?", (GOOD_VERSION,))
+
+    # ------------------------------------------------------------------ what the agents call
+
+    def restart(self, service: str, kind: str = "restart", version: str | None = None) -> ServiceStatus:
+        """Restart (or apply the config to) a service: it comes back, and the fault goes unless it is sticky."""
+        with self._lock, closing(self._conn()) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            row = conn.execute("SELECT * FROM services WHERE name = ?", (service,)).fetchone()
+            if row is None:
+                conn.execute("ROLLBACK")
+                raise NotFound(f"no service {service!r}")
+            fault, sticky = row["fault"], int(row["sticky"])
+            version = version or row["version"]
+            if version == BAD_VERSION:
+                fault = "bad_deploy"  # (re)deploying the bad version brings its fault (back)
+            elif fault == "bad_deploy":
+                fault = None
+            elif fault is not None and sticky > 0:
+                sticky -= 1
+            else:
+                fault = None
+            conn.execute(
+                "UPDATE services SET running = 1, restarts = restarts + 1, fault = ?, sticky = ?, version = ?,"
+                " fault_at = ? WHERE name = ?",
+                (fault, sticky, version, self.t, service),
+            )
+            conn.execute("INSERT INTO events (kind, service, at) VALUES (?, ?, ?)", (kind, service, self.t))
+            conn.execute("COMMIT")
+        self.kill_in.after(kind)
+        return self.status(service)
+
+    def status(self, service: str) -> ServiceStatus:
+        """The runtime's view of a service."""
+        row = self.services().get(service)
+        if row is None:
+            raise NotFound(f"no service {service!r}")
+        running = bool(row["running"])
+        return ServiceStatus(service=service, running=running, restarts=int(row["restarts"]), version=row["version"], exit_code=None if running else -9)
+
+
+class WorldClock:
+    """The simulated clock: sleeping advances the world."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    def now(self) -> float:
+        """Simulated time."""
+        return self.world.t
+
+    def sleep(self, seconds: float) -> None:
+        """Advance simulated time (and write the telemetry of the interval)."""
+        self.world.advance(seconds)
+
+
+class WorldRuntime:
+    """Runtime over the world's service table."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    def services(self) -> list[str]:
+        """Every service."""
+        return list(TOPOLOGY)
+
+    def status(self, service: str) -> ServiceStatus:
+        """One service's status."""
+        return self.world.status(service)
+
+    def restart(self, service: str) -> ServiceStatus:
+        """Restart a service."""
+        return self.world.restart(service)
+
+    def start(self, service: str) -> ServiceStatus:
+        """Start a service (a restart here)."""
+        return self.world.restart(service, kind="start")
+
+    def stop(self, service: str) -> ServiceStatus:
+        """Not used by the agents."""
+        raise NotImplementedError
+
+    def scale(self, service: str, replicas: int) -> ServiceStatus:
+        """Not used by the agents."""
+        raise NotImplementedError
+
+    def logs(self, service: str, tail: int = 100) -> list[str]:
+        """No process logs in the synthetic world."""
+        return []
+
+
+class WorldHealth:
+    """A health probe answers while the process runs."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    def check(self, service: str) -> HealthResult:
+        """Probe one service."""
+        ok = self.world.status(service).running
+        return HealthResult(service=service, ok=ok, detail="" if ok else "connection refused")
+
+
+class WorldDeployer:
+    """Applies the merged config: a restart with the config's version."""
+
+    def __init__(self, world: World, gitops: LocalGitOps) -> None:
+        self.world, self.gitops = world, gitops
+
+    def apply(self, service: str) -> ServiceStatus:
+        """Restart `service` on its config from main."""
+        return self.world.restart(service, kind="apply", version=str(self.gitops.config(service).get("version")))
+
+
+class KillingGitOps(LocalGitOps):
+    """LocalGitOps whose propose/merge can be the HARNESS_KILL_IN point."""
+
+    world: World
+
+    def propose(self, *args: Any, **kwargs: Any) -> PullRequest:
+        """Propose, then maybe die."""
+        pr = super().propose(*args, **kwargs)
+        self.world.kill_in.after("propose")
+        return pr
+
+    def merge(self, pr_id: int) -> PullRequest:
+        """Merge, then maybe die."""
+        pr = super().merge(pr_id)
+        self.world.kill_in.after("merge")
+        return pr
+
+
+def settings_for(root: Path, max_concurrent: int = 1) -> Settings:
+    """Settings of a harness directory."""
+    policy = root / "policy.yaml"
+    if not policy.exists():
+        policy.write_text(yaml.safe_dump(POLICY))
+    return load_settings(environ={}, data_dir=root / "data", policy_file=policy, worker={"max_concurrent": max_concurrent}, **SETTINGS)
+
+
+def toolbox_for(world: World) -> Toolbox:
+    """Real local backends around the synthetic services."""
+    clock = WorldClock(world)
+    gitops = KillingGitOps(world.root / "gitops", clock=clock)
+    gitops.world = world
+    return Toolbox(
+        telemetry=world.telemetry,
+        runtime=WorldRuntime(world),  # type: ignore[arg-type]
+        incidents=LocalIncidentSurface(world.root / "incidents.db", clock=clock),
+        gitops=gitops,
+        notifier=JsonlNotifier(world.root / "notifications.jsonl", clock=clock),
+        health=WorldHealth(world),
+        deployer=WorldDeployer(world, gitops),
+        ledger=ActionLedger(world.root / "ledger.db"),
+        topology=TOPOLOGY,
+        clock=clock,
+    )
+
+
+def _new_runs(engine: Engine, known: set[str]) -> list[dict[str, Any]]:
+    return [r for r in engine.registry.list() if r["incident_id"] not in known]
+
+
+def run(root: Path, scenarios: list[Scenario] = SCENARIOS) -> None:
+    """Run (or continue after a kill) every scenario in order, as a worker in production would meet them."""
+    world = World(root)
+    toolbox = toolbox_for(world)
+    engine = Engine(settings_for(root), toolbox)
+    worker = Worker(engine)
+    gitops = toolbox.gitops
+    assert isinstance(gitops, LocalGitOps)
+    try:
+        worker.resume_unfinished()
+        for k, scenario in enumerate(scenarios):
+            if world.get(f"settled-{k}"):
+                continue
+            if world.get(f"known-{k}") is None:
+                world.put(f"known-{k}", json.dumps([r["incident_id"] for r in engine.registry.list()]))
+            known = set(json.loads(world.get(f"known-{k}") or "[]"))
+            if world.get(f"injected-{k}") is None:
+                world.inject(scenario, gitops)
+                world.put(f"injected-{k}", "1")
+            mine: list[dict[str, Any]] = []
+            for _ in range(3):
+                if not _new_runs(engine, known):
+                    if scenario.via == "alert":
+                        worker.submit(Trigger(source="alert", service=scenario.service, signal="HarnessAlert", summary="harness alert", fired_at=world.t))
+                    elif worker.scan() is None:
+                        raise AssertionError(f"scenario {k}: the scan saw nothing")
+                worker.wait_idle()
+                for r in _new_runs(engine, known):
+                    if engine.pending_approval(r["incident_id"]):
+                        worker.decide(r["incident_id"], ApprovalDecision(approved=True, by="harness", reason="test"))
+                worker.wait_idle()
+                mine = _new_runs(engine, known)
+                if mine and all(r["status"] in FINAL for r in mine):
+                    break
+            world.put(f"incidents-{k}", json.dumps(sorted(r["incident_id"] for r in mine)))
+            world.repair(gitops)
+            world.advance(45)  # a clean baseline before the next fault
+            world.put(f"settled-{k}", "1")
+    finally:
+        worker.stopping = True
+        worker.wait_idle()
+        engine.close()
+
+
+def summary(root: Path, scenarios: list[Scenario] = SCENARIOS) -> dict[str, Any]:
+    """Every outcome and side effect of a harness directory, in a form two runs can be compared in."""
+    world = World(root)
+    toolbox = toolbox_for(world)
+    engine = Engine(settings_for(root), toolbox)
+    try:
+        outcomes = []
+        for k in range(len(scenarios)):
+            runs = []
+            for incident_id in json.loads(world.get(f"incidents-{k}") or "[]"):
+                state = engine.state(incident_id)
+                top = state["diagnosis"].top if state.get("diagnosis") else None
+                runs.append({
+                    "status": state["status"],
+                    "next": state["next"],
+                    "root_cause": [top.service, top.fault_type] if top else None,
+                    "actions": [[a.action.kind, a.action.service, a.status] for a in state.get("actions", [])],
+                })
+            outcomes.append(runs)
+        assert isinstance(toolbox.incidents, LocalIncidentSurface)
+        with closing(sqlite3.connect(root / "incidents.db")) as conn:
+            keys = conn.execute("SELECT issue_id, key FROM comments ORDER BY id").fetchall()
+        issues = [
+            {"title": i.title, "state": i.state, "labels": sorted(i.labels), "comment_keys": [k for n, k in keys if n == i.id]}
+            for i in sorted(toolbox.incidents.list_issues("all"), key=lambda i: i.id)
+        ]
+        gitops = toolbox.gitops
+        assert isinstance(gitops, LocalGitOps)
+        return {
+            "outcomes": outcomes,
+            "restarts": {s: int(r["restarts"]) for s, r in sorted(world.services().items())},
+            "runtime_calls": [list(e) for e in world.events()],
+            "issues": issues,
+            "prs": [[p.service, p.state, p.key] for p in sorted(gitops.pull_requests("all"), key=lambda p: p.id)],
+            "main_commits": int(gitops._git.text("rev-list", "--count", "main")),
+            "ledger": sorted([e.key, e.status] for e in toolbox.ledger.all()),
+            "runs": len(engine.registry.list()),
+            "unfinished": list(engine.unfinished()),
+        }
+    finally:
+        engine.close()
+
+
+if __name__ == "__main__":
+    run(Path(sys.argv[1]))
