@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from graphs.state import Action, ActionKind, ActionPlan, ActionResult, Diagnosis, FaultType, Hypothesis, Observation, Verification
 from sregraph.config import AnalystConfig, EngineerConfig, ObserverConfig
-from tools.base import SregraphError
+from tools.base import Refused, SregraphError
 from tools.toolbox import Toolbox
 
 from agents.policy import Policy
@@ -245,12 +245,35 @@ class Engineer:
         # GitOps: the change is a pull request; merging it and applying the merged config is the deploy.
         title = f"{action.kind.replace('_', ' ')} {action.service}: revert {str(action.params['revert'])[:8]}"
         body = f"{action.reason}\n\nOpened by sregraph for incident {issue_ref or key.split('/')[0]}.\nIdempotency key: `{key}`"
-        pr = tb.gitops.propose(action.service, action.params["config"], title, body, key=key)
+        try:
+            pr = tb.gitops.propose(action.service, action.params["config"], title, body, key=key)
+        except Refused as exc:
+            if "identical" not in str(exc):
+                raise
+            return self._already_reverted(action)
         if not self.policy.for_service(action.service).auto_merge:
             return f"opened PR #{pr.id}; policy leaves the merge to a human", f"pr={pr.id}"
         merged = tb.gitops.merge(pr.id)
         status = tb.deployer.apply(action.service)
         return f"merged PR #{pr.id} ({(merged.merge_sha or '')[:8]}) and applied it to {action.service}", f"pr={pr.id} restarts={status.restarts}"
+
+    def _already_reverted(self, action: Action) -> tuple[str, str]:
+        """The suspect change is no longer in effect (reverted since): the trouble needs the generic remedy.
+
+        The fallback restart goes through the same policy check as any planned action.
+        """
+        restart = Action(kind="restart", service=action.service, reason=f"{action.kind} found nothing to revert")
+        verdict = self.policy.check(
+            restart,
+            attempts_so_far=0,
+            last_same_action_at=self.toolbox.ledger.last_action_at(action.service, "restart"),
+            now=self.toolbox.clock.now(),
+            known_services=self.toolbox.services,
+        )
+        if not verdict.allowed:
+            raise Refused(f"the suspect change is already reverted and a restart is refused: {'; '.join(verdict.reasons)}")
+        status = self.toolbox.runtime.restart(action.service)
+        return f"the suspect change is already reverted on main; restarted {action.service} instead", f"restarts={status.restarts}"
 
     # ------------------------------------------------------------------ verify
 

@@ -302,3 +302,25 @@ def test_a_rollback_is_never_reverted(tmp_path: Path) -> None:
     shas = {e.ref for e in diagnosis.top.evidence if e.kind == "change"}
     revert = tb.gitops.history(service="payments")[0]
     assert revert.sha not in shas  # the revert is not a suspect; the 40 s old human change still is
+
+
+def test_a_suspect_change_already_reverted_falls_back_to_a_checked_restart(tmp_path: Path) -> None:
+    from graphs.state import ActionPlan
+
+    class CountingRuntime(FakeRuntime):
+        restarted = 0
+
+        def restart(self, service: str) -> ServiceStatus:
+            self.restarted += 1
+            return self.status(service)
+
+    runtime = CountingRuntime()
+    tb = make_toolbox(tmp_path, runtime, FakeHealth())
+    current = tb.gitops.config("payments")  # type: ignore[attr-defined]
+    rollback = Action(kind="config_change", service="payments", params={"config": current, "revert": "abc"})
+    allowed = Engineer(tb, Policy(defaults=ServicePolicy(allowed=["restart", "config_change"], cooldown_s=0)), EngineerConfig(), AnalystConfig(), ObserverConfig())
+    [result] = allowed.act("inc-r", ActionPlan(decision="act", actions=[rollback]), attempt=1)
+    assert result.status == "done" and "already reverted" in result.detail and runtime.restarted == 1
+    strict = Engineer(tb, Policy(defaults=ServicePolicy(allowed=["config_change"])), EngineerConfig(), AnalystConfig(), ObserverConfig())
+    [refused] = strict.act("inc-s", ActionPlan(decision="act", actions=[rollback]), attempt=1)
+    assert refused.status == "failed" and "restart is refused" in refused.detail and runtime.restarted == 1
