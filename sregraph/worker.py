@@ -111,11 +111,15 @@ class Worker:
                 self.engine.attach_alert(existing, trigger)
                 log.info("alert %s/%s joined incident %s", trigger.service, trigger.signal, existing)
                 return existing, False
-            incident_id = self.engine.new_id()
-            # Registered before the run is queued, so a second alert routed right after this one sees it.
-            self.engine.registry.record(incident_id, trigger, "observing")
-            self._launch(incident_id, self.engine.start, trigger, incident_id)
+            incident_id, _ = self._start_new(trigger)
             return incident_id, True
+
+    def _start_new(self, trigger: Trigger) -> tuple[str, bool]:
+        """A new incident thread on the pool: (its id, whether it was launched)."""
+        incident_id = self.engine.new_id()
+        # Registered before the run is queued, so a second alert routed right after this one sees it.
+        self.engine.registry.record(incident_id, trigger, "observing")
+        return incident_id, self._launch(incident_id, self.engine.start, trigger, incident_id)
 
     def decide(self, incident_id: str, decision: ApprovalDecision) -> bool:
         """Answer a waiting approval gate on the pool; False if that incident has a run already."""
@@ -157,9 +161,7 @@ class Worker:
                     done.append(f"{command.name} {incident_id}")
             elif command.name == "retry" and self.engine.state(incident_id).get("status") == "escalated":
                 trigger = Trigger(source="issue", issue_id=command.issue_id, summary=f"/retry by {command.author}", fired_at=self.engine.toolbox.clock.now())
-                new_id = self.engine.new_id()
-                self.engine.registry.record(new_id, trigger, "observing")
-                self._launch(new_id, self.engine.start, trigger, new_id)
+                self._start_new(trigger)
                 done.append(f"retry {incident_id}")
             else:
                 log.info("/%s on %s ignored: nothing is waiting for it", command.name, incident_id)
@@ -183,9 +185,8 @@ class Worker:
             if incident_id is not None and self.engine.state(incident_id).get("status") != "resolved":
                 continue
             trigger = Trigger(source="issue", issue_id=issue.id, summary=issue.title[:200], fired_at=self.engine.toolbox.clock.now())
-            new_id = self.engine.new_id()
-            self.engine.registry.record(new_id, trigger, "observing")
-            if self._launch(new_id, self.engine.start, trigger, new_id):
+            new_id, launched = self._start_new(trigger)
+            if launched:
                 started.append(new_id)
         return started
 
