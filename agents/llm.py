@@ -8,6 +8,14 @@ The tool loop lets a model call read-only tools (tools/readonly.py) for at most 
 token budget, then asks for a structured answer. Tokens are counted locally with real tiktoken on every
 message (cl100k_base, an approximation for non-OpenAI models); when the provider reports usage, its numbers
 are what the budget is charged.
+
+A model built by `make_chat_model` carries a `Resilience` (tools/resilience.py, settings `llm.resilience`):
+each model call is retried on transient errors (connection refused or lost, timeouts, 408/409/429/5xx) with
+backoff and jitter, the SDK's own retries being off so the two do not multiply; after
+`failure_threshold` calls in a row fail that way, the circuit opens and every later call (the next agents,
+the next incidents) fails at once with an `LLMError`, so the agents fall back to their deterministic method
+without waiting out a timeout each, and say so on the incident. A model handed in by the caller (tests, a
+custom model) is called as is, unless given a policy with `guard_model`.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import json
 import logging
 import os
 import re
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -29,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from agents.tokens import TokenBudget, count_tokens, trim_to_tokens
 from graphs.state import FaultType
 from tools.base import ConfigError, SregraphError, ToolResult
+from tools.resilience import Resilience, ResilienceConfig
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +88,13 @@ class LLMConfig(BaseModel):
     token_budget: int = Field(default=12000, gt=0)
     """Tokens one investigation may spend, prompts and replies of every call included."""
     watsonx: WatsonxConfig = Field(default_factory=WatsonxConfig)
+    resilience: ResilienceConfig = Field(
+        default_factory=lambda: ResilienceConfig(
+            attempts=2, backoff_s=1.0, max_backoff_s=4.0, failure_threshold=2, reset_timeout_s=30.0,
+            max_reset_timeout_s=300.0,
+        )
+    )
+    """Retries of one model call and the endpoint's circuit breaker; `max_elapsed_s` is at most `timeout_s`."""
 
 
 def _secret(environ: Mapping[str, str], name: str, provider: str, field_name: str) -> SecretStr:
@@ -90,24 +107,88 @@ def _secret(environ: Mapping[str, str], name: str, provider: str, field_name: st
     return SecretStr(value)
 
 
+# --------------------------------------------------------------------------- resilience
+
+
+_GUARDS: dict[int, Resilience] = {}
+"""id(model) -> its policy; an entry goes when its model is collected, so a recycled id never inherits one."""
+
+
+def guard_model(model: Any, resilience: Resilience) -> Any:
+    """Give `model` a retry and circuit-breaker policy for every call `run_tool_loop` makes; returns `model`."""
+    key = id(model)
+    if key not in _GUARDS:
+        weakref.finalize(model, _GUARDS.pop, key, None)
+    _GUARDS[key] = resilience
+    return model
+
+
+def model_resilience(model: Any) -> Resilience | None:
+    """The policy `guard_model` gave `model`, if any."""
+    return _GUARDS.get(id(model))
+
+
+_TRANSIENT_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+
+def transient_model_error(exc: BaseException) -> bool:
+    """Whether a model call failed in a way a retry may fix: no connection, a timeout, overload, 5xx.
+
+    Bad requests, authentication, content filters and unusable answers (`LLMError`) are not: a retry would
+    fail the same way.
+    """
+    if isinstance(exc, SregraphError):
+        return False
+    import httpx
+
+    if isinstance(exc, (httpx.TransportError, ConnectionError, TimeoutError)):
+        return True
+    try:
+        import openai
+    except ImportError:  # pragma: no cover - langchain-openai brings it
+        return False
+    if isinstance(exc, openai.APIConnectionError):  # APITimeoutError included
+        return True
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in _TRANSIENT_STATUS or exc.status_code >= 500
+    try:
+        import requests  # ibm-watsonx-ai talks through requests
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(exc, (requests.ConnectionError, requests.Timeout))
+
+
+def _resilience(cfg: LLMConfig) -> Resilience:
+    settings = cfg.resilience
+    if settings.max_elapsed_s > cfg.timeout_s:
+        # A call that timed out is not worth a second full timeout: retries fit in one timeout's time.
+        settings = settings.model_copy(update={"max_elapsed_s": cfg.timeout_s})
+    return settings.build("llm", transient=transient_model_error)
+
+
 def make_chat_model(cfg: LLMConfig, environ: Mapping[str, str] | None = None) -> BaseChatModel | None:
-    """The chat model `cfg` describes, or None for provider "none"; reads the API key from the environment."""
+    """The chat model `cfg` describes, or None for provider "none"; reads the API key from the environment.
+
+    The model carries `cfg.resilience` (see the module docstring), so one failing endpoint costs the agents
+    sharing this model a few failed calls, not a timeout each.
+    """
     env = os.environ if environ is None else environ
     if cfg.provider == "none":
         return None
     if cfg.provider == "openai":
         from langchain_openai import ChatOpenAI
 
-        return ChatOpenAI(
+        model = ChatOpenAI(
             model=cfg.model,
             base_url=cfg.base_url,
             api_key=_secret(env, cfg.api_key_env, "openai", "llm.api_key_env"),
             timeout=cfg.timeout_s,
-            max_retries=2,
+            max_retries=0,  # retries are the resilience policy's, which also feeds the breaker
             temperature=cfg.temperature,
             # OpenAI-compatible servers speak Chat Completions; never let a model name route to /responses.
             use_responses_api=False,
         )
+        return guard_model(model, _resilience(cfg))
     wx = cfg.watsonx
     if not wx.url:
         raise ConfigError("llm.watsonx.url: not set; provider 'watsonx' needs the regional https endpoint")
@@ -118,7 +199,7 @@ def make_chat_model(cfg: LLMConfig, environ: Mapping[str, str] | None = None) ->
     from langchain_ibm import ChatWatsonx
 
     try:
-        return ChatWatsonx(
+        watsonx = ChatWatsonx(
             model_id=cfg.model,
             url=SecretStr(wx.url),
             project_id=wx.project_id,
@@ -127,6 +208,7 @@ def make_chat_model(cfg: LLMConfig, environ: Mapping[str, str] | None = None) ->
         )
     except Exception as exc:  # authentication and connection failures surface from the SDK in many types
         raise LLMError(f"watsonx: could not set up model {cfg.model} at {wx.url}: {exc}") from exc
+    return guard_model(watsonx, _resilience(cfg))
 
 
 # --------------------------------------------------------------------------- structured answers
@@ -217,9 +299,11 @@ class _Meter:
         return self.budget.spent - self.start
 
 
-def _invoke(runnable: Any, messages: list[BaseMessage], what: str) -> Any:
+def _invoke(runnable: Any, messages: list[BaseMessage], what: str, resilience: Resilience | None = None) -> Any:
     try:
-        return runnable.invoke(messages)
+        if resilience is None:
+            return runnable.invoke(messages)
+        return resilience.call(lambda: runnable.invoke(messages))
     except LLMError:
         raise
     except Exception as exc:  # provider SDKs raise many types (HTTP, auth, rate limit, parsing)
@@ -289,6 +373,7 @@ def run_tool_loop(
             f"the prompt needs {prompt_tokens()} tokens; only {budget.remaining} of the budget remain"
         )
 
+    guard = model_resilience(model)
     bound: Any = model
     if tools and max_steps > 0:
         try:
@@ -306,7 +391,7 @@ def run_tool_loop(
         if 2 * sent + REPLY_RESERVE + answer_tokens > budget.remaining:
             stop = "budget"
             break
-        reply = _invoke(bound, messages, f"step {steps + 1}")
+        reply = _invoke(bound, messages, f"step {steps + 1}", guard)
         if not isinstance(reply, AIMessage):
             raise LLMError(f"model returned {type(reply).__name__}, expected an AIMessage")
         steps += 1
@@ -343,7 +428,7 @@ def run_tool_loop(
             )
 
     answer = _final_answer(
-        model, messages, last if stop == "answered" else None, output, meter, final_prompt_tokens
+        model, messages, last if stop == "answered" else None, output, meter, final_prompt_tokens, guard
     )
     log.info(
         "tool loop: %d steps, %d tool calls, %d tokens, stopped: %s", steps, len(calls_log), meter.used, stop
@@ -358,6 +443,7 @@ def _final_answer(
     output: type[BaseModel],
     meter: _Meter,
     prompt_tokens: Callable[[], int],
+    guard: Resilience | None = None,
 ) -> BaseModel:
     """The structured answer: from the last reply if it already is one, else from one more structured call."""
     if last is not None and "{" in last.text:
@@ -375,10 +461,10 @@ def _final_answer(
         schema = json.dumps(output.model_json_schema())
         messages[-1] = HumanMessage(f"{messages[-1].text}\nJSON schema: {schema}\nReply with the JSON only.")
         sent = prompt_tokens()
-        reply = _invoke(model, messages, "final answer")
+        reply = _invoke(model, messages, "final answer", guard)
         meter.charge(sent, reply)
         return parse_json_output(reply.text, output)
-    result = _invoke(structured, messages, "final answer")
+    result = _invoke(structured, messages, "final answer", guard)
     raw = result.get("raw")
     if isinstance(raw, BaseMessage):
         meter.charge(sent, raw)

@@ -13,6 +13,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from tools.resilience import subscribe
+
 incident_var: contextvars.ContextVar[str] = contextvars.ContextVar("incident_id", default="-")
 """The incident the current code works for; every log line carries it."""
 
@@ -31,6 +33,10 @@ if not getattr(_base_factory, "_sregraph", False):
     logging.setLogRecordFactory(_record_with_incident)
 
 
+CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
+"""`sregraph_circuit_state` values."""
+
+
 class Metrics:
     """The worker's metrics, in a registry of its own (tests can create as many as they like)."""
 
@@ -46,6 +52,21 @@ class Metrics:
         self.llm_tokens = Counter("sregraph_llm_tokens_total", "LLM tokens spent.", registry=self.registry)
         self.errors = Counter("sregraph_errors_total", "Errors while running incidents.", ["where"], registry=self.registry)
         self.last_scan = Gauge("sregraph_last_scan_timestamp_seconds", "When the worker last looked at telemetry.", registry=self.registry)
+        self.dependency_retries = Counter(
+            "sregraph_dependency_retries_total", "Retries of calls to a flaky dependency.", ["dependency"], registry=self.registry
+        )
+        self.circuit_state = Gauge(
+            "sregraph_circuit_state", "Circuit breaker per dependency: 0 closed, 1 half-open, 2 open.", ["dependency"], registry=self.registry
+        )
+        subscribe(self)  # held weakly: a Metrics that is dropped stops hearing
+
+    def dependency_retry(self, dependency: str) -> None:
+        """A call to `dependency` is being retried (tools/resilience.py calls this)."""
+        self.dependency_retries.labels(dependency).inc()
+
+    def dependency_state(self, dependency: str, state: str) -> None:
+        """The circuit of `dependency` is closed, half_open or open (tools/resilience.py calls this)."""
+        self.circuit_state.labels(dependency).set(CIRCUIT_STATES.get(state, 0))
 
     def observe_update(self, node: str, update: dict[str, Any], seconds: float) -> None:
         """Account for one graph step's update."""

@@ -27,6 +27,13 @@ engine's 502/503/504; any other refusal by the engine a `ToolError`; a missing i
 how to build it. Every call has a timeout: the client's (`connect` sets one; a client without one is
 refused), plus the stop grace period for stops.
 
+Flaky engine. Every engine call goes through one `Resilience` (tools/resilience.py): reads (list, inspect,
+logs, stats) are retried on transient errors; writes (create, start, stop, remove, kill) are resent only when
+the engine was never reached (refused connection, missing socket), since a write that timed out may have
+happened. Retries are per engine call, not per `restart` or `scale`, so a half-done restart is never replayed
+from the top with a wrong idea of the replicas. After 3 calls in a row fail transiently the circuit opens and
+calls fail fast with `CircuitOpenError` (a `ToolError`) until a trial call succeeds.
+
 OOM. `oom_killed` is the engine's ``State.OOMKilled`` (a kill by the kernel's OOM killer under the spec's
 `mem_limit`). Podman 4.3 with runc on cgroup v1 misses it on its own (conmon writes its marker in the wrong
 directory); scripts/container-engine.sh installs an OCI hook that restores it. Memory is the engine's
@@ -41,11 +48,12 @@ import re
 import signal as signals
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import docker
 import docker.errors
@@ -54,6 +62,7 @@ from docker.models.containers import Container
 from pydantic import BaseModel
 
 from tools.base import ConfigError, NotFound, Refused, ServiceStatus, ToolError, TransientError
+from tools.resilience import Resilience
 
 MANAGED = "io.sregraph.managed"
 PROJECT = "io.sregraph.project"
@@ -71,6 +80,7 @@ KILL_WAIT_S = 5.0
 MB = 1024 * 1024
 _PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,40}$")
 _TRANSIENT_STATUS = {502, 503, 504}
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -150,8 +160,13 @@ class DockerRuntime:
         specs: dict[str, ContainerSpec],
         project: str,
         max_replicas: int = 8,
+        resilience: Resilience | None = None,
     ) -> None:
-        """Manage `specs` as containers of `project`; the runtime owns `client` (`close` closes it)."""
+        """Manage `specs` as containers of `project`; the runtime owns `client` (`close` closes it).
+
+        `resilience` is the retry and breaker policy of every engine call (default: 3 attempts, 0.2 s
+        backoff with jitter, open after 3 failed calls).
+        """
         if not _PROJECT_RE.match(project):
             raise ConfigError(f"project: {project!r} must be lowercase letters, digits, '_', '.', '-' (max 41)")
         timeout = getattr(client.api, "timeout", None)
@@ -164,6 +179,7 @@ class DockerRuntime:
         self.specs = dict(specs)
         self.project = project
         self.max_replicas = max_replicas
+        self.resilience = resilience or Resilience("docker", max_elapsed_s=2 * timeout)
         self._lock = threading.RLock()
 
     def close(self) -> None:
@@ -196,6 +212,15 @@ class DockerRuntime:
         except docker.errors.DockerException as exc:
             raise ToolError(f"{action}: {exc}") from exc
 
+    def _call(self, action: str, fn: Callable[[], T], *, write: bool = False) -> T:
+        """One engine call, errors translated, through the resilience policy (writes resent only if unsent)."""
+
+        def once() -> T:
+            with self._api(action):
+                return fn()
+
+        return self.resilience.call(once, idempotent=not write)
+
     def _ours(self, container: Container) -> bool:
         """Whether a container carries this project's management labels."""
         labels = container.labels or {}
@@ -212,8 +237,7 @@ class DockerRuntime:
 
     def container(self, name_or_id: str) -> Container:
         """One of our containers by name or id; Refused for any container not labelled as ours."""
-        with self._api(f"look up container {name_or_id}"):
-            found = self.client.containers.get(name_or_id)
+        found = self._call(f"look up container {name_or_id}", lambda: self.client.containers.get(name_or_id))
         return self._guard(found, "touch")
 
     def _spec(self, service: str) -> ContainerSpec:
@@ -229,8 +253,10 @@ class DockerRuntime:
     def _replicas(self, service: str) -> dict[int, Container]:
         """replica -> container, for the service's containers (running or not), found by label."""
         labels = [f"{MANAGED}=true", f"{PROJECT}={self.project}", f"{SERVICE}={service}"]
-        with self._api(f"list containers of {service}"):
-            found = self.client.containers.list(all=True, filters={"label": labels})
+        found = self._call(
+            f"list containers of {service}",
+            lambda: self.client.containers.list(all=True, filters={"label": labels}),
+        )
         replicas: dict[int, Container] = {}
         for container in found:
             if not self._ours(container) or container.labels.get(SERVICE) != service:
@@ -246,8 +272,7 @@ class DockerRuntime:
         for replica in range(slots):
             name = self.container_name(service, replica)
             try:
-                with self._api(f"look up container {name}"):
-                    found = self.client.containers.get(name)
+                found = self._call(f"look up container {name}", partial(self.client.containers.get, name))
             except NotFound:
                 continue
             labels = found.labels or {}
@@ -275,8 +300,9 @@ class DockerRuntime:
         }
         volumes = {m.source: {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in spec.mounts}
         name = self.container_name(spec.name, replica)
-        with self._api(f"create container {name}"):
-            return self.client.containers.create(
+        return self._call(
+            f"create container {name}",
+            lambda: self.client.containers.create(
                 spec.image,
                 spec.command,
                 name=name,
@@ -287,28 +313,33 @@ class DockerRuntime:
                 network_mode=spec.network_mode,
                 mem_limit=spec.mem_limit,
                 detach=True,
-            )
+            ),
+            write=True,
+        )
 
     def _start(self, container: Container) -> None:
         self._guard(container, "start")
-        with self._api(f"start container {container.name}"):
-            container.start()
+        self._call(f"start container {container.name}", container.start, write=True)
 
     def _stop(self, container: Container, grace: float) -> None:
         self._guard(container, "stop")
-        container.reload()
+        self._call(f"inspect container {container.name}", container.reload)
         if container.status in ("running", "paused", "restarting"):
-            with self._api(f"stop container {container.name}"):
-                container.stop(timeout=max(1, round(grace)))
+            self._call(
+                f"stop container {container.name}", lambda: container.stop(timeout=max(1, round(grace))), write=True
+            )
 
     def _remove(self, container: Container, grace: float) -> None:
         self._stop(container, grace)
         self._guard(container, "remove")
-        with self._api(f"remove container {container.name}"):
+
+        def remove() -> None:
             try:
                 container.remove(force=True)
             except docker.errors.NotFound:
                 pass  # already gone
+
+        self._call(f"remove container {container.name}", remove, write=True)
 
     @staticmethod
     def _restarts(containers: dict[int, Container]) -> int:
@@ -425,8 +456,7 @@ class DockerRuntime:
         main = self._replicas(service).get(0)
         if main is None or tail <= 0:
             return []
-        with self._api(f"read logs of {main.name}"):
-            raw: bytes = main.logs(stdout=True, stderr=True, tail=tail)
+        raw: bytes = self._call(f"read logs of {main.name}", lambda: main.logs(stdout=True, stderr=True, tail=tail))
         return raw.decode("utf-8", "replace").splitlines()[-tail:]
 
     # ------------------------------------------------------------------ extras
@@ -436,8 +466,9 @@ class DockerRuntime:
         running = container.status == "running"
         if not running:
             return ContainerStats(replica=replica, container=container.name, running=False)
-        with self._api(f"read stats of {container.name}"):
-            raw: dict[str, Any] = container.stats(stream=False, one_shot=True)
+        raw: dict[str, Any] = self._call(
+            f"read stats of {container.name}", lambda: container.stats(stream=False, one_shot=True)
+        )
         mem = raw.get("memory_stats") or {}
         usage, limit = mem.get("usage"), mem.get("limit")
         cpu, pre = raw.get("cpu_stats") or {}, raw.get("precpu_stats") or {}
@@ -478,15 +509,20 @@ class DockerRuntime:
             running = [c for c in replicas.values() if c.status == "running"]
             for container in running:
                 self._guard(container, "kill")
-                with self._api(f"kill container {container.name}"):
+
+                def kill(container: Container = container) -> None:
                     try:
                         container.kill(signal=name)
                     except docker.errors.APIError as exc:
                         if exc.status_code != 409:  # 409: it died on its own meanwhile
                             raise
+
+                self._call(f"kill container {container.name}", kill, write=True)
             if name in ("SIGKILL", "SIGTERM"):
                 deadline = time.monotonic() + KILL_WAIT_S
                 for container in running:
+                    # Not through the breaker: a wait that times out says the container lives, not that the
+                    # engine is failing.
                     with self._api(f"wait for container {container.name}"):
                         try:
                             container.wait(timeout=max(0.5, deadline - time.monotonic()))
@@ -503,8 +539,10 @@ class DockerRuntime:
         errors: list[str] = []
         with self._lock:
             labels = [f"{MANAGED}=true", f"{PROJECT}={self.project}"]
-            with self._api("list the project's containers"):
-                found = self.client.containers.list(all=True, filters={"label": labels})
+            found = self._call(
+                "list the project's containers",
+                lambda: self.client.containers.list(all=True, filters={"label": labels}),
+            )
             for container in found:
                 try:
                     self._remove(self._guard(container, "remove"), STOP_GRACE_S)

@@ -22,7 +22,9 @@ connection errors and rate limits: a retry re-reads before writing, so nothing i
 Rate limits are respected: `Retry-After` first, then `x-ratelimit-reset` when `x-ratelimit-remaining` is 0,
 then GitHub's advice for secondary limits (wait a minute, growing exponentially); a wait longer than
 `RetryPolicy.max_rate_wait_s` raises TransientError instead of stalling an incident. Sleeps go through the
-injected Clock, so tests never wait on real time.
+injected Clock, so tests never wait on real time. Around those retries sits a circuit breaker
+(tools/resilience.py, one per client): after `RetryPolicy.breaker_failures` operations in a row end in a
+TransientError, operations fail fast with `CircuitOpenError` (a `ToolError`) until a trial one succeeds.
 
 Every text posted (titles, bodies, comments, commit messages) goes through `tools.redact.redact`, which also
 removes the token itself. The token comes from the environment (`GITHUB_TOKEN`) or a secrets file
@@ -77,6 +79,7 @@ from tools.base import (
     ToolError,
     TransientError,
 )
+from tools.breaker import CircuitBreaker
 from tools.gitops import (
     BRANCH_PREFIX,
     KIND_TRAILER,
@@ -93,6 +96,7 @@ from tools.gitops import (
     _slug,
 )
 from tools.redact import redact
+from tools.resilience import Resilience
 
 logger = logging.getLogger(__name__)
 
@@ -180,6 +184,10 @@ class RetryPolicy:
     """A rate limit that needs a longer wait raises TransientError instead of stalling the incident."""
     secondary_wait_s: float = 60.0
     """Wait after a secondary rate limit without Retry-After (GitHub's advice: at least a minute)."""
+    breaker_failures: int = 3
+    """Operations in a row that fail transiently (after their retries) before the circuit opens."""
+    breaker_reset_s: float = 30.0
+    """How long the circuit stays open before a trial operation (doubling per failed trial, at most 10 min)."""
 
 
 class _Client:
@@ -224,6 +232,19 @@ class _Client:
             user_agent="sregraph",
         )
         self._repo: Repository | None = None
+        # Only the breaker: the retries are the tenacity loop in `call`, which knows GitHub's rate limits.
+        self.resilience = Resilience(
+            "github",
+            attempts=1,
+            breaker=CircuitBreaker(
+                max(1, self.retry.breaker_failures),
+                self.retry.breaker_reset_s,
+                2.0,
+                max(600.0, self.retry.breaker_reset_s),
+                self.clock,
+            ),
+            clock=self.clock,
+        )
 
     @property
     def repo(self) -> Repository:
@@ -248,7 +269,13 @@ class _Client:
     # ------------------------------------------------------------------ retries
 
     def call(self, what: str, fn: Callable[[], T]) -> T:
-        """Run `fn` (a whole check-then-act operation), retrying transient failures; errors as SregraphError."""
+        """Run `fn` (a whole check-then-act operation), retrying transient failures; errors as SregraphError.
+
+        The breaker judges the operation once its retries are over; CircuitOpenError while it is open.
+        """
+        return self.resilience.call(lambda: self._call(what, fn))
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
         retrying = Retrying(
             stop=stop_after_attempt(max(1, self.retry.attempts)),
             retry=retry_if_exception(self._retryable),

@@ -28,7 +28,10 @@ trace evidence is simply absent (no_data, not error). Pair this backend with a l
 
 Errors: a timeout, a refused connection or HTTP 5xx is a `TransientError` (retried `retries` times with
 backoff first); HTTP 4xx (bad PromQL: Prometheus's own `errorType: error` message is kept) and unreadable
-answers are `ToolError`. Every request carries a client timeout and asks Prometheus to stop at the same time.
+answers are `ToolError`, never retried. Every request carries a client timeout and asks Prometheus to stop at
+the same time. All requests are reads and go through one `Resilience` (tools/resilience.py): after 3 calls in
+a row fail transiently the circuit opens and queries fail fast with `CircuitOpenError` (a `ToolError`) instead
+of waiting out a timeout each.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ from typing import Any
 import httpx
 
 from tools.base import Clock, LogRecord, Series, Span, SystemClock, ToolError, TransientError
+from tools.breaker import CircuitBreaker
+from tools.resilience import Resilience
 
 log = logging.getLogger(__name__)
 
@@ -141,12 +146,14 @@ class PrometheusTelemetry:
         retries: int = 1,
         clock: Clock | None = None,
         headers: Mapping[str, str] | None = None,
+        resilience: Resilience | None = None,
     ) -> None:
         """Talk to Prometheus at `base_url` (`http://127.0.0.1:9090`).
 
         `rate_window` is the range of every `rate()` (at least 4 scrape intervals); range queries use
         `step_s`, or when None a step of (end - start) / `max_points`, at least `min_step_s`. Transient
-        failures are retried `retries` times, waiting 0.2 s, 0.4 s, ... on `clock`.
+        failures are retried `retries` times, waiting 0.2 s, 0.4 s, ... on `clock`; `resilience` replaces
+        that policy (and the circuit breaker) as a whole.
         """
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
@@ -168,6 +175,17 @@ class PrometheusTelemetry:
         self._headers = dict(headers or {})
         self._client: httpx.Client | None = None
         self._lock = threading.Lock()
+        # No jitter by default: one worker polls one Prometheus, so there is no herd to spread out.
+        self.resilience = resilience or Resilience(
+            "prometheus",
+            attempts=self.retries + 1,
+            backoff_s=0.2,
+            max_backoff_s=2.0,
+            jitter=0.0,
+            max_elapsed_s=max(10.0, 3 * timeout_s),
+            breaker=CircuitBreaker(3, 5.0, 2.0, 60.0, self.clock),
+            clock=self.clock,
+        )
 
     # ------------------------------------------------------------------ plumbing
 
@@ -196,17 +214,8 @@ class PrometheusTelemetry:
         self.close()
 
     def _get(self, path: str, params: dict[str, Any]) -> Any:
-        """GET an API path; the `data` of a success answer, else TransientError or ToolError."""
-        attempt = 0
-        while True:
-            try:
-                return self._get_once(path, params)
-            except TransientError as exc:
-                if attempt >= self.retries:
-                    raise
-                attempt += 1
-                log.info("prometheus %s failed (%s); retry %d of %d", path, exc, attempt, self.retries)
-                self.clock.sleep(0.2 * 2 ** (attempt - 1))
+        """GET an API path; the `data` of a success answer, else TransientError, ToolError or CircuitOpenError."""
+        return self.resilience.call(lambda: self._get_once(path, params))
 
     def _get_once(self, path: str, params: dict[str, Any]) -> Any:
         where = f"prometheus {self.base_url}{path}"
