@@ -10,6 +10,7 @@ scored on the same measured evidence, so a model cannot talk its way into confid
 from __future__ import annotations
 
 import logging
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +70,12 @@ class ServiceEvidence:
     status: ServiceStatus | None = None
     evidence: list[Evidence] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
+    error_lines: int = 0
+    """Error log lines in the incident's span."""
+    error_templates: list[tuple[str, int]] = field(default_factory=list)
+    """The most frequent error-line templates with their counts."""
+    errors_rose: bool = False
+    """Its own error lines rose well above the baseline's."""
 
     @property
     def score(self) -> float:
@@ -118,9 +125,10 @@ class Analyst:
         now = tb.clock.now()
         windows = Windows.ending_at(now, oc.window_s, oc.baseline_s, baseline_end=observation.baseline_end)
         signals, _ = measure(tb, windows, oc.z_threshold)
-        if not signals:
-            # The trouble may have paused; what the observer saw is still evidence.
-            signals = list(observation.signals)
+        # What the observer confirmed is evidence too: the trouble may have paused, or (seen early by the
+        # streaming detectors) not yet have moved a whole window's median.
+        measured = {(s.service, s.name) for s in signals}
+        signals += [s for s in observation.signals if (s.service, s.name) not in measured]
         table = {s: ServiceEvidence(s) for s in tb.services}
         for sig in signals:
             if sig.service in table:
@@ -195,7 +203,9 @@ class Analyst:
         span = Windows(windows.baseline_start, windows.baseline_end, max(windows.baseline_end, windows.recent_end - 60), windows.recent_end)
         logs = log_evidence(self.toolbox.telemetry, services, span)
         for service, le in logs.items():
+            table[service].error_lines, table[service].error_templates = le.errors, le.templates
             if le.errors >= 3 and le.errors > 3 * le.baseline_errors:
+                table[service].errors_rose = True
                 top = le.templates[0][0] if le.templates else ""
                 table[service].evidence.append(
                     Evidence(kind="log", service=service, summary=f"{le.errors} error lines (baseline {le.baseline_errors}); top: {top}", weight=W_LOGS)
@@ -216,7 +226,7 @@ class Analyst:
         for service, count in origins.items():
             if service in table and failing >= 3:
                 table[service].evidence.append(
-                    Evidence(kind="trace", service=service, summary=f"deepest error span in {count} of {failing} failing traces", weight=round(W_TRACE_ORIGIN * count / failing, 3))
+                    Evidence(kind="trace", service=service, summary=f"origin of {count} of {failing} failing traces (deepest error, or the slow call a caller gave up on)", weight=round(W_TRACE_ORIGIN * count / failing, 3))
                 )
 
         deviating = {s for s, ev in table.items() if ev.score > 0}
@@ -392,13 +402,16 @@ def classify(ev: ServiceEvidence, table: dict[str, ServiceEvidence], toolbox: To
         return "memory_leak"
     if ev.down:
         return "crash"
+    if _disk_full(ev):
+        return "disk_full"
     # Errors seen from any family: its own metrics, or callers' traces and logs pointing at it.
     erroring = ev.has("error_ratio") or any(e.kind in ("trace", "log") and e.weight > 0 for e in ev.evidence)
     if recent_change is not None and (erroring or ev.has("latency_p95_ms")):
         return "config_change" if change_kind == "config" else "bad_deploy"
     if ev.has("cpu_percent"):
         return "cpu_saturation"
-    if ev.has("error_ratio"):
+    if ev.has("error_ratio") or (ev.errors_rose and not ev.has("latency_p95_ms")):
+        # Failing requests, seen in its error ratio or (before a window's median moves) in its own error lines.
         return "error_spike"
     if ev.has("latency_p95_ms"):
         return "latency"
@@ -411,6 +424,21 @@ def classify(ev: ServiceEvidence, table: dict[str, ServiceEvidence], toolbox: To
         return "dependency_down"
     remembered = next((s.fault_type for s in similar if s.service == ev.service), None)
     return remembered if remembered in _FAULTS else "unknown"  # type: ignore[return-value]
+
+
+DISK_FULL = re.compile(r"no space left on device|ENOSPC|errno 28\b|disk quota exceeded|EDQUOT", re.IGNORECASE)
+
+
+def _disk_full(ev: ServiceEvidence) -> bool:
+    """Most of the service's error lines are the kernel's "no space left on device" (or quota exceeded).
+
+    Log text is untrusted, so this may only ever withhold an action: disk_full has no automatic remedy (no
+    restart frees a disk), and the engineer escalates it to a human.
+    """
+    if ev.error_lines < 3:
+        return False
+    matching = sum(n for template, n in ev.error_templates if DISK_FULL.search(template))
+    return matching * 2 > ev.error_lines
 
 
 _FAULTS = {"crash", "memory_leak", "bad_deploy", "config_change", "latency", "error_spike", "dependency_down", "cpu_saturation", "disk_full", "conversion_drop"}

@@ -12,6 +12,7 @@ from sregraph.config import ObserverConfig
 from tools.base import SregraphError
 from tools.toolbox import Toolbox
 
+from agents.senses import MetricSense
 from agents.signals import Windows, backtrack_onset, measure
 
 
@@ -36,6 +37,8 @@ class Observer:
         self.config = config
         self.chat_model = chat_model
         self.llm_config = llm_config
+        self.sense = self.new_sense()
+        """The scan's sense: long-lived, so its detectors know each series' whole recent past."""
 
     def title(self, observation: Observation, trigger: Trigger, tokens_spent: int = 0) -> tuple[str, int]:
         """The incident's title and the tokens spent on it: worded by the model if there is one."""
@@ -55,11 +58,19 @@ class Observer:
         text = " ".join(answer.title.split())[:80] or fallback
         return f"[incident] {text}", result.tokens
 
-    def check(self, now: float | None = None) -> tuple[list[Signal], dict[str, dict[str, float]], Windows]:
-        """One measurement of every service."""
+    def new_sense(self) -> MetricSense | None:
+        """Streaming detectors for every series (None when the ensemble is switched off)."""
+        if not self.config.ensemble:
+            return None
+        return MetricSense(self.config.ensemble_warmup_points, self.config.ensemble_gate)
+
+    def check(
+        self, now: float | None = None, sense: MetricSense | None = None
+    ) -> tuple[list[Signal], dict[str, dict[str, float]], Windows]:
+        """One measurement of every service, with the scan's streaming detectors unless given others."""
         now = self.toolbox.clock.now() if now is None else now
         windows = Windows.ending_at(now, self.config.window_s, self.config.baseline_s)
-        signals, snapshot = measure(self.toolbox, windows, self.config.z_threshold)
+        signals, snapshot = measure(self.toolbox, windows, self.config.z_threshold, sense or self.sense)
         return signals, snapshot, windows
 
     def observe(self, trigger: Trigger, timeout_s: float | None = None) -> Observation:
@@ -69,8 +80,11 @@ class Observer:
         deadline = clock.now() + timeout
         streak: dict[str, int] = {}
         first_seen: dict[str, float] = {}
+        # Each incident's watch has its own detectors, warmed on the first baseline window it reads: what it
+        # decides depends only on the telemetry it queried, so a recorded incident replays the same.
+        sense = self.new_sense()
         while True:
-            signals, snapshot, windows = self.check()
+            signals, snapshot, windows = self.check(sense=sense)
             keys = {f"{s.service}:{s.name}" for s in signals}
             streak = {k: streak.get(k, 0) + 1 for k in keys}
             first_seen = {k: first_seen.get(k, windows.recent_end) for k in keys}
@@ -95,6 +109,7 @@ class Observer:
                     observed_at=windows.recent_end,
                     window_s=self.config.window_s,
                     baseline_end=start,
+                    detected_by=sorted({s.sense for s in confirmed if s.sense}),
                 )
             if clock.now() >= deadline:
                 return Observation(
@@ -110,8 +125,8 @@ class Observer:
 
 def incident_title(observation: Observation, trigger: Trigger) -> str:
     """A short human title for the incident issue."""
-    if observation.signals:
-        top = max(observation.signals, key=lambda s: s.score)
+    top = observation.top_signal(trigger.service)
+    if top is not None:
         return f"[incident] {top.service}: {top.detail}"
     return f"[incident] {trigger.summary or 'reported problem'}"
 
@@ -123,11 +138,15 @@ def incident_body(observation: Observation, trigger: Trigger) -> str:
         f"**Observed at:** {observation.observed_at:.0f} (epoch s), window {observation.window_s:.0f}s",
         "",
         "### Deviations",
-        "| service | signal | value | baseline | score |",
-        "|---|---|---|---|---|",
+        "| service | signal | value | baseline | score | seen by |",
+        "|---|---|---|---|---|---|",
     ]
     for s in observation.signals[:10]:
-        lines.append(f"| {s.service} | {s.name} | {s.value:g} | {s.baseline:g} | {s.score:.1f} |")
+        lines.append(f"| {s.service} | {s.name} | {s.value:g} | {s.baseline:g} | {s.score:.1f} | {s.sense or '–'} |")
+    explained = [s for s in observation.signals[:10] if s.why]
+    if explained:
+        lines += ["", "Streaming detectors:"]
+        lines += [f"- {s.service} {s.name}: {s.why}" for s in explained]
     metrics = sorted({m for snap in observation.snapshot.values() for m in snap})
     lines += ["", "### Telemetry snapshot", "| service | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
     for service, snap in sorted(observation.snapshot.items()):

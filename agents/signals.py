@@ -13,10 +13,14 @@ import re
 import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from graphs.state import Signal
 from tools.base import LogRecord, Span, Telemetry
 from tools.toolbox import Toolbox
+
+if TYPE_CHECKING:
+    from agents.senses import MetricSense
 
 
 @dataclass(frozen=True)
@@ -131,9 +135,13 @@ def backtrack_onset(telemetry: Telemetry, signal: Signal, start: float, end: flo
 
 
 def measure_service(
-    telemetry: Telemetry, service: str, windows: Windows, z_threshold: float
+    telemetry: Telemetry, service: str, windows: Windows, z_threshold: float, sense: MetricSense | None = None
 ) -> tuple[list[Signal], dict[str, float]]:
-    """Deviating metric signals of one service and a snapshot of its latest values."""
+    """Deviating metric signals of one service and a snapshot of its latest values.
+
+    With a `sense` (the observer's), every series is also fed to its streaming detectors; a series they flag
+    that the window rule does not yet see becomes a signal too.
+    """
     signals: list[Signal] = []
     snapshot: dict[str, float] = {}
     labels = {"service": service}
@@ -146,6 +154,10 @@ def measure_service(
         if result is None:
             continue
         score, value, center, onset = result
+        alert, level = None, 0.0
+        if sense is not None:
+            level = statistics.median(v for _, v in base)
+            alert = sense.feed(service, name, base + recent, level, windows.recent_start)
         if score >= z_threshold:
             signals.append(
                 Signal(
@@ -157,6 +169,22 @@ def measure_service(
                     onset=onset,
                     detail=f"{name} {'rose' if RULES[name].direction > 0 else 'fell'} to {value:.3g} "
                     f"from {center:.3g} ({score:.1f} robust sd)",
+                    sense="window_z",
+                )
+            )
+        elif alert is not None:
+            signals.append(
+                Signal(
+                    service=service,
+                    name=name,
+                    value=round(alert.value, 3),
+                    baseline=round(level, 3),
+                    score=round(max(score, 0.0), 2),
+                    onset=alert.raised_at,
+                    detail=f"{name} {'rose' if RULES[name].direction > 0 else 'fell'} to {alert.value:.3g} "
+                    f"from {level:.3g} ({alert.detector} {alert.score:.2f})",
+                    sense=f"ensemble:{alert.detector}",
+                    why=alert.explanation[:300],
                 )
             )
     baseline_rate = _points(telemetry, "request_rate", labels, windows.baseline_start, windows.baseline_end)
@@ -175,6 +203,7 @@ def measure_service(
                 score=STALE_SCORE,
                 onset=last[-1][0] if last else windows.recent_start,
                 detail="telemetry stopped arriving",
+                sense="stale",
             )
         )
     return signals, snapshot
@@ -187,12 +216,14 @@ def _points(telemetry: Telemetry, name: str, labels: dict[str, str], start: floa
     return points
 
 
-def measure(toolbox: Toolbox, windows: Windows, z_threshold: float) -> tuple[list[Signal], dict[str, dict[str, float]]]:
+def measure(
+    toolbox: Toolbox, windows: Windows, z_threshold: float, sense: MetricSense | None = None
+) -> tuple[list[Signal], dict[str, dict[str, float]]]:
     """Signals across every service (metrics, staleness, health probes) and a per-service snapshot."""
     signals: list[Signal] = []
     snapshot: dict[str, dict[str, float]] = {}
     for service in toolbox.services:
-        found, snap = measure_service(toolbox.telemetry, service, windows, z_threshold)
+        found, snap = measure_service(toolbox.telemetry, service, windows, z_threshold, sense)
         health = toolbox.health.check(service)
         snap["health_ok"] = 1.0 if health.ok else 0.0
         if not health.ok:
@@ -205,6 +236,7 @@ def measure(toolbox: Toolbox, windows: Windows, z_threshold: float) -> tuple[lis
                     score=HEALTH_SCORE,
                     onset=windows.recent_end,
                     detail=f"health check failed: {health.detail}",
+                    sense="health",
                 )
             )
         signals.extend(found)
@@ -284,7 +316,28 @@ def trace_origins(telemetry: Telemetry, windows: Windows) -> tuple[Counter[str],
                 errors[span.service] += 1
                 if parent is not None and parent.status == "error":
                     erroring_parents.add(parent.span_id)
+        children: dict[str, list[Span]] = defaultdict(list)
+        for span in trace:
+            if span.parent_id:
+                children[span.parent_id].append(span)
         for span in trace:
             if span.status == "error" and span.span_id not in erroring_parents:
-                origins[span.service] += 1
+                origins[_where_time_went(span, children)] += 1
     return origins, errors, edges
+
+
+SLOW_SHARE = 0.8
+"""A call that failed while its callee took this share of its time or more failed because the callee was slow."""
+
+
+def _where_time_went(span: Span, children: dict[str, list[Span]]) -> str:
+    """The service an error span's failure belongs to: its own, unless it failed waiting for a slow callee.
+
+    A caller that times out marks its own span as the error while the slow callee's span ends fine (late); the
+    origin of that error is the callee, or whichever service further down the time was spent in.
+    """
+    while True:
+        slow = [c for c in children.get(span.span_id, []) if c.duration_ms >= SLOW_SHARE * span.duration_ms > 0]
+        if not slow:
+            return span.service
+        span = max(slow, key=lambda c: c.duration_ms)

@@ -6,11 +6,16 @@ A seeded storm (many instances per problem, repeats, flapping instances) goes th
 parsed alert at a time, with `due()` looked at every simulated second, on a fake clock. Reported: per-alert
 ingest latency p50/p99/max in microseconds, the same for whole Alertmanager webhook bodies of 50 alerts
 (`ingest_body`: JSON parse + pydantic validation + ingest), throughput, and what the storm became.
+
+End to end through HTTP: the worker's receiver (`AlertReceiver(on_alerts=gate.ingest_many)`, as
+`Worker.serve_alerts` builds it) on a local port, POSTed Alertmanager webhooks on one kept-alive connection
+(as Alertmanager sends), timed from request to response: p50/p99 per POST of 50 alerts and of one alert.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import random
 import statistics
@@ -18,7 +23,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from sregraph.alerts import AlertmanagerAlert
+from sregraph.alerts import AlertmanagerAlert, AlertReceiver
 from sregraph.storm import StormGate
 
 T0 = 1_700_000_000.0
@@ -88,15 +93,42 @@ def run(alerts: int = 100_000, problems: int = 8, seconds: float = 60.0, seed: i
         t0 = time.perf_counter_ns()
         body_gate.ingest_body(body)
         per_body.append((time.perf_counter_ns() - t0) / 1000)
+    http_50 = _http(bodies)
+    singles = [
+        json.dumps({"version": "4", "status": "firing", "alerts": [_raw(rng, problems, T0 + i / 100)]}).encode()
+        for i in range(min(alerts, 5_000))
+    ]
+    http_1 = _http(singles)
     return {
         "alerts": alerts,
         "problems": problems,
+        "http_post_50_alerts_ms": http_50,
+        "http_post_1_alert_ms": http_1,
         "ingest_us": {"p50": round(_pct(per_alert, 0.5), 2), "p99": round(_pct(per_alert, 0.99), 2), "max": round(max(per_alert), 1), "mean": round(statistics.fmean(per_alert), 2)},
         "alerts_per_s": round(alerts / elapsed),
         "webhook_body_50_alerts_us": {"p50": round(_pct(per_body, 0.5), 1), "p99": round(_pct(per_body, 0.99), 1)},
         "notifications": notices,
         "stats": {k: v for k, v in vars(gate.stats).items() if k != "notifications"},
     }
+
+
+def _http(bodies: list[bytes]) -> dict[str, float]:
+    """POST each body to a receiver feeding a fresh gate; latency per request in milliseconds."""
+    gate = StormGate(_Clock(), group_wait_s=10)
+    samples: list[float] = []
+    with AlertReceiver(on_alerts=gate.ingest_many, port=0) as receiver:
+        conn = http.client.HTTPConnection(receiver.host, receiver.port, timeout=10)
+        headers = {"Content-Type": "application/json"}
+        for body in bodies:
+            t0 = time.perf_counter_ns()
+            conn.request("POST", receiver.path, body, headers)
+            response = conn.getresponse()
+            response.read()
+            samples.append((time.perf_counter_ns() - t0) / 1e6)
+            if response.status != 200:
+                raise RuntimeError(f"receiver answered {response.status}")
+        conn.close()
+    return {"p50": round(_pct(samples, 0.5), 3), "p99": round(_pct(samples, 0.99), 3), "posts": len(samples)}
 
 
 def main() -> None:
@@ -115,6 +147,9 @@ def main() -> None:
           f" ({result['notifications']['update']} updates, {result['notifications']['resolved']} resolved)")
     print(f"ingest per alert: p50 {i['p50']} us  p99 {i['p99']} us  max {i['max']} us  ({result['alerts_per_s']} alerts/s)")
     print(f"webhook body of 50 alerts (parse + validate + ingest): p50 {b['p50']} us  p99 {b['p99']} us")
+    for label, key in (("50 alerts", "http_post_50_alerts_ms"), ("1 alert", "http_post_1_alert_ms")):
+        h = result[key]
+        print(f"HTTP POST of {label} through the receiver: p50 {h['p50']} ms  p99 {h['p99']} ms  ({h['posts']} posts)")
     print(f"outcomes: {result['stats']}")
 
 

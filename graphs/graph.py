@@ -21,6 +21,7 @@ from agents.librarian import Librarian
 from agents.observer import Observer, incident_body
 from graphs.state import ApprovalDecision, IncidentState, RunInput, TimelineEntry
 from sregraph.config import Settings
+from tools.notifier import notification_key
 from tools.toolbox import Toolbox
 
 from graphs import report
@@ -57,6 +58,12 @@ def _comment(crew: Crew, state: IncidentState, phase: str, body: str) -> None:
         crew.toolbox.incidents.comment(issue, body, key=f"{state['incident_id']}/{phase}")
 
 
+def _notify(crew: Crew, state: IncidentState, key: str, event: str, text: str) -> None:
+    # The key makes a re-run of the step after a crash not notify twice (tools/notifier.IdempotentNotifier).
+    with notification_key(f"{state['incident_id']}/notify/{key}"):
+        crew.toolbox.notifier.notify(state["incident_id"], event, text)
+
+
 # ----------------------------------------------------------------------------- nodes
 
 
@@ -81,7 +88,7 @@ def open_incident(state: IncidentState, runtime: Runtime[Crew]) -> dict:
         issue = crew.toolbox.incidents.get(trigger.issue_id)
         created = False
     else:
-        top = max(observation.signals, key=lambda s: s.score) if observation.signals else None
+        top = observation.top_signal(trigger.service)
         labels = ["incident", "status:open", f"severity:{report.severity(observation)}"]
         if top:
             labels.append(f"service:{top.service}")
@@ -90,11 +97,11 @@ def open_incident(state: IncidentState, runtime: Runtime[Crew]) -> dict:
             title,
             incident_body(observation, trigger) + f"\n\n_sregraph incident `{state['incident_id']}`_",
             labels,
-            observation.fingerprint,
+            observation.fingerprint_for(trigger.service),
         )
     if not created:
         crew.toolbox.incidents.comment(issue.id, f"Incident `{state['incident_id']}` attached to this issue.\n\n" + incident_body(observation, trigger), key=f"{state['incident_id']}/attach")
-    crew.toolbox.notifier.notify(state["incident_id"], "opened", f"{issue.title} ({issue.url})")
+    _notify(crew, state, "opened", "opened", f"{issue.title} ({issue.url})")
     return {"issue_id": issue.id, "tokens": state.get("tokens", 0) + tokens, "timeline": _at(crew, f"incident opened as issue #{issue.id}")}
 
 
@@ -158,7 +165,7 @@ def act(state: IncidentState, runtime: Runtime[Crew]) -> dict:
     results = crew.engineer.act(state["incident_id"], action_plan, attempt, issue_ref=f"#{state.get('issue_id')}")
     for result in results:
         _comment(crew, state, f"action-{result.key}", report.action_comment(result))
-        crew.toolbox.notifier.notify(state["incident_id"], "action", f"{result.action.kind} {result.action.service}: {result.status}")
+        _notify(crew, state, f"action-{result.key}", "action", f"{result.action.kind} {result.action.service}: {result.status}")
     events = [TimelineEntry(at=r.finished_at, event=f"action {r.action.kind} {r.action.service}: {r.status} — {r.detail}") for r in results]
     return {"actions": results, "attempts": attempt, "status": "remediating", "timeline": events}
 
@@ -182,7 +189,7 @@ def escalate(state: IncidentState, runtime: Runtime[Crew]) -> dict:
     reason = report.escalation_reason(state, crew.engineer)
     _status(crew, state, "escalated")
     _comment(crew, state, "escalation", f"### Escalated to a human\n{reason}")
-    crew.toolbox.notifier.notify(state["incident_id"], "escalated", reason)
+    _notify(crew, state, "escalated", "escalated", reason)
     return {"escalation": reason, "status": "escalated", "timeline": _at(crew, f"escalated: {reason}")}
 
 
@@ -196,7 +203,7 @@ def document(state: IncidentState, runtime: Runtime[Crew]) -> dict:
     if issue is not None and postmortem.outcome == "recovered":
         _status(crew, state, "resolved")
         crew.toolbox.incidents.close(issue)
-    crew.toolbox.notifier.notify(state["incident_id"], "documented", postmortem.title)
+    _notify(crew, state, "documented", "documented", postmortem.title)
     final = "resolved" if postmortem.outcome == "recovered" else "escalated"
     return {"postmortem": postmortem, "status": final, "tokens": state.get("tokens", 0) + postmortem.tokens, "timeline": _at(crew, "post-mortem written and stored")}
 

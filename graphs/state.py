@@ -68,6 +68,10 @@ class Signal(BaseModel):
     onset: float | None = None
     """When the deviation started, if it could be located."""
     detail: str = ""
+    sense: str = ""
+    """What saw it: window_z (window medians), ensemble:<detector> (streaming detectors), health, stale."""
+    why: str = ""
+    """A streaming detector's explanation of its score, with its numbers."""
 
 
 class Observation(BaseModel):
@@ -81,14 +85,28 @@ class Observation(BaseModel):
     window_s: float = 0.0
     baseline_end: float = 0.0
     """Baseline windows end here: before the trouble began, so later measurements compare with normal."""
+    detected_by: list[str] = Field(default_factory=list)
+    """The senses whose signals confirmed the incident (window_z, ensemble:<detector>, health, stale)."""
+
+    def top_signal(self, service: str | None = None) -> Signal | None:
+        """The strongest deviation of `service` if it has any, else the strongest of all (None when healthy).
+
+        An incident started for one service (an alert, a scan's pick) is about that service even when another
+        one, with a problem of its own, deviates more at the same moment.
+        """
+        own = [s for s in self.signals if s.service == service] if service else []
+        pool = own or self.signals
+        return max(pool, key=lambda s: s.score) if pool else None
+
+    def fingerprint_for(self, service: str | None = None) -> str:
+        """Service + signal of `top_signal(service)`: the key for deduplicating incidents."""
+        top = self.top_signal(service)
+        return f"{top.service}:{top.name}" if top else "healthy"
 
     @property
     def fingerprint(self) -> str:
-        """Service + signal of the strongest deviation: the key for deduplicating incidents."""
-        if not self.signals:
-            return "healthy"
-        top = max(self.signals, key=lambda s: s.score)
-        return f"{top.service}:{top.name}"
+        """The fingerprint of the strongest deviation of all."""
+        return self.fingerprint_for(None)
 
 
 class Evidence(BaseModel):

@@ -18,9 +18,13 @@ resends every `repeat_interval`, and each change of its group) are counted as du
 unless `dedup_window_s` has passed since its trigger. A group whose alerts are all resolved is forgotten and
 noted as a `ResolvedAlert`.
 
-Events go through a bounded queue. With a `callback`, one dispatcher thread hands each Trigger to it (the
-worker plugs `engine.start` in); without one, the owner pulls with `next_event`. A full queue answers 503
-without enqueueing anything from the payload, so Alertmanager's retry delivers it whole later.
+Events go through a bounded queue. With a `callback`, one dispatcher thread hands each Trigger to it;
+without one, the owner pulls with `next_event`. A full queue answers 503 without enqueueing anything from the
+payload, so Alertmanager's retry delivers it whole later.
+
+With `on_alerts` instead, each valid payload's alerts go straight to it and nothing above (grouping, dedup,
+queue) applies: the worker plugs in a `sregraph.storm.StormGate` (`ingest_many`), which groups, deduplicates
+and suppresses flapping itself, and forwards to `Worker.submit` from the worker's loop.
 """
 
 from __future__ import annotations
@@ -297,6 +301,7 @@ class AlertReceiver:
         callback: Callable[[Trigger], Any] | None = None,
         *,
         on_resolved: Callable[[ResolvedAlert], Any] | None = None,
+        on_alerts: Callable[[list[AlertmanagerAlert]], dict[str, int]] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         path: str = "/alerts",
@@ -310,8 +315,11 @@ class AlertReceiver:
         """Listen on host:port (0: a free port) once started; `token` requires `Authorization: Bearer`."""
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, got {queue_size}")
+        if on_alerts is not None and (callback is not None or on_resolved is not None):
+            raise ConfigError("AlertReceiver: on_alerts takes every alert; it excludes callback and on_resolved")
         self.callback = callback
         self.on_resolved = on_resolved
+        self.on_alerts = on_alerts
         self.host, self.port, self.path = host, port, path
         self.token = token
         self.max_body_bytes = max_body_bytes
@@ -402,6 +410,18 @@ class AlertReceiver:
             log.warning(
                 "Alertmanager truncated %d alerts of group %s", webhook.truncated_alerts, webhook.group_key
             )
+        if self.on_alerts is not None:
+            try:
+                outcomes = self.on_alerts(webhook.alerts)
+            except Exception:
+                # A 5xx: Alertmanager sends the payload again later.
+                log.exception("alert intake failed")
+                with self._lock:
+                    self.stats.callback_errors += 1
+                return 500, {"error": "alert intake failed; retry later"}
+            with self._lock:
+                self.stats.payloads += 1
+            return 200, outcomes
         return self.accept(webhook)
 
     def next_event(self, timeout: float | None = None) -> AlertEvent | None:

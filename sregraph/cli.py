@@ -213,14 +213,15 @@ def demo(
         out.print_json(json.dumps(rows))
     else:
         table = Table(title="sregraph demo: one incident per fault")
-        for column in ("fault", "service", "detected", "root cause", "fault type", "action", "recovered", "TTD s", "TTR s", "memory"):
+        for column in ("fault", "service", "detected", "root cause", "fault type", "action", "recovered", "TTD s", "seen by", "TTR s", "memory"):
             table.add_column(column)
         for r in rows:
             table.add_row(
                 r["fault"], r["service"], _tick(r["detected"]),
                 f"{r['root_cause_service'] or '–'} {_tick(r['root_cause_correct'])}", r["fault_type"] or "–",
                 r["action"] or "–", _tick(r["recovered"]),
-                f"{r['mttd_s']:.1f}" if r["mttd_s"] is not None else "–", f"{r['mttr_s']:.1f}" if r["mttr_s"] is not None else "–",
+                f"{r['mttd_s']:.1f}" if r["mttd_s"] is not None else "–", r["detected_by"].replace("ensemble:", "") or "–",
+                f"{r['mttr_s']:.1f}" if r["mttr_s"] is not None else "–",
                 r["memory_hit"] or "–",
             )
         out.print(table)
@@ -229,7 +230,7 @@ def demo(
 
 @app.command()
 def chaos(
-    fault: str = typer.Argument(..., help="crash, latency, error-rate, memory-leak, bad-deploy, dependency-down, cpu-saturation, conversion-drop"),
+    fault: str = typer.Argument(..., help="crash, latency, error-rate, memory-leak, bad-deploy, dependency-down, cpu-saturation, conversion-drop, disk-full"),
     service: str = typer.Argument(..., help="frontend, checkout or payments"),
     config: Optional[Path] = ConfigOpt,
     data_dir: Optional[Path] = DataOpt,
@@ -260,10 +261,14 @@ def worker(
     once: bool = typer.Option(False, help="Resume unfinished incidents, scan once, and exit."),
     interval: float = typer.Option(2.0, help="Seconds between scans."),
     http_port: Optional[int] = typer.Option(None, help="Serve /metrics and /healthz on 127.0.0.1:PORT."),
+    alerts_port: Optional[int] = typer.Option(
+        None, help="Take Alertmanager webhooks on POST /alerts at this port (0: any free port); enables alerts."
+    ),
     config: Optional[Path] = ConfigOpt,
     data_dir: Optional[Path] = DataOpt,
 ) -> None:
-    """Long-lived loop: resume unfinished incidents, watch telemetry, open and handle new incidents."""
+    """Long-lived loop: resume unfinished incidents, watch telemetry and alerts, open and handle new incidents."""
+    from sregraph.config import alerts_token
     from sregraph.observability import HealthState, configure_logging, serve
     from sregraph.worker import Worker
 
@@ -275,7 +280,14 @@ def worker(
         if http_port is not None:
             server = serve(engine.metrics, health, port=http_port)
             console.print(f"metrics and health on http://127.0.0.1:{server.server_address[1]}/metrics, /healthz")
-        Worker(engine, health).run(once=once, interval=interval)
+        the_worker = Worker(engine, health)
+        alerts = settings.alerts
+        if alerts_port is not None:
+            alerts = alerts.model_copy(update={"enabled": True, "port": alerts_port})
+        if alerts.enabled:
+            receiver = the_worker.serve_alerts(alerts, token=alerts_token())
+            console.print(f"Alertmanager webhook on {receiver.url}" + (" (bearer token required)" if receiver.token else ""))
+        the_worker.run(once=once, interval=interval)
 
 
 @app.command()

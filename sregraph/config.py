@@ -37,6 +37,13 @@ class ObserverConfig(BaseModel):
     poll_s: float = 0.5
     detect_timeout_s: float = 20.0
     """How long one observe step watches before calling the system healthy."""
+    ensemble: bool = True
+    """Also run the streaming detector ensemble on every series (agents/senses.py), not only the window rule."""
+    ensemble_warmup_points: int = Field(default=40, ge=5)
+    """Points of a series the ensemble learns from before it may alert."""
+    ensemble_gate: float = Field(default=2.0, gt=0)
+    """An ensemble alert needs the value worse than baseline by this many times the metric's smallest change
+    that matters (agents/signals.py RULES)."""
 
 
 class AnalystConfig(BaseModel):
@@ -65,6 +72,19 @@ class EngineerConfig(BaseModel):
     verify_poll_s: float = 0.5
 
 
+class TelemetryConfig(BaseModel):
+    """Where the agents read metrics from (logs and traces always come from the local store)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["local", "prometheus"] = "local"
+    """local: the SQLite store the services write; prometheus: a Prometheus server's HTTP API."""
+    prometheus_url: str = "http://127.0.0.1:9090"
+    timeout_s: float = Field(default=5.0, gt=0)
+    rate_window: str = "30s"
+    """Range of PromQL rate() (at least four scrape intervals)."""
+
+
 class WorkerConfig(BaseModel):
     """The long-lived worker."""
 
@@ -72,6 +92,35 @@ class WorkerConfig(BaseModel):
 
     max_concurrent: int = Field(default=4, ge=1, le=256)
     """Incident threads run at once; more wait their turn (one run per incident at any time)."""
+
+
+ALERTS_TOKEN_ENV = "SREGRAPH_ALERTS_TOKEN"
+"""The receiver's bearer token: read from this environment variable only, never from a settings file."""
+
+
+class AlertsConfig(BaseModel):
+    """The worker's Alertmanager webhook receiver and the storm gate behind it (sregraph/alerts.py, storm.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=9094, ge=0, le=65535)
+    """0: any free port."""
+    path: str = "/alerts"
+    group_wait_s: float = Field(default=30.0, ge=0)
+    """A new alert group waits this long to collect its first batch before it starts an incident."""
+    group_interval_s: float = Field(default=300.0, ge=0)
+    """More alerts for a group already notified join its incident at most this often."""
+    flap_window_s: float = Field(default=600.0, ge=0)
+    max_flaps: int = Field(default=4, ge=2)
+    """State changes within `flap_window_s` after which an alert counts as flapping (firing)."""
+
+
+def alerts_token(environ: dict[str, str] | None = None) -> str | None:
+    """The receiver's bearer token from $SREGRAPH_ALERTS_TOKEN (None when unset or empty)."""
+    environ = dict(os.environ) if environ is None else environ
+    return environ.get(ALERTS_TOKEN_ENV) or None
 
 
 class GitHubSettings(BaseModel):
@@ -110,6 +159,8 @@ class Settings(BaseModel):
     analyst: AnalystConfig = Field(default_factory=AnalystConfig)
     engineer: EngineerConfig = Field(default_factory=EngineerConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
 
     @property
     def checkpoint_db(self) -> Path:
@@ -121,7 +172,7 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     """Nested dict from SREGRAPH_A__B=value variables."""
     out: dict[str, Any] = {}
     for key, value in environ.items():
-        if not key.startswith(ENV_PREFIX) or key in ("SREGRAPH_CONFIG", "SREGRAPH_HOME"):
+        if not key.startswith(ENV_PREFIX) or key in ("SREGRAPH_CONFIG", "SREGRAPH_HOME", ALERTS_TOKEN_ENV):
             continue
         path = key[len(ENV_PREFIX):].lower().split("__")
         node = out

@@ -36,6 +36,8 @@ DEFAULT_SEQUENCE: list[tuple[str, str, dict[str, Any]]] = [
 FAULT_TIMEOUT_S = 60.0
 SETTLE_S = 5.0
 """Healthy traffic between two faults, so each incident has a clean recent baseline."""
+MATCH_GRACE_S = 10.0
+"""How long the scorecard waits for the faulted service's own incident once a connected one has finished."""
 
 
 @dataclass
@@ -55,6 +57,8 @@ class FaultResult:
     mttr_s: float | None
     memory_hit: str | None
     status: str
+    detected_by: str = ""
+    """The senses that confirmed the incident (window_z, ensemble:<detector>, health, stale)."""
 
 
 CHAOS_NAMES = {
@@ -66,6 +70,7 @@ CHAOS_NAMES = {
     "dependency-down": "dependency_down",
     "cpu-saturation": "cpu",
     "conversion-drop": "conversion_drop",
+    "disk-full": "disk_full",
 }
 """The `sregraph chaos` names of the local app's faults."""
 
@@ -126,19 +131,46 @@ def _outcome(engine: Engine, incident_id: str, fault: str, service: str, injecte
         mttr_s=round(verification.at - injected_at, 2) if recovered and verification else None,
         memory_hit=diagnosis.similar[0].incident_id if diagnosis and diagnosis.similar else None,
         status=str(state.get("status")),
+        detected_by=",".join(observation.detected_by) if detected and observation else "",
     )
 
 
-def _wait_for_incident(engine: Engine, known: set[str], deadline: float) -> str | None:
-    """The id of a new incident that reached a final state, or None at the deadline."""
+def _wait_for_incident(engine: Engine, known: set[str], service: str, deadline: float) -> str | None:
+    """The id of a new incident that reached a final state (or waits for approval), or None at the deadline.
+
+    A fault can open more than one incident (a caller's symptoms may be seen before the faulty service's,
+    or a late incident of the previous fault may finish now). The scorecard takes the one opened on the
+    faulted service; failing that, after `MATCH_GRACE_S`, one opened on a connected service; failing that, at
+    the deadline, any. The worker never sees this matching: it is the scorecard's.
+    """
+    near = {service} | engine.toolbox.downstream_of(service) | set(engine.toolbox.callers_of(service))
+    first_seen: dict[str, float] = {}
     while time.time() < deadline:
-        for run in engine.registry.list():
-            if run["incident_id"] not in known and run["status"] in FINAL - {"healthy"}:
-                return str(run["incident_id"])
-            if run["incident_id"] not in known and run["status"] == "awaiting_approval":
-                return str(run["incident_id"])
+        for run in reversed(engine.registry.list()):  # oldest first
+            incident_id = str(run["incident_id"])
+            if incident_id in known or run["status"] not in (FINAL - {"healthy"}) | {"awaiting_approval"}:
+                continue
+            opened_on = run["trigger"].get("service")
+            if opened_on in (service, None, ""):
+                return incident_id
+            first_seen.setdefault(incident_id, time.time())
+            if opened_on in near and time.time() - first_seen[incident_id] >= MATCH_GRACE_S:
+                return incident_id
         time.sleep(0.2)
-    return None
+    return next(iter(first_seen), None)
+
+
+def _stand_in_for_the_human(engine: Engine, app: Any, incident_id: str, service: str, say: Callable[[str], None]) -> None:
+    """What the on-call human does with an incident the agents handed over: fix the fault, close the issue.
+
+    An escalated incident keeps its services claimed while its issue is open (the worker must not fight the
+    human); the demo plays the human so the next fault is watched again.
+    """
+    say(f"  {incident_id} was handed to a human: the demo clears the fault and closes its issue")
+    app.inject("clear", service)
+    issue_id = engine.state(incident_id).get("issue_id")
+    if issue_id is not None:
+        engine.toolbox.incidents.close(issue_id)
 
 
 def run_demo(
@@ -180,12 +212,14 @@ def run_demo(
                 say(f"  could not inject {fault}: {exc}")
                 results.append(FaultResult(fault, service, None, False, None, False, None, None, False, None, None, None, "not injected"))
                 continue
-            incident = _wait_for_incident(engine, known, time.time() + FAULT_TIMEOUT_S)
+            incident = _wait_for_incident(engine, known, service, time.time() + FAULT_TIMEOUT_S)
             if incident is None:
                 results.append(FaultResult(fault, service, None, False, None, False, None, None, False, None, None, None, "not detected"))
                 app.inject("clear", service)
             else:
                 results.append(_outcome(engine, incident, fault, service, injected_at))
+                if results[-1].status == "escalated":
+                    _stand_in_for_the_human(engine, app, incident, service, say)
             time.sleep(SETTLE_S)
     finally:
         if worker is not None:

@@ -28,6 +28,7 @@ from graphs.state import ApprovalDecision, Trigger
 from sregraph.config import Settings
 from sregraph.observability import Metrics, incident_var
 from tools.base import ConfigError, NotFound
+from tools.breaker import BreakerHealthChecker
 from tools.toolbox import Toolbox
 
 log = logging.getLogger("sregraph.engine")
@@ -51,9 +52,10 @@ def local_toolbox(settings: Settings, app: Any) -> Toolbox:
     from memory.store import PostMortemStore
     from tools.incidents import LocalIncidentSurface
     from tools.ledger import ActionLedger
-    from tools.notifier import ConsoleNotifier, JsonlNotifier, MultiNotifier
+    from tools.notifier import ConsoleNotifier, IdempotentNotifier, JsonlNotifier, MultiNotifier
 
     data = settings.data_dir
+    ledger = ActionLedger(data / "ledger.db")
     incidents: Any = LocalIncidentSurface(data / "incidents.db")
     gitops: Any = app.gitops
     gh = settings.github
@@ -68,17 +70,34 @@ def local_toolbox(settings: Settings, app: Any) -> Toolbox:
 
         gitops = GitHubGitOps(gh.gitops_repo, base_url=gh.base_url, deploy_branch=gh.deploy_branch, timeout=gh.timeout_s, incident_repo=gh.repo or None)
     return Toolbox(
-        telemetry=app.telemetry,
+        telemetry=telemetry_for(settings, app.telemetry),
         runtime=app.runtime,
         incidents=incidents,
         gitops=gitops,
-        notifier=MultiNotifier(ConsoleNotifier(), JsonlNotifier(data / "notifications.jsonl")),
-        health=app.health,
+        # Each notification once, even when a step runs again after a crash.
+        notifier=IdempotentNotifier(MultiNotifier(ConsoleNotifier(), JsonlNotifier(data / "notifications.jsonl")), ledger),
+        # A dead endpoint stops costing a probe timeout per poll; the engineer closes the circuit after acting.
+        health=BreakerHealthChecker(app.health),
         deployer=app,
-        ledger=ActionLedger(data / "ledger.db"),
+        ledger=ledger,
         topology=app.topology,
         memory=PostMortemStore(data / "memory"),
     )
+
+
+def telemetry_for(settings: Settings, local: Any) -> Any:
+    """The agents' telemetry: the local store, or Prometheus for metrics with the local store for logs and spans."""
+    tc = settings.telemetry
+    if tc.backend == "local":
+        return local
+    from tools.prometheus import PrometheusTelemetry
+    from tools.telemetry import SplitTelemetry
+
+    try:
+        prometheus = PrometheusTelemetry(tc.prometheus_url, timeout_s=tc.timeout_s, rate_window=tc.rate_window)
+    except ValueError as exc:
+        raise ConfigError(f"telemetry: {exc}") from exc
+    return SplitTelemetry(prometheus, local)
 
 
 def build_crew(settings: Settings, toolbox: Toolbox, chat_model: Any = None) -> Crew:

@@ -5,8 +5,16 @@ an alert for an incident already in progress joins it (noted on its issue) inste
 threads share the engine: LangGraph's SqliteSaver serialises its one connection with a lock, and every tool
 backend opens its own connection per call.
 
-A SIGTERM lets each running graph step finish (its checkpoint is written at the step boundary) and then exits;
-a SIGKILL loses at most the steps in flight, which run again on the next start (tests/test_worker_kills.py).
+An escalated incident whose issue is still open holds its service (and the services connected to it): a scan
+opens nothing there and an alert for it joins it, until a human closes the issue or a /retry takes it over.
+
+With `serve_alerts`, Alertmanager webhooks go through a `StormGate` (grouping, dedup, flap suppression) and
+its due groups reach `submit` once per loop, so a storm for a handful of problems is a handful of incidents.
+
+A SIGTERM stops the alert receiver, lets each running graph step finish (its checkpoint is written at the step
+boundary) and then exits; a SIGKILL loses at most the steps in flight, which run again on the next start
+(tests/test_worker_kills.py). Alerts still inside the storm gate's group wait are not durable: Alertmanager
+sends them again at its next group interval.
 """
 
 from __future__ import annotations
@@ -21,15 +29,21 @@ from types import FrameType
 from typing import Any
 
 from graphs.state import ApprovalDecision, Trigger
+from sregraph.alerts import AlertReceiver
+from sregraph.config import AlertsConfig
 from sregraph.engine import FINAL, Engine
 from sregraph.observability import HealthState
-from tools.base import SregraphError
+from sregraph.storm import Notification, StormGate
+from tools.base import Clock, ConfigError, Issue, NotFound, SregraphError
 
 log = logging.getLogger("sregraph.worker")
 
 
 ISSUE_POLL_EVERY = 15
 """Loops between two listings of open incident issues (an API call on GitHub; commands are polled every loop)."""
+
+ISSUE_LIST_MAX_AGE_S = 30.0
+"""How old a listing of open issues may be when a scan asks whether an escalated incident's issue is still open."""
 
 
 class Worker:
@@ -44,6 +58,12 @@ class Worker:
         # Re-entrant: a future that is already done runs its callback at once, in the thread that holds the lock.
         self._lock = threading.RLock()
         self._runs: dict[str, Future[Any]] = {}
+        self._open_issue_cache: dict[int, Issue] | None = None
+        self._listed_at = 0.0
+        self._issue_of: dict[str, int | None] = {}
+        """Issue of each escalated incident (final: it never changes)."""
+        self.gate: StormGate | None = None
+        self.receiver: AlertReceiver | None = None
         engine.should_stop = lambda: self.stopping
 
     def _on_term(self, signum: int, frame: FrameType | None) -> None:
@@ -102,11 +122,11 @@ class Worker:
     def submit(self, trigger: Trigger) -> tuple[str, bool]:
         """Route one alert or trigger: (incident id, whether a new incident started).
 
-        An alert for a service (or alert fingerprint) with an incident in progress joins that incident instead
-        of starting another. Thread-safe: the alert receiver's dispatcher may call it.
+        An alert for a service (or alert fingerprint) with an incident in progress, or with an escalated incident
+        whose issue is still open, joins that incident instead of starting another. Thread-safe: the alert receiver's dispatcher may call it.
         """
         with self._lock:
-            existing = self.engine.incident_for_alert(trigger)
+            existing = self.engine.incident_for_alert(trigger) or self._escalation_for(trigger)
             if existing is not None:
                 self.engine.attach_alert(existing, trigger)
                 log.info("alert %s/%s joined incident %s", trigger.service, trigger.signal, existing)
@@ -178,7 +198,7 @@ class Worker:
         if not hasattr(surface, "poll_commands"):
             return []  # the local tracker has no humans opening issues behind our back
         started = []
-        for issue in surface.list_issues("open"):
+        for issue in list(self._open_issues(refresh=True).values()):
             if "incident" not in issue.labels:
                 continue
             incident_id = self.engine.incident_for_issue(issue.id)
@@ -205,22 +225,136 @@ class Worker:
         return incident_id
 
     def _claimed_services(self) -> set[str] | None:
-        """Services an incident in progress already covers: its own and every service connected to it, since a
-        fault spreads along calls (a dead dependency fails its callers). None: one covers every service."""
-        runs = [r for r in self.engine.registry.list() if r["status"] not in FINAL]
-        if any(not r["trigger"].get("service") for r in runs):
+        """Services an incident in progress, or an escalated one a human still has, already covers: its own and
+        every service connected to it, since a fault spreads along calls (a dead dependency fails its callers).
+        None: one covers every service."""
+        runs = self.engine.registry.list()
+        active = [r for r in runs if r["status"] not in FINAL]
+        if any(not r["trigger"].get("service") for r in active):
             return None
-        toolbox = self.engine.toolbox
+        services = {r["trigger"]["service"] for r in active}
+        for _, held, _ in self._held_escalations(runs):
+            services |= held
         claimed: set[str] = set()
-        for service in {r["trigger"]["service"] for r in runs}:
-            claimed |= {service} | toolbox.downstream_of(service)
-            stack = [service]
-            while stack:  # every transitive caller
-                for caller in toolbox.callers_of(stack.pop()):
-                    if caller not in claimed:
-                        claimed.add(caller)
-                        stack.append(caller)
+        for service in services:
+            claimed |= self._connected(service)
         return claimed
+
+    def _connected(self, service: str) -> set[str]:
+        """A service, every service it depends on, and every transitive caller of it."""
+        toolbox = self.engine.toolbox
+        connected = {service} | toolbox.downstream_of(service)
+        stack = [service]
+        while stack:
+            for caller in toolbox.callers_of(stack.pop()):
+                if caller not in connected:
+                    connected.add(caller)
+                    stack.append(caller)
+        return connected
+
+    # ------------------------------------------------------------------ escalations a human still has
+
+    def _escalation_for(self, trigger: Trigger) -> str | None:
+        """The escalated incident still held by a human that an alert belongs to (same service or fingerprint)."""
+        fingerprint = trigger.labels.get("fingerprint")
+        if trigger.service is None and fingerprint is None:
+            return None
+        for incident_id, services, held_fingerprint in self._held_escalations():
+            if trigger.service in services or (fingerprint is not None and fingerprint == held_fingerprint):
+                return incident_id
+        return None
+
+    def _held_escalations(self, runs: list[dict[str, Any]] | None = None) -> list[tuple[str, set[str], str | None]]:
+        """(incident id, services, alert fingerprint) of escalated incidents whose issue is still open and whose
+        thread is the newest on it (a /retry takes the issue over). Services: the trigger's, else the issue's
+        `service:` labels (a thread started from an issue names no service)."""
+        runs = self.engine.registry.list() if runs is None else runs  # newest first
+        escalated: list[tuple[dict[str, Any], int]] = []
+        seen: set[int] = set()
+        for run in runs:
+            issue_id = self._issue_of_run(run)
+            if issue_id is None or issue_id in seen:
+                continue
+            seen.add(issue_id)
+            if run["status"] == "escalated":
+                escalated.append((run, issue_id))
+        if not escalated:
+            return []  # no listing needed
+        open_issues = self._open_issues()
+        held = []
+        for run, issue_id in escalated:
+            issue = open_issues.get(issue_id)
+            if issue is None:
+                continue  # closed by a human: the service may open again
+            trigger = run["trigger"]
+            services = {trigger["service"]} if trigger.get("service") else {
+                label.split(":", 1)[1] for label in issue.labels if label.startswith("service:")
+            }
+            held.append((str(run["incident_id"]), services, (trigger.get("labels") or {}).get("fingerprint")))
+        return held
+
+    def _issue_of_run(self, run: dict[str, Any]) -> int | None:
+        """The issue a run is attached to, as far as holding goes: from its trigger, or (escalated) its state."""
+        if run["trigger"].get("issue_id") is not None:
+            return int(run["trigger"]["issue_id"])
+        if run["status"] != "escalated":
+            return None
+        incident_id = run["incident_id"]
+        if incident_id not in self._issue_of:
+            try:
+                issue_id = self.engine.state(incident_id).get("issue_id")
+            except NotFound:
+                issue_id = None
+            self._issue_of[incident_id] = None if issue_id is None else int(issue_id)
+        return self._issue_of[incident_id]
+
+    def _open_issues(self, refresh: bool = False) -> dict[int, Issue]:
+        """Open incident issues by id; one listing serves every scan for ISSUE_LIST_MAX_AGE_S."""
+        with self._lock:
+            now = self.engine.toolbox.clock.now()
+            if refresh or self._open_issue_cache is None or not 0 <= now - self._listed_at < ISSUE_LIST_MAX_AGE_S:
+                listing = self.engine.toolbox.incidents.list_issues("open")
+                self._open_issue_cache = {issue.id: issue for issue in listing}
+                self._listed_at = now
+            return self._open_issue_cache
+
+    # ------------------------------------------------------------------ alerts
+
+    def serve_alerts(self, config: AlertsConfig, token: str | None = None, clock: Clock | None = None) -> AlertReceiver:
+        """Listen for Alertmanager webhooks now; `run` hands the storm gate's due groups to `submit` every loop."""
+        gate = StormGate(
+            clock or self.engine.toolbox.clock,
+            group_wait_s=config.group_wait_s,
+            group_interval_s=config.group_interval_s,
+            flap_window_s=config.flap_window_s,
+            max_flaps=config.max_flaps,
+        )
+        receiver = AlertReceiver(on_alerts=gate.ingest_many, host=config.host, port=config.port, path=config.path, token=token)
+        try:
+            receiver.start()
+        except OSError as exc:
+            raise ConfigError(f"alerts: cannot listen on {config.host}:{config.port}: {exc}") from exc
+        self.gate, self.receiver = gate, receiver
+        return receiver
+
+    def forward_alerts(self) -> list[Notification]:
+        """Hand the storm gate's due groups to `submit`: a new group starts (or joins) an incident, more alerts join."""
+        if self.gate is None:
+            return []
+        return self.gate.forward(self._submit_alert)
+
+    def _submit_alert(self, trigger: Trigger) -> None:
+        try:
+            self.submit(trigger)
+        except SregraphError as exc:
+            # The gate has let go of it; Alertmanager's next notification for the group brings it back.
+            self.engine.metrics.errors.labels("alerts").inc()
+            log.error("alert %s/%s not routed: %s", trigger.service, trigger.signal, exc)
+
+    def stop_alerts(self) -> None:
+        """Stop taking webhooks (idempotent)."""
+        if self.receiver is not None:
+            self.receiver.stop()
 
     def run(self, once: bool = False, interval: float = 2.0) -> None:
         """Resume, then scan every `interval` seconds until stopped; `once`: one scan, then finish every run."""
@@ -236,6 +370,7 @@ class Worker:
                     if loops % ISSUE_POLL_EVERY == 0:
                         self.handle_new_issues()
                     loops += 1
+                    self.forward_alerts()
                     self.scan()
                 except SregraphError as exc:
                     # A flaky backend must not kill a worker meant to run for months; the next loop retries.
@@ -246,8 +381,10 @@ class Worker:
                 if once:
                     break
                 self.engine.toolbox.clock.sleep(interval)
+            self.stop_alerts()
             self.wait_idle()
         finally:
+            self.stop_alerts()
             if main:
                 signal.signal(signal.SIGTERM, previous)
             self._pool.shutdown(wait=True)

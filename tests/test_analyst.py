@@ -324,3 +324,24 @@ def test_a_suspect_change_already_reverted_falls_back_to_a_checked_restart(tmp_p
     strict = Engineer(tb, Policy(defaults=ServicePolicy(allowed=["config_change"])), EngineerConfig(), AnalystConfig(), ObserverConfig())
     [refused] = strict.act("inc-s", ActionPlan(decision="act", actions=[rollback]), attempt=1)
     assert refused.status == "failed" and "restart is refused" in refused.detail and runtime.restarted == 1
+
+
+@pytest.mark.parametrize(("message", "expected"), [
+    ("OSError: [Errno 28] No space left on device: '/var/lib/payments/ledger.wal'", "disk_full"),
+    ("internal error: request handler failed", "error_spike"),
+])
+def test_a_full_disk_is_named_from_its_error_lines_and_never_restarted(tmp_path: Path, message: str, expected: str) -> None:
+    tb = make_toolbox(tmp_path, FakeRuntime(), FakeHealth())
+    write_series(tb.telemetry, "payments", {"error_ratio": 0.5})  # type: ignore[arg-type]
+    for s in ("checkout", "frontend"):
+        write_series(tb.telemetry, s)  # type: ignore[arg-type]
+    tb.telemetry.write_logs(  # type: ignore[attr-defined]
+        LogRecord(ts=FAULT_AT + 1 + i * 0.5, service="payments", level="error", message=message, attrs={}) for i in range(10)
+    )
+    diagnosis = analyst(tb).diagnose(observe(tb))
+    assert diagnosis.top is not None and (diagnosis.top.service, diagnosis.top.fault_type) == ("payments", expected)
+    plan = Engineer(tb, load_policy(None), EngineerConfig(), AnalystConfig(), ObserverConfig()).plan(diagnosis, 0, [])
+    if expected == "disk_full":
+        assert (plan.decision, plan.actions) == ("escalate", []), "no restart frees a disk"
+    else:
+        assert (plan.decision, [a.kind for a in plan.actions]) == ("act", ["restart"])

@@ -377,6 +377,20 @@ def test_latency_fault_and_clear(app: LocalApp) -> None:
              lambda: (v := recent(app, "latency_p95_ms", "payments", cleared)) and v[-1] < 100)
 
 
+def test_disk_full_survives_a_restart_until_space_is_freed(app: LocalApp) -> None:
+    app.inject("disk_full", "payments", ratio=1.0)
+    since = time.time()
+    wait_for("ENOSPC errors", lambda: app.telemetry.search_logs("payments", since, time.time() + 1, query="No space left on device"))
+    assert app.health.check("payments").ok, "a full disk does not stop the process: health stays green"
+    app.runtime.restart("payments")
+    app.wait_healthy(["payments"], timeout=5)
+    restarted = time.time() + 0.6
+    wait_for("errors after the restart", lambda: any(v > 0.9 for v in recent(app, "error_ratio", "payments", restarted)))
+    app.inject("clear", "payments")
+    freed = time.time() + 0.6
+    wait_for("writes succeed again", lambda: (v := recent(app, "error_ratio", "payments", freed)) and v[-1] == 0)
+
+
 def test_bad_deploy_cascades_and_rollback_cures(app: LocalApp) -> None:
     since = time.time()
     app.inject("bad_deploy", "payments")
@@ -418,7 +432,7 @@ def test_inject_rejects_bad_input_and_changes_nothing(app: LocalApp) -> None:
         app.inject("memory_leak", "payments", mb_per_s="lots")
     assert before == (journal.read_text(), len(app.gitops.history()), app.runtime.status("payments").pid)
     faults = [json.loads(line)["fault"] for line in journal.read_text().splitlines()]
-    assert faults == ["crash", "memory_leak", "latency", "clear", "bad_deploy"]
+    assert faults == ["crash", "memory_leak", "latency", "clear", "disk_full", "clear", "bad_deploy"]
 
 
 def test_stop_stops_everything(app: LocalApp) -> None:

@@ -1,5 +1,6 @@
-"""Fault injection: a worker SIGKILLed at every node boundary (and inside actions, and at random moments)
-still brings every incident to the end an uninterrupted worker reaches, with the same side effects, none twice.
+"""Fault injection: a worker SIGKILLed at every node boundary (and inside actions, inside notifications, and at
+random moments) still brings every incident to the end an uninterrupted worker reaches, with the same side
+effects, none twice: actions, issue comments, pull requests and notifications.
 
 The worker runs as a subprocess over tests/worker_harness.py's synthetic world (simulated clock, real local
 backends), so one incident takes milliseconds and a restart costs only the interpreter start-up.
@@ -32,9 +33,11 @@ KILLS: list[tuple[str, str]] = [
     ("HARNESS_KILL_IN", "propose"),  # scenario 2, the rollback: PR opened, not merged
     ("HARNESS_KILL_IN", "merge"),  # merged, not applied
     ("HARNESS_KILL_IN", "apply"),  # applied, not recorded
+    ("HARNESS_KILL_IN", "notify:2"),  # a notification written, its ledger row still `sending`
     ("SREGRAPH_FAULT_KILL_AFTER", "verify"),
     ("SREGRAPH_FAULT_KILL_AFTER", "document"),
     ("SREGRAPH_FAULT_KILL_AFTER", "analyze:2"),  # scenario 4: the second analysis, after a failed verification
+    ("HARNESS_KILL_IN", "notify"),  # the second restart's notification written, not recorded
     ("SREGRAPH_FAULT_KILL_AFTER", "escalate"),
     ("SREGRAPH_FAULT_KILL_AFTER", "observe"),  # scenario 5: a healthy alert
     ("SREGRAPH_FAULT_KILL_AFTER", "escalate"),  # scenario 6: policy refuses
@@ -93,7 +96,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     World.create(root)
     run(root)
     result = summary(root)
-    return {"summary": result, "normalised": _normalised(_comparable(result), _incident_ids(root))}
+    return {"root": root, "summary": result, "normalised": _normalised(_comparable(result), _incident_ids(root))}
 
 
 def test_reference_run_reaches_the_expected_ends(reference: dict[str, Any]) -> None:
@@ -114,6 +117,27 @@ def test_reference_run_reaches_the_expected_ends(reference: dict[str, Any]) -> N
     for issue in result["issues"]:
         assert None not in issue["comment_keys"]
         assert len(issue["comment_keys"]) == len(set(issue["comment_keys"]))
+    assert len(result["notifications"]) == sum(1 for s in SCENARIOS if s.expect[0] != "healthy")
+    assert all(status == "sent" for _, status in result["notification_keys"])
+
+
+def _expected_notifications(outcome: dict[str, Any]) -> list[str]:
+    """Each event of one incident, once: opened, one per action, escalated if so, documented."""
+    if outcome["status"] == "healthy":
+        return []
+    escalated = ["escalated"] if outcome["status"] == "escalated" else []
+    return ["opened", *["action"] * len(outcome["actions"]), *escalated, "documented"]
+
+
+def _notifications_per_incident(root: Path, result: dict[str, Any]) -> None:
+    world = World(root)
+    for k, runs in enumerate(result["outcomes"]):
+        [incident_id] = json.loads(world.get(f"incidents-{k}") or "[]")
+        assert result["notifications"].get(incident_id, []) == _expected_notifications(runs[0]), (k, incident_id)
+
+
+def test_reference_run_notifies_each_event_once(reference: dict[str, Any]) -> None:
+    _notifications_per_incident(reference["root"], reference["summary"])
 
 
 def test_worker_killed_everywhere_repeats_nothing_and_loses_nothing(tmp_path: Path, reference: dict[str, Any]) -> None:
@@ -135,6 +159,7 @@ def test_worker_killed_everywhere_repeats_nothing_and_loses_nothing(tmp_path: Pa
 
     result = summary(root)
     assert result["unfinished"] == []
+    _notifications_per_incident(root, result)
     assert _normalised(_comparable(result), _incident_ids(root)) == reference["normalised"]
 
 

@@ -8,8 +8,9 @@ in files, so a SIGKILLed worker restarted on the same directory continues the sa
     python -m tests.worker_harness DIR        # run (or continue) every scenario, then exit 0
 
 `SREGRAPH_FAULT_KILL_AFTER=node[:n]` (read by the engine) kills it after a node's checkpoint;
-`HARNESS_KILL_IN=restart|apply|propose|merge[:n]` kills it inside the n-th such call, after the change is
-made and before the agent hears back (the moment an action is most likely to be repeated by mistake).
+`HARNESS_KILL_IN=restart|apply|propose|merge|notify[:n]` kills it inside the n-th such call, after the change
+is made (or the notification written) and before the agent hears back (the moment an action or a notification
+is most likely to be repeated by mistake).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from tools.base import HealthResult, NotFound, PullRequest, ServiceStatus, Span
 from tools.gitops import LocalGitOps
 from tools.incidents import LocalIncidentSurface
 from tools.ledger import ActionLedger
-from tools.notifier import JsonlNotifier
+from tools.notifier import IdempotentNotifier, JsonlNotifier
 from tools.telemetry import LocalTelemetryStore
 from tools.toolbox import Toolbox
 
@@ -366,6 +367,17 @@ class KillingGitOps(LocalGitOps):
         return pr
 
 
+class KillingNotifier(JsonlNotifier):
+    """JsonlNotifier whose notify can be the HARNESS_KILL_IN point: written to the file, not yet in the ledger."""
+
+    world: World
+
+    def notify(self, incident_id: str, event: str, text: str) -> None:
+        """Notify, then maybe die."""
+        super().notify(incident_id, event, text)
+        self.world.kill_in.after("notify")
+
+
 def settings_for(root: Path, max_concurrent: int = 1) -> Settings:
     """Settings of a harness directory."""
     policy = root / "policy.yaml"
@@ -379,15 +391,18 @@ def toolbox_for(world: World) -> Toolbox:
     clock = WorldClock(world)
     gitops = KillingGitOps(world.root / "gitops", clock=clock)
     gitops.world = world
+    ledger = ActionLedger(world.root / "ledger.db")
+    notifier = KillingNotifier(world.root / "notifications.jsonl", clock=clock)
+    notifier.world = world
     return Toolbox(
         telemetry=world.telemetry,
         runtime=WorldRuntime(world),  # type: ignore[arg-type]
         incidents=LocalIncidentSurface(world.root / "incidents.db", clock=clock),
         gitops=gitops,
-        notifier=JsonlNotifier(world.root / "notifications.jsonl", clock=clock),
+        notifier=IdempotentNotifier(notifier, ledger, clock=clock),
         health=WorldHealth(world),
         deployer=WorldDeployer(world, gitops),
-        ledger=ActionLedger(world.root / "ledger.db"),
+        ledger=ledger,
         topology=TOPOLOGY,
         clock=clock,
     )
@@ -432,6 +447,10 @@ def run(root: Path, scenarios: list[Scenario] = SCENARIOS) -> None:
                 if mine and all(r["status"] in FINAL for r in mine):
                     break
             world.put(f"incidents-{k}", json.dumps(sorted(r["incident_id"] for r in mine)))
+            for r in mine:  # the human who takes over an escalation closes its issue once it is fixed
+                issue_id = engine.state(r["incident_id"]).get("issue_id") if r["status"] == "escalated" else None
+                if issue_id is not None:
+                    toolbox.incidents.close(issue_id)
             world.repair(gitops)
             world.advance(45)  # a clean baseline before the next fault
             world.put(f"settled-{k}", "1")
@@ -469,6 +488,11 @@ def summary(root: Path, scenarios: list[Scenario] = SCENARIOS) -> dict[str, Any]
         ]
         gitops = toolbox.gitops
         assert isinstance(gitops, LocalGitOps)
+        notifications: dict[str, list[str]] = {}
+        path = root / "notifications.jsonl"
+        for line in path.read_text().splitlines() if path.exists() else []:
+            record = json.loads(line)
+            notifications.setdefault(record["incident_id"], []).append(record["event"])
         return {
             "outcomes": outcomes,
             "restarts": {s: int(r["restarts"]) for s, r in sorted(world.services().items())},
@@ -477,6 +501,8 @@ def summary(root: Path, scenarios: list[Scenario] = SCENARIOS) -> dict[str, Any]
             "prs": [[p.service, p.state, p.key] for p in sorted(gitops.pull_requests("all"), key=lambda p: p.id)],
             "main_commits": int(gitops._git.text("rev-list", "--count", "main")),
             "ledger": sorted([e.key, e.status] for e in toolbox.ledger.all()),
+            "notifications": notifications,
+            "notification_keys": sorted([key, status] for key, _, status in toolbox.ledger.notifications()),
             "runs": len(engine.registry.list()),
             "unfinished": list(engine.unfinished()),
         }

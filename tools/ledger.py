@@ -3,6 +3,9 @@
 The engineer writes `started` before touching anything and `done`/`failed` after, in their own transactions,
 so a run resumed after a crash can tell a completed action (never repeated) from an unfinished one (checked
 and finished). The same table answers cooldown questions across incidents.
+
+Notifications have a table of their own in the same file (`tools.notifier.IdempotentNotifier`): `sending`
+before delivery, `sent` after, so a step re-run after a crash never notifies twice nor skips one.
 """
 
 from __future__ import annotations
@@ -29,6 +32,14 @@ CREATE TABLE IF NOT EXISTS actions (
     finished_at REAL
 );
 CREATE INDEX IF NOT EXISTS actions_service ON actions (service, kind, started_at);
+CREATE TABLE IF NOT EXISTS notifications (
+    key TEXT PRIMARY KEY,
+    incident_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    status TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    sent_at REAL
+);
 """
 
 
@@ -108,6 +119,42 @@ class ActionLedger:
             ).fetchall()
         conn.close()
         return [_entry(r) for r in rows]
+
+    # ------------------------------------------------------------------ notifications
+
+    def notification_status(self, key: str) -> str | None:
+        """`sending` (delivery began, outcome unknown), `sent`, or None for a notification never tried."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT status FROM notifications WHERE key = ?", (key,)).fetchone()
+        conn.close()
+        return str(row[0]) if row else None
+
+    def notification_sending(self, key: str, incident_id: str, event: str, now: float) -> None:
+        """Record that a notification is about to be delivered (a no-op if the key exists)."""
+        with self._lock, self._connect() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO notifications (key, incident_id, event, status, started_at)"
+                " VALUES (?, ?, ?, 'sending', ?)",
+                (key, incident_id, event, now),
+            )
+        conn.close()
+
+    def notification_sent(self, key: str, now: float) -> None:
+        """Record that a notification was delivered."""
+        with self._lock, self._connect() as conn:
+            conn.execute("UPDATE notifications SET status = 'sent', sent_at = ? WHERE key = ?", (now, key))
+        conn.close()
+
+    def notifications(self, incident_id: str | None = None) -> list[tuple[str, str, str]]:
+        """(key, event, status) of the notifications of one incident (or all), oldest first."""
+        query = "SELECT key, event, status FROM notifications"
+        args: tuple[str, ...] = ()
+        if incident_id is not None:
+            query, args = query + " WHERE incident_id = ?", (incident_id,)
+        with self._connect() as conn:
+            rows = conn.execute(query + " ORDER BY started_at, key", args).fetchall()
+        conn.close()
+        return [(r[0], r[1], r[2]) for r in rows]
 
     def all(self) -> list[LedgerEntry]:
         """Every action, oldest first."""

@@ -300,3 +300,39 @@ class LocalTelemetryStore:
             status=status,
             attrs=json.loads(attrs),
         )
+
+
+class SplitTelemetry:
+    """`Telemetry` whose metrics come from one backend and logs and spans from another.
+
+    Prometheus keeps only metrics: with `telemetry.backend: prometheus` the agents read metrics from it and
+    logs and traces from the local store the services write, so log and trace evidence is not lost.
+    """
+
+    def __init__(self, metrics: Any, logs_and_spans: Any) -> None:
+        self.metrics = metrics
+        self.logs_and_spans = logs_and_spans
+
+    def query_range(self, name: str, labels: dict[str, str] | None, start: float, end: float) -> list[Series]:
+        """Metric series, from the metrics backend."""
+        return self.metrics.query_range(name, labels, start, end)
+
+    def metric_names(self) -> list[str]:
+        """Metric names, from the metrics backend."""
+        return self.metrics.metric_names()
+
+    def search_logs(
+        self,
+        service: str | None,
+        start: float,
+        end: float,
+        query: str | None = None,
+        level: str | None = None,
+        limit: int = 500,
+    ) -> list[LogRecord]:
+        """Log records, from the log backend."""
+        return self.logs_and_spans.search_logs(service, start, end, query=query, level=level, limit=limit)
+
+    def spans(self, service: str | None, start: float, end: float, limit: int = 2000) -> list[Span]:
+        """Spans, from the trace backend."""
+        return self.logs_and_spans.spans(service, start, end, limit=limit)

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from pydantic import BaseModel, Field
 
-from sregraph.localenv.service import ROUTES
+from sregraph.localenv.service import DISK_FULL_MARKER, ROUTES
 from tools.base import (
     Clock,
     ConfigError,
@@ -78,6 +78,7 @@ FAULTS: dict[str, frozenset[str]] = {
     "bad_deploy": frozenset({"version"}),
     "dependency_down": frozenset(),
     "conversion_drop": frozenset(),
+    "disk_full": frozenset({"ratio"}),
     "clear": frozenset(),
 }
 """Every fault `inject` knows, with the parameters it accepts."""
@@ -334,6 +335,10 @@ class LocalApp:
             specs[name] = ProcessSpec(name=name, argv=argv, env=env, cwd=self.data_dir)
         return specs
 
+    def volume(self, service: str) -> Path:
+        """A service's persistent disk: kept across restarts and redeploys, like a mounted volume."""
+        return self.data_dir / "volumes" / service
+
     def config_path(self, service: str) -> Path:
         """The config file a service reads at start."""
         return self.repo_dir / "services" / f"{service}.yaml"
@@ -490,6 +495,13 @@ class LocalApp:
             )
             status = self.apply(service)
             detail = f"config {change.sha[:10]} sets capture=false; running={status.running}"
+        elif fault == "disk_full":
+            # The service's volume fills up: its writes fail until someone frees space; restarts do not help.
+            ratio = min(1.0, max(0.0, float(params.get("ratio", 0.5))))
+            volume = self.volume(service)
+            volume.mkdir(parents=True, exist_ok=True)
+            (volume / DISK_FULL_MARKER).write_text(f"{ratio:g}\n")
+            detail = f"volume {volume} full: {ratio:.0%} of writes fail with ENOSPC"
         elif fault == "bad_deploy":
             version = str(params.get("version", BAD_VERSION))
             config = {**self.gitops.config(service), "version": version}
@@ -499,6 +511,8 @@ class LocalApp:
             status = self.apply(service)
             detail = f"deployed {version} as {change.sha[:10]}; running={status.running}"
         else:
+            if fault == "clear":
+                (self.volume(service) / DISK_FULL_MARKER).unlink(missing_ok=True)  # space freed
             chaos = {"memory_leak": "leak", "latency": "latency", "error_rate": "errors", "cpu": "cpu"}
             body = {"fault": chaos.get(fault, fault), **params}
             detail = json.dumps(self._chaos(service, body))

@@ -49,6 +49,9 @@ from tools.base import LogRecord, Span, SregraphError
 from tools.telemetry import LocalTelemetryStore, MetricPoint
 
 TICK_S = 0.5
+DISK_FULL_MARKER = "FULL"
+"""A file in the service's volume whose presence means the disk is full (chaos `disk_full`); it holds the
+share of writes that fail."""
 ROUTES = {"frontend": "/buy", "checkout": "/checkout", "payments": "/pay"}
 """The business route of each known service; any other name serves `/work` only."""
 OOM_EXIT_CODE = 137
@@ -183,8 +186,9 @@ class Service:
         store: LocalTelemetryStore,
         downstreams: dict[str, str],
         replica: int = 0,
+        volume: Path | None = None,
     ) -> None:
-        """Build the service from its parsed config."""
+        """Build the service from its parsed config; `volume` is its persistent disk (survives restarts)."""
         self.name = name
         self.config = config
         self.version = str(config.get("version", "0.0.0"))
@@ -200,6 +204,8 @@ class Service:
         self.labels = {"service": name} if replica == 0 else {"service": name, "replica": str(replica)}
         self.capture = bool(config.get("capture", True))
         self.faults = Faults()
+        self.volume = volume
+        self.disk_full_ratio = self._read_disk()
         self.started = time.time()
         self._lock = threading.Lock()
         self._out_lock = threading.Lock()
@@ -260,7 +266,10 @@ class Service:
             time.sleep(delay_ms / 1000.0)
         status, error = 200, ""
         p_ok = (1 - self.error_rate) * (1 - self.release.error_rate) * (1 - faults.error_ratio)
-        if random.random() >= p_ok:
+        if self.disk_full_ratio and random.random() < self.disk_full_ratio:
+            # The write this request needs fails; a restart does not help, the disk stays full.
+            status, error = 500, f"OSError: [Errno 28] No space left on device: '/var/lib/{self.name}/ledger.wal'"
+        elif random.random() >= p_ok:
             status = 500
             # Attribute the failure to one cause, weighted like the probabilities that produced it.
             causes = [
@@ -366,8 +375,20 @@ class Service:
 
     # ------------------------------------------------------------------ background
 
+    def _read_disk(self) -> float:
+        """The share of writes failing because the volume is full (0 when it is not): `FULL` holds it."""
+        if self.volume is None:
+            return 0.0
+        try:
+            return min(1.0, max(0.0, float((self.volume / DISK_FULL_MARKER).read_text().strip() or 1.0)))
+        except FileNotFoundError:
+            return 0.0
+        except (OSError, ValueError):
+            return 1.0
+
     def tick(self, interval: float, cpu_s: float) -> None:
         """One metrics interval: grow a leak, check the memory limit, write metrics, flush logs and spans."""
+        self.disk_full_ratio = self._read_disk()
         now = time.time()
         if self.faults.leak_mb_per_s > 0:
             # Filled bytes, not zeros: zero pages are not resident, and the point is a growing RSS.
@@ -522,7 +543,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"level": "error", "service": args.name, "message": message}), flush=True)
         return 2
     store = LocalTelemetryStore(args.telemetry)
-    service = Service(args.name, config, store, dict(map(_parse_downstream, args.downstream)), replica)
+    volume = args.telemetry.parent / "volumes" / args.name
+    service = Service(args.name, config, store, dict(map(_parse_downstream, args.downstream)), replica, volume)
     port = args.port + replica
     try:
         server = _Server((args.host, port), make_handler(service))
