@@ -143,7 +143,14 @@ def _wait_for_incident(engine: Engine, known: set[str], service: str, deadline: 
     faulted service; failing that, after `MATCH_GRACE_S`, one opened on a connected service; failing that, at
     the deadline, any. The worker never sees this matching: it is the scorecard's.
     """
-    near = {service} | engine.toolbox.downstream_of(service) | set(engine.toolbox.callers_of(service))
+    toolbox = engine.toolbox
+    near = {service} | toolbox.downstream_of(service)
+    stack = [service]
+    while stack:  # every transitive caller: a dependency's fault is seen first at the edge
+        for caller in toolbox.callers_of(stack.pop()):
+            if caller not in near:
+                near.add(caller)
+                stack.append(caller)
     first_seen: dict[str, float] = {}
     while time.time() < deadline:
         for run in reversed(engine.registry.list()):  # oldest first
