@@ -37,8 +37,6 @@ class Observer:
         self.config = config
         self.chat_model = chat_model
         self.llm_config = llm_config
-        self.sense = self.new_sense()
-        """The scan's sense: long-lived, so its detectors know each series' whole recent past."""
 
     def title(self, observation: Observation, trigger: Trigger, tokens_spent: int = 0) -> tuple[str, int]:
         """The incident's title and the tokens spent on it: worded by the model if there is one."""
@@ -67,10 +65,15 @@ class Observer:
     def check(
         self, now: float | None = None, sense: MetricSense | None = None
     ) -> tuple[list[Signal], dict[str, dict[str, float]], Windows]:
-        """One measurement of every service, with the scan's streaming detectors unless given others."""
+        """One measurement of every service; without a `sense`, with detectors warmed afresh on this baseline.
+
+        A scan's detectors are rebuilt each time (a few thousand point updates): detectors that lived through
+        an incident would have learnt its extremes as normal, and after one large latency incident NAB's
+        record calibrator stays deaf to the next one for hours.
+        """
         now = self.toolbox.clock.now() if now is None else now
         windows = Windows.ending_at(now, self.config.window_s, self.config.baseline_s)
-        signals, snapshot = measure(self.toolbox, windows, self.config.z_threshold, sense or self.sense)
+        signals, snapshot = measure(self.toolbox, windows, self.config.z_threshold, sense or self.new_sense())
         return signals, snapshot, windows
 
     def observe(self, trigger: Trigger, timeout_s: float | None = None) -> Observation:
@@ -80,6 +83,7 @@ class Observer:
         deadline = clock.now() + timeout
         streak: dict[str, int] = {}
         first_seen: dict[str, float] = {}
+        first_sense: dict[str, str] = {}
         # Each incident's watch has its own detectors, warmed on the first baseline window it reads: what it
         # decides depends only on the telemetry it queried, so a recorded incident replays the same.
         sense = self.new_sense()
@@ -88,6 +92,9 @@ class Observer:
             keys = {f"{s.service}:{s.name}" for s in signals}
             streak = {k: streak.get(k, 0) + 1 for k in keys}
             first_seen = {k: first_seen.get(k, windows.recent_end) for k in keys}
+            # Which sense saw each deviation first (a streaming detector's sighting is later confirmed by the
+            # window rule under the same key).
+            first_sense = {f"{s.service}:{s.name}": first_sense.get(f"{s.service}:{s.name}", s.sense) for s in signals}
             confirmed = [
                 s
                 for s in signals
@@ -109,7 +116,7 @@ class Observer:
                     observed_at=windows.recent_end,
                     window_s=self.config.window_s,
                     baseline_end=start,
-                    detected_by=sorted({s.sense for s in confirmed if s.sense}),
+                    detected_by=sorted({first_sense[f"{s.service}:{s.name}"] for s in confirmed} - {""}),
                 )
             if clock.now() >= deadline:
                 return Observation(

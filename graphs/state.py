@@ -86,7 +86,7 @@ class Observation(BaseModel):
     baseline_end: float = 0.0
     """Baseline windows end here: before the trouble began, so later measurements compare with normal."""
     detected_by: list[str] = Field(default_factory=list)
-    """The senses whose signals confirmed the incident (window_z, ensemble:<detector>, health, stale)."""
+    """The senses that first saw the confirmed deviations (window_z, ensemble:<detector>, health, stale)."""
 
     def top_signal(self, service: str | None = None) -> Signal | None:
         """The strongest deviation of `service` if it has any, else the strongest of all (None when healthy).
