@@ -174,7 +174,12 @@ def _stand_in_for_the_human(engine: Engine, app: Any, incident_id: str, service:
     human); the demo plays the human so the next fault is watched again.
     """
     say(f"  {incident_id} was handed to a human: the demo clears the fault and closes its issue")
-    app.inject("clear", service)
+    try:
+        if not app.runtime.status(service).running:
+            app.runtime.start(service)
+        app.inject("clear", service)
+    except SregraphError as exc:
+        say(f"  could not clear {service}: {exc}")
     issue_id = engine.state(incident_id).get("issue_id")
     if issue_id is not None:
         engine.toolbox.incidents.close(issue_id)

@@ -76,8 +76,9 @@ def local_toolbox(settings: Settings, app: Any) -> Toolbox:
         gitops=gitops,
         # Each notification once, even when a step runs again after a crash.
         notifier=IdempotentNotifier(MultiNotifier(ConsoleNotifier(), JsonlNotifier(data / "notifications.jsonl")), ledger),
-        # A dead endpoint stops costing a probe timeout per poll; the engineer closes the circuit after acting.
-        health=BreakerHealthChecker(app.health),
+        # A hung endpoint stops costing a probe timeout per poll (refusals are cheap and always probed, so a
+        # restart's one-second gap is not stretched into the circuit's timeout); the engineer resets it after acting.
+        health=BreakerHealthChecker(app.health, slow_probe_s=0.25),
         deployer=app,
         ledger=ledger,
         topology=app.topology,

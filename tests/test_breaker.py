@@ -233,3 +233,26 @@ def test_health_wrapper_over_a_real_http_checker() -> None:
     assert details[:3] == ["timed out after 0.1s"] * 3
     assert all(d.startswith("circuit open after 3 failed probes") for d in details[3:])
     assert checker.probes == 3
+
+
+def test_fast_failures_are_always_probed_when_only_slow_ones_count() -> None:
+    """A refused connection answers at once: the circuit stays closed, so a service back after a restart reads
+    healthy on the next poll instead of after the circuit's timeout. Probes that take long still open it."""
+    import time as _time
+
+    class Refusing:
+        delay = 0.0
+
+        def check(self, service: str) -> HealthResult:
+            _time.sleep(self.delay)
+            return HealthResult(service=service, ok=False, detail="connection refused")
+
+    inner = Refusing()
+    checker = BreakerHealthChecker(inner, failure_threshold=2, reset_timeout_s=60, clock=StepClock(), slow_probe_s=0.05)
+    for _ in range(5):
+        assert not checker.check("payments").ok
+    assert checker.probes == 5 and checker.states() == {"payments": "closed"}
+    inner.delay = 0.06
+    for _ in range(3):
+        checker.check("payments")
+    assert checker.probes == 7 and checker.states() == {"payments": "open"}

@@ -17,6 +17,7 @@ Time comes from an injectable `Clock` (tools.base), so tests step it instead of 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Literal, TypeVar
 
@@ -163,7 +164,10 @@ class BreakerHealthChecker:
     Each service has its own breaker. While a service's circuit is open, `check` answers at once with
     `ok=False` and `detail="circuit open ..."` (the service still reads as unhealthy, so detection goes on),
     and the wrapped checker is not called: a dead endpoint that times out no longer costs a timeout per poll.
-    Any not-ok probe counts as a failure. `NotFound` (an unknown service) passes through untouched.
+    Any not-ok probe counts as a failure, or with `slow_probe_s` only one that took at least that long: a
+    refused connection costs nothing to probe, and answering it from an open circuit would keep a service that
+    restarted in a second looking down for the circuit's whole timeout. `NotFound` (an unknown service)
+    passes through untouched.
 
     The defaults (open after 3 failed probes, first trial after 2 s, then 4 s, 8 s, at most 10 s) keep the
     worst extra delay in noticing a recovery under the engineer's verification window; call `reset(service)`
@@ -178,10 +182,12 @@ class BreakerHealthChecker:
         backoff: float = 2.0,
         max_reset_timeout_s: float = 10.0,
         clock: Clock | None = None,
+        slow_probe_s: float | None = None,
     ) -> None:
         """Wrap `inner`; breaker settings apply to every service's breaker."""
         self.inner = inner
         self.clock: Clock = clock or SystemClock()
+        self.slow_probe_s = slow_probe_s
         self._settings = (failure_threshold, reset_timeout_s, backoff, max_reset_timeout_s)
         self._breakers: dict[str, CircuitBreaker] = {}
         self._last: dict[str, HealthResult] = {}
@@ -229,6 +235,7 @@ class BreakerHealthChecker:
                 detail=f"circuit open after {breaker.failures} failed probes, next probe in "
                 f"{breaker.retry_in():.1f}s{because}",
             )
+        started = time.monotonic()
         try:
             result = self.inner.check(service)
         except ToolError as exc:  # the protocol says never raise for a dead service; count it if one does
@@ -241,7 +248,9 @@ class BreakerHealthChecker:
                 self.probes += 1
         if result.ok:
             breaker.record_success()
-        else:
+        elif self.slow_probe_s is None or time.monotonic() - started >= self.slow_probe_s:
             breaker.record_failure()
+        else:
+            breaker.cancel()  # a fast failure: cheap to probe again, and nothing to protect the poll from
         self._last[service] = result
         return result
