@@ -143,14 +143,7 @@ def _wait_for_incident(engine: Engine, known: set[str], service: str, deadline: 
     faulted service; failing that, after `MATCH_GRACE_S`, one opened on a connected service; failing that, at
     the deadline, any. The worker never sees this matching: it is the scorecard's.
     """
-    toolbox = engine.toolbox
-    near = {service} | toolbox.downstream_of(service)
-    stack = [service]
-    while stack:  # every transitive caller: a dependency's fault is seen first at the edge
-        for caller in toolbox.callers_of(stack.pop()):
-            if caller not in near:
-                near.add(caller)
-                stack.append(caller)
+    near = engine.toolbox.connected(service)
     first_seen: dict[str, float] = {}
     while time.time() < deadline:
         for run in reversed(engine.registry.list()):  # oldest first

@@ -237,20 +237,8 @@ class Worker:
             services |= held
         claimed: set[str] = set()
         for service in services:
-            claimed |= self._connected(service)
+            claimed |= self.engine.toolbox.connected(service)
         return claimed
-
-    def _connected(self, service: str) -> set[str]:
-        """A service, every service it depends on, and every transitive caller of it."""
-        toolbox = self.engine.toolbox
-        connected = {service} | toolbox.downstream_of(service)
-        stack = [service]
-        while stack:
-            for caller in toolbox.callers_of(stack.pop()):
-                if caller not in connected:
-                    connected.add(caller)
-                    stack.append(caller)
-        return connected
 
     # ------------------------------------------------------------------ escalations a human still has
 

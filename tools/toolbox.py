@@ -59,6 +59,17 @@ class Toolbox:
                 stack.extend(self.topology.get(dep, []))
         return seen
 
+    def connected(self, service: str) -> set[str]:
+        """A service, every service it depends on, and every transitive caller of it: where its fault shows."""
+        found = {service} | self.downstream_of(service)
+        stack = [service]
+        while stack:
+            for caller in self.callers_of(stack.pop()):
+                if caller not in found:
+                    found.add(caller)
+                    stack.append(caller)
+        return found
+
     def close(self) -> None:
         """Release what the toolbox opened."""
         for fn in reversed(self.on_close):
