@@ -1,0 +1,482 @@
+"""The root-cause ranker: every candidate service scored from metrics, traces and logs, then moved along the call graph.
+
+One method serves the live analyst and the offline benchmark (`sregraph bench rca`); it knows nothing of a
+dataset's service or metric names. The method, its sources and its measured numbers are in docs/rca.md. In short:
+
+1. **Metrics** (BARO's robust scorer, direction-aware). Each series is compared with a reference: its own
+   known-normal period when there is one, otherwise the points before `anomaly_start`. The deviation of each
+   point after the start is `(x - median) / scale`, with `scale` from the IQR and MAD and a floor relative to the
+   median, counted only in the direction that is worse for the metric's kind. A series scores the mean of its
+   two worst points, compressed with `log1p`. Series that stop reporting after the start count as a crash.
+2. **Traces** (MicroRank/TraceRCA-style). Each span's exclusive time (its duration less its children's) is
+   compared with the same operation's spans before the start; a service scores by how much more often its
+   spans are slow, and by the errors it originates (the deepest error span of a trace) when status is known.
+3. **Logs** (Nezha's event patterns, simplified). Lines are reduced to templates; a service scores by the rise
+   of its error lines and by lines of templates it never wrote before the start.
+4. **Propagation** (MicroRCA/CIRCA). Trouble travels from callee to caller, so a personalised PageRank walks
+   from each deviating service towards the callees that deviate too; a service keeps its own score in
+   proportion to how much of it its callees cannot explain.
+
+Every service named anywhere in a case is a candidate and is ranked; the ranker answers whenever anything
+deviates. The fault type is read from the kind of evidence that dominates the top service.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+Kind = Literal["cpu", "memory", "latency", "errors", "traffic", "saturation", "other"]
+Direction = Literal["up", "down", "both"]
+RcaFault = Literal["cpu", "memory", "latency", "error", "crash", "disk", "network_loss", "other"]
+
+KINDS: tuple[Kind, ...] = ("cpu", "memory", "latency", "errors", "traffic", "saturation", "other")
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class MetricSeries:
+    """One metric of one service (one instance, when a service has several)."""
+
+    service: str
+    metric: str
+    ts: np.ndarray
+    values: np.ndarray
+    normal: np.ndarray | None = None
+    """Values of the same series in a known-normal period, when there is one."""
+    kind: Kind = "other"
+    direction: Direction = "both"
+
+
+@dataclass
+class SpanRow:
+    """One span, in the few fields the ranker reads."""
+
+    trace_id: str
+    span_id: str
+    parent_id: str
+    service: str
+    operation: str
+    start: float
+    """Unix seconds."""
+    duration: float
+    """Seconds."""
+    status: str = ""
+    """ok, error, or empty when unknown."""
+
+
+@dataclass
+class LogRow:
+    """One log line."""
+
+    ts: float
+    service: str
+    level: str
+    message: str
+
+
+@dataclass
+class RcaInput:
+    """Everything one diagnosis reads."""
+
+    anomaly_start: float
+    services: list[str]
+    series: list[MetricSeries] = field(default_factory=list)
+    edges: set[tuple[str, str]] = field(default_factory=set)
+    """(caller, callee) pairs."""
+    spans: list[SpanRow] = field(default_factory=list)
+    logs: list[LogRow] = field(default_factory=list)
+    symptom: tuple[str, str | None] | None = None
+    """(service, metric) where the trouble was seen, when known."""
+
+
+# ----------------------------------------------------------------------------- metric kinds
+
+_KIND_PATTERNS: tuple[tuple[Kind, Direction, re.Pattern[str]], ...] = (
+    ("errors", "down", re.compile(r"success|availab|\bok[_ ]?ratio|uptime", re.I)),
+    ("errors", "up", re.compile(r"err|fail|fault|5xx|exception|reject|timeout|drop", re.I)),
+    ("latency", "up", re.compile(r"laten|duration|response.?time|\brt\b|_rt|elapsed|delay|_ms\b|_seconds\b|\bp\d\d\b", re.I)),
+    ("cpu", "up", re.compile(r"cpu|processor|load_?avg|throttl", re.I)),
+    ("memory", "up", re.compile(r"mem|rss|heap|\bgc\b|swap|oom", re.I)),
+    ("saturation", "up", re.compile(r"disk|fs_|inode|io_?wait|queue|pool|thread|conn|fd|file_?desc|saturat|node", re.I)),
+    ("traffic", "both", re.compile(r"req|qps|rps|tps|throughput|workload|ops|count|calls|sum|rate|bytes|packets|network|net_|syscall", re.I)),
+)
+
+
+def infer_kind(metric: str) -> tuple[Kind, Direction]:
+    """A metric's kind and worse direction guessed from its name; ("other", "both") when nothing matches."""
+    for kind, direction, pattern in _KIND_PATTERNS:
+        if pattern.search(metric):
+            return kind, direction
+    return "other", "both"
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+@dataclass(frozen=True)
+class Params:
+    """The ranker's few global parameters, chosen by leave-one-dataset-out (docs/rca.md), never per dataset."""
+
+    rel_floor: float = 0.05
+    """A series' scale is at least this share of its reference median (a flat series still has a unit)."""
+    z_cap: float = 1e4
+    w_metric: float = 1.0
+    w_trace: float = 1.0
+    w_log: float = 1.0
+    kind_weight: tuple[tuple[str, float], ...] = (
+        ("cpu", 1.0), ("memory", 1.0), ("latency", 1.0), ("errors", 1.0),
+        ("traffic", 0.5), ("saturation", 0.5), ("other", 0.5),
+    )
+    propagation: float = 0.5
+    """Weight of the call-graph walk against each service's own score (0 = no propagation)."""
+    restart: float = 0.3
+    """Restart probability of the personalised PageRank."""
+    min_deviation: float = 1.0
+    """Below this (log1p of robust z) a series counts as not deviating."""
+
+    def kind_w(self, kind: str) -> float:
+        """The weight of a metric kind."""
+        return dict(self.kind_weight).get(kind, 0.5)
+
+
+DEFAULT_PARAMS = Params()
+
+# ----------------------------------------------------------------------------- output
+
+
+@dataclass
+class ServiceScore:
+    """What the ranker found about one service."""
+
+    service: str
+    score: float = 0.0
+    metric: float = 0.0
+    trace: float = 0.0
+    log: float = 0.0
+    by_kind: dict[str, float] = field(default_factory=dict)
+    """The strongest metric deviation of each kind on this service."""
+    top_series: list[tuple[str, float]] = field(default_factory=list)
+    """(metric, deviation) of its most deviating series, worst first."""
+    vanished: bool = False
+    """Its telemetry stopped after the start."""
+    trace_errors: float = 0.0
+    log_errors: float = 0.0
+
+
+@dataclass
+class RcaResult:
+    """A ranking over every candidate, the fault type of the top one, and the features confidence reads."""
+
+    ranking: list[ServiceScore]
+    fault_type: RcaFault | None
+    features: dict[str, float]
+
+    @property
+    def services(self) -> list[str]:
+        """Candidates, most likely cause first."""
+        return [s.service for s in self.ranking]
+
+    @property
+    def answered(self) -> bool:
+        """Whether anything deviated at all."""
+        return bool(self.ranking) and self.ranking[0].score > 0
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def robust_scale(ref: np.ndarray, rel_floor: float) -> tuple[float, float]:
+    """Median and a robust scale of reference values: max(IQR/1.349, 1.4826 MAD, rel_floor * |median|, tiny)."""
+    med = float(np.median(ref))
+    q1, q3 = np.percentile(ref, [25, 75])
+    mad = float(np.median(np.abs(ref - med)))
+    scale = max(float(q3 - q1) / 1.349, 1.4826 * mad, rel_floor * abs(med), 1e-9)
+    return med, scale
+
+
+def series_deviation(s: MetricSeries, start: float, p: Params) -> tuple[float, bool]:
+    """How far a series went the worse way after `start` (log1p of robust z) and whether it stopped reporting."""
+    finite = np.isfinite(s.values)
+    before = s.values[(s.ts < start) & finite]
+    after = s.values[(s.ts >= start) & finite]
+    ref = s.normal[np.isfinite(s.normal)] if s.normal is not None and np.isfinite(s.normal).sum() >= 5 else before
+    if len(ref) < 2:
+        return 0.0, False
+    if len(after) == 0:
+        return 0.0, len(before) > 0 and s.ts.max() < start
+    med, scale = robust_scale(ref, p.rel_floor)
+    z = (after - med) / scale
+    if s.direction == "up":
+        z = np.maximum(z, 0.0)
+    elif s.direction == "down":
+        z = np.maximum(-z, 0.0)
+    else:
+        z = np.abs(z)
+    worst = np.sort(z)[::-1][:2]
+    return float(np.log1p(min(float(worst.mean()), p.z_cap))), False
+
+
+def metric_scores(inp: RcaInput, p: Params) -> dict[str, ServiceScore]:
+    """Per service: the strongest weighted deviation over its series, with the per-kind maxima kept."""
+    out = {s: ServiceScore(s) for s in inp.services}
+    for s in inp.series:
+        dev, vanished = series_deviation(s, inp.anomaly_start, p)
+        sc = out.setdefault(s.service, ServiceScore(s.service))
+        if vanished:
+            sc.vanished = True
+        if dev < p.min_deviation:
+            continue
+        sc.by_kind[s.kind] = max(sc.by_kind.get(s.kind, 0.0), dev)
+        sc.top_series.append((s.metric, round(dev, 3)))
+    for sc in out.values():
+        sc.top_series.sort(key=lambda x: -x[1])
+        del sc.top_series[5:]
+        sc.metric = max((p.kind_w(k) * v for k, v in sc.by_kind.items()), default=0.0)
+    return out
+
+
+# ----------------------------------------------------------------------------- traces
+
+
+def trace_scores(inp: RcaInput, p: Params) -> tuple[dict[str, float], dict[str, float], set[tuple[str, str]]]:
+    """Per service: excess share of slow exclusive time after the start, errors it originates; call edges seen."""
+    spans = inp.spans
+    edges: set[tuple[str, str]] = set()
+    if not spans:
+        return {}, {}, edges
+    by_id = {(sp.trace_id, sp.span_id): sp for sp in spans}
+    child_time: dict[tuple[str, str], float] = defaultdict(float)
+    erroring_child: set[tuple[str, str]] = set()
+    for sp in spans:
+        if not sp.parent_id:
+            continue
+        key = (sp.trace_id, sp.parent_id)
+        parent = by_id.get(key)
+        child_time[key] += sp.duration
+        if parent is not None and parent.service != sp.service:
+            edges.add((parent.service, sp.service))
+        if sp.status == "error":
+            erroring_child.add(key)
+    self_time: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    errors_before: Counter[str] = Counter()
+    errors_after: Counter[str] = Counter()
+    count_before: Counter[str] = Counter()
+    count_after: Counter[str] = Counter()
+    start = inp.anomaly_start
+    for sp in spans:
+        own = max(sp.duration - child_time.get((sp.trace_id, sp.span_id), 0.0), 0.0)
+        self_time[(sp.service, sp.operation)].append((sp.start, own))
+        after = sp.start >= start
+        (count_after if after else count_before)[sp.service] += 1
+        if sp.status == "error" and (sp.trace_id, sp.span_id) not in erroring_child:
+            (errors_after if after else errors_before)[sp.service] += 1
+    slow_after: Counter[str] = Counter()
+    slow_before: Counter[str] = Counter()
+    judged_after: Counter[str] = Counter()
+    judged_before: Counter[str] = Counter()
+    for (service, _op), rows in self_time.items():
+        ref = np.array([d for t, d in rows if t < start])
+        if len(ref) < 5:
+            continue
+        med, scale = robust_scale(ref, p.rel_floor)
+        limit = med + 3 * scale
+        for t, d in rows:
+            if t >= start:
+                judged_after[service] += 1
+                slow_after[service] += d > limit
+            else:
+                judged_before[service] += 1
+                slow_before[service] += d > limit
+    latency: dict[str, float] = {}
+    for service in judged_after:
+        share_after = slow_after[service] / judged_after[service]
+        share_before = slow_before[service] / max(judged_before[service], 1)
+        excess = share_after - share_before
+        if excess > 0:
+            # Excess share of slow spans, weighted by how many there were (a few slow spans are noise).
+            latency[service] = excess * math.log1p(slow_after[service])
+    errors: dict[str, float] = {}
+    for service, n in errors_after.items():
+        rate_after = n / max(count_after[service], 1)
+        rate_before = errors_before[service] / max(count_before[service], 1)
+        if rate_after > rate_before:
+            errors[service] = (rate_after - rate_before) * math.log1p(n)
+    return latency, errors, edges
+
+
+# ----------------------------------------------------------------------------- logs
+
+_VOLATILE = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|0x[0-9a-fA-F]+|\b[0-9a-fA-F]*\d[0-9a-fA-F]*\b|\d+(?:\.\d+)?"
+)
+_ERROR_WORDS = re.compile(r"\b(error|exception|fail(ed|ure)?|fatal|panic|refused|timed? ?out|traceback)\b", re.I)
+_ERROR_LEVELS = {"error", "err", "fatal", "critical", "crit", "severe", "panic", "alert", "emerg"}
+
+
+def log_template(message: str) -> str:
+    """A message with ids and numbers masked, cut to its first twelve words."""
+    return " ".join(_VOLATILE.sub("*", message).split()[:12])
+
+
+def is_error(row: LogRow) -> bool:
+    """An error line: by its level, or by its words when the level is unknown."""
+    level = row.level.lower()
+    if level:
+        return level in _ERROR_LEVELS
+    return bool(_ERROR_WORDS.search(row.message))
+
+
+def log_scores(inp: RcaInput) -> tuple[dict[str, float], dict[str, float]]:
+    """Per service: rise of error lines and of lines of templates unseen before the start; and the error rise."""
+    if not inp.logs:
+        return {}, {}
+    start = inp.anomaly_start
+    before_t = [r.ts for r in inp.logs if r.ts < start]
+    after_t = [r.ts for r in inp.logs if r.ts >= start]
+    span_before = max((start - min(before_t)) if before_t else 0.0, 1.0)
+    span_after = max((max(after_t) - start) if after_t else 0.0, 1.0)
+    seen: dict[str, set[str]] = defaultdict(set)
+    err_before: Counter[str] = Counter()
+    err_after: Counter[str] = Counter()
+    novel_after: Counter[str] = Counter()
+    for r in inp.logs:
+        if r.ts < start:
+            seen[r.service].add(log_template(r.message))
+            err_before[r.service] += is_error(r)
+    for r in inp.logs:
+        if r.ts >= start:
+            err_after[r.service] += is_error(r)
+            if log_template(r.message) not in seen[r.service]:
+                novel_after[r.service] += 1
+    has_before = bool(before_t)
+    score: dict[str, float] = {}
+    errors: dict[str, float] = {}
+    for service in set(err_after) | set(novel_after):
+        rise = err_after[service] / span_after - err_before[service] / span_before
+        err = math.log1p(max(rise, 0.0) * 60)  # per minute
+        novel = math.log1p(novel_after[service] / span_after * 60) if has_before else 0.0
+        if err > 0:
+            errors[service] = err
+        if err + novel > 0:
+            score[service] = err + 0.5 * novel
+    return score, errors
+
+
+# ----------------------------------------------------------------------------- propagation
+
+
+def personalised_pagerank(
+    services: Sequence[str], edges: Iterable[tuple[str, str]], own: dict[str, float], restart: float, iterations: int = 50
+) -> dict[str, float]:
+    """Walk from deviating services towards the deviating callees that may explain them.
+
+    From a service the walker moves to a callee with probability proportional to the callee's own score, stays
+    in proportion to its own score, and restarts at a service in proportion to that service's score.
+    """
+    index = {s: i for i, s in enumerate(services)}
+    n = len(services)
+    pref = np.array([own.get(s, 0.0) for s in services], dtype=float)
+    if n == 0 or pref.sum() <= 0:
+        return {s: 0.0 for s in services}
+    pref /= pref.sum()
+    callees: dict[int, list[int]] = defaultdict(list)
+    for a, b in edges:
+        if a in index and b in index and a != b:
+            callees[index[a]].append(index[b])
+    transition = np.zeros((n, n))
+    for i in range(n):
+        weights = {i: own.get(services[i], 0.0)}
+        for j in callees[i]:
+            weights[j] = weights.get(j, 0.0) + own.get(services[j], 0.0)
+        total = sum(weights.values())
+        if total <= 0:
+            transition[i, i] = 1.0
+            continue
+        for j, w in weights.items():
+            transition[i, j] += w / total
+    rank = pref.copy()
+    for _ in range(iterations):
+        rank = restart * pref + (1 - restart) * rank @ transition
+    return {s: float(rank[index[s]]) for s in services}
+
+
+# ----------------------------------------------------------------------------- ranking
+
+
+def _normalised(values: dict[str, float]) -> dict[str, float]:
+    top = max(values.values(), default=0.0)
+    return {k: v / top for k, v in values.items()} if top > 0 else {k: 0.0 for k in values}
+
+
+def rank(inp: RcaInput, p: Params = DEFAULT_PARAMS) -> RcaResult:
+    """Rank every candidate service of `inp` as the root cause, most likely first."""
+    scores = metric_scores(inp, p)
+    trace_latency, trace_errors, trace_edges = trace_scores(inp, p)
+    logs, log_errors = log_scores(inp)
+    services = sorted(set(inp.services) | set(scores))
+    for name in services:
+        sc = scores.setdefault(name, ServiceScore(name))
+        sc.trace = trace_latency.get(name, 0.0) + trace_errors.get(name, 0.0)
+        sc.trace_errors = trace_errors.get(name, 0.0)
+        sc.log = logs.get(name, 0.0)
+        sc.log_errors = log_errors.get(name, 0.0)
+    metric_n = _normalised({s: scores[s].metric for s in services})
+    trace_n = _normalised({s: scores[s].trace for s in services})
+    log_n = _normalised({s: scores[s].log for s in services})
+    own = {
+        s: p.w_metric * metric_n[s] + p.w_trace * trace_n[s] + p.w_log * log_n[s] + (1.0 if scores[s].vanished else 0.0)
+        for s in services
+    }
+    edges = set(inp.edges) | trace_edges
+    walked = _normalised(personalised_pagerank(services, edges, own, p.restart)) if p.propagation > 0 else {}
+    own_n = _normalised(own)
+    for s in services:
+        scores[s].score = (1 - p.propagation) * own_n[s] + p.propagation * walked.get(s, 0.0)
+    ranking = sorted(scores.values(), key=lambda sc: (-sc.score, sc.service))
+    fault = fault_type(ranking[0]) if ranking and ranking[0].score > 0 else None
+    return RcaResult(ranking, fault, features(ranking, metric_n, trace_n, log_n))
+
+
+def fault_type(top: ServiceScore) -> RcaFault:
+    """The fault type the evidence pattern of the top service points to."""
+    if top.vanished:
+        return "crash"
+    kinds = dict(top.by_kind)
+    if any("disk" in m.lower() or "inode" in m.lower() for m, _ in top.top_series[:2]):
+        return "disk"
+    resource = max(kinds.get("cpu", 0.0), kinds.get("memory", 0.0))
+    symptom = max(kinds.get("latency", 0.0), kinds.get("errors", 0.0))
+    if resource > 0 and resource >= 0.5 * symptom:
+        return "cpu" if kinds.get("cpu", 0.0) >= kinds.get("memory", 0.0) else "memory"
+    if top.trace_errors > 0 or top.log_errors > 0 or kinds.get("errors", 0.0) > kinds.get("latency", 0.0):
+        return "error"
+    if kinds.get("latency", 0.0) > 0 or top.trace > 0:
+        return "latency"
+    return "other"
+
+
+def features(ranking: list[ServiceScore], metric_n: dict[str, float], trace_n: dict[str, float], log_n: dict[str, float]) -> dict[str, float]:
+    """What the confidence model reads: the margin of the top answer and how many modalities back it."""
+    if not ranking or ranking[0].score <= 0:
+        return {"margin": 0.0, "ratio": 0.0, "agree": 0.0, "deviating": 0.0, "top_metric": 0.0}
+    top = ranking[0]
+    second = ranking[1].score if len(ranking) > 1 else 0.0
+    agree = sum(1 for n in (metric_n, trace_n, log_n) if n.get(top.service, 0.0) >= 0.999)
+    present = sum(1 for n in (metric_n, trace_n, log_n) if any(v > 0 for v in n.values()))
+    deviating = sum(1 for s in ranking if s.score > 0.05)
+    return {
+        "margin": top.score - second,
+        "ratio": second / top.score,
+        "agree": agree / max(present, 1),
+        "deviating": deviating / len(ranking),
+        "top_metric": max(top.by_kind.values(), default=0.0),
+    }

@@ -1,0 +1,96 @@
+"""Confidence as a probability: a small logistic model over the ranker's own features.
+
+`P(top answer is right) = sigmoid(w · x + b)` with `x` from `agents.rca.features` (the margin of the top
+answer, the runner-up's share of its score, how many modalities agree, how many services deviate, how far the
+top service's metrics moved). It is fitted by `python -m evals.fit_rca_confidence` on the dev cases with
+leave-one-system-out cross-validation, and shipped as `agents/rca_confidence.json` (versioned, with the data it
+was fitted on and its cross-validated Brier score and ECE). Nothing here is set by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ARTEFACT = Path(__file__).with_name("rca_confidence.json")
+FEATURES = ("margin", "ratio", "agree", "deviating", "top_metric")
+
+
+@dataclass
+class ConfidenceModel:
+    """Weights of the logistic model, in the order of FEATURES, and its intercept."""
+
+    weights: tuple[float, ...]
+    bias: float
+    version: str = "unfitted"
+
+    def probability(self, features: dict[str, float]) -> float:
+        """The calibrated probability that the top answer is right."""
+        z = self.bias + sum(w * float(features.get(name, 0.0)) for w, name in zip(self.weights, FEATURES))
+        return 1.0 / (1.0 + math.exp(-max(min(z, 40.0), -40.0)))
+
+    @classmethod
+    def load(cls, path: Path = ARTEFACT) -> ConfidenceModel:
+        """The shipped model; a prior of 0.5 with a warning-free zero model when the artefact is missing."""
+        data = json.loads(Path(path).read_text())
+        return cls(tuple(float(data["weights"][n]) for n in FEATURES), float(data["bias"]), str(data["version"]))
+
+
+def matrix(rows: Sequence[dict[str, float]]) -> np.ndarray:
+    """Feature rows as a matrix in FEATURES order."""
+    return np.array([[float(r.get(n, 0.0)) for n in FEATURES] for r in rows], dtype=float).reshape(len(rows), len(FEATURES))
+
+
+def fit(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iterations: int = 50) -> tuple[np.ndarray, float]:
+    """L2-regularised logistic regression by Newton's method; returns (weights, bias)."""
+    n, d = x.shape
+    xa = np.hstack([x, np.ones((n, 1))])
+    w = np.zeros(d + 1)
+    reg = np.eye(d + 1) * l2
+    reg[-1, -1] = 0.0  # the intercept is not shrunk
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-np.clip(xa @ w, -40, 40)))
+        grad = xa.T @ (p - y) + reg @ w
+        hess = xa.T @ (xa * (p * (1 - p))[:, None]) + reg + 1e-9 * np.eye(d + 1)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return w[:-1], float(w[-1])
+
+
+def brier(p: Sequence[float], y: Sequence[float]) -> float:
+    """Mean squared error of probabilities against outcomes."""
+    pa, ya = np.asarray(p, dtype=float), np.asarray(y, dtype=float)
+    return float(np.mean((pa - ya) ** 2)) if len(pa) else math.nan
+
+
+def ece(p: Sequence[float], y: Sequence[float], bins: int = 10) -> float:
+    """Expected calibration error over equal-width bins."""
+    pa, ya = np.asarray(p, dtype=float), np.asarray(y, dtype=float)
+    if not len(pa):
+        return math.nan
+    idx = np.minimum((pa * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            total += m.sum() / len(pa) * abs(pa[m].mean() - ya[m].mean())
+    return float(total)
+
+
+def reliability(p: Sequence[float], y: Sequence[float], bins: int = 5) -> list[dict[str, float]]:
+    """Rows of a reliability diagram: per bin, how many answers, mean confidence, share right."""
+    pa, ya = np.asarray(p, dtype=float), np.asarray(y, dtype=float)
+    idx = np.minimum((pa * bins).astype(int), bins - 1)
+    rows = []
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            rows.append({"bin": f"{b / bins:.1f}-{(b + 1) / bins:.1f}", "n": int(m.sum()), "confidence": round(float(pa[m].mean()), 3), "accuracy": round(float(ya[m].mean()), 3)})
+    return rows

@@ -1,0 +1,244 @@
+"""The root-cause ranker's scorers on small synthetic cases, the case format, and the bench end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agents.rca import (
+    LogRow,
+    MetricSeries,
+    RcaInput,
+    SpanRow,
+    infer_kind,
+    log_scores,
+    metric_scores,
+    personalised_pagerank,
+    rank,
+    series_deviation,
+    trace_scores,
+    DEFAULT_PARAMS,
+)
+from agents.rca_confidence import ConfidenceModel, brier, ece, fit
+from evals.rca_bench import baro_scores, run_bench
+from evals.rca_case import load_case, load_label
+from tools.base import ConfigError
+
+T0 = 1_700_000_000.0
+STEP = 60.0
+
+
+def _series(service: str, metric: str, before: list[float], after: list[float], kind: str = "other", direction: str = "both") -> MetricSeries:
+    values = np.array(before + after, dtype=float)
+    ts = T0 + STEP * (np.arange(len(values)) - len(before))
+    return MetricSeries(service, metric, ts, values, None, kind, direction)  # type: ignore[arg-type]
+
+
+def test_infer_kind_from_names() -> None:
+    assert infer_kind("CpuUsageRate(%)") == ("cpu", "up")
+    assert infer_kind("MemoryUsage(Mi)") == ("memory", "up")
+    assert infer_kind("PodServerLatencyP95(s)") == ("latency", "up")
+    assert infer_kind("availability_Average") == ("errors", "down")
+    assert infer_kind("SuccessRate(%)") == ("errors", "down")
+    assert infer_kind("http_5xx_total") == ("errors", "up")
+    assert infer_kind("requests_Sum") == ("traffic", "both")
+    assert infer_kind("zzz") == ("other", "both")
+
+
+def test_series_deviation_is_direction_aware() -> None:
+    base = [10.0, 11.0, 9.0, 10.5, 9.5, 10.0]
+    up = _series("a", "lat", base, [40.0, 42.0], "latency", "up")
+    down = _series("a", "lat", base, [1.0, 1.0], "latency", "up")
+    dev_up, _ = series_deviation(up, T0, DEFAULT_PARAMS)
+    dev_down, _ = series_deviation(down, T0, DEFAULT_PARAMS)
+    assert dev_up > 3.0
+    assert dev_down == 0.0  # a latency that drops is not worse
+    both = _series("a", "x", base, [1.0, 1.0])
+    assert series_deviation(both, T0, DEFAULT_PARAMS)[0] > 1.0
+
+
+def test_series_deviation_prefers_the_normal_period_and_sees_a_series_stop() -> None:
+    s = _series("a", "cpu", [50.0] * 6, [52.0, 52.0], "cpu", "up")
+    s.normal = np.array([10.0, 11.0, 9.0, 10.0, 10.5, 9.5])
+    assert series_deviation(s, T0, DEFAULT_PARAMS)[0] > 3.0  # far above the known-normal period
+    gone = _series("a", "cpu", [10.0] * 6, [], "cpu", "up")
+    assert series_deviation(gone, T0, DEFAULT_PARAMS) == (0.0, True)
+
+
+def _chain_case(root: str = "c") -> RcaInput:
+    """a → b → c; the root's CPU rises, and latency rises on it and every caller above it."""
+    quiet = [10.0, 10.5, 9.5, 10.0, 10.2, 9.8]
+    chain = ["a", "b", "c"]
+    series = []
+    for s in chain:
+        hit = chain.index(s) <= chain.index(root)
+        series.append(_series(s, "latency_ms", quiet, [30.0, 31.0] if hit else [10.0, 10.1], "latency", "up"))
+        series.append(_series(s, "cpu", quiet, [90.0, 91.0] if s == root else [10.0, 10.1], "cpu", "up"))
+    return RcaInput(T0, chain, series, {("a", "b"), ("b", "c")})
+
+
+def test_metric_scores_keep_the_kind_of_each_deviation() -> None:
+    scores = metric_scores(_chain_case(), DEFAULT_PARAMS)
+    assert set(scores["c"].by_kind) == {"latency", "cpu"}
+    assert set(scores["a"].by_kind) == {"latency"}
+    assert scores["c"].metric >= scores["a"].metric
+
+
+@pytest.mark.parametrize("root", ["b", "c"])
+def test_rank_puts_the_deepest_deviating_service_first(root: str) -> None:
+    result = rank(_chain_case(root))
+    assert result.services[0] == root
+    assert result.fault_type == "cpu"
+    assert set(result.services) == {"a", "b", "c"}
+
+
+def test_personalised_pagerank_moves_mass_to_the_deviating_callee() -> None:
+    pr = personalised_pagerank(["a", "b"], {("a", "b")}, {"a": 1.0, "b": 1.0}, restart=0.3)
+    assert pr["b"] > pr["a"]
+    quiet_callee = personalised_pagerank(["a", "b"], {("a", "b")}, {"a": 1.0, "b": 0.0}, restart=0.3)
+    assert quiet_callee["a"] > quiet_callee["b"]
+
+
+def _span(trace: str, sid: str, parent: str, service: str, start: float, duration: float, status: str = "") -> SpanRow:
+    return SpanRow(trace, sid, parent, service, "op", start, duration, status)
+
+
+def test_trace_scores_blame_exclusive_time_not_the_waiting_caller() -> None:
+    spans = []
+    for i in range(40):
+        after = i >= 20
+        t = T0 + (i - 20) * 5.0
+        slow = 1.0 if after else 0.0
+        spans.append(_span(f"t{i}", "1", "", "front", t, 0.11 + slow + 0.001 * (i % 3)))
+        spans.append(_span(f"t{i}", "2", "1", "db", t, 0.1 + slow + 0.001 * (i % 3)))
+    latency, errors, edges = trace_scores(RcaInput(T0, ["front", "db"], spans=spans), DEFAULT_PARAMS)
+    assert latency.get("db", 0) > 0 and latency.get("front", 0) == 0
+    assert edges == {("front", "db")}
+    assert errors == {}
+
+
+def test_trace_scores_count_the_deepest_error_only() -> None:
+    spans = []
+    for i in range(20):
+        t = T0 + i
+        status = "error" if i >= 10 else "ok"
+        spans.append(_span(f"t{i}", "1", "", "front", t - 10, 0.2, status))
+        spans.append(_span(f"t{i}", "2", "1", "db", t - 10, 0.1, status))
+    _, errors, _ = trace_scores(RcaInput(T0 - 5, ["front", "db"], spans=spans), DEFAULT_PARAMS)
+    assert errors.get("db", 0) > 0 and "front" not in errors
+
+
+def test_log_scores_see_new_error_templates() -> None:
+    logs = [LogRow(T0 - 60 + i, "a", "info", f"served request {i}") for i in range(30)]
+    logs += [LogRow(T0 - 60 + i, "b", "info", f"served request {i}") for i in range(30)]
+    logs += [LogRow(T0 + i, "b", "error", f"NullPointerException at line {i}") for i in range(20)]
+    logs += [LogRow(T0 + i, "a", "info", f"served request {i}") for i in range(20)]
+    score, errors = log_scores(RcaInput(T0, ["a", "b"], logs=logs))
+    assert score["b"] > score.get("a", 0.0)
+    assert "a" not in errors and errors["b"] > 0
+
+
+def test_no_deviation_means_no_answer() -> None:
+    quiet = [10.0, 10.5, 9.5, 10.0, 10.2, 9.8]
+    inp = RcaInput(T0, ["a", "b"], [_series("a", "cpu", quiet, [10.0, 10.1], "cpu", "up")])
+    result = rank(inp)
+    assert not result.answered and result.fault_type is None
+
+
+def test_logistic_fit_and_calibration_metrics() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 1))
+    y = (rng.random(400) < 1 / (1 + np.exp(-3 * x[:, 0]))).astype(float)
+    w, b = fit(x, y, l2=0.01)
+    assert 2.0 < w[0] < 4.5 and abs(b) < 0.5
+    assert brier([1.0, 0.0], [1.0, 0.0]) == 0.0
+    assert ece([0.9] * 10, [1.0] * 9 + [0.0]) == pytest.approx(0.0)
+    assert ece([0.9] * 10, [0.0] * 10) == pytest.approx(0.9)
+
+
+# ----------------------------------------------------------------------------- the case format and bench
+
+
+def _write(path: Path, header: list[str], rows: list[list[object]]) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def write_chain_case(folder: Path, root: str, names: dict[str, str] | None = None) -> None:
+    """A chain case on disk: front → mid → db, trouble starting at the root."""
+    names = names or {}
+    n = lambda s: names.get(s, s)  # noqa: E731
+    folder.mkdir(parents=True)
+    chain = ["front", "mid", "db"]
+    rows = []
+    for s in chain:
+        hit = chain.index(s) <= chain.index(root)
+        for i in range(12):
+            t = T0 + (i - 8) * STEP
+            after = i >= 8
+            rows.append([t, n(s), "latency_p95", 30.0 + i % 2 if (after and hit) else 10.0 + 0.3 * (i % 3)])
+            rows.append([t, n(s), "cpu_usage", 90.0 + i % 2 if (after and s == root) else 20.0 + (i % 3)])
+    _write(folder / "metrics.csv", ["timestamp", "service", "metric", "value"], rows)
+    _write(folder / "topology.csv", ["caller", "callee"], [[n("front"), n("mid")], [n("mid"), n("db")]])
+    (folder / "case.json").write_text(json.dumps({"system": "synthetic", "anomaly_start": T0, "symptom": {"service": n("front"), "metric": "latency_p95"}}))
+    (folder / "label.json").write_text(json.dumps({"root_cause": n(root), "fault_type": "cpu"}))
+
+
+def test_load_case_reads_every_file_and_never_the_label(tmp_path: Path) -> None:
+    write_chain_case(tmp_path / "c1", "mid")
+    (tmp_path / "c1" / "label.json").write_text("not json")  # would fail if load_case read it
+    case = load_case(tmp_path / "c1")
+    assert case.system == "synthetic" and case.input.services == ["db", "front", "mid"]
+    assert case.input.edges == {("front", "mid"), ("mid", "db")}
+    assert case.input.symptom == ("front", "latency_p95")
+    with pytest.raises(ConfigError, match="label.json"):
+        load_label(tmp_path / "c1")
+
+
+def test_load_case_rejects_bad_input_clearly(tmp_path: Path) -> None:
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "case.json").write_text("{}")
+    with pytest.raises(ConfigError, match="anomaly_start"):
+        load_case(tmp_path / "bad")
+    write_chain_case(tmp_path / "c", "db")
+    (tmp_path / "c" / "metrics.csv").write_text("time,svc\n1,a\n")
+    with pytest.raises(ConfigError, match="missing column"):
+        load_case(tmp_path / "c")
+
+
+def test_relabelling_services_changes_no_ranking(tmp_path: Path) -> None:
+    write_chain_case(tmp_path / "plain", "mid")
+    names = {"front": "zz-edge", "mid": "aa-orders", "db": "mm-store"}
+    write_chain_case(tmp_path / "renamed", "mid", names)
+    plain = rank(load_case(tmp_path / "plain").input)
+    renamed = rank(load_case(tmp_path / "renamed").input)
+    assert [names[s] for s in plain.services] == renamed.services
+    assert plain.services[0] == "mid"
+    assert [round(s.score, 9) for s in plain.ranking] == [round(s.score, 9) for s in renamed.ranking]
+
+
+def test_bench_scores_cases_and_baselines(tmp_path: Path) -> None:
+    for i, root in enumerate(["db", "mid", "db", "front"]):
+        write_chain_case(tmp_path / f"case{i}", root)
+    model = ConfidenceModel((0.0,) * 5, 0.0, "test")
+    result = run_bench(tmp_path, model=model)
+    assert result["cases"] == 4
+    assert result["ac1"] == 1.0 and result["no_answer_rate"] == 0.0
+    assert result["fault_type_acc"] == 1.0
+    assert result["brier"] == pytest.approx(0.25) and result["mean_confidence"] == pytest.approx(0.5)
+    assert result["systems"]["synthetic"]["cases"] == 4
+    assert result["baselines"]["random"]["ac1"] == pytest.approx(1 / 3)
+    assert [c["rank"] for c in result["per_case"]] == [1, 1, 1, 1]
+
+
+def test_baro_baseline_takes_the_largest_iqr_deviation(tmp_path: Path) -> None:
+    write_chain_case(tmp_path / "c", "db")
+    scores = baro_scores(load_case(tmp_path / "c").input)
+    assert max(scores, key=lambda s: scores[s]) in {"db", "front", "mid"}
+    assert all(v > 0 for v in scores.values())
