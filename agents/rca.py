@@ -139,6 +139,17 @@ class Params:
     """Weight of the call-graph walk against each service's own score (0 = no propagation)."""
     restart: float = 0.3
     """Restart probability of the personalised PageRank."""
+    explain: float = 0.0
+    """How much of a caller's inheritable deviation (latency, errors, traffic) a deviating callee explains away."""
+    value_floor: float = 0.01
+    """The scale is at least this share of the value judged, which caps any one point's z at 1 / value_floor."""
+    off_path: float = 0.5
+    """Score multiplier of a service that the symptom's service does not reach in the call graph."""
+    min_ref: int = 5
+    """A reference needs this many points to judge a series on its own."""
+    reference: str = "both"
+    """"both": a series deviates only as far as every usable reference agrees; "first": the points before the start
+    when there are enough of them, else the normal period."""
     min_deviation: float = 1.0
     """Below this (log1p of robust z) a series counts as not deviating."""
 
@@ -207,21 +218,33 @@ def series_deviation(s: MetricSeries, start: float, p: Params) -> tuple[float, b
     finite = np.isfinite(s.values)
     before = s.values[(s.ts < start) & finite]
     after = s.values[(s.ts >= start) & finite]
-    ref = s.normal[np.isfinite(s.normal)] if s.normal is not None and np.isfinite(s.normal).sum() >= 5 else before
-    if len(ref) < 2:
-        return 0.0, False
     if len(after) == 0:
         return 0.0, len(before) > 0 and s.ts.max() < start
-    med, scale = robust_scale(ref, p.rel_floor)
-    z = (after - med) / scale
-    if s.direction == "up":
-        z = np.maximum(z, 0.0)
-    elif s.direction == "down":
-        z = np.maximum(-z, 0.0)
-    else:
-        z = np.abs(z)
-    worst = np.sort(z)[::-1][:2]
-    return float(np.log1p(min(float(worst.mean()), p.z_cap))), False
+    normal = s.normal[np.isfinite(s.normal)] if s.normal is not None else np.array([])
+    # Each reference that has enough points judges the series; the series deviates only as far as the most
+    # lenient of them says. The points just before the start see the system as it was that day; a known-normal
+    # period covers a start with too little history. Either alone is fooled by drifts the other would not see.
+    refs = [r for r in (before, normal) if len(r) >= p.min_ref]
+    if not refs:
+        refs = [r for r in (before, normal) if len(r) >= 2]
+    if not refs:
+        return 0.0, False
+    devs = []
+    for ref in refs[: 1 if p.reference == "first" else 2]:
+        med, scale = robust_scale(ref, p.rel_floor)
+        # The scale is also at least a share of the value itself, so a series that leaves zero (a count, a
+        # queue) moves by at most 1 / rel_floor units however flat it was: no series can dominate by dividing
+        # by a near-zero spread.
+        z = (after - med) / np.maximum(scale, p.value_floor * np.abs(after))
+        if s.direction == "up":
+            z = np.maximum(z, 0.0)
+        elif s.direction == "down":
+            z = np.maximum(-z, 0.0)
+        else:
+            z = np.abs(z)
+        worst = np.sort(z)[::-1][:2]
+        devs.append(float(np.log1p(min(float(worst.mean()), p.z_cap))))
+    return min(devs), False
 
 
 def metric_scores(inp: RcaInput, p: Params) -> dict[str, ServiceScore]:
@@ -417,8 +440,31 @@ def _normalised(values: dict[str, float]) -> dict[str, float]:
     return {k: v / top for k, v in values.items()} if top > 0 else {k: 0.0 for k in values}
 
 
-def rank(inp: RcaInput, p: Params = DEFAULT_PARAMS) -> RcaResult:
-    """Rank every candidate service of `inp` as the root cause, most likely first."""
+@dataclass
+class Evidence:
+    """What the ranker measured on one case, before its weights are applied (kept apart so tuning is cheap)."""
+
+    services: list[str]
+    scores: dict[str, ServiceScore]
+    edges: set[tuple[str, str]]
+    symptom: str | None = None
+
+
+def downstream(service: str, edges: Iterable[tuple[str, str]]) -> set[str]:
+    """`service` and everything it calls, directly or not."""
+    callees: dict[str, set[str]] = defaultdict(set)
+    for a, b in edges:
+        callees[a].add(b)
+    seen, todo = {service}, [service]
+    while todo:
+        for nxt in callees[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+def gather(inp: RcaInput, p: Params = DEFAULT_PARAMS) -> Evidence:
+    """Score every candidate on metrics, traces and logs."""
     scores = metric_scores(inp, p)
     trace_latency, trace_errors, trace_edges = trace_scores(inp, p)
     logs, log_errors = log_scores(inp)
@@ -429,6 +475,15 @@ def rank(inp: RcaInput, p: Params = DEFAULT_PARAMS) -> RcaResult:
         sc.trace_errors = trace_errors.get(name, 0.0)
         sc.log = logs.get(name, 0.0)
         sc.log_errors = log_errors.get(name, 0.0)
+    symptom = inp.symptom[0] if inp.symptom else None
+    return Evidence(services, scores, set(inp.edges) | trace_edges, symptom)
+
+
+def combine(ev: Evidence, p: Params = DEFAULT_PARAMS) -> RcaResult:
+    """Weigh the modalities, walk the call graph, and rank."""
+    services, scores = ev.services, ev.scores
+    for sc in scores.values():
+        sc.metric = max((p.kind_w(k) * v for k, v in sc.by_kind.items()), default=0.0)
     metric_n = _normalised({s: scores[s].metric for s in services})
     trace_n = _normalised({s: scores[s].trace for s in services})
     log_n = _normalised({s: scores[s].log for s in services})
@@ -436,14 +491,54 @@ def rank(inp: RcaInput, p: Params = DEFAULT_PARAMS) -> RcaResult:
         s: p.w_metric * metric_n[s] + p.w_trace * trace_n[s] + p.w_log * log_n[s] + (1.0 if scores[s].vanished else 0.0)
         for s in services
     }
-    edges = set(inp.edges) | trace_edges
-    walked = _normalised(personalised_pagerank(services, edges, own, p.restart)) if p.propagation > 0 else {}
+    if p.explain > 0:
+        own = explain_away(services, ev.edges, own, scores, p)
+    walked = _normalised(personalised_pagerank(services, ev.edges, own, p.restart)) if p.propagation > 0 else {}
     own_n = _normalised(own)
+    behind = downstream(ev.symptom, ev.edges) if ev.symptom else set()
     for s in services:
         scores[s].score = (1 - p.propagation) * own_n[s] + p.propagation * walked.get(s, 0.0)
+        if behind and s not in behind:
+            # Where the trouble was seen is a caller of its cause (or the cause itself).
+            scores[s].score *= p.off_path
     ranking = sorted(scores.values(), key=lambda sc: (-sc.score, sc.service))
     fault = fault_type(ranking[0]) if ranking and ranking[0].score > 0 else None
     return RcaResult(ranking, fault, features(ranking, metric_n, trace_n, log_n))
+
+
+PROPAGATING_KINDS = ("latency", "errors", "traffic")
+"""Kinds of deviation a caller inherits from a failing callee; CPU and memory stay where they happen."""
+
+
+def explain_away(services: Sequence[str], edges: Iterable[tuple[str, str]], own: dict[str, float], scores: dict[str, ServiceScore], p: Params) -> dict[str, float]:
+    """Discount the part of a service's score that a deviating callee explains.
+
+    A caller's latency and errors follow its callee's; its own CPU or memory does not. So the share of a
+    service's score that comes from inheritable kinds is scaled down by how strongly its worst callee deviates
+    relative to it.
+    """
+    callees: dict[str, set[str]] = defaultdict(set)
+    for a, b in edges:
+        if a != b:
+            callees[a].add(b)
+    out = {}
+    for s in services:
+        sc = scores[s]
+        worst = max((own.get(c, 0.0) for c in callees[s]), default=0.0)
+        if own[s] <= 0 or worst <= 0:
+            out[s] = own[s]
+            continue
+        kinds = sc.by_kind
+        total = sum(p.kind_w(k) * v for k, v in kinds.items()) or 1.0
+        inheritable = sum(p.kind_w(k) * v for k, v in kinds.items() if k in PROPAGATING_KINDS) / total
+        explained = min(worst / own[s], 1.0)
+        out[s] = own[s] * (1 - p.explain * inheritable * explained)
+    return out
+
+
+def rank(inp: RcaInput, p: Params = DEFAULT_PARAMS) -> RcaResult:
+    """Rank every candidate service of `inp` as the root cause, most likely first."""
+    return combine(gather(inp, p), p)
 
 
 def fault_type(top: ServiceScore) -> RcaFault:

@@ -97,3 +97,62 @@ def bench_nab(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     typer.echo(json.dumps(result, indent=2) if fmt == "json" else render_text(result))
+
+
+def render_rca(result: dict[str, Any]) -> str:
+    """The ranker next to the baselines, per system, then one line per case."""
+
+    def pct(x: float | None) -> str:
+        return f"{100 * x:6.1f}" if x is not None else "   n/a"
+
+    def row(name: str, s: dict[str, Any]) -> str:
+        return f"{name:34} {s['cases']:5} " + " ".join(pct(s.get(k)) for k in ("ac1", "ac3", "ac5", "avg5"))
+
+    lines = [
+        f"root-cause bench: {result['cases']} cases, {result['seconds_per_case']:.3f} s per case "
+        f"(load + rank), confidence model {result['confidence_model'] or 'NONE'}",
+    ]
+    if result.get("warning"):
+        lines.append(f"WARNING: {result['warning']}")
+    lines += ["", f"{'method / system':34} {'cases':>5} {'AC@1':>6} {'AC@3':>6} {'AC@5':>6} {'Avg@5':>6}"]
+    lines.append(row("sregraph ranker", result))
+    for system, s in result["systems"].items():
+        lines.append(row(f"  {system}", s))
+    for subset, s in result.get("subsets", {}).items():
+        lines.append(row(f"    {subset}", s))
+    for name, base in result.get("baselines", {}).items():
+        lines.append(row(f"baseline: {name}", base))
+        for system, s in base.get("systems", {}).items():
+            lines.append(row(f"  {system}", s))
+    lines += [
+        "",
+        f"fault type right: {pct(result['fault_type_acc']).strip()} %   no answer: {pct(result['no_answer_rate']).strip()} %"
+        f"   Brier: {_num(result['brier'], '.3f').strip()}   ECE: {_num(result['ece'], '.3f').strip()}",
+        "",
+        f"{'case':44} {'rank':>4} {'conf':>5}  top 3",
+    ]
+    for c in result["per_case"]:
+        conf = f"{c['confidence']:.2f}" if c["confidence"] is not None else "  n/a"
+        lines.append(f"{c['id'][:44]:44} {c['rank'] or '-':>4} {conf:>5}  {', '.join(c['ranked'][:3])}  (truth {c['truth']})")
+    return "\n".join(lines)
+
+
+@bench.command("rca")
+def bench_rca(
+    data: Path = typer.Option(..., "--data", help="A folder of cases (each with a case.json), or one case."),
+    fmt: str = typer.Option("text", "--format", help="text or json"),
+    no_meta: bool = typer.Option(False, "--no-meta", help="Ignore metrics_meta.csv: infer every metric's kind from its name."),
+    no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip the BARO and random baselines."),
+) -> None:
+    """Rank root causes on every case under a folder; AC@k, fault type, calibration, and two baselines."""
+    if fmt not in ("text", "json"):
+        raise typer.BadParameter("use text or json", param_hint="--format")
+    from agents.rca_confidence import ConfidenceModel
+    from evals.rca_bench import run_bench
+
+    try:
+        result = run_bench(data, model=ConfidenceModel.load(), use_meta=not no_meta, baselines=not no_baselines)
+    except SregraphError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(json.dumps(result, indent=2) if fmt == "json" else render_rca(result))

@@ -1,0 +1,149 @@
+"""Choose the ranker's global parameters by leave-one-dataset-out, and fit its confidence model the same way.
+
+    python -m evals.tune_rca --data DIR [--data DIR ...] [--write]
+
+Every case under the folders is loaded once and grouped by its `system`. For each system held out, the grid
+point with the best mean AC@1 (then Avg@5) over the *other* systems is chosen and scored on the held-out one:
+those are the leave-one-out numbers. The grid point best over all systems is the in-sample choice, which
+`--write` prints as the new `Params` defaults to paste into agents/rca.py (they are code, reviewed like code).
+
+The confidence model is fitted the same way: for each held-out system a logistic model is fitted on the others'
+answers (with the parameters chosen without it) and predicts the held-out answers; Brier and ECE are measured
+on those out-of-fold predictions. `--write` then writes agents/rca_confidence.json, fitted on every system.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agents.rca import DEFAULT_PARAMS, Params, combine, gather
+from agents.rca_confidence import ARTEFACT, FEATURES, brier, ece, fit, matrix, reliability
+from evals.rca_bench import load_cases
+from evals.rca_case import Case, load_label
+
+GRID: dict[str, Sequence[Any]] = {
+    "propagation": (0.0, 0.3, 0.5),
+    "restart": (0.3, 0.6),
+    "rel_floor": (0.01, 0.05),
+    "off_path": (0.2, 0.5, 1.0),
+    "w_trace": (0.5, 1.0),
+    "w_log": (0.5, 1.0),
+}
+"""The grid searched; rel_floor changes the evidence itself, the others only how it is combined."""
+
+EVIDENCE_KEYS = ("rel_floor",)
+
+
+def _ranks(cases: Sequence[tuple[Case, str]], params: Params, cache: dict[Any, Any]) -> list[tuple[int | None, dict[str, float]]]:
+    out = []
+    for case, truth in cases:
+        key = (case.id, tuple(getattr(params, k) for k in EVIDENCE_KEYS))
+        if key not in cache:
+            cache[key] = gather(case.input, params)
+        result = combine(cache[key], params)
+        ranked = result.services if result.answered else []
+        out.append((ranked.index(truth) + 1 if truth in ranked else None, result.features))
+    return out
+
+
+def _score(ranks: Sequence[int | None]) -> tuple[float, float]:
+    ac = [sum(1 for r in ranks if r is not None and r <= k) / len(ranks) for k in range(1, 6)]
+    return ac[0], float(np.mean(ac))
+
+
+def tune(data: Sequence[Path]) -> dict[str, Any]:
+    """Leave-one-system-out parameter choice and confidence fit; returns numbers and the in-sample choice."""
+    t0 = time.perf_counter()
+    loaded = [(c, load_label(c.path)[0]) for d in data for c in load_cases(d)]
+    systems = sorted({c.system for c, _ in loaded})
+    by_system = {s: [(c, t) for c, t in loaded if c.system == s] for s in systems}
+    names = list(GRID)
+    points = [replace(DEFAULT_PARAMS, **dict(zip(names, values))) for values in itertools.product(*GRID.values())]
+    cache: dict[Any, Any] = {}
+    table: dict[tuple[int, str], list[tuple[int | None, dict[str, float]]]] = {}
+    for i, params in enumerate(points):
+        for system in systems:
+            table[(i, system)] = _ranks(by_system[system], params, cache)
+
+    def best(use: Sequence[str]) -> int:
+        def key(i: int) -> tuple[float, float]:
+            per = [_score([r for r, _ in table[(i, s)]]) for s in use]
+            return float(np.mean([a for a, _ in per])), float(np.mean([b for _, b in per]))
+        return max(range(len(points)), key=key)
+
+    report: dict[str, Any] = {"grid": {k: list(v) for k, v in GRID.items()}, "systems": {}}
+    oof_p: list[float] = []
+    oof_y: list[float] = []
+    for held in systems:
+        others = [s for s in systems if s != held]
+        i = best(others)
+        ac1, avg5 = _score([r for r, _ in table[(i, held)]])
+        train = [(f, 1.0 if r == 1 else 0.0) for s in others for r, f in table[(i, s)]]
+        w, b = fit(matrix([f for f, _ in train]), np.array([y for _, y in train]))
+        test = table[(i, held)]
+        probs = [float(1 / (1 + np.exp(-(matrix([f]) @ w + b)[0]))) for _, f in test]
+        ys = [1.0 if r == 1 else 0.0 for r, _ in test]
+        oof_p += probs
+        oof_y += ys
+        in_sample = _score([r for r, _ in table[(best(systems), held)]])
+        report["systems"][held] = {
+            "cases": len(test),
+            "leave_one_out": {"ac1": ac1, "avg5": avg5, "ac3": _ac(test, 3), "ac5": _ac(test, 5), "params": _diff(points[i]),
+                              "brier": brier(probs, ys), "ece": ece(probs, ys)},
+            "in_sample": {"ac1": in_sample[0], "avg5": in_sample[1]},
+        }
+    chosen = points[best(systems)]
+    everything = [(f, 1.0 if r == 1 else 0.0) for s in systems for r, f in table[(best(systems), s)]]
+    w, b = fit(matrix([f for f, _ in everything]), np.array([y for _, y in everything]))
+    report["chosen"] = _diff(chosen)
+    report["confidence"] = {
+        "out_of_fold": {"cases": len(oof_p), "brier": brier(oof_p, oof_y), "ece": ece(oof_p, oof_y), "accuracy": float(np.mean(oof_y)) if oof_y else None,
+                         "reliability": reliability(oof_p, oof_y)},
+        "weights": dict(zip(FEATURES, map(float, w))),
+        "bias": b,
+        "fitted_on": {s: len(by_system[s]) for s in systems},
+    }
+    report["seconds"] = time.perf_counter() - t0
+    report["grid_points"] = len(points)
+    return report
+
+
+def _ac(rows: Sequence[tuple[int | None, dict[str, float]]], k: int) -> float:
+    return sum(1 for r, _ in rows if r is not None and r <= k) / len(rows)
+
+
+def _diff(params: Params) -> dict[str, Any]:
+    base = asdict(DEFAULT_PARAMS)
+    return {k: v for k, v in asdict(params).items() if k in GRID or v != base[k]}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: print the report as JSON; with --write, store the confidence model."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", action="append", type=Path, required=True, help="a folder of cases (repeatable)")
+    parser.add_argument("--write", action="store_true", help="write agents/rca_confidence.json from the fit on every system")
+    args = parser.parse_args(argv)
+    report = tune(args.data)
+    if args.write:
+        conf = report["confidence"]
+        version = time.strftime("%Y-%m-%d") + "-" + "+".join(f"{s}:{n}" for s, n in conf["fitted_on"].items())
+        ARTEFACT.write_text(json.dumps({
+            "version": version, "features": list(FEATURES), "weights": conf["weights"], "bias": conf["bias"],
+            "params": report["chosen"], "fitted_on": conf["fitted_on"], "out_of_fold": conf["out_of_fold"],
+            "script": "python -m evals.tune_rca --data DIR ... --write",
+        }, indent=2) + "\n")
+    print(json.dumps(report, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
