@@ -61,10 +61,14 @@ def test_series_deviation_is_direction_aware() -> None:
     assert series_deviation(both, T0, DEFAULT_PARAMS)[0] > 1.0
 
 
-def test_series_deviation_prefers_the_normal_period_and_sees_a_series_stop() -> None:
-    s = _series("a", "cpu", [50.0] * 6, [52.0, 52.0], "cpu", "up")
-    s.normal = np.array([10.0, 11.0, 9.0, 10.0, 10.5, 9.5])
-    assert series_deviation(s, T0, DEFAULT_PARAMS)[0] > 3.0  # far above the known-normal period
+def test_series_deviation_uses_every_reference_and_sees_a_series_stop() -> None:
+    normal = np.array([10.0, 11.0, 9.0, 10.0, 10.5, 9.5])
+    short = _series("a", "cpu", [50.0] * 2, [52.0, 52.0], "cpu", "up")
+    short.normal = normal
+    assert series_deviation(short, T0, DEFAULT_PARAMS)[0] > 3.0  # too little history: the normal period judges
+    drifted = _series("a", "cpu", [50.0, 51.0, 49.0, 50.0, 50.5, 49.5], [50.5, 50.0], "cpu", "up")
+    drifted.normal = normal
+    assert series_deviation(drifted, T0, DEFAULT_PARAMS)[0] == 0.0  # high all day, not since the start
     gone = _series("a", "cpu", [10.0] * 6, [], "cpu", "up")
     assert series_deviation(gone, T0, DEFAULT_PARAMS) == (0.0, True)
 
