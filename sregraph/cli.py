@@ -20,6 +20,7 @@ from sregraph.config import Settings, load_settings
 from evals.eval_cli import eval_app
 from evals.nezha_cli import nezha
 from sregraph.bench import bench
+from sregraph.dataset_cli import dataset
 from sregraph.slo_cli import release_gate_command, slo
 from tools.base import SregraphError
 
@@ -32,6 +33,7 @@ app.add_typer(slo, name="slo")
 app.command("release-gate")(release_gate_command)
 bench.add_typer(nezha, name="nezha")
 app.add_typer(bench, name="bench")
+app.add_typer(dataset, name="dataset")
 app.add_typer(eval_app)
 
 console = Console(stderr=True)
