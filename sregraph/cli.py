@@ -13,15 +13,17 @@ from typing import Any, Iterator, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from graphs.state import ApprovalDecision, Trigger
 from sregraph.config import Settings, load_settings
+from sregraph.datadir import data_dir_to_read
 from evals.eval_cli import eval_app
 from evals.nezha_cli import nezha
 from sregraph.bench import bench
 from sregraph.dataset_cli import dataset
 from sregraph.slo_cli import release_gate_command, slo
+from sregraph.terminal import results_console
 from tools.base import SregraphError
 
 app = typer.Typer(help="sregraph: a team of SRE agents that runs the incident lifecycle.", no_args_is_help=True)
@@ -37,8 +39,7 @@ app.add_typer(dataset, name="dataset")
 app.add_typer(eval_app)
 
 console = Console(stderr=True)
-# Tables keep their columns when piped (rich would otherwise squeeze them to 80 characters).
-out = Console(width=None if sys.stdout.isatty() else 160)
+out = results_console()
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="sregraph.yaml to read (default: ./sregraph.yaml if present).")
 DataOpt = typer.Option(None, "--data-dir", help="Where checkpoints, incidents, memory and the local app live.")
@@ -50,6 +51,30 @@ def _settings(config: Optional[Path], data_dir: Optional[Path], **overrides: Any
     except SregraphError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
+
+
+def _read_settings(config: Optional[Path], data_dir: Optional[Path]) -> Settings:
+    """Settings of a command that only reads: without --data-dir, the data dir or the demo's, the newer."""
+    settings = _settings(config, data_dir)
+    if data_dir is not None:
+        return settings
+    choice = data_dir_to_read(settings.data_dir)
+    if choice.note:
+        console.print(f"[dim]{escape(choice.note)}[/dim]", soft_wrap=True)
+    return settings.model_copy(update={"data_dir": choice.path})
+
+
+def _read_by_default() -> Path | None:
+    """The data dir `incidents`, `memory` and `slo` read without a flag (None if ./sregraph.yaml is bad)."""
+    try:
+        return data_dir_to_read(load_settings(None).data_dir).path
+    except SregraphError:
+        return None
+
+
+def _prog() -> str:
+    """How this process was started, so a printed command can be pasted as it is (`.venv/bin/sregraph`)."""
+    return sys.argv[0] if Path(sys.argv[0]).name == "sregraph" else "python -m sregraph"
 
 
 @contextmanager
@@ -196,7 +221,7 @@ def demo(
     data_dir: Optional[Path] = DataOpt,
 ) -> None:
     """Start the app and the worker, inject every fault in turn, watch the agents handle them, print a scorecard."""
-    from sregraph.demo import DEFAULT_SEQUENCE, as_rows, demo_settings, run_demo
+    from sregraph.demo import DEFAULT_SEQUENCE, as_rows, demo_settings, next_commands, run_demo
 
     settings = demo_settings(_settings(config, data_dir, runtime=runtime))
     sequence = DEFAULT_SEQUENCE
@@ -216,7 +241,7 @@ def demo(
     else:
         table = Table(title="sregraph demo: one incident per fault")
         for column in ("fault", "service", "detected", "root cause", "fault type", "action", "recovered", "TTD s", "seen by", "TTR s", "memory"):
-            table.add_column(column)
+            table.add_column(column, no_wrap=column in ("fault", "service", "memory"))
         for r in rows:
             table.add_row(
                 r["fault"], r["service"], _tick(r["detected"]),
@@ -227,6 +252,11 @@ def demo(
                 r["memory_hit"] or "–",
             )
         out.print(table)
+    commands = next_commands(results, settings.data_dir, _read_by_default(), _prog())
+    if commands:
+        console.print("try next (incidents, diagnoses and post-mortems of this demo):")
+        for command in commands:
+            console.print(f"  {escape(command)}", soft_wrap=True, highlight=False)
     raise typer.Exit(0 if results and all(r.recovered for r in results) else 1)
 
 
@@ -306,12 +336,12 @@ def incidents_list(config: Optional[Path] = ConfigOpt, data_dir: Optional[Path] 
     """Incidents with their status."""
     from sregraph.engine import RunRegistry
 
-    settings = _settings(config, data_dir)
+    settings = _read_settings(config, data_dir)
     runs = RunRegistry(settings.data_dir / "runs.db").list()
     if fmt == "json":
         out.print_json(json.dumps(runs))
         return
-    table = Table("incident", "status", "started", "trigger")
+    table = Table(Column("incident", no_wrap=True), "status", "started", "trigger")
     for r in runs:
         table.add_row(r["incident_id"], r["status"], time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at"])), r["trigger"].get("summary", ""))
     out.print(table)
@@ -323,7 +353,7 @@ def incidents_show(incident_id: str, config: Optional[Path] = ConfigOpt, data_di
     from graphs.checkpoint import open_checkpointer
     from graphs.graph import build_graph
 
-    settings = _settings(config, data_dir)
+    settings = _read_settings(config, data_dir)
     graph = build_graph().compile(checkpointer=open_checkpointer(settings.checkpoint_db))
     snapshot = graph.get_state({"configurable": {"thread_id": incident_id}})
     if not snapshot.values:
@@ -343,7 +373,7 @@ def memory_search(text: str, k: int = 3, config: Optional[Path] = ConfigOpt, dat
     """Past incidents whose post-mortems resemble TEXT."""
     from memory.store import PostMortemStore
 
-    settings = _settings(config, data_dir)
+    settings = _read_settings(config, data_dir)
     with _errors():
         found = PostMortemStore(settings.data_dir / "memory").search(text, k=k)
     if not found:

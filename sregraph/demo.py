@@ -7,6 +7,7 @@ the checkpoints. Nothing in the worker knows which fault was injected.
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import threading
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sregraph.config import Settings
+from sregraph.datadir import demo_dir
 from sregraph.engine import FINAL, Engine, ProgressFn, local_toolbox
 from sregraph.worker import Worker
 from tools.base import ConfigError, SregraphError
@@ -98,11 +100,11 @@ def validate(sequence: list[tuple[str, str, dict[str, Any]]]) -> list[tuple[str,
 
 
 def demo_settings(base: Settings) -> Settings:
-    """The demo's settings: short windows, and the demo policy (auto-approved config changes, said so)."""
+    """The demo's settings: its own data dir, short windows, and the demo policy (auto-approved, said so)."""
     policy = resources.files("sregraph").joinpath("demo_policy.yaml")
     return base.model_copy(
         update={
-            "data_dir": base.data_dir / "demo",
+            "data_dir": demo_dir(base.data_dir),
             "policy_file": Path(str(policy)),
             "observer": base.observer.model_copy(update={"window_s": 4.0, "baseline_s": 20.0, "detect_timeout_s": 10.0}),
             "engineer": base.engineer.model_copy(update={"verify_timeout_s": 20.0}),
@@ -234,6 +236,22 @@ def run_demo(
         app.stop()
         app.close()
     return results
+
+
+def next_commands(
+    results: list[FaultResult], demo_data: Path, read_by_default: Path | None, prog: str = "sregraph"
+) -> list[str]:
+    """The three commands worth trying after the demo; `--data-dir` only if they would miss its data."""
+    handled = [r for r in results if r.incident_id]
+    if not handled:
+        return []
+    flag = "" if read_by_default == demo_data else f" --data-dir {shlex.quote(str(demo_data))}"
+    first, last = handled[0], handled[-1]
+    return [
+        f"{prog} incidents list{flag}",
+        f"{prog} incidents show {last.incident_id}{flag}",
+        f'{prog} memory search "{first.fault.replace("_", " ")} on {first.service}"{flag}',
+    ]
 
 
 def as_rows(results: list[FaultResult]) -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ from agents.slo import (
     parse_duration,
     release_gate,
 )
+from sregraph.terminal import results_console
 from tools.base import ConfigError, SregraphError
 
 slo = typer.Typer(
@@ -35,7 +36,7 @@ slo = typer.Typer(
 )
 
 console = Console(stderr=True)
-out = Console()
+out = results_console()
 
 SloFileOpt = typer.Option(
     Path("slos.yaml"), "--slo-file", "-f", help="SLO file (sregraph or OpenSLO v1 YAML)."
@@ -63,11 +64,15 @@ def _check_format(fmt: str) -> None:
 
 
 def _telemetry_path(data_dir: Path | None) -> Path:
-    """The telemetry store of the local app under the data dir (sregraph.yaml's `data_dir` by default)."""
+    """The local app's telemetry store under --data-dir, else under sregraph.yaml's `data_dir` or the demo's."""
     if data_dir is None:
         from sregraph.config import load_settings
+        from sregraph.datadir import data_dir_to_read
 
-        data_dir = load_settings(None).data_dir
+        choice = data_dir_to_read(load_settings(None).data_dir)
+        if choice.note:
+            console.print(f"[dim]{escape(choice.note)}[/dim]", soft_wrap=True)
+        data_dir = choice.path
     path = data_dir / "app" / "telemetry.db"
     if not path.exists():
         raise ConfigError(
@@ -110,8 +115,8 @@ def _eta(s: SloStatus) -> str:
 
 def _status_table(statuses: list[SloStatus]) -> Table:
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    table.add_column("service", min_width=8, overflow="fold")
-    table.add_column("SLO", min_width=14, overflow="fold")
+    table.add_column("service", no_wrap=True)
+    table.add_column("SLO", no_wrap=True)
     table.add_column("gate", no_wrap=True)
     table.add_column("budget left", justify="right", no_wrap=True)
     table.add_column("gone in", min_width=6)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -50,3 +52,49 @@ def test_bad_faults_and_services_are_refused_before_anything_starts(tmp_path: Pa
         assert result.returncode == 2, (args, result.stderr)
         assert message in result.stderr, (args, result.stderr)
     assert not (tmp_path / "d").exists() or not any((tmp_path / "d").rglob("app.json"))
+
+
+def sregraph(cwd: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`python -m sregraph ARGS` in `cwd`, output captured (stdout is a pipe, not a terminal)."""
+    return subprocess.run(
+        [sys.executable, "-m", "sregraph", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_after_the_demo_the_next_commands_show_its_incidents(tmp_path: Path) -> None:
+    """README's flow in a fresh folder: the demo, then what it suggests, `slo status`, the gate; no flag."""
+    shutil.copy(ROOT / "slos.yaml", tmp_path)
+    faults = "crash:payments,latency:checkout"
+    demo = sregraph(tmp_path, "demo", "--format", "json", "--faults", faults, timeout=300)
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    ids = [row["incident_id"] for row in json.loads(demo.stdout)]
+    assert len(ids) == 2 and all(ids), ids
+
+    listed = sregraph(tmp_path, "incidents", "list", "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    assert set(ids) <= {run["incident_id"] for run in json.loads(listed.stdout)}
+    assert "reading .sregraph/demo" in listed.stderr
+
+    # The three commands the demo ends with work as printed.
+    suggested = [line.strip() for line in demo.stderr.split("try next")[1].splitlines()[1:4]]
+    commands = [shlex.split(c)[3:5] for c in suggested]
+    assert commands == [["incidents", "list"], ["incidents", "show"], ["memory", "search"]], suggested
+    outputs = []
+    for command in suggested:
+        argv = shlex.split(command)
+        assert argv[:3] == ["python", "-m", "sregraph"], command
+        result = sregraph(tmp_path, *argv[3:])
+        assert result.returncode == 0, (command, result.stderr)
+        outputs.append(result.stdout)
+    table, shown, similar = outputs
+    assert all(i in table for i in ids), table  # whole ids: a pipe gets every value in full
+    assert f"incident {ids[-1]}" in shown and f"Post-mortem {ids[-1]}" in shown
+    assert ids[0] in similar
+
+    status = sregraph(tmp_path, "slo", "status")
+    assert status.returncode == 0, status.stderr
+    assert "payments-availability" in status.stdout and "checkout-availability" in status.stdout
+    gates = json.loads(sregraph(tmp_path, "slo", "status", "--format", "json").stdout)["gates"]
+    assert gates["payments"]["state"] != "SAFE"  # the crash burnt payments' budget
+    gate = sregraph(tmp_path, "release-gate", "payments")
+    assert gate.returncode in (3, 4) and "deploys should stop" in gate.stdout, gate.stdout + gate.stderr
