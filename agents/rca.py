@@ -129,7 +129,7 @@ class Params:
     """A series' scale is at least this share of its reference median (a flat series still has a unit)."""
     z_cap: float = 1e4
     w_metric: float = 1.0
-    w_trace: float = 1.0
+    w_trace: float = 0.5
     w_log: float = 1.0
     kind_weight: tuple[tuple[str, float], ...] = (
         ("cpu", 1.0), ("memory", 1.0), ("latency", 1.0), ("errors", 1.0),
@@ -137,13 +137,13 @@ class Params:
     )
     propagation: float = 0.5
     """Weight of the call-graph walk against each service's own score (0 = no propagation)."""
-    restart: float = 0.3
+    restart: float = 0.6
     """Restart probability of the personalised PageRank."""
     explain: float = 0.0
     """How much of a caller's inheritable deviation (latency, errors, traffic) a deviating callee explains away."""
     value_floor: float = 0.01
     """The scale is at least this share of the value judged, which caps any one point's z at 1 / value_floor."""
-    off_path: float = 0.5
+    off_path: float = 0.2
     """Score multiplier of a service that the symptom's service does not reach in the call graph."""
     min_ref: int = 5
     """A reference needs this many points to judge a series on its own."""

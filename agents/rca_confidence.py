@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tools.base import ConfigError
+
 ARTEFACT = Path(__file__).with_name("rca_confidence.json")
 FEATURES = ("margin", "ratio", "agree", "deviating", "top_metric")
 
@@ -35,9 +37,14 @@ class ConfidenceModel:
         return 1.0 / (1.0 + math.exp(-max(min(z, 40.0), -40.0)))
 
     @classmethod
-    def load(cls, path: Path = ARTEFACT) -> ConfidenceModel:
-        """The shipped model; a prior of 0.5 with a warning-free zero model when the artefact is missing."""
-        data = json.loads(Path(path).read_text())
+    def load(cls, path: Path = ARTEFACT) -> ConfidenceModel | None:
+        """The shipped model, or None when there is no artefact (callers then say loudly that none was used)."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path}: not a confidence model: {exc}") from exc
         return cls(tuple(float(data["weights"][n]) for n in FEATURES), float(data["bias"]), str(data["version"]))
 
 
@@ -93,4 +100,15 @@ def reliability(p: Sequence[float], y: Sequence[float], bins: int = 5) -> list[d
         m = idx == b
         if m.any():
             rows.append({"bin": f"{b / bins:.1f}-{(b + 1) / bins:.1f}", "n": int(m.sum()), "confidence": round(float(pa[m].mean()), 3), "accuracy": round(float(ya[m].mean()), 3)})
+    return rows
+
+
+def selective_risk(p: Sequence[float], y: Sequence[float], thresholds: Sequence[float] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)) -> list[dict[str, float]]:
+    """The selective-risk curve: acting only above each threshold, the share of cases acted on and the share wrong."""
+    pa, ya = np.asarray(p, dtype=float), np.asarray(y, dtype=float)
+    rows = []
+    for t in thresholds:
+        m = pa >= t
+        rows.append({"threshold": t, "coverage": round(float(m.mean()), 3) if len(pa) else 0.0,
+                     "risk": round(float(1 - ya[m].mean()), 3) if m.any() else 0.0})
     return rows

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from agents.rca import DEFAULT_PARAMS, Params, combine, gather
-from agents.rca_confidence import ARTEFACT, FEATURES, brier, ece, fit, matrix, reliability
+from agents.rca_confidence import ARTEFACT, FEATURES, brier, ece, fit, matrix, reliability, selective_risk
 from evals.rca_bench import load_cases
 from evals.rca_case import Case, load_label
 
@@ -108,7 +108,7 @@ def tune(data: Sequence[Path]) -> dict[str, Any]:
     report["chosen"] = _diff(chosen)
     report["confidence"] = {
         "out_of_fold": {"cases": len(oof_p), "brier": brier(oof_p, oof_y), "ece": ece(oof_p, oof_y), "accuracy": float(np.mean(oof_y)) if oof_y else None,
-                         "reliability": reliability(oof_p, oof_y)},
+                         "reliability": reliability(oof_p, oof_y), "selective_risk": selective_risk(oof_p, oof_y)},
         "weights": dict(zip(FEATURES, map(float, w))),
         "bias": b,
         "fitted_on": {s: len(by_system[s]) for s in systems},

@@ -246,3 +246,36 @@ def test_baro_baseline_takes_the_largest_iqr_deviation(tmp_path: Path) -> None:
     scores = baro_scores(load_case(tmp_path / "c").input)
     assert max(scores, key=lambda s: scores[s]) in {"db", "front", "mid"}
     assert all(v > 0 for v in scores.values())
+
+
+def test_cli_bench_rca_prints_json_and_refuses_a_bad_folder(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from sregraph.cli import app
+
+    for i, root in enumerate(["db", "mid"]):
+        write_chain_case(tmp_path / "cases" / f"case{i}", root)
+    runner = CliRunner()
+    out = runner.invoke(app, ["bench", "rca", "--data", str(tmp_path / "cases"), "--format", "json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    for key in ("cases", "ac1", "ac3", "ac5", "avg5", "fault_type_acc", "no_answer_rate", "brier", "ece", "seconds_per_case", "systems", "per_case"):
+        assert key in data
+    assert data["cases"] == 2 and data["per_case"][0]["rank"] == 1
+    text = runner.invoke(app, ["bench", "rca", "--data", str(tmp_path / "cases")])
+    assert "baseline: baro" in text.output and "sregraph ranker" in text.output
+    assert runner.invoke(app, ["bench", "rca", "--data", str(tmp_path / "missing")]).exit_code == 2
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED / "nezha-ob").is_dir(), reason="the shared Nezha OnlineBoutique day is not beside this checkout")
+def test_real_onlineboutique_day_beats_both_baselines(tmp_path: Path) -> None:
+    from evals.rca_convert import convert_nezha
+
+    convert_nezha(SHARED / "nezha-ob", tmp_path)
+    result = run_bench(tmp_path)
+    assert result["cases"] == 24 and result["no_answer_rate"] == 0.0
+    assert result["ac1"] > result["baselines"]["baro"]["ac1"] > result["baselines"]["random"]["ac1"]
+    assert result["ac3"] >= result["baselines"]["baro"]["ac3"]
