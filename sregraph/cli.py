@@ -259,35 +259,49 @@ def _tick(value: bool) -> str:
 @app.command()
 def worker(
     once: bool = typer.Option(False, help="Resume unfinished incidents, scan once, and exit."),
-    interval: float = typer.Option(2.0, help="Seconds between scans."),
+    interval: Optional[float] = typer.Option(None, help="Seconds between scans (default: worker.interval_s, 2)."),
     http_port: Optional[int] = typer.Option(None, help="Serve /metrics and /healthz on 127.0.0.1:PORT."),
     alerts_port: Optional[int] = typer.Option(
         None, help="Take Alertmanager webhooks on POST /alerts at this port (0: any free port); enables alerts."
     ),
+    insecure_no_auth: bool = typer.Option(
+        False, "--insecure-no-auth", help="Take webhooks without a bearer token (loopback host only; warned)."
+    ),
     config: Optional[Path] = ConfigOpt,
     data_dir: Optional[Path] = DataOpt,
 ) -> None:
-    """Long-lived loop: resume unfinished incidents, watch telemetry and alerts, open and handle new incidents."""
+    """Long-lived loop: resume unfinished incidents, watch telemetry and alerts, open and handle new ones."""
     from sregraph.config import alerts_token
     from sregraph.observability import HealthState, configure_logging, serve
     from sregraph.worker import Worker
 
-    settings = _settings(config, data_dir)
+    # Flags go through the same validated settings as the file and the environment.
+    alerts_flags: dict[str, Any] = {"enabled": True, "port": alerts_port} if alerts_port is not None else {}
+    if insecure_no_auth:
+        alerts_flags["insecure_no_auth"] = True
+    settings = _settings(
+        config, data_dir, worker={"interval_s": interval, "http_port": http_port}, alerts=alerts_flags or None
+    )
     configure_logging(logging.INFO)
     with _errors():
         engine, _ = _engine(settings)
-        health = HealthState(stale_after_s=max(60.0, 10 * interval))
-        if http_port is not None:
-            server = serve(engine.metrics, health, port=http_port)
+        interval_s = settings.worker.interval_s
+        health = HealthState(stale_after_s=max(60.0, 10 * interval_s))
+        if settings.worker.http_port is not None:
+            server = serve(engine.metrics, health, port=settings.worker.http_port)
             console.print(f"metrics and health on http://127.0.0.1:{server.server_address[1]}/metrics, /healthz")
         the_worker = Worker(engine, health)
         alerts = settings.alerts
-        if alerts_port is not None:
-            alerts = alerts.model_copy(update={"enabled": True, "port": alerts_port})
         if alerts.enabled:
             receiver = the_worker.serve_alerts(alerts, token=alerts_token())
-            console.print(f"Alertmanager webhook on {receiver.url}" + (" (bearer token required)" if receiver.token else ""))
-        the_worker.run(once=once, interval=interval)
+            if receiver.token:
+                console.print(f"Alertmanager webhook on {term(receiver.url)} (bearer token required)")
+            else:
+                console.print(
+                    f"[bold red]warning:[/bold red] Alertmanager webhook on {term(receiver.url)} takes alerts WITHOUT "
+                    "authentication (--insecure-no-auth); set SREGRAPH_ALERTS_TOKEN instead"
+                )
+        the_worker.run(once=once, interval=interval_s)
 
 
 @app.command()
