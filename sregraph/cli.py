@@ -12,7 +12,6 @@ from typing import Any, Iterator, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from graphs.state import ApprovalDecision, Trigger
@@ -22,6 +21,7 @@ from evals.nezha_cli import nezha
 from sregraph.bench import bench
 from sregraph.slo_cli import release_gate_command, slo
 from tools.base import SregraphError
+from tools.display import term, term_block
 
 app = typer.Typer(help="sregraph: a team of SRE agents that runs the incident lifecycle.", no_args_is_help=True)
 incidents_app = typer.Typer(help="Incidents the graph has handled.", no_args_is_help=True)
@@ -46,7 +46,7 @@ def _settings(config: Optional[Path], data_dir: Optional[Path], **overrides: Any
     try:
         return load_settings(config, data_dir=data_dir, **overrides)
     except SregraphError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {term(exc)}")
         raise typer.Exit(2) from exc
 
 
@@ -55,13 +55,13 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except SregraphError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {term(exc)}")
         raise typer.Exit(2) from exc
 
 
 def _progress(incident_id: str, node: str, update: dict[str, Any]) -> None:
     for entry in update.get("timeline", []):
-        console.print(f"[dim]{time.strftime('%H:%M:%S', time.localtime(entry.at))}[/dim] [cyan]{incident_id}[/cyan] [bold]{node:>13}[/bold]  {escape(entry.event)}", soft_wrap=True)
+        console.print(f"[dim]{time.strftime('%H:%M:%S', time.localtime(entry.at))}[/dim] [cyan]{term(incident_id)}[/cyan] [bold]{node:>13}[/bold]  {term(entry.event)}", soft_wrap=True)
 
 
 def _summary(state: dict[str, Any]) -> dict[str, Any]:
@@ -122,7 +122,7 @@ def run(
             local.start_background_load()
         try:
             if spec is not None:
-                console.print(f"[bold]scenario[/bold] {spec.name}: {spec.description}")
+                console.print(f"[bold]scenario[/bold] {term(spec.name)}: {term(spec.description)}")
                 console.print(f"warming up for {spec.warmup_s:.0f}s so the observer has a baseline…")
                 time.sleep(spec.warmup_s)
                 inject(local, spec)
@@ -138,15 +138,15 @@ def run(
     else:
         _print_summary(summary)
     if summary["waiting_for_approval"]:
-        console.print(f"waiting for approval: [bold]sregraph approve {summary['incident_id']}[/bold] or reject")
+        console.print(f"waiting for approval: [bold]sregraph approve {term(summary['incident_id'])}[/bold] or reject")
     ok = summary["status"] in ("resolved", "healthy") or summary["waiting_for_approval"]
     raise typer.Exit(0 if ok else 1)
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
-    table = Table(title=f"incident {summary['incident_id']}", show_header=False)
+    table = Table(title=f"incident {term(summary['incident_id'])}", show_header=False)
     for key, value in summary.items():
-        table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
+        table.add_row(key, term(", ".join(map(str, value)) if isinstance(value, list) else value))
     out.print(table)
 
 
@@ -249,7 +249,15 @@ def chaos(
             injection = local.inject(name, target, **params)
         finally:
             local.close()
-    out.print(f"injected {injection.fault} into {injection.service}: {injection.detail}")
+    out.print(f"injected {term(injection.fault)} into {term(injection.service)}: {term(injection.detail)}")
+
+
+def _when(at: Any, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
+    """A stored timestamp for display; a damaged one shows as `?` instead of crashing the listing."""
+    try:
+        return time.strftime(fmt, time.localtime(float(at)))
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "?"
 
 
 def _tick(value: bool) -> str:
@@ -310,7 +318,7 @@ def scenarios() -> None:
     from sregraph.scenario import bundled, load_scenario
 
     for name in bundled():
-        out.print(f"{name:24} {load_scenario(name).description}")
+        out.print(f"{term(name):24} {term(load_scenario(name).description)}")
 
 
 @incidents_app.command("list")
@@ -325,7 +333,8 @@ def incidents_list(config: Optional[Path] = ConfigOpt, data_dir: Optional[Path] 
         return
     table = Table("incident", "status", "started", "trigger")
     for r in runs:
-        table.add_row(r["incident_id"], r["status"], time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at"])), r["trigger"].get("summary", ""))
+        trigger = r["trigger"] if isinstance(r["trigger"], dict) else {}
+        table.add_row(term(r["incident_id"]), term(r["status"]), _when(r["created_at"]), term(trigger.get("summary", "")))
     out.print(table)
 
 
@@ -339,15 +348,15 @@ def incidents_show(incident_id: str, config: Optional[Path] = ConfigOpt, data_di
     graph = build_graph().compile(checkpointer=open_checkpointer(settings.checkpoint_db))
     snapshot = graph.get_state({"configurable": {"thread_id": incident_id}})
     if not snapshot.values:
-        console.print(f"[red]error:[/red] no incident {incident_id}")
+        console.print(f"[red]error:[/red] no incident {term(incident_id)}")
         raise typer.Exit(2)
     state = dict(snapshot.values)
     state["waiting"] = any(t.interrupts for t in snapshot.tasks)
     _print_summary(_summary(state))
     for entry in state.get("timeline", []):
-        out.print(f"{time.strftime('%H:%M:%S', time.localtime(entry.at))}  {entry.event}")
+        out.print(f"{_when(entry.at, '%H:%M:%S')}  {term(entry.event)}")
     if state.get("postmortem"):
-        out.print(state["postmortem"].markdown)
+        out.print(term_block(state["postmortem"].markdown))
 
 
 @memory_app.command("search")
@@ -361,7 +370,7 @@ def memory_search(text: str, k: int = 3, config: Optional[Path] = ConfigOpt, dat
     if not found:
         out.print("no similar incidents")
     for s in found:
-        out.print(f"{s.similarity:.2f}  {s.incident_id}  {s.fault_type} on {s.service} ({s.outcome}): {s.summary[:120]}")
+        out.print(f"{s.similarity:.2f}  {term(s.incident_id)}  {term(s.fault_type)} on {term(s.service)} ({term(s.outcome)}): {term(s.summary[:120])}")
 
 
 @app.command("app-stop")

@@ -26,6 +26,7 @@ from sregraph.config import Settings
 from sregraph.observability import Metrics, incident_var
 from tools.base import ConfigError, NotFound
 from tools.breaker import BreakerHealthChecker
+from tools.display import md
 from tools.toolbox import Toolbox
 
 log = logging.getLogger("sregraph.engine")
@@ -308,8 +309,8 @@ class Engine:
             what = " ".join(x for x in (trigger.signal, f"on {trigger.service}" if trigger.service else "") if x)
             # Alert text is data written by whoever writes alert rules: one quoted line, never a line of its own
             # that a reader (or a command parser) could take for a slash command.
-            body = f"Another alert joined this incident: `{_one_line(what or trigger.source, 120).replace('`', chr(39))}`\n\n> " + (
-                _one_line(trigger.summary, 300) or "(no summary)"
+            body = f"Another alert joined this incident: {md(_one_line(what or trigger.source, 120))}\n\n> " + (
+                md(_one_line(trigger.summary, 300)) or "(no summary)"
             )
             self.toolbox.incidents.comment(issue_id, body, key=f"{incident_id}/alert-{key}")
 
