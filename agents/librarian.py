@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from graphs.state import IncidentState, PostMortem, SimilarIncident
 from tools.base import SregraphError
 from tools.display import md, md_block
+from tools.redact import redact_data
 from tools.toolbox import Toolbox
 
 from agents.analyst import symptom_text
@@ -85,6 +86,7 @@ class Librarian:
                 "tokens": result.tokens,
             }
         )
+        worded = redacted(worded)
         worded.markdown = render_markdown(worded)
         return worded
 
@@ -139,6 +141,7 @@ class Librarian:
             outcome=outcome,
             follow_ups=follow_ups,
         )
+        pm = redacted(pm)
         pm.markdown = render_markdown(pm)
         return pm
 
@@ -159,6 +162,11 @@ class Librarian:
             return []
         found: list[SimilarIncident] = self.toolbox.memory.search(text, k=k)
         return found
+
+
+def redacted(pm: PostMortem) -> PostMortem:
+    """The post-mortem with every text field through the outward redactor (it quotes logs and errors)."""
+    return PostMortem.model_validate(redact_data(pm.model_dump()))
 
 
 def render_markdown(pm: PostMortem) -> str:

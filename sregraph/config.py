@@ -35,8 +35,8 @@ class ObserverConfig(BaseModel):
     confirm_s: float = Field(default=1.5, ge=0)
     """...and for at least this long, so a restart's sub-second gap is not an incident."""
     poll_s: float = Field(default=0.5, gt=0)
-    detect_timeout_s: float = Field(default=20.0, gt=0)
-    """How long one observe step watches before calling the system healthy."""
+    detect_timeout_s: float = Field(default=20.0, ge=0)
+    """How long one observe step watches before calling the system healthy (0: one look)."""
     ensemble: bool = True
     """Also run the streaming detector ensemble on every series (agents/senses.py), not only the window rule."""
     ensemble_warmup_points: int = Field(default=40, ge=5)

@@ -13,6 +13,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from tools.redact import redact_out
 from tools.resilience import subscribe
 
 incident_var: contextvars.ContextVar[str] = contextvars.ContextVar("incident_id", default="-")
@@ -92,10 +93,11 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "incident_id": getattr(record, "incident_id", incident_var.get()),
-            "message": record.getMessage(),
+            # Log lines quote errors, URLs and payloads: the same redactor as every other outward path.
+            "message": redact_out(record.getMessage()),
         }
         if record.exc_info:
-            data["exception"] = self.formatException(record.exc_info)
+            data["exception"] = redact_out(self.formatException(record.exc_info))
         return json.dumps(data, default=str)
 
 

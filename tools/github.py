@@ -95,7 +95,7 @@ from tools.gitops import (
     _service_path,
     _slug,
 )
-from tools.redact import redact
+from tools.redact import redact_out
 from tools.resilience import Resilience
 
 logger = logging.getLogger(__name__)
@@ -260,7 +260,7 @@ class _Client:
 
     def redact(self, text: str) -> str:
         """`text` without credentials, the client's own token included."""
-        return redact(text, [self.token])
+        return redact_out(text, [self.token])
 
     def close(self) -> None:
         """Close the HTTP connections."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 MASK = "[REDACTED]"
 
@@ -114,3 +115,14 @@ def known_secrets(environ: Mapping[str, str] | None = None) -> list[str]:
 def redact_out(text: str, secrets: Iterable[str] = ()) -> str:
     """The one redactor for every outward path: `redact` plus the values of sregraph's own secrets."""
     return redact(text, [*known_secrets(), *secrets])
+
+
+def redact_data(value: Any) -> Any:
+    """`value` (JSON-like: dicts, lists, strings) with every string passed through `redact_out`."""
+    if isinstance(value, str):
+        return redact_out(value)
+    if isinstance(value, dict):
+        return {key: redact_data(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_data(item) for item in value]
+    return value
