@@ -59,7 +59,22 @@ class Metrics:
         self.circuit_state = Gauge(
             "sregraph_circuit_state", "Circuit breaker per dependency: 0 closed, 1 half-open, 2 open.", ["dependency"], registry=self.registry
         )
+        self.alerts_rejected = Counter(
+            "sregraph_alerts_rejected_total",
+            "Alertmanager webhooks (or alerts in them) refused, by reason: auth, unknown_service, rate_limited, "
+            "timeout, overloaded, bad_request.",
+            ["reason"], registry=self.registry,
+        )
+        self.alerts_auth_failures = Counter(
+            "sregraph_alerts_auth_failures_total", "Webhook requests with a missing or wrong bearer token.", registry=self.registry
+        )
         subscribe(self)  # held weakly: a Metrics that is dropped stops hearing
+
+    def alert_rejected(self, reason: str) -> None:
+        """The alert receiver refused something (sregraph/alerts.py `on_reject`)."""
+        self.alerts_rejected.labels(reason).inc()
+        if reason == "auth":
+            self.alerts_auth_failures.inc()
 
     def dependency_retry(self, dependency: str) -> None:
         """A call to `dependency` is being retried (tools/resilience.py calls this)."""
