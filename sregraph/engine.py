@@ -60,8 +60,14 @@ def local_toolbox(settings: Settings, app: Any) -> Toolbox:
         incidents = GitHubIncidentSurface(gh.repo, base_url=gh.base_url, timeout=gh.timeout_s)
     if gh.gitops_repo:
         from tools.github import GitHubGitOps
+        from tools.gitops import ProvenanceStore, signing_key
 
-        gitops = GitHubGitOps(gh.gitops_repo, base_url=gh.base_url, deploy_branch=gh.deploy_branch, timeout=gh.timeout_s, incident_repo=gh.repo or None)
+        gitops = GitHubGitOps(
+            gh.gitops_repo, base_url=gh.base_url, deploy_branch=gh.deploy_branch, timeout=gh.timeout_s,
+            incident_repo=gh.repo or None,
+            # sregraph's own commits are recognised by this key's signature or by this ledger, across restarts.
+            key=signing_key(data), provenance=ProvenanceStore(data / "provenance.db"),
+        )
     return Toolbox(
         telemetry=telemetry_for(settings, app.telemetry),
         runtime=app.runtime,
