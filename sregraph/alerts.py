@@ -704,6 +704,11 @@ def _handler(receiver: AlertReceiver) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
             """Requests are logged by outcome in `do_POST`, not per line."""
 
+        def log_error(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+            """The stdlib reports a read that hit the socket timeout here ("Request timed out")."""
+            if "timed out" in format:
+                self._count_timeout()
+
         def setup(self) -> None:
             """Every read on this connection gives up after the header deadline (the body's is set later)."""
             super().setup()
@@ -712,6 +717,7 @@ def _handler(receiver: AlertReceiver) -> type[BaseHTTPRequestHandler]:
         def handle_one_request(self) -> None:
             """One request, with a deadline for the whole of its request line and headers."""
             self.connection.settimeout(receiver.header_timeout_s)
+            self._expired = False
             self._deadline = threading.Timer(receiver.header_timeout_s, self._expire)
             self._deadline.daemon = True
             self._deadline.start()
@@ -719,12 +725,18 @@ def _handler(receiver: AlertReceiver) -> type[BaseHTTPRequestHandler]:
                 super().handle_one_request()
             except TimeoutError:
                 self.close_connection = True
+                self._count_timeout()
             finally:
                 self._deadline.cancel()
 
+        def _count_timeout(self) -> None:
+            if not self._expired:  # the watchdog counted it already
+                self._expired = True
+                receiver.reject("timeout")
+
         def _expire(self) -> None:
             """A slow client (one byte a second keeps a plain socket timeout happy) loses its connection."""
-            receiver.reject("timeout")
+            self._count_timeout()
             log.warning("alert webhook: %s too slow to send its request; connection closed", self.client_address[0])
             self.close_connection = True
             try:
@@ -747,6 +759,7 @@ def _handler(receiver: AlertReceiver) -> type[BaseHTTPRequestHandler]:
                 self._deadline.cancel()
             if len(body) < length:
                 self.close_connection = True
+                self._count_timeout()
                 return None
             return body
 
@@ -762,6 +775,8 @@ def _handler(receiver: AlertReceiver) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:  # noqa: N802 - stdlib naming
             """Liveness and counters."""
+            if self._expired:
+                return  # the deadline cut the headers short: they only look complete
             if self.path.split("?", 1)[0] in ("/health", "/-/healthy"):
                 self._send(200, {"status": "ok", "queued": receiver.queued, **receiver.stats.__dict__})
             elif self.path.split("?", 1)[0] == receiver.path:
@@ -772,6 +787,8 @@ def _handler(receiver: AlertReceiver) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:  # noqa: N802 - stdlib naming
             """The webhook."""
             self._deadline.cancel()  # the headers are in
+            if self._expired:
+                return  # the deadline cut the headers short: they only look complete
             source = str(self.client_address[0])
             if not receiver._limiter.allow(source):
                 receiver.reject("rate_limited")

@@ -50,6 +50,8 @@ def term_block(text: Any) -> str:
 def md(text: Any) -> str:
     """`text` as one literal line of Markdown: no structure, link, HTML, mention or code span of its own."""
     escaped = _MD_UNDERSCORE.sub(r"\\_", _MD_ACTIVE.sub(r"\\\1", plain(text)))
+    if escaped.startswith("/"):
+        escaped = "\\" + escaped  # a line of its own must not read as a slash command
     # A mention pings people; a zero-width space after @ keeps the text and drops the ping.
     return escaped.replace("@", "@\u200b")
 
