@@ -45,14 +45,25 @@ from graphs.state import (
     TimelineEntry,
     Trigger,
 )
-from sregraph.alerts import AlertReceiver, parse_webhook, WebhookError
+from sregraph.alerts import AlertReceiver, WebhookError, parse_webhook
 from sregraph.cli import app
 from sregraph.config import AlertsConfig, load_settings
 from sregraph.engine import RunRegistry
 from sregraph.observability import JsonFormatter
 from sregraph.worker import Worker
 from tests.github_server import FakeGitHub
-from tests.test_analyst import FAULT_AT, NOW, TOPOLOGY, FakeHealth, FakeRuntime, analyst, error_traces, make_toolbox, observe, write_series
+from tests.test_analyst import (
+    FAULT_AT,
+    NOW,
+    TOPOLOGY,
+    FakeHealth,
+    FakeRuntime,
+    analyst,
+    error_traces,
+    make_toolbox,
+    observe,
+    write_series,
+)
 from tests.test_github import BOT, BOT_TOKEN, REPO, SEED, SEED_MESSAGE, T0, FakeTime, make_gitops
 from tests.test_worker_alerts import _world
 from tools.base import ConfigError, Refused

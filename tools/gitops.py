@@ -30,8 +30,8 @@ import hashlib
 import hmac
 import logging
 import os
-import secrets
 import re
+import secrets
 import sqlite3
 import subprocess
 import tempfile
