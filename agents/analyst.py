@@ -18,6 +18,7 @@ from typing import Any
 from graphs.state import ActionResult, Diagnosis, Evidence, FaultType, Hypothesis, Observation, Signal, SimilarIncident
 from sregraph.config import AnalystConfig, ObserverConfig
 from tools.base import Change, ServiceStatus, SregraphError
+from tools.gitops import is_own_change
 from tools.toolbox import Toolbox
 
 from agents.signals import Windows, log_evidence, measure, trace_origins
@@ -142,9 +143,9 @@ class Analyst:
         for change in tb.gitops.history(since=since):
             if change.kind == "other":
                 continue  # seed commits and unrelated files change nothing that runs
-            if change.kind == "rollback" or "sregraph" in change.author.lower():
-                # Restores of a known-good config, and sregraph's own remediation: reverting one of these would
-                # bring the bad change back, so they are never suspects.
+            if is_own_change(change):
+                # sregraph's own remediation, by provenance (signed or in its ledger): reverting it would bring
+                # the bad change back, so it is never a suspect.
                 continue
             for service in change.services:
                 if service in table:

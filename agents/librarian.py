@@ -10,6 +10,8 @@ from pydantic import BaseModel, Field
 
 from graphs.state import IncidentState, PostMortem, SimilarIncident
 from tools.base import SregraphError
+from tools.display import md, md_block
+from tools.redact import redact_data
 from tools.toolbox import Toolbox
 
 from agents.analyst import symptom_text
@@ -29,7 +31,10 @@ FOLLOW_UPS = {
 
 
 def _ts(at: float) -> str:
-    return datetime.fromtimestamp(at, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    try:
+        return datetime.fromtimestamp(at, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (ValueError, OverflowError, OSError):
+        return "?"  # a damaged stored time must not stop the post-mortem from rendering
 
 
 class PostMortemText(BaseModel):
@@ -81,6 +86,7 @@ class Librarian:
                 "tokens": result.tokens,
             }
         )
+        worded = redacted(worded)
         worded.markdown = render_markdown(worded)
         return worded
 
@@ -135,6 +141,7 @@ class Librarian:
             outcome=outcome,
             follow_ups=follow_ups,
         )
+        pm = redacted(pm)
         pm.markdown = render_markdown(pm)
         return pm
 
@@ -157,33 +164,38 @@ class Librarian:
         return found
 
 
+def redacted(pm: PostMortem) -> PostMortem:
+    """The post-mortem with every text field through the outward redactor (it quotes logs and errors)."""
+    return PostMortem.model_validate(redact_data(pm.model_dump()))
+
+
 def render_markdown(pm: PostMortem) -> str:
-    """The post-mortem as Markdown, for the incident issue."""
+    """The post-mortem as Markdown, for the incident issue (every field escaped: they quote outside text)."""
     lines = [
-        f"## {pm.title}",
+        f"## {md(pm.title)}",
         "",
-        f"**Outcome:** {pm.outcome}  ",
-        f"**Service:** {pm.service}  **Fault type:** {pm.fault_type}",
+        f"**Outcome:** {md(pm.outcome)}  ",
+        f"**Service:** {md(pm.service)}  **Fault type:** {md(pm.fault_type)}",
         "",
         "### Summary",
-        pm.summary,
+        md_block(pm.summary),
         "",
         "### Impact",
-        pm.impact,
+        md_block(pm.impact),
         "",
         "### Timeline",
-        *[f"- {_ts(t.at)} — {t.event}" for t in pm.timeline],
+        *[f"- {_ts(t.at)} — {md(t.event)}" for t in pm.timeline],
         "",
         "### Root cause",
-        pm.root_cause,
+        md_block(pm.root_cause),
         "",
         "### Evidence",
-        *[f"- {e}" for e in pm.evidence],
+        *[f"- {md(e)}" for e in pm.evidence],
         "",
         "### Actions",
-        *([f"- {a}" for a in pm.actions] or ["- none"]),
+        *([f"- {md(a)}" for a in pm.actions] or ["- none"]),
         "",
         "### Follow-ups",
-        *[f"- [ ] {f}" for f in pm.follow_ups],
+        *[f"- [ ] {md(f)}" for f in pm.follow_ups],
     ]
     return "\n".join(lines)

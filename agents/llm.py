@@ -81,8 +81,8 @@ class LLMConfig(BaseModel):
     """OpenAI-compatible endpoint; None for api.openai.com."""
     api_key_env: str = "OPENAI_API_KEY"
     """Name of the environment variable holding the OpenAI API key."""
-    temperature: float = 0.0
-    timeout_s: float = 30.0
+    temperature: float = Field(default=0.0, ge=0, le=2)
+    timeout_s: float = Field(default=30.0, gt=0)
     max_steps: int = Field(default=6, ge=0)
     """Model calls allowed while investigating, before the final structured answer."""
     token_budget: int = Field(default=12000, gt=0)

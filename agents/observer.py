@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from graphs.state import Observation, Signal, Trigger
 from sregraph.config import ObserverConfig
 from tools.base import SregraphError
+from tools.display import md
 from tools.toolbox import Toolbox
 
 from agents.senses import MetricSense
@@ -141,7 +142,7 @@ def incident_title(observation: Observation, trigger: Trigger) -> str:
 def incident_body(observation: Observation, trigger: Trigger) -> str:
     """The issue body: what was observed, when, and a compact telemetry snapshot."""
     lines = [
-        f"**Trigger:** {trigger.source}" + (f" — {trigger.summary}" if trigger.summary else ""),
+        f"**Trigger:** {trigger.source}" + (f" — {md(trigger.summary)}" if trigger.summary else ""),
         f"**Observed at:** {observation.observed_at:.0f} (epoch s), window {observation.window_s:.0f}s",
         "",
         "### Deviations",
@@ -149,13 +150,13 @@ def incident_body(observation: Observation, trigger: Trigger) -> str:
         "|---|---|---|---|---|---|",
     ]
     for s in observation.signals[:10]:
-        lines.append(f"| {s.service} | {s.name} | {s.value:g} | {s.baseline:g} | {s.score:.1f} | {s.sense or '–'} |")
+        lines.append(f"| {md(s.service)} | {md(s.name)} | {s.value:g} | {s.baseline:g} | {s.score:.1f} | {md(s.sense) or '–'} |")
     explained = [s for s in observation.signals[:10] if s.why]
     if explained:
         lines += ["", "Streaming detectors:"]
-        lines += [f"- {s.service} {s.name}: {s.why}" for s in explained]
+        lines += [f"- {md(s.service)} {md(s.name)}: {md(s.why)}" for s in explained]
     metrics = sorted({m for snap in observation.snapshot.values() for m in snap})
-    lines += ["", "### Telemetry snapshot", "| service | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    lines += ["", "### Telemetry snapshot", "| service | " + " | ".join(map(md, metrics)) + " |", "|---" * (len(metrics) + 1) + "|"]
     for service, snap in sorted(observation.snapshot.items()):
-        lines.append(f"| {service} | " + " | ".join(f"{snap[m]:g}" if m in snap else "–" for m in metrics) + " |")
+        lines.append(f"| {md(service)} | " + " | ".join(f"{snap[m]:g}" if m in snap else "–" for m in metrics) + " |")
     return "\n".join(lines)

@@ -21,6 +21,7 @@ from agents.librarian import Librarian
 from agents.observer import Observer, incident_body
 from graphs.state import ApprovalDecision, IncidentState, RunInput, TimelineEntry
 from sregraph.config import Settings
+from tools.display import md
 from tools.notifier import notification_key
 from tools.toolbox import Toolbox
 
@@ -188,7 +189,7 @@ def escalate(state: IncidentState, runtime: Runtime[Crew]) -> dict:
     crew = runtime.context
     reason = report.escalation_reason(state, crew.engineer)
     _status(crew, state, "escalated")
-    _comment(crew, state, "escalation", f"### Escalated to a human\n{reason}")
+    _comment(crew, state, "escalation", f"### Escalated to a human\n{md(reason)}")
     _notify(crew, state, "escalated", "escalated", reason)
     return {"escalation": reason, "status": "escalated", "timeline": _at(crew, f"escalated: {reason}")}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from graphs.state import ActionPlan, ActionResult, Diagnosis, IncidentState, Observation, Verification
+from tools.display import md
 
 if TYPE_CHECKING:
     from agents.engineer import Engineer
@@ -24,26 +25,27 @@ def diagnosis_comment(diagnosis: Diagnosis) -> str:
     """Ranked hypotheses, the evidence behind the top one, and similar past incidents."""
     lines = [f"### Diagnosis ({diagnosis.method})", "", "| # | service | fault type | score | confidence |", "|---|---|---|---|---|"]
     for i, h in enumerate(diagnosis.hypotheses[:5], 1):
-        lines.append(f"| {i} | {h.service} | {h.fault_type} | {h.score:.2f} | {h.confidence:.2f} |")
+        lines.append(f"| {i} | {md(h.service)} | {md(h.fault_type)} | {h.score:.2f} | {h.confidence:.2f} |")
     top = diagnosis.top
     if top:
-        lines += ["", f"**Evidence for {top.service}**", "", "| kind | evidence | weight |", "|---|---|---|"]
-        lines += [f"| {e.kind} | {e.summary} | {e.weight:+.2f} |" for e in top.evidence[:10]]
+        lines += ["", f"**Evidence for {md(top.service)}**", "", "| kind | evidence | weight |", "|---|---|---|"]
+        # Evidence quotes logs and commit messages: escaped, so a line cannot end the table or start markup.
+        lines += [f"| {e.kind} | {md(e.summary)} | {e.weight:+.2f} |" for e in top.evidence[:10]]
     if diagnosis.similar:
         lines += ["", "**Similar past incidents**"]
-        lines += [f"- {s.incident_id}: {s.fault_type} on {s.service} ({s.outcome}), similarity {s.similarity:.2f}" for s in diagnosis.similar]
-    lines += [f"- note: {n}" for n in diagnosis.notes]
+        lines += [f"- {md(s.incident_id)}: {md(s.fault_type)} on {md(s.service)} ({md(s.outcome)}), similarity {s.similarity:.2f}" for s in diagnosis.similar]
+    lines += [f"- note: {md(n)}" for n in diagnosis.notes]
     return "\n".join(lines)
 
 
 def plan_comment(plan: ActionPlan) -> str:
     """The chosen actions, or why the engineer escalates."""
-    notes = [f"- note: {n}" for n in plan.policy_notes]
+    notes = [f"- note: {md(n)}" for n in plan.policy_notes]
     if plan.decision == "escalate":
-        return "\n".join([f"### Plan\nEscalate: {plan.escalation_reason}", *notes])
+        return "\n".join([f"### Plan\nEscalate: {md(plan.escalation_reason)}", *notes])
     lines = ["### Plan"]
     for a in plan.actions:
-        lines.append(f"- `{a.kind}` on `{a.service}` — {a.reason}")
+        lines.append(f"- `{a.kind}` on `{md(a.service)}` — {md(a.reason)}")
     lines += notes
     if plan.needs_approval:
         lines.append("\nPolicy requires a human approval before this runs.")
@@ -63,14 +65,14 @@ def approval_request(incident_id: str, plan: ActionPlan) -> str:
 
 def action_comment(result: ActionResult) -> str:
     """One action and its outcome."""
-    return f"### Action `{result.action.kind}` on `{result.action.service}`: {result.status}\n{result.detail}\n\nkey `{result.key}`" + (f", ref `{result.ref}`" if result.ref else "")
+    return f"### Action `{result.action.kind}` on `{md(result.action.service)}`: {result.status}\n{md(result.detail)}\n\nkey `{md(result.key)}`" + (f", ref `{md(result.ref)}`" if result.ref else "")
 
 
 def verification_comment(verification: Verification) -> str:
     """Recovered or not, and what still deviates."""
     head = "### Verification: recovered" if verification.recovered else "### Verification: not recovered"
-    lines = [head, *[f"- {c}" for c in verification.checks]]
-    lines += [f"- still deviating: {s.service} {s.detail}" for s in verification.remaining[:5]]
+    lines = [head, *[f"- {md(c)}" for c in verification.checks]]
+    lines += [f"- still deviating: {md(s.service)} {md(s.detail)}" for s in verification.remaining[:5]]
     return "\n".join(lines)
 
 

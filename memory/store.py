@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from graphs.state import PostMortem, SimilarIncident
 from memory.embeddings import WordLlamaEmbeddingFunction
 from tools.base import ConfigError, ToolError
+from tools.redact import redact_data
 
 COLLECTION = "postmortems"
 
@@ -68,7 +69,8 @@ class PostMortemStore:
             raise ToolError(f"cannot open post-mortem store at {self.path}: {exc}") from exc
 
     def add(self, pm: PostMortem) -> None:
-        """Store a post-mortem, replacing any earlier one with the same incident id."""
+        """Store a post-mortem, replacing any earlier one with the same incident id (redacted first)."""
+        pm = PostMortem.model_validate(redact_data(pm.model_dump()))
         metadata: dict[str, str | int | float | bool | None] = {
             "incident_id": pm.incident_id,
             "service": pm.service,

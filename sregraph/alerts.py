@@ -10,8 +10,15 @@ Alertmanager POSTs its webhook payload (version 4) to ``POST /alerts``::
          "fingerprint": "5f1c..."}], ...}
 
 The payload is validated with pydantic (`AlertmanagerWebhook`); a broken one gets a 4xx naming the field
-(400 not JSON, 401 bad token, 411/413 length, 415 not JSON content, 422 wrong shape), so Alertmanager, which
-retries only 5xx, does not resend it forever. Alerts are grouped by sregraph's fingerprint
+(400 not JSON or nested deeper than MAX_DEPTH, 401 bad token, 411/413 length, 415 not JSON content, 422 wrong
+shape or only services the topology does not know, 429 too many requests from one address), so Alertmanager,
+which retries only 5xx, does not resend it forever.
+
+Served over HTTP the receiver needs a bearer token, unless it was started with `insecure_no_auth` on a
+loopback host (warned at start). Every connection has a deadline for its headers and one for its body, at
+most `max_connections` are served at once, and each source address has a token bucket. Refusals are counted
+by reason (`on_reject`, the worker's `sregraph_alerts_rejected_total`); failed authentications are logged
+with the source address. Alerts are grouped by sregraph's fingerprint
 ``SERVICE:ALERTNAME`` (the service from the first of the `service_labels` an alert has): one Trigger per
 group that starts firing. While a group stays active (firing, not resolved), repeats of it (Alertmanager
 resends every `repeat_interval`, and each change of its group) are counted as duplicates and start nothing,
@@ -31,8 +38,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
+import socket
 import threading
 import time
 from collections import deque
@@ -40,9 +49,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from graphs.state import Trigger
 from tools.base import Clock, ConfigError, SystemClock
@@ -53,6 +62,13 @@ MAX_BODY_BYTES = 1024 * 1024
 MAX_ALERTS = 1000
 MAX_LABELS = 64
 MAX_TEXT = 2000
+MAX_DEPTH = 16
+"""JSON nesting an Alertmanager payload never needs more than 4 levels of; deeper is refused with 400."""
+LabelName = Annotated[str, StringConstraints(max_length=128)]
+MAX_VALUE = 16 * 1024
+"""Longest label or annotation value accepted; what reaches a Trigger is clipped far shorter (SUMMARY_CHARS)."""
+LabelValue = Annotated[str, StringConstraints(max_length=MAX_VALUE)]
+Labels = dict[LabelName, LabelValue]
 SUMMARY_CHARS = 300
 """Alert text is written by whoever writes alert rules; keep what reaches a prompt short."""
 SERVICE_LABELS: tuple[str, ...] = ("service", "sregraph_service", "app")
@@ -67,8 +83,8 @@ class AlertmanagerAlert(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
     status: Literal["firing", "resolved"]
-    labels: dict[str, str] = Field(max_length=MAX_LABELS)
-    annotations: dict[str, str] = Field(default_factory=dict, max_length=MAX_LABELS)
+    labels: Labels = Field(max_length=MAX_LABELS)
+    annotations: Labels = Field(default_factory=dict, max_length=MAX_LABELS)
     starts_at: datetime = Field(alias="startsAt")
     ends_at: datetime | None = Field(default=None, alias="endsAt")
     """Alertmanager sends year 1 (`0001-01-01T00:00:00Z`) for "not ended"."""
@@ -99,9 +115,9 @@ class AlertmanagerWebhook(BaseModel):
     receiver: str = Field(default="", max_length=MAX_TEXT)
     group_key: str = Field(default="", alias="groupKey", max_length=MAX_TEXT)
     truncated_alerts: int = Field(default=0, alias="truncatedAlerts", ge=0)
-    group_labels: dict[str, str] = Field(default_factory=dict, alias="groupLabels", max_length=MAX_LABELS)
-    common_labels: dict[str, str] = Field(default_factory=dict, alias="commonLabels", max_length=MAX_LABELS)
-    common_annotations: dict[str, str] = Field(
+    group_labels: Labels = Field(default_factory=dict, alias="groupLabels", max_length=MAX_LABELS)
+    common_labels: Labels = Field(default_factory=dict, alias="commonLabels", max_length=MAX_LABELS)
+    common_annotations: Labels = Field(
         default_factory=dict, alias="commonAnnotations", max_length=MAX_LABELS
     )
     external_url: str = Field(default="", alias="externalURL", max_length=MAX_TEXT)
@@ -115,11 +131,38 @@ class WebhookError(ConfigError):
         self.status = status
 
 
+def json_depth_exceeds(body: bytes | str, limit: int = MAX_DEPTH) -> bool:
+    """Whether the JSON text nests arrays and objects deeper than `limit` (brackets inside strings ignored)."""
+    data = body.encode() if isinstance(body, str) else body
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False  # cannot be deeper than its number of openings
+    depth, in_string, escaped = 0, False, False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return False
+
+
 def parse_webhook(body: bytes | str) -> AlertmanagerWebhook:
-    """Validate a webhook body; WebhookError 400 (not JSON) or 422 (wrong shape, naming the fields)."""
+    """Validate a webhook body; WebhookError 400 (not JSON, or nested too deeply) or 422 (wrong shape, naming the fields)."""
+    if json_depth_exceeds(body):
+        raise WebhookError(400, f"body nests JSON deeper than {MAX_DEPTH} levels")
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise WebhookError(400, f"body is not JSON: {exc}") from exc
     try:
         return AlertmanagerWebhook.model_validate(data)
@@ -291,6 +334,48 @@ class ReceiverStats:
     resolved: int = 0
     queue_full: int = 0
     callback_errors: int = 0
+    auth_failures: int = 0
+    unknown_service: int = 0
+    """Alerts refused because they name no service, or one the topology does not know."""
+    rate_limited: int = 0
+    timeouts: int = 0
+    """Connections closed because headers or body did not arrive in time."""
+    overloaded: int = 0
+    """Connections refused because `max_connections` were being served."""
+
+
+class _RateLimiter:
+    """A token bucket per source address: `rate` requests per second, `burst` at once."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic, max_sources: int = 10_000) -> None:
+        self.rate, self.burst, self.clock, self.max_sources = rate, burst, clock, max_sources
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, source: str) -> bool:
+        """Take one token from `source`'s bucket; False if it is empty."""
+        now = self.clock()
+        with self._lock:
+            tokens, at = self._buckets.get(source, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - at) * self.rate)
+            if len(self._buckets) >= self.max_sources and source not in self._buckets:
+                # Full buckets carry no information: forget them first, so a spray of addresses cannot grow this.
+                self._buckets = {s: b for s, b in self._buckets.items() if b[0] + (now - b[1]) * self.rate < self.burst}
+            if tokens < 1:
+                self._buckets[source] = (tokens, now)
+                return False
+            self._buckets[source] = (tokens - 1, now)
+            return True
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is a loopback address (or `localhost`)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class AlertReceiver:
@@ -311,8 +396,21 @@ class AlertReceiver:
         dedup_window_s: float = 3600.0,
         service_labels: Sequence[str] = SERVICE_LABELS,
         clock: Clock | None = None,
+        insecure_no_auth: bool = False,
+        known_services: Callable[[], Sequence[str]] | Sequence[str] | None = None,
+        rate_per_s: float = 20.0,
+        rate_burst: int = 100,
+        header_timeout_s: float = 5.0,
+        body_timeout_s: float = 10.0,
+        max_connections: int = 32,
+        on_reject: Callable[[str], Any] | None = None,
     ) -> None:
-        """Listen on host:port (0: a free port) once started; `token` requires `Authorization: Bearer`."""
+        """Listen on host:port (0: a free port) once started; `token` requires `Authorization: Bearer`.
+
+        Serving needs `token`, or `insecure_no_auth` on a loopback host. `known_services` (or a function
+        returning them) makes alerts for any other service, or for none, a 422; `on_reject(reason)` is called
+        for every refusal (auth, unknown_service, rate_limited, timeout, overloaded, bad_request).
+        """
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, got {queue_size}")
         if on_alerts is not None and (callback is not None or on_resolved is not None):
@@ -326,6 +424,12 @@ class AlertReceiver:
         self.dedup_window_s = dedup_window_s
         self.service_labels = tuple(service_labels)
         self.clock: Clock = clock or SystemClock()
+        self.insecure_no_auth = insecure_no_auth
+        self._known_services = known_services
+        self.header_timeout_s, self.body_timeout_s = header_timeout_s, body_timeout_s
+        self.max_connections = max_connections
+        self.on_reject = on_reject
+        self._limiter = _RateLimiter(rate_per_s, rate_burst)
         self.stats = ReceiverStats()
         self.resolved: deque[ResolvedAlert] = deque(maxlen=100)
         """The latest resolved groups, newest last."""
@@ -398,14 +502,53 @@ class AlertReceiver:
             log.info("alert group %s resolved", r.fingerprint)
         return 200, {"triggers": new_triggers, "duplicates": duplicates, "resolved": len(resolved_now)}
 
+    def reject(self, reason: str, count: int = 1) -> None:
+        """Count a refusal (stats and `on_reject`)."""
+        field_name = {"auth": "auth_failures", "bad_request": "rejected", "timeout": "timeouts"}.get(reason, reason)
+        with self._lock:
+            setattr(self.stats, field_name, getattr(self.stats, field_name, 0) + count)
+        if self.on_reject is not None:
+            for _ in range(count):
+                self.on_reject(reason)
+
+    def known_services(self) -> set[str] | None:
+        """The services alerts may name (None: any)."""
+        known = self._known_services
+        if known is None:
+            return None
+        return set(known() if callable(known) else known)
+
+    def _only_known(self, webhook: AlertmanagerWebhook) -> tuple[AlertmanagerWebhook, list[str]]:
+        """The payload without alerts for unknown services (or none), and the names refused."""
+        known = self.known_services()
+        if known is None:
+            return webhook, []
+        kept, refused = [], []
+        for alert in webhook.alerts:
+            service = service_of(alert.labels, self.service_labels)
+            if service is not None and service in known:
+                kept.append(alert)
+            else:
+                refused.append("(none)" if service is None else service)
+        if refused:
+            webhook = webhook.model_copy(update={"alerts": kept})
+        return webhook, refused
+
     def handle(self, body: bytes) -> tuple[int, dict[str, Any]]:
         """Parse and apply one webhook body: (HTTP status, JSON answer)."""
         try:
             webhook = parse_webhook(body)
         except WebhookError as exc:
-            with self._lock:
-                self.stats.rejected += 1
+            self.reject("bad_request")
             return exc.status, {"error": str(exc)}
+        webhook, refused = self._only_known(webhook)
+        if refused:
+            self.reject("unknown_service", len(refused))
+            names = ", ".join(sorted({repr(_clip(n, 60)) for n in refused})[:10])
+            log.warning("alert webhook: %d alert(s) for unknown services refused: %s", len(refused), names)
+            if not webhook.alerts:
+                known = ", ".join(sorted(self.known_services() or ()))
+                return 422, {"error": f"unknown service(s) {names}; this receiver takes alerts for {known}"}
         if webhook.truncated_alerts:
             log.warning(
                 "Alertmanager truncated %d alerts of group %s", webhook.truncated_alerts, webhook.group_key
@@ -421,8 +564,11 @@ class AlertReceiver:
                 return 500, {"error": "alert intake failed; retry later"}
             with self._lock:
                 self.stats.payloads += 1
-            return 200, outcomes
-        return self.accept(webhook)
+            return 200, {**outcomes, **({"unknown_service": len(refused)} if refused else {})}
+        status, answer = self.accept(webhook)
+        if refused and status == 200:
+            answer["unknown_service"] = len(refused)
+        return status, answer
 
     def next_event(self, timeout: float | None = None) -> AlertEvent | None:
         """Pull mode (no callback): the next Trigger or ResolvedAlert, or None after `timeout` seconds."""
@@ -469,8 +615,16 @@ class AlertReceiver:
         """Bind, then serve and dispatch on daemon threads; returns self."""
         if self._server is not None:
             return self
+        if self.token is None and not self.insecure_no_auth:
+            raise ConfigError(
+                "alerts: the webhook receiver needs a bearer token (set SREGRAPH_ALERTS_TOKEN); "
+                "--insecure-no-auth serves without one, on a loopback host only"
+            )
+        if self.token is None and not is_loopback(self.host):
+            raise ConfigError(f"alerts: --insecure-no-auth serves on loopback only, not on {self.host}")
         self._stopping.clear()
         self._server = _Server((self.host, self.port), _handler(self))
+        self._server.receiver = self
         self.port = self._server.server_address[1]
         serve = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="alerts-http", daemon=True
@@ -481,6 +635,8 @@ class AlertReceiver:
         for thread in self._threads:
             thread.start()
         log.info("alert receiver listening on %s", self.url)
+        if self.token is None:
+            log.warning("alert receiver on %s takes webhooks WITHOUT authentication (insecure_no_auth)", self.url)
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -508,6 +664,37 @@ class AlertReceiver:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    receiver: AlertReceiver
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots: threading.BoundedSemaphore | None = None
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve on a thread while fewer than `max_connections` are; otherwise answer 503 and close at once."""
+        if self._slots is None:
+            self._slots = threading.BoundedSemaphore(self.receiver.max_connections)
+        if not self._slots.acquire(blocking=False):
+            self.receiver.reject("overloaded")
+            try:
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """Serve one connection and give its slot back."""
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            assert self._slots is not None
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that broke (timed out, reset) is logged in one line, not a traceback on stderr."""
+        log.debug("alert webhook connection from %s ended with an error", client_address, exc_info=True)
 
 
 def _handler(receiver: AlertReceiver) -> type[BaseHTTPRequestHandler]:
@@ -516,6 +703,65 @@ def _handler(receiver: AlertReceiver) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
             """Requests are logged by outcome in `do_POST`, not per line."""
+
+        def log_error(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+            """The stdlib reports a read that hit the socket timeout here ("Request timed out")."""
+            if "timed out" in format:
+                self._count_timeout()
+
+        def setup(self) -> None:
+            """Every read on this connection gives up after the header deadline (the body's is set later)."""
+            super().setup()
+            self.connection.settimeout(receiver.header_timeout_s)
+
+        def handle_one_request(self) -> None:
+            """One request, with a deadline for the whole of its request line and headers."""
+            self.connection.settimeout(receiver.header_timeout_s)
+            self._expired = False
+            self._deadline = threading.Timer(receiver.header_timeout_s, self._expire)
+            self._deadline.daemon = True
+            self._deadline.start()
+            try:
+                super().handle_one_request()
+            except TimeoutError:
+                self.close_connection = True
+                self._count_timeout()
+            finally:
+                self._deadline.cancel()
+
+        def _count_timeout(self) -> None:
+            if not self._expired:  # the watchdog counted it already
+                self._expired = True
+                receiver.reject("timeout")
+
+        def _expire(self) -> None:
+            """A slow client (one byte a second keeps a plain socket timeout happy) loses its connection."""
+            self._count_timeout()
+            log.warning("alert webhook: %s too slow to send its request; connection closed", self.client_address[0])
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+        def _read_body(self, length: int) -> bytes | None:
+            """The body within the body deadline, or None (the connection is closed)."""
+            self._deadline.cancel()
+            self._deadline = threading.Timer(receiver.body_timeout_s, self._expire)
+            self._deadline.daemon = True
+            self._deadline.start()
+            self.connection.settimeout(receiver.body_timeout_s)
+            try:
+                body = self.rfile.read(length)
+            except (TimeoutError, OSError):
+                body = b""
+            finally:
+                self._deadline.cancel()
+            if len(body) < length:
+                self.close_connection = True
+                self._count_timeout()
+                return None
+            return body
 
         def _send(self, status: int, body: dict[str, Any]) -> None:
             data = json.dumps(body).encode()
@@ -529,6 +775,8 @@ def _handler(receiver: AlertReceiver) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:  # noqa: N802 - stdlib naming
             """Liveness and counters."""
+            if self._expired:
+                return  # the deadline cut the headers short: they only look complete
             if self.path.split("?", 1)[0] in ("/health", "/-/healthy"):
                 self._send(200, {"status": "ok", "queued": receiver.queued, **receiver.stats.__dict__})
             elif self.path.split("?", 1)[0] == receiver.path:
@@ -538,12 +786,25 @@ def _handler(receiver: AlertReceiver) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:  # noqa: N802 - stdlib naming
             """The webhook."""
+            self._deadline.cancel()  # the headers are in
+            if self._expired:
+                return  # the deadline cut the headers short: they only look complete
+            source = str(self.client_address[0])
+            if not receiver._limiter.allow(source):
+                receiver.reject("rate_limited")
+                self.close_connection = True
+                self._send(429, {"error": "too many requests from this address; slow down"})
+                return
             if self.path.split("?", 1)[0] != receiver.path:
-                self._send(404, {"error": f"no route {self.path}; the webhook is POST {receiver.path}"})
+                self._send(404, {"error": f"no route {self.path[:200]}; the webhook is POST {receiver.path}"})
                 return
             if receiver.token is not None:
                 given = self.headers.get("Authorization", "")
-                if not hmac.compare_digest(given.encode(), f"Bearer {receiver.token}".encode()):
+                if not hmac.compare_digest(given.encode(errors="replace"), f"Bearer {receiver.token}".encode()):
+                    receiver.reject("auth")
+                    log.warning(
+                        "alert webhook: %s bearer token from %s", "wrong" if given else "no", source
+                    )
                     self.close_connection = True
                     self._send(401, {"error": "missing or wrong bearer token"})
                     return
@@ -564,7 +825,10 @@ def _handler(receiver: AlertReceiver) -> type[BaseHTTPRequestHandler]:
                     413, {"error": f"body of {length} bytes exceeds the limit of {receiver.max_body_bytes}"}
                 )
                 return
-            status, answer = receiver.handle(self.rfile.read(length))
+            body = self._read_body(length)
+            if body is None:
+                return  # too slow or cut short: nothing to answer on a closed connection
+            status, answer = receiver.handle(body)
             if status >= 400:
                 log.warning("alert webhook answered %d: %s", status, answer.get("error"))
             self._send(status, answer)

@@ -12,7 +12,6 @@ from typing import Any, Iterator, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Column, Table
 
 from graphs.state import ApprovalDecision, Trigger
@@ -25,6 +24,7 @@ from sregraph.dataset_cli import dataset
 from sregraph.slo_cli import release_gate_command, slo
 from sregraph.terminal import results_console
 from tools.base import SregraphError
+from tools.display import term, term_block
 
 app = typer.Typer(help="sregraph: a team of SRE agents that runs the incident lifecycle.", no_args_is_help=True)
 incidents_app = typer.Typer(help="Incidents the graph has handled.", no_args_is_help=True)
@@ -49,7 +49,7 @@ def _settings(config: Optional[Path], data_dir: Optional[Path], **overrides: Any
     try:
         return load_settings(config, data_dir=data_dir, **overrides)
     except SregraphError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {term(exc)}")
         raise typer.Exit(2) from exc
 
 
@@ -60,7 +60,7 @@ def _read_settings(config: Optional[Path], data_dir: Optional[Path]) -> Settings
         return settings
     choice = data_dir_to_read(settings.data_dir)
     if choice.note:
-        console.print(f"[dim]{escape(choice.note)}[/dim]", soft_wrap=True)
+        console.print(f"[dim]{term(choice.note)}[/dim]", soft_wrap=True)
     return settings.model_copy(update={"data_dir": choice.path})
 
 
@@ -82,13 +82,13 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except SregraphError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {term(exc)}")
         raise typer.Exit(2) from exc
 
 
 def _progress(incident_id: str, node: str, update: dict[str, Any]) -> None:
     for entry in update.get("timeline", []):
-        console.print(f"[dim]{time.strftime('%H:%M:%S', time.localtime(entry.at))}[/dim] [cyan]{incident_id}[/cyan] [bold]{node:>13}[/bold]  {escape(entry.event)}", soft_wrap=True)
+        console.print(f"[dim]{time.strftime('%H:%M:%S', time.localtime(entry.at))}[/dim] [cyan]{term(incident_id)}[/cyan] [bold]{node:>13}[/bold]  {term(entry.event)}", soft_wrap=True)
 
 
 def _summary(state: dict[str, Any]) -> dict[str, Any]:
@@ -149,7 +149,7 @@ def run(
             local.start_background_load()
         try:
             if spec is not None:
-                console.print(f"[bold]scenario[/bold] {spec.name}: {spec.description}")
+                console.print(f"[bold]scenario[/bold] {term(spec.name)}: {term(spec.description)}")
                 console.print(f"warming up for {spec.warmup_s:.0f}s so the observer has a baseline…")
                 time.sleep(spec.warmup_s)
                 inject(local, spec)
@@ -165,15 +165,15 @@ def run(
     else:
         _print_summary(summary)
     if summary["waiting_for_approval"]:
-        console.print(f"waiting for approval: [bold]sregraph approve {summary['incident_id']}[/bold] or reject")
+        console.print(f"waiting for approval: [bold]sregraph approve {term(summary['incident_id'])}[/bold] or reject")
     ok = summary["status"] in ("resolved", "healthy") or summary["waiting_for_approval"]
     raise typer.Exit(0 if ok else 1)
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
-    table = Table(title=f"incident {summary['incident_id']}", show_header=False)
+    table = Table(title=f"incident {term(summary['incident_id'])}", show_header=False)
     for key, value in summary.items():
-        table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
+        table.add_row(key, term(", ".join(map(str, value)) if isinstance(value, list) else value))
     out.print(table)
 
 
@@ -256,7 +256,7 @@ def demo(
     if commands:
         console.print("try next (incidents, diagnoses and post-mortems of this demo):")
         for command in commands:
-            console.print(f"  {escape(command)}", soft_wrap=True, highlight=False)
+            console.print(f"  {term(command)}", soft_wrap=True, highlight=False)
     raise typer.Exit(0 if results and all(r.recovered for r in results) else 1)
 
 
@@ -281,7 +281,15 @@ def chaos(
             injection = local.inject(name, target, **params)
         finally:
             local.close()
-    out.print(f"injected {injection.fault} into {injection.service}: {injection.detail}")
+    out.print(f"injected {term(injection.fault)} into {term(injection.service)}: {term(injection.detail)}")
+
+
+def _when(at: Any, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
+    """A stored timestamp for display; a damaged one shows as `?` instead of crashing the listing."""
+    try:
+        return time.strftime(fmt, time.localtime(float(at)))
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "?"
 
 
 def _tick(value: bool) -> str:
@@ -291,35 +299,49 @@ def _tick(value: bool) -> str:
 @app.command()
 def worker(
     once: bool = typer.Option(False, help="Resume unfinished incidents, scan once, and exit."),
-    interval: float = typer.Option(2.0, help="Seconds between scans."),
+    interval: Optional[float] = typer.Option(None, help="Seconds between scans (default: worker.interval_s, 2)."),
     http_port: Optional[int] = typer.Option(None, help="Serve /metrics and /healthz on 127.0.0.1:PORT."),
     alerts_port: Optional[int] = typer.Option(
         None, help="Take Alertmanager webhooks on POST /alerts at this port (0: any free port); enables alerts."
     ),
+    insecure_no_auth: bool = typer.Option(
+        False, "--insecure-no-auth", help="Take webhooks without a bearer token (loopback host only; warned)."
+    ),
     config: Optional[Path] = ConfigOpt,
     data_dir: Optional[Path] = DataOpt,
 ) -> None:
-    """Long-lived loop: resume unfinished incidents, watch telemetry and alerts, open and handle new incidents."""
+    """Long-lived loop: resume unfinished incidents, watch telemetry and alerts, open and handle new ones."""
     from sregraph.config import alerts_token
     from sregraph.observability import HealthState, configure_logging, serve
     from sregraph.worker import Worker
 
-    settings = _settings(config, data_dir)
+    # Flags go through the same validated settings as the file and the environment.
+    alerts_flags: dict[str, Any] = {"enabled": True, "port": alerts_port} if alerts_port is not None else {}
+    if insecure_no_auth:
+        alerts_flags["insecure_no_auth"] = True
+    settings = _settings(
+        config, data_dir, worker={"interval_s": interval, "http_port": http_port}, alerts=alerts_flags or None
+    )
     configure_logging(logging.INFO)
     with _errors():
         engine, _ = _engine(settings)
-        health = HealthState(stale_after_s=max(60.0, 10 * interval))
-        if http_port is not None:
-            server = serve(engine.metrics, health, port=http_port)
+        interval_s = settings.worker.interval_s
+        health = HealthState(stale_after_s=max(60.0, 10 * interval_s))
+        if settings.worker.http_port is not None:
+            server = serve(engine.metrics, health, port=settings.worker.http_port)
             console.print(f"metrics and health on http://127.0.0.1:{server.server_address[1]}/metrics, /healthz")
         the_worker = Worker(engine, health)
         alerts = settings.alerts
-        if alerts_port is not None:
-            alerts = alerts.model_copy(update={"enabled": True, "port": alerts_port})
         if alerts.enabled:
             receiver = the_worker.serve_alerts(alerts, token=alerts_token())
-            console.print(f"Alertmanager webhook on {receiver.url}" + (" (bearer token required)" if receiver.token else ""))
-        the_worker.run(once=once, interval=interval)
+            if receiver.token:
+                console.print(f"Alertmanager webhook on {term(receiver.url)} (bearer token required)")
+            else:
+                console.print(
+                    f"[bold red]warning:[/bold red] Alertmanager webhook on {term(receiver.url)} takes alerts WITHOUT "
+                    "authentication (--insecure-no-auth); set SREGRAPH_ALERTS_TOKEN instead"
+                )
+        the_worker.run(once=once, interval=interval_s)
 
 
 @app.command()
@@ -328,7 +350,7 @@ def scenarios() -> None:
     from sregraph.scenario import bundled, load_scenario
 
     for name in bundled():
-        out.print(f"{name:24} {load_scenario(name).description}")
+        out.print(f"{term(name):24} {term(load_scenario(name).description)}")
 
 
 @incidents_app.command("list")
@@ -343,7 +365,8 @@ def incidents_list(config: Optional[Path] = ConfigOpt, data_dir: Optional[Path] 
         return
     table = Table(Column("incident", no_wrap=True), "status", "started", "trigger")
     for r in runs:
-        table.add_row(r["incident_id"], r["status"], time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at"])), r["trigger"].get("summary", ""))
+        trigger = r["trigger"] if isinstance(r["trigger"], dict) else {}
+        table.add_row(term(r["incident_id"]), term(r["status"]), _when(r["created_at"]), term(trigger.get("summary", "")))
     out.print(table)
 
 
@@ -357,15 +380,15 @@ def incidents_show(incident_id: str, config: Optional[Path] = ConfigOpt, data_di
     graph = build_graph().compile(checkpointer=open_checkpointer(settings.checkpoint_db))
     snapshot = graph.get_state({"configurable": {"thread_id": incident_id}})
     if not snapshot.values:
-        console.print(f"[red]error:[/red] no incident {incident_id}")
+        console.print(f"[red]error:[/red] no incident {term(incident_id)}")
         raise typer.Exit(2)
     state = dict(snapshot.values)
     state["waiting"] = any(t.interrupts for t in snapshot.tasks)
     _print_summary(_summary(state))
     for entry in state.get("timeline", []):
-        out.print(f"{time.strftime('%H:%M:%S', time.localtime(entry.at))}  {entry.event}")
+        out.print(f"{_when(entry.at, '%H:%M:%S')}  {term(entry.event)}")
     if state.get("postmortem"):
-        out.print(state["postmortem"].markdown)
+        out.print(term_block(state["postmortem"].markdown))
 
 
 @memory_app.command("search")
@@ -379,7 +402,7 @@ def memory_search(text: str, k: int = 3, config: Optional[Path] = ConfigOpt, dat
     if not found:
         out.print("no similar incidents")
     for s in found:
-        out.print(f"{s.similarity:.2f}  {s.incident_id}  {s.fault_type} on {s.service} ({s.outcome}): {s.summary[:120]}")
+        out.print(f"{s.similarity:.2f}  {term(s.incident_id)}  {term(s.fault_type)} on {term(s.service)} ({term(s.outcome)}): {term(s.summary[:120])}")
 
 
 @app.command("app-stop")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agents.llm import LLMConfig
 from tools.base import ConfigError
@@ -24,19 +24,19 @@ class ObserverConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    window_s: float = 6.0
+    window_s: float = Field(default=6.0, gt=0)
     """Recent window compared with the baseline."""
-    baseline_s: float = 30.0
+    baseline_s: float = Field(default=30.0, gt=0)
     """Length of the baseline window that ends where the recent window starts."""
-    z_threshold: float = 4.0
+    z_threshold: float = Field(default=4.0, gt=0)
     """Robust z-score above which a metric counts as deviating."""
-    confirm_polls: int = 2
+    confirm_polls: int = Field(default=2, ge=1)
     """Consecutive polls a deviation must persist before an incident opens (flap suppression)."""
-    confirm_s: float = 1.5
+    confirm_s: float = Field(default=1.5, ge=0)
     """...and for at least this long, so a restart's sub-second gap is not an incident."""
-    poll_s: float = 0.5
-    detect_timeout_s: float = 20.0
-    """How long one observe step watches before calling the system healthy."""
+    poll_s: float = Field(default=0.5, gt=0)
+    detect_timeout_s: float = Field(default=20.0, ge=0)
+    """How long one observe step watches before calling the system healthy (0: one look)."""
     ensemble: bool = True
     """Also run the streaming detector ensemble on every series (agents/senses.py), not only the window rule."""
     ensemble_warmup_points: int = Field(default=40, ge=5)
@@ -51,12 +51,12 @@ class AnalystConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    change_lookback_s: float = 900.0
+    change_lookback_s: float = Field(default=900.0, ge=0)
     """Deploys and config changes this far before the onset count as suspects."""
-    min_confidence: float = 0.3
+    min_confidence: float = Field(default=0.3, ge=0, le=1)
     """Below this the engineer escalates instead of acting."""
-    similar_k: int = 3
-    memory_min_similarity: float = 0.55
+    similar_k: int = Field(default=3, ge=0, le=100)
+    memory_min_similarity: float = Field(default=0.55, ge=-1, le=1)
 
 
 class EngineerConfig(BaseModel):
@@ -64,12 +64,12 @@ class EngineerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_attempts: int = 3
+    max_attempts: int = Field(default=3, ge=1)
     """Remediation attempts per incident before escalating (a policy may lower it per service)."""
-    verify_timeout_s: float = 25.0
-    stable_checks: int = 3
+    verify_timeout_s: float = Field(default=25.0, gt=0)
+    stable_checks: int = Field(default=3, ge=1)
     """Consecutive healthy polls that count as recovered."""
-    verify_poll_s: float = 0.5
+    verify_poll_s: float = Field(default=0.5, gt=0)
 
 
 class TelemetryConfig(BaseModel):
@@ -81,7 +81,7 @@ class TelemetryConfig(BaseModel):
     """local: the SQLite store the services write; prometheus: a Prometheus server's HTTP API."""
     prometheus_url: str = "http://127.0.0.1:9090"
     timeout_s: float = Field(default=5.0, gt=0)
-    rate_window: str = "30s"
+    rate_window: str = Field(default="30s", pattern=r"^[1-9][0-9]*(ms|s|m|h)$")
     """Range of PromQL rate() (at least four scrape intervals)."""
 
 
@@ -92,6 +92,10 @@ class WorkerConfig(BaseModel):
 
     max_concurrent: int = Field(default=4, ge=1, le=256)
     """Incident threads run at once; more wait their turn (one run per incident at any time)."""
+    interval_s: float = Field(default=2.0, gt=0, le=3600)
+    """Seconds between two scans (`sregraph worker --interval`)."""
+    http_port: int | None = Field(default=None, ge=1, le=65535)
+    """Serve /metrics and /healthz on 127.0.0.1:PORT (`--http-port`); None: not served."""
 
 
 ALERTS_TOKEN_ENV = "SREGRAPH_ALERTS_TOKEN"
@@ -106,8 +110,20 @@ class AlertsConfig(BaseModel):
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = Field(default=9094, ge=0, le=65535)
-    """0: any free port."""
-    path: str = "/alerts"
+    """1-65535, or 0 for any free port."""
+    path: str = Field(default="/alerts", pattern=r"^/[A-Za-z0-9/_.-]*$")
+    insecure_no_auth: bool = False
+    """Accept webhooks without a bearer token: only on a loopback host, and warned at start."""
+    rate_per_s: float = Field(default=20.0, gt=0)
+    """Requests per second one source address may send (token bucket)."""
+    rate_burst: int = Field(default=100, ge=1)
+    """...and how many it may send at once."""
+    header_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    """A client must have sent its request line and headers within this long."""
+    body_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    """...and its body within this long after the headers."""
+    max_connections: int = Field(default=32, ge=1, le=1024)
+    """Connections served at once; more are answered 503 and closed."""
     group_wait_s: float = Field(default=30.0, ge=0)
     """A new alert group waits this long to collect its first batch before it starts an incident."""
     group_interval_s: float = Field(default=300.0, ge=0)
@@ -135,7 +151,7 @@ class GitHubSettings(BaseModel):
     gitops_repo: str = ""
     """owner/name of the deploy-config repository (services/<name>.yaml); empty = use the local git repo."""
     deploy_branch: str = "main"
-    timeout_s: float = 10.0
+    timeout_s: float = Field(default=10.0, gt=0)
 
 
 class Settings(BaseModel):
@@ -161,6 +177,14 @@ class Settings(BaseModel):
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _data_dir_not_empty(cls, value: Any) -> Any:
+        # Path("") is the current directory: an empty SREGRAPH_DATA_DIR= would write state into the cwd.
+        if value is None or (isinstance(value, str | Path) and not str(value).strip()):
+            raise ValueError("must not be empty (an empty value would write into the current directory)")
+        return value
 
     @property
     def checkpoint_db(self) -> Path:
@@ -192,10 +216,28 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _without_none(values: dict[str, Any]) -> dict[str, Any]:
+    """Overrides minus unset (None) values, at every level: an unset CLI flag leaves the file's value alone."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            value = _without_none(value)
+            if not value:
+                continue
+        if value is not None:
+            out[key] = value
+    return out
+
+
 def load_settings(path: Path | str | None = None, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
     """Load settings from a YAML file (default `sregraph.yaml` if present), the environment and overrides."""
     environ = dict(os.environ) if environ is None else environ
-    file = Path(path) if path else Path(environ.get("SREGRAPH_CONFIG", "sregraph.yaml"))
+    named = environ.get("SREGRAPH_CONFIG")
+    if not path and named is not None:
+        if not named.strip():
+            raise ConfigError("SREGRAPH_CONFIG is set but empty; unset it or name a settings file")
+        path = named  # a file named explicitly must exist, like --config
+    file = Path(path) if path else Path("sregraph.yaml")
     data: dict[str, Any] = {}
     if file.exists():
         try:
@@ -206,9 +248,9 @@ def load_settings(path: Path | str | None = None, environ: dict[str, str] | None
             raise ConfigError(f"{file}: the top level must be a mapping of settings")
         data = loaded
     elif path:
-        raise ConfigError(f"config file {file} does not exist")
+        raise ConfigError(f"config file {file} does not exist" + (" (from SREGRAPH_CONFIG)" if path == named else ""))
     data = _merge(data, _env_overrides(environ))
-    data = _merge(data, {k: v for k, v in overrides.items() if v is not None})
+    data = _merge(data, _without_none(overrides))
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:

@@ -5,11 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import secrets
-import signal
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,17 +26,13 @@ from sregraph.config import Settings
 from sregraph.observability import Metrics, incident_var
 from tools.base import ConfigError, NotFound
 from tools.breaker import BreakerHealthChecker
+from tools.display import md
 from tools.toolbox import Toolbox
 
 log = logging.getLogger("sregraph.engine")
 
 ProgressFn = Callable[[str, str, dict[str, Any]], None]
 """Called with (incident_id, node, update) after every node."""
-
-FAULT_KILL_ENV = "SREGRAPH_FAULT_KILL_AFTER"
-"""Test hook (tests/test_worker_kills.py): `NODE[:N]` SIGKILLs the process right after the checkpoint of the
-N-th completion (default 1st) of NODE in this process. Never set it in production."""
-
 
 def new_incident_id(now: float | None = None) -> str:
     """A sortable, unique incident id."""
@@ -67,8 +60,14 @@ def local_toolbox(settings: Settings, app: Any) -> Toolbox:
         incidents = GitHubIncidentSurface(gh.repo, base_url=gh.base_url, timeout=gh.timeout_s)
     if gh.gitops_repo:
         from tools.github import GitHubGitOps
+        from tools.gitops import ProvenanceStore, signing_key
 
-        gitops = GitHubGitOps(gh.gitops_repo, base_url=gh.base_url, deploy_branch=gh.deploy_branch, timeout=gh.timeout_s, incident_repo=gh.repo or None)
+        gitops = GitHubGitOps(
+            gh.gitops_repo, base_url=gh.base_url, deploy_branch=gh.deploy_branch, timeout=gh.timeout_s,
+            incident_repo=gh.repo or None,
+            # sregraph's own commits are recognised by this key's signature or by this ledger, across restarts.
+            key=signing_key(data), provenance=ProvenanceStore(data / "provenance.db"),
+        )
     return Toolbox(
         telemetry=telemetry_for(settings, app.telemetry),
         runtime=app.runtime,
@@ -211,45 +210,6 @@ def alert_key(trigger: Trigger) -> str:
     return hashlib.sha256(trigger.model_dump_json().encode()).hexdigest()[:16]
 
 
-class _KillAfter:
-    """The FAULT_KILL_ENV test hook: dies right after a chosen node's step checkpoint is on disk.
-
-    LangGraph saves a node's writes (`put_writes`, which names the task's node) and then, once the step is
-    over, the step's checkpoint (`put`); the first arms the kill for that thread, the second fires it. The
-    streamed update is no guide: it may reach the caller after the step's checkpoint was saved.
-    """
-
-    def __init__(self, spec: str) -> None:
-        node, _, count = spec.partition(":")
-        self.node, self.count = node, int(count or 1)
-        self.seen = 0
-        self.armed: set[str] = set()
-        self.lock = threading.Lock()
-
-    def install(self, saver: Any) -> None:
-        """Wrap the saver's `put_writes` and `put`."""
-        put, put_writes = saver.put, saver.put_writes
-
-        def put_writes_and_count(config: Any, writes: Any, task_id: str, task_path: str = "") -> None:
-            put_writes(config, writes, task_id, task_path)
-            node = task_path.rsplit(", ", 1)[-1] if task_path else ""
-            # An interrupt or an error is not the node finishing.
-            if node == self.node and not any(channel in ("__interrupt__", "__error__") for channel, _ in writes):
-                with self.lock:
-                    self.seen += 1
-                    if self.seen == self.count:
-                        self.armed.add(config["configurable"]["thread_id"])
-
-        def put_then_maybe_die(config: Any, *args: Any, **kwargs: Any) -> Any:
-            result = put(config, *args, **kwargs)
-            if config.get("configurable", {}).get("thread_id") in self.armed:
-                log.warning("%s=%s:%d: killing this process", FAULT_KILL_ENV, self.node, self.count)
-                os.kill(os.getpid(), signal.SIGKILL)
-            return result
-
-        saver.put, saver.put_writes = put_then_maybe_die, put_writes_and_count
-
-
 class Engine:
     """Runs incident threads on a compiled graph with the durable checkpointer."""
 
@@ -270,10 +230,6 @@ class Engine:
         self.progress = progress
         self.metrics = metrics or Metrics()
         self.should_stop: Callable[[], bool] = lambda: False
-        spec = os.environ.get(FAULT_KILL_ENV, "")
-        self._kill_after = _KillAfter(spec) if spec else None
-        if self._kill_after is not None:
-            self._kill_after.install(self.checkpointer)
 
     def _config(self, incident_id: str) -> dict[str, Any]:
         return {"configurable": {"thread_id": incident_id}}
@@ -359,8 +315,8 @@ class Engine:
             what = " ".join(x for x in (trigger.signal, f"on {trigger.service}" if trigger.service else "") if x)
             # Alert text is data written by whoever writes alert rules: one quoted line, never a line of its own
             # that a reader (or a command parser) could take for a slash command.
-            body = f"Another alert joined this incident: `{_one_line(what or trigger.source, 120).replace('`', chr(39))}`\n\n> " + (
-                _one_line(trigger.summary, 300) or "(no summary)"
+            body = f"Another alert joined this incident: {md(_one_line(what or trigger.source, 120))}\n\n> " + (
+                md(_one_line(trigger.summary, 300)) or "(no summary)"
             )
             self.toolbox.incidents.comment(issue_id, body, key=f"{incident_id}/alert-{key}")
 

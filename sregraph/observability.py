@@ -13,6 +13,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from tools.redact import redact_out
 from tools.resilience import subscribe
 
 incident_var: contextvars.ContextVar[str] = contextvars.ContextVar("incident_id", default="-")
@@ -58,7 +59,22 @@ class Metrics:
         self.circuit_state = Gauge(
             "sregraph_circuit_state", "Circuit breaker per dependency: 0 closed, 1 half-open, 2 open.", ["dependency"], registry=self.registry
         )
+        self.alerts_rejected = Counter(
+            "sregraph_alerts_rejected_total",
+            "Alertmanager webhooks (or alerts in them) refused, by reason: auth, unknown_service, rate_limited, "
+            "timeout, overloaded, bad_request.",
+            ["reason"], registry=self.registry,
+        )
+        self.alerts_auth_failures = Counter(
+            "sregraph_alerts_auth_failures_total", "Webhook requests with a missing or wrong bearer token.", registry=self.registry
+        )
         subscribe(self)  # held weakly: a Metrics that is dropped stops hearing
+
+    def alert_rejected(self, reason: str) -> None:
+        """The alert receiver refused something (sregraph/alerts.py `on_reject`)."""
+        self.alerts_rejected.labels(reason).inc()
+        if reason == "auth":
+            self.alerts_auth_failures.inc()
 
     def dependency_retry(self, dependency: str) -> None:
         """A call to `dependency` is being retried (tools/resilience.py calls this)."""
@@ -92,10 +108,11 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "incident_id": getattr(record, "incident_id", incident_var.get()),
-            "message": record.getMessage(),
+            # Log lines quote errors, URLs and payloads: the same redactor as every other outward path.
+            "message": redact_out(record.getMessage()),
         }
         if record.exc_info:
-            data["exception"] = self.formatException(record.exc_info)
+            data["exception"] = redact_out(self.formatException(record.exc_info))
         return json.dumps(data, default=str)
 
 

@@ -309,7 +309,9 @@ class Worker:
     # ------------------------------------------------------------------ alerts
 
     def serve_alerts(self, config: AlertsConfig, token: str | None = None, clock: Clock | None = None) -> AlertReceiver:
-        """Listen for Alertmanager webhooks now; `run` hands the storm gate's due groups to `submit` every loop."""
+        """Listen for Alertmanager webhooks now; `run` hands the storm gate's due groups to `submit` every loop.
+
+        ConfigError without a `token` unless `config.insecure_no_auth` (loopback hosts only)."""
         gate = StormGate(
             clock or self.engine.toolbox.clock,
             group_wait_s=config.group_wait_s,
@@ -317,7 +319,22 @@ class Worker:
             flap_window_s=config.flap_window_s,
             max_flaps=config.max_flaps,
         )
-        receiver = AlertReceiver(on_alerts=gate.ingest_many, host=config.host, port=config.port, path=config.path, token=token)
+        receiver = AlertReceiver(
+            on_alerts=gate.ingest_many,
+            host=config.host,
+            port=config.port,
+            path=config.path,
+            token=token,
+            insecure_no_auth=config.insecure_no_auth,
+            # Only services the topology knows: an invented one would hold a worker slot for nothing.
+            known_services=lambda: sorted(self.engine.toolbox.services),
+            rate_per_s=config.rate_per_s,
+            rate_burst=config.rate_burst,
+            header_timeout_s=config.header_timeout_s,
+            body_timeout_s=config.body_timeout_s,
+            max_connections=config.max_connections,
+            on_reject=self.engine.metrics.alert_rejected,
+        )
         try:
             receiver.start()
         except OSError as exc:

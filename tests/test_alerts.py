@@ -300,7 +300,7 @@ def test_http_error_answers() -> None:
 
 
 def test_http_without_content_length_is_411() -> None:
-    with AlertReceiver(callback=lambda t: None) as r:
+    with AlertReceiver(callback=lambda t: None, insecure_no_auth=True) as r:
         with socket.create_connection((r.host, r.port), timeout=5) as sock:
             sock.sendall(
                 b"POST /alerts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
@@ -317,7 +317,7 @@ def test_http_503_when_the_callback_falls_behind() -> None:
         started.set()
         release.wait(5)
 
-    r = AlertReceiver(callback=slow, queue_size=1, dedup_window_s=0)
+    r = AlertReceiver(callback=slow, queue_size=1, dedup_window_s=0, insecure_no_auth=True)
     with r, httpx.Client(timeout=5) as client:
         assert client.post(r.url, json=payload(alert("a"))).status_code == 200
         assert started.wait(5)  # the dispatcher is busy with the first
@@ -338,7 +338,7 @@ def test_callback_errors_are_counted_and_dispatch_goes_on(caplog: pytest.LogCapt
         if trigger.service == "a":
             raise RuntimeError("engine exploded")
 
-    with AlertReceiver(callback=flaky) as r, httpx.Client(timeout=5) as client:
+    with AlertReceiver(callback=flaky, insecure_no_auth=True) as r, httpx.Client(timeout=5) as client:
         client.post(r.url, json=payload(alert("a"), alert("b")))
         assert r.wait_idle(5)
     assert seen == ["a", "b"] and r.stats.callback_errors == 1
@@ -346,7 +346,7 @@ def test_callback_errors_are_counted_and_dispatch_goes_on(caplog: pytest.LogCapt
 
 
 def test_stop_is_idempotent_and_restart_free_port() -> None:
-    r = AlertReceiver(callback=lambda t: None)
+    r = AlertReceiver(callback=lambda t: None, insecure_no_auth=True)
     r.start()
     url = r.url
     r.start()  # already running: no second server

@@ -38,7 +38,7 @@ from tools.github import (
     resolve_token,
     verify_signature,
 )
-from tools.gitops import MergeConflict
+from tools.gitops import MergeConflict, commit_signature, git_blob_id
 from tools.ledger import ActionLedger
 from tools.notifier import JsonlNotifier
 from tools.redact import redact
@@ -54,7 +54,14 @@ SEED = {
     "services/payments.yaml": "version: 1.4.0\nreplicas: 1\n",
     "services/checkout.yaml": "version: 1.4.0\n",
 }
-SEED_MESSAGE = "Seed deploy configuration\n\nSregraph-Kind: other\nSregraph-Services: checkout,payments"
+SIGNING_KEY = b"test-signing-key"
+# The seed as sregraph would have written it: its trailers signed with the key the backends are given.
+SEED_MESSAGE = "Seed deploy configuration\n\nSregraph-Kind: other\nSregraph-Services: checkout,payments\n" + (
+    "Sregraph-Signature: "
+    + commit_signature(
+        SIGNING_KEY, "other", ["checkout", "payments"], {p: git_blob_id(c.encode()) for p, c in SEED.items()}
+    )
+)
 
 
 class FakeTime:
@@ -105,6 +112,7 @@ def make_surface(github: FakeGitHub, clock: Any, **kwargs: Any) -> GitHubInciden
 
 
 def make_gitops(github: FakeGitHub, clock: Any, **kwargs: Any) -> GitHubGitOps:
+    kwargs.setdefault("key", SIGNING_KEY)
     return GitHubGitOps(
         REPO,
         token=BOT_TOKEN,

@@ -95,7 +95,7 @@ def test_a_thousand_alerts_over_http_become_four_incidents(tmp_path: Path) -> No
         world.inject(Scenario(fault, service), gitops)
     worker = Worker(engine, max_concurrent=4)
     clock = FixedClock(T0)
-    config = AlertsConfig(enabled=True, port=0, group_wait_s=10, group_interval_s=30, flap_window_s=300, max_flaps=3)
+    config = AlertsConfig(enabled=True, port=0, group_wait_s=10, group_interval_s=30, flap_window_s=300, max_flaps=3, insecure_no_auth=True)
     receiver = worker.serve_alerts(config, clock=clock)
     conn = http.client.HTTPConnection(receiver.host, receiver.port, timeout=10)
     statuses = []
@@ -181,9 +181,9 @@ def test_alerts_settings_and_token_from_the_environment_only(tmp_path: Path) -> 
 
 def test_port_in_use_is_a_config_error(tmp_path: Path) -> None:
     _, engine = _world(tmp_path)
-    with AlertReceiver(on_alerts=lambda alerts: {}, port=0) as taken:
+    with AlertReceiver(on_alerts=lambda alerts: {}, port=0, insecure_no_auth=True) as taken:
         with pytest.raises(ConfigError, match="cannot listen"):
-            Worker(engine).serve_alerts(AlertsConfig(enabled=True, port=taken.port))
+            Worker(engine).serve_alerts(AlertsConfig(enabled=True, port=taken.port), token="s3cret")
     engine.close()
 
 

@@ -27,22 +27,22 @@ ROOT = Path(__file__).resolve().parents[1]
 # (environment variable, value): each is one worker process that must die there. The order follows the
 # scenarios, so each target is still ahead when its process starts.
 KILLS: list[tuple[str, str]] = [
-    *[("SREGRAPH_FAULT_KILL_AFTER", node) for node in ("observe", "open_incident", "analyze", "plan", "act", "verify", "document")],
+    *[("HARNESS_KILL_AFTER", node) for node in ("observe", "open_incident", "analyze", "plan", "act", "verify", "document")],
     ("HARNESS_KILL_IN", "restart"),  # scenario 1: the restart happened, the ledger does not know yet
-    ("SREGRAPH_FAULT_KILL_AFTER", "document"),
+    ("HARNESS_KILL_AFTER", "document"),
     ("HARNESS_KILL_IN", "propose"),  # scenario 2, the rollback: PR opened, not merged
     ("HARNESS_KILL_IN", "merge"),  # merged, not applied
     ("HARNESS_KILL_IN", "apply"),  # applied, not recorded
     ("HARNESS_KILL_IN", "notify:2"),  # a notification written, its ledger row still `sending`
-    ("SREGRAPH_FAULT_KILL_AFTER", "verify"),
-    ("SREGRAPH_FAULT_KILL_AFTER", "document"),
-    ("SREGRAPH_FAULT_KILL_AFTER", "analyze:2"),  # scenario 4: the second analysis, after a failed verification
+    ("HARNESS_KILL_AFTER", "verify"),
+    ("HARNESS_KILL_AFTER", "document"),
+    ("HARNESS_KILL_AFTER", "analyze:2"),  # scenario 4: the second analysis, after a failed verification
     ("HARNESS_KILL_IN", "notify"),  # the second restart's notification written, not recorded
-    ("SREGRAPH_FAULT_KILL_AFTER", "escalate"),
-    ("SREGRAPH_FAULT_KILL_AFTER", "observe"),  # scenario 5: a healthy alert
-    ("SREGRAPH_FAULT_KILL_AFTER", "escalate"),  # scenario 6: policy refuses
-    ("SREGRAPH_FAULT_KILL_AFTER", "approval"),  # scenario 7: after the human's approval is recorded
-    ("SREGRAPH_FAULT_KILL_AFTER", "act"),
+    ("HARNESS_KILL_AFTER", "escalate"),
+    ("HARNESS_KILL_AFTER", "observe"),  # scenario 5: a healthy alert
+    ("HARNESS_KILL_AFTER", "escalate"),  # scenario 6: policy refuses
+    ("HARNESS_KILL_AFTER", "approval"),  # scenario 7: after the human's approval is recorded
+    ("HARNESS_KILL_AFTER", "act"),
 ]
 RANDOM_KILLS = 3
 HARNESS_STARTUP_S = 1.6
@@ -51,7 +51,7 @@ HARNESS_STARTUP_S = 1.6
 
 def _worker(root: Path, env: dict[str, str], kill_after_s: float | None = None) -> subprocess.CompletedProcess[str]:
     """One worker process on the harness directory."""
-    clean = {k: v for k, v in os.environ.items() if k not in ("SREGRAPH_FAULT_KILL_AFTER", "HARNESS_KILL_IN")}
+    clean = {k: v for k, v in os.environ.items() if k not in ("HARNESS_KILL_AFTER", "HARNESS_KILL_IN")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.worker_harness", str(root)],
         cwd=ROOT, env={**clean, **env, "PYTHONWARNINGS": "error"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -170,7 +170,7 @@ def test_kill_hook_fires_after_the_checkpoint(tmp_path: Path) -> None:
 
     root = tmp_path / "hook"
     World.create(root)
-    killed = _worker(root, {"SREGRAPH_FAULT_KILL_AFTER": "analyze"})
+    killed = _worker(root, {"HARNESS_KILL_AFTER": "analyze"})
     assert killed.returncode == -9, killed.stderr[-3000:]
     engine = Engine(settings_for(root), toolbox_for(World(root)))
     try:

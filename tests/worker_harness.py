@@ -7,7 +7,8 @@ in files, so a SIGKILLed worker restarted on the same directory continues the sa
 
     python -m tests.worker_harness DIR        # run (or continue) every scenario, then exit 0
 
-`SREGRAPH_FAULT_KILL_AFTER=node[:n]` (read by the engine) kills it after a node's checkpoint;
+`HARNESS_KILL_AFTER=node[:n]` kills it after the n-th checkpoint of a node (a wrapper this harness installs on
+the engine's checkpointer; product code has no such hook);
 `HARNESS_KILL_IN=restart|apply|propose|merge|notify[:n]` kills it inside the n-th such call, after the change
 is made (or the notification written) and before the agent hears back (the moment an action or a notification
 is most likely to be repeated by mistake).
@@ -92,6 +93,51 @@ def _noise(service: str, name: str, t: float) -> float:
     """Deterministic ±5% jitter, the same for the same sample whichever process writes it."""
     seed = (int(round(t / STEP)) * 7919 + sum(map(ord, service + name)) * 104729) % 1000
     return (seed / 1000 - 0.5) / 10
+
+
+class KillAfter:
+    """The HARNESS_KILL_AFTER hook, installed on an engine's checkpointer: dies right after a chosen node's step checkpoint is on disk.
+
+    LangGraph saves a node's writes (`put_writes`, which names the task's node) and then, once the step is
+    over, the step's checkpoint (`put`); the first arms the kill for that thread, the second fires it. The
+    streamed update is no guide: it may reach the caller after the step's checkpoint was saved.
+    """
+
+    def __init__(self, spec: str) -> None:
+        node, _, count = spec.partition(":")
+        self.node, self.count = node, int(count or 1)
+        self.seen = 0
+        self.armed: set[str] = set()
+        self.lock = threading.Lock()
+
+    def install(self, saver: Any) -> None:
+        """Wrap the saver's `put_writes` and `put`."""
+        put, put_writes = saver.put, saver.put_writes
+
+        def put_writes_and_count(config: Any, writes: Any, task_id: str, task_path: str = "") -> None:
+            put_writes(config, writes, task_id, task_path)
+            node = task_path.rsplit(", ", 1)[-1] if task_path else ""
+            # An interrupt or an error is not the node finishing.
+            if node == self.node and not any(channel in ("__interrupt__", "__error__") for channel, _ in writes):
+                with self.lock:
+                    self.seen += 1
+                    if self.seen == self.count:
+                        self.armed.add(config["configurable"]["thread_id"])
+
+        def put_then_maybe_die(config: Any, *args: Any, **kwargs: Any) -> Any:
+            result = put(config, *args, **kwargs)
+            if config.get("configurable", {}).get("thread_id") in self.armed:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return result
+
+        saver.put, saver.put_writes = put_then_maybe_die, put_writes_and_count
+
+
+def install_kill_hook(engine: Engine) -> None:
+    """Arm HARNESS_KILL_AFTER on this engine's checkpointer, when the variable is set."""
+    spec = os.environ.get("HARNESS_KILL_AFTER", "")
+    if spec:
+        KillAfter(spec).install(engine.checkpointer)
 
 
 class _KillIn:
@@ -417,6 +463,7 @@ def run(root: Path, scenarios: list[Scenario] = SCENARIOS) -> None:
     world = World(root)
     toolbox = toolbox_for(world)
     engine = Engine(settings_for(root), toolbox)
+    install_kill_hook(engine)
     worker = Worker(engine)
     gitops = toolbox.gitops
     assert isinstance(gitops, LocalGitOps)

@@ -255,6 +255,8 @@ class Change(BaseModel):
     message: str
     services: list[str] = Field(default_factory=list)
     kind: Literal["deploy", "config", "rollback", "other"] = "other"
+    ours: bool = False
+    """Made by sregraph itself: its signature verified, or the sha is in its ledger (never the author's name)."""
 
 
 class PullRequest(BaseModel):

@@ -63,6 +63,7 @@ from pydantic import BaseModel
 
 from tools.base import ConfigError, NotFound, Refused, ServiceStatus, ToolError, TransientError
 from tools.resilience import Resilience
+from tools.runtime import service_environment
 
 MANAGED = "io.sregraph.managed"
 PROJECT = "io.sregraph.project"
@@ -287,7 +288,8 @@ class DockerRuntime:
 
     def _create(self, spec: ContainerSpec, replica: int, restarts: int) -> Container:
         """Create (not start) one replica's container."""
-        env = dict(spec.env)
+        # Nothing of sregraph's own environment: a container gets its spec's variables only.
+        env = service_environment(spec.env, inherit={})
         if replica:
             env["REPLICA"] = str(replica)
         labels = {

@@ -85,8 +85,10 @@ from tools.gitops import (
     KIND_TRAILER,
     SERVICES_DIR,
     SERVICES_TRAILER,
+    SIGNATURE_TRAILER,
     ChangeKind,
     MergeConflict,
+    ProvenanceStore,
     _dump,
     _message,
     _parse,
@@ -94,8 +96,12 @@ from tools.gitops import (
     _same_config,
     _service_path,
     _slug,
+    commit_signature,
+    git_blob_id,
+    signature_valid,
+    signing_key,
 )
-from tools.redact import redact
+from tools.redact import redact_out
 from tools.resilience import Resilience
 
 logger = logging.getLogger(__name__)
@@ -260,7 +266,7 @@ class _Client:
 
     def redact(self, text: str) -> str:
         """`text` without credentials, the client's own token included."""
-        return redact(text, [self.token])
+        return redact_out(text, [self.token])
 
     def close(self) -> None:
         """Close the HTTP connections."""
@@ -1147,8 +1153,13 @@ class GitHubGitOps:
         seconds_between_writes: float | None = 1.0,
         environ: Mapping[str, str] | None = None,
         secrets_file: Path | str | None = None,
+        key: bytes | None = None,
+        provenance: ProvenanceStore | None = None,
     ) -> None:
         """Work on `repo`'s `deploy_branch` through the git data and contents APIs.
+
+        `key` signs sregraph's commits (default: $SREGRAPH_SIGNING_KEY, else a key for this process only);
+        `provenance` is its ledger of own commits and PR pins (default: in memory, this process only).
 
         `allow_merge=False` makes `merge` refuse, leaving every merge to a human whatever the caller's policy
         says; `incident_repo` ("owner/name") is where incident issues live when that is another repository,
@@ -1177,6 +1188,8 @@ class GitHubGitOps:
         self.max_history = max_history
         self.clock = self._c.clock
         self._lock = threading.RLock()
+        self._key = key if key is not None else signing_key(None, environ)
+        self.provenance = provenance if provenance is not None else ProvenanceStore()
 
     def disconnect(self) -> None:
         """Close the HTTP connections."""
@@ -1459,7 +1472,8 @@ class GitHubGitOps:
         on_branch = self._read(path, branch)
         if on_branch is None or not _same_config(on_branch.decoded_content, new_config):
             who = InputGitAuthor(self.committer[0], self.committer[1], self._stamp())
-            message = self._c.redact(_message(title, body, kind, [service]))
+            signature = commit_signature(self._key, kind, [service], {path: git_blob_id(content)})
+            message = _with_trailer(self._c.redact(_message(title, body, kind, [service])), SIGNATURE_TRAILER, signature)
             if on_branch is None:
                 result = repo.create_file(path, message, content, branch=branch, author=who, committer=who)
             else:
@@ -1467,8 +1481,11 @@ class GitHubGitOps:
                     path, message, content, on_branch.sha, branch=branch, author=who, committer=who
                 )
             head = result["commit"].sha
+            self.provenance.record_own(head, kind)
         else:
             head = repo.get_git_ref(f"heads/{branch}").object.sha
+        # The pin lives in sregraph's ledger; the PR body's copy is for humans and may be edited.
+        self.provenance.pin(self.repo_name, branch, head, service, kind)
         before = _parse(current.decoded_content, path)
         pr_body = self._pr_body(body, service, kind, path, before, new_config, key, issue, head)
         try:
@@ -1544,11 +1561,26 @@ class GitHubGitOps:
             raise Refused(
                 f"merging is switched off for {self.repo_name} (allow_merge=False); a human merges PR #{pr_id}"
             )
+        pinned = self.provenance.pinned(self.repo_name, pull.head.ref)
+        if pinned is None:
+            raise Refused(
+                f"PR #{pr_id}: sregraph's ledger has no pin for branch {pull.head.ref}, so it did not propose "
+                "this change here; a human reviews and merges it"
+            )
+        head, service, kind = pinned
         marks = _marks(pull.body)
-        service, kind = marks.get("service", ""), marks.get("kind", "config")
+        if marks.get("head") and marks["head"] != head:
+            raise Refused(f"PR #{pr_id}: its body names head {marks['head'][:12]}, sregraph proposed {head[:12]}")
+        path = _service_path(service)
+        proposed = self._read(path, head)
+        if proposed is None:
+            raise Refused(f"PR #{pr_id}: the pinned head {head[:12]} has no {path}")
         description = (pull.body or "").split(_DETAILS)[0].strip()
-        message = self._c.redact(
-            _message(pull.title, description, kind, [service] if service else [], pr_id=pull.number)
+        signature = commit_signature(self._key, kind, [service], {path: proposed.sha})
+        message = _with_trailer(
+            self._c.redact(_message(pull.title, description, kind, [service], pr_id=pull.number)),
+            SIGNATURE_TRAILER,
+            signature,
         )
         subject, _, rest = message.partition("\n\n")
         try:
@@ -1557,7 +1589,7 @@ class GitHubGitOps:
                 commit_title=f"{subject} (#{pull.number})",
                 commit_message=rest.strip(),
                 merge_method="squash",
-                sha=marks.get("head") or pull.head.sha,
+                sha=head,
             )
         except GithubException as exc:
             if exc.status == 405 and "not mergeable" not in _error_message(exc).lower():
@@ -1577,6 +1609,8 @@ class GitHubGitOps:
                 ) from exc
             raise
         merged = self._pr(self._c.repo.get_pull(int(pr_id)))
+        if merged.merge_sha:
+            self.provenance.record_own(merged.merge_sha, kind)
         logger.info("merged PR #%d as %s", pr_id, (merged.merge_sha or "")[:12])
         return merged
 
@@ -1640,12 +1674,22 @@ class GitHubGitOps:
         trailers = _trailers(message)
         kind = trailers.get(KIND_TRAILER, "").split(",")[-1].strip()
         services = [s.strip() for s in trailers.get(SERVICES_TRAILER, "").split(",") if s.strip()]
-        if not kind or not services:
-            # A commit sregraph did not write: classify it from the files it changed (one more request).
+        ours = self.provenance.is_own(commit.sha)
+        files: list[Any] | None = None
+        if not ours and kind and services and trailers.get(SIGNATURE_TRAILER):
+            # Verify the signature against the blobs the commit really wrote (one more request).
             files = list(self._c.repo.get_commit(commit.sha).files)
-            touched = sorted({name for f in files if (name := _path_service(f.filename))})
-            services = services or touched
-            kind = kind or _infer_kind(message, files)
+            written = {f.filename: f.sha for f in files}
+            try:
+                blobs = {p: written[p] for p in (_service_path(s) for s in services)}
+            except (KeyError, ConfigError):
+                blobs = {}
+            ours = signature_valid(self._key, trailers[SIGNATURE_TRAILER], kind, services, blobs)
+        if not ours:
+            # Not sregraph's (or not provably): trailers are text anyone could write; classify by the files.
+            files = files if files is not None else list(self._c.repo.get_commit(commit.sha).files)
+            services = sorted({name for f in files if (name := _path_service(f.filename))})
+            kind = _infer_kind(files)
         return Change(
             sha=commit.sha,
             at=self._at(commit),
@@ -1653,6 +1697,7 @@ class GitHubGitOps:
             message=message.strip(),
             services=services,
             kind=kind if kind in _KINDS else "other",  # type: ignore[arg-type]
+            ours=ours,
         )
 
     def _stamp(self) -> str:
@@ -1670,9 +1715,13 @@ def _trailers(message: str) -> dict[str, str]:
     return {m[1]: m[2].strip() for m in re.finditer(r"^(Sregraph-[A-Za-z]+):[ \t]*(.*)$", last, re.MULTILINE)}
 
 
-def _infer_kind(message: str, files: Iterable[Any]) -> str:
-    if message.startswith('Revert "'):
-        return "rollback"
+def _with_trailer(message: str, name: str, value: str) -> str:
+    """`message` (ending in sregraph's trailer paragraph) with one more trailer, after redaction touched the rest."""
+    return message.rstrip("\n") + f"\n{name}: {value}\n"
+
+
+def _infer_kind(files: Iterable[Any]) -> str:
+    """Kind of a commit sregraph did not write, from the files it changed (never from its message)."""
     service_files = [f for f in files if _path_service(f.filename)]
     if not service_files:
         return "other"

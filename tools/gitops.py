@@ -4,14 +4,19 @@ Layout: one YAML mapping per service at `services/<service>.yaml`. Every commit 
 with plumbing (hash-object, a private index, merge-tree, commit-tree, update-ref), so proposals never touch
 the checked-out work tree; only a move of `main` updates it, and only the files that changed.
 
-Commits carry trailers that `history` reads back::
+Commits sregraph writes carry trailers that `history` reads back::
 
     Sregraph-Kind: deploy | config | rollback | other
     Sregraph-Services: payments
     Sregraph-PR: 3                  (squash merges only)
+    Sregraph-Signature: v1:<hex>    (HMAC-SHA256 over kind, services and the blobs of the files written)
 
-Commits without trailers (a human committing by hand) are classified from the paths they touch: a
-changed `version` is a deploy, any other change under services/ is config, a `Revert "..."` is a rollback.
+Provenance decides trust, never text: a commit is sregraph's own (`Change.ours`, never a suspect) only when its
+signature verifies with sregraph's key (`signing_key`: $SREGRAPH_SIGNING_KEY, else a key file in the data
+directory) or its sha is in sregraph's ledger of its own commits. Anything else — whatever its author name,
+message or trailers say — is classified from the files it changed: a changed `version` is a deploy, any other
+change under services/ is config. The squash-merge pin (the head commit that was proposed and reviewed) is
+kept in sregraph's own store, not only in the PR body.
 
 Pull requests live in `.git/sregraph-prs.db` (SQLite). Writers in several processes are serialised by an
 flock on `.git/sregraph.lock`; `main` only moves by compare-and-swap, so a concurrent human commit makes
@@ -21,12 +26,16 @@ the move fail with TransientError instead of being overwritten. Needs git >= 2.3
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import hmac
 import logging
 import os
 import re
+import secrets
 import sqlite3
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
@@ -46,6 +55,7 @@ from tools.base import (
     ToolError,
     TransientError,
 )
+from tools.redact import redact_out
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +65,9 @@ SERVICES_DIR = "services"
 KIND_TRAILER = "Sregraph-Kind"
 SERVICES_TRAILER = "Sregraph-Services"
 PR_TRAILER = "Sregraph-PR"
+SIGNATURE_TRAILER = "Sregraph-Signature"
+SIGNING_KEY_ENV = "SREGRAPH_SIGNING_KEY"
+SIGNING_KEY_FILE = "signing.key"
 
 ChangeKind = Literal["deploy", "config", "rollback", "other"]
 PRState = Literal["open", "merged", "closed"]
@@ -67,6 +80,11 @@ _BOT_AUTHOR = "sregraph"
 _ROLLBACK_LOOKBACK = 20
 
 _PR_SCHEMA = """
+CREATE TABLE IF NOT EXISTS own_commits (
+    sha        TEXT PRIMARY KEY,
+    kind       TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS pull_requests (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
     branch     TEXT NOT NULL,
@@ -86,6 +104,130 @@ CREATE TABLE IF NOT EXISTS pull_requests (
 """
 
 
+# --------------------------------------------------------------------------- provenance
+
+
+def signing_key(directory: Path | str | None, environ: Mapping[str, str] | None = None) -> bytes:
+    """sregraph's commit-signing key: $SREGRAPH_SIGNING_KEY, else `directory`/signing.key (made once, mode 0600).
+
+    With neither (no directory given) a random key for this process only: its commits are still recognised
+    through the ledger of own commits, not by signature, in a later process.
+    """
+    environ = os.environ if environ is None else environ
+    value = environ.get(SIGNING_KEY_ENV, "").strip()
+    if value:
+        return value.encode()
+    if directory is None:
+        return secrets.token_bytes(32)
+    path = Path(directory) / SIGNING_KEY_FILE
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError:
+        pass
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not a hex signing key ({exc}); delete it to make a new one") from exc
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_bytes(32)
+    try:
+        # O_EXCL: two processes starting at once agree on one key (the loser reads the winner's).
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return bytes.fromhex(path.read_text().strip())
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key.hex() + "\n")
+    return key
+
+
+def git_blob_id(content: bytes) -> str:
+    """The id git gives a blob with this content (what `git hash-object` prints)."""
+    return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+
+
+def commit_signature(key: bytes, kind: str, services: Sequence[str], blobs: Mapping[str, str]) -> str:
+    """The Sregraph-Signature of a commit of `kind` on `services` writing `blobs` ({path: blob id})."""
+    payload = "\n".join(
+        ["sregraph-commit-v1", kind, ",".join(sorted(services)), *(f"{p} {b}" for p, b in sorted(blobs.items()))]
+    )
+    return "v1:" + hmac.new(key, payload.encode(), hashlib.sha256).hexdigest()
+
+
+def signature_valid(
+    key: bytes, signature: str, kind: str, services: Sequence[str], blobs: Mapping[str, str]
+) -> bool:
+    """Whether `signature` is sregraph's for a commit with this kind, services and written blobs."""
+    if not signature or not blobs:
+        return False
+    return hmac.compare_digest(signature.strip(), commit_signature(key, kind, services, blobs))
+
+
+class ProvenanceStore:
+    """sregraph's ledger for a remote GitOps repository: the commits it made, and the head each PR is pinned to.
+
+    A PR body is editable by anyone who can edit the PR; what sregraph proposed (and merges, and trusts) is
+    read from here. `path=None` keeps it in memory, for this process only.
+    """
+
+    _SCHEMA = """
+    CREATE TABLE IF NOT EXISTS own_commits (sha TEXT PRIMARY KEY, kind TEXT NOT NULL, created_at REAL NOT NULL);
+    CREATE TABLE IF NOT EXISTS pins (
+        repo TEXT NOT NULL, branch TEXT NOT NULL, head_sha TEXT NOT NULL, service TEXT NOT NULL,
+        kind TEXT NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (repo, branch)
+    );
+    """
+
+    def __init__(self, path: Path | str | None = None) -> None:
+        self.path = None if path is None else Path(path)
+        self._lock = threading.Lock()
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(
+            ":memory:" if self.path is None else str(self.path), timeout=10.0, isolation_level=None,
+            check_same_thread=False,
+        )
+        with self._lock:
+            self._conn.executescript(self._SCHEMA)
+
+    def record_own(self, sha: str, kind: str) -> None:
+        """Remember a commit sregraph made."""
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR IGNORE INTO own_commits VALUES (?, ?, ?)", (sha, kind, time.time())
+            )
+
+    def is_own(self, sha: str) -> bool:
+        """Whether sregraph made this commit."""
+        with self._lock:
+            return self._conn.execute("SELECT 1 FROM own_commits WHERE sha = ?", (sha,)).fetchone() is not None
+
+    def pin(self, repo: str, branch: str, head_sha: str, service: str, kind: str) -> None:
+        """Pin a proposed PR's branch to the head sregraph committed (the first pin stays)."""
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR IGNORE INTO pins VALUES (?, ?, ?, ?, ?, ?)",
+                (repo, branch, head_sha, service, kind, time.time()),
+            )
+
+    def pinned(self, repo: str, branch: str) -> tuple[str, str, str] | None:
+        """(head sha, service, kind) sregraph proposed on this branch, or None if it proposed nothing there."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT head_sha, service, kind FROM pins WHERE repo = ? AND branch = ?", (repo, branch)
+            ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]), str(row[2]))
+
+    def close(self) -> None:
+        """Close the database."""
+        self._conn.close()
+
+
+def is_own_change(change: Change) -> bool:
+    """Whether sregraph itself made this change (signed trailer verified, or in its ledger of own commits).
+
+    Its own remediations are never suspects; author names and commit messages play no part in this.
+    """
+    return change.ours
+
+
 class MergeConflict(ToolError):
     """The pull request no longer applies cleanly to the deploy branch."""
 
@@ -100,8 +242,12 @@ class LocalGitOps:
         *,
         timeout_s: float = 30.0,
         lock_timeout_s: float = 30.0,
+        key: bytes | None = None,
     ) -> None:
-        """Open an existing repository; ConfigError if it is not a git repository with a `main` branch."""
+        """Open an existing repository; ConfigError if it is not a git repository with a `main` branch.
+
+        `key` signs sregraph's commits; default `signing_key` of the repository's git directory.
+        """
         self.clock: Clock = clock or SystemClock()
         self._git = _Git(_resolve_repo(repo_dir), timeout_s)
         self.repo_dir = self._git.repo
@@ -120,6 +266,7 @@ class LocalGitOps:
         common = Path(self._git.text("rev-parse", "--git-common-dir"))
         self.git_dir = common if common.is_absolute() else (self.repo_dir / common).resolve()
         self._db_path = self.git_dir / "sregraph-prs.db"
+        self._key = key if key is not None else signing_key(self.git_dir)
         with self._db() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_PR_SCHEMA)
@@ -144,10 +291,16 @@ class LocalGitOps:
         git = _Git(repo, 30.0)
         git.run("init", "--quiet", f"--initial-branch={DEPLOY_BRANCH}")
         # The seed is tagged "other": it is where history starts, not a change an analyst should suspect.
-        message = _message("Seed deploy configuration", "", "other", sorted(configs))
+        key = signing_key(repo / ".git")
+        blob_ids = {path: git_blob_id(content) for path, content in files.items()}
+        signature = commit_signature(key, "other", sorted(configs), blob_ids)
+        message = _message("Seed deploy configuration", "", "other", sorted(configs), signature=signature)
         tree = _write_tree(git, None, files)
-        _advance_main(git, None, _commit_tree(git, clock or SystemClock(), tree, [], message, author))
-        return cls(repo, clock)
+        seed = _commit_tree(git, clock or SystemClock(), tree, [], message, author)
+        _advance_main(git, None, seed)
+        ops = cls(repo, clock)
+        ops._record_own(seed, "other")
+        return ops
 
     # ------------------------------------------------------------------ read side
 
@@ -258,6 +411,7 @@ class LocalGitOps:
         """Branch + commit + PR setting the service's config; a repeated key returns the first PR."""
         path = _service_path(service)
         content = _dump(new_config, "new_config")
+        title, body = redact_out(title), redact_out(body)
         if kind is not None and kind not in _KINDS:
             raise ConfigError(f"kind: expected one of {', '.join(_KINDS)}, got {kind!r}")
         with self._locked():
@@ -276,7 +430,9 @@ class LocalGitOps:
             if kind is None:
                 kind = "rollback" if self._is_earlier_config(service, new_config) else "config"
             tree = self._tree_with(main, {path: content})
-            head = self._commit_tree(tree, [main], _message(title, body, kind, [service]), author)
+            signature = commit_signature(self._key, kind, [service], {path: git_blob_id(content)})
+            head = self._commit_tree(tree, [main], _message(title, body, kind, [service], signature=signature), author)
+            self._record_own(head, kind)
             branch = BRANCH_PREFIX + (_slug(key) if key is not None else f"{_slug(title)}-{head[:8]}")
             if self._rev(f"refs/heads/{branch}") is not None:
                 branch = f"{branch}-{head[:8]}"
@@ -324,10 +480,15 @@ class LocalGitOps:
                 # Main already holds exactly this change (a crash after the merge commit): no empty commit.
                 merge_sha = main
             else:
+                service, kind = str(row["service"]), str(row["kind"])
+                path = _service_path(service)
+                blob = self._git.text("rev-parse", f"{tree}:{path}")
+                signature = commit_signature(self._key, kind, [service], {path: blob})
                 message = _message(
-                    str(row["title"]), str(row["body"]), str(row["kind"]), [str(row["service"])], pr_id=pr_id
+                    str(row["title"]), str(row["body"]), kind, [service], pr_id=pr_id, signature=signature
                 )
                 merge_sha = self._commit_tree(tree, [main], message, str(row["author"]))
+                self._record_own(merge_sha, kind)
                 self._advance_main(main, merge_sha)
             self._set_state(pr_id, "merged", merge_sha=merge_sha)
             self._delete_branch(branch, head)
@@ -398,7 +559,8 @@ class LocalGitOps:
 
     def _log(self, revs: Sequence[str]) -> list[Change]:
         fields = ["%H", "%P", "%ct", "%an", "%B"] + [
-            f"%(trailers:key={key},valueonly,separator=%x2C)" for key in (KIND_TRAILER, SERVICES_TRAILER)
+            f"%(trailers:key={key},valueonly,separator=%x2C)"
+            for key in (KIND_TRAILER, SERVICES_TRAILER, SIGNATURE_TRAILER)
         ]
         # Raw stdout: str.strip() and splitlines() treat the \x1e/\x1f separators as whitespace.
         out = self._git.run(
@@ -412,41 +574,72 @@ class LocalGitOps:
             *revs,
             "--",
         ).stdout.decode(errors="replace")
-        raw: list[tuple[str, str, float, str, str, str, str, list[str]]] = []
+        raw: list[tuple[str, str, float, str, str, str, list[str], str, list[str]]] = []
         for chunk in out.split("\x1e")[1:]:
-            sha, parents, ct, author, body, kind, services, names = chunk.split("\x1f", 7)
+            sha, parents, ct, author, body, kind, services, signature, names = chunk.split("\x1f", 8)
             paths = [line for line in names.split("\n") if line.strip()]
             parent = parents.split()[0] if parents else ""
-            raw.append((sha, parent, float(ct), author, body, kind, services, paths))
-        # Commits without our trailers are classified by comparing `version` before and after; one batch
-        # read covers every such file in the whole log.
+            listed = [name.strip() for name in services.split(",") if name.strip()]
+            raw.append((sha, parent, float(ct), author, body, kind.split(",")[-1].strip(), listed, signature, paths))
+        # Provenance: sregraph's ledger of its own commits, else a signature over the blobs the commit wrote
+        # (one batch lookup of blob ids for the whole log).
+        own = self._own_commits()
+        to_verify = [
+            (sha, [f"{sha}:{_service_path(s)}" for s in listed if _SERVICE_RE.match(s)])
+            for sha, _, _, _, _, kind, listed, signature, _ in raw
+            if sha not in own and kind and signature
+        ]
+        id_specs = [spec for _, specs_of in to_verify for spec in specs_of]
+        ids = dict(zip(id_specs, self._git.blob_ids(id_specs), strict=True)) if id_specs else {}
+        ours: set[str] = set(own)
+        for sha, specs_of in to_verify:
+            row = next(r for r in raw if r[0] == sha)
+            blob_ids = {spec.split(":", 1)[1]: ids[spec] for spec in specs_of if ids.get(spec)}
+            if len(blob_ids) == len(specs_of) and signature_valid(self._key, row[7], row[5], row[6], blob_ids):
+                ours.add(sha)
+        # Other commits are classified by comparing `version` before and after; one batch read covers every
+        # such file in the whole log.
         specs: list[str] = []
-        for sha, parent, _, _, _, kind, _, paths in raw:
-            if not kind:
+        for sha, parent, _, _, _, _, _, _, paths in raw:
+            if sha not in ours:
                 for path in paths:
                     if _path_service(path):
                         specs += [f"{parent}:{path}" if parent else "", f"{sha}:{path}"]
         blobs = dict(zip(specs, self._git.blobs(specs), strict=True)) if specs else {}
         changes: list[Change] = []
-        for sha, parent, at, author, body, kind, services, paths in raw:
+        for sha, parent, at, author, body, kind, listed, _, paths in raw:
             touched = sorted({name for path in paths if (name := _path_service(path))})
-            listed = [name.strip() for name in services.split(",") if name.strip()]
-            if kind:
-                change_kind = kind.split(",")[-1].strip()
-                change_kind = change_kind if change_kind in _KINDS else "other"
+            if sha in ours:
+                change_kind = kind if kind in _KINDS else "other"
+                services_of = listed or touched
             else:
-                change_kind = _infer_kind(body, parent, sha, paths, blobs)
+                # Trailers on a commit sregraph cannot vouch for are text anyone could write: ignored.
+                change_kind = _infer_kind(parent, sha, paths, blobs)
+                services_of = touched
             changes.append(
                 Change(
                     sha=sha,
                     at=at,
                     author=author,
                     message=body.strip(),
-                    services=listed or touched,
+                    services=services_of,
                     kind=cast(ChangeKind, change_kind),
+                    ours=sha in ours,
                 )
             )
         return changes
+
+    def _own_commits(self) -> set[str]:
+        with self._db() as conn:
+            return {str(row[0]) for row in conn.execute("SELECT sha FROM own_commits")}
+
+    def _record_own(self, sha: str, kind: str) -> None:
+        """Remember a commit sregraph made (its ledger of own commits: provenance without the key)."""
+        with self._db() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO own_commits (sha, kind, created_at) VALUES (?, ?, ?)",
+                (sha, kind, self.clock.now()),
+            )
 
     def _is_earlier_config(self, service: str, config: Mapping[str, Any]) -> bool:
         """Whether `config` equals a version the service had before one of its recent changes."""
@@ -586,6 +779,17 @@ class _Git:
         """Run git and return its stdout as stripped text."""
         return self.run(*args, **kwargs).stdout.decode(errors="replace").strip()
 
+    def blob_ids(self, specs: Sequence[str]) -> list[str | None]:
+        """Blob ids of `<rev>:<path>` specs in one process; None for a missing object or a non-blob."""
+        if not specs:
+            return []
+        out = self.run("cat-file", "--batch-check", input="".join(f"{s}\n" for s in specs).encode()).stdout
+        ids: list[str | None] = []
+        for line in out.decode(errors="replace").splitlines()[: len(specs)]:
+            parts = line.split(" ")
+            ids.append(parts[0] if len(parts) == 3 and parts[1] == "blob" else None)
+        return ids + [None] * (len(specs) - len(ids))
+
     def blobs(self, specs: Sequence[str]) -> list[bytes | None]:
         """Contents of `<rev>:<path>` specs in one process; None for a missing object (or an empty spec)."""
         if not specs:
@@ -724,12 +928,8 @@ def _version(data: bytes | None) -> object:
         return None
 
 
-def _infer_kind(
-    body: str, parent: str, sha: str, paths: Sequence[str], blobs: Mapping[str, bytes | None]
-) -> ChangeKind:
-    """Kind of a commit sregraph did not write, from its subject and the files it changed."""
-    if body.startswith('Revert "'):
-        return "rollback"
+def _infer_kind(parent: str, sha: str, paths: Sequence[str], blobs: Mapping[str, bytes | None]) -> ChangeKind:
+    """Kind of a commit sregraph did not write, from the files it changed (never from its message)."""
     service_paths = [path for path in paths if _path_service(path)]
     if not service_paths:
         return "other"
@@ -741,10 +941,19 @@ def _infer_kind(
     return "config"
 
 
-def _message(title: str, body: str, kind: str, services: Sequence[str], pr_id: int | None = None) -> str:
+def _message(
+    title: str,
+    body: str,
+    kind: str,
+    services: Sequence[str],
+    pr_id: int | None = None,
+    signature: str | None = None,
+) -> str:
     trailers = [f"{KIND_TRAILER}: {kind}", f"{SERVICES_TRAILER}: {','.join(services)}"]
     if pr_id is not None:
         trailers.append(f"{PR_TRAILER}: {pr_id}")
+    if signature is not None:
+        trailers.append(f"{SIGNATURE_TRAILER}: {signature}")
     # Our trailers always form the last paragraph, so text in a PR body cannot pose as one.
     parts = [title.strip() or "(no title)", body.strip(), "\n".join(trailers)]
     return "\n\n".join(part for part in parts if part) + "\n"

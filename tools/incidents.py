@@ -25,6 +25,7 @@ from tools.base import (
     ToolError,
     TransientError,
 )
+from tools.redact import redact_out
 
 STATUS_PREFIX = "status:"
 
@@ -137,7 +138,7 @@ class LocalIncidentSurface:
             cur = conn.execute(
                 "INSERT INTO issues (title, body, state, fingerprint, created_at)"
                 " VALUES (?, ?, 'open', ?, ?)",
-                (title, body, fingerprint, self.clock.now()),
+                (redact_out(title), redact_out(body), fingerprint, self.clock.now()),
             )
             issue_id = int(cur.lastrowid or 0)
             _add_labels(conn, issue_id, labels)
@@ -181,7 +182,7 @@ class LocalIncidentSurface:
                     return _comment(row)
             cur = conn.execute(
                 "INSERT INTO comments (issue_id, author, body, key, created_at) VALUES (?, ?, ?, ?, ?)",
-                (issue_id, author, body, key, self.clock.now()),
+                (issue_id, author, redact_out(body), key, self.clock.now()),
             )
             row = conn.execute("SELECT * FROM comments WHERE id = ?", (cur.lastrowid,)).fetchone()
             return _comment(row)

@@ -20,7 +20,9 @@ from rich.console import Console
 from rich.text import Text
 
 from tools.base import Clock, ConfigError, Notifier, SystemClock, ToolError
+from tools.display import plain
 from tools.ledger import ActionLedger
+from tools.redact import redact_out
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ class ConsoleNotifier:
             (event, "bold"),
             " ",
             # Text, not markup: a "[red]" inside model-written text must print as written.
-            " ".join(text.split()),
+            plain(redact_out(text)),
         )
         self.console.print(line, soft_wrap=True)
 
@@ -81,7 +83,7 @@ class JsonlNotifier:
 
     def notify(self, incident_id: str, event: str, text: str) -> None:
         """Append one JSON line (with the notification's idempotency key, when it has one)."""
-        record = {"ts": self.clock.now(), "incident_id": incident_id, "event": event, "text": text}
+        record = {"ts": self.clock.now(), "incident_id": incident_id, "event": event, "text": redact_out(text)}
         key = current_key()
         if key is not None:
             record["key"] = key

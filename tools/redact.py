@@ -11,10 +11,22 @@ reading; a leaked token costs a rotation and an incident of its own.
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 MASK = "[REDACTED]"
+
+SECRET_ENV_NAMES: tuple[str, ...] = (
+    "GITHUB_TOKEN",
+    "OPENAI_API_KEY",
+    "WATSONX_APIKEY",
+    "SREGRAPH_ALERTS_TOKEN",
+    "SREGRAPH_SIGNING_KEY",
+)
+"""Environment variables that hold sregraph's own secrets: never handed to a managed service, and their values
+are removed from everything `redact_out` lets out."""
 
 # Whole-token patterns: the match is replaced by a labelled mask.
 _TOKENS: list[tuple[str, re.Pattern[str]]] = [
@@ -92,3 +104,25 @@ def _mask_value(match: re.Match[str]) -> str:
     if len(secret) >= 2 and secret[0] == secret[-1] and secret[0] in "\"'":
         return f"{match['head']}{secret[0]}{MASK}{secret[0]}"
     return match["head"] + MASK
+
+
+def known_secrets(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The values of sregraph's own secrets in the environment (see SECRET_ENV_NAMES)."""
+    environ = os.environ if environ is None else environ
+    return [value for name in SECRET_ENV_NAMES if (value := environ.get(name, "")) and len(value) >= 4]
+
+
+def redact_out(text: str, secrets: Iterable[str] = ()) -> str:
+    """The one redactor for every outward path: `redact` plus the values of sregraph's own secrets."""
+    return redact(text, [*known_secrets(), *secrets])
+
+
+def redact_data(value: Any) -> Any:
+    """`value` (JSON-like: dicts, lists, strings) with every string passed through `redact_out`."""
+    if isinstance(value, str):
+        return redact_out(value)
+    if isinstance(value, dict):
+        return {key: redact_data(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_data(item) for item in value]
+    return value

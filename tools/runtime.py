@@ -21,17 +21,36 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tools.base import ConfigError, NotFound, ServiceStatus, ToolError
+from tools.redact import SECRET_ENV_NAMES
 
 STOP_GRACE_S = 3.0
 KILL_WAIT_S = 2.0
 MAX_LOG_BYTES = 5 * 1024 * 1024
 OOM_EXIT_CODE = 137
+
+SERVICE_ENV_ALLOW: tuple[str, ...] = ("PATH", "HOME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+"""The only variables of sregraph's own environment a managed service inherits; everything else it needs is
+in its spec. Tokens and keys stay with sregraph (docs/security.md)."""
+
+
+def service_environment(spec_env: Mapping[str, str], inherit: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A managed service's whole environment: the allow-listed variables of `inherit` plus its own `spec_env`.
+
+    ConfigError if `spec_env` names one of sregraph's secrets: a spec must not hand them on either.
+    """
+    leaked = sorted(set(spec_env) & set(SECRET_ENV_NAMES))
+    if leaked:
+        raise ConfigError(f"service env: {', '.join(leaked)} is sregraph's secret and never goes to a managed service")
+    inherit = os.environ if inherit is None else inherit
+    env = {name: inherit[name] for name in SERVICE_ENV_ALLOW if name in inherit}
+    env.update(spec_env)
+    return env
 
 # Popen objects of every child this interpreter started, keyed by pid. Module level on purpose: a second
 # supervisor object in the same process must still be able to reap (and read the exit code of) children the
@@ -61,7 +80,7 @@ CREATE TABLE IF NOT EXISTS procs (
 
 @dataclass(frozen=True)
 class ProcessSpec:
-    """How to run one service: argv, extra environment (added to ours) and working directory."""
+    """How to run one service: argv, its environment (added to a short allow-list of ours) and working directory."""
 
     name: str
     argv: list[str]
@@ -219,7 +238,7 @@ class ProcessSupervisor:
         log_path = self.log_dir / (f"{spec.name}.log" if replica == 0 else f"{spec.name}-{replica}.log")
         if log_path.exists() and log_path.stat().st_size > MAX_LOG_BYTES:
             log_path.replace(log_path.with_suffix(log_path.suffix + ".1"))
-        env = {**os.environ, **spec.env}
+        env = service_environment(spec.env)
         if replica:
             env["REPLICA"] = str(replica)
         else:
