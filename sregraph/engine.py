@@ -315,7 +315,8 @@ class Engine:
             what = " ".join(x for x in (trigger.signal, f"on {trigger.service}" if trigger.service else "") if x)
             # Alert text is data written by whoever writes alert rules: one quoted line, never a line of its own
             # that a reader (or a command parser) could take for a slash command.
-            body = f"Another alert joined this incident: {md(_one_line(what or trigger.source, 120))}\n\n> " + (
+            # The alert's name sits in a code span (inert Markdown); its summary is escaped.
+            body = f"Another alert joined this incident: `{_one_line(what or trigger.source, 120).replace('`', chr(39))}`\n\n> " + (
                 md(_one_line(trigger.summary, 300)) or "(no summary)"
             )
             self.toolbox.incidents.comment(issue_id, body, key=f"{incident_id}/alert-{key}")

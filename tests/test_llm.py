@@ -834,7 +834,6 @@ def test_llm_config_loads_from_settings_environment() -> None:
             "SREGRAPH_LLM__PROVIDER": "watsonx",
             "SREGRAPH_LLM__MAX_STEPS": "4",
             "SREGRAPH_LLM__WATSONX__PROJECT_ID": "p1",
-            "SREGRAPH_CONFIG": "/nonexistent",
         }
     )
     assert (settings.llm.provider, settings.llm.max_steps, settings.llm.watsonx.project_id) == (
@@ -844,4 +843,4 @@ def test_llm_config_loads_from_settings_environment() -> None:
     )
     assert settings.llm.token_budget == 12000 and settings.llm.timeout_s == 30
     with pytest.raises(ConfigError, match="llm.provider"):
-        load_settings(environ={"SREGRAPH_LLM__PROVIDER": "anthropic", "SREGRAPH_CONFIG": "/nonexistent"})
+        load_settings(environ={"SREGRAPH_LLM__PROVIDER": "anthropic"})
