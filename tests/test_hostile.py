@@ -429,9 +429,8 @@ def test_random_text_in_every_stored_field_never_breaks_the_cli_or_the_issue_ren
         ({"observer": {"poll_s": -1}}, "-1", "observer.poll_s"),
         ({"engineer": {"max_attempts": -5}}, "-5", "engineer.max_attempts"),
         ({"observer": {"window_s": -3}}, "-3", "observer.window_s"),
-        ({"worker": {"interval_s": -1}}, "-1", "worker.interval_s"),
-        ({"alerts": {"port": 70000}}, "70000", "alerts.port"),
-        ({"worker": {"http_port": 0}}, "0", "worker.http_port"),
+        ({"engineer": {"verify_poll_s": 0}}, "0", "engineer.verify_poll_s"),
+        ({"llm": {"timeout_s": -1}}, "-1", "llm.timeout_s"),
     ],
 )
 def test_nonsense_settings_are_refused_from_the_file_and_the_environment(
