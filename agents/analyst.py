@@ -21,6 +21,8 @@ from tools.base import Change, ServiceStatus, SregraphError
 from tools.gitops import is_own_change
 from tools.toolbox import Toolbox
 
+from agents.rca import rank
+from agents.rca_live import live_input
 from agents.signals import Windows, log_evidence, measure, trace_origins
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,12 @@ W_SYMPTOM_PENALTY = 0.7
 W_DEPENDENCY_BONUS = 0.5
 W_MEMORY = 0.75
 W_FAILED_ACTION = 2.0
+W_RANKER = 0.5
+RANKER_MIN = 0.3
+"""The ranker's normalised score (1 for its top service) counts from this level up, times W_RANKER."""
+RANKER_MIN_DEVIATION = 2.0
+"""... and only on a service whose own metrics moved by log1p(z) >= 2 (z about 6), or whose traces or logs did:
+on a healthy system the ranker still orders services by their noise, which is no evidence."""
 
 CHANGE_SLACK_S = 5.0
 """A change may land a few seconds after the baseline ends (commit times are whole seconds)."""
@@ -230,6 +238,8 @@ class Analyst:
                     Evidence(kind="trace", service=service, summary=f"origin of {count} of {failing} failing traces (deepest error, or the slow call a caller gave up on)", weight=round(W_TRACE_ORIGIN * count / failing, 3))
                 )
 
+        self._rank_evidence(table, windows, span)
+
         deviating = {s for s, ev in table.items() if ev.score > 0}
         # A broken business journey with no errors anywhere: changes along the journey's path are suspects
         # even on services that look quiet, because "succeeds but buys nothing" shows only at the entry.
@@ -277,6 +287,21 @@ class Analyst:
             if result.status == "done" and result.action.service in table:
                 table[result.action.service].evidence.append(
                     Evidence(kind="action", service=result.action.service, summary=f"{result.action.kind} already tried ({result.key}) and the system did not recover", weight=-W_FAILED_ACTION, ref=result.key)
+                )
+
+    def _rank_evidence(self, table: dict[str, ServiceEvidence], windows: Windows, span: Windows) -> None:
+        """The root-cause ranker's view (agents/rca.py, measured in docs/rca.md) as evidence on each service."""
+        try:
+            ranked = rank(live_input(self.toolbox.telemetry, list(table), self.toolbox.topology, windows, span))
+        except SregraphError as exc:
+            log.warning("root-cause ranker skipped: %s", exc)
+            return
+        for sc in ranked.ranking:
+            strong = max(sc.by_kind.values(), default=0.0) >= RANKER_MIN_DEVIATION or sc.trace > 0 or sc.log > 0
+            if sc.service in table and sc.score >= RANKER_MIN and strong:
+                parts = ", ".join(f"{name} {value:.2f}" for name, value in (("metrics", sc.metric), ("traces", sc.trace), ("logs", sc.log)) if value > 0)
+                table[sc.service].evidence.append(
+                    Evidence(kind="metric", service=sc.service, summary=f"root-cause ranker score {sc.score:.2f} ({parts or 'call graph'})", weight=round(W_RANKER * sc.score, 3), ref="ranker")
                 )
 
     # ------------------------------------------------------------------ ranking

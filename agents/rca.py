@@ -110,6 +110,10 @@ _KIND_PATTERNS: tuple[tuple[Kind, Direction, re.Pattern[str]], ...] = (
 )
 
 
+_CALLER_VIEW = re.compile(r"client|outbound|egress|upstream", re.I)
+"""Names of metrics measured on the calling side (a client's latency is its callee's symptom)."""
+
+
 def infer_kind(metric: str) -> tuple[Kind, Direction]:
     """A metric's kind and worse direction guessed from its name; ("other", "both") when nothing matches."""
     for kind, direction, pattern in _KIND_PATTERNS:
@@ -141,6 +145,16 @@ class Params:
     """Restart probability of the personalised PageRank."""
     explain: float = 0.0
     """How much of a caller's inheritable deviation (latency, errors, traffic) a deviating callee explains away."""
+    w_vanished: float = 1.0
+    """Score a service gets when its telemetry stops after the start."""
+    flat_exact: bool = False
+    """Judge a series with a flat reference by the value-relative floor alone (no share of the median)."""
+    caller_view: float = 1.0
+    """Multiplier of a deviation in a metric measured on the calling side (named client, outbound, ...)."""
+    flat_weight: float = 1.0
+    """Multiplier of a deviation judged against a reference with no interquartile spread."""
+    w_shift: float = 1.0
+    """Weight of a service's log-template mix shift against its error rise."""
     value_floor: float = 0.01
     """The scale is at least this share of the value judged, which caps any one point's z at 1 / value_floor."""
     off_path: float = 0.2
@@ -219,7 +233,8 @@ def series_deviation(s: MetricSeries, start: float, p: Params) -> tuple[float, b
     before = s.values[(s.ts < start) & finite]
     after = s.values[(s.ts >= start) & finite]
     if len(after) == 0:
-        return 0.0, len(before) > 0 and s.ts.max() < start
+        # Vanished: it reported steadily before the start and not once since (a sparse series proves nothing).
+        return 0.0, len(before) >= p.min_ref and s.ts.max() < start
     normal = s.normal[np.isfinite(s.normal)] if s.normal is not None else np.array([])
     # Each reference that has enough points judges the series; the series deviates only as far as the most
     # lenient of them says. The points just before the start see the system as it was that day; a known-normal
@@ -231,10 +246,11 @@ def series_deviation(s: MetricSeries, start: float, p: Params) -> tuple[float, b
         return 0.0, False
     devs = []
     for ref in refs[: 1 if p.reference == "first" else 2]:
-        med, scale = robust_scale(ref, p.rel_floor)
-        # The scale is also at least a share of the value itself, so a series that leaves zero (a count, a
-        # queue) moves by at most 1 / rel_floor units however flat it was: no series can dominate by dividing
-        # by a near-zero spread.
+        flat = bool(np.percentile(ref, 75) == np.percentile(ref, 25))
+        # A flat reference (an availability pinned at 100, a counter at 0) has no spread to scale by: there any
+        # change is news, so only the floor relative to the value applies. That floor also bounds z at
+        # 1 / value_floor, so a series that leaves zero cannot dominate by dividing by a near-zero spread.
+        med, scale = robust_scale(ref, 0.0 if flat and p.flat_exact else p.rel_floor)
         z = (after - med) / np.maximum(scale, p.value_floor * np.abs(after))
         if s.direction == "up":
             z = np.maximum(z, 0.0)
@@ -243,7 +259,11 @@ def series_deviation(s: MetricSeries, start: float, p: Params) -> tuple[float, b
         else:
             z = np.abs(z)
         worst = np.sort(z)[::-1][:2]
-        devs.append(float(np.log1p(min(float(worst.mean()), p.z_cap))))
+        dev = float(np.log1p(min(float(worst.mean()), p.z_cap)))
+        if flat:
+            # A reference with no spread (mostly zeros, a constant) says little about what is normal for it.
+            dev *= p.flat_weight
+        devs.append(dev)
     return min(devs), False
 
 
@@ -255,6 +275,8 @@ def metric_scores(inp: RcaInput, p: Params) -> dict[str, ServiceScore]:
         sc = out.setdefault(s.service, ServiceScore(s.service))
         if vanished:
             sc.vanished = True
+        if _CALLER_VIEW.search(s.metric):
+            dev *= p.caller_view
         if dev < p.min_deviation:
             continue
         sc.by_kind[s.kind] = max(sc.by_kind.get(s.kind, 0.0), dev)
@@ -358,8 +380,14 @@ def is_error(row: LogRow) -> bool:
     return bool(_ERROR_WORDS.search(row.message))
 
 
-def log_scores(inp: RcaInput) -> tuple[dict[str, float], dict[str, float]]:
-    """Per service: rise of error lines and of lines of templates unseen before the start; and the error rise."""
+def log_scores(inp: RcaInput, p: Params = DEFAULT_PARAMS) -> tuple[dict[str, float], dict[str, float]]:
+    """Per service: how far its mix of log templates shifted after the start, plus the rise of its error lines.
+
+    The shift is the total-variation distance between the service's template frequencies before and after the
+    start, less what sampling alone would give (about 1/sqrt(lines)). It counts templates that appear and
+    templates that stop: a handler that now throws often stops writing the lines after the throw. The error
+    rise is error lines per minute after the start less before. Returns (score, error rise).
+    """
     if not inp.logs:
         return {}, {}
     start = inp.anomaly_start
@@ -367,30 +395,29 @@ def log_scores(inp: RcaInput) -> tuple[dict[str, float], dict[str, float]]:
     after_t = [r.ts for r in inp.logs if r.ts >= start]
     span_before = max((start - min(before_t)) if before_t else 0.0, 1.0)
     span_after = max((max(after_t) - start) if after_t else 0.0, 1.0)
-    seen: dict[str, set[str]] = defaultdict(set)
+    before: dict[str, Counter[str]] = defaultdict(Counter)
+    after: dict[str, Counter[str]] = defaultdict(Counter)
     err_before: Counter[str] = Counter()
     err_after: Counter[str] = Counter()
-    novel_after: Counter[str] = Counter()
     for r in inp.logs:
-        if r.ts < start:
-            seen[r.service].add(log_template(r.message))
-            err_before[r.service] += is_error(r)
-    for r in inp.logs:
-        if r.ts >= start:
-            err_after[r.service] += is_error(r)
-            if log_template(r.message) not in seen[r.service]:
-                novel_after[r.service] += 1
-    has_before = bool(before_t)
+        late = r.ts >= start
+        (after if late else before)[r.service][log_template(r.message)] += 1
+        (err_after if late else err_before)[r.service] += is_error(r)
     score: dict[str, float] = {}
     errors: dict[str, float] = {}
-    for service in set(err_after) | set(novel_after):
+    for service in set(after) | set(before):
         rise = err_after[service] / span_after - err_before[service] / span_before
         err = math.log1p(max(rise, 0.0) * 60)  # per minute
-        novel = math.log1p(novel_after[service] / span_after * 60) if has_before else 0.0
+        shift = 0.0
+        b, a = before.get(service, Counter()), after.get(service, Counter())
+        nb, na = sum(b.values()), sum(a.values())
+        if nb and na:
+            tv = 0.5 * sum(abs(a[t] / na - b[t] / nb) for t in set(a) | set(b))
+            shift = max(tv - 1.0 / math.sqrt(min(na, nb)), 0.0) * math.log1p(na + nb)
         if err > 0:
             errors[service] = err
-        if err + novel > 0:
-            score[service] = err + 0.5 * novel
+        if err + shift > 0:
+            score[service] = err + p.w_shift * shift
     return score, errors
 
 
@@ -467,7 +494,7 @@ def gather(inp: RcaInput, p: Params = DEFAULT_PARAMS) -> Evidence:
     """Score every candidate on metrics, traces and logs."""
     scores = metric_scores(inp, p)
     trace_latency, trace_errors, trace_edges = trace_scores(inp, p)
-    logs, log_errors = log_scores(inp)
+    logs, log_errors = log_scores(inp, p)
     services = sorted(set(inp.services) | set(scores))
     for name in services:
         sc = scores.setdefault(name, ServiceScore(name))
@@ -488,7 +515,7 @@ def combine(ev: Evidence, p: Params = DEFAULT_PARAMS) -> RcaResult:
     trace_n = _normalised({s: scores[s].trace for s in services})
     log_n = _normalised({s: scores[s].log for s in services})
     own = {
-        s: p.w_metric * metric_n[s] + p.w_trace * trace_n[s] + p.w_log * log_n[s] + (1.0 if scores[s].vanished else 0.0)
+        s: p.w_metric * metric_n[s] + p.w_trace * trace_n[s] + p.w_log * log_n[s] + (p.w_vanished if scores[s].vanished else 0.0)
         for s in services
     }
     if p.explain > 0:

@@ -32,16 +32,18 @@ from evals.rca_bench import load_cases
 from evals.rca_case import Case, load_label
 
 GRID: dict[str, Sequence[Any]] = {
-    "propagation": (0.0, 0.3, 0.5),
-    "restart": (0.3, 0.6),
-    "rel_floor": (0.01, 0.05),
-    "off_path": (0.2, 0.5, 1.0),
+    "caller_view": (0.2, 0.5, 1.0),
+    "flat_exact": (False, True),
+    "flat_weight": (0.5, 1.0),
+    "w_log": (1.0, 2.0),
     "w_trace": (0.5, 1.0),
-    "w_log": (0.5, 1.0),
+    "propagation": (0.3, 0.5),
+    "restart": (0.3, 0.6),
+    "off_path": (0.2, 1.0),
 }
-"""The grid searched; rel_floor changes the evidence itself, the others only how it is combined."""
+"""The grid searched. The first three change the evidence itself; the others only how it is combined."""
 
-EVIDENCE_KEYS = ("rel_floor",)
+EVIDENCE_KEYS = ("rel_floor", "value_floor", "caller_view", "flat_exact", "flat_weight", "w_shift", "min_ref", "min_deviation")
 
 
 def _ranks(cases: Sequence[tuple[Case, str]], params: Params, cache: dict[Any, Any]) -> list[tuple[int | None, dict[str, float]]]:

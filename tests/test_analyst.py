@@ -345,3 +345,31 @@ def test_a_full_disk_is_named_from_its_error_lines_and_never_restarted(tmp_path:
         assert (plan.decision, plan.actions) == ("escalate", []), "no restart frees a disk"
     else:
         assert (plan.decision, [a.kind for a in plan.actions]) == ("act", ["restart"])
+
+
+def test_the_live_analyst_reads_the_same_ranker_as_the_benchmark(tmp_path: Path) -> None:
+    """The root-cause ranker (agents/rca.py) runs on the analyst's own reads and its view is evidence."""
+    from agents.rca import rank
+    from agents.rca_live import live_input
+    from agents.signals import Windows
+
+    tb = make_toolbox(tmp_path, FakeRuntime(), FakeHealth())
+    write_series(tb.telemetry, "payments", {"cpu_percent": 95.0})  # type: ignore[arg-type]
+    write_series(tb.telemetry, "checkout")  # type: ignore[arg-type]
+    write_series(tb.telemetry, "frontend")  # type: ignore[arg-type]
+    obs = observe(tb)
+    diagnosis = analyst(tb).diagnose(obs)
+    assert diagnosis.top is not None and diagnosis.top.service == "payments"
+    ranker = [e for e in diagnosis.top.evidence if e.ref == "ranker"]
+    assert len(ranker) == 1 and ranker[0].weight > 0 and "metrics" in ranker[0].summary
+    windows = Windows.ending_at(NOW, 6, 30, baseline_end=obs.baseline_end)
+    result = rank(live_input(tb.telemetry, tb.services, tb.topology, windows, windows))
+    assert result.services[0] == "payments" and result.fault_type == "cpu"
+    # No service of a healthy system gets the ranker's evidence, although the ranker still orders their noise.
+    quiet = tmp_path / "quiet"
+    quiet.mkdir()
+    tb2 = make_toolbox(quiet, FakeRuntime(), FakeHealth())
+    for s in TOPOLOGY:
+        write_series(tb2.telemetry, s)  # type: ignore[arg-type]
+    healthy = analyst(tb2).diagnose(observe(tb2))
+    assert all(e.ref != "ranker" for h in healthy.hypotheses for e in h.evidence)
