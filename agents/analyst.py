@@ -238,8 +238,6 @@ class Analyst:
                     Evidence(kind="trace", service=service, summary=f"origin of {count} of {failing} failing traces (deepest error, or the slow call a caller gave up on)", weight=round(W_TRACE_ORIGIN * count / failing, 3))
                 )
 
-        self._rank_evidence(table, windows, span)
-
         deviating = {s for s, ev in table.items() if ev.score > 0}
         # A broken business journey with no errors anywhere: changes along the journey's path are suspects
         # even on services that look quiet, because "succeeds but buys nothing" shows only at the entry.
@@ -260,6 +258,10 @@ class Analyst:
                     ev.evidence.append(
                         Evidence(kind="change", service=ev.service, summary=f"{change.kind} {change.sha[:8]} '{change.message.splitlines()[0]}', {healthy_for:.0f}s of normal running before the incident", weight=round(W_CHANGE * change_proximity(healthy_for), 3), ref=change.sha)
                     )
+
+        # The ranker's view comes after the change rule: a change stays a suspect only on a service that the
+        # rules already saw deviate, so the ranker's ordering of small movements never makes a red herring.
+        self._rank_evidence(table, windows, span)
 
         # Blame flows down the dependency graph: a caller of a failing dependency is a symptom.
         base_scores = {s: ev.score for s, ev in table.items()}
