@@ -134,7 +134,7 @@ class Params:
     z_cap: float = 1e4
     w_metric: float = 1.0
     w_trace: float = 0.5
-    w_log: float = 1.0
+    w_log: float = 2.0
     kind_weight: tuple[tuple[str, float], ...] = (
         ("cpu", 1.0), ("memory", 1.0), ("latency", 1.0), ("errors", 1.0),
         ("traffic", 0.5), ("saturation", 0.5), ("other", 0.5),
@@ -145,11 +145,17 @@ class Params:
     """Restart probability of the personalised PageRank."""
     explain: float = 0.0
     """How much of a caller's inheritable deviation (latency, errors, traffic) a deviating callee explains away."""
+    infer_symptom: bool = True
+    """With no symptom in the case, take the entry service's most deviating user-facing metric as the symptom."""
+    w_symptom_kind: float = 1.0
+    """Extra weight of a service's deviation in the kind of metric the symptom was seen in. A design choice
+    (follow the trail of the trouble that was seen), not tuned: only PetShop's cases name a symptom, so the
+    other datasets cannot choose it."""
     w_vanished: float = 1.0
     """Score a service gets when its telemetry stops after the start."""
-    flat_exact: bool = False
+    flat_exact: bool = True
     """Judge a series with a flat reference by the value-relative floor alone (no share of the median)."""
-    caller_view: float = 1.0
+    caller_view: float = 0.2
     """Multiplier of a deviation in a metric measured on the calling side (named client, outbound, ...)."""
     flat_weight: float = 1.0
     """Multiplier of a deviation judged against a reference with no interquartile spread."""
@@ -248,10 +254,11 @@ def series_deviation(s: MetricSeries, start: float, p: Params) -> tuple[float, b
     for ref in refs[: 1 if p.reference == "first" else 2]:
         flat = bool(np.percentile(ref, 75) == np.percentile(ref, 25))
         # A flat reference (an availability pinned at 100, a counter at 0) has no spread to scale by: there any
-        # change is news, so only the floor relative to the value applies. That floor also bounds z at
-        # 1 / value_floor, so a series that leaves zero cannot dominate by dividing by a near-zero spread.
+        # change is news, so only the floor relative to the value (or the median, whichever is larger) applies.
+        # That floor also bounds z at 1 / value_floor, so a series that leaves or falls to zero cannot
+        # dominate by dividing by a near-zero spread.
         med, scale = robust_scale(ref, 0.0 if flat and p.flat_exact else p.rel_floor)
-        z = (after - med) / np.maximum(scale, p.value_floor * np.abs(after))
+        z = (after - med) / np.maximum(scale, p.value_floor * np.maximum(np.abs(after), abs(med)))
         if s.direction == "up":
             z = np.maximum(z, 0.0)
         elif s.direction == "down":
@@ -475,6 +482,8 @@ class Evidence:
     scores: dict[str, ServiceScore]
     edges: set[tuple[str, str]]
     symptom: str | None = None
+    symptom_kind: str | None = None
+    """The kind of the metric the trouble was seen in, when the case names one."""
 
 
 def downstream(service: str, edges: Iterable[tuple[str, str]]) -> set[str]:
@@ -503,7 +512,26 @@ def gather(inp: RcaInput, p: Params = DEFAULT_PARAMS) -> Evidence:
         sc.log = logs.get(name, 0.0)
         sc.log_errors = log_errors.get(name, 0.0)
     symptom = inp.symptom[0] if inp.symptom else None
-    return Evidence(services, scores, set(inp.edges) | trace_edges, symptom)
+    symptom_kind = None
+    if inp.symptom and inp.symptom[1]:
+        known = [x.kind for x in inp.series if x.service == inp.symptom[0] and x.metric == inp.symptom[1]]
+        symptom_kind = known[0] if known else infer_kind(inp.symptom[1])[0]
+    return Evidence(services, scores, set(inp.edges) | trace_edges, symptom, symptom_kind)
+
+
+USER_FACING: tuple[Kind, ...] = ("latency", "errors")
+
+
+def _entry_symptom(services: Sequence[str], edges: set[tuple[str, str]], scores: dict[str, ServiceScore]) -> tuple[str | None, str | None]:
+    """With no symptom given: the entry service (nobody calls it) whose user-facing metrics moved most, and how."""
+    called = {b for a, b in edges if a != b}
+    entries = [s for s in services if s not in called and any(a == s for a, _ in edges)]
+    best = max(entries, key=lambda s: max((scores[s].by_kind.get(k, 0.0) for k in USER_FACING), default=0.0), default=None)
+    if best is None:
+        return None, None
+    kinds = {k: scores[best].by_kind.get(k, 0.0) for k in USER_FACING}
+    kind = max(kinds, key=lambda k: kinds[k])
+    return (best, kind) if kinds[kind] > 0 else (None, None)
 
 
 def combine(ev: Evidence, p: Params = DEFAULT_PARAMS) -> RcaResult:
@@ -518,11 +546,18 @@ def combine(ev: Evidence, p: Params = DEFAULT_PARAMS) -> RcaResult:
         s: p.w_metric * metric_n[s] + p.w_trace * trace_n[s] + p.w_log * log_n[s] + (p.w_vanished if scores[s].vanished else 0.0)
         for s in services
     }
+    symptom, symptom_kind = ev.symptom, ev.symptom_kind
+    if symptom is None and p.infer_symptom:
+        symptom, symptom_kind = _entry_symptom(services, ev.edges, scores)
+    if symptom_kind and p.w_symptom_kind > 0:
+        # The kind of trouble that was seen is the trail to follow: a cause shows it too (PetShop's traversal).
+        same = _normalised({s: scores[s].by_kind.get(symptom_kind, 0.0) for s in services})
+        own = {s: own[s] + p.w_symptom_kind * same[s] for s in services}
     if p.explain > 0:
         own = explain_away(services, ev.edges, own, scores, p)
     walked = _normalised(personalised_pagerank(services, ev.edges, own, p.restart)) if p.propagation > 0 else {}
     own_n = _normalised(own)
-    behind = downstream(ev.symptom, ev.edges) if ev.symptom else set()
+    behind = downstream(symptom, ev.edges) if symptom else set()
     for s in services:
         scores[s].score = (1 - p.propagation) * own_n[s] + p.propagation * walked.get(s, 0.0)
         if behind and s not in behind:

@@ -38,8 +38,8 @@ GRID: dict[str, Sequence[Any]] = {
     "w_log": (1.0, 2.0),
     "w_trace": (0.5, 1.0),
     "propagation": (0.3, 0.5),
-    "restart": (0.3, 0.6),
     "off_path": (0.2, 1.0),
+    "infer_symptom": (False, True),
 }
 """The grid searched. The first three change the evidence itself; the others only how it is combined."""
 

@@ -23,7 +23,7 @@ from agents.rca import (
     trace_scores,
     DEFAULT_PARAMS,
 )
-from agents.rca_confidence import ConfidenceModel, brier, ece, fit
+from agents.rca_confidence import FEATURES, ConfidenceModel, brier, ece, fit
 from evals.rca_bench import baro_scores, run_bench
 from evals.rca_case import load_case, load_label
 from tools.base import ConfigError
@@ -230,7 +230,7 @@ def test_relabelling_services_changes_no_ranking(tmp_path: Path) -> None:
 def test_bench_scores_cases_and_baselines(tmp_path: Path) -> None:
     for i, root in enumerate(["db", "mid", "db", "front"]):
         write_chain_case(tmp_path / f"case{i}", root)
-    model = ConfidenceModel((0.0,) * 5, 0.0, "test")
+    model = ConfidenceModel((0.0,) * len(FEATURES), 0.0, "test")
     result = run_bench(tmp_path, model=model)
     assert result["cases"] == 4
     assert result["ac1"] == 1.0 and result["no_answer_rate"] == 0.0
