@@ -261,7 +261,7 @@ class Analyst:
 
         # The ranker's view comes after the change rule: a change stays a suspect only on a service that the
         # rules already saw deviate, so the ranker's ordering of small movements never makes a red herring.
-        self._rank_evidence(table, windows, span)
+        self._rank_evidence(table, windows, span, previous)
 
         # Blame flows down the dependency graph: a caller of a failing dependency is a symptom.
         base_scores = {s: ev.score for s, ev in table.items()}
@@ -291,8 +291,14 @@ class Analyst:
                     Evidence(kind="action", service=result.action.service, summary=f"{result.action.kind} already tried ({result.key}) and the system did not recover", weight=-W_FAILED_ACTION, ref=result.key)
                 )
 
-    def _rank_evidence(self, table: dict[str, ServiceEvidence], windows: Windows, span: Windows) -> None:
-        """The root-cause ranker's view (agents/rca.py, measured in docs/rca.md) as evidence on each service."""
+    def _rank_evidence(self, table: dict[str, ServiceEvidence], windows: Windows, span: Windows, previous: list[ActionResult]) -> None:
+        """The root-cause ranker's view (agents/rca.py, measured in docs/rca.md) as evidence on each service.
+
+        Not on a service already acted on in this incident: whether to try it again or hand it to a human after
+        a remedy did not help is the rule layer's call (attempt limits, escalation), and the ranker's view,
+        which has not changed, would only argue for repeating the same action.
+        """
+        acted_on = {r.action.service for r in previous if r.status == "done"}
         try:
             ranked = rank(live_input(self.toolbox.telemetry, list(table), self.toolbox.topology, windows, span))
         except SregraphError as exc:
@@ -300,7 +306,7 @@ class Analyst:
             return
         for sc in ranked.ranking:
             strong = max(sc.by_kind.values(), default=0.0) >= RANKER_MIN_DEVIATION or sc.trace > 0 or sc.log > 0
-            if sc.service in table and sc.score >= RANKER_MIN and strong:
+            if sc.service in table and sc.service not in acted_on and sc.score >= RANKER_MIN and strong:
                 parts = ", ".join(f"{name} {value:.2f}" for name, value in (("metrics", sc.metric), ("traces", sc.trace), ("logs", sc.log)) if value > 0)
                 table[sc.service].evidence.append(
                     Evidence(kind="metric", service=sc.service, summary=f"root-cause ranker score {sc.score:.2f} ({parts or 'call graph'})", weight=round(W_RANKER * sc.score, 3), ref="ranker")
