@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -70,6 +71,23 @@ def _labels_key(labels: Mapping[str, Any] | None) -> str:
     return json.dumps(canonical, sort_keys=True, separators=(",", ":"))
 
 
+def _while_locked(step: Callable[[], object]) -> None:
+    """Run `step`, again while another process holds the lock, for at most BUSY_TIMEOUT_S.
+
+    Several processes opening a new store at once race to switch it to WAL; SQLite answers that switch with
+    "database is locked" at once instead of waiting on the busy handler, so the wait is done here.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            step()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
+
+
 class LocalTelemetryStore:
     """`Telemetry` over one SQLite file; safe to write from several processes at once."""
 
@@ -85,9 +103,9 @@ class LocalTelemetryStore:
                 self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
             )
             self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            self._conn.execute("PRAGMA journal_mode = WAL")
+            _while_locked(lambda: self._conn.execute("PRAGMA journal_mode = WAL"))
             self._conn.execute("PRAGMA synchronous = NORMAL")
-            self._conn.executescript(_SCHEMA)  # idempotent DDL; executescript commits on its own
+            _while_locked(lambda: self._conn.executescript(_SCHEMA))  # idempotent DDL; commits on its own
         except sqlite3.Error as exc:
             raise ToolError(f"cannot open telemetry store {self.path}: {exc}") from exc
 
