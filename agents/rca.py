@@ -3,19 +3,21 @@
 One method serves the live analyst and the offline benchmark (`sregraph bench rca`); it knows nothing of a
 dataset's service or metric names. The method, its sources and its measured numbers are in docs/rca.md. In short:
 
-1. **Metrics** (BARO's robust scorer, direction-aware). Each series is compared with a reference: its own
-   known-normal period when there is one, otherwise the points before `anomaly_start`. The deviation of each
-   point after the start is `(x - median) / scale`, with `scale` from the IQR and MAD and a floor relative to the
-   median, counted only in the direction that is worse for the metric's kind. A series scores the mean of its
-   two worst points, compressed with `log1p`. Series that stop reporting after the start count as a crash.
+1. **Metrics** (BARO's robust scorer, direction-aware). Each series is compared with every reference that has
+   enough points (the points before `anomaly_start`, a known-normal period) and deviates only as far as the
+   most lenient says. The deviation of a point after the start is `(x - median) / scale`, with a scale from the
+   IQR and MAD and floors relative to the median and to the value, counted only in the direction that is worse
+   for the metric's kind. A series scores `log1p` of the mean of its two worst points. A series that reported
+   steadily and stops after the start marks a crash.
 2. **Traces** (MicroRank/TraceRCA-style). Each span's exclusive time (its duration less its children's) is
    compared with the same operation's spans before the start; a service scores by how much more often its
    spans are slow, and by the errors it originates (the deepest error span of a trace) when status is known.
 3. **Logs** (Nezha's event patterns, simplified). Lines are reduced to templates; a service scores by the rise
-   of its error lines and by lines of templates it never wrote before the start.
-4. **Propagation** (MicroRCA/CIRCA). Trouble travels from callee to caller, so a personalised PageRank walks
-   from each deviating service towards the callees that deviate too; a service keeps its own score in
-   proportion to how much of it its callees cannot explain.
+   of its error lines and by how far its template mix shifted (templates that appear and that stop).
+4. **Symptom.** Where the trouble was seen (given, or the entry service's user-facing metrics) adds the kind of
+   trouble to follow, and services the symptom's service does not reach are discounted.
+5. **Propagation** (MicroRCA/CIRCA). Trouble travels from callee to caller, so a personalised PageRank walks
+   from each deviating service towards the callees that deviate too.
 
 Every service named anywhere in a case is a candidate and is ranked; the ranker answers whenever anything
 deviates. The fault type is read from the kind of evidence that dominates the top service.
@@ -143,8 +145,6 @@ class Params:
     """Weight of the call-graph walk against each service's own score (0 = no propagation)."""
     restart: float = 0.6
     """Restart probability of the personalised PageRank."""
-    explain: float = 0.0
-    """How much of a caller's inheritable deviation (latency, errors, traffic) a deviating callee explains away."""
     infer_symptom: bool = True
     """With no symptom in the case, take the entry service's most deviating user-facing metric as the symptom."""
     w_symptom_kind: float = 1.0
@@ -553,8 +553,6 @@ def combine(ev: Evidence, p: Params = DEFAULT_PARAMS) -> RcaResult:
         # The kind of trouble that was seen is the trail to follow: a cause shows it too (PetShop's traversal).
         same = _normalised({s: scores[s].by_kind.get(symptom_kind, 0.0) for s in services})
         own = {s: own[s] + p.w_symptom_kind * same[s] for s in services}
-    if p.explain > 0:
-        own = explain_away(services, ev.edges, own, scores, p)
     walked = _normalised(personalised_pagerank(services, ev.edges, own, p.restart)) if p.propagation > 0 else {}
     own_n = _normalised(own)
     behind = downstream(symptom, ev.edges) if symptom else set()
@@ -566,36 +564,6 @@ def combine(ev: Evidence, p: Params = DEFAULT_PARAMS) -> RcaResult:
     ranking = sorted(scores.values(), key=lambda sc: (-sc.score, sc.service))
     fault = fault_type(ranking[0]) if ranking and ranking[0].score > 0 else None
     return RcaResult(ranking, fault, features(ranking, metric_n, trace_n, log_n))
-
-
-PROPAGATING_KINDS = ("latency", "errors", "traffic")
-"""Kinds of deviation a caller inherits from a failing callee; CPU and memory stay where they happen."""
-
-
-def explain_away(services: Sequence[str], edges: Iterable[tuple[str, str]], own: dict[str, float], scores: dict[str, ServiceScore], p: Params) -> dict[str, float]:
-    """Discount the part of a service's score that a deviating callee explains.
-
-    A caller's latency and errors follow its callee's; its own CPU or memory does not. So the share of a
-    service's score that comes from inheritable kinds is scaled down by how strongly its worst callee deviates
-    relative to it.
-    """
-    callees: dict[str, set[str]] = defaultdict(set)
-    for a, b in edges:
-        if a != b:
-            callees[a].add(b)
-    out = {}
-    for s in services:
-        sc = scores[s]
-        worst = max((own.get(c, 0.0) for c in callees[s]), default=0.0)
-        if own[s] <= 0 or worst <= 0:
-            out[s] = own[s]
-            continue
-        kinds = sc.by_kind
-        total = sum(p.kind_w(k) * v for k, v in kinds.items()) or 1.0
-        inheritable = sum(p.kind_w(k) * v for k, v in kinds.items() if k in PROPAGATING_KINDS) / total
-        explained = min(worst / own[s], 1.0)
-        out[s] = own[s] * (1 - p.explain * inheritable * explained)
-    return out
 
 
 def rank(inp: RcaInput, p: Params = DEFAULT_PARAMS) -> RcaResult:

@@ -42,7 +42,6 @@ class Outcome:
     rank: int | None
     seconds: float
     features: dict[str, float] = field(default_factory=dict)
-    candidates: int = 0
 
     @property
     def right(self) -> bool:
@@ -109,7 +108,7 @@ def baro_scores(inp: RcaInput) -> dict[str, float]:
 def _outcome(case: Case, ranked: list[str], fault: str | None, confidence: float | None, seconds: float, feats: dict[str, float] | None = None) -> Outcome:
     truth, truth_fault = load_label(case.path)
     position = ranked.index(truth) + 1 if truth in ranked else None
-    return Outcome(case.id, case.system, case.subset, truth, truth_fault, ranked, fault, confidence, position, seconds, feats or {}, len(case.input.services))
+    return Outcome(case.id, case.system, case.subset, truth, truth_fault, ranked, fault, confidence, position, seconds, feats or {})
 
 
 def run_sregraph(cases: Sequence[Case], params: Params = DEFAULT_PARAMS, model: ConfidenceModel | None = None) -> list[Outcome]:

@@ -18,7 +18,6 @@ import argparse
 import itertools
 import json
 import time
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path

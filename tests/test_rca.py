@@ -246,6 +246,14 @@ def test_baro_baseline_takes_the_largest_iqr_deviation(tmp_path: Path) -> None:
     scores = baro_scores(load_case(tmp_path / "c").input)
     assert max(scores, key=lambda s: scores[s]) in {"db", "front", "mid"}
     assert all(v > 0 for v in scores.values())
+    # The formula itself: max over a service's series of |x - median(ref)| / IQR(ref) after the start.
+    exact = RcaInput(T0, ["a", "b", "c"], [
+        _series("a", "x", [1.0, 2.0, 3.0, 4.0, 5.0], [9.0, 4.0]),  # median 3, IQR 2: (9 - 3) / 2
+        _series("a", "y", [1.0, 2.0, 3.0, 4.0, 5.0], [5.0]),      # 1.0, smaller than x's
+        _series("b", "x", [7.0] * 5, [7.0]),                       # flat and unmoved
+        _series("c", "x", [7.0] * 5, [8.0]),                       # flat and moved: no IQR to divide by
+    ])
+    assert baro_scores(exact) == {"a": 3.0, "b": 0.0, "c": float("inf")}
 
 
 def test_cli_bench_rca_prints_json_and_refuses_a_bad_folder(tmp_path: Path) -> None:
