@@ -44,8 +44,7 @@ W_DEPENDENCY_BONUS = 0.5
 W_MEMORY = 0.75
 W_FAILED_ACTION = 2.0
 W_RANKER = 0.5
-RANKER_MIN = 0.3
-"""The ranker's normalised score (1 for its top service) counts from this level up, times W_RANKER."""
+"""Weight of the ranker's answer: its top service gets this much evidence (its normalised score is 1)."""
 RANKER_MIN_DEVIATION = 2.0
 """... and only on a service whose own metrics moved by log1p(z) >= 2 (z about 6), or whose traces or logs did:
 on a healthy system the ranker still orders services by their noise, which is no evidence."""
@@ -292,7 +291,10 @@ class Analyst:
                 )
 
     def _rank_evidence(self, table: dict[str, ServiceEvidence], windows: Windows, span: Windows, previous: list[ActionResult]) -> None:
-        """The root-cause ranker's view (agents/rca.py, measured in docs/rca.md) as evidence on each service.
+        """The root-cause ranker's answer (agents/rca.py, measured in docs/rca.md) as evidence on its top service.
+
+        Only the top: spread over every deviating service it would dilute the share of evidence that the
+        analyst's confidence is made of, and push a clear diagnosis under `min_confidence`.
 
         Not on a service already acted on in this incident: whether to try it again or hand it to a human after
         a remedy did not help is the rule layer's call (attempt limits, escalation), and the ranker's view,
@@ -304,9 +306,9 @@ class Analyst:
         except SregraphError as exc:
             log.warning("root-cause ranker skipped: %s", exc)
             return
-        for sc in ranked.ranking:
+        for sc in ranked.ranking[:1]:
             strong = max(sc.by_kind.values(), default=0.0) >= RANKER_MIN_DEVIATION or sc.trace > 0 or sc.log > 0
-            if sc.service in table and sc.service not in acted_on and sc.score >= RANKER_MIN and strong:
+            if sc.service in table and sc.service not in acted_on and strong:
                 parts = ", ".join(f"{name} {value:.2f}" for name, value in (("metrics", sc.metric), ("traces", sc.trace), ("logs", sc.log)) if value > 0)
                 table[sc.service].evidence.append(
                     Evidence(kind="metric", service=sc.service, summary=f"root-cause ranker score {sc.score:.2f} ({parts or 'call graph'})", weight=round(W_RANKER * sc.score, 3), ref="ranker")
