@@ -85,6 +85,17 @@ class LogRow:
 
 
 @dataclass
+class EdgeSeries:
+    """A metric of one call edge as one side of the call measured it (a mesh's per-edge latency, say)."""
+
+    caller: str
+    callee: str
+    side: Literal["client", "server"]
+    series: MetricSeries
+    """Its service is the callee."""
+
+
+@dataclass
 class RcaInput:
     """Everything one diagnosis reads."""
 
@@ -97,6 +108,7 @@ class RcaInput:
     logs: list[LogRow] = field(default_factory=list)
     symptom: tuple[str, str | None] | None = None
     """(service, metric) where the trouble was seen, when known."""
+    edge_series: list[EdgeSeries] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- metric kinds
@@ -153,6 +165,8 @@ class Params:
     other datasets cannot choose it."""
     w_vanished: float = 1.0
     """Score a service gets when its telemetry stops after the start."""
+    w_silenced: float = 1.0
+    """Score shared by the callers of a live service whose request-facing series stopped (no more calls came)."""
     flat_exact: bool = True
     """Judge a series with a flat reference by the value-relative floor alone (no share of the median)."""
     caller_view: float = 0.2
@@ -167,9 +181,11 @@ class Params:
     """Score multiplier of a service that the symptom's service does not reach in the call graph."""
     min_ref: int = 5
     """A reference needs this many points to judge a series on its own."""
-    reference: str = "both"
+    reference: str = "strict"
     """"both": a series deviates only as far as every usable reference agrees; "first": the points before the start
     when there are enough of them, else the normal period."""
+    onset: bool = True
+    """Judged against the normal period, discount the deviation the points before the start already had."""
     min_deviation: float = 1.0
     """Below this (log1p of robust z) a series counts as not deviating."""
 
@@ -198,6 +214,10 @@ class ServiceScore:
     """(metric, deviation) of its most deviating series, worst first."""
     vanished: bool = False
     """Its telemetry stopped after the start."""
+    silenced: bool = False
+    """It is alive, but its request-facing series (latency, traffic, errors) stopped: nobody calls it any more."""
+    silenced_callers: float = 0.0
+    """Share of silenced callees' evidence that points at this service as their caller."""
     trace_errors: float = 0.0
     log_errors: float = 0.0
 
@@ -250,49 +270,93 @@ def series_deviation(s: MetricSeries, start: float, p: Params) -> tuple[float, b
         refs = [r for r in (before, normal) if len(r) >= 2]
     if not refs:
         return 0.0, False
+    if p.reference == "normal":
+        refs = refs[::-1]
     devs = []
-    for ref in refs[: 1 if p.reference == "first" else 2]:
+    for ref in refs[: 2 if p.reference in ("both", "strict") else 1]:
         flat = bool(np.percentile(ref, 75) == np.percentile(ref, 25))
         # A flat reference (an availability pinned at 100, a counter at 0) has no spread to scale by: there any
         # change is news, so only the floor relative to the value (or the median, whichever is larger) applies.
         # That floor also bounds z at 1 / value_floor, so a series that leaves or falls to zero cannot
         # dominate by dividing by a near-zero spread.
         med, scale = robust_scale(ref, 0.0 if flat and p.flat_exact else p.rel_floor)
-        z = (after - med) / np.maximum(scale, p.value_floor * np.maximum(np.abs(after), abs(med)))
-        if s.direction == "up":
-            z = np.maximum(z, 0.0)
-        elif s.direction == "down":
-            z = np.maximum(-z, 0.0)
-        else:
-            z = np.abs(z)
-        worst = np.sort(z)[::-1][:2]
+
+        def worse(x: np.ndarray) -> np.ndarray:
+            z = (x - med) / np.maximum(scale, p.value_floor * np.maximum(np.abs(x), abs(med)))
+            return np.maximum(z, 0.0) if s.direction == "up" else np.maximum(-z, 0.0) if s.direction == "down" else np.abs(z)
+
+        worst = np.sort(worse(after))[::-1][:2]
         dev = float(np.log1p(min(float(worst.mean()), p.z_cap)))
+        if p.onset and ref is not before and len(before):
+            # Only what changed at the start is news: a level the series already held before it (a drift since
+            # the normal period, a leak under way) is discounted. Its lower quartile ignores an earlier incident's tail.
+            dev = max(dev - float(np.log1p(min(float(np.percentile(worse(before), 25)), p.z_cap))), 0.0)
         if flat:
             # A reference with no spread (mostly zeros, a constant) says little about what is normal for it.
             dev *= p.flat_weight
         devs.append(dev)
-    return min(devs), False
+    return (max(devs) if p.reference == "strict" else min(devs)), False
 
 
 def metric_scores(inp: RcaInput, p: Params) -> dict[str, ServiceScore]:
     """Per service: the strongest weighted deviation over its series, with the per-kind maxima kept."""
     out = {s: ServiceScore(s) for s in inp.services}
+    stopped: set[str] = set()
     for s in inp.series:
         dev, vanished = series_deviation(s, inp.anomaly_start, p)
         sc = out.setdefault(s.service, ServiceScore(s.service))
         if vanished:
-            sc.vanished = True
+            stopped.add(s.service)
         if _CALLER_VIEW.search(s.metric):
             dev *= p.caller_view
         if dev < p.min_deviation:
             continue
         sc.by_kind[s.kind] = max(sc.by_kind.get(s.kind, 0.0), dev)
         sc.top_series.append((s.metric, round(dev, 3)))
+    # A crash silences the whole service. Series that stop while others of the same service still report (a
+    # latency with no more requests to time) say its callers stopped calling, which is their trouble.
+    still = {s.service for s in inp.series if np.any((s.ts >= inp.anomaly_start) & np.isfinite(s.values))}
+    for service in stopped - still:
+        out[service].vanished = True
+    for s in inp.series:
+        if s.service in stopped and s.service in still and s.kind in ("latency", "traffic", "errors"):
+            if series_deviation(s, inp.anomaly_start, p)[1]:
+                out[s.service].silenced = True
+    for callee, kinds in edge_gaps(inp, p).items():
+        sc = out.setdefault(callee, ServiceScore(callee))
+        for kind, gap in kinds.items():
+            if gap >= p.min_deviation:
+                sc.by_kind[kind] = max(sc.by_kind.get(kind, 0.0), gap)
+                sc.top_series.append((f"{kind} its callers see beyond its own", round(gap, 3)))
     for sc in out.values():
         sc.top_series.sort(key=lambda x: -x[1])
         del sc.top_series[5:]
         sc.metric = max((p.kind_w(k) * v for k, v in sc.by_kind.items()), default=0.0)
     return out
+
+
+def edge_gaps(inp: RcaInput, p: Params) -> dict[str, dict[str, float]]:
+    """Per callee and metric kind: how much more its callers' view of its calls deviated than its own view.
+
+    A call measured at both ends splits into the callee's own time (server side) and what lies between the two
+    (client side less server side): the network, the callee's queue, its sidecar. A delay injected on a pod's
+    network shows only in the second. A callee's score is the mean over its callers of the client side's
+    deviation less the server side's (the client side alone when the server side is not measured); every
+    caller sees a fault of the callee, while a fault of one caller shows on that caller's edges only.
+    """
+    if not inp.edge_series:
+        return {}
+    dev: dict[tuple[str, str, str, str], float] = {}
+    kind_of: dict[str, str] = {}
+    for e in inp.edge_series:
+        dev[(e.caller, e.callee, e.series.metric, e.side)], _ = series_deviation(e.series, inp.anomaly_start, p)
+        kind_of[e.series.metric] = e.series.kind
+    gaps: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for (caller, callee, metric, side), d in dev.items():
+        if side == "client":
+            own = dev.get((caller, callee, metric, "server"), 0.0)
+            gaps[callee][kind_of[metric]].append(max(d - own, 0.0))
+    return {callee: {k: float(np.mean(v)) for k, v in kinds.items()} for callee, kinds in gaps.items()}
 
 
 # ----------------------------------------------------------------------------- traces
@@ -546,6 +610,13 @@ def combine(ev: Evidence, p: Params = DEFAULT_PARAMS) -> RcaResult:
         s: p.w_metric * metric_n[s] + p.w_trace * trace_n[s] + p.w_log * log_n[s] + (p.w_vanished if scores[s].vanished else 0.0)
         for s in services
     }
+    if p.w_silenced > 0:
+        # A live service that stopped receiving calls: a caller now fails or stops before calling it.
+        for s in services:
+            if scores[s].silenced:
+                callers = [a for a, b in ev.edges if b == s and a != s and a in own]
+                for a in callers:
+                    own[a] += p.w_silenced / len(callers)
     symptom, symptom_kind = ev.symptom, ev.symptom_kind
     if symptom is None and p.infer_symptom:
         symptom, symptom_kind = _entry_symptom(services, ev.edges, scores)

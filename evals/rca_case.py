@@ -10,6 +10,9 @@ The layout (docs/rca.md has it in full)::
     <case>/topology.csv      optional: caller,callee
     <case>/spans.csv         optional: trace_id,span_id,parent_id,service,operation,start_us,duration_us,status
     <case>/logs.csv          optional: timestamp,service,level,message
+    <case>/edge_metrics.csv  optional: timestamp,caller,callee,metric,value,side   (side client|server: who
+                             measured the call; e.g. a mesh's per-edge latency from both ends)
+    <case>/edge_normal.csv   optional, same columns: the known-normal period of the edge metrics
 
 `load_case` never opens label.json; `load_label` is the only function that does.
 """
@@ -22,11 +25,11 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 
-from agents.rca import Direction, Kind, KINDS, LogRow, MetricSeries, RcaInput, SpanRow, infer_kind
+from agents.rca import Direction, EdgeSeries, Kind, KINDS, LogRow, MetricSeries, RcaInput, SpanRow, infer_kind
 from tools.base import ConfigError
 
 csv.field_size_limit(16 * 1024 * 1024)
@@ -103,6 +106,35 @@ def _meta(path: Path) -> dict[str, tuple[Kind, Direction]]:
     return out
 
 
+def _read_edges(path: Path) -> dict[tuple[str, str, str, str], tuple[list[float], list[float]]]:
+    """(caller, callee, metric, side) → (timestamps, values), in file order."""
+    out: dict[tuple[str, str, str, str], tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
+    for row in _rows(path, ("timestamp", "caller", "callee", "metric", "value", "side")):
+        side = (row["side"] or "").strip().lower()
+        if side not in ("client", "server"):
+            raise ConfigError(f"{path}: side must be client or server, not {row['side']!r}")
+        ts, vs = out[(row["caller"], row["callee"], row["metric"], side)]
+        ts.append(_number(row["timestamp"]))
+        vs.append(_number(row["value"]))
+    return out
+
+
+def _edge_series(folder: Path, meta: dict[str, tuple[Kind, Direction]]) -> list[EdgeSeries]:
+    if not (folder / "edge_metrics.csv").is_file():
+        return []
+    rows = _read_edges(folder / "edge_metrics.csv")
+    normal = _read_edges(folder / "edge_normal.csv") if (folder / "edge_normal.csv").is_file() else {}
+    out = []
+    for (caller, callee, metric, side), (ts, vs) in rows.items():
+        kind, direction = meta.get(metric) or infer_kind(metric)
+        t = np.array(ts)
+        order = np.argsort(t, kind="stable")
+        ref = normal.get((caller, callee, metric, side))
+        series = MetricSeries(callee, metric, t[order], np.array(vs)[order], np.array(ref[1]) if ref else None, kind, direction)
+        out.append(EdgeSeries(caller, callee, cast(Literal["client", "server"], side), series))
+    return out
+
+
 def load_case(folder: Path, use_meta: bool = True) -> Case:
     """Read one case folder into the ranker's input; label.json is not opened."""
     folder = Path(folder)
@@ -146,12 +178,15 @@ def load_case(folder: Path, use_meta: bool = True) -> Case:
         for row in _rows(folder / "logs.csv", ("timestamp", "service", "level", "message")):
             logs.append(LogRow(_number(row["timestamp"]), row["service"], row["level"] or "", row["message"] or ""))
             services.add(row["service"])
+    edge_series = _edge_series(folder, meta)
+    services |= {e.caller for e in edge_series} | {e.callee for e in edge_series}
+    edges |= {(e.caller, e.callee) for e in edge_series}
     symptom = None
     if isinstance(info.get("symptom"), dict) and info["symptom"].get("service"):
         symptom = (str(info["symptom"]["service"]), info["symptom"].get("metric"))
         services.add(symptom[0])
     services.discard("")
-    inp = RcaInput(start, sorted(services), out, edges, spans, logs, symptom)
+    inp = RcaInput(start, sorted(services), out, edges, spans, logs, symptom, edge_series)
     return Case(str(info.get("id") or folder.name), str(info.get("system") or "unknown"), folder, inp, info.get("subset"))
 
 

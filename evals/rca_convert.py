@@ -19,6 +19,9 @@ Nezha (a day folder ``rca_data/<day>/`` or a folder above it; every day found is
   is left out. Its rows have no instance.
 * normal.csv: the day's longest stretch of metric rows that are all at least 600 s from every fault's
   [inject, inject + 180], cut to its first hour; left out when no stretch lasts 10 minutes.
+* edge_metrics.csv (and edge_normal.csv, the same rows in the normal stretch): ``source_50.csv`` and
+  ``destination_50.csv`` when the day has them, one row per edge and minute, metric ``latency_p50``, side
+  ``client`` (the source file) or ``server`` (the destination file). A column is an edge of dependency.csv.
 * topology.csv: the service edges of ``dependency.csv`` (node IPs and loadgenerator dropped), plus parent
   span's service -> child span's service among the case's spans.
 * spans.csv and logs.csv (when the day has ``trace/`` and ``log/``): the lines whose start or time is inside
@@ -86,6 +89,7 @@ SPAN_HEADER = (
     "status",
 )
 LOG_HEADER = ("timestamp", "service", "level", "message")
+EDGE_HEADER = ("timestamp", "caller", "callee", "metric", "value", "side")
 
 NEZHA_FAULT_TYPES = {
     "cpu_contention": "cpu",
@@ -265,6 +269,10 @@ class NezhaDayData:
     normal: list[tuple[float, int, str, str, list[tuple[str, str]]]]
     entry: str | None
     notes: list[str] = field(default_factory=list)
+    edge_metrics: list[tuple[float, str, str, str, str, str]] = field(default_factory=list)
+    """(ts, caller, callee, metric, value, side) sorted by time: per-edge latency seen by each side."""
+    edge_times: list[float] = field(default_factory=list)
+    edge_normal: list[tuple[float, str, str, str, str, str]] = field(default_factory=list)
 
 
 def nezha_metric_meta(metric: str) -> tuple[str, str] | None:
@@ -294,6 +302,38 @@ def _read_metric_file(path: Path, service: str, instance: str) -> _PodRows:
     good = [row for row in rows[1:] if len(row) == len(header)]
     out = [(parse_utc(row[t_col]), row) for row in good]
     return _PodRows(service, instance, columns, out, ragged=len(rows) - 1 - len(good))
+
+
+_EDGE_FILES = (("source_50.csv", "client"), ("destination_50.csv", "server"))
+"""Per-edge latency files and the side of the call that measured them."""
+
+
+def _read_edge_metrics(metric_dir: Path, topology: set[tuple[str, str]]) -> list[tuple[float, str, str, str, str, str]]:
+    """Nezha's per-edge P50 latencies (``<caller>_<callee>`` columns), client side and server side, by time.
+
+    A column is read only when it names an edge of the call graph, so hyphens and underscores in service
+    names cannot split it wrongly. Empty cells (minutes with no call) are no point.
+    """
+    by_column = {f"{a}_{b}": (a, b) for a, b in topology}
+    out: list[tuple[float, str, str, str, str, str]] = []
+    for name, side in _EDGE_FILES:
+        path = metric_dir / name
+        if not path.exists():
+            continue
+        rows = _read_rows(path)
+        if not rows or "time" not in rows[0]:
+            raise ConfigError(f"{path}: no time column")
+        t_col = rows[0].index("time")
+        cols = [(i, by_column[c]) for i, c in enumerate(rows[0]) if c in by_column]
+        for row in rows[1:]:
+            if len(row) != len(rows[0]):
+                continue
+            ts = parse_utc(row[t_col])
+            for i, (a, b) in cols:
+                if _number(row[i].strip()) is not None:
+                    out.append((ts, a, b, "latency_p50", row[i].strip(), side))
+    out.sort(key=lambda r: (r[0], r[5]))
+    return out
 
 
 def _entry_service(
@@ -505,7 +545,13 @@ def load_nezha_day(day_dir: Path, src: Path) -> NezhaDayData:
         notes.append(
             "normal.csv: " + " to ".join(time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) for t in stretch)
         )
+    edge_metrics = _read_edge_metrics(metric_dir, topology)
+    if edge_metrics:
+        notes.append(f"edge_metrics.csv: {len(edge_metrics)} per-edge latency points (client and server side)")
     return NezhaDayData(
+        edge_metrics=edge_metrics,
+        edge_times=[e[0] for e in edge_metrics],
+        edge_normal=[e for e in edge_metrics if stretch and stretch[0] <= e[0] <= stretch[1]],
         name=day_dir.name,
         system=_system(services, src),
         faults=faults,
@@ -527,6 +573,11 @@ def _metric_rows(rows: Iterable[tuple[float, int, str, str, list[tuple[str, str]
         stamp = _seconds(ts)
         for name, value in values:
             yield (stamp, service, name, value, instance)
+
+
+def _edge_rows(rows: Iterable[tuple[float, str, str, str, str, str]]) -> Iterator[Row]:
+    for ts, *rest in rows:
+        yield (_seconds(ts), *rest)
 
 
 def _window(times: Sequence[float], lo: float, hi: float) -> slice:
@@ -574,6 +625,10 @@ def nezha_cases(day: NezhaDayData, meta: bool = True) -> Iterator[CaseOut]:
             out.tables["topology.csv"] = (("caller", "callee"), sorted(edges))
         if day.span_times:
             out.tables["spans.csv"] = (SPAN_HEADER, [(*s[1:], "") for s in spans])
+        if day.edge_times:
+            out.tables["edge_metrics.csv"] = (EDGE_HEADER, _edge_rows(day.edge_metrics[_window(day.edge_times, lo, hi)]))
+            if day.edge_normal:
+                out.tables["edge_normal.csv"] = (EDGE_HEADER, _edge_rows(day.edge_normal))
         if day.log_times:
             out.tables["logs.csv"] = (
                 LOG_HEADER,

@@ -9,7 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dataclasses import replace
+
 from agents.rca import (
+    EdgeSeries,
     LogRow,
     MetricSeries,
     RcaInput,
@@ -22,6 +25,7 @@ from agents.rca import (
     series_deviation,
     trace_scores,
     DEFAULT_PARAMS,
+    edge_gaps,
 )
 from agents.rca_confidence import FEATURES, ConfidenceModel, brier, ece, fit
 from evals.rca_bench import baro_scores, run_bench
@@ -63,12 +67,21 @@ def test_series_deviation_is_direction_aware() -> None:
 
 def test_series_deviation_uses_every_reference_and_sees_a_series_stop() -> None:
     normal = np.array([10.0, 11.0, 9.0, 10.0, 10.5, 9.5])
-    short = _series("a", "cpu", [50.0] * 2, [52.0, 52.0], "cpu", "up")
+    short = _series("a", "cpu", [10.0] * 2, [52.0, 52.0], "cpu", "up")
     short.normal = normal
     assert series_deviation(short, T0, DEFAULT_PARAMS)[0] > 3.0  # too little history: the normal period judges
+    already = _series("a", "cpu", [50.0] * 2, [52.0, 52.0], "cpu", "up")
+    already.normal = normal
+    assert series_deviation(already, T0, DEFAULT_PARAMS)[0] < DEFAULT_PARAMS.min_deviation  # high before the start too
+    assert series_deviation(already, T0, replace(DEFAULT_PARAMS, onset=False))[0] > 3.0
     drifted = _series("a", "cpu", [50.0, 51.0, 49.0, 50.0, 50.5, 49.5], [50.5, 50.0], "cpu", "up")
     drifted.normal = normal
     assert series_deviation(drifted, T0, DEFAULT_PARAMS)[0] < DEFAULT_PARAMS.min_deviation  # high all day, not since the start
+    # An earlier incident's tail in the points before the start hides nothing that the normal period sees.
+    tail = _series("a", "cpu", [90.0, 95.0, 10.0, 10.5, 9.5, 10.0, 10.2, 9.8], [52.0, 52.0], "cpu", "up")
+    tail.normal = normal
+    assert series_deviation(tail, T0, DEFAULT_PARAMS)[0] > 3.0
+    assert series_deviation(tail, T0, replace(DEFAULT_PARAMS, reference="both"))[0] < 3.0  # the lenient choice is fooled
     gone = _series("a", "cpu", [10.0] * 6, [], "cpu", "up")
     assert series_deviation(gone, T0, DEFAULT_PARAMS) == (0.0, True)
 
@@ -287,3 +300,49 @@ def test_real_onlineboutique_day_beats_both_baselines(tmp_path: Path) -> None:
     assert result["cases"] == 24 and result["no_answer_rate"] == 0.0
     assert result["ac1"] > result["baselines"]["baro"]["ac1"] > result["baselines"]["random"]["ac1"]
     assert result["ac3"] >= result["baselines"]["baro"]["ac3"]
+
+
+def _edge(caller: str, callee: str, side: str, before: list[float], after: list[float]) -> EdgeSeries:
+    return EdgeSeries(caller, callee, side, _series(callee, "latency_p50", before, after, "latency", "up"))  # type: ignore[arg-type]
+
+
+def test_edge_gap_points_at_the_callee_whose_callers_wait_on_the_wire() -> None:
+    """A delay on c's network: both callers see it, c's own server-side view does not; b is only slow inside."""
+    quiet = [10.0, 10.5, 9.5, 10.0, 10.2, 9.8]
+    inp = RcaInput(T0, ["a", "b", "c"], [], {("a", "b"), ("a", "c"), ("b", "c")})
+    inp.edge_series = [
+        _edge("a", "c", "client", quiet, [200.0, 210.0]),
+        _edge("a", "c", "server", quiet, [10.0, 10.1]),
+        _edge("b", "c", "client", quiet, [190.0, 200.0]),
+        _edge("b", "c", "server", quiet, [10.1, 9.9]),
+        _edge("a", "b", "client", quiet, [200.0, 210.0]),
+        _edge("a", "b", "server", quiet, [195.0, 205.0]),  # b's own time: not the wire
+    ]
+    gaps = edge_gaps(inp, DEFAULT_PARAMS)
+    assert gaps["c"]["latency"] > 3.0
+    assert gaps["b"]["latency"] < DEFAULT_PARAMS.min_deviation
+    assert rank(inp).services[0] == "c"
+    # Without the server side the client side alone speaks for the callee.
+    inp.edge_series = [e for e in inp.edge_series if e.side == "client"]
+    assert edge_gaps(inp, DEFAULT_PARAMS)["b"]["latency"] > 3.0
+
+
+def test_a_live_service_nobody_calls_any_more_points_at_its_caller() -> None:
+    """b's latency series stop (no requests to time) while its CPU still reports: b is alive, a stopped calling."""
+    quiet = [10.0, 10.5, 9.5, 10.0, 10.2, 9.8]
+    series = [
+        _series("a", "cpu", quiet, [10.1, 9.9], "cpu", "up"),
+        _series("b", "cpu", quiet, [10.0, 10.1], "cpu", "up"),
+        _series("b", "server_latency", quiet, [], "latency", "up"),
+        _series("c", "cpu", quiet, [10.0, 10.1], "cpu", "up"),
+        _series("z", "cpu", quiet, [10.0, 12.0], "cpu", "up"),  # a small unrelated move
+    ]
+    inp = RcaInput(T0, ["a", "b", "c", "z"], series, {("a", "b"), ("c", "z")})
+    scores = metric_scores(inp, DEFAULT_PARAMS)
+    assert scores["b"].silenced and not scores["b"].vanished
+    assert rank(inp).services[0] == "a"
+    assert rank(inp, replace(DEFAULT_PARAMS, w_silenced=0.0)).services[0] != "a"
+    # Every series of b stops: that is a crash of b, not a caller's trouble.
+    inp.series = [x for x in series if x.service != "b"] + [_series("b", "cpu", quiet, [], "cpu", "up"), series[2]]
+    scores = metric_scores(inp, DEFAULT_PARAMS)
+    assert scores["b"].vanished and rank(inp).services[0] == "b"

@@ -315,12 +315,21 @@ def test_onlineboutique_day_entry_topology_and_no_normal(tmp_path: Path) -> None
     # Four faults ten minutes apart leave no fault-free 10 minutes in the hour: no normal.csv; --no-meta.
     assert sorted(p.name for p in case.iterdir()) == [
         "case.json",
+        "edge_metrics.csv",
         "label.json",
         "logs.csv",
         "metrics.csv",
         "spans.csv",
         "topology.csv",
     ]
+    # source_50.csv is the client side of each call edge; an empty cell (a minute with no call) is no point.
+    edge_rows = rows(case / "edge_metrics.csv")
+    assert {(r["caller"], r["callee"], r["side"], r["metric"]) for r in edge_rows} == {
+        ("frontend", "checkoutservice", "client", "latency_p50"),
+        ("checkoutservice", "paymentservice", "client", "latency_p50"),
+        ("frontend", "adservice", "client", "latency_p50"),
+    }
+    assert all(r["value"] for r in edge_rows)
     assert json.loads((case / "label.json").read_text()) == {
         "root_cause": "checkoutservice",
         "fault_type": "latency",
