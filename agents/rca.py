@@ -14,6 +14,10 @@ dataset's service or metric names. The method, its sources and its measured numb
    spans are slow, and by the errors it originates (the deepest error span of a trace) when status is known.
 3. **Logs** (Nezha's event patterns, simplified). Lines are reduced to templates; a service scores by the rise
    of its error lines and by how far its template mix shifted (templates that appear and that stop).
+   **Events** (Nezha's event graphs): where log lines name their trace and span, each span's events (its log
+   templates and the calls it makes, in time order) form a sequence, and a service scores by how far what
+   follows one of its events changed after the start (a handler that now throws, a callee that now answers
+   differently).
 4. **Symptom.** Where the trouble was seen (given, or the entry service's user-facing metrics) adds the kind of
    trouble to follow, and services the symptom's service does not reach are discounted.
 5. **Propagation** (MicroRCA/CIRCA). Trouble travels from callee to caller, so a personalised PageRank walks
@@ -149,6 +153,12 @@ class Params:
     w_metric: float = 1.0
     w_trace: float = 0.5
     w_log: float = 2.0
+    w_event: float = 1.0
+    """Weight of the event-sequence evidence (logs tied to spans by their trace and span ids)."""
+    common_scale: bool = True
+    """Put every modality on one scale (divided by the largest score of any modality) instead of each by its own
+    best service, so a modality whose best evidence is weak stays weak. All scores are log1p-sized deviations.
+    With metrics alone the two are the same."""
     kind_weight: tuple[tuple[str, float], ...] = (
         ("cpu", 1.0), ("memory", 1.0), ("latency", 1.0), ("errors", 1.0),
         ("traffic", 0.5), ("saturation", 0.5), ("other", 0.5),
@@ -220,6 +230,8 @@ class ServiceScore:
     """Share of silenced callees' evidence that points at this service as their caller."""
     trace_errors: float = 0.0
     log_errors: float = 0.0
+    event: float = 0.0
+    """How far the sequences of its events (log templates and calls, per span) changed after the start."""
 
 
 @dataclass
@@ -451,16 +463,19 @@ def is_error(row: LogRow) -> bool:
     return bool(_ERROR_WORDS.search(row.message))
 
 
-def log_scores(inp: RcaInput, p: Params = DEFAULT_PARAMS) -> tuple[dict[str, float], dict[str, float]]:
+def log_scores(inp: RcaInput, p: Params = DEFAULT_PARAMS, templates: Sequence[str] | None = None) -> tuple[dict[str, float], dict[str, float]]:
     """Per service: how far its mix of log templates shifted after the start, plus the rise of its error lines.
 
     The shift is the total-variation distance between the service's template frequencies before and after the
     start, less what sampling alone would give (about 1/sqrt(lines)). It counts templates that appear and
     templates that stop: a handler that now throws often stops writing the lines after the throw. The error
-    rise is error lines per minute after the start less before. Returns (score, error rise).
+    rise is error lines per minute after the start less before. Returns (score, error rise). `templates`, when
+    given, holds each line's template (as `log_template` makes them), in the order of `inp.logs`.
     """
     if not inp.logs:
         return {}, {}
+    if templates is None:
+        templates = [log_template(r.message) for r in inp.logs]
     start = inp.anomaly_start
     before_t = [r.ts for r in inp.logs if r.ts < start]
     after_t = [r.ts for r in inp.logs if r.ts >= start]
@@ -470,9 +485,9 @@ def log_scores(inp: RcaInput, p: Params = DEFAULT_PARAMS) -> tuple[dict[str, flo
     after: dict[str, Counter[str]] = defaultdict(Counter)
     err_before: Counter[str] = Counter()
     err_after: Counter[str] = Counter()
-    for r in inp.logs:
+    for r, template in zip(inp.logs, templates):
         late = r.ts >= start
-        (after if late else before)[r.service][log_template(r.message)] += 1
+        (after if late else before)[r.service][template] += 1
         (err_after if late else err_before)[r.service] += is_error(r)
     score: dict[str, float] = {}
     errors: dict[str, float] = {}
@@ -490,6 +505,71 @@ def log_scores(inp: RcaInput, p: Params = DEFAULT_PARAMS) -> tuple[dict[str, flo
         if err + shift > 0:
             score[service] = err + p.w_shift * shift
     return score, errors
+
+
+# ----------------------------------------------------------------------------- events
+
+_HEX_ID = re.compile(r"\b[0-9a-fA-F]{16,32}\b")
+"""A token that may be a trace or span id (W3C, Zipkin, Jaeger ids are 16 or 32 hex digits)."""
+
+Event = tuple[str, str, str]
+"""(service, "call" | "log" | "end", operation or template)."""
+
+
+def event_scores(inp: RcaInput, p: Params = DEFAULT_PARAMS, templates: Sequence[str] | None = None) -> dict[str, float]:
+    """Per service: how far what follows its events changed after the start (Nezha's event patterns, simplified).
+
+    A log line belongs to a span when its text names a trace id of the spans and a span id of that trace. Each
+    span then gives one sequence of events in time order: its call (service and operation), its log templates
+    and the calls it makes, then its end. Consecutive events are pairs (A, B). For every event A seen at least
+    `min_ref` times both in spans that started before the start and in spans after it, the total-variation
+    distance between the events that follow A before and after, less what sampling alone gives
+    (1/sqrt(count)), weighted by log1p(count), scores A's service; a service keeps its largest. A handler that
+    now throws stops writing the lines after the throw (its own events change); a callee that now answers
+    wrongly changes what its caller does after the call, and that pair starts at the callee's event.
+    """
+    if not inp.spans or not inp.logs:
+        return {}
+    if templates is None:
+        templates = [log_template(r.message) for r in inp.logs]
+    spans = {(sp.trace_id, sp.span_id): sp for sp in inp.spans}
+    trace_ids = {sp.trace_id for sp in inp.spans}
+    items: dict[tuple[str, str], list[tuple[float, Event]]] = defaultdict(list)
+    for sp in inp.spans:
+        if sp.parent_id and (sp.trace_id, sp.parent_id) in spans:
+            items[(sp.trace_id, sp.parent_id)].append((sp.start, (sp.service, "call", sp.operation)))
+    linked = 0
+    for r, template in zip(inp.logs, templates):
+        tokens = _HEX_ID.findall(r.message)
+        if len(tokens) < 2:
+            continue
+        trace = next((t for t in tokens if t in trace_ids), None)
+        span = next((t for t in tokens if (trace, t) in spans), None) if trace else None
+        if span is not None:
+            items[(trace, span)].append((r.ts, (r.service, "log", template)))  # type: ignore[index]
+            linked += 1
+    if not linked:
+        return {}
+    follows: tuple[dict[Event, Counter[Event]], dict[Event, Counter[Event]]] = (defaultdict(Counter), defaultdict(Counter))
+    for key, events in items.items():
+        sp = spans[key]
+        seq = [(sp.service, "call", sp.operation)] + [e for _, e in sorted(events, key=lambda x: x[0])] + [(sp.service, "end", sp.operation)]
+        table = follows[1 if sp.start >= inp.anomaly_start else 0]
+        for a, b in zip(seq, seq[1:]):
+            table[a][b] += 1
+    out: dict[str, float] = {}
+    before, after = follows
+    for event in before.keys() & after.keys():
+        b, a = before[event], after[event]
+        nb, na = sum(b.values()), sum(a.values())
+        if min(nb, na) < p.min_ref:
+            continue
+        tv = 0.5 * sum(abs(a[e] / na - b[e] / nb) for e in a.keys() | b.keys())
+        excess = tv - 1.0 / math.sqrt(min(nb, na))
+        if excess > 0:
+            score = excess * math.log1p(min(nb, na))
+            out[event[0]] = max(out.get(event[0], 0.0), score)
+    return out
 
 
 # ----------------------------------------------------------------------------- propagation
@@ -563,18 +643,44 @@ def downstream(service: str, edges: Iterable[tuple[str, str]]) -> set[str]:
     return seen
 
 
-def gather(inp: RcaInput, p: Params = DEFAULT_PARAMS) -> Evidence:
-    """Score every candidate on metrics, traces and logs."""
-    scores = metric_scores(inp, p)
+@dataclass
+class Signals:
+    """The trace, log and event evidence of one case (per service), which no metric parameter changes."""
+
+    trace_latency: dict[str, float]
+    trace_errors: dict[str, float]
+    trace_edges: set[tuple[str, str]]
+    logs: dict[str, float]
+    log_errors: dict[str, float]
+    events: dict[str, float]
+
+
+SIGNAL_KEYS = ("rel_floor", "w_shift", "min_ref", "w_event")
+"""The parameters `signals` reads: evidence cached under them can be reused (evals/tune_rca.py)."""
+
+
+def signals(inp: RcaInput, p: Params = DEFAULT_PARAMS) -> Signals:
+    """Score every candidate on traces, logs and the events that tie them together."""
     trace_latency, trace_errors, trace_edges = trace_scores(inp, p)
-    logs, log_errors = log_scores(inp, p)
+    templates = [log_template(r.message) for r in inp.logs]
+    logs, log_errors = log_scores(inp, p, templates)
+    events = event_scores(inp, p, templates) if p.w_event > 0 else {}
+    return Signals(trace_latency, trace_errors, trace_edges, logs, log_errors, events)
+
+
+def gather(inp: RcaInput, p: Params = DEFAULT_PARAMS, sig: Signals | None = None) -> Evidence:
+    """Score every candidate on metrics, traces and logs (`sig`: the case's `signals`, when already computed)."""
+    scores = metric_scores(inp, p)
+    sig = sig or signals(inp, p)
+    trace_edges = sig.trace_edges
     services = sorted(set(inp.services) | set(scores))
     for name in services:
         sc = scores.setdefault(name, ServiceScore(name))
-        sc.trace = trace_latency.get(name, 0.0) + trace_errors.get(name, 0.0)
-        sc.trace_errors = trace_errors.get(name, 0.0)
-        sc.log = logs.get(name, 0.0)
-        sc.log_errors = log_errors.get(name, 0.0)
+        sc.trace = sig.trace_latency.get(name, 0.0) + sig.trace_errors.get(name, 0.0)
+        sc.trace_errors = sig.trace_errors.get(name, 0.0)
+        sc.log = sig.logs.get(name, 0.0)
+        sc.log_errors = sig.log_errors.get(name, 0.0)
+        sc.event = sig.events.get(name, 0.0)
     symptom = inp.symptom[0] if inp.symptom else None
     symptom_kind = None
     if inp.symptom and inp.symptom[1]:
@@ -606,8 +712,15 @@ def combine(ev: Evidence, p: Params = DEFAULT_PARAMS) -> RcaResult:
     metric_n = _normalised({s: scores[s].metric for s in services})
     trace_n = _normalised({s: scores[s].trace for s in services})
     log_n = _normalised({s: scores[s].log for s in services})
+    event_n = _normalised({s: scores[s].event for s in services})
+    if p.common_scale:
+        # One scale for every modality: a modality whose best service is weak next to another's stays weak.
+        top = max((max(sc.metric, sc.trace, sc.log, sc.event) for sc in scores.values()), default=0.0)
+        m, t, lg, ev_ = ({s: getattr(scores[s], a) / top if top > 0 else 0.0 for s in services} for a in ("metric", "trace", "log", "event"))
+    else:
+        m, t, lg, ev_ = metric_n, trace_n, log_n, event_n
     own = {
-        s: p.w_metric * metric_n[s] + p.w_trace * trace_n[s] + p.w_log * log_n[s] + (p.w_vanished if scores[s].vanished else 0.0)
+        s: p.w_metric * m[s] + p.w_trace * t[s] + p.w_log * lg[s] + p.w_event * ev_[s] + (p.w_vanished if scores[s].vanished else 0.0)
         for s in services
     }
     if p.w_silenced > 0:

@@ -25,24 +25,28 @@ from typing import Any
 
 import numpy as np
 
-from agents.rca import DEFAULT_PARAMS, Params, combine, gather
+from agents.rca import DEFAULT_PARAMS, SIGNAL_KEYS, Params, combine, gather, signals
 from agents.rca_confidence import ARTEFACT, FEATURES, brier, ece, fit, matrix, reliability, selective_risk
 from evals.rca_bench import load_cases
 from evals.rca_case import Case, load_label
 
 GRID: dict[str, Sequence[Any]] = {
-    "caller_view": (0.2, 0.5, 1.0),
+    "reference": ("both", "strict"),
+    "onset": (False, True),
+    "caller_view": (0.2, 1.0),
     "flat_exact": (False, True),
-    "flat_weight": (0.5, 1.0),
     "w_log": (1.0, 2.0),
     "w_trace": (0.5, 1.0),
     "propagation": (0.3, 0.5),
     "off_path": (0.2, 1.0),
     "infer_symptom": (False, True),
 }
-"""The grid searched. The first three change the evidence itself; the others only how it is combined."""
+"""The grid searched. The first four change the metric evidence itself; the others only how it is combined."""
 
-EVIDENCE_KEYS = ("rel_floor", "value_floor", "caller_view", "flat_exact", "flat_weight", "w_shift", "min_ref", "min_deviation")
+EVIDENCE_KEYS = (
+    "rel_floor", "value_floor", "caller_view", "flat_exact", "flat_weight", "w_shift", "min_ref", "min_deviation",
+    "reference", "onset", "w_event",
+)
 
 
 def _ranks(cases: Sequence[tuple[Case, str]], params: Params, cache: dict[Any, Any]) -> list[tuple[int | None, dict[str, float]]]:
@@ -50,7 +54,11 @@ def _ranks(cases: Sequence[tuple[Case, str]], params: Params, cache: dict[Any, A
     for case, truth in cases:
         key = (case.id, tuple(getattr(params, k) for k in EVIDENCE_KEYS))
         if key not in cache:
-            cache[key] = gather(case.input, params)
+            # Traces and logs depend on few parameters and cost most: computed once per case and reused.
+            sig_key = ("signals", case.id, tuple(getattr(params, k) for k in SIGNAL_KEYS))
+            if sig_key not in cache:
+                cache[sig_key] = signals(case.input, params)
+            cache[key] = gather(case.input, params, cache[sig_key])
         result = combine(cache[key], params)
         ranked = result.services if result.answered else []
         out.append((ranked.index(truth) + 1 if truth in ranked else None, result.features))

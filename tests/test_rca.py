@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 import json
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from agents.rca import (
     RcaInput,
     SpanRow,
     infer_kind,
+    event_scores,
     log_scores,
     metric_scores,
     personalised_pagerank,
@@ -157,6 +159,52 @@ def test_log_scores_see_new_error_templates() -> None:
     score, errors = log_scores(RcaInput(T0, ["a", "b"], logs=logs))
     assert score["b"] > score.get("a", 0.0)
     assert "a" not in errors and errors["b"] > 0
+
+
+def _requests(t0: float, n: int, faulty: bool) -> tuple[list[SpanRow], list[LogRow]]:
+    """n requests: api calls db; db writes "looked up", then "returned" unless faulty (it throws after the lookup)."""
+    spans: list[SpanRow] = []
+    logs: list[LogRow] = []
+    for i in range(n):
+        t = t0 + 2 * i
+        k = int(t0 * 1000) + i  # ids unique per request
+        trace, api, db = f"{k:032x}", f"{2 * k + 1:016x}", f"{2 * k + 2:016x}"
+        spans.append(SpanRow(trace, api, "", "api", "GET /order", t, 0.05))
+        spans.append(SpanRow(trace, db, api, "db", "lookup", t + 0.01, 0.02))
+        logs.append(LogRow(t + 0.005, "api", "info", f"TraceID: {trace} SpanID: {api} order requested"))
+        logs.append(LogRow(t + 0.012, "db", "info", f"TraceID: {trace} SpanID: {db} looked up row {i}"))
+        if not faulty:
+            logs.append(LogRow(t + 0.015, "db", "info", f"TraceID: {trace} SpanID: {db} returned row {i}"))
+        logs.append(LogRow(t + 0.04, "api", "info", f"TraceID: {trace} SpanID: {api} order answered"))
+    return spans, logs
+
+
+def test_event_scores_blame_the_service_whose_own_sequence_changed() -> None:
+    before_spans, before_logs = _requests(T0 - 60, 30, faulty=False)
+    after_spans, after_logs = _requests(T0, 30, faulty=True)
+    inp = RcaInput(T0, ["api", "db"], spans=before_spans + after_spans, logs=before_logs + after_logs)
+    scores = event_scores(inp)
+    assert scores["db"] > 1.0  # after "looked up" comes the end of the span, no longer "returned"
+    assert scores.get("api", 0.0) == 0.0  # api writes and calls exactly as before
+    # Lines that name no trace or span of the spans cannot be placed in a sequence: no evidence.
+    bare = [LogRow(r.ts, r.service, r.level, r.message.split(" ", 4)[-1]) for r in inp.logs]
+    assert event_scores(RcaInput(T0, ["api", "db"], spans=inp.spans, logs=bare)) == {}
+    # The same requests on both sides: nothing changed.
+    same_spans, same_logs = _requests(T0, 30, faulty=False)
+    assert not any(event_scores(RcaInput(T0, ["api", "db"], spans=before_spans + same_spans, logs=before_logs + same_logs)).values())
+
+
+def test_common_scale_keeps_a_weak_modality_weak() -> None:
+    # x: its CPU leaves its range by far; y: its log mix shifts a little (a few extra lines of a second template).
+    quiet = [10.0, 10.5, 9.5, 10.0, 10.2, 9.8]
+    series = [_series("x", "cpu", quiet, [95.0, 97.0], "cpu", "up"), _series("y", "cpu", quiet, [10.1, 9.9], "cpu", "up")]
+    logs = [LogRow(T0 - 300 + i, "y", "info", "served") for i in range(200)]
+    logs += [LogRow(T0 + i / 2, "y", "info", "served") for i in range(150)]
+    logs += [LogRow(T0 + i, "y", "info", "cache refreshed") for i in range(25)]
+    inp = RcaInput(T0, ["x", "y"], series=series, logs=logs)
+    assert rank(inp).services[0] == "x"
+    # Each modality scaled by its own best service would make y's small shift as strong as x's CPU.
+    assert rank(inp, replace(DEFAULT_PARAMS, common_scale=False)).services[0] == "y"
 
 
 def test_no_deviation_means_no_answer() -> None:
