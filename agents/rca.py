@@ -774,9 +774,10 @@ def fault_type(top: ServiceScore) -> RcaFault:
 
 
 def features(ranking: list[ServiceScore], metric_n: dict[str, float], trace_n: dict[str, float], log_n: dict[str, float]) -> dict[str, float]:
-    """What the confidence model reads: the margin of the top answer and how many modalities back it."""
+    """What the confidence model may read: the top answer's margin, how many modalities back it, how many
+    candidates there were (log; chance alone is right 1 time in n), and the like."""
     if not ranking or ranking[0].score <= 0:
-        return {"margin": 0.0, "ratio": 0.0, "agree": 0.0, "deviating": 0.0, "top_metric": 0.0}
+        return {"margin": 0.0, "ratio": 0.0, "agree": 0.0, "deviating": 0.0, "top_metric": 0.0, "candidates": math.log(max(len(ranking), 1))}
     top = ranking[0]
     second = ranking[1].score if len(ranking) > 1 else 0.0
     agree = sum(1 for n in (metric_n, trace_n, log_n) if n.get(top.service, 0.0) >= 0.999)
@@ -788,4 +789,5 @@ def features(ranking: list[ServiceScore], metric_n: dict[str, float], trace_n: d
         "agree": agree / max(present, 1),
         "deviating": deviating / len(ranking),
         "top_metric": max(top.by_kind.values(), default=0.0),
+        "candidates": math.log(len(ranking)),
     }
