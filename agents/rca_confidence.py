@@ -47,6 +47,11 @@ class ConfidenceModel:
             return None
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{path}: not a confidence model: {exc}") from exc
+        if list(data.get("features", [])) != list(FEATURES):
+            raise ConfigError(
+                f"{path}: fitted on features {data.get('features')}, this code reads {list(FEATURES)}; "
+                "refit it with: python -m evals.tune_rca --data DIR --write"
+            )
         return cls(tuple(float(data["weights"][n]) for n in FEATURES), float(data["bias"]), str(data["version"]))
 
 

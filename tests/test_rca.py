@@ -394,3 +394,11 @@ def test_a_live_service_nobody_calls_any_more_points_at_its_caller() -> None:
     inp.series = [x for x in series if x.service != "b"] + [_series("b", "cpu", quiet, [], "cpu", "up"), series[2]]
     scores = metric_scores(inp, DEFAULT_PARAMS)
     assert scores["b"].vanished and rank(inp).services[0] == "b"
+
+
+def test_a_confidence_artefact_fitted_on_other_features_is_refused(tmp_path: Path) -> None:
+    stale = tmp_path / "model.json"
+    stale.write_text(json.dumps({"version": "old", "features": ["margin", "agree"], "weights": {"margin": 1.0, "agree": 1.0}, "bias": 0.0}))
+    with pytest.raises(ConfigError, match="refit"):
+        ConfidenceModel.load(stale)
+    assert ConfidenceModel.load(tmp_path / "none.json") is None
