@@ -10,14 +10,17 @@ dataset's service or metric names. The method, its sources and its measured numb
    for the metric's kind. A series scores `log1p` of the mean of its two worst points. A series that reported
    steadily and stops after the start marks a crash.
 2. **Traces** (MicroRank/TraceRCA-style). Each span's exclusive time (its duration less its children's) is
-   compared with the same operation's spans before the start; a service scores by how much more often its
-   spans are slow, and by the errors it originates (the deepest error span of a trace) when status is known.
+   compared with the same operation's spans before the start and, when the case has them, with the spans of a
+   known-normal period; a service scores by how much more often its spans are slow, and by the errors it
+   originates (the deepest error span of a trace) when status is known.
 3. **Logs** (Nezha's event patterns, simplified). Lines are reduced to templates; a service scores by the rise
-   of its error lines and by how far its template mix shifted (templates that appear and that stop).
+   of its error lines (per minute) and by how far its template mix shifted (templates that appear and that
+   stop), against the lines before the start and against those of a known-normal period when there are some.
    **Events** (Nezha's event graphs): where log lines name their trace and span, each span's events (its log
    templates and the calls it makes, in time order) form a sequence, and a service scores by how far what
    follows one of its events changed after the start (a handler that now throws, a callee that now answers
-   differently).
+   differently). A pre-window that holds an earlier fault hides the new one, so with a known-normal period the
+   trace, log and event evidence is what either reference shows (the larger), as for metrics.
 4. **Symptom.** Where the trouble was seen (given, or the entry service's user-facing metrics) adds the kind of
    trouble to follow, and services the symptom's service does not reach are discounted.
 5. **Propagation** (MicroRCA/CIRCA). Trouble travels from callee to caller, so a personalised PageRank walks
@@ -113,6 +116,10 @@ class RcaInput:
     symptom: tuple[str, str | None] | None = None
     """(service, metric) where the trouble was seen, when known."""
     edge_series: list[EdgeSeries] = field(default_factory=list)
+    normal_spans: list[SpanRow] = field(default_factory=list)
+    """Spans of a known-normal period (like `MetricSeries.normal` for metrics), when there is one."""
+    normal_logs: list[LogRow] = field(default_factory=list)
+    """Log lines of a known-normal period, when there is one."""
 
 
 # ----------------------------------------------------------------------------- metric kinds
@@ -198,6 +205,12 @@ class Params:
     """Judged against the normal period, discount the deviation the points before the start already had."""
     min_deviation: float = 1.0
     """Below this (log1p of robust z) a series counts as not deviating."""
+    signal_reference: str = "strict"
+    """References of the trace, log and event evidence: "before" (the spans and lines before the start only),
+    "normal" (the known-normal period alone when the case has one, else the before ones), "strict" (both; what
+    either shows)."""
+    signal_onset: bool = False
+    """Judged against the normal spans and lines, discount what those before the start already showed."""
 
     def kind_w(self, kind: str) -> float:
         """The weight of a metric kind."""
@@ -374,15 +387,12 @@ def edge_gaps(inp: RcaInput, p: Params) -> dict[str, dict[str, float]]:
 # ----------------------------------------------------------------------------- traces
 
 
-def trace_scores(inp: RcaInput, p: Params) -> tuple[dict[str, float], dict[str, float], set[tuple[str, str]]]:
-    """Per service: excess share of slow exclusive time after the start, errors it originates; call edges seen."""
-    spans = inp.spans
-    edges: set[tuple[str, str]] = set()
-    if not spans:
-        return {}, {}, edges
+def _self_times(spans: Sequence[SpanRow]) -> tuple[dict[tuple[str, str], list[tuple[float, float]]], set[tuple[str, str]], set[tuple[str, str]]]:
+    """(service, operation) -> [(start, exclusive time)], the call edges seen, and the spans with an erroring child."""
     by_id = {(sp.trace_id, sp.span_id): sp for sp in spans}
     child_time: dict[tuple[str, str], float] = defaultdict(float)
     erroring_child: set[tuple[str, str]] = set()
+    edges: set[tuple[str, str]] = set()
     for sp in spans:
         if not sp.parent_id:
             continue
@@ -394,49 +404,103 @@ def trace_scores(inp: RcaInput, p: Params) -> tuple[dict[str, float], dict[str, 
         if sp.status == "error":
             erroring_child.add(key)
     self_time: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
-    errors_before: Counter[str] = Counter()
-    errors_after: Counter[str] = Counter()
-    count_before: Counter[str] = Counter()
-    count_after: Counter[str] = Counter()
-    start = inp.anomaly_start
     for sp in spans:
         own = max(sp.duration - child_time.get((sp.trace_id, sp.span_id), 0.0), 0.0)
         self_time[(sp.service, sp.operation)].append((sp.start, own))
-        after = sp.start >= start
+    return self_time, edges, erroring_child
+
+
+def _origin_errors(spans: Sequence[SpanRow], erroring_child: set[tuple[str, str]], start: float | None) -> tuple[Counter[str], Counter[str], Counter[str], Counter[str]]:
+    """Per service: spans and errors it originates, before and after `start` (all "before" when start is None)."""
+    count_before: Counter[str] = Counter()
+    count_after: Counter[str] = Counter()
+    errors_before: Counter[str] = Counter()
+    errors_after: Counter[str] = Counter()
+    for sp in spans:
+        after = start is not None and sp.start >= start
         (count_after if after else count_before)[sp.service] += 1
         if sp.status == "error" and (sp.trace_id, sp.span_id) not in erroring_child:
             (errors_after if after else errors_before)[sp.service] += 1
-    slow_after: Counter[str] = Counter()
-    slow_before: Counter[str] = Counter()
-    judged_after: Counter[str] = Counter()
-    judged_before: Counter[str] = Counter()
-    for (service, _op), rows in self_time.items():
-        ref = np.array([d for t, d in rows if t < start])
-        if len(ref) < 5:
-            continue
-        med, scale = robust_scale(ref, p.rel_floor)
-        limit = med + 3 * scale
-        for t, d in rows:
-            if t >= start:
-                judged_after[service] += 1
-                slow_after[service] += d > limit
-            else:
-                judged_before[service] += 1
-                slow_before[service] += d > limit
+    return count_before, count_after, errors_before, errors_after
+
+
+def _uses_normal(p: Params, has_normal: bool) -> tuple[bool, bool]:
+    """(judge against the spans/lines before the start, judge against the normal ones) for the trace, log and
+    event evidence; with no normal period, the ones before the start judge whatever `signal_reference` says."""
+    use_normal = has_normal and p.signal_reference in ("strict", "normal")
+    return p.signal_reference != "normal" or not use_normal, use_normal
+
+
+def trace_scores(inp: RcaInput, p: Params) -> tuple[dict[str, float], dict[str, float], set[tuple[str, str]]]:
+    """Per service: excess share of slow exclusive time after the start, errors it originates; call edges seen.
+
+    A span is slow when its exclusive time exceeds median + 3 robust scales of the same operation's reference.
+    The references are the spans before the start and, when the case has them, the spans of a known-normal
+    period; with `signal_reference` "strict" a service scores what either shows (the larger). Against the normal
+    period, with `signal_onset`, what the spans before the start already showed against it is discounted.
+    """
+    spans = inp.spans
+    if not spans:
+        return {}, {}, set()
+    self_time, edges, erroring_child = _self_times(spans)
+    count_before, count_after, errors_before, errors_after = _origin_errors(spans, erroring_child, inp.anomaly_start)
+    start = inp.anomaly_start
+    use_before, use_normal = _uses_normal(p, bool(inp.normal_spans))
+    normal_times: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    normal_count: Counter[str] = Counter()
+    normal_errors: Counter[str] = Counter()
+    if use_normal and inp.normal_spans:
+        normal_times, _, normal_erroring = _self_times(inp.normal_spans)
+        normal_count, _, normal_errors, _ = _origin_errors(inp.normal_spans, normal_erroring, None)
     latency: dict[str, float] = {}
-    for service in judged_after:
-        share_after = slow_after[service] / judged_after[service]
-        share_before = slow_before[service] / max(judged_before[service], 1)
-        excess = share_after - share_before
-        if excess > 0:
-            # Excess share of slow spans, weighted by how many there were (a few slow spans are noise).
-            latency[service] = excess * math.log1p(slow_after[service])
+    for ref_name in ("before", "normal"):
+        if (ref_name == "before" and not use_before) or (ref_name == "normal" and not normal_times):
+            continue
+        slow_after: Counter[str] = Counter()
+        judged_after: Counter[str] = Counter()
+        slow_ref: Counter[str] = Counter()
+        judged_ref: Counter[str] = Counter()
+        slow_before: Counter[str] = Counter()
+        judged_before: Counter[str] = Counter()
+        for (service, op), rows in self_time.items():
+            ref_rows = [d for t, d in rows if t < start] if ref_name == "before" else [d for _, d in normal_times.get((service, op), [])]
+            if len(ref_rows) < 5:
+                continue
+            ref = np.array(ref_rows)
+            med, scale = robust_scale(ref, p.rel_floor)
+            limit = med + 3 * scale
+            judged_ref[service] += len(ref)
+            slow_ref[service] += int(np.sum(ref > limit))
+            for t, d in rows:
+                if t >= start:
+                    judged_after[service] += 1
+                    slow_after[service] += d > limit
+                elif ref_name == "normal":
+                    judged_before[service] += 1
+                    slow_before[service] += d > limit
+        for service in judged_after:
+            share_ref = slow_ref[service] / max(judged_ref[service], 1)
+            if ref_name == "normal" and p.signal_onset and judged_before[service]:
+                share_ref = max(share_ref, slow_before[service] / judged_before[service])
+            excess = slow_after[service] / judged_after[service] - share_ref
+            if excess > 0:
+                # Excess share of slow spans, weighted by how many there were (a few slow spans are noise).
+                latency[service] = max(latency.get(service, 0.0), excess * math.log1p(slow_after[service]))
     errors: dict[str, float] = {}
     for service, n in errors_after.items():
         rate_after = n / max(count_after[service], 1)
-        rate_before = errors_before[service] / max(count_before[service], 1)
-        if rate_after > rate_before:
-            errors[service] = (rate_after - rate_before) * math.log1p(n)
+        rates = []
+        if use_before:
+            rates.append(errors_before[service] / max(count_before[service], 1))
+        if normal_count[service]:
+            rate_n = normal_errors[service] / normal_count[service]
+            if p.signal_onset and count_before[service]:
+                rate_n = max(rate_n, errors_before[service] / count_before[service])
+            rates.append(rate_n)
+        # Strict: the deviation is what either reference shows, so the lower reference rate judges.
+        rate_ref = min(rates, default=0.0)
+        if rate_after > rate_ref:
+            errors[service] = (rate_after - rate_ref) * math.log1p(n)
     return latency, errors, edges
 
 
@@ -463,14 +527,36 @@ def is_error(row: LogRow) -> bool:
     return bool(_ERROR_WORDS.search(row.message))
 
 
-def log_scores(inp: RcaInput, p: Params = DEFAULT_PARAMS, templates: Sequence[str] | None = None) -> tuple[dict[str, float], dict[str, float]]:
+def period_seconds(ts: Sequence[float]) -> float:
+    """How long a reference period lasted, by the spread of its middle 90 % of times (the stray early or late
+    lines of a one-minute file do not stretch it), at least one second."""
+    if len(ts) < 2:
+        return 1.0
+    lo, hi = np.percentile(np.asarray(ts, dtype=float), [5, 95])
+    return max(float(hi - lo) / 0.9, 1.0)
+
+
+def _template_shift(a: Counter[str], b: Counter[str]) -> float:
+    """Total-variation distance between two template mixes less what sampling alone gives (1/sqrt(lines))."""
+    na, nb = sum(a.values()), sum(b.values())
+    if not na or not nb:
+        return 0.0
+    tv = 0.5 * sum(abs(a[t] / na - b[t] / nb) for t in set(a) | set(b))
+    return max(tv - 1.0 / math.sqrt(min(na, nb)), 0.0)
+
+
+def log_scores(inp: RcaInput, p: Params = DEFAULT_PARAMS, templates: Sequence[str] | None = None, normal_templates: Sequence[str] | None = None) -> tuple[dict[str, float], dict[str, float]]:
     """Per service: how far its mix of log templates shifted after the start, plus the rise of its error lines.
 
-    The shift is the total-variation distance between the service's template frequencies before and after the
-    start, less what sampling alone would give (about 1/sqrt(lines)). It counts templates that appear and
-    templates that stop: a handler that now throws often stops writing the lines after the throw. The error
-    rise is error lines per minute after the start less before. Returns (score, error rise). `templates`, when
-    given, holds each line's template (as `log_template` makes them), in the order of `inp.logs`.
+    The shift is the total-variation distance between the service's template frequencies in a reference and
+    after the start, less what sampling alone would give (about 1/sqrt(lines)), weighted by log1p(lines). It
+    counts templates that appear and templates that stop: a handler that now throws often stops writing the
+    lines after the throw. The error rise is error lines per minute after the start less in the reference. The
+    references are the lines before the start and, when the case has them, the lines of a known-normal period
+    (its rate per minute of its own length); with `signal_reference` "strict" a service scores what either
+    shows (the larger). Against the normal period, with `signal_onset`, what the lines before the start already
+    showed against it is discounted. Returns (score, error rise). `templates` (and `normal_templates`), when
+    given, hold each line's template (as `log_template` makes them), in the order of `inp.logs` (`inp.normal_logs`).
     """
     if not inp.logs:
         return {}, {}
@@ -489,21 +575,43 @@ def log_scores(inp: RcaInput, p: Params = DEFAULT_PARAMS, templates: Sequence[st
         late = r.ts >= start
         (after if late else before)[r.service][template] += 1
         (err_after if late else err_before)[r.service] += is_error(r)
+    use_before, use_normal = _uses_normal(p, bool(inp.normal_logs))
+    normal: dict[str, Counter[str]] = defaultdict(Counter)
+    err_normal: Counter[str] = Counter()
+    span_normal = 1.0
+    if use_normal and inp.normal_logs:
+        if normal_templates is None:
+            normal_templates = [log_template(r.message) for r in inp.normal_logs]
+        for r, template in zip(inp.normal_logs, normal_templates):
+            normal[r.service][template] += 1
+            err_normal[r.service] += is_error(r)
+        span_normal = period_seconds([r.ts for r in inp.normal_logs])
     score: dict[str, float] = {}
     errors: dict[str, float] = {}
     for service in set(after) | set(before):
-        rise = err_after[service] / span_after - err_before[service] / span_before
-        err = math.log1p(max(rise, 0.0) * 60)  # per minute
-        shift = 0.0
-        b, a = before.get(service, Counter()), after.get(service, Counter())
-        nb, na = sum(b.values()), sum(a.values())
-        if nb and na:
-            tv = 0.5 * sum(abs(a[t] / na - b[t] / nb) for t in set(a) | set(b))
-            shift = max(tv - 1.0 / math.sqrt(min(na, nb)), 0.0) * math.log1p(na + nb)
-        if err > 0:
-            errors[service] = err
-        if err + shift > 0:
-            score[service] = err + p.w_shift * shift
+        a = after.get(service, Counter())
+        rate_after = err_after[service] / span_after
+        rate_before = err_before[service] / span_before
+        judged: list[tuple[float, float, int]] = []  # (error rise, shift, lines compared) against each reference
+        if use_before:
+            b = before.get(service, Counter())
+            judged.append((math.log1p(max(rate_after - rate_before, 0.0) * 60), _template_shift(a, b), sum(b.values())))
+        if normal:
+            n = normal.get(service, Counter())
+            rate_ref = err_normal[service] / span_normal
+            shift = _template_shift(a, n)
+            if p.signal_onset and service in before:
+                rate_ref = max(rate_ref, rate_before)
+                shift = max(shift - _template_shift(before[service], n), 0.0)
+            judged.append((math.log1p(max(rate_after - rate_ref, 0.0) * 60), shift, sum(n.values())))
+        best_err = best = 0.0
+        for err, shift, lines in judged:
+            best = max(best, err + p.w_shift * shift * math.log1p(sum(a.values()) + lines))
+            best_err = max(best_err, err)
+        if best_err > 0:
+            errors[service] = best_err
+        if best > 0:
+            score[service] = best
     return score, errors
 
 
@@ -516,59 +624,88 @@ Event = tuple[str, str, str]
 """(service, "call" | "log" | "end", operation or template)."""
 
 
-def event_scores(inp: RcaInput, p: Params = DEFAULT_PARAMS, templates: Sequence[str] | None = None) -> dict[str, float]:
+def _follows(spans: Sequence[SpanRow], logs: Sequence[LogRow], templates: Sequence[str], start: float | None) -> tuple[dict[Event, Counter[Event]], dict[Event, Counter[Event]], int]:
+    """What follows each event in the spans' sequences that started before / after `start` (all before when it is
+    None), and how many log lines were tied to a span."""
+    follows: tuple[dict[Event, Counter[Event]], dict[Event, Counter[Event]]] = (defaultdict(Counter), defaultdict(Counter))
+    by_id = {(sp.trace_id, sp.span_id): sp for sp in spans}
+    trace_ids = {sp.trace_id for sp in spans}
+    items: dict[tuple[str, str], list[tuple[float, Event]]] = defaultdict(list)
+    for sp in spans:
+        if sp.parent_id and (sp.trace_id, sp.parent_id) in by_id:
+            items[(sp.trace_id, sp.parent_id)].append((sp.start, (sp.service, "call", sp.operation)))
+    linked = 0
+    for r, template in zip(logs, templates):
+        tokens = _HEX_ID.findall(r.message)
+        if len(tokens) < 2:
+            continue
+        trace = next((t for t in tokens if t in trace_ids), None)
+        span = next((t for t in tokens if (trace, t) in by_id), None) if trace else None
+        if span is not None:
+            items[(trace, span)].append((r.ts, (r.service, "log", template)))  # type: ignore[index]
+            linked += 1
+    if not linked:
+        return follows[0], follows[1], 0
+    for key, events in items.items():
+        sp = by_id[key]
+        seq = [(sp.service, "call", sp.operation)] + [e for _, e in sorted(events, key=lambda x: x[0])] + [(sp.service, "end", sp.operation)]
+        table = follows[1 if start is not None and sp.start >= start else 0]
+        for x, y in zip(seq, seq[1:]):
+            table[x][y] += 1
+    return follows[0], follows[1], linked
+
+
+def _follow_shift(a: Counter[Event], b: Counter[Event], min_ref: int) -> float | None:
+    """Total-variation distance of two follower counts less sampling's 1/sqrt(count), times log1p(count); None
+    when either has fewer than `min_ref`."""
+    na, nb = sum(a.values()), sum(b.values())
+    if min(na, nb) < min_ref:
+        return None
+    tv = 0.5 * sum(abs(a[e] / na - b[e] / nb) for e in a.keys() | b.keys())
+    return (tv - 1.0 / math.sqrt(min(na, nb))) * math.log1p(min(na, nb))
+
+
+def event_scores(inp: RcaInput, p: Params = DEFAULT_PARAMS, templates: Sequence[str] | None = None, normal_templates: Sequence[str] | None = None) -> dict[str, float]:
     """Per service: how far what follows its events changed after the start (Nezha's event patterns, simplified).
 
     A log line belongs to a span when its text names a trace id of the spans and a span id of that trace. Each
     span then gives one sequence of events in time order: its call (service and operation), its log templates
     and the calls it makes, then its end. Consecutive events are pairs (A, B). For every event A seen at least
-    `min_ref` times both in spans that started before the start and in spans after it, the total-variation
-    distance between the events that follow A before and after, less what sampling alone gives
-    (1/sqrt(count)), weighted by log1p(count), scores A's service; a service keeps its largest. A handler that
-    now throws stops writing the lines after the throw (its own events change); a callee that now answers
-    wrongly changes what its caller does after the call, and that pair starts at the callee's event.
+    `min_ref` times both in a reference and in spans after the start, the total-variation distance between the
+    events that follow A in the two, less what sampling alone gives (1/sqrt(count)), weighted by log1p(count),
+    scores A's service; a service keeps its largest. The references are the spans before the start and, when
+    the case has them, the spans and lines of a known-normal period; with `signal_reference` "strict" an event
+    scores what either shows (the larger). Against the normal period, with `signal_onset`, the distance the
+    spans before the start already had from it is discounted. A handler that now throws stops writing the lines
+    after the throw (its own events change); a callee that now answers wrongly changes what its caller does
+    after the call, and that pair starts at the callee's event.
     """
     if not inp.spans or not inp.logs:
         return {}
     if templates is None:
         templates = [log_template(r.message) for r in inp.logs]
-    spans = {(sp.trace_id, sp.span_id): sp for sp in inp.spans}
-    trace_ids = {sp.trace_id for sp in inp.spans}
-    items: dict[tuple[str, str], list[tuple[float, Event]]] = defaultdict(list)
-    for sp in inp.spans:
-        if sp.parent_id and (sp.trace_id, sp.parent_id) in spans:
-            items[(sp.trace_id, sp.parent_id)].append((sp.start, (sp.service, "call", sp.operation)))
-    linked = 0
-    for r, template in zip(inp.logs, templates):
-        tokens = _HEX_ID.findall(r.message)
-        if len(tokens) < 2:
-            continue
-        trace = next((t for t in tokens if t in trace_ids), None)
-        span = next((t for t in tokens if (trace, t) in spans), None) if trace else None
-        if span is not None:
-            items[(trace, span)].append((r.ts, (r.service, "log", template)))  # type: ignore[index]
-            linked += 1
+    before, after, linked = _follows(inp.spans, inp.logs, templates, inp.anomaly_start)
     if not linked:
         return {}
-    follows: tuple[dict[Event, Counter[Event]], dict[Event, Counter[Event]]] = (defaultdict(Counter), defaultdict(Counter))
-    for key, events in items.items():
-        sp = spans[key]
-        seq = [(sp.service, "call", sp.operation)] + [e for _, e in sorted(events, key=lambda x: x[0])] + [(sp.service, "end", sp.operation)]
-        table = follows[1 if sp.start >= inp.anomaly_start else 0]
-        for a, b in zip(seq, seq[1:]):
-            table[a][b] += 1
+    use_before, use_normal = _uses_normal(p, bool(inp.normal_spans and inp.normal_logs))
+    normal: dict[Event, Counter[Event]] = {}
+    if use_normal and inp.normal_spans and inp.normal_logs:
+        if normal_templates is None:
+            normal_templates = [log_template(r.message) for r in inp.normal_logs]
+        normal, _, _ = _follows(inp.normal_spans, inp.normal_logs, normal_templates, None)
     out: dict[str, float] = {}
-    before, after = follows
-    for event in before.keys() & after.keys():
-        b, a = before[event], after[event]
-        nb, na = sum(b.values()), sum(a.values())
-        if min(nb, na) < p.min_ref:
-            continue
-        tv = 0.5 * sum(abs(a[e] / na - b[e] / nb) for e in a.keys() | b.keys())
-        excess = tv - 1.0 / math.sqrt(min(nb, na))
-        if excess > 0:
-            score = excess * math.log1p(min(nb, na))
-            out[event[0]] = max(out.get(event[0], 0.0), score)
+    for event, a in after.items():
+        scores = []
+        if use_before and event in before:
+            scores.append(_follow_shift(a, before[event], p.min_ref))
+        if event in normal:
+            score = _follow_shift(a, normal[event], p.min_ref)
+            if score is not None and p.signal_onset and event in before:
+                score -= max(_follow_shift(before[event], normal[event], p.min_ref) or 0.0, 0.0)
+            scores.append(score)
+        best = max((x for x in scores if x is not None), default=0.0)
+        if best > 0:
+            out[event[0]] = max(out.get(event[0], 0.0), best)
     return out
 
 
@@ -655,7 +792,7 @@ class Signals:
     events: dict[str, float]
 
 
-SIGNAL_KEYS = ("rel_floor", "w_shift", "min_ref", "w_event")
+SIGNAL_KEYS = ("rel_floor", "w_shift", "min_ref", "w_event", "signal_reference", "signal_onset")
 """The parameters `signals` reads: evidence cached under them can be reused (evals/tune_rca.py)."""
 
 
@@ -663,8 +800,9 @@ def signals(inp: RcaInput, p: Params = DEFAULT_PARAMS) -> Signals:
     """Score every candidate on traces, logs and the events that tie them together."""
     trace_latency, trace_errors, trace_edges = trace_scores(inp, p)
     templates = [log_template(r.message) for r in inp.logs]
-    logs, log_errors = log_scores(inp, p, templates)
-    events = event_scores(inp, p, templates) if p.w_event > 0 else {}
+    normal_templates = [log_template(r.message) for r in inp.normal_logs] if inp.logs else []
+    logs, log_errors = log_scores(inp, p, templates, normal_templates)
+    events = event_scores(inp, p, templates, normal_templates) if p.w_event > 0 else {}
     return Signals(trace_latency, trace_errors, trace_edges, logs, log_errors, events)
 
 

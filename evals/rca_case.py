@@ -10,6 +10,11 @@ The layout (docs/rca.md has it in full)::
     <case>/topology.csv      optional: caller,callee
     <case>/spans.csv         optional: trace_id,span_id,parent_id,service,operation,start_us,duration_us,status
     <case>/logs.csv          optional: timestamp,service,level,message
+    <case>/normal_spans.csv  optional, the columns of spans.csv: spans of a known-normal period (the reference
+                             the trace and event evidence is judged against, besides the spans before the start)
+    <case>/normal_logs.csv   optional, the columns of logs.csv: log lines of a known-normal period (the reference
+                             for the error-line rise, the template mix and the events; its rates are per minute
+                             of its own length, so it may be shorter than the case's window)
     <case>/edge_metrics.csv  optional: timestamp,caller,callee,metric,value,side   (side client|server: who
                              measured the call; e.g. a mesh's per-edge latency from both ends)
     <case>/edge_normal.csv   optional, same columns: the known-normal period of the edge metrics
@@ -135,6 +140,27 @@ def _edge_series(folder: Path, meta: dict[str, tuple[Kind, Direction]]) -> list[
     return out
 
 
+def _read_spans(path: Path) -> list[SpanRow]:
+    """The spans of a spans.csv (or normal_spans.csv); none when the file is absent."""
+    if not path.is_file():
+        return []
+    return [
+        SpanRow(row["trace_id"], row["span_id"], row["parent_id"] or "", row["service"], row["operation"],
+                _number(row["start_us"]) / 1e6, _number(row["duration_us"]) / 1e6, (row["status"] or "").lower())
+        for row in _rows(path, ("trace_id", "span_id", "parent_id", "service", "operation", "start_us", "duration_us", "status"))
+    ]
+
+
+def _read_logs(path: Path) -> list[LogRow]:
+    """The lines of a logs.csv (or normal_logs.csv); none when the file is absent."""
+    if not path.is_file():
+        return []
+    return [
+        LogRow(_number(row["timestamp"]), row["service"], row["level"] or "", row["message"] or "")
+        for row in _rows(path, ("timestamp", "service", "level", "message"))
+    ]
+
+
 def load_case(folder: Path, use_meta: bool = True) -> Case:
     """Read one case folder into the ranker's input; label.json is not opened."""
     folder = Path(folder)
@@ -165,19 +191,9 @@ def load_case(folder: Path, use_meta: bool = True) -> Case:
         for row in _rows(folder / "topology.csv", ("caller", "callee")):
             edges.add((row["caller"], row["callee"]))
             services |= {row["caller"], row["callee"]}
-    spans: list[SpanRow] = []
-    if (folder / "spans.csv").is_file():
-        for row in _rows(folder / "spans.csv", ("trace_id", "span_id", "parent_id", "service", "operation", "start_us", "duration_us", "status")):
-            spans.append(
-                SpanRow(row["trace_id"], row["span_id"], row["parent_id"] or "", row["service"], row["operation"],
-                        _number(row["start_us"]) / 1e6, _number(row["duration_us"]) / 1e6, (row["status"] or "").lower())
-            )
-            services.add(row["service"])
-    logs: list[LogRow] = []
-    if (folder / "logs.csv").is_file():
-        for row in _rows(folder / "logs.csv", ("timestamp", "service", "level", "message")):
-            logs.append(LogRow(_number(row["timestamp"]), row["service"], row["level"] or "", row["message"] or ""))
-            services.add(row["service"])
+    spans = _read_spans(folder / "spans.csv")
+    logs = _read_logs(folder / "logs.csv")
+    services |= {sp.service for sp in spans} | {r.service for r in logs}
     edge_series = _edge_series(folder, meta)
     services |= {e.caller for e in edge_series} | {e.callee for e in edge_series}
     edges |= {(e.caller, e.callee) for e in edge_series}
@@ -186,7 +202,11 @@ def load_case(folder: Path, use_meta: bool = True) -> Case:
         symptom = (str(info["symptom"]["service"]), info["symptom"].get("metric"))
         services.add(symptom[0])
     services.discard("")
-    inp = RcaInput(start, sorted(services), out, edges, spans, logs, symptom, edge_series)
+    # The normal period's services are not candidates: only what the case's own window names is.
+    inp = RcaInput(
+        start, sorted(services), out, edges, spans, logs, symptom, edge_series,
+        normal_spans=_read_spans(folder / "normal_spans.csv"), normal_logs=_read_logs(folder / "normal_logs.csv"),
+    )
     return Case(str(info.get("id") or folder.name), str(info.get("system") or "unknown"), folder, inp, info.get("subset"))
 
 

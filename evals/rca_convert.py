@@ -28,6 +28,10 @@ Nezha (a day folder ``rca_data/<day>/`` or a folder above it; every day found is
   the window. Each minute file is read once per day. The files overlap, so a span seen again (same trace and
   span id) or an identical log line is kept once. status is empty (Nezha records none). The log level and
   the application's line come from ``evals.nezha.parse_log_line``.
+* normal_spans.csv and normal_logs.csv: the authors' fault-free reference, ``construct_data/<day>/trace/`` and
+  ``construct_data/<day>/log/`` (construct_data is the sibling of rca_data, the day found by its folder's
+  name), every line of it, read exactly as the day's own trace and log files; the same in every case of the
+  day. Left out when the day has no such folder (TrainTicket's 2023-01-29 has one minute of each).
 * label.json: root_cause = service of ``inject_pod``; fault_type by :data:`NEZHA_FAULT_TYPES`.
 * id ``<system>-<day>-<HHMMSS>``. system is ``nezha-tt`` when most services start with ``ts-``, ``nezha-ob``
   when OnlineBoutique's services are there, else guessed from the source folder's name.
@@ -273,6 +277,10 @@ class NezhaDayData:
     """(ts, caller, callee, metric, value, side) sorted by time: per-edge latency seen by each side."""
     edge_times: list[float] = field(default_factory=list)
     edge_normal: list[tuple[float, str, str, str, str, str]] = field(default_factory=list)
+    normal_spans: list[tuple[int, str, str, str, str, str, int, int]] = field(default_factory=list)
+    """The fault-free reference's spans (``construct_data/<day>/trace``), as `spans`."""
+    normal_logs: list[tuple[int, str, str, str]] = field(default_factory=list)
+    """The fault-free reference's log lines (``construct_data/<day>/log``), as `logs`."""
 
 
 def nezha_metric_meta(metric: str) -> tuple[str, str] | None:
@@ -462,6 +470,14 @@ def _normal_stretch(times: Iterable[float], faults: Sequence[float]) -> tuple[fl
     return best[0], min(best[1], best[0] + NORMAL_MAX_S)
 
 
+def construct_dir(day_dir: Path) -> Path | None:
+    """The authors' fault-free reference of a day, ``<root>/construct_data/<day>`` beside ``<root>/rca_data/<day>``."""
+    if day_dir.parent.name != "rca_data":
+        return None
+    found = day_dir.parent.parent / "construct_data" / day_dir.name
+    return found if found.is_dir() else None
+
+
 def load_nezha_day(day_dir: Path, src: Path) -> NezhaDayData:
     """Read one day folder (metrics, fault list, call graph, traces, logs) once for all its cases."""
     faults = load_faults(_fault_list(day_dir))
@@ -498,6 +514,18 @@ def load_nezha_day(day_dir: Path, src: Path) -> NezhaDayData:
         logs, repeated = _read_logs(day_dir / "log")
         if repeated:
             notes.append(f"{repeated} log lines repeated across minute files, kept once")
+
+    normal_spans: list[tuple[int, str, str, str, str, str, int, int]] = []
+    normal_logs: list[tuple[int, str, str, str]] = []
+    reference = construct_dir(day_dir)
+    if reference is not None and (reference / "trace").is_dir():
+        normal_spans, _ = _read_spans(reference / "trace")
+        if normal_spans:
+            notes.append(f"normal_spans.csv: {len(normal_spans)} spans of {reference / 'trace'}")
+    if reference is not None and (reference / "log").is_dir():
+        normal_logs, _ = _read_logs(reference / "log")
+        if normal_logs:
+            notes.append(f"normal_logs.csv: {len(normal_logs)} log lines of {reference / 'log'}")
 
     front_path = metric_dir / "front_service.csv"
     entry = None
@@ -565,6 +593,8 @@ def load_nezha_day(day_dir: Path, src: Path) -> NezhaDayData:
         normal=normal,
         entry=entry,
         notes=notes,
+        normal_spans=normal_spans,
+        normal_logs=normal_logs,
     )
 
 
@@ -584,9 +614,15 @@ def _window(times: Sequence[float], lo: float, hi: float) -> slice:
     return slice(bisect.bisect_left(times, lo), bisect.bisect_right(times, hi))
 
 
+def _log_rows(logs: Iterable[tuple[int, str, str, str]]) -> list[Row]:
+    return [(f"{t // 10**9}.{t % 10**9 // 1000:06d}", svc, lvl, msg) for t, svc, lvl, msg in logs]
+
+
 def nezha_cases(day: NezhaDayData, meta: bool = True) -> Iterator[CaseOut]:
     """The day's cases, one per labelled fault, in injection order."""
     used: Counter[str] = Counter()
+    normal_spans = render_csv(SPAN_HEADER, [(*s[1:], "") for s in day.normal_spans]) if day.normal_spans else ""
+    normal_logs = render_csv(LOG_HEADER, _log_rows(day.normal_logs)) if day.normal_logs else ""
     normal = render_csv(METRIC_HEADER, _metric_rows(day.normal)) if day.normal else ""
     normal_names = {n for m in day.normal for n, _ in m[4]}
     for fault in day.faults:
@@ -630,10 +666,11 @@ def nezha_cases(day: NezhaDayData, meta: bool = True) -> Iterator[CaseOut]:
             if day.edge_normal:
                 out.tables["edge_normal.csv"] = (EDGE_HEADER, _edge_rows(day.edge_normal))
         if day.log_times:
-            out.tables["logs.csv"] = (
-                LOG_HEADER,
-                [(f"{t // 10**9}.{t % 10**9 // 1000:06d}", svc, lvl, msg) for t, svc, lvl, msg in logs],
-            )
+            out.tables["logs.csv"] = (LOG_HEADER, _log_rows(logs))
+        if normal_spans:
+            out.tables["normal_spans.csv"] = normal_spans
+        if normal_logs:
+            out.tables["normal_logs.csv"] = normal_logs
         yield out
 
 

@@ -194,6 +194,87 @@ def test_event_scores_blame_the_service_whose_own_sequence_changed() -> None:
     assert not any(event_scores(RcaInput(T0, ["api", "db"], spans=before_spans + same_spans, logs=before_logs + same_logs)).values())
 
 
+def _errors_and_requests(t0: float, seconds: int, service: str, errors_per_min: int) -> list[LogRow]:
+    """One "served" line a second, and `errors_per_min` error lines a minute, from `service`."""
+    logs = [LogRow(t0 + i, service, "info", f"served request {i}") for i in range(seconds)]
+    step = 60.0 / errors_per_min if errors_per_min else 0.0
+    logs += [LogRow(t0 + k * step + 0.5, service, "error", f"NullPointerException at line {k}") for k in range(int(seconds / 60 * errors_per_min))]
+    return logs
+
+
+def test_log_scores_judge_against_the_normal_lines_when_the_pre_window_held_a_fault() -> None:
+    # The previous fault on b threw in the pre-window exactly as the new one does after the start.
+    logs = _errors_and_requests(T0 - 600, 600, "b", 20) + _errors_and_requests(T0, 180, "b", 20)
+    logs += _errors_and_requests(T0 - 600, 600, "a", 0) + _errors_and_requests(T0, 180, "a", 0)
+    normal = _errors_and_requests(T0 - 7200, 60, "b", 0) + _errors_and_requests(T0 - 7200, 60, "a", 0)
+    inp = RcaInput(T0, ["a", "b"], logs=logs, normal_logs=normal)
+    before_only, before_errors = log_scores(inp, replace(DEFAULT_PARAMS, signal_reference="before"))
+    assert before_only.get("b", 0.0) < 0.5 and before_errors.get("b", 0.0) < 0.5  # cancelled by the pre-window
+    score, errors = log_scores(inp)  # strict: what either reference shows
+    assert errors["b"] == pytest.approx(np.log1p(20), rel=0.05)  # 20 error lines a minute more than normal
+    assert score["b"] > 3.0 and score.get("a", 0.0) == 0.0
+    assert log_scores(inp, replace(DEFAULT_PARAMS, signal_reference="normal"))[0]["b"] == pytest.approx(score["b"])
+    # The onset option discounts what the pre-window already showed against the normal lines: nothing is left.
+    onset, _ = log_scores(inp, replace(DEFAULT_PARAMS, signal_onset=True))
+    assert onset.get("b", 0.0) < 0.5
+    # Without normal lines the strict reference is the pre-window alone.
+    assert log_scores(replace(inp, normal_logs=[])) == (before_only, before_errors)
+    assert log_scores(replace(inp, normal_logs=[]), replace(DEFAULT_PARAMS, signal_reference="normal")) == (before_only, before_errors)
+
+
+def test_log_scores_compare_rates_per_minute_of_a_short_normal_period() -> None:
+    # One normal minute with 10 error lines (and a stray line 100 s later); 180 s after the start at the same rate.
+    normal = _errors_and_requests(T0 - 7200, 60, "b", 10) + [LogRow(T0 - 7200 + 160, "b", "info", "served request 0")]
+    after = _errors_and_requests(T0, 180, "b", 10)
+    inp = RcaInput(T0, ["b"], logs=after, normal_logs=normal)
+    _, errors = log_scores(inp, replace(DEFAULT_PARAMS, signal_reference="normal"))
+    assert errors.get("b", 0.0) < 0.1  # 30 lines in 3 minutes is the normal minute's 10 a minute
+    _, errors = log_scores(replace(inp, logs=_errors_and_requests(T0, 180, "b", 40)), replace(DEFAULT_PARAMS, signal_reference="normal"))
+    assert errors["b"] == pytest.approx(np.log1p(30), rel=0.1)
+
+
+def test_period_seconds_ignores_stray_lines() -> None:
+    from agents.rca import period_seconds
+
+    ts = [T0 + i * 0.5 for i in range(120)] + [T0 - 50, T0 + 110]
+    assert 55 < period_seconds(ts) < 65
+    assert period_seconds([T0]) == 1.0
+
+
+def test_trace_scores_judge_against_normal_spans_when_the_pre_window_was_slow() -> None:
+    def calls(t0: float, n: int, slow: bool) -> list[SpanRow]:
+        out = []
+        for i in range(n):
+            t = t0 + i
+            extra = 1.0 if slow else 0.0
+            out.append(_span(f"{t0}-{i}", "1", "", "front", t, 0.11 + extra + 0.001 * (i % 3)))
+            out.append(_span(f"{t0}-{i}", "2", "1", "db", t, 0.1 + extra + 0.001 * (i % 3)))
+        return out
+
+    spans = calls(T0 - 100, 40, slow=True) + calls(T0, 40, slow=True)  # db was already slow before the start
+    inp = RcaInput(T0, ["front", "db"], spans=spans, normal_spans=calls(T0 - 7200, 30, slow=False))
+    assert trace_scores(replace(inp, normal_spans=[]), DEFAULT_PARAMS)[0].get("db", 0.0) == 0.0
+    latency, _, edges = trace_scores(inp, DEFAULT_PARAMS)
+    assert latency["db"] > 1.0 and latency.get("front", 0.0) == 0.0  # exclusive time, against the normal spans
+    assert edges == {("front", "db")}  # the normal spans add no edges
+    assert trace_scores(inp, replace(DEFAULT_PARAMS, signal_reference="before"))[0].get("db", 0.0) == 0.0
+    assert trace_scores(inp, replace(DEFAULT_PARAMS, signal_onset=True))[0].get("db", 0.0) == 0.0
+
+
+def test_event_scores_judge_against_the_normal_requests() -> None:
+    before_spans, before_logs = _requests(T0 - 60, 30, faulty=True)  # the previous fault
+    after_spans, after_logs = _requests(T0, 30, faulty=True)
+    normal_spans, normal_logs = _requests(T0 - 7200, 30, faulty=False)
+    inp = RcaInput(T0, ["api", "db"], spans=before_spans + after_spans, logs=before_logs + after_logs,
+                   normal_spans=normal_spans, normal_logs=normal_logs)  # fmt: skip
+    assert event_scores(inp, replace(DEFAULT_PARAMS, signal_reference="before")).get("db", 0.0) == 0.0
+    scores = event_scores(inp)
+    assert scores["db"] > 1.0 and scores.get("api", 0.0) == 0.0
+    assert event_scores(inp, replace(DEFAULT_PARAMS, signal_onset=True)).get("db", 0.0) == 0.0
+    # Normal lines without normal spans cannot be placed in sequences: the pre-window alone judges.
+    assert event_scores(replace(inp, normal_spans=[])).get("db", 0.0) == 0.0
+
+
 def test_common_scale_keeps_a_weak_modality_weak() -> None:
     # x: its CPU leaves its range by far; y: its log mix shifts a little (a few extra lines of a second template).
     quiet = [10.0, 10.5, 9.5, 10.0, 10.2, 9.8]

@@ -162,6 +162,33 @@ def write_tt_day(root: Path) -> Path:
     return day
 
 
+NORMAL_NS = (T0 + 5 * 60) * 10**9  # 08:05:00, before either fault
+
+
+def write_construct_minute(root: Path) -> Path:
+    """The authors' fault-free reference beside rca_data: one minute of traces and logs, a repeated span and line."""
+    ref = root / "construct_data" / DAY
+    (ref / "trace").mkdir(parents=True)
+    (ref / "log").mkdir()
+    header = "TraceID,SpanID,ParentID,PodName,OperationName,StartTimeUnixNano,EndTimeUnixNano,Duration\n"
+    spans = (
+        f"n1,r,root,{PODS['ts-gateway-service']},/*,{NORMAL_NS},{NORMAL_NS + 4_000_000},4000\n"
+        f"n1,c,r,{PODS['ts-contacts-service']},GET /contacts,{NORMAL_NS + 1000},{NORMAL_NS + 2_001_000},2000\n"
+    )
+    (ref / "trace" / "08_05_trace.csv").write_text(header + spans + spans.splitlines(keepends=True)[1])
+    with (ref / "log" / "08_05_log.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["Timestamp", "TimeUnixNano", "Node", "PodName", "Container", "TraceID", "SpanID", "Log"])
+        line = {"log": "16:05:00.500 INFO c.ContactsController - contact found\n", "stream": "stdout", "time": "x"}
+        for _ in range(2):
+            w.writerow(["x", NORMAL_NS + 500_000_000, "33.33.33.1", PODS["ts-contacts-service"], "server", "n1", "c",
+                        json.dumps(line)])  # fmt: skip
+        other = {"log": "16:05:01.000 ERROR b.BasicService - station missing\n", "stream": "stdout", "time": "x"}
+        w.writerow(["x", NORMAL_NS + 1_000_000_000, "33.33.33.1", "ts-basic-service-5c9b6d7f4-abcde", "server", "n1",
+                    "c", json.dumps(other)])  # fmt: skip
+    return ref
+
+
 @pytest.fixture
 def tt_day(tmp_path: Path) -> Path:
     return write_tt_day(tmp_path / "src")
@@ -283,6 +310,45 @@ def test_nezha_day_becomes_cases_with_exact_files(tt_day: Path, tmp_path: Path) 
     ]
     later = tmp_path / "out" / "nezha-tt-2023-01-29-083030"
     assert [r["trace_id"] for r in rows(later / "spans.csv")] == ["t1", "t1", "t2"]
+
+
+@pytest.mark.parametrize("from_day", [False, True])
+def test_nezha_construct_data_becomes_normal_logs_and_spans(tt_day: Path, tmp_path: Path, from_day: bool) -> None:
+    """construct_data/<day>/{trace,log} go into every case of the day, parsed as the case's own spans and logs."""
+    convert_nezha(tt_day, tmp_path / "plain")  # before the reference is there
+    write_construct_minute(tmp_path / "src")
+    convert_nezha(tt_day if from_day else tmp_path / "src", tmp_path / "out")
+    cases = sorted((tmp_path / "out").iterdir())
+    assert len(cases) == 2
+    first = cases[0]
+    assert sorted(p.name for p in first.iterdir()) == sorted([*INPUTS, "label.json", "normal_spans.csv", "normal_logs.csv"])
+    n = NORMAL_NS // 1000
+    assert [tuple(r.values()) for r in rows(first / "normal_spans.csv")] == [
+        ("n1", "r", "", "ts-gateway-service", "/*", str(n), "4000", ""),
+        ("n1", "c", "r", "ts-contacts-service", "GET /contacts", str(n + 1), "2000", ""),
+    ]  # the repeated span once, "root" as no parent, the pod as its service
+    assert [tuple(r.values()) for r in rows(first / "normal_logs.csv")] == [
+        (f"{T0 + 5 * 60}.500000", "ts-contacts-service", "info", "16:05:00.500 INFO c.ContactsController - contact found"),
+        (f"{T0 + 5 * 60 + 1}.000000", "ts-basic-service", "error", "16:05:01.000 ERROR b.BasicService - station missing"),
+    ]  # the repeated line once, level and text out of Docker's envelope
+    for name in ("normal_spans.csv", "normal_logs.csv"):
+        assert (first / name).read_bytes() == (cases[1] / name).read_bytes()
+    # The window's own spans and logs are what they were without the reference.
+    plain = tmp_path / "plain" / first.name
+    for name in INPUTS:
+        assert (first / name).read_bytes() == (plain / name).read_bytes()
+    assert not (plain / "normal_spans.csv").exists() and not (plain / "normal_logs.csv").exists()
+
+    from evals.rca_case import load_case
+
+    inp = load_case(first).input
+    assert [(s.service, s.start, s.duration) for s in inp.normal_spans] == [
+        ("ts-gateway-service", n / 1e6, 0.004),
+        ("ts-contacts-service", (n + 1) / 1e6, 0.002),
+    ]
+    assert [(r.service, r.level) for r in inp.normal_logs] == [("ts-contacts-service", "info"), ("ts-basic-service", "error")]
+    assert "ts-basic-service" not in inp.services  # the reference names no candidates
+    assert load_case(plain).input.normal_logs == [] and load_case(plain).input.normal_spans == []
 
 
 def test_nezha_labels_never_reach_the_inputs(tt_day: Path, tmp_path: Path) -> None:
