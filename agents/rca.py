@@ -172,6 +172,15 @@ class Params:
     when there are enough of them, else the normal period."""
     min_deviation: float = 1.0
     """Below this (log1p of robust z) a series counts as not deviating."""
+    co_move: float = 0.5
+    """Share of a deviation that counts only as far as the series moved with the symptom over the case's window
+    (its positive correlation with the symptom series, before and after the start). A cause's trouble rises and
+    falls with what was seen; a condition that drifts on its own does not. 0.5: half of every deviation counts as
+    it is, half by that correlation (no prior for either)."""
+    onset: bool = True
+    """When the points before the start are too few to judge by, still let them say whether a deviation predates
+    the start: only the growth past the worst clean pre-start point counts (a condition that was already there is
+    not the incident's). A pre-start point whose aggregation step may reach past the start is not clean."""
 
     def kind_w(self, kind: str) -> float:
         """The weight of a metric kind."""
@@ -198,6 +207,8 @@ class ServiceScore:
     """(metric, deviation) of its most deviating series, worst first."""
     vanished: bool = False
     """Its telemetry stopped after the start."""
+    with_symptom: dict[str, float] = field(default_factory=dict)
+    """Per kind: the strongest deviation of a series that moved with the symptom, times that correlation."""
     trace_errors: float = 0.0
     log_errors: float = 0.0
 
@@ -233,6 +244,16 @@ def robust_scale(ref: np.ndarray, rel_floor: float) -> tuple[float, float]:
     return med, scale
 
 
+def _worse(values: np.ndarray, med: float, scale: float, direction: Direction, p: Params) -> np.ndarray:
+    """Robust z of each value against (med, scale), counted only in the direction worse for the metric."""
+    z = (values - med) / np.maximum(scale, p.value_floor * np.maximum(np.abs(values), abs(med)))
+    if direction == "up":
+        return np.maximum(z, 0.0)
+    if direction == "down":
+        return np.maximum(-z, 0.0)
+    return np.abs(z)
+
+
 def series_deviation(s: MetricSeries, start: float, p: Params) -> tuple[float, bool]:
     """How far a series went the worse way after `start` (log1p of robust z) and whether it stopped reporting."""
     finite = np.isfinite(s.values)
@@ -250,6 +271,14 @@ def series_deviation(s: MetricSeries, start: float, p: Params) -> tuple[float, b
         refs = [r for r in (before, normal) if len(r) >= 2]
     if not refs:
         return 0.0, False
+    # Too few pre-start points to be a reference of their own, but they still show what was already there.
+    # Only the points whose whole step lies before the start count: a point stamped at the start of its step may
+    # already hold the incident.
+    prior = np.array([])
+    if p.onset and 0 < len(before) < p.min_ref:
+        ts = s.ts[finite]
+        step = float(np.median(np.diff(ts))) if len(ts) > 1 else 0.0
+        prior = s.values[(s.ts + step <= start) & finite]
     devs = []
     for ref in refs[: 1 if p.reference == "first" else 2]:
         flat = bool(np.percentile(ref, 75) == np.percentile(ref, 25))
@@ -258,15 +287,11 @@ def series_deviation(s: MetricSeries, start: float, p: Params) -> tuple[float, b
         # That floor also bounds z at 1 / value_floor, so a series that leaves or falls to zero cannot
         # dominate by dividing by a near-zero spread.
         med, scale = robust_scale(ref, 0.0 if flat and p.flat_exact else p.rel_floor)
-        z = (after - med) / np.maximum(scale, p.value_floor * np.maximum(np.abs(after), abs(med)))
-        if s.direction == "up":
-            z = np.maximum(z, 0.0)
-        elif s.direction == "down":
-            z = np.maximum(-z, 0.0)
-        else:
-            z = np.abs(z)
-        worst = np.sort(z)[::-1][:2]
-        dev = float(np.log1p(min(float(worst.mean()), p.z_cap)))
+        z = _worse(after, med, scale, s.direction, p)
+        worst = float(np.sort(z)[::-1][:2].mean())
+        if len(prior):
+            worst = max(worst - float(_worse(prior, med, scale, s.direction, p).max()), 0.0)
+        dev = float(np.log1p(min(worst, p.z_cap)))
         if flat:
             # A reference with no spread (mostly zeros, a constant) says little about what is normal for it.
             dev *= p.flat_weight
@@ -274,10 +299,10 @@ def series_deviation(s: MetricSeries, start: float, p: Params) -> tuple[float, b
     return min(devs), False
 
 
-def metric_scores(inp: RcaInput, p: Params) -> dict[str, ServiceScore]:
+def metric_scores(inp: RcaInput, p: Params, devs: dict[int, float] | None = None) -> dict[str, ServiceScore]:
     """Per service: the strongest weighted deviation over its series, with the per-kind maxima kept."""
     out = {s: ServiceScore(s) for s in inp.services}
-    for s in inp.series:
+    for i, s in enumerate(inp.series):
         dev, vanished = series_deviation(s, inp.anomaly_start, p)
         sc = out.setdefault(s.service, ServiceScore(s.service))
         if vanished:
@@ -286,6 +311,8 @@ def metric_scores(inp: RcaInput, p: Params) -> dict[str, ServiceScore]:
             dev *= p.caller_view
         if dev < p.min_deviation:
             continue
+        if devs is not None:
+            devs[i] = dev
         sc.by_kind[s.kind] = max(sc.by_kind.get(s.kind, 0.0), dev)
         sc.top_series.append((s.metric, round(dev, 3)))
     for sc in out.values():
@@ -501,7 +528,8 @@ def downstream(service: str, edges: Iterable[tuple[str, str]]) -> set[str]:
 
 def gather(inp: RcaInput, p: Params = DEFAULT_PARAMS) -> Evidence:
     """Score every candidate on metrics, traces and logs."""
-    scores = metric_scores(inp, p)
+    devs: dict[int, float] = {}
+    scores = metric_scores(inp, p, devs)
     trace_latency, trace_errors, trace_edges = trace_scores(inp, p)
     logs, log_errors = log_scores(inp, p)
     services = sorted(set(inp.services) | set(scores))
@@ -516,7 +544,54 @@ def gather(inp: RcaInput, p: Params = DEFAULT_PARAMS) -> Evidence:
     if inp.symptom and inp.symptom[1]:
         known = [x.kind for x in inp.series if x.service == inp.symptom[0] and x.metric == inp.symptom[1]]
         symptom_kind = known[0] if known else infer_kind(inp.symptom[1])[0]
-    return Evidence(services, scores, set(inp.edges) | trace_edges, symptom, symptom_kind)
+    edges = set(inp.edges) | trace_edges
+    co_movement(inp, scores, devs, edges)
+    return Evidence(services, scores, edges, symptom, symptom_kind)
+
+
+def _worse_sign(direction: Direction) -> float:
+    return -1.0 if direction == "down" else 1.0
+
+
+def co_movement(inp: RcaInput, scores: dict[str, ServiceScore], devs: dict[int, float], edges: set[tuple[str, str]]) -> None:
+    """How far each deviating series moved with the symptom over the whole window (before and after the start).
+
+    The symptom series is the one the case names, else the entry service's most deviating user-facing series.
+    Each deviating series is correlated (Pearson, both turned so that up is worse) with it on the symptom's
+    timestamps; `with_symptom[kind]` keeps the largest deviation times its positive correlation.
+    """
+    ref: MetricSeries | None = None
+    if inp.symptom and inp.symptom[1]:
+        ref = next((x for x in inp.series if x.service == inp.symptom[0] and x.metric == inp.symptom[1]), None)
+    if ref is None:
+        service, kind = (inp.symptom[0], None) if inp.symptom else _entry_symptom(sorted(scores), edges, scores)
+        pool = [i for i, x in enumerate(inp.series) if x.service == service and i in devs and (kind is None or x.kind == kind)]
+        if pool:
+            ref = inp.series[max(pool, key=lambda i: devs[i])]
+    if ref is None:
+        return
+    ok = np.isfinite(ref.values)
+    rt, rv = ref.ts[ok], _worse_sign(ref.direction) * ref.values[ok]
+    if len(rt) < 3 or np.ptp(rv) == 0:
+        return
+    for i, dev in devs.items():
+        x = inp.series[i]
+        good = np.isfinite(x.values)
+        xt, xv = x.ts[good], x.values[good]
+        if len(xt) < 3:
+            continue
+        inside = (rt >= xt[0]) & (rt <= xt[-1])
+        if inside.sum() < 3:
+            continue
+        y = np.interp(rt[inside], xt, xv)
+        if np.ptp(y) == 0:
+            continue
+        r = float(np.corrcoef(rv[inside], y)[0, 1])
+        r = abs(r) if x.direction == "both" else _worse_sign(x.direction) * r
+        if not math.isfinite(r) or r <= 0:
+            continue
+        sc = scores[x.service]
+        sc.with_symptom[x.kind] = max(sc.with_symptom.get(x.kind, 0.0), dev * r)
 
 
 USER_FACING: tuple[Kind, ...] = ("latency", "errors")
@@ -534,11 +609,21 @@ def _entry_symptom(services: Sequence[str], edges: set[tuple[str, str]], scores:
     return (best, kind) if kinds[kind] > 0 else (None, None)
 
 
+def _kind_dev(sc: ServiceScore, kind: str, co_move: float) -> float:
+    """A service's deviation in one kind, the `co_move` share of it counted only as far as it moved with the symptom."""
+    return (1 - co_move) * sc.by_kind.get(kind, 0.0) + co_move * sc.with_symptom.get(kind, 0.0)
+
+
 def combine(ev: Evidence, p: Params = DEFAULT_PARAMS) -> RcaResult:
     """Weigh the modalities, walk the call graph, and rank."""
     services, scores = ev.services, ev.scores
+    symptom, symptom_kind = ev.symptom, ev.symptom_kind
+    if symptom is None and p.infer_symptom:
+        symptom, symptom_kind = _entry_symptom(services, ev.edges, scores)
+    # With no symptom there is nothing to move with: every deviation counts in full.
+    co_move = p.co_move if symptom else 0.0
     for sc in scores.values():
-        sc.metric = max((p.kind_w(k) * v for k, v in sc.by_kind.items()), default=0.0)
+        sc.metric = max((p.kind_w(k) * _kind_dev(sc, k, co_move) for k in sc.by_kind), default=0.0)
     metric_n = _normalised({s: scores[s].metric for s in services})
     trace_n = _normalised({s: scores[s].trace for s in services})
     log_n = _normalised({s: scores[s].log for s in services})
@@ -546,12 +631,9 @@ def combine(ev: Evidence, p: Params = DEFAULT_PARAMS) -> RcaResult:
         s: p.w_metric * metric_n[s] + p.w_trace * trace_n[s] + p.w_log * log_n[s] + (p.w_vanished if scores[s].vanished else 0.0)
         for s in services
     }
-    symptom, symptom_kind = ev.symptom, ev.symptom_kind
-    if symptom is None and p.infer_symptom:
-        symptom, symptom_kind = _entry_symptom(services, ev.edges, scores)
     if symptom_kind and p.w_symptom_kind > 0:
         # The kind of trouble that was seen is the trail to follow: a cause shows it too (PetShop's traversal).
-        same = _normalised({s: scores[s].by_kind.get(symptom_kind, 0.0) for s in services})
+        same = _normalised({s: _kind_dev(scores[s], symptom_kind, co_move) for s in services})
         own = {s: own[s] + p.w_symptom_kind * same[s] for s in services}
     walked = _normalised(personalised_pagerank(services, ev.edges, own, p.restart)) if p.propagation > 0 else {}
     own_n = _normalised(own)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from agents.rca import (
     MetricSeries,
     RcaInput,
     SpanRow,
+    gather,
     infer_kind,
     log_scores,
     metric_scores,
@@ -63,7 +65,7 @@ def test_series_deviation_is_direction_aware() -> None:
 
 def test_series_deviation_uses_every_reference_and_sees_a_series_stop() -> None:
     normal = np.array([10.0, 11.0, 9.0, 10.0, 10.5, 9.5])
-    short = _series("a", "cpu", [50.0] * 2, [52.0, 52.0], "cpu", "up")
+    short = _series("a", "cpu", [10.0, 10.5], [52.0, 52.0], "cpu", "up")
     short.normal = normal
     assert series_deviation(short, T0, DEFAULT_PARAMS)[0] > 3.0  # too little history: the normal period judges
     drifted = _series("a", "cpu", [50.0, 51.0, 49.0, 50.0, 50.5, 49.5], [50.5, 50.0], "cpu", "up")
@@ -71,6 +73,51 @@ def test_series_deviation_uses_every_reference_and_sees_a_series_stop() -> None:
     assert series_deviation(drifted, T0, DEFAULT_PARAMS)[0] < DEFAULT_PARAMS.min_deviation  # high all day, not since the start
     gone = _series("a", "cpu", [10.0] * 6, [], "cpu", "up")
     assert series_deviation(gone, T0, DEFAULT_PARAMS) == (0.0, True)
+
+
+def test_onset_discounts_what_the_few_clean_points_before_the_start_already_show() -> None:
+    normal = np.array([10.0, 11.0, 9.0, 10.0, 10.5, 9.5])
+    already = _series("a", "cpu", [50.0, 50.0], [52.0, 52.0], "cpu", "up")
+    already.normal = normal
+    dev = series_deviation(already, T0, DEFAULT_PARAMS)[0]
+    assert dev < 1.5  # high before the start: only the growth from 50 to 52 is the incident's
+    assert series_deviation(already, T0, replace(DEFAULT_PARAMS, onset=False))[0] > 3.0
+    # The start falls inside the last pre-start step: that point may already hold the incident and is not
+    # clean, so the earlier, normal point is the one that says what was there before.
+    late = _series("a", "cpu", [10.0, 50.0], [52.0, 52.0], "cpu", "up")
+    late.normal = normal
+    assert series_deviation(late, T0 - STEP / 2, DEFAULT_PARAMS)[0] > 3.0
+    assert series_deviation(late, T0, DEFAULT_PARAMS)[0] < 1.5  # with the start after its whole step, it is clean
+    # With enough points before the start they are a reference of their own and the rule stays out of the way.
+    many = _series("a", "cpu", [10.0, 10.5, 9.5, 10.0, 10.2, 9.8], [52.0, 52.0], "cpu", "up")
+    many.normal = normal
+    assert series_deviation(many, T0, DEFAULT_PARAMS)[0] == series_deviation(many, T0, replace(DEFAULT_PARAMS, onset=False))[0]
+
+
+def _co_case() -> RcaInput:
+    """front calls a and b. The symptom (front's latency) spikes and recovers; a moves with it, b rises only after
+    front recovered and by a little more than a."""
+    quiet = [10.0, 10.5, 9.5, 10.0, 10.2, 9.8]
+    series = [
+        _series("front", "lat", quiet, [30.0, 30.0, 10.0, 10.0], "latency", "up"),
+        _series("a", "lat", quiet, [40.0, 40.0, 10.0, 10.0], "latency", "up"),
+        _series("b", "lat", quiet, [10.0, 10.0, 44.0, 44.0], "latency", "up"),
+    ]
+    return RcaInput(T0, ["a", "b", "front"], series, {("front", "a"), ("front", "b")}, symptom=("front", "lat"))
+
+
+def test_co_movement_keeps_the_deviation_that_moves_with_the_symptom() -> None:
+    inp = _co_case()
+    ev = gather(inp)
+    assert ev.scores["b"].by_kind["latency"] > ev.scores["a"].by_kind["latency"]
+    assert ev.scores["a"].with_symptom["latency"] == pytest.approx(ev.scores["a"].by_kind["latency"], rel=0.05)
+    assert "latency" not in ev.scores["b"].with_symptom  # it moved against the symptom
+    assert rank(inp).services[0] == "a"
+    assert rank(inp, replace(DEFAULT_PARAMS, co_move=0.0)).services[0] == "b"
+    # With no symptom given the entry service's most deviating user-facing series stands in for it.
+    inferred = _co_case()
+    inferred.symptom = None
+    assert rank(inferred).services[0] == "a"
 
 
 def _chain_case(root: str = "c") -> RcaInput:
