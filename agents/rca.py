@@ -172,6 +172,10 @@ class Params:
     when there are enough of them, else the normal period."""
     min_deviation: float = 1.0
     """Below this (log1p of robust z) a series counts as not deviating."""
+    callee_traffic: float = 0.0
+    """How far a callee's traffic deviation pulls the call-graph walk towards it (its own score is untouched).
+    Traffic travels from caller to callee (retries, fan-out), the other way from latency and errors, so a callee
+    whose only news is more requests explains nothing of its caller's trouble: 0."""
     co_move: float = 0.5
     """Share of a deviation that counts only as far as the series moved with the symptom over the case's window
     (its positive correlation with the symptom series, before and after the start). A cause's trouble rises and
@@ -459,12 +463,14 @@ def log_scores(inp: RcaInput, p: Params = DEFAULT_PARAMS) -> tuple[dict[str, flo
 
 
 def personalised_pagerank(
-    services: Sequence[str], edges: Iterable[tuple[str, str]], own: dict[str, float], restart: float, iterations: int = 50
+    services: Sequence[str], edges: Iterable[tuple[str, str]], own: dict[str, float], restart: float, iterations: int = 50,
+    pull: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Walk from deviating services towards the deviating callees that may explain them.
 
-    From a service the walker moves to a callee with probability proportional to the callee's own score, stays
-    in proportion to its own score, and restarts at a service in proportion to that service's score.
+    From a service the walker moves to a callee with probability proportional to the callee's own score (or to
+    its `pull`, the part of it that can explain a caller, when given), stays in proportion to its own score, and
+    restarts at a service in proportion to that service's score.
     """
     index = {s: i for i, s in enumerate(services)}
     n = len(services)
@@ -480,7 +486,7 @@ def personalised_pagerank(
     for i in range(n):
         weights = {i: own.get(services[i], 0.0)}
         for j in callees[i]:
-            weights[j] = weights.get(j, 0.0) + own.get(services[j], 0.0)
+            weights[j] = weights.get(j, 0.0) + (pull if pull is not None else own).get(services[j], 0.0)
         total = sum(weights.values())
         if total <= 0:
             transition[i, i] = 1.0
@@ -635,7 +641,17 @@ def combine(ev: Evidence, p: Params = DEFAULT_PARAMS) -> RcaResult:
         # The kind of trouble that was seen is the trail to follow: a cause shows it too (PetShop's traversal).
         same = _normalised({s: _kind_dev(scores[s], symptom_kind, co_move) for s in services})
         own = {s: own[s] + p.w_symptom_kind * same[s] for s in services}
-    walked = _normalised(personalised_pagerank(services, ev.edges, own, p.restart)) if p.propagation > 0 else {}
+    pull = None
+    if p.callee_traffic != 1.0:
+        # A callee's traffic follows its callers (their retries, their fan-out): it does not explain their trouble,
+        # so it pulls the walk only that much. The rest of the callee's score pulls as before.
+        top = max((scores[s].metric for s in services), default=0.0)
+        pull = {}
+        for s in services:
+            sc = scores[s]
+            explains = max((p.kind_w(k) * _kind_dev(sc, k, co_move) * (p.callee_traffic if k == "traffic" else 1.0) for k in sc.by_kind), default=0.0)
+            pull[s] = own[s] - p.w_metric * metric_n[s] + (p.w_metric * explains / top if top > 0 else 0.0)
+    walked = _normalised(personalised_pagerank(services, ev.edges, own, p.restart, pull=pull)) if p.propagation > 0 else {}
     own_n = _normalised(own)
     behind = downstream(symptom, ev.edges) if symptom else set()
     for s in services:

@@ -42,7 +42,7 @@ GRID: dict[str, Sequence[Any]] = {
 }
 """The grid searched. The first three change the evidence itself; the others only how it is combined."""
 
-EVIDENCE_KEYS = ("rel_floor", "value_floor", "caller_view", "flat_exact", "flat_weight", "w_shift", "min_ref", "min_deviation")
+EVIDENCE_KEYS = ("rel_floor", "value_floor", "caller_view", "flat_exact", "flat_weight", "w_shift", "min_ref", "min_deviation", "onset")
 
 
 def _ranks(cases: Sequence[tuple[Case, str]], params: Params, cache: dict[Any, Any]) -> list[tuple[int | None, dict[str, float]]]:

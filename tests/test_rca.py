@@ -154,6 +154,31 @@ def test_personalised_pagerank_moves_mass_to_the_deviating_callee() -> None:
     assert quiet_callee["a"] > quiet_callee["b"]
 
 
+def test_personalised_pagerank_follows_the_pull_of_a_callee_not_its_own_score() -> None:
+    own = {"a": 1.0, "b": 1.0}
+    assert personalised_pagerank(["a", "b"], {("a", "b")}, own, restart=0.3)["b"] > 0.6
+    kept = personalised_pagerank(["a", "b"], {("a", "b")}, own, restart=0.3, pull={"a": 1.0, "b": 0.0})
+    assert kept["a"] == pytest.approx(0.5) and kept["b"] == pytest.approx(0.5)  # b pulls nothing: each keeps its own
+
+
+def _traffic_case() -> RcaInput:
+    """front → a → s. a's latency rises with front's; s, a's callee, only gets many more requests (a's retries)."""
+    quiet = [10.0, 10.5, 9.5, 10.0, 10.2, 9.8]
+    series = [
+        _series("front", "lat", quiet, [30.0, 30.0], "latency", "up"),
+        _series("a", "lat", quiet, [20.0, 20.0], "latency", "up"),
+        _series("s", "requests", quiet, [500.0, 500.0], "traffic", "both"),
+    ]
+    return RcaInput(T0, ["a", "front", "s"], series, {("front", "a"), ("a", "s")}, symptom=("front", "lat"))
+
+
+def test_a_callees_traffic_does_not_pull_the_walk_from_its_caller() -> None:
+    inp = _traffic_case()
+    assert rank(inp).services[0] == "a"
+    # Pulled by s's requests, the walk leaves a, and a caller (front) comes out on top instead.
+    assert rank(inp, replace(DEFAULT_PARAMS, callee_traffic=1.0)).services[0] != "a"
+
+
 def _span(trace: str, sid: str, parent: str, service: str, start: float, duration: float, status: str = "") -> SpanRow:
     return SpanRow(trace, sid, parent, service, "op", start, duration, status)
 
