@@ -202,7 +202,11 @@ class Params:
     """"both": a series deviates only as far as every usable reference agrees; "first": the points before the start
     when there are enough of them, else the normal period."""
     onset: bool = True
-    """Judged against the normal period, discount the deviation the points before the start already had."""
+    """Discount what a series already showed before the start (a condition that was already there is not the
+    incident's). Judged against the normal period with enough points before the start: their lower quartile's
+    deviation is subtracted (it ignores an earlier incident's tail). With too few points before the start to judge
+    by: only the growth past the worst clean pre-start point counts (a point whose aggregation step may reach
+    past the start is not clean)."""
     min_deviation: float = 1.0
     """Below this (log1p of robust z) a series counts as not deviating."""
     signal_reference: str = "strict"
@@ -211,6 +215,15 @@ class Params:
     either shows)."""
     signal_onset: bool = False
     """Judged against the normal spans and lines, discount what those before the start already showed."""
+    callee_traffic: float = 0.0
+    """How far a callee's traffic deviation pulls the call-graph walk towards it (its own score is untouched).
+    Traffic travels from caller to callee (retries, fan-out), the other way from latency and errors, so a callee
+    whose only news is more requests explains nothing of its caller's trouble: 0."""
+    co_move: float = 0.5
+    """Share of a deviation that counts only as far as the series moved with the symptom over the case's window
+    (its positive correlation with the symptom series, before and after the start). A cause's trouble rises and
+    falls with what was seen; a condition that drifts on its own does not. 0.5: half of every deviation counts as
+    it is, half by that correlation (no prior for either)."""
 
     def kind_w(self, kind: str) -> float:
         """The weight of a metric kind."""
@@ -239,8 +252,8 @@ class ServiceScore:
     """Its telemetry stopped after the start."""
     silenced: bool = False
     """It is alive, but its request-facing series (latency, traffic, errors) stopped: nobody calls it any more."""
-    silenced_callers: float = 0.0
-    """Share of silenced callees' evidence that points at this service as their caller."""
+    with_symptom: dict[str, float] = field(default_factory=dict)
+    """Per kind: the strongest deviation of a series that moved with the symptom, times that correlation."""
     trace_errors: float = 0.0
     log_errors: float = 0.0
     event: float = 0.0
@@ -278,6 +291,16 @@ def robust_scale(ref: np.ndarray, rel_floor: float) -> tuple[float, float]:
     return med, scale
 
 
+def _worse(values: np.ndarray, med: float, scale: float, direction: Direction, p: Params) -> np.ndarray:
+    """Robust z of each value against (med, scale), counted only in the direction worse for the metric."""
+    z = (values - med) / np.maximum(scale, p.value_floor * np.maximum(np.abs(values), abs(med)))
+    if direction == "up":
+        return np.maximum(z, 0.0)
+    if direction == "down":
+        return np.maximum(-z, 0.0)
+    return np.abs(z)
+
+
 def series_deviation(s: MetricSeries, start: float, p: Params) -> tuple[float, bool]:
     """How far a series went the worse way after `start` (log1p of robust z) and whether it stopped reporting."""
     finite = np.isfinite(s.values)
@@ -297,6 +320,14 @@ def series_deviation(s: MetricSeries, start: float, p: Params) -> tuple[float, b
         return 0.0, False
     if p.reference == "normal":
         refs = refs[::-1]
+    # Too few pre-start points to be a reference of their own, but they still show what was already there.
+    # Only the points whose whole step lies before the start count: a point stamped at the start of its step may
+    # already hold the incident.
+    prior = np.array([])
+    if p.onset and 0 < len(before) < p.min_ref:
+        ts = s.ts[finite]
+        step = float(np.median(np.diff(ts))) if len(ts) > 1 else 0.0
+        prior = s.values[(s.ts + step <= start) & finite]
     devs = []
     for ref in refs[: 2 if p.reference in ("both", "strict") else 1]:
         flat = bool(np.percentile(ref, 75) == np.percentile(ref, 25))
@@ -305,17 +336,16 @@ def series_deviation(s: MetricSeries, start: float, p: Params) -> tuple[float, b
         # That floor also bounds z at 1 / value_floor, so a series that leaves or falls to zero cannot
         # dominate by dividing by a near-zero spread.
         med, scale = robust_scale(ref, 0.0 if flat and p.flat_exact else p.rel_floor)
-
-        def worse(x: np.ndarray) -> np.ndarray:
-            z = (x - med) / np.maximum(scale, p.value_floor * np.maximum(np.abs(x), abs(med)))
-            return np.maximum(z, 0.0) if s.direction == "up" else np.maximum(-z, 0.0) if s.direction == "down" else np.abs(z)
-
-        worst = np.sort(worse(after))[::-1][:2]
-        dev = float(np.log1p(min(float(worst.mean()), p.z_cap)))
-        if p.onset and ref is not before and len(before):
+        z = _worse(after, med, scale, s.direction, p)
+        worst = float(np.sort(z)[::-1][:2].mean())
+        if len(prior):
+            worst = max(worst - float(_worse(prior, med, scale, s.direction, p).max()), 0.0)
+        dev = float(np.log1p(min(worst, p.z_cap)))
+        if p.onset and ref is not before and len(before) >= p.min_ref:
             # Only what changed at the start is news: a level the series already held before it (a drift since
             # the normal period, a leak under way) is discounted. Its lower quartile ignores an earlier incident's tail.
-            dev = max(dev - float(np.log1p(min(float(np.percentile(worse(before), 25)), p.z_cap))), 0.0)
+            held = float(np.percentile(_worse(before, med, scale, s.direction, p), 25))
+            dev = max(dev - float(np.log1p(min(held, p.z_cap))), 0.0)
         if flat:
             # A reference with no spread (mostly zeros, a constant) says little about what is normal for it.
             dev *= p.flat_weight
@@ -323,11 +353,11 @@ def series_deviation(s: MetricSeries, start: float, p: Params) -> tuple[float, b
     return (max(devs) if p.reference == "strict" else min(devs)), False
 
 
-def metric_scores(inp: RcaInput, p: Params) -> dict[str, ServiceScore]:
+def metric_scores(inp: RcaInput, p: Params, devs: dict[int, float] | None = None) -> dict[str, ServiceScore]:
     """Per service: the strongest weighted deviation over its series, with the per-kind maxima kept."""
     out = {s: ServiceScore(s) for s in inp.services}
     stopped: set[str] = set()
-    for s in inp.series:
+    for i, s in enumerate(inp.series):
         dev, vanished = series_deviation(s, inp.anomaly_start, p)
         sc = out.setdefault(s.service, ServiceScore(s.service))
         if vanished:
@@ -336,6 +366,8 @@ def metric_scores(inp: RcaInput, p: Params) -> dict[str, ServiceScore]:
             dev *= p.caller_view
         if dev < p.min_deviation:
             continue
+        if devs is not None:
+            devs[i] = dev
         sc.by_kind[s.kind] = max(sc.by_kind.get(s.kind, 0.0), dev)
         sc.top_series.append((s.metric, round(dev, 3)))
     # A crash silences the whole service. Series that stop while others of the same service still report (a
@@ -713,12 +745,14 @@ def event_scores(inp: RcaInput, p: Params = DEFAULT_PARAMS, templates: Sequence[
 
 
 def personalised_pagerank(
-    services: Sequence[str], edges: Iterable[tuple[str, str]], own: dict[str, float], restart: float, iterations: int = 50
+    services: Sequence[str], edges: Iterable[tuple[str, str]], own: dict[str, float], restart: float, iterations: int = 50,
+    pull: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Walk from deviating services towards the deviating callees that may explain them.
 
-    From a service the walker moves to a callee with probability proportional to the callee's own score, stays
-    in proportion to its own score, and restarts at a service in proportion to that service's score.
+    From a service the walker moves to a callee with probability proportional to the callee's own score (or to
+    its `pull`, the part of it that can explain a caller, when given), stays in proportion to its own score, and
+    restarts at a service in proportion to that service's score.
     """
     index = {s: i for i, s in enumerate(services)}
     n = len(services)
@@ -734,7 +768,7 @@ def personalised_pagerank(
     for i in range(n):
         weights = {i: own.get(services[i], 0.0)}
         for j in callees[i]:
-            weights[j] = weights.get(j, 0.0) + own.get(services[j], 0.0)
+            weights[j] = weights.get(j, 0.0) + (pull if pull is not None else own).get(services[j], 0.0)
         total = sum(weights.values())
         if total <= 0:
             transition[i, i] = 1.0
@@ -808,7 +842,8 @@ def signals(inp: RcaInput, p: Params = DEFAULT_PARAMS) -> Signals:
 
 def gather(inp: RcaInput, p: Params = DEFAULT_PARAMS, sig: Signals | None = None) -> Evidence:
     """Score every candidate on metrics, traces and logs (`sig`: the case's `signals`, when already computed)."""
-    scores = metric_scores(inp, p)
+    devs: dict[int, float] = {}
+    scores = metric_scores(inp, p, devs)
     sig = sig or signals(inp, p)
     trace_edges = sig.trace_edges
     services = sorted(set(inp.services) | set(scores))
@@ -824,7 +859,54 @@ def gather(inp: RcaInput, p: Params = DEFAULT_PARAMS, sig: Signals | None = None
     if inp.symptom and inp.symptom[1]:
         known = [x.kind for x in inp.series if x.service == inp.symptom[0] and x.metric == inp.symptom[1]]
         symptom_kind = known[0] if known else infer_kind(inp.symptom[1])[0]
-    return Evidence(services, scores, set(inp.edges) | trace_edges, symptom, symptom_kind)
+    edges = set(inp.edges) | trace_edges
+    co_movement(inp, scores, devs, edges)
+    return Evidence(services, scores, edges, symptom, symptom_kind)
+
+
+def _worse_sign(direction: Direction) -> float:
+    return -1.0 if direction == "down" else 1.0
+
+
+def co_movement(inp: RcaInput, scores: dict[str, ServiceScore], devs: dict[int, float], edges: set[tuple[str, str]]) -> None:
+    """How far each deviating series moved with the symptom over the whole window (before and after the start).
+
+    The symptom series is the one the case names, else the entry service's most deviating user-facing series.
+    Each deviating series is correlated (Pearson, both turned so that up is worse) with it on the symptom's
+    timestamps; `with_symptom[kind]` keeps the largest deviation times its positive correlation.
+    """
+    ref: MetricSeries | None = None
+    if inp.symptom and inp.symptom[1]:
+        ref = next((x for x in inp.series if x.service == inp.symptom[0] and x.metric == inp.symptom[1]), None)
+    if ref is None:
+        service, kind = (inp.symptom[0], None) if inp.symptom else _entry_symptom(sorted(scores), edges, scores)
+        pool = [i for i, x in enumerate(inp.series) if x.service == service and i in devs and (kind is None or x.kind == kind)]
+        if pool:
+            ref = inp.series[max(pool, key=lambda i: devs[i])]
+    if ref is None:
+        return
+    ok = np.isfinite(ref.values)
+    rt, rv = ref.ts[ok], _worse_sign(ref.direction) * ref.values[ok]
+    if len(rt) < 3 or np.ptp(rv) == 0:
+        return
+    for i, dev in devs.items():
+        x = inp.series[i]
+        good = np.isfinite(x.values)
+        xt, xv = x.ts[good], x.values[good]
+        if len(xt) < 3:
+            continue
+        inside = (rt >= xt[0]) & (rt <= xt[-1])
+        if inside.sum() < 3:
+            continue
+        y = np.interp(rt[inside], xt, xv)
+        if np.ptp(y) == 0:
+            continue
+        r = float(np.corrcoef(rv[inside], y)[0, 1])
+        r = abs(r) if x.direction == "both" else _worse_sign(x.direction) * r
+        if not math.isfinite(r) or r <= 0:
+            continue
+        sc = scores[x.service]
+        sc.with_symptom[x.kind] = max(sc.with_symptom.get(x.kind, 0.0), dev * r)
 
 
 USER_FACING: tuple[Kind, ...] = ("latency", "errors")
@@ -842,20 +924,31 @@ def _entry_symptom(services: Sequence[str], edges: set[tuple[str, str]], scores:
     return (best, kind) if kinds[kind] > 0 else (None, None)
 
 
+def _kind_dev(sc: ServiceScore, kind: str, co_move: float) -> float:
+    """A service's deviation in one kind, the `co_move` share of it counted only as far as it moved with the symptom."""
+    return (1 - co_move) * sc.by_kind.get(kind, 0.0) + co_move * sc.with_symptom.get(kind, 0.0)
+
+
 def combine(ev: Evidence, p: Params = DEFAULT_PARAMS) -> RcaResult:
     """Weigh the modalities, walk the call graph, and rank."""
     services, scores = ev.services, ev.scores
+    symptom, symptom_kind = ev.symptom, ev.symptom_kind
+    if symptom is None and p.infer_symptom:
+        symptom, symptom_kind = _entry_symptom(services, ev.edges, scores)
+    # With no symptom there is nothing to move with: every deviation counts in full.
+    co_move = p.co_move if symptom else 0.0
     for sc in scores.values():
-        sc.metric = max((p.kind_w(k) * v for k, v in sc.by_kind.items()), default=0.0)
+        sc.metric = max((p.kind_w(k) * _kind_dev(sc, k, co_move) for k in sc.by_kind), default=0.0)
     metric_n = _normalised({s: scores[s].metric for s in services})
     trace_n = _normalised({s: scores[s].trace for s in services})
     log_n = _normalised({s: scores[s].log for s in services})
     event_n = _normalised({s: scores[s].event for s in services})
     if p.common_scale:
         # One scale for every modality: a modality whose best service is weak next to another's stays weak.
-        top = max((max(sc.metric, sc.trace, sc.log, sc.event) for sc in scores.values()), default=0.0)
-        m, t, lg, ev_ = ({s: getattr(scores[s], a) / top if top > 0 else 0.0 for s in services} for a in ("metric", "trace", "log", "event"))
+        unit = max((max(sc.metric, sc.trace, sc.log, sc.event) for sc in scores.values()), default=0.0)
+        m, t, lg, ev_ = ({s: getattr(scores[s], a) / unit if unit > 0 else 0.0 for s in services} for a in ("metric", "trace", "log", "event"))
     else:
+        unit = max((sc.metric for sc in scores.values()), default=0.0)
         m, t, lg, ev_ = metric_n, trace_n, log_n, event_n
     own = {
         s: p.w_metric * m[s] + p.w_trace * t[s] + p.w_log * lg[s] + p.w_event * ev_[s] + (p.w_vanished if scores[s].vanished else 0.0)
@@ -868,14 +961,20 @@ def combine(ev: Evidence, p: Params = DEFAULT_PARAMS) -> RcaResult:
                 callers = [a for a, b in ev.edges if b == s and a != s and a in own]
                 for a in callers:
                     own[a] += p.w_silenced / len(callers)
-    symptom, symptom_kind = ev.symptom, ev.symptom_kind
-    if symptom is None and p.infer_symptom:
-        symptom, symptom_kind = _entry_symptom(services, ev.edges, scores)
     if symptom_kind and p.w_symptom_kind > 0:
         # The kind of trouble that was seen is the trail to follow: a cause shows it too (PetShop's traversal).
-        same = _normalised({s: scores[s].by_kind.get(symptom_kind, 0.0) for s in services})
+        same = _normalised({s: _kind_dev(scores[s], symptom_kind, co_move) for s in services})
         own = {s: own[s] + p.w_symptom_kind * same[s] for s in services}
-    walked = _normalised(personalised_pagerank(services, ev.edges, own, p.restart)) if p.propagation > 0 else {}
+    pull = None
+    if p.callee_traffic != 1.0:
+        # A callee's traffic follows its callers (their retries, their fan-out): it does not explain their trouble,
+        # so it pulls the walk only that much. The rest of the callee's score pulls as before.
+        pull = {}
+        for s in services:
+            sc = scores[s]
+            explains = max((p.kind_w(k) * _kind_dev(sc, k, co_move) * (p.callee_traffic if k == "traffic" else 1.0) for k in sc.by_kind), default=0.0)
+            pull[s] = own[s] - p.w_metric * m[s] + (p.w_metric * explains / unit if unit > 0 else 0.0)
+    walked = _normalised(personalised_pagerank(services, ev.edges, own, p.restart, pull=pull)) if p.propagation > 0 else {}
     own_n = _normalised(own)
     behind = downstream(symptom, ev.edges) if symptom else set()
     for s in services:

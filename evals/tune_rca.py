@@ -45,7 +45,7 @@ GRID: dict[str, Sequence[Any]] = {
 
 EVIDENCE_KEYS = (
     "rel_floor", "value_floor", "caller_view", "flat_exact", "flat_weight", "w_shift", "min_ref", "min_deviation",
-    "reference", "onset", "w_event",
+    "reference", "onset", *SIGNAL_KEYS,
 )
 
 

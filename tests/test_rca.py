@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from dataclasses import replace
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from agents.rca import (
     MetricSeries,
     RcaInput,
     SpanRow,
+    gather,
     infer_kind,
     event_scores,
     log_scores,
@@ -69,10 +71,10 @@ def test_series_deviation_is_direction_aware() -> None:
 
 def test_series_deviation_uses_every_reference_and_sees_a_series_stop() -> None:
     normal = np.array([10.0, 11.0, 9.0, 10.0, 10.5, 9.5])
-    short = _series("a", "cpu", [10.0] * 2, [52.0, 52.0], "cpu", "up")
+    short = _series("a", "cpu", [10.0, 10.5], [52.0, 52.0], "cpu", "up")
     short.normal = normal
     assert series_deviation(short, T0, DEFAULT_PARAMS)[0] > 3.0  # too little history: the normal period judges
-    already = _series("a", "cpu", [50.0] * 2, [52.0, 52.0], "cpu", "up")
+    already = _series("a", "cpu", [50.0] * 2, [50.5, 50.0], "cpu", "up")
     already.normal = normal
     assert series_deviation(already, T0, DEFAULT_PARAMS)[0] < DEFAULT_PARAMS.min_deviation  # high before the start too
     assert series_deviation(already, T0, replace(DEFAULT_PARAMS, onset=False))[0] > 3.0
@@ -86,6 +88,51 @@ def test_series_deviation_uses_every_reference_and_sees_a_series_stop() -> None:
     assert series_deviation(tail, T0, replace(DEFAULT_PARAMS, reference="both"))[0] < 3.0  # the lenient choice is fooled
     gone = _series("a", "cpu", [10.0] * 6, [], "cpu", "up")
     assert series_deviation(gone, T0, DEFAULT_PARAMS) == (0.0, True)
+
+
+def test_onset_discounts_what_the_few_clean_points_before_the_start_already_show() -> None:
+    normal = np.array([10.0, 11.0, 9.0, 10.0, 10.5, 9.5])
+    already = _series("a", "cpu", [50.0, 50.0], [52.0, 52.0], "cpu", "up")
+    already.normal = normal
+    dev = series_deviation(already, T0, DEFAULT_PARAMS)[0]
+    assert dev < 1.5  # high before the start: only the growth from 50 to 52 is the incident's
+    assert series_deviation(already, T0, replace(DEFAULT_PARAMS, onset=False))[0] > 3.0
+    # The start falls inside the last pre-start step: that point may already hold the incident and is not
+    # clean, so the earlier, normal point is the one that says what was there before.
+    late = _series("a", "cpu", [10.0, 50.0], [52.0, 52.0], "cpu", "up")
+    late.normal = normal
+    assert series_deviation(late, T0 - STEP / 2, DEFAULT_PARAMS)[0] > 3.0
+    assert series_deviation(late, T0, DEFAULT_PARAMS)[0] < 1.5  # with the start after its whole step, it is clean
+    # With enough points before the start they are a reference of their own and the rule stays out of the way.
+    many = _series("a", "cpu", [10.0, 10.5, 9.5, 10.0, 10.2, 9.8], [52.0, 52.0], "cpu", "up")
+    many.normal = normal
+    assert series_deviation(many, T0, DEFAULT_PARAMS)[0] == series_deviation(many, T0, replace(DEFAULT_PARAMS, onset=False))[0]
+
+
+def _co_case() -> RcaInput:
+    """front calls a and b. The symptom (front's latency) spikes and recovers; a moves with it, b rises only after
+    front recovered and by a little more than a."""
+    quiet = [10.0, 10.5, 9.5, 10.0, 10.2, 9.8]
+    series = [
+        _series("front", "lat", quiet, [30.0, 30.0, 10.0, 10.0], "latency", "up"),
+        _series("a", "lat", quiet, [40.0, 40.0, 10.0, 10.0], "latency", "up"),
+        _series("b", "lat", quiet, [10.0, 10.0, 44.0, 44.0], "latency", "up"),
+    ]
+    return RcaInput(T0, ["a", "b", "front"], series, {("front", "a"), ("front", "b")}, symptom=("front", "lat"))
+
+
+def test_co_movement_keeps_the_deviation_that_moves_with_the_symptom() -> None:
+    inp = _co_case()
+    ev = gather(inp)
+    assert ev.scores["b"].by_kind["latency"] > ev.scores["a"].by_kind["latency"]
+    assert ev.scores["a"].with_symptom["latency"] == pytest.approx(ev.scores["a"].by_kind["latency"], rel=0.05)
+    assert "latency" not in ev.scores["b"].with_symptom  # it moved against the symptom
+    assert rank(inp).services[0] == "a"
+    assert rank(inp, replace(DEFAULT_PARAMS, co_move=0.0)).services[0] == "b"
+    # With no symptom given the entry service's most deviating user-facing series stands in for it.
+    inferred = _co_case()
+    inferred.symptom = None
+    assert rank(inferred).services[0] == "a"
 
 
 def _chain_case(root: str = "c") -> RcaInput:
@@ -120,6 +167,31 @@ def test_personalised_pagerank_moves_mass_to_the_deviating_callee() -> None:
     assert pr["b"] > pr["a"]
     quiet_callee = personalised_pagerank(["a", "b"], {("a", "b")}, {"a": 1.0, "b": 0.0}, restart=0.3)
     assert quiet_callee["a"] > quiet_callee["b"]
+
+
+def test_personalised_pagerank_follows_the_pull_of_a_callee_not_its_own_score() -> None:
+    own = {"a": 1.0, "b": 1.0}
+    assert personalised_pagerank(["a", "b"], {("a", "b")}, own, restart=0.3)["b"] > 0.6
+    kept = personalised_pagerank(["a", "b"], {("a", "b")}, own, restart=0.3, pull={"a": 1.0, "b": 0.0})
+    assert kept["a"] == pytest.approx(0.5) and kept["b"] == pytest.approx(0.5)  # b pulls nothing: each keeps its own
+
+
+def _traffic_case() -> RcaInput:
+    """front → a → s. a's latency rises with front's; s, a's callee, only gets many more requests (a's retries)."""
+    quiet = [10.0, 10.5, 9.5, 10.0, 10.2, 9.8]
+    series = [
+        _series("front", "lat", quiet, [30.0, 30.0], "latency", "up"),
+        _series("a", "lat", quiet, [20.0, 20.0], "latency", "up"),
+        _series("s", "requests", quiet, [500.0, 500.0], "traffic", "both"),
+    ]
+    return RcaInput(T0, ["a", "front", "s"], series, {("front", "a"), ("a", "s")}, symptom=("front", "lat"))
+
+
+def test_a_callees_traffic_does_not_pull_the_walk_from_its_caller() -> None:
+    inp = _traffic_case()
+    assert rank(inp).services[0] == "a"
+    # Pulled by s's requests, the walk leaves a, and a caller (front) comes out on top instead.
+    assert rank(inp, replace(DEFAULT_PARAMS, callee_traffic=1.0)).services[0] != "a"
 
 
 def _span(trace: str, sid: str, parent: str, service: str, start: float, duration: float, status: str = "") -> SpanRow:
