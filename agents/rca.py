@@ -983,7 +983,7 @@ def combine(ev: Evidence, p: Params = DEFAULT_PARAMS) -> RcaResult:
             # Where the trouble was seen is a caller of its cause (or the cause itself).
             scores[s].score *= p.off_path
     ranking = sorted(scores.values(), key=lambda sc: (-sc.score, sc.service))
-    fault = fault_type(ranking[0]) if ranking and ranking[0].score > 0 else None
+    fault = fault_type(ranking[0], symptom_kind) if ranking and ranking[0].score > 0 else None
     return RcaResult(ranking, fault, features(ranking, metric_n, trace_n, log_n))
 
 
@@ -992,13 +992,17 @@ def rank(inp: RcaInput, p: Params = DEFAULT_PARAMS) -> RcaResult:
     return combine(gather(inp, p), p)
 
 
-def fault_type(top: ServiceScore) -> RcaFault:
-    """The fault type the evidence pattern of the top service points to."""
+def fault_type(top: ServiceScore, symptom_kind: str | None = None) -> RcaFault:
+    """The fault type the evidence pattern of the top service points to (and the kind of trouble seen, if known)."""
     if top.vanished:
         return "crash"
     kinds = dict(top.by_kind)
     if any("disk" in m.lower() or "inode" in m.lower() for m, _ in top.top_series[:2]):
         return "disk"
+    own_errors = top.trace_errors > 0 or top.log_errors > 0
+    if (own_errors or (symptom_kind == "errors" and kinds.get("errors", 0.0) > 0)):
+        # Errors the service itself wrote or originated, or errors where errors were what users saw.
+        return "error"
     resource = max(kinds.get("cpu", 0.0), kinds.get("memory", 0.0))
     symptom = max(kinds.get("latency", 0.0), kinds.get("errors", 0.0))
     if resource > 0 and resource >= 0.5 * symptom:

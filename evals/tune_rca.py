@@ -40,6 +40,7 @@ GRID: dict[str, Sequence[Any]] = {
     "propagation": (0.3, 0.5),
     "off_path": (0.2, 1.0),
     "infer_symptom": (False, True),
+    "co_move": (0.0, 0.5),
 }
 """The grid searched. The first four change the metric evidence itself; the others only how it is combined."""
 

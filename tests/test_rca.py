@@ -15,6 +15,8 @@ from dataclasses import replace
 
 from agents.rca import (
     EdgeSeries,
+    ServiceScore,
+    fault_type,
     LogRow,
     MetricSeries,
     RcaInput,
@@ -555,3 +557,17 @@ def test_a_confidence_artefact_fitted_on_other_features_is_refused(tmp_path: Pat
     with pytest.raises(ConfigError, match="refit"):
         ConfidenceModel.load(stale)
     assert ConfidenceModel.load(tmp_path / "none.json") is None
+
+
+def test_fault_type_reads_the_pattern_and_the_kind_of_trouble_seen() -> None:
+    assert fault_type(ServiceScore("a", vanished=True)) == "crash"
+    assert fault_type(ServiceScore("a", by_kind={"cpu": 4.0, "latency": 3.0})) == "cpu"
+    assert fault_type(ServiceScore("a", by_kind={"memory": 4.0, "cpu": 1.0})) == "memory"
+    assert fault_type(ServiceScore("a", by_kind={"latency": 3.0})) == "latency"
+    # Errors the service wrote itself outweigh a CPU that moved with them.
+    assert fault_type(ServiceScore("a", by_kind={"cpu": 4.0, "latency": 3.0}, log_errors=1.0)) == "error"
+    # A small error-rate move reads as latency, unless errors were what users saw.
+    slow_and_failing = ServiceScore("a", by_kind={"latency": 3.0, "errors": 1.2})
+    assert fault_type(slow_and_failing) == "latency"
+    assert fault_type(slow_and_failing, "errors") == "error"
+    assert fault_type(ServiceScore("a")) == "other"
