@@ -174,7 +174,7 @@ class Params:
     """Weight of the call-graph walk against each service's own score (0 = no propagation)."""
     restart: float = 0.6
     """Restart probability of the personalised PageRank."""
-    infer_symptom: bool = True
+    infer_symptom: bool = False
     """With no symptom in the case, take the entry service's most deviating user-facing metric as the symptom."""
     w_symptom_kind: float = 1.0
     """Extra weight of a service's deviation in the kind of metric the symptom was seen in. A design choice
@@ -1018,14 +1018,16 @@ def features(ranking: list[ServiceScore], metric_n: dict[str, float], trace_n: d
     """What the confidence model may read: the top answer's margin, how many modalities back it, how many
     candidates there were (log; chance alone is right 1 time in n), and the like."""
     if not ranking or ranking[0].score <= 0:
-        return {"margin": 0.0, "ratio": 0.0, "agree": 0.0, "deviating": 0.0, "top_metric": 0.0, "candidates": math.log(max(len(ranking), 1))}
+        return {"margin": 0.0, "margin3": 0.0, "ratio": 0.0, "agree": 0.0, "deviating": 0.0, "top_metric": 0.0, "candidates": math.log(max(len(ranking), 1))}
     top = ranking[0]
     second = ranking[1].score if len(ranking) > 1 else 0.0
+    third = ranking[2].score if len(ranking) > 2 else 0.0
     agree = sum(1 for n in (metric_n, trace_n, log_n) if n.get(top.service, 0.0) >= 0.999)
     present = sum(1 for n in (metric_n, trace_n, log_n) if any(v > 0 for v in n.values()))
     deviating = sum(1 for s in ranking if s.score > 0.05)
     return {
         "margin": top.score - second,
+        "margin3": top.score - third,
         "ratio": second / top.score,
         "agree": agree / max(present, 1),
         "deviating": deviating / len(ranking),

@@ -1,9 +1,9 @@
 """Confidence as a probability: a small logistic model over the ranker's own features.
 
 `P(top answer is right) = sigmoid(w · x + b)` with `x` from `agents.rca.features`: the margin of the top
-answer over the runner-up, and the log of the number of candidates (a ranking over 45 services is right less
-often than one over 10). Every subset of up to three of the seven features `features` computes was tried
-leave-one-system-out (docs/rca.md); this pair had among the lowest out-of-fold Brier scores. It is fitted by
+answer over the runner-up and over the third, and the log of the number of candidates (a ranking over 45
+services is right less often than one over 10). Every subset of up to three of the eight features `features`
+computes was tried leave-one-system-out (docs/rca.md); this one had the lowest out-of-fold Brier score. It is fitted by
 `python -m evals.tune_rca --data DIR --write` on the dev cases with leave-one-system-out cross-validation, and
 shipped as `agents/rca_confidence.json` (versioned, with the data it was fitted on and its cross-validated
 Brier score and ECE). Nothing here is set by hand.
@@ -22,7 +22,7 @@ import numpy as np
 from tools.base import ConfigError
 
 ARTEFACT = Path(__file__).with_name("rca_confidence.json")
-FEATURES = ("margin", "candidates")
+FEATURES = ("margin", "margin3", "candidates")
 
 
 @dataclass
