@@ -131,10 +131,11 @@ def test_co_movement_keeps_the_deviation_that_moves_with_the_symptom() -> None:
     assert "latency" not in ev.scores["b"].with_symptom  # it moved against the symptom
     assert rank(inp).services[0] == "a"
     assert rank(inp, replace(DEFAULT_PARAMS, co_move=0.0)).services[0] == "b"
-    # With no symptom given the entry service's most deviating user-facing series stands in for it.
+    # With no symptom given, and infer_symptom on, the entry service's most deviating user-facing series stands
+    # in for it.
     inferred = _co_case()
     inferred.symptom = None
-    assert rank(inferred).services[0] == "a"
+    assert rank(inferred, replace(DEFAULT_PARAMS, infer_symptom=True)).services[0] == "a"
 
 
 def _chain_case(root: str = "c") -> RcaInput:
