@@ -2,8 +2,8 @@
 
 `P(top answer is right) = sigmoid(w · x + b)` with `x` from `agents.rca.features`: the margin of the top
 answer over the runner-up and over the third, and the log of the number of candidates (a ranking over 45
-services is right less often than one over 10). Every subset of up to three of the eight features `features`
-computes was tried leave-one-system-out (docs/rca.md); this one had the lowest out-of-fold Brier score. It is fitted by
+services is right less often than one over 10). Every subset of up to three of nine candidate features was
+tried leave-one-system-out (docs/rca.md); this one had the lowest out-of-fold Brier score. It is fitted by
 `python -m evals.tune_rca --data DIR --write` on the dev cases with leave-one-system-out cross-validation, and
 shipped as `agents/rca_confidence.json` (versioned, with the data it was fitted on and its cross-validated
 Brier score and ECE). Nothing here is set by hand.
