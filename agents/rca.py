@@ -868,6 +868,13 @@ def _worse_sign(direction: Direction) -> float:
     return -1.0 if direction == "down" else 1.0
 
 
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two equally long series; 0 when either does not vary (no co-movement to see)."""
+    a, b = a - a.mean(), b - b.mean()
+    norm = math.sqrt(float(a @ a) * float(b @ b))
+    return float(a @ b) / norm if norm > 0 else 0.0
+
+
 def co_movement(inp: RcaInput, scores: dict[str, ServiceScore], devs: dict[int, float], edges: set[tuple[str, str]]) -> None:
     """How far each deviating series moved with the symptom over the whole window (before and after the start).
 
@@ -898,10 +905,7 @@ def co_movement(inp: RcaInput, scores: dict[str, ServiceScore], devs: dict[int, 
         inside = (rt >= xt[0]) & (rt <= xt[-1])
         if inside.sum() < 3:
             continue
-        y = np.interp(rt[inside], xt, xv)
-        if np.ptp(y) == 0:
-            continue
-        r = float(np.corrcoef(rv[inside], y)[0, 1])
+        r = _pearson(rv[inside], np.interp(rt[inside], xt, xv))
         r = abs(r) if x.direction == "both" else _worse_sign(x.direction) * r
         if not math.isfinite(r) or r <= 0:
             continue

@@ -572,3 +572,18 @@ def test_fault_type_reads_the_pattern_and_the_kind_of_trouble_seen() -> None:
     assert fault_type(slow_and_failing) == "latency"
     assert fault_type(slow_and_failing, "errors") == "error"
     assert fault_type(ServiceScore("a")) == "other"
+
+
+def test_co_movement_with_a_symptom_flat_where_the_series_overlap_warns_of_nothing() -> None:
+    """The symptom varies overall, but not over the minutes another series reported: no correlation, no warning."""
+    from agents.rca import _pearson
+
+    assert _pearson(np.array([1.0, 1.0, 1.0]), np.array([1.0, 2.0, 3.0])) == 0.0
+    assert _pearson(np.array([1.0, 2.0, 3.0]), np.array([2.0, 4.0, 6.0])) == pytest.approx(1.0)
+    quiet = [10.0] * 8
+    symptom = _series("front", "latency_ms", quiet, [40.0, 42.0], "latency", "up")
+    late = _series("b", "latency_ms", [], [30.0, 31.0, 33.0], "latency", "up")
+    late.ts = T0 + STEP * np.arange(-4, -1)  # reports only where the symptom was flat
+    late.normal = np.array([10.0, 10.5, 9.5, 10.0, 10.2])
+    inp = RcaInput(T0, ["front", "b"], [symptom, late], {("front", "b")}, symptom=("front", "latency_ms"))
+    rank(inp)  # pytest turns a RuntimeWarning into an error
