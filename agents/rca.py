@@ -3,12 +3,14 @@
 One method serves the live analyst and the offline benchmark (`sregraph bench rca`); it knows nothing of a
 dataset's service or metric names. The method, its sources and its measured numbers are in docs/rca.md. In short:
 
-1. **Metrics** (BARO's robust scorer, direction-aware). Each series is compared with every reference that has
-   enough points (the points before `anomaly_start`, a known-normal period) and deviates only as far as the
-   most lenient says. The deviation of a point after the start is `(x - median) / scale`, with a scale from the
-   IQR and MAD and floors relative to the median and to the value, counted only in the direction that is worse
-   for the metric's kind. A series scores `log1p` of the mean of its two worst points. A series that reported
-   steadily and stops after the start marks a crash.
+1. **Metrics** (BARO's robust scorer, direction-aware). The deviation of a point after the start is
+   `(x - median) / scale` against a reference (the points before `anomaly_start`, a known-normal period), with
+   a scale from the IQR and MAD and floors relative to the median and to the value, counted only in the
+   direction that is worse for the metric's kind; a series scores `log1p` of the mean of its two worst points.
+   Either reference may see the change, and what the series already showed before the start is discounted.
+   A service whose every series stops after the start has crashed; one whose request-facing series alone stop
+   is no longer called, which points at its callers. **Call edges** measured at both ends give the callee
+   the part of its callers' wait that its own server-side time does not explain (the network between them).
 2. **Traces** (MicroRank/TraceRCA-style). Each span's exclusive time (its duration less its children's) is
    compared with the same operation's spans before the start and, when the case has them, with the spans of a
    known-normal period; a service scores by how much more often its spans are slow, and by the errors it
@@ -21,10 +23,11 @@ dataset's service or metric names. The method, its sources and its measured numb
    follows one of its events changed after the start (a handler that now throws, a callee that now answers
    differently). A pre-window that holds an earlier fault hides the new one, so with a known-normal period the
    trace, log and event evidence is what either reference shows (the larger), as for metrics.
-4. **Symptom.** Where the trouble was seen (given, or the entry service's user-facing metrics) adds the kind of
-   trouble to follow, and services the symptom's service does not reach are discounted.
+4. **Symptom.** Where the trouble was seen (given, or optionally the entry service's user-facing metrics) adds
+   the kind of trouble to follow; half of each deviation counts only as far as it moved with the symptom; and
+   services the symptom's service does not reach are discounted.
 5. **Propagation** (MicroRCA/CIRCA). Trouble travels from callee to caller, so a personalised PageRank walks
-   from each deviating service towards the callees that deviate too.
+   from each deviating service towards the callees that deviate too (more requests at a callee do not pull it).
 
 Every service named anywhere in a case is a candidate and is ranked; the ranker answers whenever anything
 deviates. The fault type is read from the kind of evidence that dominates the top service.
@@ -199,8 +202,10 @@ class Params:
     min_ref: int = 5
     """A reference needs this many points to judge a series on its own."""
     reference: str = "strict"
-    """"both": a series deviates only as far as every usable reference agrees; "first": the points before the start
-    when there are enough of them, else the normal period."""
+    """How the usable references (the points before the start, the normal period) judge a series. "strict": it
+    deviates as far as either says (the points before the start may hold an earlier incident's tail); "both": only
+    as far as every one agrees; "first": the points before the start when there are enough of them, else the
+    normal period; "normal": the other way round."""
     onset: bool = True
     """Discount what a series already showed before the start (a condition that was already there is not the
     incident's). Judged against the normal period with enough points before the start: their lower quartile's
@@ -310,9 +315,9 @@ def series_deviation(s: MetricSeries, start: float, p: Params) -> tuple[float, b
         # Vanished: it reported steadily before the start and not once since (a sparse series proves nothing).
         return 0.0, len(before) >= p.min_ref and s.ts.max() < start
     normal = s.normal[np.isfinite(s.normal)] if s.normal is not None else np.array([])
-    # Each reference that has enough points judges the series; the series deviates only as far as the most
-    # lenient of them says. The points just before the start see the system as it was that day; a known-normal
-    # period covers a start with too little history. Either alone is fooled by drifts the other would not see.
+    # Each reference that has enough points judges the series (`reference` says how their verdicts combine). The
+    # points just before the start see the system as it was that day, but may hold an earlier incident; a
+    # known-normal period covers a start with too little history, but not a drift since (`onset` handles that).
     refs = [r for r in (before, normal) if len(r) >= p.min_ref]
     if not refs:
         refs = [r for r in (before, normal) if len(r) >= 2]
