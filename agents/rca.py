@@ -40,7 +40,7 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -362,11 +362,14 @@ def metric_scores(inp: RcaInput, p: Params, devs: dict[int, float] | None = None
     """Per service: the strongest weighted deviation over its series, with the per-kind maxima kept."""
     out = {s: ServiceScore(s) for s in inp.services}
     stopped: set[str] = set()
+    stopped_requests: set[str] = set()
     for i, s in enumerate(inp.series):
         dev, vanished = series_deviation(s, inp.anomaly_start, p)
         sc = out.setdefault(s.service, ServiceScore(s.service))
         if vanished:
             stopped.add(s.service)
+            if s.kind in ("latency", "traffic", "errors"):
+                stopped_requests.add(s.service)
         if _CALLER_VIEW.search(s.metric):
             dev *= p.caller_view
         if dev < p.min_deviation:
@@ -380,10 +383,8 @@ def metric_scores(inp: RcaInput, p: Params, devs: dict[int, float] | None = None
     still = {s.service for s in inp.series if np.any((s.ts >= inp.anomaly_start) & np.isfinite(s.values))}
     for service in stopped - still:
         out[service].vanished = True
-    for s in inp.series:
-        if s.service in stopped and s.service in still and s.kind in ("latency", "traffic", "errors"):
-            if series_deviation(s, inp.anomaly_start, p)[1]:
-                out[s.service].silenced = True
+    for service in stopped_requests & still:
+        out[service].silenced = True
     for callee, kinds in edge_gaps(inp, p).items():
         sc = out.setdefault(callee, ServiceScore(callee))
         for kind, gap in kinds.items():
@@ -573,13 +574,19 @@ def period_seconds(ts: Sequence[float]) -> float:
     return max(float(hi - lo) / 0.9, 1.0)
 
 
-def _template_shift(a: Counter[str], b: Counter[str]) -> float:
-    """Total-variation distance between two template mixes less what sampling alone gives (1/sqrt(lines))."""
+def _mix_shift(a: Counter[Any], b: Counter[Any]) -> float:
+    """Total-variation distance between two non-empty mixes less what sampling alone gives (1/sqrt(count));
+    negative when the two differ less than sampling would make them."""
     na, nb = sum(a.values()), sum(b.values())
-    if not na or not nb:
+    tv = 0.5 * sum(abs(a[t] / na - b[t] / nb) for t in a.keys() | b.keys())
+    return tv - 1.0 / math.sqrt(min(na, nb))
+
+
+def _template_shift(a: Counter[str], b: Counter[str]) -> float:
+    """How far two template mixes differ beyond sampling (0 when either is empty)."""
+    if not sum(a.values()) or not sum(b.values()):
         return 0.0
-    tv = 0.5 * sum(abs(a[t] / na - b[t] / nb) for t in set(a) | set(b))
-    return max(tv - 1.0 / math.sqrt(min(na, nb)), 0.0)
+    return max(_mix_shift(a, b), 0.0)
 
 
 def log_scores(inp: RcaInput, p: Params = DEFAULT_PARAMS, templates: Sequence[str] | None = None, normal_templates: Sequence[str] | None = None) -> tuple[dict[str, float], dict[str, float]]:
@@ -695,11 +702,10 @@ def _follows(spans: Sequence[SpanRow], logs: Sequence[LogRow], templates: Sequen
 def _follow_shift(a: Counter[Event], b: Counter[Event], min_ref: int) -> float | None:
     """Total-variation distance of two follower counts less sampling's 1/sqrt(count), times log1p(count); None
     when either has fewer than `min_ref`."""
-    na, nb = sum(a.values()), sum(b.values())
-    if min(na, nb) < min_ref:
+    fewer = min(sum(a.values()), sum(b.values()))
+    if fewer < min_ref:
         return None
-    tv = 0.5 * sum(abs(a[e] / na - b[e] / nb) for e in a.keys() | b.keys())
-    return (tv - 1.0 / math.sqrt(min(na, nb))) * math.log1p(min(na, nb))
+    return _mix_shift(a, b) * math.log1p(fewer)
 
 
 def event_scores(inp: RcaInput, p: Params = DEFAULT_PARAMS, templates: Sequence[str] | None = None, normal_templates: Sequence[str] | None = None) -> dict[str, float]:

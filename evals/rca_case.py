@@ -111,6 +111,15 @@ def _meta(path: Path) -> dict[str, tuple[Kind, Direction]]:
     return out
 
 
+def _series(
+    service: str, name: str, ts: list[float], vs: list[float], normal: list[float] | None, kind: tuple[Kind, Direction]
+) -> MetricSeries:
+    """One series in time order (the file's order is kept among equal timestamps)."""
+    t = np.array(ts)
+    order = np.argsort(t, kind="stable")
+    return MetricSeries(service, name, t[order], np.array(vs)[order], np.array(normal) if normal else None, *kind)
+
+
 def _read_edges(path: Path) -> dict[tuple[str, str, str, str], tuple[list[float], list[float]]]:
     """(caller, callee, metric, side) → (timestamps, values), in file order."""
     out: dict[tuple[str, str, str, str], tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
@@ -131,11 +140,8 @@ def _edge_series(folder: Path, meta: dict[str, tuple[Kind, Direction]]) -> list[
     normal = _read_edges(folder / "edge_normal.csv") if (folder / "edge_normal.csv").is_file() else {}
     out = []
     for (caller, callee, metric, side), (ts, vs) in rows.items():
-        kind, direction = meta.get(metric) or infer_kind(metric)
-        t = np.array(ts)
-        order = np.argsort(t, kind="stable")
         ref = normal.get((caller, callee, metric, side))
-        series = MetricSeries(callee, metric, t[order], np.array(vs)[order], np.array(ref[1]) if ref else None, kind, direction)
+        series = _series(callee, metric, ts, vs, ref[1] if ref else None, meta.get(metric) or infer_kind(metric))
         out.append(EdgeSeries(caller, callee, cast(Literal["client", "server"], side), series))
     return out
 
@@ -179,13 +185,8 @@ def load_case(folder: Path, use_meta: bool = True) -> Case:
     for (service, name), (ts, vs) in series.items():
         services.add(service)
         base = name.split("@", 1)[0]
-        kind, direction = meta.get(base) or infer_kind(base)
-        t = np.array(ts)
-        order = np.argsort(t, kind="stable")
         ref = normal.get((service, name))
-        out.append(
-            MetricSeries(service, name, t[order], np.array(vs)[order], np.array(ref[1]) if ref else None, kind, direction)
-        )
+        out.append(_series(service, name, ts, vs, ref[1] if ref else None, meta.get(base) or infer_kind(base)))
     edges: set[tuple[str, str]] = set()
     if (folder / "topology.csv").is_file():
         for row in _rows(folder / "topology.csv", ("caller", "callee")):

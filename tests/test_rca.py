@@ -580,10 +580,12 @@ def test_co_movement_with_a_symptom_flat_where_the_series_overlap_warns_of_nothi
 
     assert _pearson(np.array([1.0, 1.0, 1.0]), np.array([1.0, 2.0, 3.0])) == 0.0
     assert _pearson(np.array([1.0, 2.0, 3.0]), np.array([2.0, 4.0, 6.0])) == pytest.approx(1.0)
-    quiet = [10.0] * 8
-    symptom = _series("front", "latency_ms", quiet, [40.0, 42.0], "latency", "up")
+    # The symptom rises at the start and stays flat after it; b reports only after the start, against its normal
+    # period, so the two overlap where the symptom does not move.
+    symptom = _series("front", "latency_ms", [10.0] * 8, [40.0, 40.0, 40.0], "latency", "up")
     late = _series("b", "latency_ms", [], [30.0, 31.0, 33.0], "latency", "up")
-    late.ts = T0 + STEP * np.arange(-4, -1)  # reports only where the symptom was flat
     late.normal = np.array([10.0, 10.5, 9.5, 10.0, 10.2])
     inp = RcaInput(T0, ["front", "b"], [symptom, late], {("front", "b")}, symptom=("front", "latency_ms"))
-    rank(inp)  # pytest turns a RuntimeWarning into an error
+    ev = gather(inp)  # pytest turns a RuntimeWarning into an error
+    assert ev.scores["b"].by_kind["latency"] > DEFAULT_PARAMS.min_deviation
+    assert "latency" not in ev.scores["b"].with_symptom
