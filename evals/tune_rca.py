@@ -85,13 +85,15 @@ def tune(data: Sequence[Path]) -> dict[str, Any]:
         for system in systems:
             table[(i, system)] = _ranks(by_system[system], params, cache)
 
+    changed = [len(_diff(params, with_grid=False)) for params in points]  # how many defaults each point changes
+
     def best(use: Sequence[str]) -> int:
         def key(i: int) -> tuple[float, float, int]:
             per = [_score([r for r, _ in table[(i, s)]]) for s in use]
             # Ties go to the point nearest the shipped defaults: a parameter the systems in `use` cannot tell
             # apart (co_move without a named symptom, w_log without logs) keeps its default, not the grid's
             # first value.
-            return float(np.mean([a for a, _ in per])), float(np.mean([b for _, b in per])), -len(_diff(points[i], with_grid=False))
+            return float(np.mean([a for a, _ in per])), float(np.mean([b for _, b in per])), -changed[i]
         return max(range(len(points)), key=key)
 
     report: dict[str, Any] = {"grid": {k: list(v) for k, v in GRID.items()}, "systems": {}}
