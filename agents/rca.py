@@ -224,6 +224,11 @@ class Params:
     """How far a callee's traffic deviation pulls the call-graph walk towards it (its own score is untouched).
     Traffic travels from caller to callee (retries, fan-out), the other way from latency and errors, so a callee
     whose only news is more requests explains nothing of its caller's trouble: 0."""
+    common_mode: bool = True
+    """Subtract from each modality what the median candidate shows (`_common_mode`) before combining: in a system
+    where most services move at once (a load change across 45 services), what they share is no one's evidence."""
+    common_skip: int = 3
+    """The most deviating candidates left out of the common mode (a cause and its nearest callers)."""
     co_move: float = 0.5
     """Share of a deviation that counts only as far as the series moved with the symptom over the case's window
     (its positive correlation with the symptom series, before and after the start). A cause's trouble rises and
@@ -939,6 +944,19 @@ def _entry_symptom(services: Sequence[str], edges: set[tuple[str, str]], scores:
     return (best, kind) if kinds[kind] > 0 else (None, None)
 
 
+def _common_mode(values: dict[str, float], skip: int) -> float:
+    """What the typical candidate shows: the median over the candidates other than the `skip` most deviating
+    (those that show nothing count as 0).
+
+    The few most deviating candidates are where the incident is: a cause and the callers it drags along. What the
+    median of the rest shows is common to the system (its load changed, a node, the collector), not one
+    service's news; only the excess over it is evidence against a service. With few services deviating the
+    median is 0 and nothing changes; with `skip` or fewer candidates there is no rest to take it from.
+    """
+    rest = sorted(values.values())[: max(len(values) - skip, 0)]
+    return float(np.median(rest)) if rest else 0.0
+
+
 def _kind_dev(sc: ServiceScore, kind: str, co_move: float) -> float:
     """A service's deviation in one kind, the `co_move` share of it counted only as far as it moved with the symptom."""
     return (1 - co_move) * sc.by_kind.get(kind, 0.0) + co_move * sc.with_symptom.get(kind, 0.0)
@@ -954,16 +972,16 @@ def combine(ev: Evidence, p: Params = DEFAULT_PARAMS) -> RcaResult:
     co_move = p.co_move if symptom else 0.0
     for sc in scores.values():
         sc.metric = max((p.kind_w(k) * _kind_dev(sc, k, co_move) for k in sc.by_kind), default=0.0)
-    metric_n = _normalised({s: scores[s].metric for s in services})
-    trace_n = _normalised({s: scores[s].trace for s in services})
-    log_n = _normalised({s: scores[s].log for s in services})
-    event_n = _normalised({s: scores[s].event for s in services})
+    modality = {a: {s: getattr(scores[s], a) for s in services} for a in ("metric", "trace", "log", "event")}
+    common = {a: _common_mode(v, p.common_skip) if p.common_mode else 0.0 for a, v in modality.items()}
+    modality = {a: {s: max(0.0, x - common[a]) for s, x in v.items()} for a, v in modality.items()}
+    metric_n, trace_n, log_n, event_n = (_normalised(modality[a]) for a in ("metric", "trace", "log", "event"))
     if p.common_scale:
         # One scale for every modality: a modality whose best service is weak next to another's stays weak.
-        unit = max((max(sc.metric, sc.trace, sc.log, sc.event) for sc in scores.values()), default=0.0)
-        m, t, lg, ev_ = ({s: getattr(scores[s], a) / unit if unit > 0 else 0.0 for s in services} for a in ("metric", "trace", "log", "event"))
+        unit = max((x for v in modality.values() for x in v.values()), default=0.0)
+        m, t, lg, ev_ = ({s: x / unit if unit > 0 else 0.0 for s, x in modality[a].items()} for a in ("metric", "trace", "log", "event"))
     else:
-        unit = max((sc.metric for sc in scores.values()), default=0.0)
+        unit = max(modality["metric"].values(), default=0.0)
         m, t, lg, ev_ = metric_n, trace_n, log_n, event_n
     own = {
         s: p.w_metric * m[s] + p.w_trace * t[s] + p.w_log * lg[s] + p.w_event * ev_[s] + (p.w_vanished if scores[s].vanished else 0.0)
@@ -978,7 +996,9 @@ def combine(ev: Evidence, p: Params = DEFAULT_PARAMS) -> RcaResult:
                     own[a] += p.w_silenced / len(callers)
     if symptom_kind and p.w_symptom_kind > 0:
         # The kind of trouble that was seen is the trail to follow: a cause shows it too (PetShop's traversal).
-        same = _normalised({s: _kind_dev(scores[s], symptom_kind, co_move) for s in services})
+        same = {s: _kind_dev(scores[s], symptom_kind, co_move) for s in services}
+        floor = _common_mode(same, p.common_skip) if p.common_mode else 0.0
+        same = _normalised({s: max(0.0, x - floor) for s, x in same.items()})
         own = {s: own[s] + p.w_symptom_kind * same[s] for s in services}
     pull = None
     if p.callee_traffic != 1.0:
@@ -988,6 +1008,7 @@ def combine(ev: Evidence, p: Params = DEFAULT_PARAMS) -> RcaResult:
         for s in services:
             sc = scores[s]
             explains = max((p.kind_w(k) * _kind_dev(sc, k, co_move) * (p.callee_traffic if k == "traffic" else 1.0) for k in sc.by_kind), default=0.0)
+            explains = max(0.0, explains - common["metric"])
             pull[s] = own[s] - p.w_metric * m[s] + (p.w_metric * explains / unit if unit > 0 else 0.0)
     walked = _normalised(personalised_pagerank(services, ev.edges, own, p.restart, pull=pull)) if p.propagation > 0 else {}
     own_n = _normalised(own)

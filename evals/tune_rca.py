@@ -41,6 +41,7 @@ GRID: dict[str, Sequence[Any]] = {
     "off_path": (0.2, 1.0),
     "infer_symptom": (False, True),
     "co_move": (0.0, 0.5),
+    "common_mode": (False, True),
 }
 """The grid searched. The first four change the metric evidence itself; the others only how it is combined."""
 
