@@ -39,7 +39,7 @@ import math
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -224,6 +224,9 @@ class Params:
     """How far a callee's traffic deviation pulls the call-graph walk towards it (its own score is untouched).
     Traffic travels from caller to callee (retries, fan-out), the other way from latency and errors, so a callee
     whose only news is more requests explains nothing of its caller's trouble: 0."""
+    failure_share: bool = True
+    """Judge a success share (availability, success rate: errors-kind, worse down, within 0–100 or 0–1) as its
+    complement, the failure share (`_as_failure_share`)."""
     common_mode: bool = True
     """Subtract from each modality what the median candidate shows (`_common_mode`) before combining: in a system
     where most services move at once (a load change across 45 services), what they share is no one's evidence."""
@@ -311,6 +314,21 @@ def _worse(values: np.ndarray, med: float, scale: float, direction: Direction, p
     return np.abs(z)
 
 
+def _as_failure_share(
+    s: MetricSeries, before: np.ndarray, after: np.ndarray, normal: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, MetricSeries]:
+    """A success share (an errors-kind series that is worse down and lies within 0–100, or 0–1) as its complement.
+
+    Availability 100 % → 97.8 % is a small move of the value but a failure share going from none to 2.2 %: judged
+    as the failure share, a reference with no failures makes any failure news, as for an error counter at 0.
+    Other series are returned as they are."""
+    every = np.concatenate([before, after, normal])
+    if s.kind != "errors" or s.direction != "down" or not len(every) or every.min() < 0 or every.max() > 100:
+        return before, after, normal, s
+    cap = 100.0 if every.max() > 1 else 1.0
+    return cap - before, cap - after, cap - normal, replace(s, values=cap - s.values, normal=None, direction="up")
+
+
 def series_deviation(s: MetricSeries, start: float, p: Params) -> tuple[float, bool]:
     """How far a series went the worse way after `start` (log1p of robust z) and whether it stopped reporting."""
     finite = np.isfinite(s.values)
@@ -320,6 +338,8 @@ def series_deviation(s: MetricSeries, start: float, p: Params) -> tuple[float, b
         # Vanished: it reported steadily before the start and not once since (a sparse series proves nothing).
         return 0.0, len(before) >= p.min_ref and s.ts.max() < start
     normal = s.normal[np.isfinite(s.normal)] if s.normal is not None else np.array([])
+    if p.failure_share:
+        before, after, normal, s = _as_failure_share(s, before, after, normal)
     # Each reference that has enough points judges the series (`reference` says how their verdicts combine). The
     # points just before the start see the system as it was that day, but may hold an earlier incident; a
     # known-normal period covers a start with too little history, but not a drift since (`onset` handles that).

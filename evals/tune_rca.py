@@ -42,12 +42,14 @@ GRID: dict[str, Sequence[Any]] = {
     "infer_symptom": (False, True),
     "co_move": (0.0, 0.5),
     "common_mode": (False, True),
+    "failure_share": (False, True),
 }
-"""The grid searched. The first four change the metric evidence itself; the others only how it is combined."""
+"""The grid searched. reference, onset, caller_view, flat_exact and failure_share change the metric evidence itself;
+the others only how it is combined."""
 
 EVIDENCE_KEYS = (
     "rel_floor", "value_floor", "caller_view", "flat_exact", "flat_weight", "w_shift", "min_ref", "min_deviation",
-    "reference", "onset", *SIGNAL_KEYS,
+    "reference", "onset", "failure_share", *SIGNAL_KEYS,
 )
 
 

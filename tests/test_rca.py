@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-from dataclasses import replace
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -11,27 +10,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataclasses import replace
-
 from agents.rca import (
+    DEFAULT_PARAMS,
     EdgeSeries,
-    ServiceScore,
-    fault_type,
+    Evidence,
     LogRow,
     MetricSeries,
     RcaInput,
+    ServiceScore,
     SpanRow,
+    _common_mode,
+    combine,
+    edge_gaps,
+    event_scores,
+    fault_type,
     gather,
     infer_kind,
-    event_scores,
     log_scores,
     metric_scores,
     personalised_pagerank,
     rank,
     series_deviation,
     trace_scores,
-    DEFAULT_PARAMS,
-    edge_gaps,
 )
 from agents.rca_confidence import FEATURES, ConfidenceModel, brier, ece, fit
 from evals.rca_bench import baro_scores, run_bench
@@ -589,3 +589,38 @@ def test_co_movement_with_a_symptom_flat_where_the_series_overlap_warns_of_nothi
     ev = gather(inp)  # pytest turns a RuntimeWarning into an error
     assert ev.scores["b"].by_kind["latency"] > DEFAULT_PARAMS.min_deviation
     assert "latency" not in ev.scores["b"].with_symptom
+
+
+def test_common_mode_is_the_median_of_the_candidates_other_than_the_most_deviating() -> None:
+    values = {f"s{i}": float(i) for i in range(10)}  # 0..9; without the top three: 0..6
+    assert _common_mode(values, 3) == pytest.approx(3.0)
+    assert _common_mode({"a": 5.0, "b": 4.0, "c": 3.0}, 3) == 0.0  # no rest to take it from
+    assert _common_mode({}, 3) == 0.0
+
+
+def _shared_shift_evidence() -> Evidence:
+    """40 services whose latency moved together (a load change), one noisy beyond them, and the cause, whose only
+    news is in its logs."""
+    scores = {f"s{i}": ServiceScore(f"s{i}", by_kind={"latency": 3.0}) for i in range(40)}
+    scores["noisy"] = ServiceScore("noisy", by_kind={"latency": 4.6})
+    scores["cause"] = ServiceScore("cause", log=1.5)
+    return Evidence(list(scores), scores, set())
+
+
+def test_what_most_services_share_is_no_ones_evidence() -> None:
+    shared = replace(DEFAULT_PARAMS, common_mode=False)
+    assert combine(_shared_shift_evidence(), shared).services[0] == "noisy"
+    # Less the common mode, the noisy service keeps only its excess, and the cause's logs stand out.
+    assert combine(_shared_shift_evidence(), DEFAULT_PARAMS).services[0] == "cause"
+
+
+def test_a_success_share_is_judged_as_its_failure_share() -> None:
+    """Availability pinned at 100 % that falls to 97.8 %: a small move of the value, but failures from none."""
+    s = _series("a", "availability", [100.0, 100.0, 100.0, 100.0, 100.0, 100.0], [99.46, 97.83], "errors", "down")
+    s = replace(s, normal=np.full(30, 100.0))
+    as_failures, _ = series_deviation(s, T0, DEFAULT_PARAMS)
+    as_values, _ = series_deviation(s, T0, replace(DEFAULT_PARAMS, failure_share=False))
+    assert as_values < DEFAULT_PARAMS.min_deviation <= as_failures
+    # A series that is not a share (it leaves 0..100) is judged as it is.
+    counts = replace(s, values=s.values * 10, normal=np.full(30, 1000.0))
+    assert series_deviation(counts, T0, DEFAULT_PARAMS)[0] == series_deviation(counts, T0, replace(DEFAULT_PARAMS, failure_share=False))[0]
