@@ -326,7 +326,7 @@ class Analyst:
     # ------------------------------------------------------------------ ranking
 
     def diagnose(self, observation: Observation, previous: list[ActionResult] | None = None, tokens_spent: int = 0) -> Diagnosis:
-        """Ranked hypotheses with evidence-derived confidence."""
+        """Ranked hypotheses, each with its calibrated confidence (`calibrated`)."""
         previous = previous or []
         table, similar, _ = self.gather(observation, previous)
         if self.chat_model is not None:
