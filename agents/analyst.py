@@ -300,10 +300,11 @@ class Analyst:
                 )
 
     def _rank_evidence(self, table: dict[str, ServiceEvidence], windows: Windows, span: Windows, previous: list[ActionResult]) -> None:
-        """The root-cause ranker's answer (agents/rca.py, measured in docs/rca.md) as evidence on its top service.
+        """The root-cause ranker's scores (agents/rca.py, measured in docs/rca.md) as evidence on every service.
 
-        Only the top: spread over every deviating service it would dilute the share of evidence that the
-        analyst's confidence is made of, and push a clear diagnosis under `min_confidence`.
+        Each service the ranker scores gets W_RANKER times its score normalised so the ranker's top is 1, when
+        its own metrics moved enough or its traces or logs did (RANKER_MIN_DEVIATION). A caller that is only a
+        symptom then loses 0.7 of it with its other metric evidence (the topology penalty).
 
         Not on a service already acted on in this incident: whether to try it again or hand it to a human after
         a remedy did not help is the rule layer's call (attempt limits, escalation), and the ranker's view,
@@ -315,12 +316,16 @@ class Analyst:
         except SregraphError as exc:
             log.warning("root-cause ranker skipped: %s", exc)
             return
-        for sc in ranked.ranking[:1]:
+        top = ranked.ranking[0].score if ranked.ranking else 0.0
+        if top <= 0:
+            return
+        for sc in ranked.ranking:
             strong = max(sc.by_kind.values(), default=0.0) >= RANKER_MIN_DEVIATION or sc.trace > 0 or sc.log > 0
-            if sc.service in table and sc.service not in acted_on and strong:
+            weight = round(W_RANKER * sc.score / top, 3)
+            if sc.service in table and sc.service not in acted_on and strong and weight > 0:
                 parts = ", ".join(f"{name} {value:.2f}" for name, value in (("metrics", sc.metric), ("traces", sc.trace), ("logs", sc.log)) if value > 0)
                 table[sc.service].evidence.append(
-                    Evidence(kind="metric", service=sc.service, summary=f"root-cause ranker score {sc.score:.2f} ({parts or 'call graph'})", weight=round(W_RANKER * sc.score, 3), ref="ranker")
+                    Evidence(kind="metric", service=sc.service, summary=f"root-cause ranker score {sc.score / top:.2f} of its top ({parts or 'call graph'})", weight=weight, ref="ranker")
                 )
 
     # ------------------------------------------------------------------ ranking
