@@ -368,8 +368,8 @@ class Analyst:
             probabilities = {service: confidence(table[service], total) for service, _, _ in picks}
             notes.append(
                 f"CONFIDENCE NOT CALIBRATED: the confidence model {self.confidence_artefact} is missing, so confidence is "
-                "the evidence-share formula (docs/analyst-method.md), not a probability, and analyst.min_confidence "
-                "was chosen for the model; refit it with: python -m evals.tune_rca --data DIR --write"
+                "the old evidence-share formula (docs/analyst-method.md §5), not a probability, and analyst.min_confidence "
+                "was not chosen for it; refit the model with: python -m evals.tune_rca --data DIR --write"
             )
         hypotheses = []
         for service, fault, rationale in picks:
