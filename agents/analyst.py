@@ -1,18 +1,22 @@
-"""The analyst: ranks root-cause hypotheses from evidence and derives their confidence from that evidence.
+"""The analyst: ranks root-cause hypotheses from evidence; their confidence is a calibrated probability.
 
 The deterministic method (docs/analyst-method.md) scores every service on independent evidence families —
 metrics, health/runtime, logs, traces, recent changes, memory of past incidents — then moves blame down the
 dependency graph: a service whose own dependency is failing is more likely a symptom than a cause. The LLM
 mode lets a model investigate with read-only tools and rank hypotheses, but every hypothesis it names is
-scored on the same measured evidence, so a model cannot talk its way into confidence.
+scored on the same measured evidence, so a model cannot talk its way into confidence. Confidence is the
+probability that the top answer is right, from the root-cause ranker's fitted confidence model
+(agents/rca_confidence.json) applied to the margins of this ranking (`calibrated`).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from graphs.state import ActionResult, Diagnosis, Evidence, FaultType, Hypothesis, Observation, Signal, SimilarIncident
@@ -21,7 +25,8 @@ from tools.base import Change, ServiceStatus, SregraphError
 from tools.gitops import is_own_change
 from tools.toolbox import Toolbox
 
-from agents.rca import rank
+from agents.rca import ServiceScore, features, rank
+from agents.rca_confidence import ARTEFACT, ConfidenceModel
 from agents.rca_live import live_input
 from agents.signals import Windows, log_evidence, measure, trace_origins
 
@@ -116,12 +121,16 @@ class Analyst:
         observer_config: ObserverConfig,
         chat_model: Any = None,
         llm_config: Any = None,
+        confidence_artefact: Path = ARTEFACT,
     ) -> None:
         self.toolbox = toolbox
         self.config = config
         self.observer_config = observer_config
         self.chat_model = chat_model
         self.llm_config = llm_config
+        self.confidence_artefact = Path(confidence_artefact)
+        self.confidence_model = shipped_model(self.confidence_artefact)
+        """The calibrated confidence model (agents/rca_confidence.json); None when the artefact is missing."""
 
     # ------------------------------------------------------------------ gathering
 
@@ -291,10 +300,11 @@ class Analyst:
                 )
 
     def _rank_evidence(self, table: dict[str, ServiceEvidence], windows: Windows, span: Windows, previous: list[ActionResult]) -> None:
-        """The root-cause ranker's answer (agents/rca.py, measured in docs/rca.md) as evidence on its top service.
+        """The root-cause ranker's scores (agents/rca.py, measured in docs/rca.md) as evidence on every service.
 
-        Only the top: spread over every deviating service it would dilute the share of evidence that the
-        analyst's confidence is made of, and push a clear diagnosis under `min_confidence`.
+        Each service the ranker scores gets W_RANKER times its score normalised so the ranker's top is 1, when
+        its own metrics moved enough or its traces or logs did (RANKER_MIN_DEVIATION). A caller that is only a
+        symptom then loses 0.7 of it with its other metric evidence (the topology penalty).
 
         Not on a service already acted on in this incident: whether to try it again or hand it to a human after
         a remedy did not help is the rule layer's call (attempt limits, escalation), and the ranker's view,
@@ -306,18 +316,22 @@ class Analyst:
         except SregraphError as exc:
             log.warning("root-cause ranker skipped: %s", exc)
             return
-        for sc in ranked.ranking[:1]:
+        top = ranked.ranking[0].score if ranked.ranking else 0.0
+        if top <= 0:
+            return
+        for sc in ranked.ranking:
             strong = max(sc.by_kind.values(), default=0.0) >= RANKER_MIN_DEVIATION or sc.trace > 0 or sc.log > 0
-            if sc.service in table and sc.service not in acted_on and strong:
+            weight = round(W_RANKER * sc.score / top, 3)
+            if sc.service in table and sc.service not in acted_on and strong and weight > 0:
                 parts = ", ".join(f"{name} {value:.2f}" for name, value in (("metrics", sc.metric), ("traces", sc.trace), ("logs", sc.log)) if value > 0)
                 table[sc.service].evidence.append(
-                    Evidence(kind="metric", service=sc.service, summary=f"root-cause ranker score {sc.score:.2f} ({parts or 'call graph'})", weight=round(W_RANKER * sc.score, 3), ref="ranker")
+                    Evidence(kind="metric", service=sc.service, summary=f"root-cause ranker score {sc.score / top:.2f} of its top ({parts or 'call graph'})", weight=weight, ref="ranker")
                 )
 
     # ------------------------------------------------------------------ ranking
 
     def diagnose(self, observation: Observation, previous: list[ActionResult] | None = None, tokens_spent: int = 0) -> Diagnosis:
-        """Ranked hypotheses with evidence-derived confidence."""
+        """Ranked hypotheses, each with its calibrated confidence (`calibrated`)."""
         previous = previous or []
         table, similar, _ = self.gather(observation, previous)
         if self.chat_model is not None:
@@ -346,7 +360,17 @@ class Analyst:
             picks = [p for p in order if p[0] in table]
             named = {p[0] for p in picks}
             picks += [(ev.service, classify(ev, table, self.toolbox, similar), "") for ev in sorted(candidates, key=lambda e: -e.score) if ev.service not in named]
-        total = sum(ev.score for ev in candidates) or 1.0
+        notes = [] if picks else ["no service shows evidence of a fault"]
+        if self.confidence_model is not None:
+            probabilities = calibrated({s: ev.score for s, ev in table.items()}, self.confidence_model)
+        else:
+            total = sum(ev.score for ev in candidates) or 1.0
+            probabilities = {service: confidence(table[service], total) for service, _, _ in picks}
+            notes.append(
+                f"CONFIDENCE NOT CALIBRATED: the confidence model {self.confidence_artefact} is missing, so confidence is "
+                "the old evidence-share formula (docs/analyst-method.md §5), not a probability, and analyst.min_confidence "
+                "was not chosen for it; refit the model with: python -m evals.tune_rca --data DIR --write"
+            )
         hypotheses = []
         for service, fault, rationale in picks:
             ev = table[service]
@@ -355,13 +379,12 @@ class Analyst:
                     service=service,
                     fault_type=fault,
                     score=round(ev.score, 3),
-                    confidence=confidence(ev, total),
+                    confidence=probabilities[service],
                     evidence=sorted(ev.evidence, key=lambda e: -abs(e.weight)),
                     rationale=rationale or rationale_for(ev, fault),
                 )
             )
         top_conf = hypotheses[0].confidence if hypotheses else 0.0
-        notes = [] if hypotheses else ["no service shows evidence of a fault"]
         return Diagnosis(hypotheses=hypotheses, confidence=top_conf, method=method, similar=similar, notes=notes)
 
     def _diagnose_llm(
@@ -410,8 +433,53 @@ def _leads(cause: ServiceEvidence, symptom: ServiceEvidence) -> bool:
     return cause.onset <= symptom.onset + 1.0
 
 
+@functools.lru_cache(maxsize=8)
+def shipped_model(path: Path = ARTEFACT) -> ConfidenceModel | None:
+    """The confidence model stored at `path`, read once; None (and a warning) when there is none."""
+    model = ConfidenceModel.load(path)
+    if model is None:
+        log.warning("confidence model %s is missing: the analyst falls back to the uncalibrated evidence-share formula", path)
+    return model
+
+
+def ranking_features(scores: dict[str, float]) -> dict[str, float]:
+    """The confidence model's features of the analyst's ranking, by `agents.rca.features` itself.
+
+    Every service of the system is a candidate (as every service of a case is the ranker's). Scores below zero
+    (penalties outweighing evidence) count as 0, as the ranker's never go below 0, and all are divided by the
+    largest, so the top scores 1: the ranker's final scores mix two max-normalised scores, whose top is 1
+    whenever both agree on it. Ties are broken by name, as the ranker breaks them.
+    """
+    top = max((max(v, 0.0) for v in scores.values()), default=0.0)
+    norm = {s: max(v, 0.0) / top if top > 0 else 0.0 for s, v in scores.items()}
+    ranking = [ServiceScore(service=s, score=norm[s]) for s in sorted(norm, key=lambda s: (-norm[s], s))]
+    return features(ranking, {}, {}, {})
+
+
+def calibrated(scores: dict[str, float], model: ConfidenceModel) -> dict[str, float]:
+    """Confidence of every service with positive evidence, from the analyst's final scores.
+
+    The top service gets the model's probability that the top answer is right (`ranking_features`). The model
+    says nothing about the others: they share what is left, 1 − p, in proportion to their positive scores, an
+    apportionment rather than a fitted probability. A service the LLM picks over the evidence's top therefore
+    gets at most 1 − p: it can only be right if the top is wrong. Services without positive evidence get 0.
+    """
+    positive = {s: v for s, v in scores.items() if v > 0}
+    if not positive:
+        return {s: 0.0 for s in scores}
+    top = min(positive, key=lambda s: (-positive[s], s))
+    p_top = model.probability(ranking_features(scores))
+    rest = sum(v for s, v in positive.items() if s != top)
+    out = {s: 0.0 for s in scores}
+    out.update({s: round((1.0 - p_top) * v / rest, 3) for s, v in positive.items() if s != top})
+    out[top] = round(p_top, 3)
+    return out
+
+
 def confidence(ev: ServiceEvidence, total: float) -> float:
-    """Confidence in a service's hypothesis: its share of all evidence times how many families agree.
+    """The fallback confidence when the calibrated model is missing: a formula, not a probability.
+
+    Its share of all evidence times how many families agree.
 
     share = score / sum of positive scores (separation from the alternatives);
     agreement = independent families (metric, health, log, trace, change, memory) with positive weight, over 3.

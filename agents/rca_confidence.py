@@ -12,6 +12,7 @@ Brier score and ECE). Nothing here is set by hand.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,8 +22,13 @@ import numpy as np
 
 from tools.base import ConfigError
 
+log = logging.getLogger(__name__)
+
 ARTEFACT = Path(__file__).with_name("rca_confidence.json")
 FEATURES = ("margin", "margin3", "candidates")
+FALLBACK_MIN_CONFIDENCE = 0.3
+"""`analyst.min_confidence` when the artefact is missing or holds no chosen threshold: the old hand-set value,
+used only so that sregraph still starts (the analyst then says loudly that its confidence is not calibrated)."""
 
 
 @dataclass
@@ -119,3 +125,41 @@ def selective_risk(p: Sequence[float], y: Sequence[float], thresholds: Sequence[
         rows.append({"threshold": t, "coverage": round(float(m.mean()), 3) if len(pa) else 0.0,
                      "risk": round(float(1 - ya[m].mean()), 3) if m.any() else 0.0})
     return rows
+
+
+def choose_threshold(curve: Sequence[dict[str, float]], cases: int, target_risk: float, min_acted: int) -> dict[str, object]:
+    """`analyst.min_confidence` from an out-of-fold selective-risk curve (rows of `selective_risk`).
+
+    The rule: the **lowest** threshold at which the share wrong among the answers acted on is at most
+    `target_risk`, counting only rows that act on at least `min_acted` of the `cases` (a risk measured on two
+    answers says nothing). The lowest such threshold acts on the most incidents the target allows. When no row
+    meets the target, the row with the lowest risk (then the lowest threshold) among those with enough support
+    is chosen and `target_met` is False: whoever refits must see that the target was not reachable.
+    Returns the threshold, the rule's inputs, and the curve row it came from.
+    """
+    supported = [r for r in curve if round(float(r["coverage"]) * cases) >= min_acted]
+    if not supported:
+        raise ValueError(f"no row of the selective-risk curve acts on {min_acted} of {cases} cases")
+    meeting = [r for r in supported if float(r["risk"]) <= target_risk]
+    row = min(meeting, key=lambda r: float(r["threshold"])) if meeting else min(supported, key=lambda r: (float(r["risk"]), float(r["threshold"])))
+    return {
+        "threshold": float(row["threshold"]),
+        "rule": "lowest threshold whose out-of-fold error among the answers acted on is at most target_risk, acting on at least min_acted cases",
+        "target_risk": target_risk,
+        "min_acted": min_acted,
+        "target_met": bool(meeting),
+        "row": {"threshold": float(row["threshold"]), "coverage": float(row["coverage"]), "risk": float(row["risk"]), "acted_on": round(float(row["coverage"]) * cases)},
+    }
+
+
+def default_min_confidence(path: Path = ARTEFACT) -> float:
+    """The threshold `evals/tune_rca.py --write` chose from the selective-risk curve and stored in the artefact
+    (`min_confidence.threshold`); FALLBACK_MIN_CONFIDENCE, with a warning, when there is none."""
+    try:
+        data = json.loads(Path(path).read_text())
+        return float(data["min_confidence"]["threshold"])
+    except FileNotFoundError:
+        log.warning("%s is missing: analyst.min_confidence defaults to the hand-set %s", path, FALLBACK_MIN_CONFIDENCE)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("%s holds no chosen min_confidence (%s): it defaults to the hand-set %s", path, exc, FALLBACK_MIN_CONFIDENCE)
+    return FALLBACK_MIN_CONFIDENCE

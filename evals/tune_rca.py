@@ -10,6 +10,10 @@ those are the leave-one-out numbers. The grid point best over all systems is the
 The confidence model is fitted the same way: for each held-out system a logistic model is fitted on the others'
 answers (with the parameters chosen without it) and predicts the held-out answers; Brier and ECE are measured
 on those out-of-fold predictions. `--write` then writes agents/rca_confidence.json, fitted on every system.
+
+`--write` also stores `min_confidence`, the live analyst's act-or-escalate threshold (`analyst.min_confidence`'s
+default), chosen from the out-of-fold selective-risk curve by `min_confidence_choice`: the lowest threshold at
+which at most TARGET_RISK of the answers acted on were wrong, acting on at least MIN_ACTED cases.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, replace
@@ -26,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from agents.rca import DEFAULT_PARAMS, SIGNAL_KEYS, Params, combine, gather, signals
-from agents.rca_confidence import ARTEFACT, FEATURES, brier, ece, fit, matrix, reliability, selective_risk
+from agents.rca_confidence import ARTEFACT, FEATURES, brier, choose_threshold, ece, fit, matrix, reliability, selective_risk
 from evals.rca_bench import load_cases
 from evals.rca_case import Case, load_label
 
@@ -46,6 +51,20 @@ GRID: dict[str, Sequence[Any]] = {
 }
 """The grid searched. reference, onset, caller_view, flat_exact and failure_share change the metric evidence itself;
 the others only how it is combined."""
+
+TARGET_RISK = 0.2
+"""The error rate an automatic remedy may have: out of fold, at most one answer in five acted on was wrong. The
+remedies (restart, start, rollback, config revert) are reversible, checked by the policy, verified, and a remedy
+that does not help leads to another attempt or to a human; a wrong one costs a needless restart or revert."""
+MIN_ACTED = 10
+"""A curve row counts only if it acts on at least this many out-of-fold cases (a risk measured on three answers
+says nothing)."""
+
+
+def min_confidence_choice(out_of_fold: dict[str, Any]) -> dict[str, Any]:
+    """The act-or-escalate threshold stored in the artefact, from its out-of-fold selective-risk curve."""
+    return choose_threshold(out_of_fold["selective_risk"], int(out_of_fold["cases"]), TARGET_RISK, MIN_ACTED)
+
 
 EVIDENCE_KEYS = (
     "rel_floor", "value_floor", "caller_view", "flat_exact", "flat_weight", "w_shift", "min_ref", "min_deviation",
@@ -131,6 +150,7 @@ def tune(data: Sequence[Path]) -> dict[str, Any]:
         "bias": b,
         "fitted_on": {s: len(by_system[s]) for s in systems},
     }
+    report["confidence"]["min_confidence"] = min_confidence_choice(report["confidence"]["out_of_fold"])
     report["seconds"] = time.perf_counter() - t0
     report["grid_points"] = len(points)
     return report
@@ -155,11 +175,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     report = tune(args.data)
     if args.write:
         conf = report["confidence"]
+        choice = conf["min_confidence"]
+        if not choice["target_met"]:
+            print(f"warning: no threshold keeps the out-of-fold error under {TARGET_RISK}; min_confidence {choice['threshold']} "
+                  f"is the lowest-risk row {choice['row']}", file=sys.stderr)
         version = time.strftime("%Y-%m-%d") + "-" + "+".join(f"{s}:{n}" for s, n in conf["fitted_on"].items())
         ARTEFACT.write_text(json.dumps({
             "version": version, "features": list(FEATURES), "weights": conf["weights"], "bias": conf["bias"],
             "params": report["chosen"], "fitted_on": conf["fitted_on"], "out_of_fold": conf["out_of_fold"],
-            "script": "python -m evals.tune_rca --data DIR ... --write",
+            "min_confidence": choice, "script": "python -m evals.tune_rca --data DIR ... --write",
         }, indent=2) + "\n")
     print(json.dumps(report, indent=2, default=str))
 

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agents.llm import LLMConfig
+from agents.rca_confidence import default_min_confidence
 from tools.base import ConfigError
 
 ENV_PREFIX = "SREGRAPH_"
@@ -53,8 +54,10 @@ class AnalystConfig(BaseModel):
 
     change_lookback_s: float = Field(default=900.0, ge=0)
     """Deploys and config changes this far before the onset count as suspects."""
-    min_confidence: float = Field(default=0.3, ge=0, le=1)
-    """Below this the engineer escalates instead of acting."""
+    min_confidence: float = Field(default_factory=default_min_confidence, ge=0, le=1)
+    """Below this the engineer escalates instead of acting. The default is the threshold evals/tune_rca.py chose
+    from the confidence model's out-of-fold selective-risk curve, stored in agents/rca_confidence.json
+    (docs/rca.md); sregraph.yaml or SREGRAPH_ANALYST__MIN_CONFIDENCE override it."""
     similar_k: int = Field(default=3, ge=0, le=100)
     memory_min_similarity: float = Field(default=0.55, ge=-1, le=1)
 

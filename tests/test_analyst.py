@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import math
 import random
 from pathlib import Path
 
 import pytest
 
-from agents.analyst import Analyst
+from agents.analyst import Analyst, ServiceEvidence, calibrated, confidence, ranking_features
 from agents.engineer import Engineer
 from agents.observer import Observer
 from agents.policy import Policy, ServicePolicy, load_policy
+from agents.rca_confidence import ARTEFACT, ConfidenceModel
 from graphs.state import Action, Observation
 from sregraph.config import AnalystConfig, EngineerConfig, ObserverConfig
 from tools.base import ConfigError, HealthResult, LogRecord, NotFound, ServiceStatus, Span
@@ -202,7 +205,8 @@ def test_healthy_system_has_no_signals(tmp_path: Path) -> None:
 
 
 def test_confidence_follows_separation(tmp_path: Path) -> None:
-    """Two equally broken independent services split the confidence; one broken service gets it all."""
+    """Two equally broken independent services get a lower confidence than one broken service alone; both are
+    the calibrated model's probability for their ranking."""
     tb = make_toolbox(tmp_path, FakeRuntime(), FakeHealth())
     write_series(tb.telemetry, "payments", {"latency_p95_ms": 400})  # type: ignore[arg-type]
     write_series(tb.telemetry, "checkout")  # type: ignore[arg-type]
@@ -214,9 +218,54 @@ def test_confidence_follows_separation(tmp_path: Path) -> None:
     write_series(tb2.telemetry, "payments", {"latency_p95_ms": 400})  # type: ignore[arg-type]
     write_series(tb2.telemetry, "checkout", {"latency_p95_ms": 400})  # type: ignore[arg-type]
     write_series(tb2.telemetry, "frontend")  # type: ignore[arg-type]
-    split = analyst(tb2).diagnose(observe(tb2)).confidence
-    assert split < alone
-    assert split == pytest.approx(alone / 2, rel=0.25)
+    two = analyst(tb2).diagnose(observe(tb2))
+    assert two.confidence < alone
+    model = ConfidenceModel.load()
+    assert model is not None
+    scores = {h.service: h.score for h in two.hypotheses}
+    scores.update({s: 0.0 for s in TOPOLOGY if s not in scores})
+    assert two.confidence == pytest.approx(model.probability(ranking_features(scores)), abs=2e-3)
+
+
+def _logistic(features: dict[str, float]) -> float:
+    """The logistic formula with the shipped artefact's weights, read from the JSON itself."""
+    data = json.loads(ARTEFACT.read_text())
+    z = data["bias"] + sum(data["weights"][name] * features[name] for name in ("margin", "margin3", "candidates"))
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+def test_confidence_is_the_models_probability_for_a_ranking() -> None:
+    """A hand-built ranking: scores normalised so the top is 1, margins as agents.rca.features defines them."""
+    model = ConfidenceModel.load()
+    assert model is not None
+    scores = {"payments": 4.0, "checkout": 3.0, "frontend": 1.0, "cart": -2.0}
+    x = ranking_features(scores)
+    assert (x["margin"], x["margin3"], x["candidates"]) == pytest.approx((0.25, 0.75, math.log(4)))
+    expected = _logistic({"margin": 0.25, "margin3": 0.75, "candidates": math.log(4)})
+    probabilities = calibrated(scores, model)
+    assert probabilities["payments"] == pytest.approx(expected, abs=1e-3)
+    # The others share what is left in proportion to their scores; no evidence, no belief.
+    assert probabilities["checkout"] == pytest.approx((1 - expected) * 3 / 4, abs=1e-3)
+    assert probabilities["frontend"] == pytest.approx((1 - expected) * 1 / 4, abs=1e-3)
+    assert probabilities["cart"] == 0.0
+    assert calibrated({"payments": 0.0, "cart": -1.0}, model) == {"payments": 0.0, "cart": 0.0}
+
+
+def test_without_the_artefact_the_analyst_says_so_and_uses_the_formula(tmp_path: Path) -> None:
+    tb = make_toolbox(tmp_path, FakeRuntime(down={"payments"}), FakeHealth(failing={"payments"}))
+    write_series(tb.telemetry, "payments", stop_at=FAULT_AT)  # type: ignore[arg-type]
+    write_series(tb.telemetry, "checkout", {"error_ratio": 1.0})  # type: ignore[arg-type]
+    write_series(tb.telemetry, "frontend", {"error_ratio": 1.0})  # type: ignore[arg-type]
+    bare = Analyst(tb, AnalystConfig(), ObserverConfig(window_s=6, baseline_s=30), confidence_artefact=tmp_path / "none.json")
+    assert bare.confidence_model is None
+    diagnosis = bare.diagnose(observe(tb))
+    assert any("CONFIDENCE NOT CALIBRATED" in n and "none.json" in n for n in diagnosis.notes)
+    top = diagnosis.top
+    assert top is not None and top.service == "payments"
+    total = sum(h.score for h in diagnosis.hypotheses if h.score > 0)
+    assert diagnosis.confidence == pytest.approx(confidence(ServiceEvidence("payments", evidence=top.evidence), total), abs=2e-3)
+    calibrated_one = analyst(tb).diagnose(observe(tb))
+    assert not any("CONFIDENCE" in n for n in calibrated_one.notes)
 
 
 def test_policy_refuses_and_limits(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ from agents.rca import (
     series_deviation,
     trace_scores,
 )
-from agents.rca_confidence import FEATURES, ConfidenceModel, brier, ece, fit
+from agents.rca_confidence import ARTEFACT, FALLBACK_MIN_CONFIDENCE, FEATURES, ConfidenceModel, brier, choose_threshold, default_min_confidence, ece, fit
 from evals.rca_bench import baro_scores, run_bench
 from evals.rca_case import load_case, load_label
 from tools.base import ConfigError
@@ -558,6 +558,56 @@ def test_a_confidence_artefact_fitted_on_other_features_is_refused(tmp_path: Pat
     with pytest.raises(ConfigError, match="refit"):
         ConfidenceModel.load(stale)
     assert ConfidenceModel.load(tmp_path / "none.json") is None
+
+
+CURVE = [
+    {"threshold": 0.0, "coverage": 1.0, "risk": 0.4},
+    {"threshold": 0.5, "coverage": 0.8, "risk": 0.3},
+    {"threshold": 0.6, "coverage": 0.5, "risk": 0.15},
+    {"threshold": 0.7, "coverage": 0.3, "risk": 0.1},
+    {"threshold": 0.8, "coverage": 0.05, "risk": 0.0},
+]
+
+
+def test_min_confidence_is_the_lowest_threshold_that_meets_the_target() -> None:
+    """100 cases: the lowest threshold whose error among the answers acted on is at most the target."""
+    chosen = choose_threshold(CURVE, 100, target_risk=0.2, min_acted=10)
+    assert chosen["threshold"] == 0.6 and chosen["target_met"]
+    assert chosen["row"] == {"threshold": 0.6, "coverage": 0.5, "risk": 0.15, "acted_on": 50}
+    assert choose_threshold(CURVE, 100, target_risk=0.3, min_acted=10)["threshold"] == 0.5
+    assert choose_threshold(CURVE, 100, target_risk=0.5, min_acted=10)["threshold"] == 0.0
+    # 0.8 is error-free, but on five answers: below min_acted it does not count.
+    assert choose_threshold(CURVE, 100, target_risk=0.05, min_acted=10)["threshold"] == 0.7
+    unreachable = choose_threshold(CURVE, 100, target_risk=0.05, min_acted=5)
+    assert unreachable["threshold"] == 0.8 and unreachable["target_met"]
+    # No supported row meets the target: the lowest-risk supported row, flagged.
+    missed = choose_threshold(CURVE, 100, target_risk=0.05, min_acted=40)
+    assert missed["threshold"] == 0.6 and not missed["target_met"]
+    with pytest.raises(ValueError):
+        choose_threshold(CURVE, 5, target_risk=0.2, min_acted=10)
+
+
+def test_the_shipped_threshold_is_the_rule_applied_to_the_shipped_curve() -> None:
+    """What agents/rca_confidence.json stores is what tune_rca --write would store from its own curve."""
+    from evals.tune_rca import MIN_ACTED, TARGET_RISK, min_confidence_choice
+
+    data = json.loads(ARTEFACT.read_text())
+    assert data["min_confidence"] == min_confidence_choice(data["out_of_fold"])
+    assert (data["min_confidence"]["target_risk"], data["min_confidence"]["min_acted"]) == (TARGET_RISK, MIN_ACTED)
+    row = next(r for r in data["out_of_fold"]["selective_risk"] if r["threshold"] == data["min_confidence"]["threshold"])
+    assert row["risk"] <= TARGET_RISK
+
+
+def test_the_config_default_of_min_confidence_is_the_artefacts_threshold(tmp_path: Path) -> None:
+    from sregraph.config import AnalystConfig
+
+    threshold = json.loads(ARTEFACT.read_text())["min_confidence"]["threshold"]
+    assert AnalystConfig().min_confidence == threshold == default_min_confidence()
+    assert AnalystConfig(min_confidence=0.42).min_confidence == 0.42
+    assert default_min_confidence(tmp_path / "none.json") == FALLBACK_MIN_CONFIDENCE
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps({k: v for k, v in json.loads(ARTEFACT.read_text()).items() if k != "min_confidence"}))
+    assert default_min_confidence(bare) == FALLBACK_MIN_CONFIDENCE
 
 
 def test_fault_type_reads_the_pattern_and_the_kind_of_trouble_seen() -> None:
