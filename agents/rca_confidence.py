@@ -1,9 +1,11 @@
 """Confidence as a probability: a small logistic model over the ranker's own features.
 
 `P(top answer is right) = sigmoid(w · x + b)` with `x` from `agents.rca.features`: the margin of the top
-answer over the runner-up and over the third, and the log of the number of candidates (a ranking over 45
-services is right less often than one over 10). Every subset of up to three of nine candidate features was
-tried leave-one-system-out (docs/rca.md); this one had the lowest out-of-fold Brier score. It is fitted by
+answer over the runner-up, and the runner-up's score as a share of the top's. Both lie in [0, 1] whatever the
+system's size, so a ranking over 3 services is not judged by extrapolating a fit on 10 to 45, and two equally
+suspect services give a low probability. Every subset of up to three of eleven candidate features was tried
+leave-one-system-out (docs/rca.md); among the ones the live analyst can compute from its own ranking (margins
+and ratios, not the per-modality agreement), this one had the lowest out-of-fold Brier score. It is fitted by
 `python -m evals.tune_rca --data DIR --write` on the dev cases with leave-one-system-out cross-validation, and
 shipped as `agents/rca_confidence.json` (versioned, with the data it was fitted on and its cross-validated
 Brier score and ECE). Nothing here is set by hand.
@@ -25,7 +27,7 @@ from tools.base import ConfigError
 log = logging.getLogger(__name__)
 
 ARTEFACT = Path(__file__).with_name("rca_confidence.json")
-FEATURES = ("margin", "margin3", "candidates")
+FEATURES = ("margin", "ratio")
 FALLBACK_MIN_CONFIDENCE = 0.3
 """`analyst.min_confidence` when the artefact is missing or holds no chosen threshold: the old hand-set value,
 used only so that sregraph still starts (the analyst then says loudly that its confidence is not calibrated)."""
@@ -116,7 +118,11 @@ def reliability(p: Sequence[float], y: Sequence[float], bins: int = 5) -> list[d
     return rows
 
 
-def selective_risk(p: Sequence[float], y: Sequence[float], thresholds: Sequence[float] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)) -> list[dict[str, float]]:
+THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(20))
+"""The thresholds of the selective-risk curve: 0, 0.05, ..., 0.95."""
+
+
+def selective_risk(p: Sequence[float], y: Sequence[float], thresholds: Sequence[float] = THRESHOLDS) -> list[dict[str, float]]:
     """The selective-risk curve: acting only above each threshold, the share of cases acted on and the share wrong."""
     pa, ya = np.asarray(p, dtype=float), np.asarray(y, dtype=float)
     rows = []
@@ -130,21 +136,25 @@ def selective_risk(p: Sequence[float], y: Sequence[float], thresholds: Sequence[
 def choose_threshold(curve: Sequence[dict[str, float]], cases: int, target_risk: float, min_acted: int) -> dict[str, object]:
     """`analyst.min_confidence` from an out-of-fold selective-risk curve (rows of `selective_risk`).
 
-    The rule: the **lowest** threshold at which the share wrong among the answers acted on is at most
-    `target_risk`, counting only rows that act on at least `min_acted` of the `cases` (a risk measured on two
-    answers says nothing). The lowest such threshold acts on the most incidents the target allows. When no row
-    meets the target, the row with the lowest risk (then the lowest threshold) among those with enough support
-    is chosen and `target_met` is False: whoever refits must see that the target was not reachable.
-    Returns the threshold, the rule's inputs, and the curve row it came from.
+    The rule: act on as many incidents as the target allows. Among the rows at which the share wrong among the
+    answers acted on is at most `target_risk`, counting only rows that act on at least `min_acted` of the
+    `cases` (a risk measured on two answers says nothing), the one that acts on the most; of rows that act on
+    the same cases, the **highest** threshold, so the threshold is no lower than the confidences the curve has
+    seen (below them it has no evidence). When no row meets the target, the row with the lowest risk (then
+    the most coverage) among those with enough support is chosen and `target_met` is False: whoever refits
+    must see that the target was not reachable. Returns the threshold, the rule's inputs, and the curve row.
     """
     supported = [r for r in curve if round(float(r["coverage"]) * cases) >= min_acted]
     if not supported:
         raise ValueError(f"no row of the selective-risk curve acts on {min_acted} of {cases} cases")
     meeting = [r for r in supported if float(r["risk"]) <= target_risk]
-    row = min(meeting, key=lambda r: float(r["threshold"])) if meeting else min(supported, key=lambda r: (float(r["risk"]), float(r["threshold"])))
+    if meeting:
+        row = max(meeting, key=lambda r: (float(r["coverage"]), float(r["threshold"])))
+    else:
+        row = min(supported, key=lambda r: (float(r["risk"]), -float(r["coverage"]), -float(r["threshold"])))
     return {
         "threshold": float(row["threshold"]),
-        "rule": "lowest threshold whose out-of-fold error among the answers acted on is at most target_risk, acting on at least min_acted cases",
+        "rule": "the most coverage (then the highest threshold) whose out-of-fold error among the answers acted on is at most target_risk, acting on at least min_acted cases",
         "target_risk": target_risk,
         "min_acted": min_acted,
         "target_met": bool(meeting),

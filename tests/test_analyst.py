@@ -230,7 +230,7 @@ def test_confidence_follows_separation(tmp_path: Path) -> None:
 def _logistic(features: dict[str, float]) -> float:
     """The logistic formula with the shipped artefact's weights, read from the JSON itself."""
     data = json.loads(ARTEFACT.read_text())
-    z = data["bias"] + sum(data["weights"][name] * features[name] for name in ("margin", "margin3", "candidates"))
+    z = data["bias"] + sum(data["weights"][name] * features[name] for name in ("margin", "ratio"))
     return 1.0 / (1.0 + math.exp(-z))
 
 
@@ -240,8 +240,8 @@ def test_confidence_is_the_models_probability_for_a_ranking() -> None:
     assert model is not None
     scores = {"payments": 4.0, "checkout": 3.0, "frontend": 1.0, "cart": -2.0}
     x = ranking_features(scores)
-    assert (x["margin"], x["margin3"], x["candidates"]) == pytest.approx((0.25, 0.75, math.log(4)))
-    expected = _logistic({"margin": 0.25, "margin3": 0.75, "candidates": math.log(4)})
+    assert (x["margin"], x["ratio"]) == pytest.approx((0.25, 0.75))
+    expected = _logistic({"margin": 0.25, "ratio": 0.75})
     probabilities = calibrated(scores, model)
     assert probabilities["payments"] == pytest.approx(expected, abs=1e-3)
     # The others share what is left in proportion to their scores; no evidence, no belief.

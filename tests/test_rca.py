@@ -569,8 +569,8 @@ CURVE = [
 ]
 
 
-def test_min_confidence_is_the_lowest_threshold_that_meets_the_target() -> None:
-    """100 cases: the lowest threshold whose error among the answers acted on is at most the target."""
+def test_min_confidence_acts_on_the_most_incidents_the_target_allows() -> None:
+    """100 cases: the threshold that acts on the most answers while their error stays at most the target."""
     chosen = choose_threshold(CURVE, 100, target_risk=0.2, min_acted=10)
     assert chosen["threshold"] == 0.6 and chosen["target_met"]
     assert chosen["row"] == {"threshold": 0.6, "coverage": 0.5, "risk": 0.15, "acted_on": 50}
@@ -585,6 +585,13 @@ def test_min_confidence_is_the_lowest_threshold_that_meets_the_target() -> None:
     assert missed["threshold"] == 0.6 and not missed["target_met"]
     with pytest.raises(ValueError):
         choose_threshold(CURVE, 5, target_risk=0.2, min_acted=10)
+
+
+def test_min_confidence_is_not_set_below_the_confidences_the_curve_has_seen() -> None:
+    """Every out-of-fold confidence was at least 0.6: thresholds 0 to 0.6 act on the same cases, and the
+    highest of them is taken (below the seen confidences the curve has no evidence)."""
+    flat = [{"threshold": t, "coverage": 1.0, "risk": 0.18} for t in (0.0, 0.2, 0.4, 0.6)] + [{"threshold": 0.8, "coverage": 0.5, "risk": 0.15}]
+    assert choose_threshold(flat, 100, target_risk=0.2, min_acted=10)["threshold"] == 0.6
 
 
 def test_the_shipped_threshold_is_the_rule_applied_to_the_shipped_curve() -> None:
