@@ -210,7 +210,9 @@ def run_demo(
         worker_thread = threading.Thread(target=worker.run, kwargs={"interval": 0.5}, name="worker", daemon=True)
         worker_thread.start()
         for fault, service, params in sequence:
-            known = {r["incident_id"] for r in engine.registry.list()}
+            # Runs still in flight are not "known": a scan that began just before the injection may be the one
+            # that sees it (the worker names a run when its scan starts, before it finds anything).
+            known = {r["incident_id"] for r in engine.registry.list() if r["status"] in FINAL | {"awaiting_approval"}}
             say(f"▶ injecting {fault} into {service}")
             injected_at = time.time()
             try:
