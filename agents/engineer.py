@@ -90,17 +90,19 @@ class Engineer:
         action = self.remedy(top)
         notes: list[str] = []
         tokens = 0
+        fallback: str | None = None
         if self.chat_model is not None:
             choice, tokens, note = self._choose_llm(top, previous, tokens_spent)
             if note:
                 notes.append(note)
+                fallback = note
             if choice is not None and choice.kind == "escalate":
-                return ActionPlan(decision="escalate", hypothesis=top, escalation_reason=f"the engineer model escalated: {choice.reason[:300]}", policy_notes=notes, tokens=tokens)
+                return ActionPlan(decision="escalate", hypothesis=top, escalation_reason=f"the engineer model escalated: {choice.reason[:300]}", policy_notes=notes, tokens=tokens, llm_fallback=fallback)
             if choice is not None:
                 action = self.remedy(top, kind=choice.kind, replicas=choice.replicas)
                 notes.append(f"model chose {choice.kind}: {choice.reason[:200]}")
         if action is None:
-            return ActionPlan(decision="escalate", hypothesis=top, escalation_reason=f"no automatic remedy for {top.fault_type} on {top.service}", policy_notes=notes, tokens=tokens)
+            return ActionPlan(decision="escalate", hypothesis=top, escalation_reason=f"no automatic remedy for {top.fault_type} on {top.service}", policy_notes=notes, tokens=tokens, llm_fallback=fallback)
         verdict = self.policy.check(
             action,
             attempts_so_far=attempts,
@@ -117,8 +119,9 @@ class Engineer:
                 policy_notes=notes + verdict.reasons,
                 escalation_reason="policy refused: " + "; ".join(verdict.reasons),
                 tokens=tokens,
+                llm_fallback=fallback,
             )
-        return ActionPlan(decision="act", actions=[action], needs_approval=verdict.needs_approval, dry_run=verdict.dry_run, hypothesis=top, policy_notes=notes, tokens=tokens)
+        return ActionPlan(decision="act", actions=[action], needs_approval=verdict.needs_approval, dry_run=verdict.dry_run, hypothesis=top, policy_notes=notes, tokens=tokens, llm_fallback=fallback)
 
     def _record_refusal(self, diagnosis: Diagnosis, attempts: int, action: Action, reasons: list[str]) -> None:
         """Refusals go in the ledger too, so an audit sees what was asked for and why it did not run."""
