@@ -99,7 +99,7 @@ class LLMConfig(BaseModel):
     timeout_s: float | None = Field(default=None, gt=0)
     """Seconds one model call may take; None: 30 for api.openai.com and watsonx, 180 for a `base_url` server
     (a small model on 2 CPU cores reads a 2,000-token prompt in 10-30 s and writes 25-45 tokens/s)."""
-    max_tokens: int = Field(default=768, gt=0)
+    max_tokens: int = Field(default=1024, gt=0)
     """Reply tokens allowed per model call, sent on every call (`max_completion_tokens` to api.openai.com,
     `max_tokens` to OpenAI-compatible servers, which do not all know the newer name)."""
     structured_output: Literal["auto", "json_schema", "json_mode", "function_calling"] = "auto"
@@ -411,6 +411,29 @@ def message_tokens(message: BaseMessage, encoding: str = "cl100k_base") -> int:
     return n
 
 
+GRAMMAR_MAX_STRING = 200
+GRAMMAR_MAX_ITEMS = 3
+
+
+def bounded_schema(schema: Any) -> Any:
+    """`schema` with every free string capped at GRAMMAR_MAX_STRING characters and every list at GRAMMAR_MAX_ITEMS.
+
+    Sent with json_mode, where a grammar-constraining server (llama.cpp) enforces it: a small model otherwise
+    writes one string until `max_tokens` runs out and the answer is cut-off JSON. Only the request is bounded;
+    the answer is validated against the model's own schema.
+    """
+    if isinstance(schema, list):
+        return [bounded_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: bounded_schema(value) for key, value in schema.items()}
+    if out.get("type") == "string" and "enum" not in out and "const" not in out:
+        out["maxLength"] = min(int(out.get("maxLength", GRAMMAR_MAX_STRING)), GRAMMAR_MAX_STRING)
+    if out.get("type") == "array":
+        out["maxItems"] = min(int(out.get("maxItems", GRAMMAR_MAX_ITEMS)), GRAMMAR_MAX_ITEMS)
+    return out
+
+
 def parse_json_output(text: str, output: type[BaseModel]) -> BaseModel:
     """Validate the JSON object in a model's text reply (bare or in a ``` block) against `output`."""
     fenced = re.search(r"```(?:json)?\s*(\{.*\})\s*```", text, re.DOTALL)
@@ -422,7 +445,8 @@ def parse_json_output(text: str, output: type[BaseModel]) -> BaseModel:
             raise LLMError(f"the model's answer holds no JSON object for {output.__name__}: {text[:200]!r}")
         candidate = text[start : end + 1]
     try:
-        return output.model_validate(json.loads(candidate))
+        # strict=False: small models put raw newlines and tabs inside strings, which is still their answer.
+        return output.model_validate(json.loads(candidate, strict=False))
     except (json.JSONDecodeError, ValidationError) as exc:
         raise LLMError(f"the model's answer is not a valid {output.__name__}: {exc}") from exc
 
@@ -636,6 +660,8 @@ def _final_answer(
             structured = None
     if structured is None:
         schema = output.model_json_schema()
+        if method == "json_mode":
+            schema = bounded_schema(schema)
         messages[-1] = HumanMessage(
             f"{messages[-1].text}\nJSON schema: {json.dumps(schema)}\nReply with the JSON only."
         )

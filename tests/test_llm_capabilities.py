@@ -38,10 +38,12 @@ class FakeClock:
 
     def sleep(self, seconds: float) -> None:
         self.t += seconds
-# llama-cpp-python's server answers a response_format it cannot take with HTTP 500 and the validation error.
+# What llama-cpp-python 0.3.36's server answers (HTTP 500) to response_format json_schema, verbatim.
 LLAMA_CPP_500 = (
-    "1 validation error for CreateChatCompletionRequest\nresponse_format.type\n"
-    "  Input should be 'text' or 'json_object' [type=literal_error, input_value='json_schema']"
+    "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), "
+    "'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema', "
+    "'ctx': {'expected': \"'text' or 'json_object'\"}}\n\n  File \"llama_cpp/server/app.py\", line 376, "
+    "in create_chat_completion\n    POST /v1/chat/completions"
 )
 
 
@@ -182,3 +184,18 @@ def test_usage_counts_calls_and_tokens() -> None:
         ask(model, "s", LLMDiagnosis, TokenBudget(12000))
     spent = model_usage(model).since(before)
     assert (spent.calls, spent.failures, spent.tokens) == (1, 0, 120)
+
+
+def test_json_mode_bounds_strings_and_lists_in_the_grammar_only() -> None:
+    from agents.llm import GRAMMAR_MAX_ITEMS, GRAMMAR_MAX_STRING, bounded_schema, parse_json_output
+
+    schema = bounded_schema(LLMDiagnosis.model_json_schema())
+    hypothesis = schema["$defs"]["LLMHypothesis"]["properties"]
+    assert hypothesis["rationale"]["maxLength"] == GRAMMAR_MAX_STRING
+    assert hypothesis["cited_evidence"]["maxItems"] == GRAMMAR_MAX_ITEMS
+    assert hypothesis["cited_evidence"]["items"]["maxLength"] == GRAMMAR_MAX_STRING
+    assert "maxLength" not in schema["$defs"]["LLMHypothesis"]["properties"]["fault_type"]  # an enum stays as is
+    assert schema["properties"]["hypotheses"]["maxItems"] == GRAMMAR_MAX_ITEMS
+    # The answer itself is judged by the model's schema; raw control characters in strings are tolerated.
+    text = DIAGNOSIS.model_dump_json().replace("one", "one\ttwo", 1)
+    assert parse_json_output(text.replace('"rationale":"', '"rationale":"line\nbreak ', 1), LLMDiagnosis)
