@@ -68,3 +68,30 @@ def test_a_partial_fallback_is_reported_but_the_run_measured_the_model() -> None
     assert "bypassed 1 times" in (model_banner(summary) or "")
     assert model_banner({**summary, "fallbacks": 0}) is None
     assert model_banner({"brain": "deterministic"}) is None
+
+
+def test_the_engineer_model_cannot_override_the_evidences_remedy(tmp_path: Path) -> None:
+    """A crash on payments: the model asks for a config change; the evidence's restart runs, and says why."""
+    from agents.engineer import MODEL_MAY_CHOOSE, EngineerChoice
+    from agents.librarian import PostMortemText
+    from agents.llm import LLMDiagnosis, LLMHypothesis
+    from agents.observer import IncidentTitle
+    from tests.fakes.chat import ScriptedChatModel, answer, say
+
+    diagnosis = LLMDiagnosis(hypotheses=[LLMHypothesis(service="payments", fault_type="crash", cited_evidence=[], rationale="down")])
+    model = ScriptedChatModel(responses=[
+        answer(IncidentTitle(title="payments down")),
+        say(diagnosis.model_dump_json()),
+        answer(EngineerChoice(kind="config_change", reason="the log line said so")),
+        answer(PostMortemText(title="t", summary="s", impact="i", root_cause="r", follow_ups=[])),
+    ])
+    run = replay_case(load_case(CRASH), tmp_path / "work", brain="openai", chat_model=model)
+    assert run.error is None, run.error
+    plan = run.state["plan"]
+    assert [(a.kind, a.service) for a in plan.actions] == [("restart", "payments")]
+    assert any("model chose config_change, which does not remedy crash" in n and "kept restart" in n for n in plan.policy_notes)
+    assert run.outcome.status == "resolved"
+    # What the engineer model was offered is the policy's list cut to what remedies a crash.
+    prompt = " ".join(m.text for m in model.calls[2])
+    assert "- config_change" not in prompt and "- restart" in prompt
+    assert MODEL_MAY_CHOOSE.get("disk_full") is None  # no automatic remedy for disk_full, whatever the model says
