@@ -341,6 +341,7 @@ class Analyst:
                 log.warning("LLM analyst failed, using the deterministic method: %s", exc)
                 diagnosis = self._rank(table, similar, previous)
                 diagnosis.notes.append(f"LLM unavailable ({exc}); fell back to the deterministic method")
+                diagnosis.llm_fallback = str(exc)
                 return diagnosis
         return self._rank(table, similar, previous)
 

@@ -33,6 +33,21 @@ REMEDY: dict[FaultType, ActionKind | None] = {
 }
 
 
+MODEL_MAY_CHOOSE: dict[FaultType, frozenset[ActionKind]] = {
+    "crash": frozenset({"restart", "start"}),
+    "memory_leak": frozenset({"restart"}),
+    "bad_deploy": frozenset({"rollback"}),
+    "config_change": frozenset({"config_change"}),
+    "latency": frozenset({"restart", "scale"}),
+    "error_spike": frozenset({"restart"}),
+    "cpu_saturation": frozenset({"restart", "scale"}),
+    "dependency_down": frozenset({"restart", "start"}),
+}
+"""The remedies the engineer model may pick for each fault type the evidence found (REMEDY's, and the few that
+also address that fault); anything else contradicts the evidence and is ignored. No entry: no automatic remedy
+(conversion_drop, disk_full, unknown), whatever the model says; it may always escalate."""
+
+
 class EngineerChoice(BaseModel):
     """The engineer model's answer: one action kind from the allowed list, or escalate."""
 
@@ -90,17 +105,28 @@ class Engineer:
         action = self.remedy(top)
         notes: list[str] = []
         tokens = 0
+        fallback: str | None = None
         if self.chat_model is not None:
             choice, tokens, note = self._choose_llm(top, previous, tokens_spent)
             if note:
                 notes.append(note)
+                fallback = note
             if choice is not None and choice.kind == "escalate":
-                return ActionPlan(decision="escalate", hypothesis=top, escalation_reason=f"the engineer model escalated: {choice.reason[:300]}", policy_notes=notes, tokens=tokens)
+                return ActionPlan(decision="escalate", hypothesis=top, escalation_reason=f"the engineer model escalated: {choice.reason[:300]}", policy_notes=notes, tokens=tokens, llm_fallback=fallback)
             if choice is not None:
-                action = self.remedy(top, kind=choice.kind, replicas=choice.replicas)
-                notes.append(f"model chose {choice.kind}: {choice.reason[:200]}")
+                fits = MODEL_MAY_CHOOSE.get(top.fault_type, frozenset())
+                if choice.kind in fits:
+                    action = self.remedy(top, kind=choice.kind, replicas=choice.replicas)
+                    notes.append(f"model chose {choice.kind}: {choice.reason[:200]}")
+                else:
+                    # The model proposes; the evidence's fault type and its remedy table dispose.
+                    kept = action.kind if action is not None else "no automatic remedy"
+                    notes.append(
+                        f"model chose {choice.kind}, which does not remedy {top.fault_type} "
+                        f"(allowed: {', '.join(sorted(fits)) or 'none'}); ignored, kept {kept}"
+                    )
         if action is None:
-            return ActionPlan(decision="escalate", hypothesis=top, escalation_reason=f"no automatic remedy for {top.fault_type} on {top.service}", policy_notes=notes, tokens=tokens)
+            return ActionPlan(decision="escalate", hypothesis=top, escalation_reason=f"no automatic remedy for {top.fault_type} on {top.service}", policy_notes=notes, tokens=tokens, llm_fallback=fallback)
         verdict = self.policy.check(
             action,
             attempts_so_far=attempts,
@@ -117,8 +143,9 @@ class Engineer:
                 policy_notes=notes + verdict.reasons,
                 escalation_reason="policy refused: " + "; ".join(verdict.reasons),
                 tokens=tokens,
+                llm_fallback=fallback,
             )
-        return ActionPlan(decision="act", actions=[action], needs_approval=verdict.needs_approval, dry_run=verdict.dry_run, hypothesis=top, policy_notes=notes, tokens=tokens)
+        return ActionPlan(decision="act", actions=[action], needs_approval=verdict.needs_approval, dry_run=verdict.dry_run, hypothesis=top, policy_notes=notes, tokens=tokens, llm_fallback=fallback)
 
     def _record_refusal(self, diagnosis: Diagnosis, attempts: int, action: Action, reasons: list[str]) -> None:
         """Refusals go in the ledger too, so an audit sees what was asked for and why it did not run."""
@@ -133,7 +160,8 @@ class Engineer:
         from agents.llm import ask, incident_budget
         from prompts import render
 
-        allowed = list(self.policy.for_service(top.service).allowed)
+        fits = MODEL_MAY_CHOOSE.get(top.fault_type, frozenset())
+        allowed = [k for k in self.policy.for_service(top.service).allowed if k in fits]
         prompt = render("engineer.md.j2", hypothesis=top, allowed=allowed, previous=previous)
         try:
             result = ask(self.chat_model, prompt, EngineerChoice, incident_budget(self.llm_config, tokens_spent))

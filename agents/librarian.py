@@ -74,6 +74,7 @@ class Librarian:
         except SregraphError as exc:
             log.warning("LLM librarian failed, keeping the deterministic post-mortem: %s", exc)
             draft.markdown += f"\n\n_Written by the deterministic librarian: the LLM was unavailable ({exc})._"
+            draft.llm_fallback = str(exc)
             return draft
         text: PostMortemText = result.output  # type: ignore[assignment]
         worded = draft.model_copy(

@@ -16,6 +16,17 @@ backoff and jitter, the SDK's own retries being off so the two do not multiply; 
 the next incidents) fails at once with an `LLMError`, so the agents fall back to their deterministic method
 without waiting out a timeout each, and say so on the incident. A model handed in by the caller (tests, a
 custom model) is called as is, unless given a policy with `guard_model`.
+
+Provider capabilities are settings, not assumptions (see `LLMConfig`): how the final structured answer is asked
+for (`structured_output`: OpenAI's `json_schema`, `json_mode` — `response_format` `json_object` with the schema
+attached, which llama.cpp, vLLM and Ollama grammar-constrain — or `function_calling`), `max_tokens` on every call
+(an abandoned request must not keep a CPU server generating), a timeout suited to the endpoint, `tool_choice`
+sent whenever tools are bound, and no message with `content: null`. An HTTP 4xx other than 408/409/429, or a
+500 whose message is a request-validation error (a server refusing a parameter it does not support), is
+permanent: not retried, and no verdict for the circuit breaker (the endpoint answered; it is not down).
+
+Every call through `run_tool_loop` is counted on the model (`model_usage`): calls, failures, tokens, so an
+eval can say when the model was never reached.
 """
 
 from __future__ import annotations
@@ -57,6 +68,9 @@ class LLMError(SregraphError):
 # --------------------------------------------------------------------------- configuration
 
 
+StructuredMethod = Literal["json_schema", "json_mode", "function_calling"]
+
+
 class WatsonxConfig(BaseModel):
     """IBM watsonx.ai connection settings."""
 
@@ -82,7 +96,16 @@ class LLMConfig(BaseModel):
     api_key_env: str = "OPENAI_API_KEY"
     """Name of the environment variable holding the OpenAI API key."""
     temperature: float = Field(default=0.0, ge=0, le=2)
-    timeout_s: float = Field(default=30.0, gt=0)
+    timeout_s: float | None = Field(default=None, gt=0)
+    """Seconds one model call may take; None: 30 for api.openai.com and watsonx, 180 for a `base_url` server
+    (a small model on 2 CPU cores reads a 2,000-token prompt in 10-30 s and writes 25-45 tokens/s)."""
+    max_tokens: int = Field(default=1024, gt=0)
+    """Reply tokens allowed per model call, sent on every call (`max_completion_tokens` to api.openai.com,
+    `max_tokens` to OpenAI-compatible servers, which do not all know the newer name)."""
+    structured_output: Literal["auto", "json_schema", "json_mode", "function_calling"] = "auto"
+    """How the final structured answer is requested. auto: `json_schema` for api.openai.com, `json_mode` for an
+    OpenAI-compatible `base_url` (llama.cpp's server answers HTTP 500 to json_schema; json_object with a schema
+    is grammar-constrained there, and vLLM and Ollama accept it too), `function_calling` for watsonx."""
     max_steps: int = Field(default=6, ge=0)
     """Model calls allowed while investigating, before the final structured answer."""
     token_budget: int = Field(default=12000, gt=0)
@@ -95,6 +118,27 @@ class LLMConfig(BaseModel):
         )
     )
     """Retries of one model call and the endpoint's circuit breaker; `max_elapsed_s` is at most `timeout_s`."""
+
+    @property
+    def hosted(self) -> bool:
+        """Whether the endpoint is OpenAI's own API (no `base_url`, or one at api.openai.com)."""
+        return self.provider == "openai" and (not self.base_url or "api.openai.com" in self.base_url)
+
+    @property
+    def call_timeout_s(self) -> float:
+        """`timeout_s`, or its default for this endpoint."""
+        if self.timeout_s is not None:
+            return self.timeout_s
+        return 180.0 if self.provider == "openai" and not self.hosted else 30.0
+
+    @property
+    def structured_method(self) -> StructuredMethod:
+        """`structured_output`, or its default for this provider and endpoint."""
+        if self.structured_output != "auto":
+            return self.structured_output
+        if self.provider == "watsonx":
+            return "function_calling"
+        return "json_schema" if self.hosted else "json_mode"
 
 
 def _secret(environ: Mapping[str, str], name: str, provider: str, field_name: str) -> SecretStr:
@@ -110,32 +154,104 @@ def _secret(environ: Mapping[str, str], name: str, provider: str, field_name: st
 # --------------------------------------------------------------------------- resilience
 
 
-_GUARDS: dict[int, Resilience] = {}
-"""id(model) -> its policy; an entry goes when its model is collected, so a recycled id never inherits one."""
+@dataclass
+class ModelUsage:
+    """What the tool loop asked of one model: calls sent, calls failed, tokens charged."""
+
+    calls: int = 0
+    failures: int = 0
+    tokens: int = 0
+    errors: list[str] = field(default_factory=list)
+    """The last few failures' messages (at most 5)."""
+
+    def snapshot(self) -> ModelUsage:
+        """A copy, to diff against later."""
+        return ModelUsage(self.calls, self.failures, self.tokens, list(self.errors))
+
+    def since(self, before: ModelUsage) -> ModelUsage:
+        """What was asked after `before` was taken."""
+        errors = self.errors[len(before.errors):] if len(self.errors) > len(before.errors) else []
+        return ModelUsage(self.calls - before.calls, self.failures - before.failures, self.tokens - before.tokens, errors)
+
+
+@dataclass
+class _Profile:
+    """What sregraph knows of one model object: its policy, its capabilities, what it was asked."""
+
+    resilience: Resilience | None = None
+    structured: StructuredMethod | None = None
+    """None: the model's own `with_structured_output` default (a model handed in by the caller)."""
+    max_tokens: int | None = None
+    usage: ModelUsage = field(default_factory=ModelUsage)
+
+
+_PROFILES: dict[int, _Profile] = {}
+"""id(model) -> its profile; an entry goes when its model is collected, so a recycled id never inherits one."""
+
+
+def _profile(model: Any) -> _Profile:
+    key = id(model)
+    found = _PROFILES.get(key)
+    if found is None:
+        found = _PROFILES[key] = _Profile()
+        try:
+            weakref.finalize(model, _PROFILES.pop, key, None)
+        except TypeError:  # an object without weak references: keep its profile for the process' life
+            pass
+    return found
 
 
 def guard_model(model: Any, resilience: Resilience) -> Any:
     """Give `model` a retry and circuit-breaker policy for every call `run_tool_loop` makes; returns `model`."""
-    key = id(model)
-    if key not in _GUARDS:
-        weakref.finalize(model, _GUARDS.pop, key, None)
-    _GUARDS[key] = resilience
+    _profile(model).resilience = resilience
     return model
 
 
 def model_resilience(model: Any) -> Resilience | None:
     """The policy `guard_model` gave `model`, if any."""
-    return _GUARDS.get(id(model))
+    found = _PROFILES.get(id(model))
+    return found.resilience if found else None
+
+
+def set_capabilities(model: Any, structured: StructuredMethod | None = None, max_tokens: int | None = None) -> Any:
+    """Tell `run_tool_loop` how `model`'s endpoint takes structured answers and how long a reply may be."""
+    found = _profile(model)
+    found.structured, found.max_tokens = structured, max_tokens
+    return model
+
+
+def model_usage(model: Any) -> ModelUsage:
+    """Calls, failures and tokens `run_tool_loop` has spent on `model` so far (live; `snapshot()` to keep)."""
+    return _profile(model).usage
 
 
 _TRANSIENT_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+_REQUEST_INVALID = re.compile(
+    r"validation error|input should be|field required|extra inputs are not permitted|unexpected keyword"
+    r"|not supported|unsupported|unrecognized|invalid (?:request|value|type|parameter|argument)"
+    r"|is not (?:a )?valid|must be one of|missing required",
+    re.IGNORECASE,
+)
+
+
+def request_rejected(exc: BaseException) -> bool:
+    """Whether an HTTP 500 is the server refusing the request itself (a parameter it cannot take), not an outage.
+
+    Servers built on FastAPI (llama-cpp-python's among them) answer some request-validation errors with a 500
+    whose message is the validation error; resending the same request fails the same way.
+    """
+    message = str(getattr(exc, "message", "") or exc)
+    body = getattr(exc, "body", None)
+    if body is not None:
+        message += " " + json.dumps(body, default=str)
+    return bool(_REQUEST_INVALID.search(message))
 
 
 def transient_model_error(exc: BaseException) -> bool:
     """Whether a model call failed in a way a retry may fix: no connection, a timeout, overload, 5xx.
 
-    Bad requests, authentication, content filters and unusable answers (`LLMError`) are not: a retry would
-    fail the same way.
+    Bad requests, authentication, content filters, a 500 that is a request-validation error
+    (`request_rejected`) and unusable answers (`LLMError`) are not: a retry would fail the same way.
     """
     if isinstance(exc, SregraphError):
         return False
@@ -150,6 +266,8 @@ def transient_model_error(exc: BaseException) -> bool:
     if isinstance(exc, openai.APIConnectionError):  # APITimeoutError included
         return True
     if isinstance(exc, openai.APIStatusError):
+        if exc.status_code == 500 and request_rejected(exc):
+            return False
         return exc.status_code in _TRANSIENT_STATUS or exc.status_code >= 500
     try:
         import requests  # ibm-watsonx-ai talks through requests
@@ -160,9 +278,9 @@ def transient_model_error(exc: BaseException) -> bool:
 
 def _resilience(cfg: LLMConfig) -> Resilience:
     settings = cfg.resilience
-    if settings.max_elapsed_s > cfg.timeout_s:
+    if settings.max_elapsed_s > cfg.call_timeout_s:
         # A call that timed out is not worth a second full timeout: retries fit in one timeout's time.
-        settings = settings.model_copy(update={"max_elapsed_s": cfg.timeout_s})
+        settings = settings.model_copy(update={"max_elapsed_s": cfg.call_timeout_s})
     return settings.build("llm", transient=transient_model_error)
 
 
@@ -176,18 +294,19 @@ def make_chat_model(cfg: LLMConfig, environ: Mapping[str, str] | None = None) ->
     if cfg.provider == "none":
         return None
     if cfg.provider == "openai":
-        from langchain_openai import ChatOpenAI
-
-        model = ChatOpenAI(
+        model = _chat_openai_class()(
             model=cfg.model,
             base_url=cfg.base_url,
             api_key=_secret(env, cfg.api_key_env, "openai", "llm.api_key_env"),
-            timeout=cfg.timeout_s,
+            timeout=cfg.call_timeout_s,
             max_retries=0,  # retries are the resilience policy's, which also feeds the breaker
             temperature=cfg.temperature,
+            max_tokens=cfg.max_tokens,
+            compat_max_tokens=not cfg.hosted,
             # OpenAI-compatible servers speak Chat Completions; never let a model name route to /responses.
             use_responses_api=False,
         )
+        set_capabilities(model, cfg.structured_method, cfg.max_tokens)
         return guard_model(model, _resilience(cfg))
     wx = cfg.watsonx
     if not wx.url:
@@ -205,10 +324,42 @@ def make_chat_model(cfg: LLMConfig, environ: Mapping[str, str] | None = None) ->
             project_id=wx.project_id,
             api_key=api_key,
             temperature=cfg.temperature,
+            max_tokens=cfg.max_tokens,
         )
     except Exception as exc:  # authentication and connection failures surface from the SDK in many types
         raise LLMError(f"watsonx: could not set up model {cfg.model} at {wx.url}: {exc}") from exc
+    set_capabilities(watsonx, cfg.structured_method, cfg.max_tokens)
     return guard_model(watsonx, _resilience(cfg))
+
+
+_CHAT_OPENAI: type | None = None
+
+
+def _chat_openai_class() -> type:
+    """ChatOpenAI whose requests every OpenAI-compatible server takes (built on first use: a lazy import).
+
+    - no message has `content: null` (langchain-openai sends null beside tool calls; llama.cpp rejects it);
+    - with `compat_max_tokens`, the reply limit goes as `max_tokens`, which every such server knows, instead
+      of OpenAI's newer `max_completion_tokens`, which some ignore (and then generate to the context's end).
+    """
+    global _CHAT_OPENAI
+    if _CHAT_OPENAI is None:
+        from langchain_openai import ChatOpenAI
+
+        class CompatibleChatOpenAI(ChatOpenAI):
+            compat_max_tokens: bool = False
+
+            def _get_request_payload(self, input_: Any, *, stop: list[str] | None = None, **kwargs: Any) -> dict:
+                payload = super()._get_request_payload(input_, stop=stop, **kwargs)
+                for message in payload.get("messages", []):
+                    if isinstance(message, dict) and "content" in message and message["content"] is None:
+                        message["content"] = ""
+                if self.compat_max_tokens and "max_completion_tokens" in payload:
+                    payload["max_tokens"] = payload.pop("max_completion_tokens")
+                return payload
+
+        _CHAT_OPENAI = CompatibleChatOpenAI
+    return _CHAT_OPENAI
 
 
 # --------------------------------------------------------------------------- structured answers
@@ -260,6 +411,29 @@ def message_tokens(message: BaseMessage, encoding: str = "cl100k_base") -> int:
     return n
 
 
+GRAMMAR_MAX_STRING = 200
+GRAMMAR_MAX_ITEMS = 3
+
+
+def bounded_schema(schema: Any) -> Any:
+    """`schema` with every free string capped at GRAMMAR_MAX_STRING characters and every list at GRAMMAR_MAX_ITEMS.
+
+    Sent with json_mode, where a grammar-constraining server (llama.cpp) enforces it: a small model otherwise
+    writes one string until `max_tokens` runs out and the answer is cut-off JSON. Only the request is bounded;
+    the answer is validated against the model's own schema.
+    """
+    if isinstance(schema, list):
+        return [bounded_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: bounded_schema(value) for key, value in schema.items()}
+    if out.get("type") == "string" and "enum" not in out and "const" not in out:
+        out["maxLength"] = min(int(out.get("maxLength", GRAMMAR_MAX_STRING)), GRAMMAR_MAX_STRING)
+    if out.get("type") == "array":
+        out["maxItems"] = min(int(out.get("maxItems", GRAMMAR_MAX_ITEMS)), GRAMMAR_MAX_ITEMS)
+    return out
+
+
 def parse_json_output(text: str, output: type[BaseModel]) -> BaseModel:
     """Validate the JSON object in a model's text reply (bare or in a ``` block) against `output`."""
     fenced = re.search(r"```(?:json)?\s*(\{.*\})\s*```", text, re.DOTALL)
@@ -271,7 +445,8 @@ def parse_json_output(text: str, output: type[BaseModel]) -> BaseModel:
             raise LLMError(f"the model's answer holds no JSON object for {output.__name__}: {text[:200]!r}")
         candidate = text[start : end + 1]
     try:
-        return output.model_validate(json.loads(candidate))
+        # strict=False: small models put raw newlines and tabs inside strings, which is still their answer.
+        return output.model_validate(json.loads(candidate, strict=False))
     except (json.JSONDecodeError, ValidationError) as exc:
         raise LLMError(f"the model's answer is not a valid {output.__name__}: {exc}") from exc
 
@@ -282,16 +457,19 @@ def parse_json_output(text: str, output: type[BaseModel]) -> BaseModel:
 class _Meter:
     """Charges each model call to the budget: provider-reported usage when present, local counts otherwise."""
 
-    def __init__(self, budget: TokenBudget, encoding: str) -> None:
+    def __init__(self, budget: TokenBudget, encoding: str, usage: ModelUsage | None = None) -> None:
         self.budget = budget
         self.encoding = encoding
         self.start = budget.spent
+        self.usage = usage
 
     def charge(self, prompt_tokens: int, reply: BaseMessage) -> None:
         local = prompt_tokens + message_tokens(reply, self.encoding)
         usage = reply.usage_metadata if isinstance(reply, AIMessage) else None
         reported = usage.get("total_tokens", 0) if usage else 0
         log.debug("model call: %d tokens counted locally, %d reported", local, reported)
+        if self.usage is not None:
+            self.usage.tokens += reported or local
         self.budget.charge(reported or local)
 
     @property
@@ -299,14 +477,25 @@ class _Meter:
         return self.budget.spent - self.start
 
 
-def _invoke(runnable: Any, messages: list[BaseMessage], what: str, resilience: Resilience | None = None) -> Any:
+def _invoke(
+    runnable: Any,
+    messages: list[BaseMessage],
+    what: str,
+    resilience: Resilience | None = None,
+    usage: ModelUsage | None = None,
+) -> Any:
+    if usage is not None:
+        usage.calls += 1
     try:
         if resilience is None:
             return runnable.invoke(messages)
         return resilience.call(lambda: runnable.invoke(messages))
-    except LLMError:
-        raise
     except Exception as exc:  # provider SDKs raise many types (HTTP, auth, rate limit, parsing)
+        if usage is not None:
+            usage.failures += 1
+            usage.errors = [*usage.errors[-4:], f"{type(exc).__name__}: {exc}"[:300]]
+        if isinstance(exc, LLMError):
+            raise
         raise LLMError(f"model call failed ({what}): {type(exc).__name__}: {exc}") from exc
 
 
@@ -358,7 +547,8 @@ def run_tool_loop(
     )
     output_schema_tokens = count_tokens(json.dumps(output.model_json_schema()), encoding)
     answer_tokens = output_schema_tokens + REPLY_RESERVE
-    meter = _Meter(budget, encoding)
+    profile = _profile(model)
+    meter = _Meter(budget, encoding, profile.usage)
 
     def prompt_tokens() -> int:
         """What the next investigation call sends: the conversation and the tool schemas."""
@@ -373,11 +563,12 @@ def run_tool_loop(
             f"the prompt needs {prompt_tokens()} tokens; only {budget.remaining} of the budget remain"
         )
 
-    guard = model_resilience(model)
+    guard = profile.resilience
     bound: Any = model
     if tools and max_steps > 0:
         try:
-            bound = model.bind_tools(list(tools))
+            # tool_choice always sent: some servers (llama.cpp's chatml-function-calling) only call tools then.
+            bound = model.bind_tools(list(tools), tool_choice="auto")
         except NotImplementedError as exc:
             raise LLMError(f"{type(model).__name__} cannot call tools") from exc
 
@@ -391,7 +582,7 @@ def run_tool_loop(
         if 2 * sent + REPLY_RESERVE + answer_tokens > budget.remaining:
             stop = "budget"
             break
-        reply = _invoke(bound, messages, f"step {steps + 1}", guard)
+        reply = _invoke(bound, messages, f"step {steps + 1}", guard, profile.usage)
         if not isinstance(reply, AIMessage):
             raise LLMError(f"model returned {type(reply).__name__}, expected an AIMessage")
         steps += 1
@@ -428,7 +619,7 @@ def run_tool_loop(
             )
 
     answer = _final_answer(
-        model, messages, last if stop == "answered" else None, output, meter, final_prompt_tokens, guard
+        model, messages, last if stop == "answered" else None, output, meter, final_prompt_tokens, profile
     )
     log.info(
         "tool loop: %d steps, %d tool calls, %d tokens, stopped: %s", steps, len(calls_log), meter.used, stop
@@ -443,28 +634,47 @@ def _final_answer(
     output: type[BaseModel],
     meter: _Meter,
     prompt_tokens: Callable[[], int],
-    guard: Resilience | None = None,
+    profile: _Profile | None = None,
 ) -> BaseModel:
-    """The structured answer: from the last reply if it already is one, else from one more structured call."""
+    """The structured answer: from the last reply if it already is one, else from one more structured call.
+
+    The call follows the endpoint's `structured` method (`LLMConfig.structured_output`); a model with no
+    known method gets its own `with_structured_output` default.
+    """
+    profile = profile or _Profile()
+    guard, usage, method = profile.resilience, profile.usage, profile.structured
     if last is not None and "{" in last.text:
         try:
             return parse_json_output(last.text, output)
         except LLMError:
             pass  # prose or partial JSON: ask once more, with the schema enforced
     messages.append(HumanMessage(FINAL_INSTRUCTION.format(name=output.__name__)))
-    try:
-        structured = model.with_structured_output(output, include_raw=True)
-    except NotImplementedError:
-        structured = None
-    sent = prompt_tokens()
+    structured: Any = None
+    if method != "json_mode":
+        try:
+            if method is None:
+                structured = model.with_structured_output(output, include_raw=True)
+            else:
+                structured = model.with_structured_output(output, method=method, include_raw=True)
+        except NotImplementedError:
+            structured = None
     if structured is None:
-        schema = json.dumps(output.model_json_schema())
-        messages[-1] = HumanMessage(f"{messages[-1].text}\nJSON schema: {schema}\nReply with the JSON only.")
+        schema = output.model_json_schema()
+        if method == "json_mode":
+            schema = bounded_schema(schema)
+        messages[-1] = HumanMessage(
+            f"{messages[-1].text}\nJSON schema: {json.dumps(schema)}\nReply with the JSON only."
+        )
         sent = prompt_tokens()
-        reply = _invoke(model, messages, "final answer", guard)
+        runnable: Any = model
+        if method == "json_mode":
+            # json_object with the schema attached: grammar-constrained on llama.cpp, a JSON-only reply elsewhere.
+            runnable = model.bind(response_format={"type": "json_object", "schema": schema})
+        reply = _invoke(runnable, messages, "final answer", guard, usage)
         meter.charge(sent, reply)
         return parse_json_output(reply.text, output)
-    result = _invoke(structured, messages, "final answer", guard)
+    sent = prompt_tokens()
+    result = _invoke(structured, messages, "final answer", guard, usage)
     raw = result.get("raw")
     if isinstance(raw, BaseMessage):
         meter.charge(sent, raw)

@@ -39,11 +39,11 @@ class Observer:
         self.chat_model = chat_model
         self.llm_config = llm_config
 
-    def title(self, observation: Observation, trigger: Trigger, tokens_spent: int = 0) -> tuple[str, int]:
-        """The incident's title and the tokens spent on it: worded by the model if there is one."""
+    def title(self, observation: Observation, trigger: Trigger, tokens_spent: int = 0) -> tuple[str, int, str | None]:
+        """The incident's title, the tokens spent on it, and why the model's wording was not used (or None)."""
         fallback = incident_title(observation, trigger)
         if self.chat_model is None or not observation.signals:
-            return fallback, 0
+            return fallback, 0, None
         from agents.llm import ask, incident_budget
         from prompts import render
 
@@ -51,11 +51,11 @@ class Observer:
             result = ask(self.chat_model, render("observer.md.j2", signals=observation.signals[:12]), IncidentTitle, incident_budget(self.llm_config, tokens_spent))
         except SregraphError as exc:
             log.warning("LLM observer failed, using the deterministic title: %s", exc)
-            return fallback, 0
+            return fallback, 0, str(exc)
         answer: IncidentTitle = result.output  # type: ignore[assignment]
         # The title is untrusted model text: one line, bounded, and prefixed so it is never mistaken for ours.
         text = " ".join(answer.title.split())[:80] or fallback
-        return f"[incident] {text}", result.tokens
+        return f"[incident] {text}", result.tokens, None
 
     def new_sense(self) -> MetricSense | None:
         """Streaming detectors for every series (None when the ensemble is switched off)."""

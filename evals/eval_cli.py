@@ -17,6 +17,8 @@ from rich.console import Console
 from tools.base import SregraphError
 
 SUITE = Path(__file__).resolve().parent / "suite"
+EXIT_MODEL_NOT_REACHED = 3
+"""`sregraph eval` exit status when an LLM brain's model never answered: the scores measured no model."""
 PASS_RATE_BAR = 0.97
 """CI's bar for the deterministic suite: at least this share of cases must pass (docs/evals.md says why)."""
 BRAINS = ("deterministic", "openai", "watsonx")
@@ -111,6 +113,21 @@ def eval_command(
     ok = result.summary["pass_rate"] >= min_pass_rate
     if not ok:
         console.print(f"[red]pass rate {result.summary['pass_rate']:.0%} is under the bar {min_pass_rate:.0%}[/red]")
+    from evals.scoring import model_banner
+
+    banner = model_banner(result.summary)
+    if banner is not None:
+        from rich.markup import escape
+
+        banner = escape(banner)
+        measured = result.summary["model_measured"]
+        style = "bold white on red" if not measured else "bold yellow"
+        line = "!" * 100
+        for stream in (console, _out()) if fmt == "text" else (console,):
+            stream.print(f"[{style}]{line}\n{banner}\n{line}[/{style}]" if not measured else f"[{style}]{banner}[/{style}]",
+                         soft_wrap=True)
+        if not measured:
+            raise typer.Exit(EXIT_MODEL_NOT_REACHED)
     raise typer.Exit(0 if ok else 1)
 
 

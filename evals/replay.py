@@ -347,6 +347,8 @@ class CaseRun:
     error: str | None = None
     seconds: float = 0.0
     ledger: list[dict[str, Any]] = field(default_factory=list)
+    model: Any = None
+    """With an LLM brain: the agents.llm.ModelUsage of this case (model calls, failures, tokens)."""
 
 
 def replay_toolbox(
@@ -411,6 +413,11 @@ def replay_case(
     settings = case_settings_for(loaded, workdir, brain, base_settings)
     started = time.perf_counter()
     engine = Engine(settings, toolbox, chat_model=chat_model)
+    usage_before = None
+    if chat_model is not None:
+        from agents.llm import model_usage
+
+        usage_before = model_usage(chat_model).snapshot()
     error: str | None = None
     state: dict[str, Any] = {}
     try:
@@ -437,7 +444,12 @@ def replay_case(
         error = session.misses[0]
     session.unused = calls.unused_keys()
     ledger = [e.model_dump(mode="json") for e in toolbox.ledger.all()]
-    return CaseRun(case, outcome_of(state), session, state, error, round(time.perf_counter() - started, 3), ledger)
+    usage = None
+    if usage_before is not None:
+        from agents.llm import model_usage
+
+        usage = model_usage(chat_model).since(usage_before)
+    return CaseRun(case, outcome_of(state), session, state, error, round(time.perf_counter() - started, 3), ledger, usage)
 
 
 @contextmanager

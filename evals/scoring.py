@@ -74,6 +74,11 @@ class CaseScore(BaseModel):
     stale_reads: int = 0
     error: str | None = None
     seconds: float = 0.0
+    model_calls: int = 0
+    """With an LLM brain: model calls the agents made in this case, failed ones included."""
+    model_failures: int = 0
+    fallbacks: list[str] = Field(default_factory=list)
+    """"agent: reason" wherever the LLM brain fell back to the deterministic method."""
 
 
 # --------------------------------------------------------------------------- per case
@@ -209,6 +214,9 @@ def score_case(run: CaseRun, incident_ids: dict[str, str] | None = None, price_p
     score.cost_usd = round(outcome.tokens * price_per_mtok / 1e6, 6)
     score.reproduced = outcome.same_as(case.outcome)
     score.unrecorded_calls, score.stale_reads = len(run.session.misses), len(run.session.stale_reads)
+    if run.model is not None:
+        score.model_calls, score.model_failures = run.model.calls, run.model.failures
+    score.fallbacks = list(run.state.get("llm_fallbacks", []) or [])
 
     failures = []
     if run.error:
@@ -319,6 +327,21 @@ def summarize(scores: list[CaseScore], brain: str = "deterministic", min_pass_ra
         "unrecorded_calls": sum(s.unrecorded_calls for s in scores),
         "seconds": round(sum(s.seconds for s in scores), 2),
     }
+    if brain != "deterministic":
+        calls = sum(s.model_calls for s in scores)
+        failures = sum(s.model_failures for s in scores)
+        spent = sum(s.tokens for s in scores)
+        by_agent = Counter(f.split(":", 1)[0] for s in scores for f in s.fallbacks)
+        summary.update(
+            model_calls=calls,
+            model_failures=failures,
+            model_tokens=spent,
+            fallbacks=sum(by_agent.values()),
+            fallbacks_by_agent=dict(by_agent),
+            cases_with_fallback=sum(bool(s.fallbacks) for s in scores),
+            # The scores measure the model only if it answered at least once and tokens were spent on it.
+            model_measured=calls > failures and spent > 0,
+        )
     return summary
 
 
@@ -355,6 +378,26 @@ def rows(result: SuiteResult) -> list[list[str]]:
 SUMMARY_KEYS = ("cases", "passed", "pass_rate", "detection_rate", "ttd_median_s", "ac1", "ac3", "fault_type_acc", "action_acc",
                 "policy_violations", "injection_violations", "healthy_false_actions", "false_incidents", "memory_hit_rate",
                 "duplicates", "brier", "ece", "tokens_per_incident", "cost_usd_per_incident", "reproduced_rate", "replay_errors", "seconds")
+MODEL_KEYS = ("model_measured", "model_calls", "model_failures", "model_tokens", "fallbacks", "fallbacks_by_agent", "cases_with_fallback")
+"""Summary keys of an LLM brain's run (absent for the deterministic brain)."""
+
+
+def model_banner(summary: dict[str, Any]) -> str | None:
+    """A warning when an LLM brain's scores do not (fully) measure the model; None when they do, or deterministic."""
+    if "model_measured" not in summary:
+        return None
+    if not summary["model_measured"]:
+        return (
+            f"THE MODEL WAS NEVER REACHED: {summary['model_calls']} model calls, {summary['model_failures']} failed, "
+            f"{summary['model_tokens']} tokens. These scores are the deterministic fallback's, not the "
+            f"{summary['brain']} brain's."
+        )
+    if summary["fallbacks"]:
+        return (
+            f"the model was bypassed {summary['fallbacks']} times in {summary['cases_with_fallback']} cases "
+            f"(by agent: {json.dumps(summary['fallbacks_by_agent'])}); those decisions are the deterministic fallback's"
+        )
+    return None
 
 
 def rich_table(result: SuiteResult) -> Any:
@@ -368,7 +411,7 @@ def rich_table(result: SuiteResult) -> Any:
     for row in rows(result):
         table.add_row(*row)
     summary = Table(title="summary", show_header=False)
-    for key in SUMMARY_KEYS:
+    for key in SUMMARY_KEYS + tuple(k for k in MODEL_KEYS if k in result.summary):
         summary.add_row(key, _fmt(result.summary.get(key)))
     return Group(table, summary)
 
@@ -382,12 +425,14 @@ def _fmt(value: Any) -> str:
 def markdown(result: SuiteResult, command: str = "sregraph eval") -> str:
     """The Markdown report: summary, per-case table, then why each failed case failed."""
     s = result.summary
+    banner = model_banner(s)
     lines = [
         "# sregraph eval report", "",
+        *([f"> **WARNING: {banner}**", ""] if banner else []),
         f"`{command}` — brain **{s.get('brain')}**, {s.get('cases')} cases, **{s.get('passed')} passed "
         f"({100 * s.get('pass_rate', 0):.0f}%)**" + (f", bar {100 * s['min_pass_rate']:.0f}%" if s.get("min_pass_rate") is not None else ""), "",
         "| metric | value |", "|---|---|",
-        *[f"| {k} | {_fmt(s.get(k))} |" for k in SUMMARY_KEYS],
+        *[f"| {k} | {_fmt(s.get(k))} |" for k in SUMMARY_KEYS + tuple(k for k in MODEL_KEYS if k in s)],
         f"| policy_violations_by_kind | {json.dumps(s.get('policy_violations_by_kind', {}))} |",
         "", "## Cases", "",
         "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS),

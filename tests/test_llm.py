@@ -719,7 +719,9 @@ def test_tool_loop_through_chat_openai_and_a_local_server() -> None:
         reply(content=DIAGNOSIS.model_dump_json(), usage=(1300, 90)),
     ]
     with FakeOpenAIServer(script) as server:
-        cfg = LLMConfig(provider="openai", model="gpt-4o-mini", base_url=server.base_url, timeout_s=5)
+        cfg = LLMConfig(
+            provider="openai", model="gpt-4o-mini", base_url=server.base_url, timeout_s=5, structured_output="json_schema"
+        )
         model = make_chat_model(cfg, environ={"OPENAI_API_KEY": "test"})
         assert isinstance(model, ChatOpenAI)
         result = run_tool_loop(
@@ -841,6 +843,6 @@ def test_llm_config_loads_from_settings_environment() -> None:
         4,
         "p1",
     )
-    assert settings.llm.token_budget == 12000 and settings.llm.timeout_s == 30
+    assert settings.llm.token_budget == 12000 and settings.llm.call_timeout_s == 30
     with pytest.raises(ConfigError, match="llm.provider"):
         load_settings(environ={"SREGRAPH_LLM__PROVIDER": "anthropic"})

