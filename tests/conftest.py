@@ -69,3 +69,20 @@ def network_guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[NetworkGuard]:
         pytest.fail(
             f"the test tried to reach the network (blocked, maybe swallowed): {guard.blocked}", pytrace=False
         )
+
+
+SLOW_MODULES = {
+    "test_demo", "test_docker_runtime", "test_e2e", "test_localenv", "test_prometheus_integration",
+    "test_worker_alerts", "test_worker_concurrency", "test_worker_escalation", "test_worker_kills",
+    "test_evals", "test_fuzz", "test_hostile", "test_llm_graph", "test_resilience",
+}
+"""Modules whose tests start real processes, containers or servers (the local app, podman, Prometheus and
+Alertmanager, worker processes killed and restarted), or take seconds each (whole replays, fuzzing, waiting
+out timeouts). `pytest -m "not slow and not llm"` is the quick loop without them; `.ci/run` runs everything."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests of SLOW_MODULES `slow`."""
+    for item in items:
+        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
