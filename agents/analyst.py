@@ -354,14 +354,22 @@ class Analyst:
         method: str = "deterministic",
     ) -> Diagnosis:
         candidates = [ev for ev in table.values() if ev.score > 0]
+        grounding: list[str] = []
         if order is None:
             candidates.sort(key=lambda ev: (-ev.score, ev.service))
             picks = [(ev.service, classify(ev, table, self.toolbox, similar), "") for ev in candidates]
         else:
-            picks = [p for p in order if p[0] in table]
+            picks = []
+            for service, fault, rationale in (p for p in order if p[0] in table):
+                measured = classify(table[service], table, self.toolbox, similar)
+                why_not = unsupported(fault, table[service], table, self.toolbox)
+                if fault != measured and why_not:
+                    grounding.append(f"model said {fault} on {service}, but {why_not}: kept the evidence's {measured}")
+                    fault = measured
+                picks.append((service, fault, rationale))
             named = {p[0] for p in picks}
             picks += [(ev.service, classify(ev, table, self.toolbox, similar), "") for ev in sorted(candidates, key=lambda e: -e.score) if ev.service not in named]
-        notes = [] if picks else ["no service shows evidence of a fault"]
+        notes = ([] if picks else ["no service shows evidence of a fault"]) + grounding
         if self.confidence_model is not None:
             probabilities = calibrated({s: ev.score for s, ev in table.items()}, self.confidence_model)
         else:
@@ -529,6 +537,34 @@ def classify(ev: ServiceEvidence, table: dict[str, ServiceEvidence], toolbox: To
         return "dependency_down"
     remembered = next((s.fault_type for s in similar if s.service == ev.service), None)
     return remembered if remembered in _FAULTS else "unknown"  # type: ignore[return-value]
+
+
+def unsupported(fault: str, ev: ServiceEvidence, table: dict[str, ServiceEvidence], toolbox: Toolbox) -> str:
+    """Why the measured evidence does not support `fault` on this service ("" when it does).
+
+    A model proposes a fault type; it counts only where the evidence that fault type would leave is there, because
+    the fault type chooses the remedy (a restart for a crash, a rollback for a bad deploy). "unknown" is always
+    supported: it claims nothing and acts on nothing.
+    """
+    running = ev.status is None or ev.status.running
+    changes = {c.kind for c in ev.changes}
+    needs = {
+        "crash": (ev.down or not running, "it is running and its health checks pass"),
+        "memory_leak": (ev.has("memory_rss_mb"), "its memory did not deviate"),
+        "cpu_saturation": (ev.has("cpu_percent"), "its CPU did not deviate"),
+        "latency": (ev.has("latency_p95_ms") or any(e.kind == "trace" and e.weight > 0 for e in ev.evidence), "neither its latency nor its traces deviated"),
+        "error_spike": (
+            ev.has("error_ratio") or ev.errors_rose or any(e.kind in ("trace", "log") and e.weight > 0 for e in ev.evidence),
+            "no error ratio, error lines or failing traces point at it",
+        ),
+        "bad_deploy": ("deploy" in changes, "it had no deploy in the lookback"),
+        "config_change": ("config" in changes, "it had no config change in the lookback"),
+        "disk_full": (_disk_full(ev), "its error lines are not the kernel's no-space errors"),
+        "dependency_down": (any(table[d].down for d in toolbox.downstream_of(ev.service) if d in table), "none of its dependencies is down"),
+        "conversion_drop": (ev.has("conversion_ratio"), "its conversion did not drop"),
+    }
+    supported, reason = needs.get(fault, (True, ""))
+    return "" if supported else reason
 
 
 DISK_FULL = re.compile(r"no space left on device|ENOSPC|errno 28\b|disk quota exceeded|EDQUOT", re.IGNORECASE)

@@ -422,3 +422,23 @@ def test_the_live_analyst_reads_the_same_ranker_as_the_benchmark(tmp_path: Path)
         write_series(tb2.telemetry, s)  # type: ignore[arg-type]
     healthy = analyst(tb2).diagnose(observe(tb2))
     assert all(e.ref != "ranker" for h in healthy.hypotheses for e in h.evidence)
+
+
+def test_what_each_fault_type_needs_in_the_evidence() -> None:
+    from agents.analyst import ServiceEvidence, unsupported
+    from graphs.state import Signal
+
+    class _Toolbox:
+        def downstream_of(self, service: str) -> set[str]:
+            return {"payments"} if service == "checkout" else set()
+
+    quiet = ServiceEvidence("checkout")
+    table = {"checkout": quiet, "payments": ServiceEvidence("payments")}
+    assert unsupported("memory_leak", quiet, table, _Toolbox()) == "its memory did not deviate"  # type: ignore[arg-type]
+    assert unsupported("bad_deploy", quiet, table, _Toolbox()) == "it had no deploy in the lookback"  # type: ignore[arg-type]
+    assert unsupported("dependency_down", quiet, table, _Toolbox()) == "none of its dependencies is down"  # type: ignore[arg-type]
+    assert unsupported("unknown", quiet, table, _Toolbox()) == ""  # type: ignore[arg-type]
+    leaking = ServiceEvidence("checkout", signals=[Signal(service="checkout", name="memory_rss_mb", value=900.0, baseline=100.0, score=12.0, detail="rss up")])
+    assert unsupported("memory_leak", leaking, table, _Toolbox()) == ""  # type: ignore[arg-type]
+    table["payments"].signals.append(Signal(service="payments", name="health", value=0.0, baseline=1.0, score=10.0, detail="down"))
+    assert unsupported("dependency_down", quiet, table, _Toolbox()) == ""  # type: ignore[arg-type]

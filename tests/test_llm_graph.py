@@ -152,3 +152,30 @@ def test_unreachable_model_falls_back_to_deterministic_and_says_so(tmp_path: Pat
     assert any("fell back to the deterministic method" in n for n in state["diagnosis"].notes)
     assert any("LLM unavailable" in n for n in state["plan"].policy_notes)
     assert "deterministic librarian" in state["postmortem"].markdown
+
+
+def test_a_models_fault_type_counts_only_where_the_evidence_supports_it(tmp_path: Path) -> None:
+    """payments crashed; the model calls it a memory leak. Its memory never moved, so the evidence's crash is kept
+    (the fault type chooses the remedy), and the incident says why."""
+    settings = load_settings(write_config(tmp_path, brain="llm"), environ={})
+    claim = LLMDiagnosis(
+        hypotheses=[LLMHypothesis(service="payments", fault_type="memory_leak", cited_evidence=["metric: memory"], rationale="leaks")],
+        notes=[],
+    )
+    model = ScriptedChatModel(
+        responses=[
+            answer(IncidentTitle(title="payments down")),
+            say(claim.model_dump_json()),
+            answer(EngineerChoice(kind="restart", reason="bring it back")),
+            answer(POSTMORTEM),
+        ]
+    )
+    with running_app(settings) as app:
+        engine = engine_for(settings, app, chat_model=model)
+        app.inject("crash", "payments")
+        state = run_incident(engine)
+        engine.close()
+    top = state["diagnosis"].hypotheses[0]
+    assert (top.service, top.fault_type) == ("payments", "crash")
+    assert any("model said memory_leak on payments, but its memory did not deviate: kept the evidence's crash" in n for n in state["diagnosis"].notes)
+    assert state["status"] == "resolved"
