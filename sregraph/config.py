@@ -195,11 +195,21 @@ class Settings(BaseModel):
         return self.data_dir / "checkpoints.db"
 
 
+NOT_SETTINGS = frozenset({
+    "SREGRAPH_CONFIG", "SREGRAPH_HOME", ALERTS_TOKEN_ENV,
+    # the project's scripts and tests: where the container engine, the apt log, the venv, the shared datasets
+    # and the test model live, and how llama.cpp is built
+    "SREGRAPH_ENGINE_DIR", "SREGRAPH_CACHE_DIR", "SREGRAPH_APT_LOG", "SREGRAPH_VENV", "SREGRAPH_LLAMA_CMAKE_ARGS",
+    "SREGRAPH_SHARED_DATA", "SREGRAPH_TEST_GGUF", "SREGRAPH_UPDATE_SNAPSHOTS",
+})
+"""SREGRAPH_* variables that are not settings: every other one must name a setting (a typo is an error)."""
+
+
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     """Nested dict from SREGRAPH_A__B=value variables."""
     out: dict[str, Any] = {}
     for key, value in environ.items():
-        if not key.startswith(ENV_PREFIX) or key in ("SREGRAPH_CONFIG", "SREGRAPH_HOME", ALERTS_TOKEN_ENV):
+        if not key.startswith(ENV_PREFIX) or key in NOT_SETTINGS:
             continue
         path = key[len(ENV_PREFIX):].lower().split("__")
         node = out

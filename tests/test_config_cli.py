@@ -25,6 +25,17 @@ def test_file_then_environment_then_defaults(tmp_path: Path) -> None:
     assert settings.observer.baseline_s == 30  # default
 
 
+def test_the_scripts_own_variables_are_not_settings_but_a_typo_still_is_an_error(tmp_path: Path) -> None:
+    """SREGRAPH_ENGINE_DIR, SREGRAPH_VENV, ... steer the project's scripts; set in the shell, they must not break
+    every command. Any other SREGRAPH_* variable must name a setting."""
+    from sregraph.config import NOT_SETTINGS
+
+    settings = load_settings(None, environ={name: "x" for name in NOT_SETTINGS if name != "SREGRAPH_CONFIG"} | {"SREGRAPH_HOME": str(tmp_path)})
+    assert settings.brain == "deterministic"
+    with pytest.raises(ConfigError, match="brian"):
+        load_settings(None, environ={"SREGRAPH_BRIAN": "llm"})
+
+
 @pytest.mark.parametrize(
     ("text", "field"),
     [
