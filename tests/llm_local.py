@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.processes import stop_process
+
 READY_TIMEOUT_S = 120.0
 INSTALL_HINT = "run `bash scripts/setup.sh --llm` (CI's `--test` includes it)"
 
@@ -92,9 +94,4 @@ def llama_server(log: Path, n_ctx: int = 8192) -> Iterator[str]:
             ) from exc
         yield base_url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process)

@@ -38,6 +38,7 @@ from sregraph.config import Settings, load_settings
 from sregraph.engine import Engine, local_toolbox
 from sregraph.localenv.app import LocalApp
 from tests.localapp import write_config
+from tests.processes import stop_process
 from tools.base import Series
 from tools.prometheus import PrometheusTelemetry
 
@@ -101,12 +102,7 @@ def server(name: str, argv: list[str], log_dir: Path, ready_url: str) -> Iterato
             wait_for(f"{name} at {ready_url}", ready, READY_TIMEOUT_S)
             yield proc
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+            stop_process(proc)
 
 
 def slo_file_text() -> str:
