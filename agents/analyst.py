@@ -546,10 +546,9 @@ def unsupported(fault: str, ev: ServiceEvidence, table: dict[str, ServiceEvidenc
     the fault type chooses the remedy (a restart for a crash, a rollback for a bad deploy). "unknown" is always
     supported: it claims nothing and acts on nothing.
     """
-    running = ev.status is None or ev.status.running
     changes = {c.kind for c in ev.changes}
     needs = {
-        "crash": (ev.down or not running, "it is running and its health checks pass"),
+        "crash": (ev.down, "it is running and its health checks pass"),
         "memory_leak": (ev.has("memory_rss_mb"), "its memory did not deviate"),
         "cpu_saturation": (ev.has("cpu_percent"), "its CPU did not deviate"),
         "latency": (ev.has("latency_p95_ms") or any(e.kind == "trace" and e.weight > 0 for e in ev.evidence), "neither its latency nor its traces deviated"),

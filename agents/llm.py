@@ -31,6 +31,7 @@ eval can say when the model was never reached.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -332,9 +333,7 @@ def make_chat_model(cfg: LLMConfig, environ: Mapping[str, str] | None = None) ->
     return guard_model(watsonx, _resilience(cfg))
 
 
-_CHAT_OPENAI: type | None = None
-
-
+@functools.cache
 def _chat_openai_class() -> type:
     """ChatOpenAI whose requests every OpenAI-compatible server takes (built on first use: a lazy import).
 
@@ -342,24 +341,21 @@ def _chat_openai_class() -> type:
     - with `compat_max_tokens`, the reply limit goes as `max_tokens`, which every such server knows, instead
       of OpenAI's newer `max_completion_tokens`, which some ignore (and then generate to the context's end).
     """
-    global _CHAT_OPENAI
-    if _CHAT_OPENAI is None:
-        from langchain_openai import ChatOpenAI
+    from langchain_openai import ChatOpenAI
 
-        class CompatibleChatOpenAI(ChatOpenAI):
-            compat_max_tokens: bool = False
+    class CompatibleChatOpenAI(ChatOpenAI):
+        compat_max_tokens: bool = False
 
-            def _get_request_payload(self, input_: Any, *, stop: list[str] | None = None, **kwargs: Any) -> dict:
-                payload = super()._get_request_payload(input_, stop=stop, **kwargs)
-                for message in payload.get("messages", []):
-                    if isinstance(message, dict) and "content" in message and message["content"] is None:
-                        message["content"] = ""
-                if self.compat_max_tokens and "max_completion_tokens" in payload:
-                    payload["max_tokens"] = payload.pop("max_completion_tokens")
-                return payload
+        def _get_request_payload(self, input_: Any, *, stop: list[str] | None = None, **kwargs: Any) -> dict:
+            payload = super()._get_request_payload(input_, stop=stop, **kwargs)
+            for message in payload.get("messages", []):
+                if isinstance(message, dict) and "content" in message and message["content"] is None:
+                    message["content"] = ""
+            if self.compat_max_tokens and "max_completion_tokens" in payload:
+                payload["max_tokens"] = payload.pop("max_completion_tokens")
+            return payload
 
-        _CHAT_OPENAI = CompatibleChatOpenAI
-    return _CHAT_OPENAI
+    return CompatibleChatOpenAI
 
 
 # --------------------------------------------------------------------------- structured answers
@@ -652,10 +648,8 @@ def _final_answer(
     structured: Any = None
     if method != "json_mode":
         try:
-            if method is None:
-                structured = model.with_structured_output(output, include_raw=True)
-            else:
-                structured = model.with_structured_output(output, method=method, include_raw=True)
+            # No known method: the model's own default (a model handed in by the caller).
+            structured = model.with_structured_output(output, include_raw=True, **({"method": method} if method else {}))
         except NotImplementedError:
             structured = None
     if structured is None:

@@ -97,7 +97,9 @@ def eval_command(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     result.summary["wall_s"] = round(time.perf_counter() - started, 2)
-    from evals.scoring import markdown, rich_table
+    from rich.markup import escape
+
+    from evals.scoring import markdown, model_banner, rich_table
 
     command = "sregraph eval" + ("" if suite == SUITE else f" --suite {suite}") + (f" --brain {brain}" if brain != "deterministic" else "")
     if report is not None:
@@ -113,19 +115,13 @@ def eval_command(
     ok = result.summary["pass_rate"] >= min_pass_rate
     if not ok:
         console.print(f"[red]pass rate {result.summary['pass_rate']:.0%} is under the bar {min_pass_rate:.0%}[/red]")
-    from evals.scoring import model_banner
-
     banner = model_banner(result.summary)
     if banner is not None:
-        from rich.markup import escape
-
-        banner = escape(banner)
         measured = result.summary["model_measured"]
-        style = "bold white on red" if not measured else "bold yellow"
-        line = "!" * 100
+        rule = "!" * 100
+        shown = f"[bold yellow]{escape(banner)}[/bold yellow]" if measured else f"[bold white on red]{rule}\n{escape(banner)}\n{rule}[/bold white on red]"
         for stream in (console, _out()) if fmt == "text" else (console,):
-            stream.print(f"[{style}]{line}\n{banner}\n{line}[/{style}]" if not measured else f"[{style}]{banner}[/{style}]",
-                         soft_wrap=True)
+            stream.print(shown, soft_wrap=True)
         if not measured:
             raise typer.Exit(EXIT_MODEL_NOT_REACHED)
     raise typer.Exit(0 if ok else 1)

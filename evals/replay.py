@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 import tools.base as tool_errors
+from agents.llm import model_usage
 from evals.recording import (
     MUTATING,
     TOOLS,
@@ -413,11 +414,7 @@ def replay_case(
     settings = case_settings_for(loaded, workdir, brain, base_settings)
     started = time.perf_counter()
     engine = Engine(settings, toolbox, chat_model=chat_model)
-    usage_before = None
-    if chat_model is not None:
-        from agents.llm import model_usage
-
-        usage_before = model_usage(chat_model).snapshot()
+    usage_before = model_usage(chat_model).snapshot() if chat_model is not None else None
     error: str | None = None
     state: dict[str, Any] = {}
     try:
@@ -444,11 +441,7 @@ def replay_case(
         error = session.misses[0]
     session.unused = calls.unused_keys()
     ledger = [e.model_dump(mode="json") for e in toolbox.ledger.all()]
-    usage = None
-    if usage_before is not None:
-        from agents.llm import model_usage
-
-        usage = model_usage(chat_model).since(usage_before)
+    usage = model_usage(chat_model).since(usage_before) if usage_before is not None else None
     return CaseRun(case, outcome_of(state), session, state, error, round(time.perf_counter() - started, 3), ledger, usage)
 
 

@@ -59,6 +59,11 @@ def _comment(crew: Crew, state: IncidentState, phase: str, body: str) -> None:
         crew.toolbox.incidents.comment(issue, body, key=f"{state['incident_id']}/{phase}")
 
 
+def _fell_back(agent: str, reason: str | None) -> dict:
+    """The state update that records where the LLM brain fell back to the deterministic method (none if it did not)."""
+    return {"llm_fallbacks": [f"{agent}: {reason}"]} if reason else {}
+
+
 def _notify(crew: Crew, state: IncidentState, key: str, event: str, text: str) -> None:
     # The key makes a re-run of the step after a crash not notify twice (tools/notifier.IdempotentNotifier).
     with notification_key(f"{state['incident_id']}/notify/{key}"):
@@ -106,10 +111,7 @@ def open_incident(state: IncidentState, runtime: Runtime[Crew]) -> dict:
     if not created:
         crew.toolbox.incidents.comment(issue.id, f"Incident `{state['incident_id']}` attached to this issue.\n\n" + incident_body(observation, trigger), key=f"{state['incident_id']}/attach")
     _notify(crew, state, "opened", "opened", f"{issue.title} ({issue.url})")
-    update: dict = {"issue_id": issue.id, "tokens": state.get("tokens", 0) + tokens, "timeline": _at(crew, f"incident opened as issue #{issue.id}")}
-    if fallback:
-        update["llm_fallbacks"] = [f"observer: {fallback}"]
-    return update
+    return {"issue_id": issue.id, "tokens": state.get("tokens", 0) + tokens, "timeline": _at(crew, f"incident opened as issue #{issue.id}"), **_fell_back("observer", fallback)}
 
 
 def analyze(state: IncidentState, runtime: Runtime[Crew]) -> dict:
@@ -130,7 +132,7 @@ def analyze(state: IncidentState, runtime: Runtime[Crew]) -> dict:
         "status": "diagnosing",
         "tokens": state.get("tokens", 0) + diagnosis.tokens,
         "timeline": _at(crew, event),
-        **({"llm_fallbacks": [f"analyst: {diagnosis.llm_fallback}"]} if diagnosis.llm_fallback else {}),
+        **_fell_back("analyst", diagnosis.llm_fallback),
     }
 
 
@@ -146,10 +148,7 @@ def plan(state: IncidentState, runtime: Runtime[Crew]) -> dict:
         if action_plan.decision == "act"
         else f"plan: escalate ({action_plan.escalation_reason})"
     )
-    update: dict = {"plan": action_plan, "approval": None, "tokens": state.get("tokens", 0) + action_plan.tokens, "timeline": _at(crew, event)}
-    if action_plan.llm_fallback:
-        update["llm_fallbacks"] = [f"engineer: {action_plan.llm_fallback}"]
-    return update
+    return {"plan": action_plan, "approval": None, "tokens": state.get("tokens", 0) + action_plan.tokens, "timeline": _at(crew, event), **_fell_back("engineer", action_plan.llm_fallback)}
 
 
 def approval(state: IncidentState, runtime: Runtime[Crew]) -> dict:
@@ -216,10 +215,7 @@ def document(state: IncidentState, runtime: Runtime[Crew]) -> dict:
         crew.toolbox.incidents.close(issue)
     _notify(crew, state, "documented", "documented", postmortem.title)
     final = "resolved" if postmortem.outcome == "recovered" else "escalated"
-    update: dict = {"postmortem": postmortem, "status": final, "tokens": state.get("tokens", 0) + postmortem.tokens, "timeline": _at(crew, "post-mortem written and stored")}
-    if postmortem.llm_fallback:
-        update["llm_fallbacks"] = [f"librarian: {postmortem.llm_fallback}"]
-    return update
+    return {"postmortem": postmortem, "status": final, "tokens": state.get("tokens", 0) + postmortem.tokens, "timeline": _at(crew, "post-mortem written and stored"), **_fell_back("librarian", postmortem.llm_fallback)}
 
 
 # ----------------------------------------------------------------------------- routing

@@ -69,7 +69,8 @@ def test_a_live_incident_reaches_the_real_model(tmp_path: Path, local_llm: str, 
     assert state["status"] in ("resolved", "escalated")
     for result in state["actions"]:
         assert _allowed(policy, result.action.kind, result.action.service), result
-    assert set(restarts) == {"frontend", "checkout", "payments"}
+    acted_on = {result.action.service for result in state["actions"]}
+    assert all(n == 0 for service, n in restarts.items() if service not in acted_on), restarts  # nothing else restarted
     if state["status"] == "escalated":
         assert state["escalation"]
 
