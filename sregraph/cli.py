@@ -29,8 +29,10 @@ from tools.display import term, term_block
 app = typer.Typer(help="sregraph: a team of SRE agents that runs the incident lifecycle.", no_args_is_help=True)
 incidents_app = typer.Typer(help="Incidents the graph has handled.", no_args_is_help=True)
 memory_app = typer.Typer(help="Long-term memory of post-mortems.", no_args_is_help=True)
+token_app = typer.Typer(help="Tokens of the HTTP API (`sregraph worker --api-port`).", no_args_is_help=True)
 app.add_typer(incidents_app, name="incidents")
 app.add_typer(memory_app, name="memory")
+app.add_typer(token_app, name="token")
 app.add_typer(slo, name="slo")
 app.command("release-gate")(release_gate_command)
 bench.add_typer(nezha, name="nezha")
@@ -307,6 +309,9 @@ def worker(
     insecure_no_auth: bool = typer.Option(
         False, "--insecure-no-auth", help="Take webhooks without a bearer token (loopback host only; warned)."
     ),
+    api_port: Optional[int] = typer.Option(
+        None, help="Serve the HTTP API (incidents, approvals, memory; docs at /docs) on this port (0: any free port)."
+    ),
     config: Optional[Path] = ConfigOpt,
     data_dir: Optional[Path] = DataOpt,
 ) -> None:
@@ -320,7 +325,10 @@ def worker(
     if insecure_no_auth:
         alerts_flags["insecure_no_auth"] = True
     settings = _settings(
-        config, data_dir, worker={"interval_s": interval, "http_port": http_port}, alerts=alerts_flags or None
+        config,
+        data_dir,
+        worker={"interval_s": interval, "http_port": http_port, "api_port": api_port},
+        alerts=alerts_flags or None,
     )
     configure_logging(logging.INFO)
     with _errors():
@@ -341,7 +349,21 @@ def worker(
                     f"[bold red]warning:[/bold red] Alertmanager webhook on {term(receiver.url)} takes alerts WITHOUT "
                     "authentication (--insecure-no-auth); set SREGRAPH_ALERTS_TOKEN instead"
                 )
-        the_worker.run(once=once, interval=interval_s)
+        api = None
+        if settings.worker.api_port is not None:
+            from sregraph.api_auth import ApiStore
+            from sregraph.server import ApiServer, create_app
+
+            store = ApiStore(settings.data_dir / "api.db")
+            api = ApiServer(create_app(the_worker, store), settings.worker.api_host, settings.worker.api_port).start()
+            console.print(f"HTTP API on {term(api.url)} (docs at {term(api.url)}/docs; tokens: sregraph token create)")
+            if not store.tokens():
+                console.print("[yellow]no API tokens yet:[/yellow] every call but /healthz will answer 401")
+        try:
+            the_worker.run(once=once, interval=interval_s)
+        finally:
+            if api is not None:
+                api.stop()
 
 
 @app.command()
@@ -403,6 +425,46 @@ def memory_search(text: str, k: int = 3, config: Optional[Path] = ConfigOpt, dat
         out.print("no similar incidents")
     for s in found:
         out.print(f"{s.similarity:.2f}  {term(s.incident_id)}  {term(s.fault_type)} on {term(s.service)} ({term(s.outcome)}): {term(s.summary[:120])}")
+
+
+@token_app.command("create")
+def token_create(
+    name: str,
+    role: str = typer.Option("viewer", help="viewer (reads), operator (also approves, rejects, sends alerts), admin (also reads the audit log)."),
+    config: Optional[Path] = ConfigOpt,
+    data_dir: Optional[Path] = DataOpt,
+) -> None:
+    """Create an API token; it is printed once and only its hash is kept."""
+    from sregraph.api_auth import ApiStore
+
+    settings = _settings(config, data_dir)
+    with _errors():
+        token = ApiStore(settings.data_dir / "api.db").create_token(name, role)
+    console.print(f"token {term(name)} ({term(role)}); shown once, keep it in a secret store:")
+    out.print(token, highlight=False)
+
+
+@token_app.command("list")
+def token_list(config: Optional[Path] = ConfigOpt, data_dir: Optional[Path] = DataOpt) -> None:
+    """API tokens: name, role, created, revoked (never the tokens themselves)."""
+    from sregraph.api_auth import ApiStore
+
+    settings = _settings(config, data_dir)
+    table = Table("name", "role", "created", "revoked")
+    for t in ApiStore(settings.data_dir / "api.db").tokens():
+        table.add_row(term(t["name"]), t["role"], _when(t["created_at"]), _when(t["revoked_at"]) if t["revoked_at"] else "")
+    out.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(name: str, config: Optional[Path] = ConfigOpt, data_dir: Optional[Path] = DataOpt) -> None:
+    """Revoke an API token at once."""
+    from sregraph.api_auth import ApiStore
+
+    settings = _settings(config, data_dir)
+    with _errors():
+        ApiStore(settings.data_dir / "api.db").revoke(name)
+    console.print(f"token {term(name)} revoked")
 
 
 @app.command("app-stop")

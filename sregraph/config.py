@@ -99,6 +99,10 @@ class WorkerConfig(BaseModel):
     """Seconds between two scans (`sregraph worker --interval`)."""
     http_port: int | None = Field(default=None, ge=1, le=65535)
     """Serve /metrics and /healthz on 127.0.0.1:PORT (`--http-port`); None: not served."""
+    api_port: int | None = Field(default=None, ge=0, le=65535)
+    """Serve the HTTP API (sregraph/server.py) on api_host:PORT (`--api-port`, 0: any free port); None: not served."""
+    api_host: str = "127.0.0.1"
+    """Where the API listens. It needs a token on every call, but a host other than loopback should be behind TLS."""
 
 
 ALERTS_TOKEN_ENV = "SREGRAPH_ALERTS_TOKEN"

@@ -46,6 +46,8 @@ _TOKENS: list[tuple[str, re.Pattern[str]]] = [
         "aws-access-key-id",
         re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}\b"),
     ),
+    # sregraph's own API tokens (sregraph/api_auth.py).
+    ("sregraph-token", re.compile(r"\bsrg_[A-Za-z0-9_-]{20,}")),
     ("slack-token", re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}\b")),
     ("google-api-key", re.compile(r"\bAIza[0-9A-Za-z_\-]{35}\b")),
     ("stripe-key", re.compile(r"\b[rs]k_(?:live|test)_[A-Za-z0-9]{16,}\b")),

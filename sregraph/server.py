@@ -1,0 +1,274 @@
+"""The HTTP API (`sregraph serve`, or `sregraph worker --api-port`): incidents, approvals and memory, for people
+and tools beyond the CLI. OpenAPI docs at `/docs`.
+
+It runs inside the worker's process and acts through the worker: an approval is answered on the worker's pool
+like a `/approve` comment, so a run never happens twice for one incident. Every call but `/healthz` needs a
+bearer token (`sregraph token create NAME --role ROLE`); every mutating call, allowed or not, is written to
+the audit log. Answers pass through the redactor, as everything sregraph lets out does.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+import uvicorn
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from graphs.state import ApprovalDecision
+from sregraph.api_auth import ApiStore, Principal, Role
+from sregraph.worker import Worker
+from tools.base import NotFound, SregraphError
+from tools.redact import redact_data
+
+log = logging.getLogger("sregraph.server")
+
+API = "/api/v1"
+MAX_BODY = 64 * 1024
+"""Largest request body taken (the Alertmanager receiver has its own, smaller, limits on what is inside)."""
+MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+class DecisionBody(BaseModel):
+    """An approval or a rejection."""
+
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field("", max_length=2000)
+
+
+def _summary(run: dict[str, Any]) -> dict[str, Any]:
+    trigger = run["trigger"] if isinstance(run["trigger"], dict) else {}
+    return {
+        "incident_id": run["incident_id"],
+        "status": run["status"],
+        "created_at": run["created_at"],
+        "updated_at": run["updated_at"],
+        "service": trigger.get("service"),
+        "signal": trigger.get("signal"),
+        "summary": trigger.get("summary", ""),
+        "source": trigger.get("source"),
+    }
+
+
+def _dump(value: Any) -> Any:
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
+def incident_detail(incident_id: str, state: dict[str, Any]) -> dict[str, Any]:
+    """What the API says of one incident (its graph state, in the JSON the API documents)."""
+    diagnosis = state.get("diagnosis")
+    postmortem = state.get("postmortem")
+    return {
+        "incident_id": incident_id,
+        # As the incident list (the run registry) says it: a run paused at the gate awaits approval.
+        "status": "awaiting_approval" if state.get("waiting") else state.get("status"),
+        "waiting_for_approval": bool(state.get("waiting")),
+        "issue_id": state.get("issue_id"),
+        "trigger": _dump(state.get("trigger")),
+        "observation": _dump(state.get("observation")),
+        "diagnosis": _dump(diagnosis),
+        "plan": _dump(state.get("plan")),
+        "actions": [_dump(a) for a in state.get("actions", [])],
+        "verification": _dump(state.get("verification")),
+        "escalation": state.get("escalation"),
+        "postmortem": _dump(postmortem),
+        "llm_fallbacks": state.get("llm_fallbacks", []),
+        "tokens": state.get("tokens", 0),
+        "timeline": [_dump(t) for t in state.get("timeline", [])],
+    }
+
+
+def require(role: Role) -> Callable[[Request], Principal]:
+    """A dependency: the caller's principal, which must hold `role` (401 without a live token, 403 below the role)."""
+
+    def check(request: Request) -> Principal:
+        store: ApiStore = request.app.state.store
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        principal = store.verify(token.strip()) if scheme.lower() == "bearer" else None
+        if principal is None:
+            raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+        request.state.principal = principal
+        if not principal.may(role):
+            raise HTTPException(403, f"this call needs the {role} role; token {principal.name!r} is {principal.role}")
+        return principal
+
+    return check
+
+
+Viewer = Annotated[Principal, Depends(require("viewer"))]
+Operator = Annotated[Principal, Depends(require("operator"))]
+Admin = Annotated[Principal, Depends(require("admin"))]
+
+
+def create_app(worker: Worker, store: ApiStore) -> FastAPI:
+    """The API over one worker (its engine, its pool) and one token store."""
+    engine = worker.engine
+    app = FastAPI(
+        title="sregraph",
+        version="1",
+        description="Incidents, approvals and memory of an sregraph worker. Bearer tokens: `sregraph token create`.",
+    )
+    app.state.store = store
+
+    @app.middleware("http")
+    async def limit_and_audit(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        # The body limit holds for a body sent without Content-Length too (chunked): it is read before routing.
+        length = request.headers.get("content-length")
+        too_big = length is not None and (not length.isdigit() or int(length) > MAX_BODY)
+        if not too_big and request.method in MUTATING:
+            too_big = len(await request.body()) > MAX_BODY
+        if too_big:
+            response: Response = JSONResponse({"detail": f"request body over {MAX_BODY} bytes"}, status_code=413)
+        else:
+            response = await call_next(request)
+        if request.method in MUTATING:
+            principal = getattr(request.state, "principal", None)
+            store.audit(
+                principal.name if principal else "anonymous",
+                request.method,
+                request.url.path,
+                response.status_code,
+                getattr(request.state, "audit", None),
+            )
+        return response
+
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, Any]:
+        """Liveness of the worker loop (no token needed)."""
+        healthy, detail = worker.health.report()
+        if not healthy:
+            raise HTTPException(503, detail)
+        return detail
+
+    @app.get(f"{API}/whoami", tags=["auth"])
+    def whoami(principal: Viewer) -> dict[str, str]:
+        """The caller's token name and role."""
+        return {"name": principal.name, "role": principal.role}
+
+    @app.get(f"{API}/incidents", tags=["incidents"])
+    def incidents(
+        _: Viewer,
+        status: Annotated[str | None, Query(max_length=40)] = None,
+        service: Annotated[str | None, Query(max_length=200)] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict[str, Any]:
+        """Incidents, newest first, filtered by status and service."""
+        runs = [_summary(r) for r in engine.registry.list()]
+        runs = [r for r in runs if (status is None or r["status"] == status) and (service is None or r["service"] == service)]
+        return redact_data({"total": len(runs), "limit": limit, "offset": offset, "items": runs[offset : offset + limit]})
+
+    def _state(incident_id: str) -> dict[str, Any]:
+        try:
+            return engine.state(incident_id)
+        except NotFound as exc:
+            raise HTTPException(404, str(exc)) from exc
+
+    @app.get(f"{API}/incidents/{{incident_id}}", tags=["incidents"])
+    def incident(incident_id: str, _: Viewer) -> dict[str, Any]:
+        """One incident: trigger, observation, diagnosis with its evidence, plan, actions, verification,
+        post-mortem and timeline."""
+        return redact_data(incident_detail(incident_id, _state(incident_id)))
+
+    @app.get(f"{API}/incidents/{{incident_id}}/timeline", tags=["incidents"])
+    def timeline(incident_id: str, _: Viewer) -> list[dict[str, Any]]:
+        """The incident's dated events."""
+        return redact_data([_dump(t) for t in _state(incident_id).get("timeline", [])])
+
+    def _decide(incident_id: str, approved: bool, body: DecisionBody, principal: Principal, request: Request) -> dict[str, Any]:
+        request.state.audit = {"incident_id": incident_id, "approved": approved, "reason": body.reason[:200]}
+        if not _state(incident_id).get("waiting"):
+            raise HTTPException(409, f"incident {incident_id} is not waiting for an approval")
+        decision = ApprovalDecision(approved=approved, by=f"api:{principal.name}", reason=body.reason)
+        if not worker.decide(incident_id, decision):
+            raise HTTPException(409, f"incident {incident_id} already has a run in progress")
+        return {"incident_id": incident_id, "accepted": True, "approved": approved}
+
+    @app.post(f"{API}/incidents/{{incident_id}}/approve", status_code=202, tags=["incidents"])
+    def approve(incident_id: str, body: DecisionBody, principal: Operator, request: Request) -> dict[str, Any]:
+        """Approve the plan of an incident waiting at the approval gate; the worker resumes it and acts."""
+        return _decide(incident_id, True, body, principal, request)
+
+    @app.post(f"{API}/incidents/{{incident_id}}/reject", status_code=202, tags=["incidents"])
+    def reject(incident_id: str, body: DecisionBody, principal: Operator, request: Request) -> dict[str, Any]:
+        """Reject the plan of an incident waiting at the approval gate; the incident is escalated."""
+        return _decide(incident_id, False, body, principal, request)
+
+    @app.post(f"{API}/alerts", tags=["alerts"])
+    async def alerts(request: Request, _: Operator) -> JSONResponse:
+        """An Alertmanager webhook (the same intake as the worker's alert receiver: grouping, dedup, limits)."""
+        if worker.receiver is None:
+            raise HTTPException(404, "alerts are not enabled on this worker (alerts.enabled)")
+        status, answer = worker.receiver.handle(await request.body())
+        return JSONResponse(answer, status_code=status)
+
+    @app.get(f"{API}/memory/search", tags=["memory"])
+    def memory_search(
+        _: Viewer,
+        q: Annotated[str, Query(min_length=1, max_length=2000)],
+        k: Annotated[int, Query(ge=1, le=20)] = 3,
+        service: Annotated[str | None, Query(max_length=200)] = None,
+    ) -> list[dict[str, Any]]:
+        """Past incidents whose post-mortems resemble `q`, most similar first."""
+        memory = engine.toolbox.memory
+        if memory is None:
+            raise HTTPException(404, "this worker runs without long-term memory")
+        try:
+            found = memory.search(q, k=k, service=service)
+        except SregraphError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        return redact_data([s.model_dump(mode="json") for s in found])
+
+    @app.get(f"{API}/audit", tags=["auth"])
+    def audit(
+        _: Admin,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> list[dict[str, Any]]:
+        """The audit log of mutating calls, newest first."""
+        return store.audit_log(limit, offset)
+
+    return app
+
+
+class ApiServer:
+    """The API served by uvicorn on a background thread of the worker's process."""
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> None:
+        # The socket is bound here, so port 0 gives a known free port before the thread starts.
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.host, self.port = host, self.sock.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, name="api", daemon=True)
+
+    @property
+    def url(self) -> str:
+        """Base URL of the API."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> ApiServer:
+        """Serve on the background thread; returns once the server accepts connections."""
+        self.thread.start()
+        stopped = threading.Event()
+        while not self.server.started and self.thread.is_alive() and not stopped.wait(0.02):
+            timeout -= 0.02
+            if timeout <= 0:
+                raise SregraphError(f"the API server did not start on {self.url}")
+        if not self.server.started:
+            raise SregraphError(f"the API server failed to start on {self.url}")
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop serving (finishing the requests in flight)."""
+        self.server.should_exit = True
+        self.thread.join(timeout)
+        self.sock.close()

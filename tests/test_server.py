@@ -1,0 +1,159 @@
+"""The HTTP API: tokens and roles, the audit log, limits, and an approval given over HTTP that the worker acts on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from graphs.state import Trigger
+from sregraph.api_auth import ApiStore
+from sregraph.engine import Engine
+from sregraph.server import MAX_BODY, ApiServer, create_app
+from sregraph.worker import Worker
+from tests.worker_harness import Scenario, World, settings_for, toolbox_for
+
+
+@pytest.fixture
+def api(tmp_path: Path):
+    """A worker on the synthetic world, its API served on a loopback port, and a token per role."""
+    world = World.create(tmp_path / "world")
+    engine = Engine(settings_for(tmp_path / "world"), toolbox_for(world))
+    worker = Worker(engine)
+    store = ApiStore(tmp_path / "api.db")
+    tokens = {role: store.create_token(f"{role}-bot", role) for role in ("viewer", "operator", "admin")}
+    server = ApiServer(create_app(worker, store)).start()
+    client = httpx.Client(base_url=server.url, timeout=30)
+    yield world, engine, worker, store, tokens, client
+    client.close()
+    server.stop()
+    worker.wait_idle(60)
+    engine.close()
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_every_call_but_health_needs_a_live_token(api) -> None:
+    _, _, worker, store, tokens, client = api
+    # Health needs no token; it is the worker loop's, which has not run yet.
+    assert client.get("/healthz").status_code == 503
+    worker.health.beat()
+    assert client.get("/healthz").json()["status"] == "ok"
+    assert client.get("/api/v1/incidents").status_code == 401
+    assert client.get("/api/v1/incidents", headers={"Authorization": "Bearer srg_not-a-token-at-all-xxxxxx"}).status_code == 401
+    assert client.get("/api/v1/incidents", headers={"Authorization": tokens["viewer"]}).status_code == 401  # no scheme
+    assert client.get("/api/v1/whoami", headers=_auth(tokens["viewer"])).json() == {"name": "viewer-bot", "role": "viewer"}
+    store.revoke("viewer-bot")
+    assert client.get("/api/v1/incidents", headers=_auth(tokens["viewer"])).status_code == 401
+
+
+def test_tokens_are_stored_hashed(api, tmp_path: Path) -> None:
+    _, _, _, store, tokens, _ = api
+    raw = (tmp_path / "api.db").read_bytes()
+    for token in tokens.values():
+        assert token.encode() not in raw
+    assert {t["name"] for t in store.tokens()} == {"viewer-bot", "operator-bot", "admin-bot"}
+    assert all("hash" not in t for t in store.tokens())
+
+
+def test_roles_and_the_audit_log(api) -> None:
+    _, engine, _, store, tokens, client = api
+    engine.registry.record("inc-1", Trigger(source="scan", service="search", signal="x", summary="s"), "observing")
+    # A viewer may read but not approve; the refusal is audited under its name.
+    assert client.get("/api/v1/incidents", headers=_auth(tokens["viewer"])).json()["total"] == 1
+    denied = client.post("/api/v1/incidents/inc-1/approve", json={"reason": "lgtm"}, headers=_auth(tokens["viewer"]))
+    assert denied.status_code == 403
+    # No token at all: audited as anonymous.
+    assert client.post("/api/v1/incidents/inc-1/reject", json={}).status_code == 401
+    # An operator may, but this incident has no graph state yet: 404, audited too.
+    assert client.post("/api/v1/incidents/inc-1/approve", json={}, headers=_auth(tokens["operator"])).status_code == 404
+    # Only an admin reads the audit log.
+    assert client.get("/api/v1/audit", headers=_auth(tokens["operator"])).status_code == 403
+    log = client.get("/api/v1/audit", headers=_auth(tokens["admin"])).json()
+    assert [(e["principal"], e["path"], e["status"]) for e in reversed(log)] == [
+        ("viewer-bot", "/api/v1/incidents/inc-1/approve", 403),
+        ("anonymous", "/api/v1/incidents/inc-1/reject", 401),
+        ("operator-bot", "/api/v1/incidents/inc-1/approve", 404),
+    ]
+    assert store.audit_log()[0]["detail"] == {"incident_id": "inc-1", "approved": True, "reason": ""}
+
+
+def test_bad_bodies_are_refused_and_change_nothing(api) -> None:
+    _, engine, _, store, tokens, client = api
+    engine.registry.record("inc-2", Trigger(source="scan", service="search", signal="x", summary="s"), "observing")
+    headers = _auth(tokens["operator"])
+    big = client.post("/api/v1/incidents/inc-2/approve", content=b"{" + b" " * MAX_BODY + b"}", headers=headers)
+    assert big.status_code == 413
+    assert client.post("/api/v1/incidents/inc-2/approve", content=b"{not json", headers=headers).status_code == 422
+    assert client.post("/api/v1/incidents/inc-2/approve", json={"approved": False}, headers=headers).status_code == 422
+    assert client.post("/api/v1/incidents/inc-2/approve", json={"reason": "x" * 3000}, headers=headers).status_code == 422
+    assert [r["status"] for r in engine.registry.list()] == ["observing"]
+    assert [e["status"] for e in store.audit_log()] == [422, 422, 422, 413]
+
+
+def test_answers_are_redacted(api) -> None:
+    _, engine, _, _, tokens, client = api
+    trigger = Trigger(source="alert", service="search", signal="x", summary="db down: postgres://app:hunter22@db/orders")
+    engine.registry.record("inc-3", trigger, "observing")
+    body = client.get("/api/v1/incidents", headers=_auth(tokens["viewer"])).text
+    assert "hunter22" not in body and "[REDACTED]" in body
+
+
+def test_an_approval_over_http_resumes_the_incident_on_the_worker(api) -> None:
+    world, engine, worker, store, tokens, client = api
+    # The harness policy lets a restart of search happen only with a human's approval.
+    world.inject(Scenario("latency", "search"), engine.toolbox.gitops)
+    incident_id = worker.scan()
+    assert incident_id is not None and worker.wait_idle(60)
+    viewer, operator = _auth(tokens["viewer"]), _auth(tokens["operator"])
+    detail = client.get(f"/api/v1/incidents/{incident_id}", headers=viewer).json()
+    assert detail["waiting_for_approval"] is True and detail["status"] == "awaiting_approval"
+    assert detail["diagnosis"]["hypotheses"][0]["service"] == "search"
+    assert [a["kind"] for a in detail["plan"]["actions"]] == ["restart"]
+    listed = client.get("/api/v1/incidents", params={"status": detail["status"], "service": "search"}, headers=viewer).json()
+    assert [i["incident_id"] for i in listed["items"]] == [incident_id]
+
+    answer = client.post(f"/api/v1/incidents/{incident_id}/approve", json={"reason": "go"}, headers=operator)
+    assert answer.status_code == 202, answer.text
+    assert worker.wait_idle(60)
+    state = engine.state(incident_id)
+    assert state["status"] == "resolved"
+    assert [(r.action.kind, r.status) for r in state["actions"]] == [("restart", "done")]
+    assert any("api:operator-bot" in t.event for t in state["timeline"])
+    # Answered once: a second approval finds nothing waiting.
+    again = client.post(f"/api/v1/incidents/{incident_id}/approve", json={}, headers=operator)
+    assert again.status_code == 409
+    timeline = client.get(f"/api/v1/incidents/{incident_id}/timeline", headers=viewer).json()
+    assert timeline and all({"at", "event"} <= set(e) for e in timeline)
+    assert [(e["principal"], e["status"]) for e in store.audit_log()] == [("operator-bot", 409), ("operator-bot", 202)]
+
+
+def test_memory_search_without_memory_says_so(api) -> None:
+    _, _, _, _, tokens, client = api
+    answer = client.get("/api/v1/memory/search", params={"q": "latency"}, headers=_auth(tokens["viewer"]))
+    assert answer.status_code == 404 and "without long-term memory" in answer.json()["detail"]
+    assert client.get("/api/v1/memory/search", headers=_auth(tokens["viewer"])).status_code == 422
+
+
+def test_token_commands(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from sregraph.cli import app
+
+    runner = CliRunner()
+    data = ["--data-dir", str(tmp_path / "data")]
+    made = runner.invoke(app, ["token", "create", "ci", "--role", "operator", *data])
+    assert made.exit_code == 0, made.output
+    token = made.stdout.strip().splitlines()[-1]
+    store = ApiStore(tmp_path / "data" / "api.db")
+    assert store.verify(token) is not None and store.verify(token).role == "operator"
+    listed = runner.invoke(app, ["token", "list", *data])
+    assert "ci" in listed.stdout and token not in listed.stdout
+    assert runner.invoke(app, ["token", "create", "ci", *data]).exit_code == 2  # the name is taken
+    assert runner.invoke(app, ["token", "create", "x", "--role", "root", *data]).exit_code == 2
+    assert runner.invoke(app, ["token", "revoke", "ci", *data]).exit_code == 0
+    assert store.verify(token) is None
+    assert runner.invoke(app, ["token", "revoke", "ci", *data]).exit_code == 2
