@@ -72,6 +72,8 @@ class ApiStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.busy_timeout_s = busy_timeout_s
         with self._connect() as conn:
+            # WAL: readers (token checks) never wait for the audit log's writers.
+            conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)
 
     @contextmanager

@@ -121,10 +121,15 @@ def redact_out(text: str, secrets: Iterable[str] = ()) -> str:
 
 def redact_data(value: Any) -> Any:
     """`value` (JSON-like: dicts, lists, strings) with every string passed through `redact_out`."""
+    return _redact_data(value, known_secrets())
+
+
+def _redact_data(value: Any, secrets: list[str]) -> Any:
+    # The environment's secrets are read once for the whole value, not once per string.
     if isinstance(value, str):
-        return redact_out(value)
+        return redact(value, secrets)
     if isinstance(value, dict):
-        return {key: redact_data(item) for key, item in value.items()}
+        return {key: _redact_data(item, secrets) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [redact_data(item) for item in value]
+        return [_redact_data(item, secrets) for item in value]
     return value

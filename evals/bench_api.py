@@ -1,0 +1,136 @@
+"""HTTP API under load: latency percentiles and throughput with many concurrent clients.
+
+    python -m evals.bench_api [--clients 50] [--requests 2000] [--runs 200] [--format json]
+
+The API runs in its own process, as in `sregraph worker --api-port`: a worker over the synthetic world of
+tests/worker_harness.py with `--runs` finished incidents in its registry and one real incident paused at the
+approval gate (a restart of `search` needs a human). The load comes from this process: `--clients` concurrent
+clients (each its own connection) share `--requests` requests per call measured:
+
+- `healthz`: no token, the worker's liveness;
+- `list`: a page of 50 incidents (token check, registry read, redaction);
+- `detail`: the waiting incident's whole state from the checkpointer (diagnosis, evidence, plan, timeline);
+- `refused`: an approval of an incident the checkpointer does not know: token check, a checkpointer read, a
+  404 and an audit row.
+
+Reported per call: p50, p99 and max latency in ms, requests/s, and the count of answers that were not the
+expected status (which must be 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+
+def _serve(root: str, runs: int, ready: Any, stop: Any) -> None:
+    """The API process: a worker with `runs` finished incidents and one waiting for approval."""
+    from graphs.state import Trigger
+    from sregraph.api_auth import ApiStore
+    from sregraph.engine import Engine
+    from sregraph.server import ApiServer, create_app
+    from sregraph.worker import Worker
+    from tests.worker_harness import Scenario, World, settings_for, toolbox_for
+
+    world = World.create(Path(root) / "world")
+    engine = Engine(settings_for(Path(root) / "world"), toolbox_for(world))
+    worker = Worker(engine)
+    for i in range(runs):
+        trigger = Trigger(source="alert", service=f"svc-{i % 20}", signal="HighLatency", summary=f"p95 over 500 ms ({i})")
+        engine.registry.record(f"inc-bench-{i:05d}", trigger, "resolved")
+    world.inject(Scenario("latency", "search"), engine.toolbox.gitops)
+    waiting = worker.scan()
+    worker.wait_idle(120)
+    worker.health.beat()
+    store = ApiStore(Path(root) / "api.db")
+    token = store.create_token("bench", "operator")
+    server = ApiServer(create_app(worker, store)).start()
+    ready.put({"url": server.url, "token": token, "waiting": waiting, "pending": engine.pending_approval(str(waiting))})
+    stop.wait()
+    server.stop()
+    engine.close()
+
+
+async def _load(url: str, clients: int, requests: int, call: tuple[str, str, int], headers: dict[str, str]) -> dict[str, Any]:
+    method, path, expected = call
+    latencies: list[float] = []
+    unexpected = 0
+    todo = iter(range(requests))
+
+    async def client() -> None:
+        nonlocal unexpected
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as http:
+            for _ in todo:
+                t0 = time.perf_counter()
+                answer = await http.request(method, path, json={} if method == "POST" else None)
+                latencies.append(time.perf_counter() - t0)
+                unexpected += answer.status_code != expected
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    wall = time.perf_counter() - t0
+    ms = np.array(latencies) * 1000
+    return {
+        "requests": len(latencies),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "max_ms": round(float(ms.max()), 2),
+        "per_s": round(len(latencies) / wall, 1),
+        "unexpected_status": unexpected,
+    }
+
+
+def run(clients: int, requests: int, runs: int) -> dict[str, Any]:
+    """Start the API process, load each call in turn, stop it."""
+    context = multiprocessing.get_context("spawn")
+    ready, stop = context.Queue(), context.Event()
+    with tempfile.TemporaryDirectory(prefix="sregraph-bench-api-") as root:
+        server = context.Process(target=_serve, args=(root, runs, ready, stop), daemon=True)
+        server.start()
+        try:
+            info = ready.get(timeout=300)
+            if not info["pending"]:
+                raise SystemExit("the approval incident did not reach the gate: nothing to measure `detail` on")
+            calls = {
+                "healthz": ("GET", "/healthz", 200),
+                "list": ("GET", "/api/v1/incidents?limit=50", 200),
+                "detail": ("GET", f"/api/v1/incidents/{info['waiting']}", 200),
+                "refused": ("POST", "/api/v1/incidents/inc-bench-00000/approve", 404),
+            }
+            headers = {"Authorization": f"Bearer {info['token']}"}
+            results = {name: asyncio.run(_load(info["url"], clients, requests, call, headers)) for name, call in calls.items()}
+        finally:
+            stop.set()
+            server.join(30)
+    return {"clients": clients, "requests_per_call": requests, "runs_in_registry": runs, "calls": results}
+
+
+def main() -> None:
+    """Command line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    args = parser.parse_args()
+    result = run(args.clients, args.requests, args.runs)
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+        return
+    print(f"{result['clients']} clients, {result['requests_per_call']} requests per call, {result['runs_in_registry']} incidents")
+    print(f"{'call':10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'req/s':>8} {'bad':>4}")
+    for name, r in result["calls"].items():
+        print(f"{name:10} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['max_ms']:8.1f} {r['per_s']:8.1f} {r['unexpected_status']:4d}")
+
+
+if __name__ == "__main__":
+    main()
