@@ -5,7 +5,7 @@
 #            builds llama-cpp-python's wheel once (about 9 minutes on 2 cores) into a cache outside the repository.
 #   --test   everything --llm does (CI runs the real-model smoke tests), and what the integration tests use from
 #            Debian (prometheus with promtool, prometheus-alertmanager) when missing and apt-get is usable; without
-#            them those tests skip and say why.
+#            them those tests skip and say why; and Debian's chromium-headless-shell for the dashboard test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -16,6 +16,8 @@ if [ "${1:-}" = "--test" ]; then
   # Debian's prometheus (promtool) and prometheus-alertmanager for the rule and integration tests; podman for
   # the container tests is installed by scripts/container-engine.sh from those tests' own fixture.
   bash scripts/observability.sh
+  # Debian's headless Chromium for the dashboard's browser test.
+  bash scripts/browser.sh
 fi
 
 stamp=.venv/.sregraph-setup

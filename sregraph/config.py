@@ -204,7 +204,7 @@ NOT_SETTINGS = frozenset({
     # the project's scripts and tests: where the container engine, the apt log, the venv, the shared datasets
     # and the test model live, and how llama.cpp is built
     "SREGRAPH_ENGINE_DIR", "SREGRAPH_CACHE_DIR", "SREGRAPH_APT_LOG", "SREGRAPH_VENV", "SREGRAPH_LLAMA_CMAKE_ARGS",
-    "SREGRAPH_SHARED_DATA", "SREGRAPH_TEST_GGUF", "SREGRAPH_UPDATE_SNAPSHOTS",
+    "SREGRAPH_SHARED_DATA", "SREGRAPH_TEST_GGUF", "SREGRAPH_UPDATE_SNAPSHOTS", "SREGRAPH_CHROMIUM", "SREGRAPH_TEST_ARTIFACTS",
 })
 """SREGRAPH_* variables that are not settings: every other one must name a setting (a typo is an error)."""
 

@@ -247,6 +247,8 @@ class Engine:
                 for node, update in chunk.items():
                     if node == "__interrupt__":
                         self.registry.record(incident_id, None, "awaiting_approval")
+                        if self.progress is not None:
+                            self.progress(incident_id, node, {})
                         continue
                     now = time.monotonic()
                     self.metrics.observe_update(node, update or {}, now - step_started)

@@ -9,19 +9,26 @@ the audit log. Answers pass through the redactor, as everything sregraph lets ou
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import socket
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, Any
 
+import swagger_ui_bundle
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from graphs.state import ApprovalDecision
 from sregraph.api_auth import ApiStore, Principal, Role
+from sregraph.events import EventLog
 from sregraph.worker import Worker
 from tools.base import NotFound, SregraphError
 from tools.redact import redact_data
@@ -32,6 +39,12 @@ API = "/api/v1"
 MAX_BODY = 64 * 1024
 """Largest request body taken (the Alertmanager receiver has its own, smaller, limits on what is inside)."""
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+UI = Path(__file__).parent / "ui"
+"""The dashboard: hand-written HTML, CSS and JavaScript, no build step, nothing from a CDN."""
+POLL_S = 0.1
+"""How often an event stream looks for new events (the feed's added latency, at most)."""
+KEEPALIVE_S = 15.0
+"""A comment line on an idle event stream this often, so proxies and the browser keep it open."""
 
 
 class DecisionBody(BaseModel):
@@ -105,15 +118,29 @@ Operator = Annotated[Principal, Depends(require("operator"))]
 Admin = Annotated[Principal, Depends(require("admin"))]
 
 
-def create_app(worker: Worker, store: ApiStore) -> FastAPI:
-    """The API over one worker (its engine, its pool) and one token store."""
+def create_app(worker: Worker, store: ApiStore, events: EventLog | None = None) -> FastAPI:
+    """The API over one worker (its engine, its pool) and one token store; `events` (a new log by default)
+    receives the engine's progress, chained after any progress hook the engine already had."""
     engine = worker.engine
+    feed = events or EventLog()
+    earlier = engine.progress
+
+    def progress(incident_id: str, node: str, update: dict[str, Any]) -> None:
+        if earlier is not None:
+            earlier(incident_id, node, update)
+        feed.publish(incident_id, node, update)
+
+    engine.progress = progress
     app = FastAPI(
         title="sregraph",
         version="1",
         description="Incidents, approvals and memory of an sregraph worker. Bearer tokens: `sregraph token create`.",
+        docs_url=None,  # served below from the swagger-ui-bundle package: FastAPI's own page loads it from a CDN
+        redoc_url=None,
     )
     app.state.store = store
+    app.state.closing = threading.Event()
+    """Set when the server stops: open event streams end, so the shutdown need not wait them out."""
 
     @app.middleware("http")
     async def limit_and_audit(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -126,6 +153,12 @@ def create_app(worker: Worker, store: ApiStore) -> FastAPI:
             response: Response = JSONResponse({"detail": f"request body over {MAX_BODY} bytes"}, status_code=413)
         else:
             response = await call_next(request)
+        # The dashboard runs only its own scripts and may not be framed (an Approve button in someone else's page).
+        # The API docs page starts Swagger UI with an inline script of FastAPI's.
+        scripts = "script-src 'self' 'unsafe-inline'; " if request.url.path == "/docs" else ""
+        response.headers["Content-Security-Policy"] = f"default-src 'self'; {scripts}frame-ancestors 'none'; base-uri 'none'"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["X-Content-Type-Options"] = "nosniff"
         if request.method in MUTATING:
             principal = getattr(request.state, "principal", None)
             store.audit(
@@ -225,6 +258,51 @@ def create_app(worker: Worker, store: ApiStore) -> FastAPI:
             raise HTTPException(422, str(exc)) from exc
         return redact_data([s.model_dump(mode="json") for s in found])
 
+    @app.get(f"{API}/events", tags=["incidents"])
+    async def event_stream(request: Request, _: Viewer) -> StreamingResponse:
+        """Server-sent events: one `step` event per graph step of any incident (id = sequence number). A client
+        that reconnects with `Last-Event-ID` gets what it missed, as far as the in-memory log still holds it."""
+        last = request.headers.get("last-event-id", "")
+        seq = int(last) if last.isdigit() else feed.last
+
+        async def stream() -> AsyncIterator[str]:
+            nonlocal seq
+            yield ": connected\n\n"
+            idle = 0.0
+            while not app.state.closing.is_set() and not await request.is_disconnected():
+                # Polled, not a blocking wait: a thread per open stream would starve the server's pool.
+                if feed.last <= seq:
+                    await asyncio.sleep(POLL_S)
+                    idle += POLL_S
+                    if idle >= KEEPALIVE_S:
+                        idle = 0.0
+                        yield ": keepalive\n\n"
+                    continue
+                idle = 0.0
+                for event in feed.after(seq):
+                    seq = event.seq
+                    data = json.dumps(redact_data(event.as_dict()))
+                    yield f"id: {event.seq}\nevent: step\ndata: {data}\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/ui/")
+
+    app.mount("/ui", StaticFiles(directory=UI, html=True), name="ui")
+    app.mount("/swagger", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="sregraph API",
+            swagger_js_url="/swagger/swagger-ui-bundle.js",
+            swagger_css_url="/swagger/swagger-ui.css",
+            swagger_favicon_url="/swagger/favicon-32x32.png",
+        )
+
     @app.get(f"{API}/audit", tags=["auth"])
     def audit(
         _: Admin,
@@ -241,6 +319,7 @@ class ApiServer:
     """The API served by uvicorn on a background thread of the worker's process."""
 
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.app = app
         # The socket is bound here, so port 0 gives a known free port before the thread starts.
         self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -268,7 +347,10 @@ class ApiServer:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop serving (finishing the requests in flight)."""
+        """Stop serving (finishing the requests in flight; event streams end at once)."""
+        closing = getattr(self.app.state, "closing", None)
+        if closing is not None:
+            closing.set()
         self.server.should_exit = True
         self.thread.join(timeout)
         self.sock.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
@@ -10,6 +11,7 @@ import pytest
 from graphs.state import Trigger
 from sregraph.api_auth import ApiStore
 from sregraph.engine import Engine
+from sregraph.events import EventLog
 from sregraph.server import MAX_BODY, ApiServer, create_app
 from sregraph.worker import Worker
 from tests.worker_harness import Scenario, World, settings_for, toolbox_for
@@ -23,7 +25,7 @@ def api(tmp_path: Path):
     worker = Worker(engine)
     store = ApiStore(tmp_path / "api.db")
     tokens = {role: store.create_token(f"{role}-bot", role) for role in ("viewer", "operator", "admin")}
-    server = ApiServer(create_app(worker, store)).start()
+    server = ApiServer(create_app(worker, store, EventLog())).start()
     client = httpx.Client(base_url=server.url, timeout=30)
     yield world, engine, worker, store, tokens, client
     client.close()
@@ -157,3 +159,43 @@ def test_token_commands(tmp_path: Path) -> None:
     assert runner.invoke(app, ["token", "revoke", "ci", *data]).exit_code == 0
     assert store.verify(token) is None
     assert runner.invoke(app, ["token", "revoke", "ci", *data]).exit_code == 2
+
+
+def test_event_stream_replays_from_last_event_id_and_follows(api) -> None:
+    _, engine, _, _, tokens, client = api
+    assert client.get("/api/v1/events").status_code == 401
+    # The engine's progress hook feeds the stream (the app chained itself onto it).
+    engine.progress("inc-9", "analyze", {"status": "diagnosed", "timeline": ["diagnosis: crash on payments password=hunter22"]})
+    headers = {**_auth(tokens["viewer"]), "Last-Event-ID": "0"}
+    with client.stream("GET", "/api/v1/events", headers=headers) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        lines = stream.iter_lines()
+        assert next(lines) == ": connected"
+        got = []
+        for line in lines:
+            if line.startswith("data: "):
+                got.append(json.loads(line[6:]))
+                if len(got) == 1:
+                    engine.progress("inc-9", "__interrupt__", {})
+                else:
+                    break
+    assert [(e["seq"], e["node"], e["phase"], e["status"]) for e in got] == [
+        (1, "analyze", "diagnose", "diagnosed"), (2, "__interrupt__", "act", "awaiting_approval")
+    ]
+    assert "hunter22" not in got[0]["lines"][0]
+
+
+def test_docs_and_dashboard_are_served_without_a_cdn(api) -> None:
+    *_, client = api
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/swagger/swagger-ui-bundle.js" in docs.text
+    assert "cdn" not in docs.text.lower()
+    assert client.get("/swagger/swagger-ui-bundle.js").status_code == 200
+    page = client.get("/ui/")
+    assert page.status_code == 200 and "room.js" in page.text
+    # Only its own scripts, never framed.
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    for asset in ("app.js", "room.js", "incident.js", "style.css", "incident.html"):
+        body = client.get(f"/ui/{asset}").text
+        assert "http://" not in body and "https://" not in body, asset
