@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from agents.llm import LLMConfig
 from agents.rca_confidence import default_min_confidence
 from tools.base import ConfigError
+from tools.channels import NotificationsConfig
 
 ENV_PREFIX = "SREGRAPH_"
 
@@ -184,6 +185,8 @@ class Settings(BaseModel):
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
+    """Channels (Slack, Discord, Teams, webhooks, email) and the routing tree (tools/channels.py)."""
 
     @field_validator("data_dir", mode="before")
     @classmethod

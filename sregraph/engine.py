@@ -49,6 +49,7 @@ def local_toolbox(settings: Settings, app: Any) -> Toolbox:
 
     data = settings.data_dir
     ledger = ActionLedger(data / "ledger.db")
+    routed = [routed_notifier(settings)] if settings.notifications.channels else []
     incidents: Any = LocalIncidentSurface(data / "incidents.db")
     gitops: Any = app.gitops
     gh = settings.github
@@ -74,7 +75,7 @@ def local_toolbox(settings: Settings, app: Any) -> Toolbox:
         incidents=incidents,
         gitops=gitops,
         # Each notification once, even when a step runs again after a crash.
-        notifier=IdempotentNotifier(MultiNotifier(ConsoleNotifier(), JsonlNotifier(data / "notifications.jsonl")), ledger),
+        notifier=IdempotentNotifier(MultiNotifier(ConsoleNotifier(), JsonlNotifier(data / "notifications.jsonl"), *routed), ledger),
         # A hung endpoint stops costing a probe timeout per poll (refusals are cheap and always probed, so a
         # restart's one-second gap is not stretched into the circuit's timeout); the engineer resets it after acting.
         health=BreakerHealthChecker(app.health, slow_probe_s=0.25),
@@ -83,6 +84,24 @@ def local_toolbox(settings: Settings, app: Any) -> Toolbox:
         topology=app.topology,
         memory=PostMortemStore(data / "memory"),
     )
+
+
+def routed_notifier(settings: Settings) -> Any:
+    """The configured channels behind the routing tree, labelling each incident by its trigger's service and
+    severity (as the run registry has them)."""
+    from tools.channels import RoutedNotifier
+
+    config = settings.notifications
+    registry = RunRegistry(settings.data_dir / "runs.db")
+
+    def labels_of(incident_id: str) -> dict[str, str]:
+        trigger = registry.trigger(incident_id)
+        if trigger is None:
+            return {}
+        return {"service": trigger.service or "", "severity": trigger.labels.get("severity", ""), "source": trigger.source}
+
+    channels = {name: channel.build() for name, channel in config.channels.items()}
+    return RoutedNotifier(channels, config.route, labels_of, config.repeat_interval_s)
 
 
 def telemetry_for(settings: Settings, local: Any) -> Any:

@@ -1,0 +1,286 @@
+"""Where notifications go beyond the console: chat webhooks, a generic JSON webhook, email; and the routing
+tree that picks channels for each notification, like Alertmanager's routes.
+
+Each channel speaks its provider's documented payload: Slack incoming webhooks (`text` plus a `blocks`
+section; Mattermost and Rocket.Chat take the same), Discord webhooks (`content`), Microsoft Teams workflow
+webhooks (an Adaptive Card in `attachments`), a generic webhook (the notification as JSON), and email over
+SMTP (STARTTLS when asked). Every call has a timeout; every text passes the redactor first.
+
+`RoutedNotifier` is a `Notifier`: the graph calls it as it calls any other, and `IdempotentNotifier` around it
+keeps each notification once across crashes. For each notification it builds labels (`event`, and `service`
+and `severity` from the incident), walks the routes, and delivers to the channels they name, at most once per
+`repeat_interval_s` for the same channel, service and event (grouping a flapping service's repeats).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import smtplib
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.message import EmailMessage
+from typing import Any, Literal, Protocol
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tools.base import Clock, ConfigError, SystemClock, ToolError
+from tools.notifier import current_key
+from tools.redact import redact_out
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One notification, with the labels routing matched it on."""
+
+    incident_id: str
+    event: str
+    text: str
+    labels: dict[str, str]
+
+    @property
+    def title(self) -> str:
+        """One line for a subject or a heading."""
+        service = self.labels.get("service")
+        return f"[sregraph] {self.event}: {self.incident_id}" + (f" ({service})" if service else "")
+
+
+class Channel(Protocol):
+    """Delivers a message; raises ToolError when it could not."""
+
+    def send(self, message: Message) -> None: ...
+
+
+# ----------------------------------------------------------------------------- channels
+
+
+class _Http:
+    """A JSON POST with a timeout; any answer but 2xx is a failure."""
+
+    def __init__(self, url: str, timeout_s: float) -> None:
+        self.url, self.timeout_s = url, timeout_s
+
+    def post(self, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        try:
+            answer = httpx.post(self.url, json=payload, headers=headers, timeout=self.timeout_s)
+        except httpx.HTTPError as exc:
+            raise ToolError(f"{type(self).__name__}: {type(exc).__name__} posting to the webhook") from exc
+        if not answer.is_success:
+            raise ToolError(f"{type(self).__name__}: the webhook answered {answer.status_code}")
+
+
+class WebhookChannel(_Http):
+    """Any HTTP endpoint: the notification as JSON (incident_id, event, title, text, labels, key)."""
+
+    def send(self, message: Message) -> None:
+        self.post({
+            "incident_id": message.incident_id, "event": message.event, "title": message.title,
+            "text": message.text, "labels": message.labels, "key": current_key(),
+        })
+
+
+class SlackChannel(_Http):
+    """A Slack incoming webhook (Mattermost and Rocket.Chat accept the same): `text` is the fallback, one
+    section block carries the message."""
+
+    def send(self, message: Message) -> None:
+        body = f"*{_slack_escape(message.title)}*\n{_slack_escape(message.text)}"
+        self.post({"text": f"{message.title}: {message.text}", "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": body}}]})
+
+
+class DiscordChannel(_Http):
+    """A Discord webhook: `content` (at most 2,000 characters), mentions disabled."""
+
+    def send(self, message: Message) -> None:
+        content = f"**{message.title}**\n{message.text}"
+        self.post({"content": content[:2000], "allowed_mentions": {"parse": []}})
+
+
+class TeamsChannel(_Http):
+    """A Microsoft Teams workflow webhook: one Adaptive Card."""
+
+    def send(self, message: Message) -> None:
+        card = {
+            "type": "AdaptiveCard", "version": "1.4", "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+            "body": [
+                {"type": "TextBlock", "text": message.title, "weight": "Bolder", "wrap": True},
+                {"type": "TextBlock", "text": message.text, "wrap": True},
+            ],
+        }
+        self.post({"type": "message", "attachments": [{"contentType": "application/vnd.microsoft.card.adaptive", "content": card}]})
+
+
+def _slack_escape(text: str) -> str:
+    # Slack's three control characters; a log line's "<!channel>" must not ping anyone.
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+class EmailChannel:
+    """Email over SMTP; the password is read from the environment variable named in the settings."""
+
+    def __init__(self, host: str, port: int, sender: str, to: list[str], starttls: bool, username: str | None,
+                 password_env: str | None, timeout_s: float) -> None:
+        self.host, self.port, self.sender, self.to = host, port, sender, to
+        self.starttls, self.username, self.password_env, self.timeout_s = starttls, username, password_env, timeout_s
+
+    def send(self, message: Message) -> None:
+        email = EmailMessage()
+        email["From"], email["To"], email["Subject"] = self.sender, ", ".join(self.to), message.title
+        email.set_content(message.text + "\n\n" + "\n".join(f"{k}: {v}" for k, v in sorted(message.labels.items())))
+        try:
+            with smtplib.SMTP(self.host, self.port, timeout=self.timeout_s) as smtp:
+                if self.starttls:
+                    smtp.starttls(context=ssl.create_default_context())
+                if self.username:
+                    smtp.login(self.username, os.environ.get(self.password_env or "", ""))
+                smtp.send_message(email)
+        except (OSError, smtplib.SMTPException) as exc:
+            raise ToolError(f"EmailChannel: {type(exc).__name__} sending through {self.host}:{self.port}") from exc
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+class ChannelConfig(BaseModel):
+    """One channel of `notifications.channels`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["webhook", "slack", "discord", "teams", "email"]
+    url: str | None = None
+    """Webhook URL (webhook, slack, discord, teams)."""
+    url_env: str | None = None
+    """Or the environment variable that holds it (webhook URLs are secrets: they post without credentials)."""
+    smtp_host: str = "localhost"
+    smtp_port: int = Field(25, ge=1, le=65535)
+    sender: str = "sregraph@localhost"
+    to: list[str] = Field(default_factory=list)
+    starttls: bool = False
+    username: str | None = None
+    password_env: str | None = None
+    timeout_s: float = Field(10.0, gt=0, le=120)
+
+    @model_validator(mode="after")
+    def _complete(self) -> ChannelConfig:
+        if self.type == "email" and not self.to:
+            raise ValueError("an email channel needs `to`")
+        if self.type != "email" and not (self.url or self.url_env):
+            raise ValueError(f"a {self.type} channel needs `url` or `url_env`")
+        return self
+
+    def build(self) -> Channel:
+        """The channel these settings describe."""
+        if self.type == "email":
+            return EmailChannel(self.smtp_host, self.smtp_port, self.sender, self.to, self.starttls, self.username,
+                                self.password_env, self.timeout_s)
+        url = self.url or os.environ.get(self.url_env or "", "")
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"notifications: the {self.type} channel's URL ({self.url_env or 'url'}) is not an http(s) URL")
+        kinds: dict[str, type[_Http]] = {"webhook": WebhookChannel, "slack": SlackChannel, "discord": DiscordChannel, "teams": TeamsChannel}
+        return kinds[self.type](url, self.timeout_s)  # type: ignore[return-value]
+
+
+class Route(BaseModel):
+    """A node of the routing tree: its `match` (label → glob pattern) must all hold; its channels receive the
+    message; its first matching child route is followed; with `continue`, the next sibling is tried as well."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    match: dict[str, str] = Field(default_factory=dict)
+    channels: list[str] = Field(default_factory=list)
+    continue_: bool = Field(False, alias="continue")
+    routes: list[Route] = Field(default_factory=list)
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        """Whether every pattern of `match` holds on the labels (a missing label is the empty string)."""
+        return all(fnmatch.fnmatchcase(labels.get(key, ""), pattern) for key, pattern in self.match.items())
+
+    def select(self, labels: dict[str, str]) -> list[str]:
+        """The channels for these labels: this route's, then its matching children's (first match, or more
+        with `continue`), without repeats."""
+        chosen = list(self.channels)
+        for child in self.routes:
+            if child.matches(labels):
+                chosen += child.select(labels)
+                if not child.continue_:
+                    break
+        return list(dict.fromkeys(chosen))
+
+
+Route.model_rebuild()
+
+
+class NotificationsConfig(BaseModel):
+    """`notifications:` in sregraph.yaml. Without channels, notifications go to the console and
+    `data_dir/notifications.jsonl` only, as before."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    channels: dict[str, ChannelConfig] = Field(default_factory=dict)
+    route: Route = Field(default_factory=Route)
+    repeat_interval_s: float = Field(300.0, ge=0)
+    """The same event of the same service goes to the same channel at most once in this many seconds."""
+
+    @model_validator(mode="after")
+    def _known_channels(self) -> NotificationsConfig:
+        def names(route: Route) -> set[str]:
+            return set(route.channels).union(*(names(r) for r in route.routes))
+
+        unknown = names(self.route) - set(self.channels)
+        if unknown:
+            raise ValueError(f"routes name unknown channels: {', '.join(sorted(unknown))}")
+        return self
+
+
+# ----------------------------------------------------------------------------- the notifier
+
+
+class RoutedNotifier:
+    """A `Notifier` that routes each notification to its channels."""
+
+    def __init__(
+        self,
+        channels: dict[str, Channel],
+        route: Route,
+        labels_of: Callable[[str], dict[str, str]],
+        repeat_interval_s: float = 300.0,
+        clock: Clock | None = None,
+    ) -> None:
+        self.channels, self.route, self.labels_of = channels, route, labels_of
+        self.repeat_interval_s = repeat_interval_s
+        self.clock: Clock = clock or SystemClock()
+        self._last: dict[tuple[str, str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def notify(self, incident_id: str, event: str, text: str) -> None:
+        """Deliver to every routed channel; ToolError only if every one of them failed."""
+        labels = {"event": event, **self.labels_of(incident_id)}
+        message = Message(incident_id, event, redact_out(text), labels)
+        failures: list[str] = []
+        sent = 0  # delivered now, or grouped with a delivery within the repeat interval
+        for name in self.route.select(labels):
+            group = (name, labels.get("service", incident_id), event)
+            now = self.clock.now()
+            with self._lock:
+                last = self._last.get(group)
+                if last is not None and now - last < self.repeat_interval_s:
+                    log.info("notification %s/%s to %s grouped (sent %.0f s ago)", incident_id, event, name, now - last)
+                    sent += 1
+                    continue
+            try:
+                self.channels[name].send(message)
+            except ToolError as exc:
+                log.error("channel %s failed for %s/%s: %s", name, incident_id, event, exc)
+                failures.append(f"{name}: {exc}")
+                continue
+            sent += 1
+            with self._lock:
+                self._last[group] = now
+        if failures and not sent:
+            raise ToolError(f"every routed channel failed for {incident_id}/{event}: {'; '.join(failures)}")
