@@ -151,7 +151,26 @@ class RunRegistry:
                 "CREATE TABLE IF NOT EXISTS attached_alerts (incident_id TEXT NOT NULL, key TEXT NOT NULL,"
                 " trigger TEXT NOT NULL, received_at REAL NOT NULL, PRIMARY KEY (incident_id, key))"
             )
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS acknowledgements (incident_id TEXT PRIMARY KEY, by TEXT NOT NULL, at REAL NOT NULL)"
+            )
         conn.close()
+
+    def acknowledge(self, incident_id: str, by: str, at: float | None = None) -> bool:
+        """Record that a human took the incident (it stops paging); False if someone already had."""
+        with self._connect() as conn:
+            done = conn.execute(
+                "INSERT OR IGNORE INTO acknowledgements VALUES (?, ?, ?)", (incident_id, by, time.time() if at is None else at)
+            ).rowcount
+        conn.close()
+        return bool(done)
+
+    def acknowledgement(self, incident_id: str) -> dict[str, Any] | None:
+        """Who acknowledged the incident and when, or None."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT by, at FROM acknowledgements WHERE incident_id = ?", (incident_id,)).fetchone()
+        conn.close()
+        return {"by": row[0], "at": row[1]} if row else None
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=10)

@@ -72,7 +72,7 @@ def _dump(value: Any) -> Any:
     return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
 
 
-def incident_detail(incident_id: str, state: dict[str, Any]) -> dict[str, Any]:
+def incident_detail(incident_id: str, state: dict[str, Any], acknowledged: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the API says of one incident (its graph state, in the JSON the API documents)."""
     diagnosis = state.get("diagnosis")
     postmortem = state.get("postmortem")
@@ -90,6 +90,7 @@ def incident_detail(incident_id: str, state: dict[str, Any]) -> dict[str, Any]:
         "verification": _dump(state.get("verification")),
         "escalation": state.get("escalation"),
         "postmortem": _dump(postmortem),
+        "acknowledged": acknowledged,
         "llm_fallbacks": state.get("llm_fallbacks", []),
         "tokens": state.get("tokens", 0),
         "timeline": [_dump(t) for t in state.get("timeline", [])],
@@ -207,7 +208,8 @@ def create_app(worker: Worker, store: ApiStore, events: EventLog | None = None) 
     def incident(incident_id: str, _: Viewer) -> dict[str, Any]:
         """One incident: trigger, observation, diagnosis with its evidence, plan, actions, verification,
         post-mortem and timeline."""
-        return redact_data(incident_detail(incident_id, _state(incident_id)))
+        state = _state(incident_id)
+        return redact_data(incident_detail(incident_id, state, engine.registry.acknowledgement(incident_id)))
 
     @app.get(f"{API}/incidents/{{incident_id}}/timeline", tags=["incidents"])
     def timeline(incident_id: str, _: Viewer) -> list[dict[str, Any]]:
@@ -232,6 +234,15 @@ def create_app(worker: Worker, store: ApiStore, events: EventLog | None = None) 
     def reject(incident_id: str, body: DecisionBody, principal: Operator, request: Request) -> dict[str, Any]:
         """Reject the plan of an incident waiting at the approval gate; the incident is escalated."""
         return _decide(incident_id, False, body, principal, request)
+
+    @app.post(f"{API}/incidents/{{incident_id}}/acknowledge", tags=["incidents"])
+    def acknowledge(incident_id: str, principal: Operator, request: Request) -> dict[str, Any]:
+        """Take the incident: its escalation tiers stop paging. Acknowledging twice keeps the first."""
+        request.state.audit = {"incident_id": incident_id}
+        if not engine.registry.exists(incident_id):
+            raise HTTPException(404, f"no incident {incident_id}")
+        first = engine.registry.acknowledge(incident_id, f"api:{principal.name}")
+        return {"incident_id": incident_id, "acknowledged": engine.registry.acknowledgement(incident_id), "new": first}
 
     @app.post(f"{API}/alerts", tags=["alerts"])
     async def alerts(request: Request, _: Operator) -> JSONResponse:

@@ -32,6 +32,7 @@ from graphs.state import ApprovalDecision, Trigger
 from sregraph.alerts import AlertReceiver
 from sregraph.config import AlertsConfig
 from sregraph.engine import FINAL, Engine
+from sregraph.escalation import Escalator
 from sregraph.observability import HealthState
 from sregraph.storm import Notification, StormGate
 from tools.base import Clock, ConfigError, Issue, NotFound, SregraphError
@@ -62,6 +63,8 @@ class Worker:
         self._listed_at = 0.0
         self._issue_of: dict[str, int | None] = {}
         """Issue of each escalated incident (final: it never changes)."""
+        self.escalator = Escalator.for_engine(engine)
+        """Pages the escalation tiers for incidents that wait for a human (None without a policy)."""
         self.gate: StormGate | None = None
         self.receiver: AlertReceiver | None = None
         engine.should_stop = lambda: self.stopping
@@ -162,7 +165,7 @@ class Worker:
         """Act on slash commands humans wrote on incident issues (authorised by the surface); returns what was done.
 
         /approve and /reject answer a waiting approval gate; /escalate rejects it as an escalation; /retry
-        starts a new investigation on an escalated incident's issue. Commands come only from comments by users
+        starts a new investigation on an escalated incident's issue; /ack stops its escalation tiers. Commands come only from comments by users
         with write access: text in logs or issue bodies is never parsed for commands.
         """
         poll = getattr(self.engine.toolbox.incidents, "poll_commands", None)
@@ -179,6 +182,9 @@ class Worker:
                 decision = ApprovalDecision(approved=command.name == "approve", by=command.author, reason=reason)
                 if self.decide(incident_id, decision):
                     done.append(f"{command.name} {incident_id}")
+            elif command.name == "ack":
+                if self.engine.registry.acknowledge(incident_id, command.author):
+                    done.append(f"ack {incident_id}")
             elif command.name == "retry" and self.engine.state(incident_id).get("status") == "escalated":
                 trigger = Trigger(source="issue", issue_id=command.issue_id, summary=f"/retry by {command.author}", fired_at=self.engine.toolbox.clock.now())
                 self._start_new(trigger)
@@ -377,6 +383,8 @@ class Worker:
                     loops += 1
                     self.forward_alerts()
                     self.scan()
+                    if self.escalator is not None:
+                        self.escalator.tick()
                 except SregraphError as exc:
                     # A flaky backend must not kill a worker meant to run for months; the next loop retries.
                     self.engine.metrics.errors.labels("scan").inc()

@@ -84,6 +84,10 @@ def test_live_incident_approved_from_the_dashboard(tmp_path: Path, browser: Page
         assert browser.eval("document.querySelector('#hypotheses td').textContent") == "search"
         assert browser.eval("document.querySelector('#gate-plan').textContent") == "restart search"
         browser.screenshot(ARTIFACTS / "incident-awaiting-approval.png")
+        # Taking the incident stops its escalation tiers.
+        browser.eval("document.querySelector('#ack').click()")
+        browser.wait_for("document.querySelector('#acked').textContent.startsWith('Acknowledged by api:alice')")
+        assert engine.registry.acknowledgement(incident_id)["by"] == "api:alice"
         browser.eval("document.querySelector('#reason').value = 'checked the graphs'")
         browser.eval("document.querySelector('#approve').click()")
         browser.wait_for("document.body.dataset.status === 'resolved'", timeout=60)
@@ -95,7 +99,8 @@ def test_live_incident_approved_from_the_dashboard(tmp_path: Path, browser: Page
         assert [(r.action.kind, r.status) for r in state["actions"]] == [("restart", "done")]
         assert any("api:alice" in t.event for t in state["timeline"])
         assert [(e["principal"], e["path"], e["status"]) for e in store.audit_log()] == [
-            ("alice", f"/api/v1/incidents/{incident_id}/approve", 202)
+            ("alice", f"/api/v1/incidents/{incident_id}/approve", 202),
+            ("alice", f"/api/v1/incidents/{incident_id}/acknowledge", 200),
         ]
         assert not [line for line in browser.console if "exceptionDetails" in line]
     finally:

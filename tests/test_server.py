@@ -199,3 +199,15 @@ def test_docs_and_dashboard_are_served_without_a_cdn(api) -> None:
     for asset in ("app.js", "room.js", "incident.js", "style.css", "incident.html"):
         body = client.get(f"/ui/{asset}").text
         assert "http://" not in body and "https://" not in body, asset
+
+
+def test_acknowledge_needs_an_operator_and_keeps_the_first(api) -> None:
+    _, engine, _, store, tokens, client = api
+    engine.registry.record("inc-5", Trigger(source="scan", service="search", signal="x", summary="s"), "escalated")
+    assert client.post("/api/v1/incidents/inc-5/acknowledge", headers=_auth(tokens["viewer"])).status_code == 403
+    assert client.post("/api/v1/incidents/nope/acknowledge", headers=_auth(tokens["operator"])).status_code == 404
+    first = client.post("/api/v1/incidents/inc-5/acknowledge", headers=_auth(tokens["operator"])).json()
+    assert first["new"] is True and first["acknowledged"]["by"] == "api:operator-bot"
+    again = client.post("/api/v1/incidents/inc-5/acknowledge", headers=_auth(tokens["admin"])).json()
+    assert again["new"] is False and again["acknowledged"]["by"] == "api:operator-bot"
+    assert [e["status"] for e in store.audit_log()] == [200, 200, 404, 403]

@@ -216,6 +216,16 @@ class Route(BaseModel):
 Route.model_rebuild()
 
 
+class EscalationTier(BaseModel):
+    """One step of the escalation policy: who is told when an incident that needs a human has been waiting
+    this long without an acknowledgement."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    after_s: float = Field(ge=0)
+    channels: list[str] = Field(min_length=1)
+
+
 class NotificationsConfig(BaseModel):
     """`notifications:` in sregraph.yaml. Without channels, notifications go to the console and
     `data_dir/notifications.jsonl` only, as before."""
@@ -226,13 +236,17 @@ class NotificationsConfig(BaseModel):
     route: Route = Field(default_factory=Route)
     repeat_interval_s: float = Field(300.0, ge=0)
     """The same event of the same service goes to the same channel at most once in this many seconds."""
+    escalation: list[EscalationTier] = Field(default_factory=list)
+    """Tiers, by time since the incident opened, for incidents that wait for a human (an approval, or escalated)
+    and nobody acknowledged (`/ack` on the issue, the API or the dashboard)."""
 
     @model_validator(mode="after")
     def _known_channels(self) -> NotificationsConfig:
         def names(route: Route) -> set[str]:
             return set(route.channels).union(*(names(r) for r in route.routes))
 
-        unknown = names(self.route) - set(self.channels)
+        named = names(self.route).union(*(tier.channels for tier in self.escalation))
+        unknown = set(named) - set(self.channels)
         if unknown:
             raise ValueError(f"routes name unknown channels: {', '.join(sorted(unknown))}")
         return self

@@ -117,7 +117,7 @@ INCIDENT_LABEL = "incident"
 STATUS_PREFIX = "status:"
 WRITE_PERMISSIONS = frozenset({"admin", "maintain", "write"})
 """Repository permissions whose slash commands are honoured."""
-COMMANDS = ("approve", "reject", "retry", "escalate")
+COMMANDS = ("approve", "reject", "retry", "escalate", "ack")
 
 # The label scheme (docs/github.md): created with these colours by `ensure_labels`, else GitHub creates
 # missing labels in grey the first time they are applied.
@@ -477,7 +477,7 @@ def _is_pull(gi: GHIssue) -> bool:
 class Command(BaseModel):
     """A slash command a human wrote in an incident comment."""
 
-    name: Literal["approve", "reject", "retry", "escalate"]
+    name: Literal["approve", "reject", "retry", "escalate", "ack"]
     args: str = ""
     """The rest of the line: a reason, for instance."""
     author: str
@@ -489,7 +489,7 @@ class Command(BaseModel):
 def parse_commands(issue: Issue) -> list[Command]:
     """Slash commands in the issue's human comments, oldest first: the first command line of each comment.
 
-    A command is a line that starts with `/approve`, `/reject`, `/retry` or `/escalate`; quoted lines
+    A command is a line that starts with `/approve`, `/reject`, `/retry`, `/escalate` or `/ack`; quoted lines
     (`> /approve`) and fenced code blocks do not count, nor do sregraph's own comments. This only reads
     the text: whether the author may command anything is `GitHubIncidentSurface.commands`'s business.
     """

@@ -27,6 +27,11 @@ async function load() {
   text("#verification", inc.verification ? (inc.verification.recovered ? "Recovered." : "Not recovered.") : "");
   rows("#timeline", inc.timeline, (t) => [when(t.at), t.event]);
   text("#postmortem", inc.postmortem ? inc.postmortem.markdown : "not written yet");
+  // Incidents that wait for a human page the escalation tiers until someone takes them.
+  const needsHuman = ["awaiting_approval", "escalated"].includes(inc.status);
+  document.querySelector("#ack-line").classList.toggle("hidden", !needsHuman || Boolean(inc.acknowledged));
+  document.querySelector("#ack").disabled = !["operator", "admin"].includes(document.body.dataset.role);
+  text("#acked", inc.acknowledged ? `Acknowledged by ${inc.acknowledged.by} at ${when(inc.acknowledged.at)}.` : "");
   const gate = document.querySelector("#gate");
   gate.classList.toggle("hidden", !inc.waiting_for_approval);
   const plan = inc.plan ? inc.plan.actions.map((a) => `${a.kind} ${a.service}`).join(", ") : "";
@@ -50,6 +55,14 @@ async function decide(verb) {
 setupLogin(() => {
   document.querySelector("#approve").addEventListener("click", () => decide("approve"));
   document.querySelector("#reject").addEventListener("click", () => decide("reject"));
+  document.querySelector("#ack").addEventListener("click", async () => {
+    try {
+      await api(`/api/v1/incidents/${encodeURIComponent(id)}/acknowledge`, { method: "POST", body: "{}" });
+      load();
+    } catch (error) {
+      text("#ack-note", error.message);
+    }
+  });
   load();
   streamEvents((event) => { if (event.incident_id === id) load(); });
 });
