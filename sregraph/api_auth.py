@@ -2,8 +2,9 @@
 
 A token is shown once, when it is created; only its SHA-256 is stored. Tokens are 256 random bits, so a fast
 hash is enough (a password needs a slow one because people choose guessable ones; nobody guesses 2^256).
-Roles are ordered: a viewer reads, an operator also approves, rejects and sends alerts, an admin also reads the
-audit log.
+Roles: a viewer reads, an operator also approves, rejects, acknowledges, sends alerts and telemetry, an admin also
+reads the audit log; an application's `ingest` token only sends telemetry (which steers the agents, so a viewer
+may not).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from typing import Any, Literal
 
 from tools.base import ConfigError, NotFound
 
-Role = Literal["viewer", "operator", "admin"]
-ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")
-"""Weakest first: each role may do what the ones before it may."""
+Role = Literal["ingest", "viewer", "operator", "admin"]
+ROLES: tuple[Role, ...] = ("ingest", "viewer", "operator", "admin")
+"""Weakest first: each of viewer, operator, admin may do what the ones before it may. `ingest` is an
+application's: it may only send telemetry (as may operators and admins, not viewers), not read incidents."""
 
 TOKEN_PREFIX = "srg_"
 """Makes a leaked token recognisable to secret scanners and to `tools.redact`."""
@@ -57,7 +59,10 @@ class Principal:
 
     def may(self, role: Role) -> bool:
         """Whether this principal's role includes `role`."""
-        return ROLES.index(self.role) >= ROLES.index(role)
+        if role == "ingest":
+            # Telemetry steers the agents, so sending it is an operator's power, or an application's own token's.
+            return self.role in ("ingest", "operator", "admin")
+        return self.role != "ingest" and ROLES.index(self.role) >= ROLES.index(role)
 
 
 def _digest(token: str) -> str:

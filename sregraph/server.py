@@ -21,12 +21,15 @@ from typing import Annotated, Any
 import swagger_ui_bundle
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from graphs.state import ApprovalDecision
+from sregraph import ingest
+from sregraph.alerts import _RateLimiter
 from sregraph.api_auth import ApiStore, Principal, Role
 from sregraph.events import EventLog
 from sregraph.worker import Worker
@@ -114,9 +117,15 @@ def require(role: Role) -> Callable[[Request], Principal]:
     return check
 
 
+Ingest = Annotated[Principal, Depends(require("ingest"))]
 Viewer = Annotated[Principal, Depends(require("viewer"))]
 Operator = Annotated[Principal, Depends(require("operator"))]
 Admin = Annotated[Principal, Depends(require("admin"))]
+
+
+INGEST_RATE_PER_S = 20.0
+INGEST_BURST = 40
+"""Ingestion requests per token: a token bucket (each request carries up to `ingest.MAX_RECORDS` records)."""
 
 
 def create_app(worker: Worker, store: ApiStore, events: EventLog | None = None) -> FastAPI:
@@ -143,15 +152,22 @@ def create_app(worker: Worker, store: ApiStore, events: EventLog | None = None) 
     app.state.closing = threading.Event()
     """Set when the server stops: open event streams end, so the shutdown need not wait them out."""
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Where and why, never the input itself: it may be huge, hold a secret, or not be JSON at all (NaN).
+        errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))} for e in exc.errors()[:20]]
+        return JSONResponse({"detail": errors}, status_code=422)
+
     @app.middleware("http")
     async def limit_and_audit(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         # The body limit holds for a body sent without Content-Length too (chunked): it is read before routing.
+        limit = ingest.MAX_BODY if request.url.path.startswith(f"{API}/ingest/") else MAX_BODY
         length = request.headers.get("content-length")
-        too_big = length is not None and (not length.isdigit() or int(length) > MAX_BODY)
+        too_big = length is not None and (not length.isdigit() or int(length) > limit)
         if not too_big and request.method in MUTATING:
-            too_big = len(await request.body()) > MAX_BODY
+            too_big = len(await request.body()) > limit
         if too_big:
-            response: Response = JSONResponse({"detail": f"request body over {MAX_BODY} bytes"}, status_code=413)
+            response: Response = JSONResponse({"detail": f"request body over {limit} bytes"}, status_code=413)
         else:
             response = await call_next(request)
         # The dashboard runs only its own scripts and may not be framed (an Approve button in someone else's page).
@@ -251,6 +267,35 @@ def create_app(worker: Worker, store: ApiStore, events: EventLog | None = None) 
             raise HTTPException(404, "alerts are not enabled on this worker (alerts.enabled)")
         status, answer = worker.receiver.handle(await request.body())
         return JSONResponse(answer, status_code=status)
+
+    limiter = _RateLimiter(INGEST_RATE_PER_S, INGEST_BURST)
+
+    def _ingest(batch: ingest.LogBatch | ingest.MetricBatch | ingest.SpanBatch, principal: Principal, request: Request) -> dict[str, Any]:
+        request.state.audit = {"records": len(batch)}
+        if not limiter.allow(principal.name):
+            raise HTTPException(429, f"over {INGEST_RATE_PER_S:.0f} ingestion requests/s for token {principal.name!r}; batch more", headers={"Retry-After": "1"})
+        try:
+            stored = ingest.store(engine.toolbox.telemetry, batch)
+        except LookupError as exc:
+            raise HTTPException(409, str(exc)) from exc
+        except SregraphError as exc:
+            raise HTTPException(503, f"the telemetry store refused the batch: {exc}") from exc
+        return {"stored": stored}
+
+    @app.post(f"{API}/ingest/logs", tags=["ingest"])
+    def ingest_logs(batch: ingest.LogBatch, principal: Ingest, request: Request) -> dict[str, Any]:
+        """Log records into the telemetry store the agents read (all or none of the batch)."""
+        return _ingest(batch, principal, request)
+
+    @app.post(f"{API}/ingest/metrics", tags=["ingest"])
+    def ingest_metrics(batch: ingest.MetricBatch, principal: Ingest, request: Request) -> dict[str, Any]:
+        """Metric points (each with a `service` label) into the telemetry store (all or none of the batch)."""
+        return _ingest(batch, principal, request)
+
+    @app.post(f"{API}/ingest/spans", tags=["ingest"])
+    def ingest_spans(batch: ingest.SpanBatch, principal: Ingest, request: Request) -> dict[str, Any]:
+        """Trace spans into the telemetry store (all or none of the batch)."""
+        return _ingest(batch, principal, request)
 
     @app.get(f"{API}/memory/search", tags=["memory"])
     def memory_search(

@@ -1,0 +1,161 @@
+"""Send an application's logs and metrics to sregraph's API, so the agents diagnose from them. In three lines:
+
+    from sregraph.sdk import SregraphHandler
+    logging.getLogger().addHandler(SregraphHandler("http://127.0.0.1:8787", token, service="checkout"))
+    logging.getLogger("checkout").warning("payment provider slow")
+
+`Shipper` is the engine of both `SregraphHandler` (a `logging.Handler`) and `MetricsPusher`: records go into
+a bounded queue (the application never blocks on the network; a full queue drops the record and counts it),
+a background thread sends them in batches every `flush_s` or `batch_size` records, retrying a failed batch
+with backoff (connection errors, 429 and 5xx; a 4xx other than 429 is the batch's fault and is dropped and
+counted). `close()` flushes what is queued, within `close_timeout_s`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+import httpx
+
+log = logging.getLogger("sregraph.sdk")
+
+_LEVELS = {"WARNING": "warning", "WARN": "warning", "ERROR": "error", "CRITICAL": "critical", "FATAL": "fatal", "DEBUG": "debug"}
+
+
+class Shipper:
+    """Batches items of one kind to one ingestion endpoint from a background thread."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        kind: str,
+        *,
+        batch_size: int = 500,
+        flush_s: float = 1.0,
+        max_queue: int = 10_000,
+        timeout_s: float = 10.0,
+        retries: int = 3,
+        backoff_s: float = 0.5,
+        close_timeout_s: float = 10.0,
+    ) -> None:
+        self.endpoint = f"{url.rstrip('/')}/api/v1/ingest/{kind}"
+        self.field = {"logs": "records", "metrics": "points", "spans": "spans"}[kind]
+        self.batch_size, self.flush_s, self.retries, self.backoff_s = batch_size, flush_s, retries, backoff_s
+        self.close_timeout_s = close_timeout_s
+        self.queue: queue.Queue[dict[str, Any]] = queue.Queue(max_queue)
+        self.client = httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=timeout_s)
+        self.sent = 0
+        self.dropped = 0
+        """Items lost: the queue was full, the server refused the batch, or every retry failed."""
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"sregraph-sdk-{kind}", daemon=True)
+        self._thread.start()
+
+    def put(self, item: dict[str, Any]) -> None:
+        """Queue one item; never blocks (a full queue drops it and counts the drop)."""
+        try:
+            self.queue.put_nowait(item)
+        except queue.Full:
+            self.dropped += 1
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take()
+            if batch:
+                self._send(batch)
+            elif self._closing.is_set():
+                return
+
+    def _take(self) -> list[dict[str, Any]]:
+        batch: list[dict[str, Any]] = []
+        deadline = time.monotonic() + self.flush_s
+        while len(batch) < self.batch_size:
+            wait = deadline - time.monotonic()
+            if self._closing.is_set():
+                wait = 0.0
+            try:
+                batch.append(self.queue.get(timeout=max(wait, 0.0)) if wait > 0 else self.queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _send(self, batch: list[dict[str, Any]]) -> None:
+        for attempt in range(self.retries + 1):
+            try:
+                answer = self.client.post(self.endpoint, json={self.field: batch})
+            except httpx.HTTPError as exc:
+                problem = f"{type(exc).__name__}"
+            else:
+                if answer.is_success:
+                    self.sent += len(batch)
+                    return
+                if answer.status_code != 429 and answer.status_code < 500:
+                    # The batch itself is wrong (a bad record, a revoked token): sending it again cannot help.
+                    log.error("sregraph refused %d %s (%s): %s", len(batch), self.field, answer.status_code, answer.text[:300])
+                    self.dropped += len(batch)
+                    return
+                problem = f"HTTP {answer.status_code}"
+            if attempt < self.retries and not self._closing.is_set():
+                time.sleep(self.backoff_s * 2**attempt)
+        log.error("sregraph unreachable (%s): %d %s dropped", problem, len(batch), self.field)
+        self.dropped += len(batch)
+
+    def close(self) -> None:
+        """Send what is queued (within `close_timeout_s`), then stop."""
+        self._closing.set()
+        self._thread.join(self.close_timeout_s)
+        self.client.close()
+
+
+class SregraphHandler(logging.Handler):
+    """A logging handler that ships records to sregraph as the logs of `service`."""
+
+    def __init__(self, url: str, token: str, service: str, level: int = logging.INFO, **shipper: Any) -> None:
+        super().__init__(level)
+        self.service = service
+        self.shipper = Shipper(url, token, "logs", **shipper)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = self.format(record)
+        except Exception:  # noqa: BLE001 - logging must never raise into the application
+            self.handleError(record)
+            return
+        self.shipper.put({
+            "ts": record.created,
+            "service": self.service,
+            "level": _LEVELS.get(record.levelname, "info"),
+            "message": message[:8192],
+            "attrs": {"logger": record.name[:200]},
+        })
+
+    @property
+    def dropped(self) -> int:
+        """Records lost (see `Shipper.dropped`)."""
+        return self.shipper.dropped
+
+    def close(self) -> None:
+        self.shipper.close()
+        super().close()
+
+
+class MetricsPusher:
+    """Pushes metric points of `service` (each gets the `service` label)."""
+
+    def __init__(self, url: str, token: str, service: str, **shipper: Any) -> None:
+        self.service = service
+        self.shipper = Shipper(url, token, "metrics", **shipper)
+
+    def gauge(self, name: str, value: float, labels: dict[str, str] | None = None, ts: float | None = None) -> None:
+        """Record one value of `name` now (or at `ts`)."""
+        self.shipper.put({"name": name, "labels": {**(labels or {}), "service": self.service}, "value": float(value),
+                          "ts": time.time() if ts is None else ts})
+
+    def close(self) -> None:
+        """Send what is queued, then stop."""
+        self.shipper.close()
