@@ -13,6 +13,9 @@ clients (each its own connection) share `--requests` requests per call measured:
 - `refused`: an approval of an incident the checkpointer does not know: token check, a checkpointer read, a
   404 and an audit row.
 
+Then ingestion: 20,000 log lines through the SDK's logging handler (one application, timed until the last
+batch is stored), and 10 applications posting 10 batches of 1,000 metric points each to the API at once.
+
 Reported per call: p50, p99 and max latency in ms, requests/s, and the count of answers that were not the
 expected status (which must be 0).
 """
@@ -53,11 +56,58 @@ def _serve(root: str, runs: int, ready: Any, stop: Any) -> None:
     worker.health.beat()
     store = ApiStore(Path(root) / "api.db")
     token = store.create_token("bench", "operator")
+    apps = [store.create_token(f"app-{i}", "ingest") for i in range(INGEST_CLIENTS)]
     server = ApiServer(create_app(worker, store)).start()
-    ready.put({"url": server.url, "token": token, "waiting": waiting, "pending": engine.pending_approval(str(waiting))})
+    ready.put({"url": server.url, "token": token, "apps": apps, "waiting": waiting, "pending": engine.pending_approval(str(waiting))})
     stop.wait()
     server.stop()
     engine.close()
+
+
+INGEST_CLIENTS = 10
+"""Applications sending metrics at once, each with its own ingest token (the rate limit is per token)."""
+
+
+def _sdk_logs(url: str, token: str, lines: int) -> dict[str, Any]:
+    """`lines` log lines through the SDK's handler, timed until the last one is stored."""
+    import logging
+
+    from sregraph.sdk import SregraphHandler
+
+    handler = SregraphHandler(url, token, service="checkout", flush_s=0.2, max_queue=lines)
+    logger = logging.getLogger("bench.sdk")
+    logger.propagate = False
+    logger.addHandler(handler)
+    t0 = time.perf_counter()
+    for i in range(lines):
+        logger.warning("payment provider slow (%d ms)", i)
+    emitted = time.perf_counter() - t0
+    handler.close()
+    wall = time.perf_counter() - t0
+    logger.removeHandler(handler)
+    return {"lines": lines, "sent": handler.shipper.sent, "dropped": handler.dropped, "per_s": round(handler.shipper.sent / wall),
+            "emit_us_per_line": round(emitted / lines * 1e6, 1)}
+
+
+async def _api_points(url: str, tokens: list[str], batches: int, batch: int) -> dict[str, Any]:
+    """Each token's client posts `batches` batches of `batch` metric points; points/s over all of them."""
+    refused = 0
+
+    async def client(token: str) -> None:
+        nonlocal refused
+        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
+            for b in range(batches):
+                now = time.time()
+                points = [{"name": "bench_gauge", "labels": {"service": "checkout", "client": token[-6:]}, "value": float(i), "ts": now - i * 1e-3}
+                          for i in range(batch)]
+                answer = await http.post("/api/v1/ingest/metrics", json={"points": points})
+                refused += answer.status_code != 200
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client(t) for t in tokens))
+    wall = time.perf_counter() - t0
+    total = len(tokens) * batches * batch
+    return {"clients": len(tokens), "points": total, "per_s": round(total / wall), "refused_batches": refused}
 
 
 async def _load(url: str, clients: int, requests: int, call: tuple[str, str, int], headers: dict[str, str]) -> dict[str, Any]:
@@ -108,10 +158,14 @@ def run(clients: int, requests: int, runs: int) -> dict[str, Any]:
             }
             headers = {"Authorization": f"Bearer {info['token']}"}
             results = {name: asyncio.run(_load(info["url"], clients, requests, call, headers)) for name, call in calls.items()}
+            ingest = {
+                "sdk_logs": _sdk_logs(info["url"], info["apps"][0], 20_000),
+                "api_metrics": asyncio.run(_api_points(info["url"], info["apps"], 10, 1000)),
+            }
         finally:
             stop.set()
             server.join(30)
-    return {"clients": clients, "requests_per_call": requests, "runs_in_registry": runs, "calls": results}
+    return {"clients": clients, "requests_per_call": requests, "runs_in_registry": runs, "calls": results, "ingest": ingest}
 
 
 def main() -> None:
@@ -130,6 +184,10 @@ def main() -> None:
     print(f"{'call':10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'req/s':>8} {'bad':>4}")
     for name, r in result["calls"].items():
         print(f"{name:10} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['max_ms']:8.1f} {r['per_s']:8.1f} {r['unexpected_status']:4d}")
+    sdk, api = result["ingest"]["sdk_logs"], result["ingest"]["api_metrics"]
+    print(f"SDK logs: {sdk['sent']:,} of {sdk['lines']:,} lines stored, {sdk['per_s']:,}/s, {sdk['dropped']} dropped, "
+          f"{sdk['emit_us_per_line']} µs per logging call")
+    print(f"API metrics: {api['points']:,} points from {api['clients']} clients, {api['per_s']:,}/s, {api['refused_batches']} batches refused")
 
 
 if __name__ == "__main__":
