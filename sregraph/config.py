@@ -185,6 +185,9 @@ class Settings(BaseModel):
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    slo_file: Path | None = None
+    """SLO file (sregraph or OpenSLO YAML) the API's /slo and the dashboard's SLO page evaluate; default
+    ./slos.yaml when it exists."""
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
     """Channels (Slack, Discord, Teams, webhooks, email) and the routing tree (tools/channels.py)."""
 

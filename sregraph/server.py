@@ -14,6 +14,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -296,6 +297,27 @@ def create_app(worker: Worker, store: ApiStore, events: EventLog | None = None) 
     def ingest_spans(batch: ingest.SpanBatch, principal: Ingest, request: Request) -> dict[str, Any]:
         """Trace spans into the telemetry store (all or none of the batch)."""
         return _ingest(batch, principal, request)
+
+    @app.get(f"{API}/slo", tags=["slo"])
+    def slo_status(_: Viewer, service: Annotated[str | None, Query(max_length=200)] = None) -> dict[str, Any]:
+        """Every SLO's error budget, burn rates by window, alert pairs, forecast and release-gate state, from the
+        telemetry the agents read (`slo_file`, default ./slos.yaml)."""
+        from agents.slo import combine_gate, evaluate, load_slo_file
+
+        path = engine.settings.slo_file or Path("slos.yaml")
+        if not path.exists():
+            raise HTTPException(404, f"no SLO file at {path} (set slo_file)")
+        try:
+            slos = load_slo_file(path)
+            statuses = evaluate(engine.toolbox.telemetry, slos, engine.toolbox.clock.now(), service=service)
+        except SregraphError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        services = sorted({s.service for s in statuses})
+        gates = {name: combine_gate(name, [x for x in statuses if x.service == name]) for name in services}
+        return redact_data({
+            "slos": [s.model_dump(mode="json") for s in statuses],
+            "gates": {k: g.model_dump(mode="json", exclude={"slos"}) for k, g in gates.items()},
+        })
 
     @app.get(f"{API}/memory/search", tags=["memory"])
     def memory_search(

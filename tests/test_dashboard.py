@@ -94,6 +94,14 @@ def test_live_incident_approved_from_the_dashboard(tmp_path: Path, browser: Page
         browser.wait_for("document.querySelector('#postmortem').textContent.includes('search')")
         browser.screenshot(ARTIFACTS / "incident-resolved.png")
 
+        # The SLO page: budgets and burn-rate charts of the project's own SLO file over the world's telemetry.
+        engine.settings = engine.settings.model_copy(update={"slo_file": Path(__file__).parent.parent / "slos.yaml"})
+        browser.goto(server.url + "/ui/slo.html")
+        browser.wait_for("document.querySelectorAll('#gates tr[data-service]').length >= 3")
+        browser.wait_for("document.querySelectorAll('#slos svg.chart rect').length > 0")
+        assert browser.eval("document.querySelector('#slo-error').textContent") == ""
+        browser.screenshot(ARTIFACTS / "slo.png")
+
         state = engine.state(incident_id)
         assert state["status"] == "resolved"
         assert [(r.action.kind, r.status) for r in state["actions"]] == [("restart", "done")]

@@ -211,3 +211,28 @@ def test_acknowledge_needs_an_operator_and_keeps_the_first(api) -> None:
     again = client.post("/api/v1/incidents/inc-5/acknowledge", headers=_auth(tokens["admin"])).json()
     assert again["new"] is False and again["acknowledged"]["by"] == "api:operator-bot"
     assert [e["status"] for e in store.audit_log()] == [200, 200, 404, 403]
+
+
+def test_slo_status_over_the_telemetry_the_agents_read(api, tmp_path: Path) -> None:
+    world, engine, _, _, tokens, client = api
+    viewer = _auth(tokens["viewer"])
+    engine.settings = engine.settings.model_copy(update={"slo_file": tmp_path / "none.yaml"})
+    assert client.get("/api/v1/slo", headers=viewer).status_code == 404
+    slo_file = tmp_path / "slos.yaml"
+    slo_file.write_text(
+        "slos:\n"
+        "  - {name: checkout-availability, service: checkout, sli: availability, target: 0.99, window: 3d}\n"
+        "  - {name: checkout-latency, service: checkout, sli: latency, threshold_ms: 300, target: 0.99, window: 3d}\n"
+    )
+    engine.settings = engine.settings.model_copy(update={"slo_file": slo_file})
+    healthy = client.get("/api/v1/slo", headers=viewer).json()
+    assert "slos" in healthy, healthy
+    assert {s["name"]: s["budget_remaining"] for s in healthy["slos"]} == {"checkout-availability": 1.0, "checkout-latency": 1.0}
+    # Errors on checkout for a while spend the availability budget and raise the short windows' burn rates.
+    world.inject(Scenario("error_spike", "checkout"), engine.toolbox.gitops)
+    world.advance(120)
+    burning = {s["name"]: s for s in client.get("/api/v1/slo", headers=viewer).json()["slos"]}
+    availability = burning["checkout-availability"]
+    assert availability["budget_remaining"] < 1.0
+    assert max(b["burn_rate"] or 0 for b in availability["burn_rates"]) > 1.0
+    assert client.get("/api/v1/slo", params={"service": "nope"}, headers=viewer).status_code == 422
