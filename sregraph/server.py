@@ -129,9 +129,12 @@ INGEST_BURST = 40
 """Ingestion requests per token: a token bucket (each request carries up to `ingest.MAX_RECORDS` records)."""
 
 
-def create_app(worker: Worker, store: ApiStore, events: EventLog | None = None) -> FastAPI:
+def create_app(
+    worker: Worker, store: ApiStore, events: EventLog | None = None, ingest_limit: tuple[float, int] = (INGEST_RATE_PER_S, INGEST_BURST)
+) -> FastAPI:
     """The API over one worker (its engine, its pool) and one token store; `events` (a new log by default)
-    receives the engine's progress, chained after any progress hook the engine already had."""
+    receives the engine's progress, chained after any progress hook the engine already had; `ingest_limit` is
+    the ingestion token bucket per token (requests/s, burst)."""
     engine = worker.engine
     feed = events or EventLog()
     earlier = engine.progress
@@ -269,12 +272,12 @@ def create_app(worker: Worker, store: ApiStore, events: EventLog | None = None) 
         status, answer = worker.receiver.handle(await request.body())
         return JSONResponse(answer, status_code=status)
 
-    limiter = _RateLimiter(INGEST_RATE_PER_S, INGEST_BURST)
+    limiter = _RateLimiter(*ingest_limit)
 
     def _ingest(batch: ingest.LogBatch | ingest.MetricBatch | ingest.SpanBatch, principal: Principal, request: Request) -> dict[str, Any]:
         request.state.audit = {"records": len(batch)}
         if not limiter.allow(principal.name):
-            raise HTTPException(429, f"over {INGEST_RATE_PER_S:.0f} ingestion requests/s for token {principal.name!r}; batch more", headers={"Retry-After": "1"})
+            raise HTTPException(429, f"over {ingest_limit[0]:g} ingestion requests/s for token {principal.name!r}; batch more", headers={"Retry-After": "1"})
         try:
             stored = ingest.store(engine.toolbox.telemetry, batch)
         except LookupError as exc:
