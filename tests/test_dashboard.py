@@ -1,5 +1,7 @@
-"""The dashboard in a real browser (headless Chromium over the DevTools protocol): an incident shows up live,
-an operator approves it from its page, the worker resumes and the page follows it to resolved. A screenshot of
+"""The control room end to end in a real browser (headless Chromium over the DevTools protocol): a fault, the
+incident on the dashboard within 2 s, the first escalation tier paged once, an operator acknowledging and
+approving from the incident page, the worker resuming, the page following it to resolved, each notification
+routed to the right channel once. A screenshot of
 each page goes to $SREGRAPH_TEST_ARTIFACTS (default .sregraph-test-artifacts/)."""
 
 from __future__ import annotations
@@ -7,17 +9,21 @@ from __future__ import annotations
 import os
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from sregraph.api_auth import ApiStore
-from sregraph.engine import Engine
+from sregraph.engine import Engine, routed_notifier
 from sregraph.events import EventLog
 from sregraph.server import ApiServer, create_app
 from sregraph.worker import Worker
 from tests.browser import Browser, Page, find_browser
+from tests.test_channels import Receiver
 from tests.worker_harness import Scenario, World, settings_for, toolbox_for
+from tools.channels import NotificationsConfig
+from tools.notifier import IdempotentNotifier, MultiNotifier
 
 ARTIFACTS = Path(os.environ.get("SREGRAPH_TEST_ARTIFACTS", Path(__file__).parent.parent / ".sregraph-test-artifacts"))
 
@@ -44,8 +50,19 @@ def _login(page: Page, base: str, token: str, path: str = "/ui/") -> None:
 
 
 def test_live_incident_approved_from_the_dashboard(tmp_path: Path, browser: Page) -> None:
+    receiver = Receiver()
     world = World.create(tmp_path / "world")
-    engine = Engine(settings_for(tmp_path / "world"), toolbox_for(world))
+    settings = settings_for(tmp_path / "world")
+    settings = settings.model_copy(update={"notifications": NotificationsConfig.model_validate({
+        "channels": {"search-team": {"type": "webhook", "url": receiver.url("/search-team")},
+                     "pager": {"type": "webhook", "url": receiver.url("/pager")}},
+        "route": {"routes": [{"match": {"service": "search"}, "channels": ["search-team"]}]},
+        "escalation": [{"after_s": 0, "channels": ["pager"]}, {"after_s": 600, "channels": ["pager"]}],
+    })})
+    toolbox = toolbox_for(world)
+    # The harness's own notifier (a file), plus the configured channels behind the routing tree.
+    toolbox = replace(toolbox, notifier=IdempotentNotifier(MultiNotifier(toolbox.notifier.inner, routed_notifier(settings)), toolbox.ledger))
+    engine = Engine(settings, toolbox)
     worker = Worker(engine)
     store = ApiStore(tmp_path / "api.db")
     operator = store.create_token("alice", "operator")
@@ -73,6 +90,11 @@ def test_live_incident_approved_from_the_dashboard(tmp_path: Path, browser: Page
         browser.wait_for("document.querySelector('#incidents tr[data-status=\"awaiting_approval\"]')")
         browser.wait_for("document.querySelectorAll('#feed li').length >= 4")
         browser.screenshot(ARTIFACTS / "control-room.png")
+        # Nobody has taken it yet: the first escalation tier pages, once however often the worker looks.
+        assert worker.escalator is not None
+        worker.escalator.tick()
+        worker.escalator.tick()
+        assert [(path, body["event"]) for path, body in receiver.bodies if path == "/pager"] == [("/pager", "page")]
 
         # A viewer sees the gate but may not use it.
         _login(browser, server.url, viewer, f"/ui/incident.html?id={incident_id}")
@@ -88,6 +110,8 @@ def test_live_incident_approved_from_the_dashboard(tmp_path: Path, browser: Page
         browser.eval("document.querySelector('#ack').click()")
         browser.wait_for("document.querySelector('#acked').textContent.startsWith('Acknowledged by api:alice')")
         assert engine.registry.acknowledgement(incident_id)["by"] == "api:alice"
+        created = engine.registry.list()[0]["created_at"]
+        assert worker.escalator.tick(created + 700) == []  # acknowledged: the second tier never pages
         browser.eval("document.querySelector('#reason').value = 'checked the graphs'")
         browser.eval("document.querySelector('#approve').click()")
         browser.wait_for("document.body.dataset.status === 'resolved'", timeout=60)
@@ -111,7 +135,12 @@ def test_live_incident_approved_from_the_dashboard(tmp_path: Path, browser: Page
             ("alice", f"/api/v1/incidents/{incident_id}/acknowledge", 200),
         ]
         assert not [line for line in browser.console if "exceptionDetails" in line]
+        # Routed by service to the search team, each event once; only the page went to the pager.
+        team = [body["event"] for path, body in receiver.bodies if path == "/search-team"]
+        assert team.count("opened") == 1 and team.count("documented") == 1
+        assert [path for path, _ in receiver.bodies].count("/pager") == 1
     finally:
+        receiver.close()
         server.stop()
         worker.wait_idle(60)
         engine.close()
