@@ -216,3 +216,118 @@ def test_configured_channels_get_the_incident_labels_once_across_reruns(tmp_path
         ("/payments", "inc-7", {"event": "escalated", "service": "payments", "severity": "critical", "source": "alert"}),
         ("/pager", "inc-7", {"event": "escalated", "service": "payments", "severity": "critical", "source": "alert"}),
     ]
+
+
+class Tracker:
+    """A local Jira and ServiceNow: the REST paths and payload fields the channels use, basic auth checked."""
+
+    def __init__(self) -> None:
+        self.jira: dict[str, dict[str, Any]] = {}
+        self.snow: dict[str, dict[str, Any]] = {}
+        tracker = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _authorised(self) -> bool:
+                import base64
+
+                expected = "Basic " + base64.b64encode(b"bot:s3cret").decode()
+                if self.headers.get("authorization") != expected:
+                    self._answer(401, {"error": "unauthorised"})
+                    return False
+                return True
+
+            def _answer(self, status: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _body(self) -> dict[str, Any]:
+                return json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+
+            def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+                from urllib.parse import parse_qs, urlparse
+
+                if not self._authorised():
+                    return
+                url = urlparse(self.path)
+                query = parse_qs(url.query)
+                if url.path == "/rest/api/2/search":
+                    label = query["jql"][0].split('"')[1]
+                    found = [{"key": k} for k, v in tracker.jira.items() if label in v["fields"]["labels"]]
+                    self._answer(200, {"issues": found[:1], "total": len(found)})
+                elif url.path == "/api/now/table/incident":
+                    wanted = query["sysparm_query"][0].removeprefix("correlation_id=")
+                    self._answer(200, {"result": [{"sys_id": k} for k, v in tracker.snow.items() if v["correlation_id"] == wanted][:1]})
+                else:
+                    self._answer(404, {})
+
+            def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+                if not self._authorised():
+                    return
+                body = self._body()
+                if self.path == "/rest/api/2/issue":
+                    fields = body["fields"]
+                    assert {"project", "summary", "description", "issuetype", "labels"} <= set(fields)
+                    key = f"OPS-{len(tracker.jira) + 1}"
+                    tracker.jira[key] = {"fields": fields, "comments": []}
+                    self._answer(201, {"id": "1000", "key": key, "self": f"/rest/api/2/issue/{key}"})
+                elif self.path.startswith("/rest/api/2/issue/") and self.path.endswith("/comment"):
+                    tracker.jira[self.path.split("/")[5]]["comments"].append(body["body"])
+                    self._answer(201, {"id": "1"})
+                elif self.path == "/api/now/table/incident":
+                    assert {"short_description", "description", "urgency", "impact", "correlation_id"} <= set(body)
+                    sys_id = f"{len(tracker.snow) + 1:032x}"
+                    tracker.snow[sys_id] = {**body, "work_notes": []}
+                    self._answer(201, {"result": {"sys_id": sys_id, "number": f"INC00{len(tracker.snow)}"}})
+                else:
+                    self._answer(404, {})
+
+            def do_PATCH(self) -> None:  # noqa: N802 - stdlib naming
+                if not self._authorised():
+                    return
+                sys_id = self.path.rsplit("/", 1)[1]
+                tracker.snow[sys_id]["work_notes"].append(self._body()["work_notes"])
+                self._answer(200, {"result": {"sys_id": sys_id}})
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_jira_and_servicenow_get_one_ticket_per_incident_then_comments(monkeypatch: pytest.MonkeyPatch) -> None:
+    tracker = Tracker()
+    monkeypatch.setenv("TRACKER_SECRET", "s3cret")
+    try:
+        jira = ChannelConfig(type="jira", url=tracker.url, username="bot", password_env="TRACKER_SECRET", project="OPS").build()
+        snow = ChannelConfig(type="servicenow", url=tracker.url, username="bot", password_env="TRACKER_SECRET").build()
+        opened = Message("inc-1", "opened", "payments down", {"service": "payments", "severity": "critical"})
+        for channel in (jira, snow):
+            channel.send(opened)
+            channel.send(Message("inc-1", "action", "restart payments: done", {"service": "payments"}))
+        # A restarted worker (new channel objects) finds the tickets in the trackers instead of opening more.
+        for config in (dict(type="jira", project="OPS"), dict(type="servicenow")):
+            ChannelConfig(url=tracker.url, username="bot", password_env="TRACKER_SECRET", **config).build().send(
+                Message("inc-1", "documented", "post-mortem written", {})
+            )
+        assert list(tracker.jira) == ["OPS-1"] and tracker.jira["OPS-1"]["fields"]["labels"] == ["sregraph", "inc-1"]
+        assert tracker.jira["OPS-1"]["comments"] == ["action: restart payments: done", "documented: post-mortem written"]
+        (incident,) = tracker.snow.values()
+        assert (incident["correlation_id"], incident["urgency"]) == ("inc-1", "1")
+        assert incident["work_notes"] == ["action: restart payments: done", "documented: post-mortem written"]
+        monkeypatch.setenv("TRACKER_SECRET", "wrong")
+        with pytest.raises(ToolError, match="answered 401"):
+            jira.send(Message("inc-2", "opened", "x", {}))
+    finally:
+        tracker.close()
+    with pytest.raises(ValueError, match="needs `project`"):
+        ChannelConfig(type="jira", url="http://x", username="u", password_env="P")

@@ -3,8 +3,9 @@ tree that picks channels for each notification, like Alertmanager's routes.
 
 Each channel speaks its provider's documented payload: Slack incoming webhooks (`text` plus a `blocks`
 section; Mattermost and Rocket.Chat take the same), Discord webhooks (`content`), Microsoft Teams workflow
-webhooks (an Adaptive Card in `attachments`), a generic webhook (the notification as JSON), and email over
-SMTP (STARTTLS when asked). Every call has a timeout; every text passes the redactor first.
+webhooks (an Adaptive Card in `attachments`), a generic webhook (the notification as JSON), email over SMTP
+(STARTTLS when asked), and tickets: a Jira issue or a ServiceNow incident per incident, with later
+notifications as comments or work notes. Every call has a timeout; every text passes the redactor first.
 
 `RoutedNotifier` is a `Notifier`: the graph calls it as it calls any other, and `IdempotentNotifier` around it
 keeps each notification once across crashes. For each notification it builds labels (`event`, and `service`
@@ -15,6 +16,7 @@ and `severity` from the incident), walks the routes, and delivers to the channel
 from __future__ import annotations
 
 import fnmatch
+from abc import ABC, abstractmethod
 import logging
 import os
 import smtplib
@@ -144,6 +146,94 @@ class EmailChannel:
             raise ToolError(f"EmailChannel: {type(exc).__name__} sending through {self.host}:{self.port}") from exc
 
 
+class _Tickets(ABC):
+    """Opens one ticket per incident in a tracker and adds each later notification to it as a comment.
+
+    The tracker itself is asked first whether the incident already has a ticket (it is tagged with the incident
+    id), so a process that died between creating a ticket and hearing back does not open a second one."""
+
+    def __init__(self, base_url: str, username: str, secret_env: str, timeout_s: float) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"{type(self).__name__}: url {base_url!r} is not an http(s) URL")
+        self.base_url, self.username, self.secret_env, self.timeout_s = base_url.rstrip("/"), username, secret_env, timeout_s
+        self._known: dict[str, str] = {}
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        secret = os.environ.get(self.secret_env, "")
+        try:
+            answer = httpx.request(method, self.base_url + path, auth=(self.username, secret), timeout=self.timeout_s, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ToolError(f"{type(self).__name__}: {type(exc).__name__} on {method} {path}") from exc
+        if not answer.is_success:
+            raise ToolError(f"{type(self).__name__}: {method} {path} answered {answer.status_code}")
+        return answer.json() if answer.content else {}
+
+    def send(self, message: Message) -> None:
+        ticket = self._known.get(message.incident_id) or self.find(message.incident_id)
+        if ticket is None:
+            ticket = self.create(message)
+        else:
+            self.comment(ticket, message)
+        self._known[message.incident_id] = ticket
+
+    @abstractmethod
+    def find(self, incident_id: str) -> str | None:
+        """The ticket already opened for this incident, if any."""
+
+    @abstractmethod
+    def create(self, message: Message) -> str:
+        """Open the incident's ticket; returns its id."""
+
+    @abstractmethod
+    def comment(self, ticket: str, message: Message) -> None:
+        """Add a later notification to the ticket."""
+
+
+class JiraChannel(_Tickets):
+    """Jira (REST API v2): an issue labelled `sregraph` and the incident id, then comments."""
+
+    def __init__(self, base_url: str, username: str, secret_env: str, timeout_s: float, project: str, issue_type: str) -> None:
+        super().__init__(base_url, username, secret_env, timeout_s)
+        self.project, self.issue_type = project, issue_type
+
+    def find(self, incident_id: str) -> str | None:
+        found = self._request("GET", "/rest/api/2/search", params={"jql": f'labels = "{incident_id}"', "fields": "key", "maxResults": 1})
+        issues = found.get("issues") or []
+        return str(issues[0]["key"]) if issues else None
+
+    def create(self, message: Message) -> str:
+        fields = {
+            "project": {"key": self.project}, "summary": message.title[:250], "description": message.text,
+            "issuetype": {"name": self.issue_type}, "labels": ["sregraph", message.incident_id],
+        }
+        return str(self._request("POST", "/rest/api/2/issue", json={"fields": fields})["key"])
+
+    def comment(self, ticket: str, message: Message) -> None:
+        self._request("POST", f"/rest/api/2/issue/{ticket}/comment", json={"body": f"{message.event}: {message.text}"})
+
+
+class ServiceNowChannel(_Tickets):
+    """ServiceNow (Table API): an incident whose correlation_id is the incident id, then work notes."""
+
+    URGENCY = {"critical": "1", "high": "1", "warning": "2"}
+
+    def find(self, incident_id: str) -> str | None:
+        found = self._request("GET", "/api/now/table/incident", params={"sysparm_query": f"correlation_id={incident_id}", "sysparm_fields": "sys_id", "sysparm_limit": 1})
+        rows = found.get("result") or []
+        return str(rows[0]["sys_id"]) if rows else None
+
+    def create(self, message: Message) -> str:
+        urgency = self.URGENCY.get(message.labels.get("severity", ""), "2")
+        record = {
+            "short_description": message.title[:160], "description": message.text, "urgency": urgency, "impact": urgency,
+            "correlation_id": message.incident_id, "correlation_display": "sregraph",
+        }
+        return str(self._request("POST", "/api/now/table/incident", json=record)["result"]["sys_id"])
+
+    def comment(self, ticket: str, message: Message) -> None:
+        self._request("PATCH", f"/api/now/table/incident/{ticket}", json={"work_notes": f"{message.event}: {message.text}"})
+
+
 # ----------------------------------------------------------------------------- settings
 
 
@@ -152,9 +242,9 @@ class ChannelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["webhook", "slack", "discord", "teams", "email"]
+    type: Literal["webhook", "slack", "discord", "teams", "email", "jira", "servicenow"]
     url: str | None = None
-    """Webhook URL (webhook, slack, discord, teams)."""
+    """Webhook URL (webhook, slack, discord, teams), or the tracker's base URL (jira, servicenow)."""
     url_env: str | None = None
     """Or the environment variable that holds it (webhook URLs are secrets: they post without credentials)."""
     smtp_host: str = "localhost"
@@ -164,12 +254,21 @@ class ChannelConfig(BaseModel):
     starttls: bool = False
     username: str | None = None
     password_env: str | None = None
+    """The environment variable holding the SMTP password, Jira API token or ServiceNow password."""
+    project: str | None = None
+    """Jira project key."""
+    issue_type: str = "Task"
+    """Jira issue type of the tickets opened."""
     timeout_s: float = Field(10.0, gt=0, le=120)
 
     @model_validator(mode="after")
     def _complete(self) -> ChannelConfig:
         if self.type == "email" and not self.to:
             raise ValueError("an email channel needs `to`")
+        if self.type in ("jira", "servicenow") and not (self.url and self.username and self.password_env):
+            raise ValueError(f"a {self.type} channel needs `url`, `username` and `password_env`")
+        if self.type == "jira" and not self.project:
+            raise ValueError("a jira channel needs `project`")
         if self.type != "email" and not (self.url or self.url_env):
             raise ValueError(f"a {self.type} channel needs `url` or `url_env`")
         return self
@@ -179,6 +278,10 @@ class ChannelConfig(BaseModel):
         if self.type == "email":
             return EmailChannel(self.smtp_host, self.smtp_port, self.sender, self.to, self.starttls, self.username,
                                 self.password_env, self.timeout_s)
+        if self.type == "jira":
+            return JiraChannel(self.url or "", self.username or "", self.password_env or "", self.timeout_s, self.project or "", self.issue_type)
+        if self.type == "servicenow":
+            return ServiceNowChannel(self.url or "", self.username or "", self.password_env or "", self.timeout_s)
         url = self.url or os.environ.get(self.url_env or "", "")
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"notifications: the {self.type} channel's URL ({self.url_env or 'url'}) is not an http(s) URL")
