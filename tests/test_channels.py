@@ -32,6 +32,7 @@ from tools.channels import (
 from tools.ledger import ActionLedger
 from tools.notifier import IdempotentNotifier, notification_key
 from tests.llm_local import free_port
+from tests.test_llm_capabilities import FakeClock
 
 
 class Receiver:
@@ -157,17 +158,6 @@ def test_settings_refuse_incomplete_channels_and_unknown_routes() -> None:
         ChannelConfig.model_validate({"type": "discord"})
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def now(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.t += seconds
-
-
 class Recorder:
     def __init__(self, fail: bool = False) -> None:
         self.sent: list[Message] = []
@@ -180,7 +170,7 @@ class Recorder:
 
 
 def test_routed_notifier_groups_repeats_and_survives_one_broken_channel() -> None:
-    clock = Clock()
+    clock = FakeClock()
     good, broken = Recorder(), Recorder(fail=True)
     route = Route(channels=["good", "broken"])
     notifier = RoutedNotifier({"good": good, "broken": broken}, route, lambda _id: {"service": "payments"}, 300, clock)

@@ -102,7 +102,7 @@ def test_live_incident_approved_from_the_dashboard(tmp_path: Path, browser: Page
         assert browser.eval("document.querySelector('#approve').disabled") is True
 
         _login(browser, server.url, operator, f"/ui/incident.html?id={incident_id}")
-        browser.wait_for("!document.querySelector('#approve').disabled")
+        browser.wait_for("!document.querySelector('#approve').disabled && document.querySelector('#hypotheses td')")
         assert browser.eval("document.querySelector('#hypotheses td').textContent") == "search"
         assert browser.eval("document.querySelector('#gate-plan').textContent") == "restart search"
         browser.screenshot(ARTIFACTS / "incident-awaiting-approval.png")

@@ -42,6 +42,21 @@ async function api(path, options = {}) {
   return body;
 }
 
+// The parts every page shares: the header with its links, and the token form (hidden until needed).
+function pageChrome() {
+  document.querySelector("header").replaceChildren(
+    el("h1", {}, "sregraph"), el("a", { href: "./" }, "control room"), el("a", { href: "slo.html" }, "SLOs"),
+    el("a", { href: "/docs" }, "API"), el("span", { class: "who" }));
+  const login = el("form", { id: "login", class: "login hidden" },
+    el("section", {},
+      el("h2", {}, "API token"),
+      el("p", {}, "Paste a token from ", el("code", {}, "sregraph token create NAME --role operator"), ". It is kept in this tab only."),
+      el("input", { id: "token", type: "password", autocomplete: "off", placeholder: "srg_…" }),
+      el("button", { class: "approve", type: "submit" }, "Open"),
+      el("p", { id: "login-error", class: "error" })));
+  document.querySelector("header").after(login);
+}
+
 function showLogin(why) {
   document.querySelector("#login").classList.remove("hidden");
   document.querySelector("#content").classList.add("hidden");
@@ -49,6 +64,7 @@ function showLogin(why) {
 }
 
 function setupLogin(start) {
+  pageChrome();
   document.querySelector("#login").addEventListener("submit", (event) => {
     event.preventDefault();
     sessionStorage.setItem(TOKEN_KEY, document.querySelector("#token").value.trim());
