@@ -61,6 +61,8 @@ class FaultResult:
     status: str
     detected_by: str = ""
     """The senses that confirmed the incident (window_z, ensemble:<detector>, health, stale)."""
+    action_s: float | None = None
+    """How long the incident's actions took to run (a restart or a redeploy on this runtime), summed."""
 
 
 CHAOS_NAMES = {
@@ -134,6 +136,7 @@ def _outcome(engine: Engine, incident_id: str, fault: str, service: str, injecte
         memory_hit=diagnosis.similar[0].incident_id if diagnosis and diagnosis.similar else None,
         status=str(state.get("status")),
         detected_by=",".join(observation.detected_by) if detected and observation else "",
+        action_s=round(sum(a.finished_at - a.started_at for a in actions), 2) if actions else None,
     )
 
 
