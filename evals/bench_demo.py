@@ -66,12 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=("text", "json"), default="text")
     parser.add_argument("--no-ensemble", action="store_true", help="Detect with the window rule only (for comparison).")
     parser.add_argument("--runtime", choices=("process", "docker"), default="process", help="Where the services run.")
+    parser.add_argument("--data-dir", type=Path, default=None, help="Keep the run's data here (default: a temporary directory).")
     args = parser.parse_args(argv)
     faults = list(dict.fromkeys((f, s, tuple(sorted(p.items()))) for f, s, p in DEFAULT_SEQUENCE))
     sequence = [(f, s, dict(p)) for _ in range(args.repeats) for f, s, p in faults]
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="sregraph-bench-demo-") as tmp:
-        settings = demo_settings(load_settings(environ={}, data_dir=Path(tmp), runtime=args.runtime))
+        settings = demo_settings(load_settings(environ={}, data_dir=args.data_dir or Path(tmp), runtime=args.runtime))
         if args.no_ensemble:
             settings = settings.model_copy(update={"observer": settings.observer.model_copy(update={"ensemble": False})})
         results = run_demo(settings, sequence, say=lambda text: print(text, file=sys.stderr))
