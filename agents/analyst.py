@@ -50,9 +50,11 @@ W_MEMORY = 0.75
 W_FAILED_ACTION = 2.0
 W_RANKER = 0.5
 """Weight of the ranker's answer: its top service gets this much evidence (its normalised score is 1)."""
-RANKER_MIN_DEVIATION = 2.0
-"""... and only on a service whose own metrics moved by log1p(z) >= 2 (z about 6), or whose traces or logs did:
-on a healthy system the ranker still orders services by their noise, which is no evidence."""
+RANKER_MIN_DEVIATION = 1.6
+"""... and only on a service whose own metrics moved by log1p(z) >= 1.6 (z about 4, the observer's threshold),
+or whose traces or logs did: on a healthy system the ranker still orders services by their noise, which is no
+evidence. Its z-scores are scaled by at least each metric's floor (`agents.signals.RULES`), as the window rule's
+are: without the floor, a latency of 5.1 ms with a flat baseline that reads 8 ms once was z ≈ 12 (log1p 2.5)."""
 
 CHANGE_SLACK_S = 5.0
 """A change may land a few seconds after the baseline ends (commit times are whole seconds)."""
@@ -89,6 +91,8 @@ class ServiceEvidence:
     """The most frequent error-line templates with their counts."""
     errors_rose: bool = False
     """Its own error lines rose well above the baseline's."""
+    unreached_since: float | None = None
+    """When its callers' calls first failed without reaching it (no span of its own): it was down or restarting."""
 
     @property
     def score(self) -> float:
@@ -97,8 +101,14 @@ class ServiceEvidence:
 
     @property
     def onset(self) -> float | None:
-        """Earliest onset among this service's signals."""
+        """Earliest onset among this service's signals, or of the calls to it that could not reach it.
+
+        A service that is unreachable for a moment (a redeploy's restart) writes no telemetry of its own then:
+        its callers' failed calls are the only record of when its trouble began.
+        """
         onsets = [s.onset for s in self.signals if s.onset is not None]
+        if self.unreached_since is not None:
+            onsets.append(self.unreached_since)
         return min(onsets) if onsets else None
 
     def has(self, name: str) -> bool:
@@ -205,6 +215,13 @@ class Analyst:
                     detail += ", OOM-killed"
                 ev.evidence.append(Evidence(kind="runtime", service=ev.service, summary=detail, weight=W_NOT_RUNNING))
 
+        # Logs and traces are read from the incident's start (at most a minute back), not just the last window.
+        span = Windows(windows.baseline_start, windows.baseline_end, max(windows.baseline_end, windows.recent_end - 60), windows.recent_end)
+        traces = trace_origins(self.toolbox.telemetry, span)
+        for service, since in traces.unreached.items():
+            if service in table:
+                table[service].unreached_since = since
+
         # Which deviated first: the cause usually leads its symptoms.
         onsets = {s: ev.onset for s, ev in table.items() if ev.onset is not None}
         if len(onsets) > 1:
@@ -216,8 +233,6 @@ class Analyst:
                 )
 
         services = list(table)
-        # Logs and traces are read from the incident's start (at most a minute back), not just the last window.
-        span = Windows(windows.baseline_start, windows.baseline_end, max(windows.baseline_end, windows.recent_end - 60), windows.recent_end)
         logs = log_evidence(self.toolbox.telemetry, services, span)
         for service, le in logs.items():
             table[service].error_lines, table[service].error_templates = le.errors, le.templates
@@ -238,7 +253,7 @@ class Analyst:
                         Evidence(kind="log", service=other, summary=f"{count} of {service}'s error lines name {other}", weight=round(W_LOG_POINTER * count / total, 3))
                     )
 
-        origins, _, edges = trace_origins(self.toolbox.telemetry, span)
+        origins, edges = traces.origins, traces.edges
         failing = sum(origins.values())
         for service, count in origins.items():
             if service in table and failing >= 3:

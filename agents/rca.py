@@ -65,6 +65,9 @@ class MetricSeries:
     """Values of the same series in a known-normal period, when there is one."""
     kind: Kind = "other"
     direction: Direction = "both"
+    floor: float = 0.0
+    """The smallest change of this series that matters, in its own unit (0: not known): the scale of its
+    z-scores is never below it, so a series that is almost constant does not turn a tiny wobble into news."""
 
 
 @dataclass
@@ -366,6 +369,7 @@ def series_deviation(s: MetricSeries, start: float, p: Params) -> tuple[float, b
         # That floor also bounds z at 1 / value_floor, so a series that leaves or falls to zero cannot
         # dominate by dividing by a near-zero spread.
         med, scale = robust_scale(ref, 0.0 if flat and p.flat_exact else p.rel_floor)
+        scale = max(scale, s.floor)
         z = _worse(after, med, scale, s.direction, p)
         worst = float(np.sort(z)[::-1][:2].mean())
         if len(prior):

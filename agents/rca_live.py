@@ -23,7 +23,11 @@ def live_input(
     span: Windows,
     symptom: str | None = None,
 ) -> RcaInput:
-    """The ranker's input from the windows the analyst measured: metrics of both windows, error lines, spans."""
+    """The ranker's input from the windows the analyst measured: metrics of both windows, error lines, spans.
+
+    Each metric carries the analyst's floor for it (`agents.signals.RULES`): a latency of 5.1 ms that is 8 ms
+    for one sample is no deviation, however flat its baseline was.
+    """
     series: list[MetricSeries] = []
     for service in services:
         labels = {"service": service}
@@ -41,7 +45,7 @@ def live_input(
             if RULES[name].direction < 0:
                 direction = "down"
             ts, values = zip(*points)
-            series.append(MetricSeries(service, name, np.array(ts, dtype=float), np.array(values, dtype=float), None, kind, direction))
+            series.append(MetricSeries(service, name, np.array(ts, dtype=float), np.array(values, dtype=float), None, kind, direction, RULES[name].floor))
     logs: list[LogRow] = []
     for service in services:
         for start, end in ((span.baseline_start, span.baseline_end), (span.recent_start, span.recent_end)):

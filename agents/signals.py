@@ -13,7 +13,7 @@ import re
 import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from graphs.state import Signal
 from tools.base import LogRecord, Span, Telemetry
@@ -293,10 +293,29 @@ def _record_text(record: LogRecord) -> str:
     return record.message + " " + " ".join(str(v) for v in record.attrs.values())
 
 
-def trace_origins(telemetry: Telemetry, windows: Windows) -> tuple[Counter[str], Counter[str], dict[str, set[str]]]:
+class TraceOrigins(NamedTuple):
+    """What the failing traces of a window say about where errors start."""
+
+    origins: Counter[str]
+    """Per service, how many failing traces have their deepest error there."""
+    errors: Counter[str]
+    """Per service, how many error spans it had."""
+    edges: dict[str, set[str]]
+    """Caller -> callees seen in traces."""
+    unreached: dict[str, float]
+    """Per service, when the first failed call to it began that left no span of it (it could not be reached)."""
+
+
+PEER = "peer.service"
+"""The OpenTelemetry attribute naming the service a client span calls."""
+
+
+def trace_origins(telemetry: Telemetry, windows: Windows) -> TraceOrigins:
     """Where errors start: per service, how many failing traces have their deepest error there.
 
-    Also returns how many error spans each service had and the call edges seen in traces.
+    A failed call that left no span of its callee (connection refused while the callee restarts or is down, or a
+    callee that died mid-request) is the callee's failure, not the caller's: the caller's client span names it in
+    `peer.service`.
     """
     spans = telemetry.spans(None, windows.recent_start, windows.recent_end)
     by_trace: dict[str, list[Span]] = defaultdict(list)
@@ -305,6 +324,7 @@ def trace_origins(telemetry: Telemetry, windows: Windows) -> tuple[Counter[str],
     origins: Counter[str] = Counter()
     errors: Counter[str] = Counter()
     edges: dict[str, set[str]] = defaultdict(set)
+    unreached: dict[str, float] = {}
     for trace in by_trace.values():
         by_id = {s.span_id: s for s in trace}
         erroring_parents = set()
@@ -322,22 +342,29 @@ def trace_origins(telemetry: Telemetry, windows: Windows) -> tuple[Counter[str],
                 children[span.parent_id].append(span)
         for span in trace:
             if span.status == "error" and span.span_id not in erroring_parents:
-                origins[_where_time_went(span, children)] += 1
-    return origins, errors, edges
+                where = _where_time_went(span, children)
+                peer = where.attrs.get(PEER)
+                if isinstance(peer, str) and peer and peer != where.service and not children.get(where.span_id):
+                    edges[where.service].add(peer)
+                    unreached[peer] = min(unreached.get(peer, where.start), where.start)
+                    origins[peer] += 1
+                else:
+                    origins[where.service] += 1
+    return TraceOrigins(origins, errors, edges, unreached)
 
 
 SLOW_SHARE = 0.8
 """A call that failed while its callee took this share of its time or more failed because the callee was slow."""
 
 
-def _where_time_went(span: Span, children: dict[str, list[Span]]) -> str:
-    """The service an error span's failure belongs to: its own, unless it failed waiting for a slow callee.
+def _where_time_went(span: Span, children: dict[str, list[Span]]) -> Span:
+    """The span an error span's failure belongs to: itself, unless it failed waiting for a slow callee.
 
     A caller that times out marks its own span as the error while the slow callee's span ends fine (late); the
-    origin of that error is the callee, or whichever service further down the time was spent in.
+    origin of that error is the callee, or whichever span further down the time was spent in.
     """
     while True:
         slow = [c for c in children.get(span.span_id, []) if c.duration_ms >= SLOW_SHARE * span.duration_ms > 0]
         if not slow:
-            return span.service
+            return span
         span = max(slow, key=lambda c: c.duration_ms)

@@ -61,6 +61,8 @@ class FaultResult:
     status: str
     detected_by: str = ""
     """The senses that confirmed the incident (window_z, ensemble:<detector>, health, stale)."""
+    action_s: float | None = None
+    """How long the incident's actions took to run (a restart or a redeploy on this runtime), summed."""
 
 
 CHAOS_NAMES = {
@@ -134,6 +136,7 @@ def _outcome(engine: Engine, incident_id: str, fault: str, service: str, injecte
         memory_hit=diagnosis.similar[0].incident_id if diagnosis and diagnosis.similar else None,
         status=str(state.get("status")),
         detected_by=",".join(observation.detected_by) if detected and observation else "",
+        action_s=round(sum(a.finished_at - a.started_at for a in actions), 2) if actions else None,
     )
 
 
@@ -169,15 +172,36 @@ def _stand_in_for_the_human(engine: Engine, app: Any, incident_id: str, service:
     human); the demo plays the human so the next fault is watched again.
     """
     say(f"  {incident_id} was handed to a human: the demo clears the fault and closes its issue")
+    _clear(app, service, say)
+    _close_issue(engine, incident_id)
+
+
+def _clear(app: Any, service: str, say: Callable[[str], None]) -> None:
+    """Undo an injected fault the agents did not fix: start the service if it is down, clear its chaos."""
     try:
         if not app.runtime.status(service).running:
             app.runtime.start(service)
         app.inject("clear", service)
     except SregraphError as exc:
         say(f"  could not clear {service}: {exc}")
+
+
+def _close_issue(engine: Engine, incident_id: str) -> None:
     issue_id = engine.state(incident_id).get("issue_id")
     if issue_id is not None:
         engine.toolbox.incidents.close(issue_id)
+
+
+def _close_other_escalations(engine: Engine, handled: set[str], say: Callable[[str], None]) -> None:
+    """The human also closes every other escalated incident (a second incident of the same fault, opened on a
+    caller, that the scorecard did not match): its open issue would keep its services claimed, unwatched, through
+    every later fault."""
+    for run in engine.registry.list():
+        incident_id = str(run["incident_id"])
+        if run["status"] == "escalated" and incident_id not in handled:
+            handled.add(incident_id)
+            say(f"  {incident_id} (escalated, not this fault's scorecard row) was closed by the human")
+            _close_issue(engine, incident_id)
 
 
 def run_demo(
@@ -209,7 +233,9 @@ def run_demo(
         time.sleep(warmup_s)
         worker_thread = threading.Thread(target=worker.run, kwargs={"interval": 0.5}, name="worker", daemon=True)
         worker_thread.start()
+        handled: set[str] = set()
         for fault, service, params in sequence:
+            _close_other_escalations(engine, handled, say)
             # Runs still in flight are not "known": a scan that began just before the injection may be the one
             # that sees it (the worker names a run when its scan starts, before it finds anything).
             known = {r["incident_id"] for r in engine.registry.list() if r["status"] in FINAL | {"awaiting_approval"}}
@@ -224,10 +250,11 @@ def run_demo(
             incident = _wait_for_incident(engine, known, service, time.time() + FAULT_TIMEOUT_S)
             if incident is None:
                 results.append(FaultResult(fault, service, None, False, None, False, None, None, False, None, None, None, "not detected"))
-                app.inject("clear", service)
+                _clear(app, service, say)  # dependency_down leaves the service stopped: chaos alone cannot reach it
             else:
                 results.append(_outcome(engine, incident, fault, service, injected_at))
                 if results[-1].status == "escalated":
+                    handled.add(incident)
                     _stand_in_for_the_human(engine, app, incident, service, say)
             time.sleep(SETTLE_S)
     finally:

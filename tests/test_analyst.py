@@ -442,3 +442,113 @@ def test_what_each_fault_type_needs_in_the_evidence() -> None:
     assert unsupported("memory_leak", leaking, table, _Toolbox()) == ""  # type: ignore[arg-type]
     table["payments"].signals.append(Signal(service="payments", name="health", value=0.0, baseline=1.0, score=10.0, detail="down"))
     assert unsupported("dependency_down", quiet, table, _Toolbox()) == ""  # type: ignore[arg-type]
+
+
+def _redeploy_telemetry(tb: Toolbox, peer_attr: bool) -> None:
+    """A bad deploy of payments as a container redeploy recorded it: payments is unreachable for 2 s (no
+    telemetry, checkout's calls to it refused), then serves the bad release; checkout's errors begin first."""
+    store: LocalTelemetryStore = tb.telemetry  # type: ignore[assignment]
+    began = NOW - 3.5  # the analyst reads it early, as the worker does, 3.5 s after the redeploy began
+    gap = (began, began + 2.0)
+    rng = random.Random(7)
+    batch = []
+    t = T0
+    while t <= NOW:
+        for name, normal in NORMAL.items():
+            for service in TOPOLOGY:
+                value = normal * (1 + rng.uniform(-0.05, 0.05)) if normal else 0.0
+                if service == "payments" and gap[0] <= t < gap[1]:
+                    continue  # down: it writes nothing
+                if name == "error_ratio" and t >= began + (0.5 if service == "frontend" else 0.0):
+                    value = {"payments": 0.6, "checkout": 0.9, "frontend": 0.9}[service]
+                batch.append((name, {"service": service}, value, t))
+        t += 0.5
+    store.write_metrics(batch)
+    spans = []
+    for i in range(24):
+        start = began + i * 0.1
+        refused = start < gap[1]
+        ids = [f"r{i}-frontend", f"r{i}-checkout", f"r{i}-call", f"r{i}-payments"]
+        spans += [
+            Span(trace_id=f"r{i}", span_id=ids[0], service="frontend", name="GET /buy", start=start, duration_ms=8, status="error"),
+            Span(trace_id=f"r{i}", span_id=ids[1], parent_id=ids[0], service="checkout", name="GET /checkout", start=start, duration_ms=6, status="error"),
+            Span(trace_id=f"r{i}", span_id=ids[2], parent_id=ids[1], service="checkout", name="call payments", start=start, duration_ms=2, status="error",
+                 attrs={"peer.service": "payments"} if peer_attr else {}),
+        ]
+        if not refused:  # the call reached payments, whose bad release failed it
+            spans.append(Span(trace_id=f"r{i}", span_id=ids[3], parent_id=ids[2], service="payments", name="GET /pay", start=start, duration_ms=1, status="error"))
+    store.write_spans(spans)
+
+
+@pytest.mark.parametrize("peer_attr", [True, False])
+def test_a_redeploy_gap_is_blamed_on_the_redeployed_service_not_its_caller(tmp_path: Path, peer_attr: bool) -> None:
+    """While a redeployed dependency restarts, its callers fail first and are the deepest error spans.
+
+    Calls that never reached payments name it (`peer.service`) and date its trouble; without that attribute (the
+    services before it was added) checkout looked like the origin that deviated first, and was restarted.
+    """
+    tb = make_toolbox(tmp_path, FakeRuntime(), FakeHealth())
+    assert isinstance(tb.clock, FixedClock)
+    tb.clock.t = NOW - 4  # committed, then applied: the restart begins half a second later
+    tb.gitops.commit_config("payments", {"version": "2.0.0-rc1"}, "Deploy payments 2.0.0-rc1", kind="deploy")  # type: ignore[attr-defined]
+    tb.clock.t = NOW
+    _redeploy_telemetry(tb, peer_attr)
+    diagnosis = analyst(tb).diagnose(observe(tb))
+    assert diagnosis.top is not None
+    if not peer_attr:
+        assert diagnosis.top.service == "checkout", "the scenario no longer reproduces the old misattribution"
+        return
+    assert (diagnosis.top.service, diagnosis.top.fault_type) == ("payments", "bad_deploy")
+    checkout = next(h for h in diagnosis.hypotheses if h.service == "checkout")
+    assert any(e.kind == "topology" and e.weight < 0 and e.ref == "payments" for e in checkout.evidence)
+    assert not any(e.ref == "onset" for e in checkout.evidence), "payments' trouble began when its calls were refused"
+
+
+def test_unreached_calls_are_the_callees_failures(tmp_path: Path) -> None:
+    """`trace_origins` gives a failed call that left no callee span to the callee, dated by the call."""
+    from agents.signals import Windows, trace_origins
+
+    store = LocalTelemetryStore(tmp_path / "t.db")
+    store.write_spans([
+        Span(trace_id="a", span_id="a1", service="checkout", name="GET /checkout", start=FAULT_AT + 2, duration_ms=3, status="error"),
+        Span(trace_id="a", span_id="a2", parent_id="a1", service="checkout", name="call payments", start=FAULT_AT + 2, duration_ms=1, status="error", attrs={"peer.service": "payments"}),
+        Span(trace_id="b", span_id="b1", service="checkout", name="GET /checkout", start=FAULT_AT + 1, duration_ms=3, status="error"),
+        Span(trace_id="b", span_id="b2", parent_id="b1", service="checkout", name="call payments", start=FAULT_AT + 1, duration_ms=1, status="error", attrs={"peer.service": "payments"}),
+        # Reached, and failed by checkout's own handler after payments answered: checkout's error.
+        Span(trace_id="c", span_id="c1", service="checkout", name="GET /checkout", start=FAULT_AT + 3, duration_ms=3, status="error"),
+        Span(trace_id="c", span_id="c2", parent_id="c1", service="checkout", name="call payments", start=FAULT_AT + 3, duration_ms=1, status="ok", attrs={"peer.service": "payments"}),
+        Span(trace_id="c", span_id="c3", parent_id="c2", service="payments", name="GET /pay", start=FAULT_AT + 3, duration_ms=1, status="ok"),
+    ])
+    found = trace_origins(store, Windows(T0, FAULT_AT, FAULT_AT, NOW))
+    assert found.origins == {"payments": 2, "checkout": 1}
+    assert found.unreached == {"payments": FAULT_AT + 1}
+    assert "payments" in found.edges["checkout"]
+
+
+def test_a_wobble_on_a_flat_quiet_service_is_not_ranker_evidence(tmp_path: Path) -> None:
+    """checkout leaks; payments' latency is flat at 5.14 ms but reads 8.3 ms once and its CPU moves 1.7 → 2.2 %.
+
+    Without the metrics' floors the ranker read that as z ≈ 12 on payments, whose evidence then made the leaking
+    checkout "a symptom" of it (a demo run on containers escalated `unknown on payments`).
+    """
+    tb = make_toolbox(tmp_path, FakeRuntime(), FakeHealth())
+    write_series(tb.telemetry, "checkout", leak_mb_s=40)  # type: ignore[arg-type]
+    write_series(tb.telemetry, "frontend")  # type: ignore[arg-type]
+    batch = []
+    t = T0
+    while t <= NOW:
+        late = t >= NOW - 5
+        batch += [
+            ("request_rate", {"service": "payments"}, 15.0, t),
+            ("error_ratio", {"service": "payments"}, 0.0, t),
+            ("latency_p95_ms", {"service": "payments"}, 8.3 if abs(t - (NOW - 3)) < 0.01 else 5.14, t),
+            ("memory_rss_mb", {"service": "payments"}, 45.2, t),
+            ("cpu_percent", {"service": "payments"}, 2.2 if late else 1.7, t),
+        ]
+        t += 0.5
+    tb.telemetry.write_metrics(batch)  # type: ignore[attr-defined]
+    diagnosis = analyst(tb).diagnose(observe(tb))
+    assert diagnosis.top is not None
+    assert (diagnosis.top.service, diagnosis.top.fault_type) == ("checkout", "memory_leak")
+    payments = [h for h in diagnosis.hypotheses if h.service == "payments"]
+    assert not payments or not any(e.ref == "ranker" for e in payments[0].evidence)

@@ -98,3 +98,53 @@ def test_after_the_demo_the_next_commands_show_its_incidents(tmp_path: Path) -> 
     assert gates["payments"]["state"] != "SAFE"  # the crash burnt payments' budget
     gate = sregraph(tmp_path, "release-gate", "payments")
     assert gate.returncode in (3, 4) and "deploys should stop" in gate.stdout, gate.stdout + gate.stderr
+
+
+def test_the_stand_in_human_clears_a_stopped_service_and_closes_every_escalation() -> None:
+    """A dependency_down nobody fixed leaves the service stopped: it is started before its chaos is cleared (POST
+    /chaos to a stopped service used to raise and end the run); and every escalated incident's issue is closed,
+    not only the one the scorecard matched, so none keeps its services claimed through later faults."""
+    from types import SimpleNamespace
+
+    from sregraph.demo import _clear, _close_other_escalations
+    from tools.base import ToolError
+
+    calls: list[str] = []
+
+    class Runtime:
+        running = False
+
+        def status(self, service: str) -> SimpleNamespace:
+            return SimpleNamespace(running=self.running)
+
+        def start(self, service: str) -> None:
+            calls.append(f"start {service}")
+            self.running = True
+
+    class App:
+        runtime = Runtime()
+
+        def inject(self, fault: str, service: str) -> None:
+            if not self.runtime.running:
+                raise ToolError(f"chaos on {service} failed: ConnectError")
+            calls.append(f"{fault} {service}")
+
+    said: list[str] = []
+    _clear(App(), "payments", said.append)
+    assert calls == ["start payments", "clear payments"] and said == []
+
+    closed: list[int] = []
+    runs = [
+        {"incident_id": "inc-a", "status": "escalated"},
+        {"incident_id": "inc-b", "status": "resolved"},
+        {"incident_id": "inc-c", "status": "escalated"},
+    ]
+    engine = SimpleNamespace(
+        registry=SimpleNamespace(list=lambda: runs),
+        state=lambda incident_id: {"issue_id": {"inc-a": 1, "inc-b": 2, "inc-c": 3}[incident_id]},
+        toolbox=SimpleNamespace(incidents=SimpleNamespace(close=closed.append)),
+    )
+    handled = {"inc-a"}  # the scorecard's own escalation, already handed over
+    _close_other_escalations(engine, handled, said.append)  # type: ignore[arg-type]
+    _close_other_escalations(engine, handled, said.append)  # type: ignore[arg-type]
+    assert closed == [3] and handled == {"inc-a", "inc-c"} and len(said) == 1
