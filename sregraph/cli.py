@@ -219,6 +219,7 @@ def demo(
     fmt: str = typer.Option("text", "--format", help="text or json (the scorecard)"),
     runtime: Optional[str] = typer.Option(None, help="process (default) or docker (start scripts/container-engine.sh first)"),
     faults: Optional[str] = typer.Option(None, help="Comma-separated FAULT:SERVICE pairs instead of the full sequence."),
+    dashboard: bool = typer.Option(True, help="Serve the dashboard on a free loopback port while the demo runs."),
     config: Optional[Path] = ConfigOpt,
     data_dir: Optional[Path] = DataOpt,
 ) -> None:
@@ -236,7 +237,7 @@ def demo(
             raise typer.BadParameter("use FAULT:SERVICE pairs, e.g. crash:payments,latency:checkout") from exc
     console.print("[bold]sregraph demo[/bold] — the demo policy auto-approves every allowed action (see sregraph/demo_policy.yaml)")
     with _errors():
-        results = run_demo(settings, sequence, progress=_progress, say=lambda text: console.print(text, soft_wrap=True))
+        results = run_demo(settings, sequence, progress=_progress, say=lambda text: console.print(text, soft_wrap=True), dashboard=dashboard)
     rows = as_rows(results)
     if fmt == "json":
         out.print_json(json.dumps(rows))

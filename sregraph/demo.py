@@ -210,8 +210,11 @@ def run_demo(
     progress: ProgressFn | None = None,
     say: Callable[[str], None] = print,
     warmup_s: float = 8.0,
+    dashboard: bool = True,
 ) -> list[FaultResult]:
-    """Start everything, inject each fault after the last one is handled, and stop everything."""
+    """Start everything, inject each fault after the last one is handled, and stop everything. With
+    `dashboard`, the HTTP API and its dashboard run beside the worker on a free loopback port, with a viewer
+    token made for this demo (its data directory, tokens included, is wiped by the next demo)."""
     from sregraph.localenv.app import LocalApp
 
     sequence = validate(sequence or DEFAULT_SEQUENCE)
@@ -223,12 +226,15 @@ def run_demo(
     results: list[FaultResult] = []
     worker_thread: threading.Thread | None = None
     worker: Worker | None = None
+    api: Any = None
     try:
         say("starting the application (frontend → checkout → payments) and its load…")
         app.start()
         app.start_load()
         engine = Engine(settings, local_toolbox(settings, app), progress=progress)
         worker = Worker(engine)
+        if dashboard:
+            api = _serve_dashboard(worker, settings, say)
         say(f"collecting a {warmup_s:.0f}s baseline, then starting the worker…")
         time.sleep(warmup_s)
         worker_thread = threading.Thread(target=worker.run, kwargs={"interval": 0.5}, name="worker", daemon=True)
@@ -262,9 +268,23 @@ def run_demo(
             worker.stopping = True
         if worker_thread is not None:
             worker_thread.join(timeout=FAULT_TIMEOUT_S)
+        if api is not None:
+            api.stop()
         app.stop()
         app.close()
     return results
+
+
+def _serve_dashboard(worker: Worker, settings: Settings, say: Callable[[str], None]) -> Any:
+    """The API and dashboard beside the demo's worker, and how to open it."""
+    from sregraph.api_auth import ApiStore
+    from sregraph.server import ApiServer, create_app
+
+    store = ApiStore(settings.data_dir / "api.db")
+    token = store.create_token("demo-viewer", "viewer")
+    api = ApiServer(create_app(worker, store), "127.0.0.1", 0).start()
+    say(f"watch it live: {api.url}/ui/ — paste this demo's read-only token there: {token}")
+    return api
 
 
 def next_commands(

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import httpx
 
 from tests.localapp import ROOT
 
@@ -15,11 +18,26 @@ REQUIRED = {"fault", "service", "detected", "root_cause_correct", "action", "rec
 
 
 def test_demo_json_scorecard_and_memory_hit(tmp_path: Path) -> None:
-    result = subprocess.run(
+    demo = subprocess.Popen(
         [sys.executable, "-m", "sregraph", "demo", "--format", "json", "--data-dir", str(tmp_path),
          "--faults", "crash:payments,conversion-drop:payments,crash:payments"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+    # The dashboard is served while the demo runs, with a read-only token of its own.
+    assert demo.stderr is not None
+    head = []
+    for line in demo.stderr:
+        head.append(line)
+        if "watch it live:" in line:
+            url, token = re.search(r"(http://127\.0\.0\.1:\d+)/ui/ .*(srg_\S+)", line).groups()  # type: ignore[union-attr]
+            me = httpx.get(f"{url}/api/v1/whoami", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+            assert me.json() == {"name": "demo-viewer", "role": "viewer"}
+            assert httpx.get(f"{url}/ui/", timeout=10).status_code == 200
+            break
+    else:
+        raise AssertionError("the demo never said where its dashboard is:\n" + "".join(head)[-3000:])
+    stdout, stderr = demo.communicate(timeout=300)
+    result = subprocess.CompletedProcess(demo.args, demo.returncode, stdout, "".join(head) + stderr)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(result.stdout)
     assert [r["fault"] for r in rows] == ["crash", "conversion_drop", "crash"]
