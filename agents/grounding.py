@@ -62,10 +62,10 @@ UNMEASURED_CAUSE = re.compile(
 """Causes sregraph cannot measure: a write-up may name one only where the recorded facts do (a quoted log line)."""
 RELATIVE_DATE = re.compile(r"\b(yesterday|last (?:week|month|year|night)|\d+ (?:days|weeks|months|years) ago|next (?:week|month|year))\b", re.I)
 YEAR = re.compile(r"(?<![#\d.:-])\b((?:19|20)\d\d)\b(?![\d:-]|\.\d|\s*(?:ms|s\b|mb|kb|gb|%|x\b|requests|lines|errors|rps|bytes))", re.I)
-ISO_DATE = re.compile(r"\b(\d{4})-(\d{2})-(\d{2})\b")
+ISO_DATE = re.compile(r"(?<!\d)(\d{4})-(\d{2})-(\d{2})(?!\d)")
 MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
 MONTH_DATE = re.compile(r"\b(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?\s+(\d{1,2})(?:st|nd|rd|th)?\b", re.I)
-CLOCK = re.compile(r"\b([01]?\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?\b")
+CLOCK = re.compile(r"(?<![\d:])([01]?\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?(?![\d:])")
 IDENTIFIER = re.compile(r"(?<![\w/.-])([A-Za-z][A-Za-z0-9]*(?:[-_][A-Za-z0-9]+)+)(?![\w/-])")
 CAMEL = re.compile(r"\b([A-Z][a-z0-9]+(?:[A-Z][a-z0-9]+)+)\b")
 NAMED_SERVICE = re.compile(r"[`'\"]?\b([A-Za-z][\w-]*)\b[`'\"]?\s+(?:micro)?(?:service|server|database|db|api|cluster|backend)\b", re.I)
@@ -181,7 +181,9 @@ def unknown_services(text: str, facts: Facts) -> list[str]:
         if parts & SERVICE_WORDS or _followed_by_service_word(text, m.end()):
             flag(token)
     for m in CAMEL.finditer(text):
-        flag(m.group(1))
+        # "PaymentGateway", "FraudDetector"; not "ConnectionError", which names an error, not a service.
+        if {w.lower() for w in re.findall(r"[A-Z][a-z0-9]*", m.group(1))} & SERVICE_WORDS:
+            flag(m.group(1))
     for m in NAMED_SERVICE.finditer(text):
         name = m.group(1)
         if name.lower() in NOT_A_NAME or name.lower() in SERVICE_WORDS or name.lower() in vocabulary or name.isdigit():

@@ -132,6 +132,12 @@ HONEST = {
         root_cause="The payments process crashed (exit code -9); why it exited is not confirmed.",
         follow_ups=["Investigate the exit code of payments.", "Consider a rollback only if a deploy is found."],
     ),
+    "an error class and a hedged action": PostMortemText(
+        title="payments crash",
+        summary="checkout saw ConnectionError from payments while it was down; payments was not rolled back.",
+        impact="Purchases failed while payments was down.",
+        root_cause="payments crashed; nothing shows why it exited.",
+    ),
 }
 
 
@@ -223,6 +229,8 @@ def test_an_escalated_incident_may_not_be_written_up_as_recovered() -> None:
         ("checkout slow", False),  # checkout did not deviate
         ("payments hacked by an attacker", False),
         ("payments was restarted", False),  # nothing has run at detection time
+        ("payments down at 2019-08-31T07:56:42.123Z", False),  # an ISO timestamp, date and time both outside
+        (f"payments down since {HHMM} UTC", True),
     ],
 )
 def test_incident_titles(title: str, grounded: bool) -> None:
