@@ -61,7 +61,7 @@ UNMEASURED_CAUSE = re.compile(
 )
 """Causes sregraph cannot measure: a write-up may name one only where the recorded facts do (a quoted log line)."""
 RELATIVE_DATE = re.compile(r"\b(yesterday|last (?:week|month|year|night)|\d+ (?:days|weeks|months|years) ago|next (?:week|month|year))\b", re.I)
-YEAR = re.compile(r"(?<![#\d.:-])\b((?:19|20)\d\d)\b(?![\d:-]|\.\d|\s*(?:ms|s\b|mb|kb|gb|%|x\b|requests|lines|errors|rps|bytes))", re.I)
+YEAR = re.compile(r"(?<![#\d.:-])\b((?:19|20)\d\d)\b(?![\d:]|-\d\d(?!\d)|\.\d|\s*(?:ms|s\b|mb|kb|gb|%|x\b|requests|lines|errors|rps|bytes))", re.I)
 ISO_DATE = re.compile(r"(?<!\d)(\d{4})-(\d{2})-(\d{2})(?!\d)")
 MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
 MONTH_DATE = re.compile(r"\b(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?\s+(\d{1,2})(?:st|nd|rd|th)?\b", re.I)

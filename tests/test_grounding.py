@@ -231,6 +231,7 @@ def test_an_escalated_incident_may_not_be_written_up_as_recovered() -> None:
         ("payments was restarted", False),  # nothing has run at detection time
         ("payments down at 2019-08-31T07:56:42.123Z", False),  # an ISO timestamp, date and time both outside
         (f"payments down since {HHMM} UTC", True),
+        ("The Incident Title 2018-2019: payments", False),  # a range of years (seen from SmolLM2)
     ],
 )
 def test_incident_titles(title: str, grounded: bool) -> None:

@@ -211,3 +211,17 @@ def test_a_cassette_replays_a_model_run_exactly_and_a_miss_is_loud(tmp_path: Pat
     cut = Cassette(short, "replay")
     missed = _cassette_run(tmp_path, "miss", cut, "http://127.0.0.1:9/v1")
     assert cut.misses and missed.error is not None and "no recorded answer" in missed.error
+
+
+def test_the_llm_benchmark_table_puts_both_brains_side_by_side() -> None:
+    from evals.bench_llm import DEFAULT_CASES, ROWS, _extend, table
+    from evals.replay import load_suite
+
+    assert {c.case.id for c in load_suite(SUITE, DEFAULT_CASES)} == set(DEFAULT_CASES)  # every documented case exists
+    det = _extend({"cases": 2, "passed": 2, "policy_violations": 0}, 0.8)
+    llm = _extend({"cases": 2, "passed": 1, "policy_violations": 0, "model_calls": 12}, 180.0, [10.0, 12.0, 30.0, 11.0])
+    assert llm["calls_per_case"] == 6 and llm["latency_median_s"] == 11.5 and llm["latency_p95_s"] == 30.0
+    assert llm["seconds_per_case"] == 90.0 and det["seconds_per_case"] == 0.4
+    text = table(det, llm, "smollm2")
+    assert text.splitlines()[0] == "| metric | deterministic | smollm2 |" and len(text.splitlines()) == len(ROWS) + 2
+    assert "| passed | 2 | 1 |" in text and "| model calls | – | 12 |" in text
