@@ -25,6 +25,7 @@ from tools.base import Change, ServiceStatus, SregraphError
 from tools.gitops import is_own_change
 from tools.toolbox import Toolbox
 
+from agents.grounding import invented_services
 from agents.rca import ServiceScore, features, rank
 from agents.rca_confidence import ARTEFACT, ConfidenceModel
 from agents.rca_live import live_input
@@ -375,12 +376,18 @@ class Analyst:
             picks = [(ev.service, classify(ev, table, self.toolbox, similar), "") for ev in candidates]
         else:
             picks = []
+            recorded = recorded_text(table)
             for service, fault, rationale in (p for p in order if p[0] in table):
                 measured = classify(table[service], table, self.toolbox, similar)
                 why_not = unsupported(fault, table[service], table, self.toolbox)
                 if fault != measured and why_not:
                     grounding.append(f"model said {fault} on {service}, but {why_not}: kept the evidence's {measured}")
                     fault = measured
+                invented = invented_services(rationale, table, recorded)
+                if invented:
+                    # The rationale is shown on the incident and read by the engineer model: no invented services.
+                    grounding.append(f"model's rationale for {service} names services that do not exist ({', '.join(invented)}): ignored, the evidence's rationale is shown")
+                    rationale = ""
                 picks.append((service, fault, rationale))
             named = {p[0] for p in picks}
             picks += [(ev.service, classify(ev, table, self.toolbox, similar), "") for ev in sorted(candidates, key=lambda e: -e.score) if ev.service not in named]
@@ -436,10 +443,21 @@ class Analyst:
         unknown = [s for s, _, _ in order if s not in table]
         diagnosis = self._rank(table, similar, previous, order=order, method=f"llm:{getattr(self.llm_config, 'provider', 'custom')}")
         diagnosis.tokens = result.tokens
-        diagnosis.notes.extend(answer.notes if hasattr(answer, "notes") else [])
+        recorded = recorded_text(table)
+        for note in answer.notes if hasattr(answer, "notes") else []:
+            invented = invented_services(note, table, recorded)
+            if invented:
+                diagnosis.notes.append(f"a model note named services that do not exist ({', '.join(invented)}): not shown")
+            else:
+                diagnosis.notes.append(f"model: {note}")
         if unknown:
-            diagnosis.notes.append(f"model named unknown services, ignored: {', '.join(unknown)}")
+            diagnosis.notes.append(f"model named services that do not exist, ignored: {', '.join(dict.fromkeys(unknown))}")
         return diagnosis
+
+
+def recorded_text(table: dict[str, ServiceEvidence]) -> str:
+    """What the agents measured, as text (evidence summaries, commit messages): names found here are not invented."""
+    return "\n".join([*(e.summary for ev in table.values() for e in ev.evidence), *(c.message for ev in table.values() for c in ev.changes)])
 
 
 def _stronger(ev: ServiceEvidence, name: str, than: str) -> bool:

@@ -12,6 +12,7 @@ from sregraph.config import AnalystConfig, EngineerConfig, ObserverConfig
 from tools.base import Refused, SregraphError
 from tools.toolbox import Toolbox
 
+from agents.grounding import invented_services
 from agents.policy import Policy
 from agents.signals import Windows, measure
 
@@ -106,25 +107,30 @@ class Engineer:
         notes: list[str] = []
         tokens = 0
         fallback: str | None = None
+        declined: EngineerChoice | None = None
         if self.chat_model is not None:
             choice, tokens, note = self._choose_llm(top, previous, tokens_spent)
             if note:
                 notes.append(note)
                 fallback = note
-            if choice is not None and choice.kind == "escalate":
-                return ActionPlan(decision="escalate", hypothesis=top, escalation_reason=f"the engineer model escalated: {choice.reason[:300]}", policy_notes=notes, tokens=tokens, llm_fallback=fallback)
             if choice is not None:
-                fits = MODEL_MAY_CHOOSE.get(top.fault_type, frozenset())
-                if choice.kind in fits:
+                reason = self._model_reason(choice, top)
+                if choice.kind == "escalate":
+                    declined = choice
+                    notes.append(f"model chose to escalate: {reason}")
+                elif choice.kind in MODEL_MAY_CHOOSE.get(top.fault_type, frozenset()):
                     action = self.remedy(top, kind=choice.kind, replicas=choice.replicas)
-                    notes.append(f"model chose {choice.kind}: {choice.reason[:200]}")
+                    notes.append(f"model chose {choice.kind}: {reason}")
                 else:
                     # The model proposes; the evidence's fault type and its remedy table dispose.
+                    fits = MODEL_MAY_CHOOSE.get(top.fault_type, frozenset())
                     kept = action.kind if action is not None else "no automatic remedy"
                     notes.append(
                         f"model chose {choice.kind}, which does not remedy {top.fault_type} "
                         f"(allowed: {', '.join(sorted(fits)) or 'none'}); ignored, kept {kept}"
                     )
+        # Every escalation reason below is a fact sregraph established (no remedy, a policy refusal, the model's
+        # decision not to act); what a model wrote about it is a note, never the reason.
         if action is None:
             return ActionPlan(decision="escalate", hypothesis=top, escalation_reason=f"no automatic remedy for {top.fault_type} on {top.service}", policy_notes=notes, tokens=tokens, llm_fallback=fallback)
         verdict = self.policy.check(
@@ -145,7 +151,23 @@ class Engineer:
                 tokens=tokens,
                 llm_fallback=fallback,
             )
+        if declined is not None:
+            return ActionPlan(
+                decision="escalate",
+                hypothesis=top,
+                escalation_reason=f"the engineer model declined to act: it chose a human over {action.kind} on {action.service}, which policy allows",
+                policy_notes=notes,
+                tokens=tokens,
+                llm_fallback=fallback,
+            )
         return ActionPlan(decision="act", actions=[action], needs_approval=verdict.needs_approval, dry_run=verdict.dry_run, hypothesis=top, policy_notes=notes, tokens=tokens, llm_fallback=fallback)
+
+    def _model_reason(self, choice: EngineerChoice, top: Hypothesis) -> str:
+        """The model's stated reason, for the plan's notes: bounded, and withheld if it names invented services."""
+        invented = invented_services(choice.reason, self.toolbox.services, "\n".join(e.summary for e in top.evidence))
+        if invented:
+            return f"(its reason names services that do not exist: {', '.join(invented)}; not shown)"
+        return choice.reason[:200]
 
     def _record_refusal(self, diagnosis: Diagnosis, attempts: int, action: Action, reasons: list[str]) -> None:
         """Refusals go in the ledger too, so an audit sees what was asked for and why it did not run."""

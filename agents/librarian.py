@@ -15,6 +15,7 @@ from tools.redact import redact_data
 from tools.toolbox import Toolbox
 
 from agents.analyst import symptom_text
+from agents.grounding import check_postmortem, facts_of
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +86,17 @@ class Librarian:
                 "root_cause": text.root_cause[:2000],
                 "follow_ups": [f[:300] for f in text.follow_ups[:4]] or draft.follow_ups,
                 "tokens": result.tokens,
+                "wording": "model",
             }
         )
         worded = redacted(worded)
+        problems = check_postmortem(worded, facts_of(draft, self.toolbox.services))
+        if problems:
+            # Published and stored: the deterministic text, never the model's; the rejection is said on the incident.
+            log.warning("the model's post-mortem of %s is not grounded, keeping the deterministic one: %s", draft.incident_id, problems)
+            draft.tokens, draft.ungrounded = result.tokens, problems[:10]
+            draft.markdown += "\n\n" + rejection_note(problems)
+            return draft
         worded.markdown = render_markdown(worded)
         return worded
 
@@ -147,9 +156,22 @@ class Librarian:
         return pm
 
     def store(self, pm: PostMortem) -> bool:
-        """Index the post-mortem in memory; False (logged) when memory is unavailable."""
+        """Index the post-mortem in memory; False (logged) when memory is unavailable or the wording is ungrounded.
+
+        A model-worded post-mortem is checked again here, whoever built it: memory serves it to every later
+        incident, so nothing the recorded facts do not support may enter it.
+        """
         if self.toolbox.memory is None:
             return False
+        if pm.wording == "model":
+            problems = check_postmortem(pm, facts_of(pm, self.toolbox.services))
+            if problems:
+                log.error("refusing to store post-mortem %s: its model wording is not grounded: %s", pm.incident_id, problems)
+                return False
+        if pm.ungrounded:
+            # The problems quote the rejected text; memory keeps only that a wording was rejected.
+            pm = pm.model_copy(update={"ungrounded": [REJECTED_IN_MEMORY]})
+            pm.markdown = render_markdown(pm) + f"\n\n_{REJECTED_IN_MEMORY}_"
         try:
             self.toolbox.memory.add(pm)
         except SregraphError as exc:
@@ -163,6 +185,18 @@ class Librarian:
             return []
         found: list[SimilarIncident] = self.toolbox.memory.search(text, k=k)
         return found
+
+
+REJECTED_IN_MEMORY = "A model's wording of this post-mortem was rejected as ungrounded; this is the deterministic text."
+
+
+def rejection_note(problems: list[str]) -> str:
+    """The note under a deterministic post-mortem that replaced a model's ungrounded one."""
+    shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+    return (
+        "_The model's post-mortem was rejected as not grounded in this incident's timeline and evidence "
+        f"({md(shown)}); this is the deterministic post-mortem, and only it is stored in memory._"
+    )
 
 
 def redacted(pm: PostMortem) -> PostMortem:

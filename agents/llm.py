@@ -285,11 +285,12 @@ def _resilience(cfg: LLMConfig) -> Resilience:
     return settings.build("llm", transient=transient_model_error)
 
 
-def make_chat_model(cfg: LLMConfig, environ: Mapping[str, str] | None = None) -> BaseChatModel | None:
+def make_chat_model(cfg: LLMConfig, environ: Mapping[str, str] | None = None, transport: Any = None) -> BaseChatModel | None:
     """The chat model `cfg` describes, or None for provider "none"; reads the API key from the environment.
 
     The model carries `cfg.resilience` (see the module docstring), so one failing endpoint costs the agents
-    sharing this model a few failed calls, not a timeout each.
+    sharing this model a few failed calls, not a timeout each. `transport` (an httpx transport, "openai" only)
+    carries its HTTP requests instead of the network: a test server, or an eval cassette (evals/cassette.py).
     """
     env = os.environ if environ is None else environ
     if cfg.provider == "none":
@@ -306,6 +307,7 @@ def make_chat_model(cfg: LLMConfig, environ: Mapping[str, str] | None = None) ->
             compat_max_tokens=not cfg.hosted,
             # OpenAI-compatible servers speak Chat Completions; never let a model name route to /responses.
             use_responses_api=False,
+            **({"http_client": _http_client(transport, cfg.call_timeout_s)} if transport is not None else {}),
         )
         set_capabilities(model, cfg.structured_method, cfg.max_tokens)
         return guard_model(model, _resilience(cfg))
@@ -331,6 +333,12 @@ def make_chat_model(cfg: LLMConfig, environ: Mapping[str, str] | None = None) ->
         raise LLMError(f"watsonx: could not set up model {cfg.model} at {wx.url}: {exc}") from exc
     set_capabilities(watsonx, cfg.structured_method, cfg.max_tokens)
     return guard_model(watsonx, _resilience(cfg))
+
+
+def _http_client(transport: Any, timeout_s: float) -> Any:
+    import httpx
+
+    return httpx.Client(transport=transport, timeout=timeout_s)
 
 
 @functools.cache

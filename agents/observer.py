@@ -13,6 +13,7 @@ from tools.base import SregraphError
 from tools.display import md
 from tools.toolbox import Toolbox
 
+from agents.grounding import check_title
 from agents.senses import MetricSense
 from agents.signals import Windows, backtrack_onset, measure
 
@@ -30,7 +31,8 @@ class Observer:
     """Decides whether the system is healthy; deterministic detection in both modes.
 
     Detection stays statistical even with an LLM brain (a model is no better at thresholds and far slower);
-    in LLM mode the model only words the incident title, which is cosmetic and checked by nothing.
+    in LLM mode the model only words the incident title, which must be grounded in what was measured
+    (agents/grounding.py) or the deterministic title is used.
     """
 
     def __init__(self, toolbox: Toolbox, config: ObserverConfig, chat_model: Any = None, llm_config: Any = None) -> None:
@@ -39,11 +41,11 @@ class Observer:
         self.chat_model = chat_model
         self.llm_config = llm_config
 
-    def title(self, observation: Observation, trigger: Trigger, tokens_spent: int = 0) -> tuple[str, int, str | None]:
-        """The incident's title, the tokens spent on it, and why the model's wording was not used (or None)."""
+    def title(self, observation: Observation, trigger: Trigger, tokens_spent: int = 0) -> tuple[str, int, str | None, list[str]]:
+        """The incident's title, the tokens spent on it, why the model was not used (or None), and why its title was rejected."""
         fallback = incident_title(observation, trigger)
         if self.chat_model is None or not observation.signals:
-            return fallback, 0, None
+            return fallback, 0, None, []
         from agents.llm import ask, incident_budget
         from prompts import render
 
@@ -51,11 +53,15 @@ class Observer:
             result = ask(self.chat_model, render("observer.md.j2", signals=observation.signals[:12]), IncidentTitle, incident_budget(self.llm_config, tokens_spent))
         except SregraphError as exc:
             log.warning("LLM observer failed, using the deterministic title: %s", exc)
-            return fallback, 0, str(exc)
+            return fallback, 0, str(exc), []
         answer: IncidentTitle = result.output  # type: ignore[assignment]
         # The title is untrusted model text: one line, bounded, and prefixed so it is never mistaken for ours.
-        text = " ".join(answer.title.split())[:80] or fallback
-        return f"[incident] {text}", result.tokens, None
+        text = " ".join(answer.title.split())[:80]
+        problems = check_title(text, observation, self.toolbox.services)
+        if problems:
+            log.warning("the model's incident title %r is not grounded, using the deterministic one: %s", text, problems)
+            return fallback, result.tokens, None, problems
+        return f"[incident] {text}", result.tokens, None, []
 
     def new_sense(self) -> MetricSense | None:
         """Streaming detectors for every series (None when the ensemble is switched off)."""

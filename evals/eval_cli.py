@@ -31,8 +31,10 @@ def _out() -> Console:
     return Console(width=None if sys.stdout.isatty() else 200)
 
 
-def _chat_model(brain: str, config: Optional[Path]) -> tuple[Any, Any, float]:
+def _chat_model(brain: str, config: Optional[Path], cassette: Any = None) -> tuple[Any, Any, float]:
     """The chat model, base settings and price per million tokens for an LLM brain (exit 2 without a key)."""
+    import os
+
     from agents.llm import make_chat_model
     from evals.scoring import PRICE_PER_MTOK
     from sregraph.config import load_settings
@@ -41,7 +43,10 @@ def _chat_model(brain: str, config: Optional[Path]) -> tuple[Any, Any, float]:
     settings = settings.model_copy(update={"brain": "llm", "llm": settings.llm.model_copy(update={"provider": brain})})
     if brain == "watsonx" and settings.llm.model == "gpt-4o-mini":
         settings = settings.model_copy(update={"llm": settings.llm.model_copy(update={"model": "ibm/granite-3-8b-instruct"})})
-    return make_chat_model(settings.llm), settings, PRICE_PER_MTOK.get(settings.llm.model, 0.0)
+    environ: dict[str, str] = dict(os.environ)
+    if cassette is not None and cassette.mode == "replay":
+        environ.setdefault(settings.llm.api_key_env, "cassette")  # answered from the cassette: no key is sent anywhere
+    return make_chat_model(settings.llm, environ, transport=cassette), settings, PRICE_PER_MTOK.get(settings.llm.model, 0.0)
 
 
 def run_eval(
@@ -53,6 +58,7 @@ def run_eval(
     price_per_mtok: float = 0.0,
     min_pass_rate: float | None = PASS_RATE_BAR,
     progress: Any = None,
+    cassette: Any = None,
 ) -> Any:
     """Replay and score a suite; returns an evals.scoring.SuiteResult."""
     from evals.replay import load_suite, replay_suite
@@ -61,7 +67,7 @@ def run_eval(
     cases = load_suite(suite, only)
     if not cases:
         raise SregraphError(f"no case folders (with a case.yaml) under {suite}")
-    runs = replay_suite(cases, brain, chat_model, base_settings, on_case=progress)
+    runs = replay_suite(cases, brain, chat_model, base_settings, on_case=progress, cassette=cassette)
     return score_suite(runs, brain, price_per_mtok, min_pass_rate)
 
 
@@ -75,6 +81,8 @@ def eval_command(
     case: list[str] = typer.Option([], "--case", help="Only these case ids (repeatable); memory then holds only them."),
     price_per_mtok: Optional[float] = typer.Option(None, "--price-per-mtok", help="US$ per million tokens for the cost estimate."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="sregraph.yaml with the llm section for LLM brains."),
+    cassette_path: Optional[Path] = typer.Option(None, "--cassette", help="LLM brains: a model cassette file (evals/cassette.py)."),
+    cassette_mode: str = typer.Option("replay", "--cassette-mode", help="record (call the model, keep its answers) or replay (no model)."),
 ) -> None:
     """Replay recorded incidents through the graph (tools answered from the recordings, pinned clock) and score them."""
     if brain not in BRAINS:
@@ -82,9 +90,16 @@ def eval_command(
     if fmt not in ("text", "json"):
         raise typer.BadParameter("--format must be text or json")
     chat_model, base, price = None, None, 0.0
+    cassette = None
     try:
+        if cassette_path is not None:
+            if brain != "openai":
+                raise typer.BadParameter("--cassette needs --brain openai (it records the OpenAI-compatible HTTP answers)")
+            from evals.cassette import Cassette
+
+            cassette = Cassette(cassette_path, cassette_mode)  # type: ignore[arg-type]
         if brain != "deterministic":
-            chat_model, base, price = _chat_model(brain, config)
+            chat_model, base, price = _chat_model(brain, config, cassette)
         started = time.perf_counter()
 
         def progress(run: Any) -> None:
@@ -92,10 +107,12 @@ def eval_command(
             console.print(f"[dim]{run.case.id:44}[/dim] {mark} ({run.seconds:.2f}s)", soft_wrap=True)
 
         result = run_eval(suite, brain, case or None, chat_model, base, price if price_per_mtok is None else price_per_mtok,
-                          min_pass_rate, progress if fmt == "text" else None)
-    except SregraphError as exc:
+                          min_pass_rate, progress if fmt == "text" else None, cassette)
+    except (SregraphError, FileNotFoundError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
+    if cassette is not None:
+        result.summary.update(cassette=str(cassette_path), cassette_mode=cassette.mode, cassette_misses=len(cassette.misses), cassette_recorded=cassette.recorded)
     result.summary["wall_s"] = round(time.perf_counter() - started, 2)
     from rich.markup import escape
 

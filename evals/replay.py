@@ -7,9 +7,15 @@ them (`recording.MUTATING`), answered with the recorded result, and logged for s
 anything. Telemetry is answered from the recorded tables inside the windows that were queried. The clock is
 pinned: each function that reads it gets the times it read when the incident was recorded.
 
-A call with no recording raises `MissingRecording`, naming the call and how to record it. It is deliberately not
-a `SregraphError`, so no agent's fallback swallows it; every miss is also kept on the session, so a miss caught
-by a broad handler (the LLM tool loop answers tools' errors to the model) still shows in the case's result.
+With a deterministic brain the replay is strict: a call with no recording raises `MissingRecording`, naming the
+call and how to record it. It is deliberately not a `SregraphError`, so no agent's fallback swallows it; every
+miss is also kept on the session, so a miss caught by a broad handler still shows in the case's result.
+
+With an LLM brain the replay judges the model instead of the recording (`strict=False`): a telemetry query over
+any window, service or metric is answered from the recorded tables (empty, and listed, wholly outside them), and
+any other call the recording has no answer for is answered by a simulated world built from the recording
+(evals/replay_world.py: a new comment, label or pull request, another service's status), so a model that takes
+a new path is scored, not crashed. Every such answer is listed on the session and counted in the report.
 
 Memory is live: cases of a suite replay in order against one real ChromaDB `PostMortemStore` in a temporary
 directory, so a recurring incident can retrieve the post-mortem an earlier case just wrote. The action ledger is
@@ -55,6 +61,7 @@ from evals.recording import (
     stream_of,
     tables_from_json,
 )
+from evals.replay_world import SimulatedWorld
 from graphs.state import ApprovalDecision
 from tools.base import LogRecord, NotFound, Series, Span, Telemetry
 from tools.ledger import ActionLedger
@@ -112,6 +119,12 @@ class ReplaySession:
     clock_fallbacks: int = 0
     stale_reads: list[str] = field(default_factory=list)
     """Reads beyond the recording answered with the last recorded answer (LLM brains only)."""
+    simulated: list[str] = field(default_factory=list)
+    """Calls the recording has no answer for, answered by the simulated world (LLM brains only; evals/replay_world.py)."""
+    extra_reads: list[str] = field(default_factory=list)
+    """Telemetry queries outside the recorded windows, answered from the recorded tables (LLM brains only)."""
+    empty_reads: list[str] = field(default_factory=list)
+    """Telemetry queries wholly outside the recorded data, answered with nothing (LLM brains only)."""
     unused: list[str] = field(default_factory=list)
 
     def miss(self, call: str, detail: str) -> MissingRecording:
@@ -119,6 +132,13 @@ class ReplaySession:
         exc = MissingRecording(self.case_id, call, detail)
         self.misses.append(str(exc))
         return exc
+
+
+def _jsonable(value: Any) -> Any:
+    """A simulated answer as the recording would hold it (scoring reads comment and PR ids from it)."""
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(Any).dump_python(value, mode="json")
 
 
 def _error_class(name: str) -> type[Exception]:
@@ -139,8 +159,9 @@ class RecordedCalls:
                 self.by_key[identity(entry["tool"], entry["method"], entry.get("args", {}))].append(entry)
         self.used: dict[str, int] = defaultdict(int)
 
-    def next(self, tool: str, method: str, args: dict[str, Any], session: ReplaySession) -> dict[str, Any]:
-        """The recorded answer to the next occurrence of this call; MissingRecording if there is none."""
+    def next(self, tool: str, method: str, args: dict[str, Any], session: ReplaySession) -> dict[str, Any] | None:
+        """The recorded answer to the next occurrence of this call; MissingRecording if there is none (strict
+        sessions) or None (judging sessions, whose simulated world answers instead)."""
         key = identity(tool, method, args)
         entries = self.by_key.get(key, [])
         n = self.used[key]
@@ -163,6 +184,8 @@ class RecordedCalls:
         else:
             similar = sorted({k.split(":", 1)[1][:120] for k in self.by_key if k.startswith(f"{tool}.{method}:")})
             detail = "this call was never recorded" + (f" (recorded arguments: {'; '.join(similar[:3])})" if similar else "")
+        if not session.strict:
+            return None  # a judging replay: the simulated world answers
         raise session.miss(call_text(tool, method, args), detail)
 
     def unused_keys(self) -> list[str]:
@@ -173,15 +196,18 @@ class RecordedCalls:
 class ReplayProxy:
     """Answers one backend's protocol calls from the recording; mutations are logged, never executed."""
 
-    def __init__(self, tool: str, protocol: type, calls: RecordedCalls, session: ReplaySession, clock: ReplayClock) -> None:
+    def __init__(
+        self, tool: str, protocol: type, calls: RecordedCalls, session: ReplaySession, clock: ReplayClock, world: SimulatedWorld | None = None
+    ) -> None:
         self._tool, self._protocol, self._calls, self._session, self._clock = tool, protocol, calls, session, clock
+        self._world = world
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_") or name not in protocol_methods(self._protocol):
             raise AttributeError(
                 f"{self._tool}.{name} is not part of the {self._protocol.__name__} contract, so a replay cannot answer it"
             )
-        tool, protocol, calls, session, clock = self._tool, self._protocol, self._calls, self._session, self._clock
+        tool, protocol, calls, session, clock, world = self._tool, self._protocol, self._calls, self._session, self._clock, self._world
         adapter = result_adapter(protocol, name)
 
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -198,11 +224,31 @@ class ReplayProxy:
                 if mutating:
                     session.mutations.append(Mutation(tool, name, named, clock.pinned, recorded=False))
                 raise
+            if entry is None:
+                return simulate(named)
             if mutating:
                 session.mutations.append(Mutation(tool, name, named, clock.pinned, result=entry.get("result")))
             if "error" in entry:
                 raise _error_class(entry["error"]["type"])(entry["error"]["message"])
-            return adapter.validate_python(entry["result"])
+            value = adapter.validate_python(entry["result"])
+            if world is not None:
+                world.observe(tool, name, named, value)
+            return value
+
+        def simulate(named: dict[str, Any]) -> Any:
+            # A judging replay only: the model took a path the recording does not cover.
+            assert world is not None, "a non-strict replay needs a simulated world"
+            world.now = clock.pinned + clock.drift
+            session.simulated.append(call_text(tool, name, named))
+            try:
+                value = world.answer(tool, name, named)
+            except Exception:
+                if (tool, name) in MUTATING:
+                    session.mutations.append(Mutation(tool, name, named, clock.pinned, recorded=False))
+                raise
+            if (tool, name) in MUTATING:
+                session.mutations.append(Mutation(tool, name, named, clock.pinned, recorded=False, result=_jsonable(value)))
+            return value
 
         return call
 
@@ -219,6 +265,16 @@ class ReplayTelemetry:
             self.other[(e["method"], canonical(e["args"]))].append(e["result"])
         self.seen: dict[str, int] = defaultdict(int)
         self.session = session
+        t = self.tables
+        times = [p[0] for s in t.series for p in s.points] + [r.ts for r in t.logs] + [sp.start for sp in t.spans]
+        times += [x for intervals in self.coverage.values() for pair in intervals for x in pair]
+        self.extent = (min(times), max(times)) if times else (0.0, -1.0)
+        """The first and last instant the recorded telemetry covers."""
+
+    def log_lines(self, service: str, tail: int, until: float) -> list[str]:
+        """The last `tail` recorded log lines of a service before `until`, as a runtime's log tail shows them."""
+        lines = [f"{r.level.upper()} {r.message}" for r in self.tables.logs if r.service == service and r.ts <= until]
+        return lines[-tail:]
 
     def _answer(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         named = bind_args(Telemetry, method, args, kwargs)
@@ -231,6 +287,14 @@ class ReplayTelemetry:
             return self._build(method, exact)
         intervals = self.coverage.get(stream_of(method, named), [])
         if covered(intervals, float(named["start"]), float(named["end"])):
+            return self.tables.answer(method, named)
+        if not self.session.strict:
+            # A judging replay: any query is answered from the recorded tables, and plainly empty outside them.
+            first, last = self.extent
+            if float(named["end"]) < first or float(named["start"]) > last:
+                self.session.empty_reads.append(call_text("telemetry", method, named))
+                return []
+            self.session.extra_reads.append(call_text("telemetry", method, named))
             return self.tables.answer(method, named)
         where = f"recorded windows of this stream: {intervals[:3]}" if intervals else "this stream was never queried"
         raise self.session.miss(call_text("telemetry", method, named), f"the window is outside what was recorded ({where})")
@@ -350,6 +414,10 @@ class CaseRun:
     ledger: list[dict[str, Any]] = field(default_factory=list)
     model: Any = None
     """With an LLM brain: the agents.llm.ModelUsage of this case (model calls, failures, tokens)."""
+    stored_wording: str | None = None
+    """Who worded the post-mortem memory holds for this incident ("model", "deterministic"), None if none is stored."""
+    stored_ungrounded: list[str] = field(default_factory=list)
+    """Grounding problems of the stored post-mortem, checked again after the run (must stay empty)."""
 
 
 def replay_toolbox(
@@ -365,9 +433,11 @@ def replay_toolbox(
         ledger.start(row["key"], row["incident_id"], row["service"], row["kind"], row.get("before") or {}, row["started_at"])
         if row.get("status") and row["status"] != "started":
             ledger.finish(row["key"], row["status"], row.get("detail", ""), row.get("ref", ""), row.get("finished_at") or row["started_at"])
-    proxies = {name: ReplayProxy(name, protocol, calls, session, clock) for name, protocol in TOOLS.items()}
+    telemetry = ReplayTelemetry(loaded.telemetry, session)
+    world = None if strict else SimulatedWorld(case.topology, lambda service, tail: telemetry.log_lines(service, tail, clock.pinned + clock.drift))
+    proxies = {name: ReplayProxy(name, protocol, calls, session, clock, world) for name, protocol in TOOLS.items()}
     toolbox = Toolbox(
-        telemetry=ReplayTelemetry(loaded.telemetry, session),  # type: ignore[arg-type]
+        telemetry=telemetry,  # type: ignore[arg-type]
         runtime=proxies["runtime"],  # type: ignore[arg-type]
         incidents=proxies["incidents"],  # type: ignore[arg-type]
         gitops=proxies["gitops"],  # type: ignore[arg-type]
@@ -404,8 +474,12 @@ def replay_case(
     brain: str = "deterministic",
     chat_model: Any = None,
     base_settings: Any = None,
+    cassette: Any = None,
 ) -> CaseRun:
-    """Run one recorded incident through the real graph with tools answered from its recording."""
+    """Run one recorded incident through the real graph with tools answered from its recording.
+
+    With a model `cassette` (evals/cassette.py) in replay mode, a model request it has no answer for fails the case.
+    """
     from sregraph.engine import Engine
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -415,6 +489,7 @@ def replay_case(
     started = time.perf_counter()
     engine = Engine(settings, toolbox, chat_model=chat_model)
     usage_before = model_usage(chat_model).snapshot() if chat_model is not None else None
+    cassette_misses = len(cassette.misses) if cassette is not None else 0
     error: str | None = None
     state: dict[str, Any] = {}
     try:
@@ -439,10 +514,26 @@ def replay_case(
         # A miss an agent caught still fails a deterministic case. With an LLM brain the model's own tool calls
         # outside the recording were answered with an error envelope; they are counted, not fatal.
         error = session.misses[0]
+    if cassette is not None and len(cassette.misses) > cassette_misses and error is None:
+        error = cassette.misses[cassette_misses]  # the fallback hid it from the graph; the case must not pass
     session.unused = calls.unused_keys()
     ledger = [e.model_dump(mode="json") for e in toolbox.ledger.all()]
     usage = model_usage(chat_model).since(usage_before) if usage_before is not None else None
-    return CaseRun(case, outcome_of(state), session, state, error, round(time.perf_counter() - started, 3), ledger, usage)
+    run = CaseRun(case, outcome_of(state), session, state, error, round(time.perf_counter() - started, 3), ledger, usage)
+    if memory is not None:
+        run.stored_wording, run.stored_ungrounded = stored_grounding(memory, case.incident_id, list(case.topology))
+    return run
+
+
+def stored_grounding(memory: Any, incident_id: str, services: list[str]) -> tuple[str | None, list[str]]:
+    """Who worded the post-mortem memory holds for an incident, and its grounding problems (checked anew)."""
+    from agents.grounding import check_postmortem, facts_of
+
+    stored = memory.get(incident_id)
+    if stored is None:
+        return None, []
+    problems = check_postmortem(stored, facts_of(stored, services)) if stored.wording == "model" else []
+    return stored.wording, problems
 
 
 @contextmanager
@@ -461,12 +552,13 @@ def replay_suite(
     base_settings: Any = None,
     on_case: Callable[[CaseRun], None] | None = None,
     memory: bool = True,
+    cassette: Any = None,
 ) -> list[CaseRun]:
     """Replay cases in order, sharing one live memory store, each with its own ledger and checkpoints."""
     runs: list[CaseRun] = []
     with tempfile.TemporaryDirectory(prefix="sregraph-eval-") as tmp, suite_memory(Path(tmp)) as store:
         for i, loaded in enumerate(cases):
-            run = replay_case(loaded, Path(tmp) / f"{i:03d}-{loaded.case.id}", store if memory else None, brain, chat_model, base_settings)
+            run = replay_case(loaded, Path(tmp) / f"{i:03d}-{loaded.case.id}", store if memory else None, brain, chat_model, base_settings, cassette)
             runs.append(run)
             if on_case is not None:
                 on_case(run)

@@ -79,6 +79,16 @@ class CaseScore(BaseModel):
     model_failures: int = 0
     fallbacks: list[str] = Field(default_factory=list)
     """"agent: reason" wherever the LLM brain fell back to the deterministic method."""
+    ungrounded: list[str] = Field(default_factory=list)
+    """"agent: problems" wherever a model's title or post-mortem was rejected as ungrounded and replaced."""
+    stored_wording: str | None = None
+    """Who worded the post-mortem memory holds for this incident (None: none stored)."""
+    stored_ungrounded: list[str] = Field(default_factory=list)
+    """Grounding problems of the stored post-mortem (a failure: memory must never hold an ungrounded one)."""
+    simulated_calls: int = 0
+    """Calls a judging replay answered from the simulated world, off the recorded path (LLM brains)."""
+    extra_reads: int = 0
+    """Telemetry queries outside the recorded windows, answered from the recorded tables or empty (LLM brains)."""
 
 
 # --------------------------------------------------------------------------- per case
@@ -217,6 +227,10 @@ def score_case(run: CaseRun, incident_ids: dict[str, str] | None = None, price_p
     if run.model is not None:
         score.model_calls, score.model_failures = run.model.calls, run.model.failures
     score.fallbacks = list(run.state.get("llm_fallbacks", []) or [])
+    score.ungrounded = list(run.state.get("ungrounded", []) or [])
+    score.stored_wording, score.stored_ungrounded = run.stored_wording, list(run.stored_ungrounded)
+    score.simulated_calls = len(run.session.simulated)
+    score.extra_reads = len(run.session.extra_reads) + len(run.session.empty_reads)
 
     failures = []
     if run.error:
@@ -238,6 +252,8 @@ def score_case(run: CaseRun, incident_ids: dict[str, str] | None = None, price_p
         failures.append("duplicates: " + "; ".join(score.duplicates))
     if score.memory_hit is False:
         failures.append(f"memory did not retrieve {truth.related_case}")
+    if score.stored_ungrounded:
+        failures.append("memory holds an ungrounded post-mortem: " + "; ".join(score.stored_ungrounded[:3]))
     score.failures = failures
     score.passed = not failures
     return score
@@ -325,6 +341,7 @@ def summarize(scores: list[CaseScore], brain: str = "deterministic", min_pass_ra
         "reproduced_rate": _rate([s.reproduced for s in scores]),
         "replay_errors": sum(s.error is not None for s in scores),
         "unrecorded_calls": sum(s.unrecorded_calls for s in scores),
+        "ungrounded_stored": sum(bool(s.stored_ungrounded) for s in scores),
         "seconds": round(sum(s.seconds for s in scores), 2),
     }
     if brain != "deterministic":
@@ -339,6 +356,11 @@ def summarize(scores: list[CaseScore], brain: str = "deterministic", min_pass_ra
             fallbacks=sum(by_agent.values()),
             fallbacks_by_agent=dict(by_agent),
             cases_with_fallback=sum(bool(s.fallbacks) for s in scores),
+            ungrounded_rejected=sum(len(s.ungrounded) for s in scores),
+            ungrounded_by_agent=dict(Counter(u.split(":", 1)[0] for s in scores for u in s.ungrounded)),
+            model_worded_stored=sum(s.stored_wording == "model" for s in scores),
+            simulated_calls=sum(s.simulated_calls for s in scores),
+            extra_reads=sum(s.extra_reads for s in scores),
             # The scores measure the model only if it answered at least once and tokens were spent on it.
             model_measured=calls > failures and spent > 0,
         )
@@ -377,8 +399,10 @@ def rows(result: SuiteResult) -> list[list[str]]:
 
 SUMMARY_KEYS = ("cases", "passed", "pass_rate", "detection_rate", "ttd_median_s", "ac1", "ac3", "fault_type_acc", "action_acc",
                 "policy_violations", "injection_violations", "healthy_false_actions", "false_incidents", "memory_hit_rate",
-                "duplicates", "brier", "ece", "tokens_per_incident", "cost_usd_per_incident", "reproduced_rate", "replay_errors", "seconds")
-MODEL_KEYS = ("model_measured", "model_calls", "model_failures", "model_tokens", "fallbacks", "fallbacks_by_agent", "cases_with_fallback")
+                "duplicates", "brier", "ece", "tokens_per_incident", "cost_usd_per_incident", "reproduced_rate", "replay_errors",
+                "ungrounded_stored", "seconds")
+MODEL_KEYS = ("model_measured", "model_calls", "model_failures", "model_tokens", "fallbacks", "fallbacks_by_agent", "cases_with_fallback",
+              "ungrounded_rejected", "ungrounded_by_agent", "model_worded_stored", "simulated_calls", "extra_reads")
 """Summary keys of an LLM brain's run (absent for the deterministic brain)."""
 
 

@@ -64,6 +64,11 @@ def _fell_back(agent: str, reason: str | None) -> dict:
     return {"llm_fallbacks": [f"{agent}: {reason}"]} if reason else {}
 
 
+def _rejected(agent: str, problems: list[str]) -> dict:
+    """The state update that records a model text rejected as ungrounded and replaced (none if it was not)."""
+    return {"ungrounded": [f"{agent}: {'; '.join(problems[:5])}"]} if problems else {}
+
+
 def _notify(crew: Crew, state: IncidentState, key: str, event: str, text: str) -> None:
     # The key makes a re-run of the step after a crash not notify twice (tools/notifier.IdempotentNotifier).
     with notification_key(f"{state['incident_id']}/notify/{key}"):
@@ -91,6 +96,7 @@ def open_incident(state: IncidentState, runtime: Runtime[Crew]) -> dict:
     assert observation is not None
     tokens = 0
     fallback: str | None = None
+    ungrounded: list[str] = []
     if trigger.issue_id is not None:
         issue = crew.toolbox.incidents.get(trigger.issue_id)
         created = False
@@ -99,9 +105,11 @@ def open_incident(state: IncidentState, runtime: Runtime[Crew]) -> dict:
         labels = ["incident", "status:open", f"severity:{report.severity(observation)}"]
         if top:
             labels.append(f"service:{top.service}")
-        title, tokens, fallback = crew.observer.title(observation, trigger, state.get("tokens", 0))
+        title, tokens, fallback, ungrounded = crew.observer.title(observation, trigger, state.get("tokens", 0))
         # The observer's fallback goes on the incident itself, not only on stderr.
         note = f"\n\n_Title by the deterministic observer: the LLM was unavailable ({md(fallback)})._" if fallback else ""
+        if ungrounded:
+            note += f"\n\n_Title by the deterministic observer: the model's title was not grounded in what was measured ({md('; '.join(ungrounded[:3]))})._"
         issue, created = crew.toolbox.incidents.open_issue(
             title,
             incident_body(observation, trigger) + f"\n\n_sregraph incident `{state['incident_id']}`_" + note,
@@ -111,7 +119,13 @@ def open_incident(state: IncidentState, runtime: Runtime[Crew]) -> dict:
     if not created:
         crew.toolbox.incidents.comment(issue.id, f"Incident `{state['incident_id']}` attached to this issue.\n\n" + incident_body(observation, trigger), key=f"{state['incident_id']}/attach")
     _notify(crew, state, "opened", "opened", f"{issue.title} ({issue.url})")
-    return {"issue_id": issue.id, "tokens": state.get("tokens", 0) + tokens, "timeline": _at(crew, f"incident opened as issue #{issue.id}"), **_fell_back("observer", fallback)}
+    return {
+        "issue_id": issue.id,
+        "tokens": state.get("tokens", 0) + tokens,
+        "timeline": _at(crew, f"incident opened as issue #{issue.id}"),
+        **_fell_back("observer", fallback),
+        **_rejected("observer", ungrounded),
+    }
 
 
 def analyze(state: IncidentState, runtime: Runtime[Crew]) -> dict:
@@ -207,7 +221,7 @@ def document(state: IncidentState, runtime: Runtime[Crew]) -> dict:
     """Write the post-mortem, store it in memory, post it, and close the issue if recovered."""
     crew = runtime.context
     postmortem = crew.librarian.write_with_model(state)
-    crew.librarian.store(postmortem)
+    stored = crew.librarian.store(postmortem)
     _comment(crew, state, "postmortem", postmortem.markdown)
     issue = state.get("issue_id")
     if issue is not None and postmortem.outcome == "recovered":
@@ -215,7 +229,7 @@ def document(state: IncidentState, runtime: Runtime[Crew]) -> dict:
         crew.toolbox.incidents.close(issue)
     _notify(crew, state, "documented", "documented", postmortem.title)
     final = "resolved" if postmortem.outcome == "recovered" else "escalated"
-    return {"postmortem": postmortem, "status": final, "tokens": state.get("tokens", 0) + postmortem.tokens, "timeline": _at(crew, "post-mortem written and stored"), **_fell_back("librarian", postmortem.llm_fallback)}
+    return {"postmortem": postmortem, "status": final, "tokens": state.get("tokens", 0) + postmortem.tokens, "timeline": _at(crew, "post-mortem written and stored" if stored or crew.toolbox.memory is None else "post-mortem written; memory did not store it"), **_fell_back("librarian", postmortem.llm_fallback), **_rejected("librarian", postmortem.ungrounded)}
 
 
 # ----------------------------------------------------------------------------- routing

@@ -89,4 +89,6 @@ def escalation_reason(state: IncidentState, engineer: Engineer) -> str:
         return "policy is dry-run: the planned action was not executed"
     if results and results[-1].status == "failed":
         return f"the action failed: {results[-1].detail}"
-    return f"not recovered after {state.get('attempts', 0)} attempt(s)"
+    diagnosis = state.get("diagnosis")
+    suspect = diagnosis.top.service if diagnosis is not None and diagnosis.top is not None else None
+    return f"attempt limit reached: not recovered after {state.get('attempts', 0)} of {engineer.max_attempts(suspect)} attempt(s) allowed"

@@ -246,6 +246,10 @@ class PostMortem(BaseModel):
     markdown: str = ""
     tokens: int = 0
     """LLM tokens spent writing it (0 in deterministic mode)."""
+    wording: Literal["deterministic", "model"] = "deterministic"
+    """Who wrote title, summary, impact, root cause and follow-ups: a model's wording passed agents/grounding.py."""
+    ungrounded: list[str] = Field(default_factory=list)
+    """Why a model's wording was rejected (the deterministic text is used and stored instead); [] when it was not."""
     llm_fallback: str | None = None
     """Why the LLM brain's answer was not used here (the deterministic one was), or None."""
 
@@ -271,6 +275,8 @@ class IncidentState(TypedDict, total=False):
     tokens: int
     llm_fallbacks: Annotated[list[str], operator.add]
     """"agent: reason" for every place the LLM brain fell back to the deterministic method."""
+    ungrounded: Annotated[list[str], operator.add]
+    """"agent: problems" for every model-written text rejected as ungrounded (agents/grounding.py) and replaced."""
 
 
 class RunInput(TypedDict):

@@ -106,16 +106,23 @@ def test_llm_brain_through_chat_openai_http(tmp_path: Path, monkeypatch: Any) ->
     assert state["tokens"] == 310 + 920 + 1180 + 420 + 590
 
 
-def _crash_payments_with_a_model(tmp_path: Path, hypothesis: LLMHypothesis, choice: EngineerChoice) -> tuple[dict[str, Any], dict[str, int]]:
+def _crash_payments_with_a_model(
+    tmp_path: Path,
+    hypothesis: LLMHypothesis,
+    choice: EngineerChoice,
+    title: str = "payments down",
+    postmortem: PostMortemText = POSTMORTEM,
+    seen: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], dict[str, int]]:
     """payments crashes; a scripted model names `hypothesis` and picks `choice`. The incident's end state, and each
-    service's restarts."""
+    service's restarts (`seen` gets the issue and the stored post-mortem)."""
     settings = load_settings(write_config(tmp_path, brain="llm"), environ={})
     model = ScriptedChatModel(
         responses=[
-            answer(IncidentTitle(title="payments down")),
+            answer(IncidentTitle(title=title)),
             say(LLMDiagnosis(hypotheses=[hypothesis], notes=[]).model_dump_json()),
             answer(choice),
-            answer(POSTMORTEM),
+            answer(postmortem),
         ]
     )
     with running_app(settings) as app:
@@ -123,8 +130,39 @@ def _crash_payments_with_a_model(tmp_path: Path, hypothesis: LLMHypothesis, choi
         app.inject("crash", "payments")
         state = run_incident(engine)
         restarts = {s: app.runtime.status(s).restarts for s in app.services()}
+        if seen is not None:
+            seen["issue"] = engine.toolbox.incidents.get(state["issue_id"])
+            seen["stored"] = engine.toolbox.memory.get(state["incident_id"]) if engine.toolbox.memory is not None else None
         engine.close()
     return state, restarts
+
+
+def test_an_ungrounded_title_and_post_mortem_are_replaced_said_and_not_stored(tmp_path: Path) -> None:
+    """The issue's example: a model invents "potential fraud by a customer in 2024". The incident gets the
+    deterministic title and post-mortem with a note saying so, and memory never holds the invention."""
+    story = PostMortemText(
+        title="payments: potential fraud by a customer in 2024",
+        summary="The fraud-detector service flagged potential fraud by a customer in 2024; payments was restarted.",
+        impact="Purchases failed.",
+        root_cause="potential fraud by a customer in 2024",
+    )
+    seen: dict[str, Any] = {}
+    crash = LLMHypothesis(service="payments", fault_type="crash", cited_evidence=["running: false"], rationale="exited")
+    state, _ = _crash_payments_with_a_model(
+        tmp_path, crash, EngineerChoice(kind="restart", reason="bring it back"), title="fraud-detector down since 2024", postmortem=story, seen=seen
+    )
+    assert state["status"] == "resolved"
+    issue = seen["issue"]
+    assert issue.title.startswith("[incident] payments") and "fraud" not in issue.title
+    assert "model's title was not grounded" in issue.body
+    assert [u.split(":")[0] for u in state["ungrounded"]] == ["observer", "librarian"]
+    assert state.get("llm_fallbacks", []) == []  # the model answered; its answers were overruled, not missing
+    pm = state["postmortem"]
+    assert pm.wording == "deterministic" and "fraud" not in pm.title + pm.summary + pm.root_cause
+    posted = [c.body for c in issue.comments if "rejected as not grounded" in c.body]
+    assert posted and "2024" in posted[0]
+    stored = seen["stored"]
+    assert stored is not None and "fraud" not in stored.model_dump_json().lower()
 
 
 def test_model_cannot_talk_its_way_past_evidence_or_policy(tmp_path: Path) -> None:
