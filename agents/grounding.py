@@ -93,6 +93,9 @@ FAULT_PHRASES: dict[str, re.Pattern[str]] = {
     "dependency_down": re.compile(r"dependency[ _](?:down|failure|outage)", re.I),
     "conversion_drop": re.compile(r"conversion", re.I),
 }
+SCHEMA_ECHO = re.compile(r"\bjson\b|\bschema\b|&#\d+;|maxlength|maxitems|\"type\"\s*:|[{}]", re.I)
+"""The answer format talking about itself (seen from SmolLM2: "This is a JSON object that contains the
+post-mortem text", escaped schema fragments): says nothing about the incident, so it is not a write-up of it."""
 TIME_SLACK_S = 120.0
 """A time a write-up names may lie this far outside the recorded window (clock rounding, minute precision)."""
 
@@ -325,6 +328,9 @@ def check_texts(fields: Mapping[str, str], facts: Facts, *, root_cause_field: st
         problems += [f"{name} names a service that does not exist: {s}" for s in unknown_services(text, facts)]
         problems += [f"{name} names a time outside the incident: {t}" for t in times_outside(text, facts)]
         problems += [f"{name} names a cause nothing measured: {c.group(0)}" for c in UNMEASURED_CAUSE.finditer(text) if not facts.known(c.group(0))]
+        echo = SCHEMA_ECHO.search(text)
+        if echo and not facts.known(echo.group(0)):
+            problems.append(f"{name} describes the answer format, not the incident: {echo.group(0)!r}")
         if name != "follow_ups":  # follow-ups propose actions; everything else may only report them
             problems += [f"{name} claims an action that did not run: {a}" for a in actions_not_taken(text, facts)]
             if facts.outcome in ("escalated", "not_recovered"):

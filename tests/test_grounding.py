@@ -108,6 +108,13 @@ HOSTILE = {
         impact="Purchases failed.",
         root_cause="payments had a bad deploy.",
     ),
+    "the answer format describing itself (SmolLM2, stored before this rule)": PostMortemText(
+        title="Crash on payments",
+        summary="This is a JSON object that contains the post-mortem text of the incident.",
+        impact="No, no impact!",
+        root_cause="payments crash.",
+        follow_ups=['.&#34;items&#34;: &#34;title&#34;, &#34;type&#34;: &#34;string&#34;, &#34;maxItems&#34;: 200}, '],
+    ),
     "a missing section": PostMortemText(title="Crash on payments", summary="payments crashed.", impact="", root_cause="payments crash."),
     "a title about something else": PostMortemText(
         title="Quarterly review of the shop",
@@ -296,3 +303,16 @@ def test_a_real_memory_never_serves_the_rejected_text(tmp_path: Path) -> None:
     assert "fraud" not in stored.model_dump_json().lower() and "2024" not in stored.model_dump_json()
     found = store.search("potential fraud by a customer in 2024", k=1)
     assert found and "fraud" not in found[0].summary.lower()
+
+
+def test_an_incident_with_no_diagnosed_service_still_gets_no_schema_echo_stored() -> None:
+    """18-healthy-issue with SmolLM2: no service was diagnosed, so the service rules had nothing to hold the text
+    to, and "The Librarian Model / This is a JSON object..." was stored. It is not a write-up of anything."""
+    state = {"incident_id": "inc-issue", "timeline": [TimelineEntry(at=T0, event="detected: reported: checkout is slow"), TimelineEntry(at=T0 + 5, event="escalated: no hypothesis explains the symptoms")], "escalation": "no hypothesis explains the symptoms"}
+    draft = Librarian(SimpleNamespace(services=SERVICES, memory=None)).write(state)  # type: ignore[arg-type]
+    assert draft.service == "unknown"
+    echo = draft.model_copy(update={"title": "The Librarian Model", "summary": "This is a JSON object that contains the post-mortem text of the incident.",
+                                    "impact": "No, no impact!", "root_cause": "No, no root cause found.", "wording": "model"})
+    assert any("answer format" in p for p in check_postmortem(echo, facts_of(draft, SERVICES)))
+    plain = echo.model_copy(update={"title": "Reported slowness on checkout, not confirmed", "summary": "A human reported checkout as slow; no service deviated and no hypothesis explained it, so it went to a human."})
+    assert check_postmortem(plain, facts_of(draft, SERVICES)) == []
