@@ -19,17 +19,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from graphs.state import ActionResult, Diagnosis, Evidence, FaultType, Hypothesis, Observation, Signal, SimilarIncident
-from sregraph.config import AnalystConfig, ObserverConfig
+from pydantic import BaseModel, ConfigDict, Field
+
 from tools.base import Change, ServiceStatus, SregraphError
+from tools.domain import ActionResult, Diagnosis, Evidence, FaultType, Hypothesis, Observation, Signal, SimilarIncident
 from tools.gitops import is_own_change
 from tools.toolbox import Toolbox
 
 from agents.grounding import invented_services
+from agents.observer import ObserverConfig
 from agents.rca import ServiceScore, features, rank
-from agents.rca_confidence import ARTEFACT, ConfidenceModel
+from agents.rca_confidence import ARTEFACT, ConfidenceModel, default_min_confidence
 from agents.rca_live import live_input
 from agents.signals import Windows, log_evidence, measure, trace_origins
+
+
+class AnalystConfig(BaseModel):
+    """Analyst knobs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    change_lookback_s: float = Field(default=900.0, ge=0)
+    """Deploys and config changes this far before the onset count as suspects."""
+    min_confidence: float = Field(default_factory=default_min_confidence, ge=0, le=1)
+    """Below this the engineer escalates instead of acting. The default is the threshold evals/tune_rca.py chose
+    from the confidence model's out-of-fold selective-risk curve, stored in agents/rca_confidence.json
+    (docs/rca.md); sregraph.yaml or SREGRAPH_ANALYST__MIN_CONFIDENCE override it."""
+    similar_k: int = Field(default=3, ge=0, le=100)
+    memory_min_similarity: float = Field(default=0.55, ge=-1, le=1)
+
 
 log = logging.getLogger(__name__)
 
@@ -428,7 +446,7 @@ class Analyst:
     ) -> Diagnosis:
         from agents.llm import LLMDiagnosis, incident_budget, run_tool_loop
         from prompts import render
-        from tools.readonly import build_readonly_tools
+        from agents.investigation import build_readonly_tools
 
         tb = self.toolbox
         memory_search = (lambda text: tb.memory.search(text, k=self.config.similar_k)) if tb.memory is not None else None

@@ -5,16 +5,31 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from graphs.state import Action, ActionKind, ActionPlan, ActionResult, Diagnosis, FaultType, Hypothesis, Observation, Verification
-from sregraph.config import AnalystConfig, EngineerConfig, ObserverConfig
 from tools.base import Refused, SregraphError
+from tools.domain import Action, ActionKind, ActionPlan, ActionResult, Diagnosis, FaultType, Hypothesis, Observation, Verification
 from tools.toolbox import Toolbox
 
+from agents.analyst import AnalystConfig
 from agents.grounding import invented_services
+from agents.observer import ObserverConfig
 from agents.policy import Policy
 from agents.signals import Windows, measure
+
+
+class EngineerConfig(BaseModel):
+    """Engineer knobs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_attempts: int = Field(default=3, ge=1)
+    """Remediation attempts per incident before escalating (a policy may lower it per service)."""
+    verify_timeout_s: float = Field(default=25.0, gt=0)
+    stable_checks: int = Field(default=3, ge=1)
+    """Consecutive healthy polls that count as recovered."""
+    verify_poll_s: float = Field(default=0.5, gt=0)
+
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from graphs.state import Observation, PostMortem
+from tools.domain import Observation, PostMortem
 
 METRIC_NAMES = frozenset(
     {"error_ratio", "latency_p95_ms", "memory_rss_mb", "cpu_percent", "request_rate", "conversion_ratio", "log_errors", "health", "stale"}

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from graphs.state import IncidentState, PostMortem, SimilarIncident
+from tools.domain import IncidentState, PostMortem, SimilarIncident
 from tools.base import SregraphError
 from tools.display import md, md_block
 from tools.redact import redact_data

@@ -4,7 +4,7 @@ Every agent works without a model; a model only ever *adds* an opinion. So every
 `LLMError` (a `SregraphError`), which callers catch to fall back to their deterministic method. Bad
 configuration (a missing API key, a watsonx URL not set) is a `ConfigError` naming the field or variable.
 
-The tool loop lets a model call read-only tools (tools/readonly.py) for at most `max_steps` model calls and a
+The tool loop lets a model call read-only tools (agents/investigation.py) for at most `max_steps` model calls and a
 token budget, then asks for a structured answer. Tokens are counted locally with real tiktoken on every
 message (cl100k_base, an approximation for non-OpenAI models); when the provider reports usage, its numbers
 are what the budget is charged.
@@ -48,7 +48,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from agents.tokens import TokenBudget, count_tokens, trim_to_tokens
-from graphs.state import FaultType
+from tools.domain import FaultType
 from tools.base import ConfigError, SregraphError, ToolResult
 from tools.resilience import Resilience, ResilienceConfig
 

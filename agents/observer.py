@@ -5,17 +5,44 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from graphs.state import Observation, Signal, Trigger
-from sregraph.config import ObserverConfig
 from tools.base import SregraphError
 from tools.display import md
+from tools.domain import Observation, Signal, Trigger
 from tools.toolbox import Toolbox
 
 from agents.grounding import check_title
 from agents.senses import MetricSense
 from agents.signals import Windows, backtrack_onset, measure
+
+
+class ObserverConfig(BaseModel):
+    """How the observer decides an incident exists."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    window_s: float = Field(default=6.0, gt=0)
+    """Recent window compared with the baseline."""
+    baseline_s: float = Field(default=30.0, gt=0)
+    """Length of the baseline window that ends where the recent window starts."""
+    z_threshold: float = Field(default=4.0, gt=0)
+    """Robust z-score above which a metric counts as deviating."""
+    confirm_polls: int = Field(default=2, ge=1)
+    """Consecutive polls a deviation must persist before an incident opens (flap suppression)."""
+    confirm_s: float = Field(default=1.5, ge=0)
+    """...and for at least this long, so a restart's sub-second gap is not an incident."""
+    poll_s: float = Field(default=0.5, gt=0)
+    detect_timeout_s: float = Field(default=20.0, ge=0)
+    """How long one observe step watches before calling the system healthy (0: one look)."""
+    ensemble: bool = True
+    """Also run the streaming detector ensemble on every series (agents/senses.py), not only the window rule."""
+    ensemble_warmup_points: int = Field(default=40, ge=5)
+    """Points of a series the ensemble learns from before it may alert."""
+    ensemble_gate: float = Field(default=2.0, gt=0)
+    """An ensemble alert needs the value worse than baseline by this many times the metric's smallest change
+    that matters (agents/signals.py RULES)."""
+
 
 
 log = logging.getLogger(__name__)

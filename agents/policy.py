@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from graphs.state import Action, ActionKind
+from tools.domain import Action, ActionKind
 from tools.base import ConfigError
 
 

@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
-from graphs.state import Signal
+from tools.domain import Signal
 from tools.base import LogRecord, Span, Telemetry
 from tools.toolbox import Toolbox
 

@@ -37,7 +37,7 @@ import numpy as np
 
 def _serve(root: str, runs: int, ready: Any, stop: Any) -> None:
     """The API process: a worker with `runs` finished incidents and one waiting for approval."""
-    from graphs.state import Trigger
+    from tools.domain import Trigger
     from sregraph.api_auth import ApiStore
     from sregraph.engine import Engine
     from sregraph.server import ApiServer, create_app

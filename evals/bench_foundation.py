@@ -51,7 +51,7 @@ from agents.llm import LLMDiagnosis, LLMHypothesis
 from agents.observer import IncidentTitle
 from graphs.checkpoint import open_checkpointer
 from graphs.graph import Crew, build_graph
-from graphs.state import Trigger
+from tools.domain import Trigger
 from sregraph.config import Settings
 from sregraph.engine import build_crew
 from tools.base import HealthResult, LogRecord, NotFound, ServiceStatus, Span
@@ -59,7 +59,7 @@ from tools.gitops import LocalGitOps
 from tools.incidents import LocalIncidentSurface
 from tools.ledger import ActionLedger
 from tools.notifier import JsonlNotifier
-from tools.readonly import READONLY_TOOL_NAMES
+from agents.investigation import READONLY_TOOL_NAMES
 from tools.telemetry import LocalTelemetryStore
 from tools.toolbox import Toolbox
 
@@ -569,7 +569,7 @@ TOOL_ARGS: dict[str, dict[str, Any]] = {
     "recent_changes": {},
     "similar_incidents": {"text": "payments down, checkout and frontend error ratio 1.0"},
 }
-"""One call of every read-only tool, with arguments named as in tools/readonly.py."""
+"""One call of every read-only tool, with arguments named as in agents/investigation.py."""
 
 SCRIPTED_TITLE = "payments down, checkout and frontend failing"
 SCRIPTED_DIAGNOSIS = LLMDiagnosis(

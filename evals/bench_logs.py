@@ -31,7 +31,7 @@ from tools.base import LogRecord
 from tools.telemetry import LocalTelemetryStore
 
 MAX_TEMPLATES = 8
-"""What tools/readonly.py shows (MAX_LOG_TEMPLATES), for both summaries."""
+"""What agents/investigation.py shows (MAX_LOG_TEMPLATES), for both summaries."""
 TOOL_LIMIT = 500
 """Records the `search_logs` tool fetches per call."""
 FAULTS: list[tuple[str, str, dict[str, Any]]] = [

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from graphs.state import PostMortem, TimelineEntry
+from tools.domain import PostMortem, TimelineEntry
 
 SERVICES = [
     "payments",

@@ -31,7 +31,7 @@ def _rss_mb() -> float:
 
 def concurrent(root: Path, incidents: int, concurrency: int) -> dict[str, Any]:
     """`incidents` alerts at once on one worker."""
-    from graphs.state import Trigger
+    from tools.domain import Trigger
     from sregraph.engine import Engine
     from sregraph.worker import Worker
     from tests.worker_harness import World, settings_for, toolbox_for

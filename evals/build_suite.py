@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from evals.recording import Case, Injected, Recorder, Truth, new_case, read_calls, read_case, write_case
-from graphs.state import ApprovalDecision, Trigger
+from tools.domain import ApprovalDecision, Trigger
 from tools.base import LogRecord
 
 SUITE = Path(__file__).resolve().parent / "suite"

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from agents.analyst import Analyst
-from graphs.state import Diagnosis, FaultType, Observation
+from tools.domain import Diagnosis, FaultType, Observation
 from sregraph.config import AnalystConfig, ObserverConfig
 from tools.base import (
     Change,

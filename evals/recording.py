@@ -32,7 +32,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, TypeAdapter
 
-from graphs.state import Trigger
+from tools.domain import Trigger
 from tools.base import (
     Clock,
     Deployer,
@@ -174,7 +174,7 @@ class Truth(BaseModel):
     service: str | None = None
     """The root-cause service."""
     fault_type: str | None = None
-    """The fault type (graphs.state.FaultType)."""
+    """The fault type (tools.domain.FaultType)."""
     fault_types: list[str] = Field(default_factory=list)
     """Every fault type accepted as right (the main one included), e.g. crash for a stopped dependency."""
     actions: list[str] = Field(default_factory=list)

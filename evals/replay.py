@@ -62,7 +62,7 @@ from evals.recording import (
     tables_from_json,
 )
 from evals.replay_world import SimulatedWorld
-from graphs.state import ApprovalDecision
+from tools.domain import ApprovalDecision
 from tools.base import LogRecord, NotFound, Series, Span, Telemetry
 from tools.ledger import ActionLedger
 from tools.toolbox import Toolbox

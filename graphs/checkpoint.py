@@ -9,15 +9,20 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite import SqliteSaver
 from pydantic import BaseModel
 
-from graphs import state as state_module
+from tools import domain
+
+LEGACY_MODULE = "graphs.state"
+"""Where the state's types lived before tools.domain: checkpoints written then name it (graphs/state.py
+re-exports the types under that name)."""
 
 
 def _state_types() -> list[tuple[str, str]]:
-    return [
-        (state_module.__name__, name)
-        for name, value in vars(state_module).items()
-        if isinstance(value, type) and issubclass(value, BaseModel) and value.__module__ == state_module.__name__
+    names = [
+        name
+        for name, value in vars(domain).items()
+        if isinstance(value, type) and issubclass(value, BaseModel) and value.__module__ == domain.__name__
     ]
+    return [(module, name) for module in (domain.__name__, LEGACY_MODULE) for name in names]
 
 
 def open_checkpointer(path: Path | str) -> SqliteSaver:

@@ -19,8 +19,7 @@ from agents.analyst import Analyst
 from agents.engineer import Engineer
 from agents.librarian import Librarian
 from agents.observer import Observer, incident_body
-from graphs.state import ApprovalDecision, IncidentState, RunInput, TimelineEntry
-from sregraph.config import Settings
+from tools.domain import ApprovalDecision, IncidentState, RunInput, TimelineEntry
 from tools.display import md
 from tools.notifier import notification_key
 from tools.toolbox import Toolbox
@@ -32,7 +31,6 @@ from graphs import report
 class Crew:
     """The four agents and what they share; the graph's run context."""
 
-    settings: Settings
     toolbox: Toolbox
     observer: Observer
     analyst: Analyst

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from graphs.state import ActionPlan, ActionResult, Diagnosis, IncidentState, Observation, Verification
+from tools.domain import ActionPlan, ActionResult, Diagnosis, IncidentState, Observation, Verification
 from tools.display import md
 
 if TYPE_CHECKING:

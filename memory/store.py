@@ -9,7 +9,7 @@ import chromadb
 from chromadb.config import Settings
 from pydantic import ValidationError
 
-from graphs.state import PostMortem, SimilarIncident
+from tools.domain import PostMortem, SimilarIncident
 from memory.embeddings import WordLlamaEmbeddingFunction
 from tools.base import ConfigError, ToolError
 from tools.redact import redact_data

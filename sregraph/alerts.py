@@ -53,7 +53,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from graphs.state import Trigger
+from tools.domain import Trigger
 from tools.base import Clock, ConfigError, SystemClock
 
 log = logging.getLogger(__name__)

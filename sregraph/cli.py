@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Column, Table
 
-from graphs.state import ApprovalDecision, Trigger
+from tools.domain import ApprovalDecision, Trigger
 from sregraph.config import Settings, load_settings
 from sregraph.datadir import data_dir_to_read
 from evals.eval_cli import eval_app

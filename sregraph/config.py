@@ -13,67 +13,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from agents.analyst import AnalystConfig
+from agents.engineer import EngineerConfig
 from agents.llm import LLMConfig
-from agents.rca_confidence import default_min_confidence
+from agents.observer import ObserverConfig
 from tools.base import ConfigError
 from tools.channels import NotificationsConfig
 
 ENV_PREFIX = "SREGRAPH_"
-
-
-class ObserverConfig(BaseModel):
-    """How the observer decides an incident exists."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    window_s: float = Field(default=6.0, gt=0)
-    """Recent window compared with the baseline."""
-    baseline_s: float = Field(default=30.0, gt=0)
-    """Length of the baseline window that ends where the recent window starts."""
-    z_threshold: float = Field(default=4.0, gt=0)
-    """Robust z-score above which a metric counts as deviating."""
-    confirm_polls: int = Field(default=2, ge=1)
-    """Consecutive polls a deviation must persist before an incident opens (flap suppression)."""
-    confirm_s: float = Field(default=1.5, ge=0)
-    """...and for at least this long, so a restart's sub-second gap is not an incident."""
-    poll_s: float = Field(default=0.5, gt=0)
-    detect_timeout_s: float = Field(default=20.0, ge=0)
-    """How long one observe step watches before calling the system healthy (0: one look)."""
-    ensemble: bool = True
-    """Also run the streaming detector ensemble on every series (agents/senses.py), not only the window rule."""
-    ensemble_warmup_points: int = Field(default=40, ge=5)
-    """Points of a series the ensemble learns from before it may alert."""
-    ensemble_gate: float = Field(default=2.0, gt=0)
-    """An ensemble alert needs the value worse than baseline by this many times the metric's smallest change
-    that matters (agents/signals.py RULES)."""
-
-
-class AnalystConfig(BaseModel):
-    """Analyst knobs."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    change_lookback_s: float = Field(default=900.0, ge=0)
-    """Deploys and config changes this far before the onset count as suspects."""
-    min_confidence: float = Field(default_factory=default_min_confidence, ge=0, le=1)
-    """Below this the engineer escalates instead of acting. The default is the threshold evals/tune_rca.py chose
-    from the confidence model's out-of-fold selective-risk curve, stored in agents/rca_confidence.json
-    (docs/rca.md); sregraph.yaml or SREGRAPH_ANALYST__MIN_CONFIDENCE override it."""
-    similar_k: int = Field(default=3, ge=0, le=100)
-    memory_min_similarity: float = Field(default=0.55, ge=-1, le=1)
-
-
-class EngineerConfig(BaseModel):
-    """Engineer knobs."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_attempts: int = Field(default=3, ge=1)
-    """Remediation attempts per incident before escalating (a policy may lower it per service)."""
-    verify_timeout_s: float = Field(default=25.0, gt=0)
-    stable_checks: int = Field(default=3, ge=1)
-    """Consecutive healthy polls that count as recovered."""
-    verify_poll_s: float = Field(default=0.5, gt=0)
 
 
 class TelemetryConfig(BaseModel):

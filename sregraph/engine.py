@@ -21,7 +21,7 @@ from agents.observer import Observer
 from agents.policy import load_policy
 from graphs.checkpoint import open_checkpointer
 from graphs.graph import Crew, build_graph
-from graphs.state import ApprovalDecision, Trigger
+from tools.domain import ApprovalDecision, Trigger
 from sregraph.config import Settings
 from sregraph.observability import Metrics, incident_var
 from tools.base import ConfigError, NotFound
@@ -127,7 +127,6 @@ def build_crew(settings: Settings, toolbox: Toolbox, chat_model: Any = None) -> 
         chat_model = make_chat_model(settings.llm)
     policy = load_policy(settings.policy_file)
     return Crew(
-        settings=settings,
         toolbox=toolbox,
         observer=Observer(toolbox, settings.observer, chat_model, settings.llm),
         analyst=Analyst(toolbox, settings.analyst, settings.observer, chat_model, settings.llm),

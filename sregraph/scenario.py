@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from graphs.state import Trigger
+from tools.domain import Trigger
 from sregraph.config import Settings
 from tools.base import ConfigError
 

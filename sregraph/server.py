@@ -28,7 +28,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Stre
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
-from graphs.state import ApprovalDecision
+from tools.domain import ApprovalDecision
 from sregraph import ingest
 from sregraph.alerts import _RateLimiter
 from sregraph.api_auth import ApiStore, Principal, Role

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from graphs.state import Trigger
+from tools.domain import Trigger
 from sregraph.alerts import SERVICE_LABELS, AlertGroup, AlertmanagerAlert, parse_webhook, service_of, trigger_for
 from tools.base import Clock, ConfigError, SystemClock
 

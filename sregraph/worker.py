@@ -28,7 +28,7 @@ from concurrent.futures import wait as wait_futures
 from types import FrameType
 from typing import Any
 
-from graphs.state import ApprovalDecision, Trigger
+from tools.domain import ApprovalDecision, Trigger
 from sregraph.alerts import AlertReceiver
 from sregraph.config import AlertsConfig
 from sregraph.engine import FINAL, Engine

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from graphs.state import Trigger
+from tools.domain import Trigger
 from sregraph.config import Settings
 from sregraph.engine import Engine, local_toolbox
 from sregraph.localenv.app import LocalApp

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from graphs.state import Trigger
+from tools.domain import Trigger
 from sregraph.alerts import (
     AlertReceiver,
     ResolvedAlert,

@@ -14,7 +14,7 @@ from agents.engineer import Engineer
 from agents.observer import Observer
 from agents.policy import Policy, ServicePolicy, load_policy
 from agents.rca_confidence import ARTEFACT, ConfidenceModel
-from graphs.state import Action, Observation
+from tools.domain import Action, Observation
 from sregraph.config import AnalystConfig, EngineerConfig, ObserverConfig
 from tools.base import ConfigError, HealthResult, LogRecord, NotFound, ServiceStatus, Span
 from tools.gitops import LocalGitOps
@@ -120,7 +120,7 @@ def make_toolbox(tmp_path: Path, runtime: FakeRuntime, health: FakeHealth) -> To
 
 def observe(tb: Toolbox) -> Observation:
     cfg = ObserverConfig(window_s=6, baseline_s=30, confirm_polls=1, confirm_s=0, detect_timeout_s=0)
-    return Observer(tb, cfg).observe(trigger=__import__("graphs.state", fromlist=["Trigger"]).Trigger())
+    return Observer(tb, cfg).observe(trigger=__import__("tools.domain", fromlist=["Trigger"]).Trigger())
 
 
 def analyst(tb: Toolbox) -> Analyst:
@@ -288,7 +288,7 @@ def test_bad_policy_file_names_the_field(tmp_path: Path) -> None:
 
 
 def test_dry_run_changes_nothing_and_refusals_are_recorded(tmp_path: Path) -> None:
-    from graphs.state import ActionPlan, Diagnosis, Evidence, Hypothesis
+    from tools.domain import ActionPlan, Diagnosis, Evidence, Hypothesis
 
     class CountingRuntime(FakeRuntime):
         restarted = 0
@@ -354,7 +354,7 @@ def test_a_rollback_is_never_reverted(tmp_path: Path) -> None:
 
 
 def test_a_suspect_change_already_reverted_falls_back_to_a_checked_restart(tmp_path: Path) -> None:
-    from graphs.state import ActionPlan
+    from tools.domain import ActionPlan
 
     class CountingRuntime(FakeRuntime):
         restarted = 0
@@ -426,7 +426,7 @@ def test_the_live_analyst_reads_the_same_ranker_as_the_benchmark(tmp_path: Path)
 
 def test_what_each_fault_type_needs_in_the_evidence() -> None:
     from agents.analyst import ServiceEvidence, unsupported
-    from graphs.state import Signal
+    from tools.domain import Signal
 
     class _Toolbox:
         def downstream_of(self, service: str) -> set[str]:

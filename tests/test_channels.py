@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from graphs.state import Trigger
+from tools.domain import Trigger
 from sregraph.config import load_settings
 from sregraph.engine import RunRegistry, routed_notifier
 from tools.base import ToolError

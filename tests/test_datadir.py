@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from graphs.state import Trigger
+from tools.domain import Trigger
 from sregraph.cli import app
 from sregraph.datadir import data_dir_to_read, last_written
 from sregraph.demo import FaultResult, next_commands

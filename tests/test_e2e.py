@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from graphs.state import ApprovalDecision
+from tools.domain import ApprovalDecision
 from sregraph.config import Settings, load_settings
 from sregraph.engine import Engine
 from sregraph.localenv.app import LocalApp

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from graphs.state import Trigger
+from tools.domain import Trigger
 from sregraph.config import load_settings
 from sregraph.engine import Engine
 from tests.test_analyst import TOPOLOGY, FakeHealth, FakeRuntime, make_toolbox, write_series

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from graphs.state import Trigger
+from tools.domain import Trigger
 from sregraph.engine import Engine, RunRegistry
 from sregraph.escalation import Escalator
 from sregraph.worker import Worker

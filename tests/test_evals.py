@@ -27,7 +27,7 @@ from evals.recording import (
 )
 from evals.replay import CaseRun, Mutation, ReplaySession, load_case, load_suite, replay_case, replay_suite
 from evals.scoring import brier, ece, score_case, summarize
-from graphs.state import Action, ActionResult, ApprovalDecision, Trigger
+from tools.domain import Action, ActionResult, ApprovalDecision, Trigger
 from tools.base import LogRecord, Series, Span
 
 CRASH = SUITE / "01-crash-payments"

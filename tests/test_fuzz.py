@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from graphs.state import Trigger
+from tools.domain import Trigger
 from sregraph.alerts import MAX_ALERTS, SUMMARY_CHARS, AlertReceiver, WebhookError, parse_webhook
 from sregraph.storm import StormGate
 from tests.test_analyst import FixedClock

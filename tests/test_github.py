@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from graphs.state import Trigger
+from tools.domain import Trigger
 from sregraph.config import load_settings
 from sregraph.engine import Engine
 from tests.github_server import FakeGitHub

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from graphs.state import Trigger
+from tools.domain import Trigger
 from sregraph.config import load_settings
 from sregraph.engine import Engine
 from sregraph.worker import Worker

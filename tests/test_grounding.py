@@ -16,7 +16,7 @@ import pytest
 
 from agents.grounding import check_postmortem, check_title, facts_of
 from agents.librarian import Librarian, PostMortemText
-from graphs.state import (
+from tools.domain import (
     Action,
     ActionResult,
     Diagnosis,

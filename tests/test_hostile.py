@@ -35,7 +35,7 @@ from typer.testing import CliRunner
 from agents.librarian import render_markdown
 from agents.observer import incident_body
 from graphs import report
-from graphs.state import (
+from tools.domain import (
     Diagnosis,
     Evidence,
     Hypothesis,

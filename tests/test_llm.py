@@ -39,7 +39,7 @@ from agents.tokens import (
     summarize_series,
     trim_to_tokens,
 )
-from graphs.state import SimilarIncident
+from tools.domain import SimilarIncident
 from tests.fakes import FakeOpenAIServer, ScriptedChatModel, answer, say, tool_call
 from tests.fakes.openai_server import reply
 from tools.base import (
@@ -53,7 +53,7 @@ from tools.base import (
     SregraphError,
     TransientError,
 )
-from tools.readonly import READONLY_TOOL_NAMES, build_readonly_tools
+from agents.investigation import READONLY_TOOL_NAMES, build_readonly_tools
 
 REPO = Path(__file__).resolve().parents[1]
 NOW = 1_700_000_000.0

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import memory.embeddings as embeddings
-from graphs.state import PostMortem, TimelineEntry
+from tools.domain import PostMortem, TimelineEntry
 from memory import PostMortemStore, WordLlamaEmbeddingFunction, document_text
 from tools.base import ConfigError, ToolError
 

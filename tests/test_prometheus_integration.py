@@ -32,7 +32,7 @@ import yaml
 
 from agents.slo import parse_slo_text
 from agents.slo_rules import PAGE_ALERT, render_rules
-from graphs.state import Trigger
+from tools.domain import Trigger
 from sregraph.alerts import AlertReceiver
 from sregraph.config import Settings, load_settings
 from sregraph.engine import Engine, local_toolbox

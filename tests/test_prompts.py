@@ -14,7 +14,7 @@ import pytest
 from jinja2 import UndefinedError
 
 from agents.tokens import count_tokens
-from graphs.state import (
+from tools.domain import (
     Action,
     ActionResult,
     Evidence,

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from graphs.state import Trigger
+from tools.domain import Trigger
 from sregraph.api_auth import ApiStore
 from sregraph.engine import Engine
 from sregraph.events import EventLog

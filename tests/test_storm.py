@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from graphs.state import Trigger
+from tools.domain import Trigger
 from sregraph.alerts import AlertmanagerAlert, WebhookError
 from sregraph.storm import StormGate, alert_fingerprint
 from tests.test_analyst import FixedClock

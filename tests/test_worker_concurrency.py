@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from graphs.state import ApprovalDecision, Trigger
+from tools.domain import ApprovalDecision, Trigger
 from sregraph.config import load_settings
 from sregraph.engine import Engine
 from sregraph.worker import Worker

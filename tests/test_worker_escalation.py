@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from graphs.state import Trigger
+from tools.domain import Trigger
 from sregraph.engine import Engine
 from sregraph.worker import ISSUE_LIST_MAX_AGE_S, Worker
 from tests.worker_harness import Scenario, World, settings_for, toolbox_for

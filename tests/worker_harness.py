@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from graphs.state import ApprovalDecision, Trigger
+from tools.domain import ApprovalDecision, Trigger
 from sregraph.config import Settings, load_settings
 from sregraph.engine import FINAL, Engine
 from sregraph.worker import Worker

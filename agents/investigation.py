@@ -21,9 +21,6 @@ from typing import Any, ParamSpec
 from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import ValidationError
 
-from agents.logtemplates import summarize_templates
-from agents.tokens import summarize_series
-from graphs.state import SimilarIncident
 from tools.base import (
     Clock,
     GitOps,
@@ -35,6 +32,10 @@ from tools.base import (
     ToolResult,
     TransientError,
 )
+from tools.domain import SimilarIncident
+
+from agents.logtemplates import summarize_templates
+from agents.tokens import summarize_series
 
 log = logging.getLogger(__name__)
 
