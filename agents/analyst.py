@@ -72,7 +72,7 @@ W_RANKER = 0.5
 RANKER_MIN_DEVIATION = 1.6
 """... and only on a service whose own metrics moved by log1p(z) >= 1.6 (z about 4, the observer's threshold),
 or whose traces or logs did: on a healthy system the ranker still orders services by their noise, which is no
-evidence. Its z-scores are scaled by at least each metric's floor (`agents.signals.RULES`), as the window rule's
+evidence. Its z-scores are scaled by at least each metric's floor (`agents.rules.RULES`), as the window rule's
 are: without the floor, a latency of 5.1 ms with a flat baseline that reads 8 ms once was z ≈ 12 (log1p 2.5)."""
 
 CHANGE_SLACK_S = 5.0

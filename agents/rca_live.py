@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from agents.rca import LogRow, MetricSeries, RcaInput, SpanRow, infer_kind
-from agents.signals import RULES, Windows
+from agents.rules import RULES
+from agents.signals import Windows
 from tools.base import Telemetry
 
 
@@ -25,7 +26,7 @@ def live_input(
 ) -> RcaInput:
     """The ranker's input from the windows the analyst measured: metrics of both windows, error lines, spans.
 
-    Each metric carries the analyst's floor for it (`agents.signals.RULES`): a latency of 5.1 ms that is 8 ms
+    Each metric carries the analyst's floor for it (`agents.rules.RULES`): a latency of 5.1 ms that is 8 ms
     for one sample is no deviation, however flat its baseline was.
     """
     series: list[MetricSeries] = []

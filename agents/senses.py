@@ -28,7 +28,7 @@ from agents.detectors import (
     RobustLevel,
     SpreadChange,
 )
-from agents.signals import RULES
+from agents.rules import RULES
 
 
 def live_ensemble(warmup_points: int = 40) -> Ensemble:
