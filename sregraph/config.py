@@ -153,7 +153,7 @@ class Settings(BaseModel):
 
 
 NOT_SETTINGS = frozenset({
-    "SREGRAPH_CONFIG", "SREGRAPH_HOME", ALERTS_TOKEN_ENV,
+    "SREGRAPH_CONFIG", "SREGRAPH_HOME", ALERTS_TOKEN_ENV, "SREGRAPH_GITHUB_WEBHOOK_SECRET",
     # the project's scripts and tests: where the container engine, the apt log, the venv, the shared datasets
     # and the test model live, and how llama.cpp is built
     "SREGRAPH_ENGINE_DIR", "SREGRAPH_CACHE_DIR", "SREGRAPH_APT_LOG", "SREGRAPH_VENV", "SREGRAPH_LLAMA_CMAKE_ARGS",

@@ -10,8 +10,10 @@ the audit log. Answers pass through the redactor, as everything sregraph lets ou
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -26,6 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from tools.domain import ApprovalDecision
@@ -43,6 +46,8 @@ API = "/api/v1"
 MAX_BODY = 64 * 1024
 """Largest request body taken (the Alertmanager receiver has its own, smaller, limits on what is inside)."""
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+GITHUB_WEBHOOK_SECRET_ENV = "SREGRAPH_GITHUB_WEBHOOK_SECRET"
+"""The secret GitHub signs webhook deliveries with (environment only, like every secret)."""
 UI = Path(__file__).parent / "ui"
 """The dashboard: hand-written HTML, CSS and JavaScript, no build step, nothing from a CDN."""
 POLL_S = 0.1
@@ -145,6 +150,16 @@ def create_app(
         feed.publish(incident_id, node, update)
 
     engine.progress = progress
+
+    @functools.cache
+    def github_receiver() -> Any:
+        secret = os.environ.get(GITHUB_WEBHOOK_SECRET_ENV, "")
+        surface = engine.toolbox.incidents
+        if not secret or not hasattr(surface, "commands_from_webhook"):
+            return None
+        from tools.github import WebhookReceiver
+
+        return WebhookReceiver(surface, secret)
     app = FastAPI(
         title="sregraph",
         version="1",
@@ -254,6 +269,33 @@ def create_app(
     def reject(incident_id: str, body: DecisionBody, principal: Operator, request: Request) -> dict[str, Any]:
         """Reject the plan of an incident waiting at the approval gate; the incident is escalated."""
         return _decide(incident_id, False, body, principal, request)
+
+    @app.post(f"{API}/incidents/{{incident_id}}/retry", status_code=202, tags=["incidents"])
+    def retry(incident_id: str, principal: Operator, request: Request) -> dict[str, Any]:
+        """Investigate an escalated incident again, on its issue (like `/retry` on the issue): a new incident."""
+        request.state.audit = {"incident_id": incident_id}
+        _state(incident_id)
+        new_id = worker.retry(incident_id, f"api:{principal.name}")
+        if new_id is None:
+            raise HTTPException(409, f"incident {incident_id} is not escalated")
+        return {"incident_id": incident_id, "retry": new_id}
+
+    @app.post(f"{API}/github/webhook", tags=["incidents"])
+    async def github_webhook(request: Request) -> JSONResponse:
+        """GitHub's issue_comment deliveries: slash commands, honoured as on a poll (authenticated by the
+        webhook's HMAC signature, not a token; needs surface github and SREGRAPH_GITHUB_WEBHOOK_SECRET)."""
+        receiver = github_receiver()
+        if receiver is None:
+            raise HTTPException(404, "no GitHub webhook here: needs surface github and SREGRAPH_GITHUB_WEBHOOK_SECRET")
+        result = receiver.handle(dict(request.headers), await request.body())
+        request.state.audit = {"github": result.reason[:200]}
+        done = await asyncio.to_thread(worker.apply_commands, result.commands) if result.commands else []
+        return JSONResponse({"detail": result.reason, "done": done}, status_code=result.status)
+
+    @app.get("/metrics", tags=["health"])
+    def metrics(_: Viewer) -> Response:
+        """The worker's Prometheus metrics (scrape with the token: `authorization: {credentials: ...}`)."""
+        return Response(generate_latest(engine.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post(f"{API}/incidents/{{incident_id}}/acknowledge", tags=["incidents"])
     def acknowledge(incident_id: str, principal: Operator, request: Request) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tools.domain import ApprovalDecision, Trigger
 from sregraph.alerts import AlertReceiver
@@ -36,6 +36,9 @@ from sregraph.escalation import Escalator
 from sregraph.observability import HealthState
 from sregraph.storm import Notification, StormGate
 from tools.base import Clock, ConfigError, Issue, NotFound, SregraphError
+
+if TYPE_CHECKING:
+    from tools.github import Command
 
 log = logging.getLogger("sregraph.worker")
 
@@ -165,14 +168,17 @@ class Worker:
         """Act on slash commands humans wrote on incident issues (authorised by the surface); returns what was done.
 
         /approve and /reject answer a waiting approval gate; /escalate rejects it as an escalation; /retry
-        starts a new investigation on an escalated incident's issue; /ack stops its escalation tiers. Commands come only from comments by users
-        with write access: text in logs or issue bodies is never parsed for commands.
+        starts a new investigation on an escalated incident's issue; /ack stops its escalation tiers. Commands
+        come only from comments by users with write access: text in logs or issue bodies is never parsed for
+        commands.
         """
         poll = getattr(self.engine.toolbox.incidents, "poll_commands", None)
-        if poll is None:
-            return []
+        return self.apply_commands(poll()) if poll is not None else []
+
+    def apply_commands(self, commands: list[Command]) -> list[str]:
+        """Carry out commands already authorised by the surface (polled, or from a verified webhook delivery)."""
         done = []
-        for command in poll():
+        for command in commands:
             incident_id = self.engine.incident_for_issue(command.issue_id)
             if incident_id is None:
                 log.info("/%s on issue #%s: no incident thread is attached to it", command.name, command.issue_id)
@@ -185,13 +191,21 @@ class Worker:
             elif command.name == "ack":
                 if self.engine.registry.acknowledge(incident_id, command.author):
                     done.append(f"ack {incident_id}")
-            elif command.name == "retry" and self.engine.state(incident_id).get("status") == "escalated":
-                trigger = Trigger(source="issue", issue_id=command.issue_id, summary=f"/retry by {command.author}", fired_at=self.engine.toolbox.clock.now())
-                self._start_new(trigger)
+            elif command.name == "retry" and self.retry(incident_id, command.author) is not None:
                 done.append(f"retry {incident_id}")
             else:
                 log.info("/%s on %s ignored: nothing is waiting for it", command.name, incident_id)
         return done
+
+    def retry(self, incident_id: str, by: str) -> str | None:
+        """Start a new investigation of an escalated incident, on its issue; the new incident's id, or None if
+        it is not escalated."""
+        state = self.engine.state(incident_id)
+        if state.get("status") != "escalated":
+            return None
+        trigger = Trigger(source="issue", issue_id=state.get("issue_id"), summary=f"/retry by {by}", fired_at=self.engine.toolbox.clock.now())
+        new_id, _ = self._start_new(trigger)
+        return new_id
 
     def handle_new_issues(self) -> list[str]:
         """Start an investigation for incident issues humans opened or reopened on an external surface.

@@ -24,6 +24,7 @@ SECRET_ENV_NAMES: tuple[str, ...] = (
     "WATSONX_APIKEY",
     "SREGRAPH_ALERTS_TOKEN",
     "SREGRAPH_SIGNING_KEY",
+    "SREGRAPH_GITHUB_WEBHOOK_SECRET",
 )
 """Environment variables that hold sregraph's own secrets: never handed to a managed service, and their values
 are removed from everything `redact_out` lets out."""
