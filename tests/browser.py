@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -40,6 +41,9 @@ class Browser:
             [binary, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-port=0",
              f"--user-data-dir={profile}", "--window-size=1280,900", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            # Debian's binary is a shell wrapper around the real browser and its helpers: a group of its own
+            # lets `close` stop all of them, not only the wrapper.
+            start_new_session=True,
         )
         port_file = profile / "DevToolsActivePort"
         deadline = time.monotonic() + 30
@@ -56,13 +60,28 @@ class Browser:
         return Page(tab["webSocketDebuggerUrl"])
 
     def close(self) -> None:
-        """Stop the browser."""
-        self.proc.terminate()
+        """Stop the browser and every process it started."""
         try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + 10
+        while _group_alive(self.proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _group_alive(self.proc.pid):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 class Page:
