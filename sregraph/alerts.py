@@ -344,7 +344,7 @@ class ReceiverStats:
     """Connections refused because `max_connections` were being served."""
 
 
-class _RateLimiter:
+class RateLimiter:
     """A token bucket per source address: `rate` requests per second, `burst` at once."""
 
     def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic, max_sources: int = 10_000) -> None:
@@ -429,7 +429,7 @@ class AlertReceiver:
         self.header_timeout_s, self.body_timeout_s = header_timeout_s, body_timeout_s
         self.max_connections = max_connections
         self.on_reject = on_reject
-        self._limiter = _RateLimiter(rate_per_s, rate_burst)
+        self._limiter = RateLimiter(rate_per_s, rate_burst)
         self.stats = ReceiverStats()
         self.resolved: deque[ResolvedAlert] = deque(maxlen=100)
         """The latest resolved groups, newest last."""

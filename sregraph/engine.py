@@ -86,12 +86,9 @@ def local_toolbox(settings: Settings, app: Any) -> Toolbox:
     )
 
 
-def routed_notifier(settings: Settings) -> Any:
-    """The configured channels behind the routing tree, labelling each incident by its trigger's service and
-    severity (as the run registry has them)."""
-    from tools.channels import RoutedNotifier
-
-    config = settings.notifications
+def incident_labels(settings: Settings) -> Callable[[str], dict[str, str]]:
+    """What notifications are routed on, per incident: its trigger's service, severity and source (as the run
+    registry has them)."""
     registry = RunRegistry(settings.data_dir / "runs.db")
 
     def labels_of(incident_id: str) -> dict[str, str]:
@@ -100,8 +97,16 @@ def routed_notifier(settings: Settings) -> Any:
             return {}
         return {"service": trigger.service or "", "severity": trigger.labels.get("severity", ""), "source": trigger.source}
 
+    return labels_of
+
+
+def routed_notifier(settings: Settings) -> Any:
+    """The configured channels behind the routing tree."""
+    from tools.channels import RoutedNotifier
+
+    config = settings.notifications
     channels = {name: channel.build() for name, channel in config.channels.items()}
-    return RoutedNotifier(channels, config.route, labels_of, config.repeat_interval_s)
+    return RoutedNotifier(channels, config.route, incident_labels(settings), config.repeat_interval_s)
 
 
 def telemetry_for(settings: Settings, local: Any) -> Any:

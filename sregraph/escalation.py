@@ -13,7 +13,7 @@ import logging
 import time
 from typing import Any
 
-from sregraph.engine import Engine, RunRegistry
+from sregraph.engine import Engine, RunRegistry, incident_labels
 from tools.channels import EscalationTier, Route, RoutedNotifier
 from tools.notifier import IdempotentNotifier, notification_key
 
@@ -37,9 +37,7 @@ class Escalator:
         config = engine.settings.notifications
         if not config.escalation:
             return None
-        from sregraph.engine import routed_notifier
-
-        labels_of = routed_notifier(engine.settings).labels_of
+        labels_of = incident_labels(engine.settings)
         channels = {name: channel.build() for name, channel in config.channels.items()}
         pagers = [
             IdempotentNotifier(RoutedNotifier(channels, Route(channels=tier.channels), labels_of, 0.0), engine.toolbox.ledger)

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tools.domain import ApprovalDecision
 from sregraph import ingest
-from sregraph.alerts import _RateLimiter
+from sregraph.alerts import RateLimiter
 from sregraph.api_auth import ApiStore, Principal, Role
 from sregraph.events import EventLog
 from sregraph.worker import Worker
@@ -314,7 +314,7 @@ def create_app(
         status, answer = worker.receiver.handle(await request.body())
         return JSONResponse(answer, status_code=status)
 
-    limiter = _RateLimiter(*ingest_limit)
+    limiter = RateLimiter(*ingest_limit)
 
     def _ingest(batch: ingest.LogBatch | ingest.MetricBatch | ingest.SpanBatch, principal: Principal, request: Request) -> dict[str, Any]:
         request.state.audit = {"records": len(batch)}

@@ -11,7 +11,7 @@ from sregraph.escalation import Escalator
 from sregraph.worker import Worker
 from tests.test_channels import Receiver
 from tests.worker_harness import Scenario, World, settings_for, toolbox_for
-from tools.channels import EscalationTier, Message
+from tools.channels import EscalationTier, Message, NotificationsConfig
 from tools.github import Command
 from tools.ledger import ActionLedger
 from tools.notifier import IdempotentNotifier
@@ -66,7 +66,7 @@ def test_worker_pages_through_configured_channels_and_ack_on_the_issue_stops_it(
     try:
         root = tmp_path / "world"
         world = World.create(root)
-        settings = settings_for(root).model_copy(update={"notifications": settings_for(root).notifications.model_validate({
+        settings = settings_for(root).model_copy(update={"notifications": NotificationsConfig.model_validate({
             "channels": {"pager": {"type": "webhook", "url": receiver.url("/pager")}},
             "escalation": [{"after_s": 0, "channels": ["pager"]}, {"after_s": 3600, "channels": ["pager"]}],
         })})

@@ -3,6 +3,7 @@ telemetry store; the SDK batches, retries, and counts what it drops."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -73,7 +74,7 @@ def test_a_bad_record_refuses_its_whole_batch(api, path: str, bad: dict) -> None
     bad = {k: (now if v == 0 else v) for k, v in bad.items()}
     field = {"logs": "records", "metrics": "points", "spans": "spans"}[path]
     answer = client.post(
-        f"/api/v1/ingest/{path}", content=server.json.dumps({field: [good, bad]}, allow_nan=True),
+        f"/api/v1/ingest/{path}", content=json.dumps({field: [good, bad]}, allow_nan=True),
         headers={**_auth(tokens["operator"]), "Content-Type": "application/json"},
     )
     assert answer.status_code == 422, answer.text
