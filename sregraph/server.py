@@ -160,6 +160,7 @@ def create_app(
         from tools.github import WebhookReceiver
 
         return WebhookReceiver(surface, secret)
+
     app = FastAPI(
         title="sregraph",
         version="1",
