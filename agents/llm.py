@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import re
+import sys
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from agents.tokens import TokenBudget, count_tokens, trim_to_tokens
 from tools.domain import FaultType
@@ -73,7 +74,7 @@ StructuredMethod = Literal["json_schema", "json_mode", "function_calling"]
 
 
 class WatsonxConfig(BaseModel):
-    """IBM watsonx.ai connection settings."""
+    """IBM watsonx.ai (IBM Cloud) connection settings; every URL is https, and certificates are always checked."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -82,6 +83,21 @@ class WatsonxConfig(BaseModel):
     project_id: str | None = None
     api_key_env: str = "WATSONX_APIKEY"
     """Name of the environment variable holding the API key (the key itself never sits in config)."""
+    iam_url: str | None = None
+    """IAM token endpoint the API key is exchanged at; None: IBM Cloud's (iam.cloud.ibm.com/identity/token for
+    the production regions). For a private IAM endpoint, or the local server the tests run."""
+    platform_url: str | None = None
+    """The platform API (projects) of `url`; None: the one IBM's client maps a regional `url` to. Needed for a
+    `url` that is not an IBM Cloud region (a private endpoint, the tests' local server)."""
+    ca_bundle: str | None = None
+    """PEM file of the CAs to trust for these URLs (a private CA); None: the system's. Never "don't verify"."""
+
+    @field_validator("url", "iam_url", "platform_url")
+    @classmethod
+    def _https(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("https://"):
+            raise ValueError(f"must be an https:// URL, got {value!r}")
+        return value.rstrip("/") if value else value
 
 
 class LLMConfig(BaseModel):
@@ -270,11 +286,25 @@ def transient_model_error(exc: BaseException) -> bool:
         if exc.status_code == 500 and request_rejected(exc):
             return False
         return exc.status_code in _TRANSIENT_STATUS or exc.status_code >= 500
+    status = _watsonx_status(exc)
+    if status is not None:
+        if status == 500 and request_rejected(exc):
+            return False
+        return status in _TRANSIENT_STATUS or status >= 500
     try:
-        import requests  # ibm-watsonx-ai talks through requests
+        import requests  # older ibm-watsonx-ai releases talk through requests
     except ImportError:  # pragma: no cover
         return False
     return isinstance(exc, (requests.ConnectionError, requests.Timeout))
+
+
+def _watsonx_status(exc: BaseException) -> int | None:
+    """The HTTP status of a watsonx.ai call that answered with an error, None for anything else."""
+    errors = sys.modules.get("ibm_watsonx_ai.wml_client_error")  # not loaded: not a watsonx error
+    if errors is None or not isinstance(exc, errors.ApiRequestFailure):
+        return None
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    return status if isinstance(status, int) else None
 
 
 def _resilience(cfg: LLMConfig) -> Resilience:
@@ -317,22 +347,61 @@ def make_chat_model(cfg: LLMConfig, environ: Mapping[str, str] | None = None, tr
     if not wx.project_id:
         raise ConfigError("llm.watsonx.project_id: not set; provider 'watsonx' needs a project id")
     api_key = _secret(env, wx.api_key_env, "watsonx", "llm.watsonx.api_key_env")
-    # Imported and built only here: the constructor authenticates against IBM Cloud over the network.
-    from langchain_ibm import ChatWatsonx
-
+    if wx.ca_bundle and not os.path.isfile(wx.ca_bundle):
+        raise ConfigError(f"llm.watsonx.ca_bundle: no such file: {wx.ca_bundle}")
     try:
-        watsonx = ChatWatsonx(
-            model_id=cfg.model,
-            url=SecretStr(wx.url),
-            project_id=wx.project_id,
-            api_key=api_key,
-            temperature=cfg.temperature,
-            max_tokens=cfg.max_tokens,
-        )
+        watsonx = _chat_watsonx(cfg, api_key)
     except Exception as exc:  # authentication and connection failures surface from the SDK in many types
-        raise LLMError(f"watsonx: could not set up model {cfg.model} at {wx.url}: {exc}") from exc
+        raise LLMError(
+            f"watsonx: could not set up model {cfg.model} at {wx.url}: {type(exc).__name__}: {exc}"
+        ) from exc
     set_capabilities(watsonx, cfg.structured_method, cfg.max_tokens)
     return guard_model(watsonx, _resilience(cfg))
+
+
+def _chat_watsonx(cfg: LLMConfig, api_key: SecretStr) -> BaseChatModel:
+    """ChatWatsonx over a client whose HTTP has `call_timeout_s` and no retries of its own.
+
+    Imported and built only here: building it exchanges the API key for an IAM token and checks the project
+    and the model over the network. The SDK's default HTTP client retries 401s and 5xx in its transport, and
+    its inference retries 429/503/504; a plain httpx client and `max_retries=0` leave retries to the policy.
+    """
+    import ssl
+
+    import httpx
+    from ibm_watsonx_ai import APIClient, Credentials
+    from ibm_watsonx_ai.foundation_models import ModelInference
+    from langchain_ibm import ChatWatsonx
+
+    wx = cfg.watsonx
+    assert wx.url is not None and wx.project_id is not None  # checked by make_chat_model
+    tls = ssl.create_default_context(cafile=wx.ca_bundle)
+    timeout = httpx.Timeout(cfg.call_timeout_s)
+    credentials = Credentials(
+        url=wx.url,
+        api_key=api_key.get_secret_value(),
+        auth_url=wx.iam_url,
+        platform_url=wx.platform_url,
+        verify=True,
+    )
+    client = APIClient(
+        credentials,
+        project_id=wx.project_id,
+        httpx_client=httpx.Client(timeout=timeout, verify=tls),
+        async_httpx_client=httpx.AsyncClient(timeout=timeout, verify=tls),
+    )
+    params = {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens}
+    inference = ModelInference(
+        model_id=cfg.model, api_client=client, project_id=wx.project_id, params=params, max_retries=0
+    )
+    return ChatWatsonx(
+        watsonx_model=inference,
+        url=SecretStr(wx.url),
+        api_key=api_key,
+        project_id=wx.project_id,
+        temperature=cfg.temperature,
+        max_tokens=cfg.max_tokens,
+    )
 
 
 def _http_client(transport: Any, timeout_s: float) -> Any:

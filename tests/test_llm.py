@@ -794,38 +794,20 @@ def test_watsonx_is_built_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(langchain_ibm, "ChatWatsonx", RecordingChatWatsonx)
     make_chat_model(LLMConfig(provider="openai"), environ={"OPENAI_API_KEY": "k"})
     make_chat_model(LLMConfig(provider="none"), environ={})
-    assert built == []
-
-    cfg = LLMConfig(
-        provider="watsonx",
-        model="ibm/granite-3-8b-instruct",
-        watsonx=WatsonxConfig(url="https://us-south.ml.cloud.ibm.com", project_id="proj-1"),
-    )
-    model = make_chat_model(cfg, environ={"WATSONX_APIKEY": "secret"})
-    assert isinstance(model, RecordingChatWatsonx)
-    (kwargs,) = built
-    assert kwargs["model_id"] == "ibm/granite-3-8b-instruct" and kwargs["project_id"] == "proj-1"
-    assert kwargs["api_key"].get_secret_value() == "secret"
-    assert kwargs["url"].get_secret_value() == "https://us-south.ml.cloud.ibm.com"
-    # Every argument is one the real class accepts (only the package attribute was patched).
-    assert set(kwargs) <= set(langchain_ibm.chat_models.ChatWatsonx.model_fields)
+    assert built == []  # building one for watsonx, against a server of its API, is tests/test_llm_watsonx.py
 
 
-def test_watsonx_misconfiguration_and_auth_failure(monkeypatch: pytest.MonkeyPatch) -> None:
-    import langchain_ibm
-
+def test_watsonx_misconfiguration_and_an_unreachable_endpoint() -> None:
     with pytest.raises(ConfigError, match="llm.watsonx.url"):
         make_chat_model(LLMConfig(provider="watsonx"), environ={"WATSONX_APIKEY": "k"})
     with pytest.raises(ConfigError, match="llm.watsonx.project_id"):
         make_chat_model(LLMConfig(provider="watsonx", watsonx=WatsonxConfig(url="https://x")), environ={})
-
-    def refuse(**kwargs: Any) -> None:
-        raise RuntimeError("IAM token request failed")
-
-    monkeypatch.setattr(langchain_ibm, "ChatWatsonx", refuse)
-    cfg = LLMConfig(provider="watsonx", watsonx=WatsonxConfig(url="https://x", project_id="p"))
-    with pytest.raises(LLMError, match="IAM token request failed"):
-        make_chat_model(cfg, environ={"WATSONX_APIKEY": "k"})
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        down = f"https://127.0.0.1:{probe.getsockname()[1]}"
+    watsonx = WatsonxConfig(url=down, project_id="p", iam_url=f"{down}/identity/token", platform_url=down)
+    with pytest.raises(LLMError, match="could not set up model .*ConnectError: .*Connection refused"):
+        make_chat_model(LLMConfig(provider="watsonx", watsonx=watsonx), environ={"WATSONX_APIKEY": "k"})
 
 
 def test_llm_config_loads_from_settings_environment() -> None:
