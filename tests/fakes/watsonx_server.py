@@ -15,7 +15,8 @@ token and 400 to a request the API would refuse, with watsonx's error body (`err
 Chat answers come from a script (`reply` of tests/fakes/openai_server.py; a status other than 200 answers with
 that status) or, given `backend` (an OpenAI-compatible base_url, e.g. the local llama.cpp server of
 tests/llm_local.py), from a real model: the request is translated to /chat/completions and the answer back.
-`requests` records every request as (method, path, query, headers, body).
+`requests` records every request as (method, path, query, headers, body); `usage_total` sums the tokens
+of the answers' `usage`.
 """
 
 from __future__ import annotations
@@ -150,6 +151,8 @@ class FakeWatsonxServer:
         self.requests: list[Recorded] = []
         self.tokens: dict[str, float] = {}
         """Access tokens issued, with their expiry (epoch seconds)."""
+        self.usage_total = 0
+        """The `usage.total_tokens` of every chat answer, summed."""
         self._chats = 0
         self._secret = secrets.token_bytes(32)
         self._lock = threading.Lock()
@@ -330,6 +333,8 @@ class FakeWatsonxServer:
         self, n: int, message: dict[str, Any], finish: str, prompt: int, completion: int
     ) -> dict[str, Any]:
         now = dt.datetime.now(dt.UTC)
+        with self._lock:
+            self.usage_total += prompt + completion
         return {
             "id": f"chat-{n:08x}", "object": "chat.completion", "model_id": self.model_id,
             "model": self.model_id,
