@@ -26,7 +26,6 @@ import datetime as dt
 import hashlib
 import hmac
 import ipaddress
-import itertools
 import json
 import secrets
 import ssl
@@ -156,7 +155,6 @@ class FakeWatsonxServer:
         self._chats = 0
         self._secret = secrets.token_bytes(32)
         self._lock = threading.Lock()
-        self._ids = itertools.count(1)
         self.ca_file, cert, key = make_tls(directory)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert, key)
