@@ -121,8 +121,24 @@ class Shipper:
         self.client.close()
 
 
+MAX_ATTRS = 50
+"""Attributes of one log record or span the API takes."""
+
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
+
+
+def _extra(record: logging.LogRecord) -> dict[str, Any]:
+    """The fields a caller passed as `extra=` (a trace id, a route), as the record's attributes."""
+    fields = {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+    return {
+        k[:200]: v if v is None or isinstance(v, (bool, int, float)) else str(v)[:1000]
+        for k, v in list(fields.items())[:MAX_ATTRS - 1]
+    }
+
+
 class SregraphHandler(logging.Handler):
-    """A logging handler that ships records to sregraph as the logs of `service`."""
+    """A logging handler that ships records to sregraph as the logs of `service`; fields given as `extra=`
+    become the record's attributes."""
 
     def __init__(self, url: str, token: str, service: str, level: int = logging.INFO, **shipper: Any) -> None:
         super().__init__(level)
@@ -140,7 +156,7 @@ class SregraphHandler(logging.Handler):
             "service": self.service,
             "level": _LEVELS.get(record.levelname, "info"),
             "message": message[:8192],
-            "attrs": {"logger": record.name[:200]},
+            "attrs": {"logger": record.name[:200], **_extra(record)},
         })
 
     @property
@@ -215,3 +231,44 @@ def mark_deploy(
     with httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=timeout_s) as client:
         answer = client.post(f"{url.rstrip('/')}/api/v1/ingest/deploys", json={"deploys": [_deploy(service, version, revision, description, author, ts)]})
         answer.raise_for_status()
+
+
+class SpanShipper:
+    """An OpenTelemetry span exporter that ships the spans of `service` to sregraph: give it to a
+    `BatchSpanProcessor` (`tracer_provider.add_span_processor(BatchSpanProcessor(SpanShipper(url, token, "checkout")))`)."""
+
+    def __init__(self, url: str, token: str, service: str, **shipper: Any) -> None:
+        self.service = service
+        self.shipper = Shipper(url, token, "spans", **shipper)
+
+    def export(self, spans: Any) -> Any:
+        """Queue a batch of finished spans (never blocks; see `Shipper.put`)."""
+        from opentelemetry.sdk.trace.export import SpanExportResult
+        from opentelemetry.trace import StatusCode
+
+        for span in spans:
+            ctx = span.get_span_context()
+            if ctx is None:
+                continue
+            start, end = span.start_time or 0, span.end_time or span.start_time or 0
+            attrs = {str(k)[:200]: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in (span.attributes or {}).items()}
+            self.shipper.put({
+                "trace_id": format(ctx.trace_id, "032x"),
+                "span_id": format(ctx.span_id, "016x"),
+                "parent_id": format(span.parent.span_id, "016x") if span.parent is not None else None,
+                "service": self.service,
+                "name": span.name[:200],
+                "start": start / 1e9,
+                "duration_ms": max(0.0, (end - start) / 1e6),
+                "status": "error" if span.status.status_code == StatusCode.ERROR else "ok",
+                "attrs": dict(list(attrs.items())[:MAX_ATTRS]),
+            })
+        return SpanExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Spans are sent from the shipper's thread; nothing to force."""
+        return True
+
+    def shutdown(self) -> None:
+        """Send what is queued, then stop."""
+        self.shipper.close()
