@@ -229,3 +229,14 @@ def test_a_fault_in_the_demo_app_approved_from_the_dashboard(tmp_path: Path, bro
         app.stop()
         app.close()
         engine.close()
+
+
+def test_the_feed_latency_benchmark_sees_every_graph_step() -> None:
+    if find_browser() is None:
+        pytest.skip("no headless Chromium: bash scripts/browser.sh installs Debian's chromium-headless-shell")
+    from evals.bench_dashboard import run
+
+    result = run(2)
+    assert (result["resolved"], result["missing"]) == (2, 0) and result["steps"] >= 10, result
+    # Published before it is shown, and shown within the 2 s the control room promises.
+    assert 0 < result["p50_ms"] <= result["max_ms"] < 2000, result
