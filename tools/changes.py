@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from tools.base import Change, SregraphError
-from tools.telemetry import LocalTelemetryStore
+from tools.telemetry import LocalTelemetryStore, SplitTelemetry
 
 log = logging.getLogger("sregraph.changes")
 
@@ -23,7 +23,7 @@ MIN_REVISION = 7
 def marker_store(telemetry: Any) -> LocalTelemetryStore | None:
     """The store that keeps deploy markers and external events: the local telemetry store, also when metrics
     come from Prometheus (`SplitTelemetry`); None when there is none."""
-    local = getattr(telemetry, "logs_and_spans", telemetry) if not isinstance(telemetry, LocalTelemetryStore) else telemetry
+    local = telemetry.logs_and_spans if isinstance(telemetry, SplitTelemetry) else telemetry
     return local if isinstance(local, LocalTelemetryStore) else None
 
 
