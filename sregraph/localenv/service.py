@@ -148,6 +148,8 @@ PROPAGATOR = TraceContextTextMapPropagator()
 SHIP_URL_ENV = "SREGRAPH_URL"
 SHIP_TOKEN_ENV = "SREGRAPH_INGEST_TOKEN"
 """Where a shipping service sends its telemetry, and its token (role ingest): environment only, never argv."""
+METRICS_FLUSH_S = 0.05
+"""How long a shipping service's metrics wait in the SDK's queue for more of their tick before they are sent."""
 SHIP_CLOSE_S = 2.0
 """How long a stopping (or dying of OOM) shipping service waits to send what it has queued."""
 _LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR, "critical": logging.CRITICAL}
@@ -160,13 +162,15 @@ class ShippedTelemetry:
     def __init__(self, url: str, token: str, service: str) -> None:
         from sregraph.sdk import MetricsPusher, SpanShipper, SregraphHandler
 
-        options = {"flush_s": TICK_S, "close_timeout_s": SHIP_CLOSE_S, "timeout_s": 5.0}
+        options: dict[str, Any] = {"flush_s": TICK_S, "close_timeout_s": SHIP_CLOSE_S, "timeout_s": 5.0}
         self.handler = SregraphHandler(url, token, service=service, level=logging.DEBUG, **options)
         self.logger = logging.getLogger(f"sregraph.localenv.{service}")
         self.logger.setLevel(logging.DEBUG)
         self.logger.propagate = False  # stdout has its own JSON line already
         self.logger.addHandler(self.handler)
-        self.metrics = MetricsPusher(url, token, service=service, **options)
+        # A tick's points are queued together: sent at once, they arrive as fast as a direct write. Waiting out
+        # a whole tick more would leave a restarted service silent past the observer's staleness limit (2.5 s).
+        self.metrics = MetricsPusher(url, token, service=service, **{**options, "flush_s": METRICS_FLUSH_S})
         self.spans = SpanShipper(url, token, service, **options)
 
     def log(self, level: str, message: str, attrs: dict[str, Any]) -> None:
