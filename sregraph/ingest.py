@@ -160,7 +160,7 @@ Batch = LogBatch | MetricBatch | SpanBatch | DeployBatch | EventBatch
 
 
 def store(telemetry: Any, batch: Batch) -> int:
-    """Write a validated batch into the telemetry store; returns how many records. LookupError if the store
+    """Write a validated batch into the telemetry store; returns how many records it stored. LookupError if the store
     cannot take this kind (metrics read from Prometheus are Prometheus's: push them there)."""
     # With Prometheus for metrics, logs and spans live in the local store beside it (tools.telemetry.SplitTelemetry).
     local = getattr(telemetry, "logs_and_spans", telemetry)
@@ -169,9 +169,8 @@ def store(telemetry: Any, batch: Batch) -> int:
         if markers is None:
             raise LookupError(f"this worker's telemetry backend ({type(telemetry).__name__}) keeps no {type(batch).__name__}es")
         if isinstance(batch, DeployBatch):
-            markers.write_deploys([d.marker() for d in batch.deploys])
-        else:
-            markers.write_events([ExternalEvent(**e.model_dump()) for e in batch.events])
+            return markers.write_deploys([d.marker() for d in batch.deploys])  # a marker sent again is not stored again
+        markers.write_events([ExternalEvent(**e.model_dump()) for e in batch.events])
         return len(batch)
     if isinstance(batch, LogBatch):
         writer = getattr(local, "write_logs", None)

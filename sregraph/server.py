@@ -38,6 +38,7 @@ from sregraph.api_auth import ApiStore, Principal, Role
 from sregraph.events import EventLog
 from sregraph.worker import Worker
 from tools.base import NotFound, SregraphError
+from tools.changes import marker_store
 from tools.redact import redact_data
 
 log = logging.getLogger("sregraph.server")
@@ -118,8 +119,6 @@ def nearby_changes(toolbox: Any, state: dict[str, Any], lookback_s: float, now: 
     """The ingested deploy markers and external events that may explain an incident: of the services its fault
     shows on (the trigger's and the top hypothesis's, with what they call and what calls them; every service
     when neither is known), from `lookback_s` before its first step to its last (now, while it runs)."""
-    from tools.changes import marker_store
-
     markers = marker_store(toolbox.telemetry)
     timeline = state.get("timeline", [])
     if markers is None or not timeline:
@@ -278,7 +277,7 @@ def create_app(
     @app.get(f"{API}/incidents/{{incident_id}}", tags=["incidents"])
     def incident(incident_id: str, _: Viewer) -> dict[str, Any]:
         """One incident: trigger, observation, diagnosis with its evidence, plan, actions, verification,
-        post-mortem and timeline."""
+        post-mortem, timeline, and the deploy markers and external events around it (`nearby`)."""
         state = _state(incident_id)
         try:
             nearby = nearby_changes(engine.toolbox, state, engine.settings.analyst.change_lookback_s, engine.toolbox.clock.now())
@@ -397,8 +396,6 @@ def create_app(
         return _ingest(batch, principal, request)
 
     def _markers() -> Any:
-        from tools.changes import marker_store
-
         markers = marker_store(engine.toolbox.telemetry)
         if markers is None:
             raise HTTPException(404, f"this worker's telemetry backend ({type(engine.toolbox.telemetry).__name__}) keeps no deploy markers or events")

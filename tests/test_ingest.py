@@ -131,6 +131,8 @@ def test_deploy_markers_and_events_through_the_sdk_are_stored_once_and_listed(ap
     now = time.time()
     mark_deploy(str(client.base_url), token, service="checkout", version="1.5.0", revision="a1b2c3d4e5", author="ci", ts=now - 5)
     mark_deploy(str(client.base_url), token, service="checkout", version="1.5.0", revision="a1b2c3d4e5", author="ci", ts=now - 5)
+    again = {"deploys": [{"ts": now - 5, "service": "checkout", "version": "1.5.0", "revision": "a1b2c3d4e5", "author": "ci", "description": ""}]}
+    assert client.post("/api/v1/ingest/deploys", json=again, headers=_auth(token)).json() == {"stored": 0}  # already there
     annotator = Annotator(str(client.base_url), token, flush_s=0.1)
     annotator.deploy("payments", "2.0.0", description="canary 10%")
     annotator.event("feature_flag", "new-pricing turned on for 50%", service="checkout", attrs={"flag": "new-pricing"})

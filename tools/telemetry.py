@@ -226,13 +226,21 @@ class LocalTelemetryStore:
                 lambda c: c.executemany("INSERT INTO spans VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
             )
 
-    def write_deploys(self, batch: Iterable[DeployMarker]) -> None:
-        """Store deploy markers in one transaction; a marker already stored (same id) is kept as it was."""
+    def write_deploys(self, batch: Iterable[DeployMarker]) -> int:
+        """Store deploy markers in one transaction; a marker already stored (same id) is kept as it was.
+        Returns how many were new."""
         rows = [(d.id, d.ts, d.service, d.version, d.revision, d.author, d.description) for d in batch]
         if not rows:
-            return
+            return 0
+        added = 0
+
+        def body(c: sqlite3.Connection) -> None:
+            nonlocal added
+            added = c.executemany("INSERT OR IGNORE INTO deploys VALUES (?, ?, ?, ?, ?, ?, ?)", rows).rowcount
+
         with self._lock:
-            self._write_tx(lambda c: c.executemany("INSERT OR IGNORE INTO deploys VALUES (?, ?, ?, ?, ?, ?, ?)", rows))
+            self._write_tx(body)
+        return added
 
     def write_events(self, batch: Iterable[ExternalEvent]) -> None:
         """Store external events in one transaction."""
