@@ -26,6 +26,7 @@ from sregraph.worker import Worker
 from tests.browser import Browser, Page, find_browser
 from tests.test_channels import Receiver
 from tests.worker_harness import Scenario, World, settings_for, toolbox_for
+from tools.base import ExternalEvent
 from tools.channels import NotificationsConfig
 from tools.notifier import IdempotentNotifier, MultiNotifier
 
@@ -77,6 +78,8 @@ def test_live_incident_approved_from_the_dashboard(tmp_path: Path, browser: Page
         _login(browser, server.url, operator)
         browser.screenshot(ARTIFACTS / "control-room-empty.png")
 
+        # Something another system did just before (written where the API's ingestion writes, in the world's time).
+        world.telemetry.write_events([ExternalEvent(ts=world.t, kind="feature_flag", title="search-v2 on for all", service="search")])
         # The harness policy lets a restart of search happen only with a human's approval.
         world.inject(Scenario("latency", "search"), engine.toolbox.gitops)
         started: list[str | None] = []
@@ -120,6 +123,8 @@ def test_live_incident_approved_from_the_dashboard(tmp_path: Path, browser: Page
         browser.eval("document.querySelector('#approve').click()")
         browser.wait_for("document.body.dataset.status === 'resolved'", timeout=60)
         browser.wait_for("document.querySelector('#postmortem').textContent.includes('search')")
+        cells = browser.eval("[...document.querySelectorAll('#nearby td')].slice(1).map((td) => td.textContent)")
+        assert cells == ["feature_flag", "search", "search-v2 on for all"]
         browser.screenshot(ARTIFACTS / "incident-resolved.png")
 
         # The SLO page: budgets and burn-rate charts of the project's own SLO file over the world's telemetry.
