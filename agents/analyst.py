@@ -185,7 +185,7 @@ class Analyst:
             except SregraphError as exc:
                 log.warning("runtime status of %s failed: %s", service, exc)
         since = windows.baseline_end - self.config.change_lookback_s
-        for change in tb.gitops.history(since=since):
+        for change in tb.changes.history(since=since):
             if change.kind == "other":
                 continue  # seed commits and unrelated files change nothing that runs
             if is_own_change(change):
@@ -450,7 +450,7 @@ class Analyst:
 
         tb = self.toolbox
         memory_search = (lambda text: tb.memory.search(text, k=self.config.similar_k)) if tb.memory is not None else None
-        tools = build_readonly_tools(tb.telemetry, tb.runtime, tb.gitops, memory_search, tb.clock, self.observer_config.window_s * 10)
+        tools = build_readonly_tools(tb.telemetry, tb.runtime, tb.changes, memory_search, tb.clock, self.observer_config.window_s * 10)
         changes = sorted({c.sha: c for ev in table.values() for c in ev.changes}.values(), key=lambda c: -c.at)
         system = render("analyst.md.j2", **analyst_prompt_context(observation, tb, changes, similar, previous))
         user = "Investigate this incident with the tools, then give your ranked hypotheses."

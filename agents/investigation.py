@@ -32,6 +32,7 @@ from tools.base import (
     ToolResult,
     TransientError,
 )
+from tools.changes import ChangeFeed
 from tools.domain import SimilarIncident
 
 from agents.logtemplates import summarize_templates
@@ -119,7 +120,7 @@ def _path(span: Span, by_id: dict[str, Span]) -> list[str]:
 def build_readonly_tools(
     telemetry: Telemetry,
     runtime: Runtime,
-    gitops: GitOps,
+    gitops: GitOps | ChangeFeed,
     memory_search: Callable[[str], list[SimilarIncident]] | None,
     clock: Clock,
     window_s: float,

@@ -219,7 +219,7 @@ def demo(
     fmt: str = typer.Option("text", "--format", help="text or json (the scorecard)"),
     runtime: Optional[str] = typer.Option(None, help="process (default) or docker (start scripts/container-engine.sh first)"),
     faults: Optional[str] = typer.Option(None, help="Comma-separated FAULT:SERVICE pairs instead of the full sequence."),
-    dashboard: bool = typer.Option(True, help="Serve the dashboard on a free loopback port while the demo runs."),
+    dashboard: bool = typer.Option(True, help="Print where to watch the dashboard, with a read-only token (the API serves either way: payments ships its telemetry to it)."),
     config: Optional[Path] = ConfigOpt,
     data_dir: Optional[Path] = DataOpt,
 ) -> None:

@@ -212,9 +212,10 @@ def run_demo(
     warmup_s: float = 8.0,
     dashboard: bool = True,
 ) -> list[FaultResult]:
-    """Start everything, inject each fault after the last one is handled, and stop everything. With
-    `dashboard`, the HTTP API and its dashboard run beside the worker on a free loopback port, with a viewer
-    token made for this demo (its data directory, tokens included, is wiped by the next demo)."""
+    """Start everything, inject each fault after the last one is handled, and stop everything. The HTTP API
+    runs beside the worker on a free loopback port and takes the telemetry of `SHIPPED` services; with
+    `dashboard`, a viewer token made for this demo is printed to watch it (its data directory, tokens
+    included, is wiped by the next demo)."""
     from sregraph.localenv.app import LocalApp
 
     sequence = validate(sequence or DEFAULT_SEQUENCE)
@@ -228,13 +229,12 @@ def run_demo(
     worker: Worker | None = None
     api: Any = None
     try:
+        engine = Engine(settings, local_toolbox(settings, app), progress=progress)
+        worker = Worker(engine)
+        api = _serve_api(worker, app, settings, say, dashboard)
         say("starting the application (frontend → checkout → payments) and its load…")
         app.start()
         app.start_load()
-        engine = Engine(settings, local_toolbox(settings, app), progress=progress)
-        worker = Worker(engine)
-        if dashboard:
-            api = _serve_dashboard(worker, settings, say)
         say(f"collecting a {warmup_s:.0f}s baseline, then starting the worker…")
         time.sleep(warmup_s)
         worker_thread = threading.Thread(target=worker.run, kwargs={"interval": 0.5}, name="worker", daemon=True)
@@ -275,15 +275,23 @@ def run_demo(
     return results
 
 
-def _serve_dashboard(worker: Worker, settings: Settings, say: Callable[[str], None]) -> Any:
-    """The API and dashboard beside the demo's worker, and how to open it."""
+SHIPPED = ("payments",)
+"""The demo's services that send their telemetry through sregraph's SDK to the API (the others write the store)."""
+
+
+def _serve_api(worker: Worker, app: Any, settings: Settings, say: Callable[[str], None], dashboard: bool) -> Any:
+    """The API beside the demo's worker, before the app starts: `SHIPPED` services send it their telemetry
+    with an ingest token of their own. With `dashboard`, a viewer token and where to watch."""
     from sregraph.api_auth import ApiStore
     from sregraph.server import ApiServer, create_app
 
     store = ApiStore(settings.data_dir / "api.db")
-    token = store.create_token("demo-viewer", "viewer")
     api = ApiServer(create_app(worker, store), "127.0.0.1", 0).start()
-    say(f"watch it live: {api.url}/ui/ — paste this demo's read-only token there: {token}")
+    app.ship_telemetry(api.url, store.create_token("demo-app", "ingest"), list(SHIPPED))
+    say(f"{', '.join(SHIPPED)} sends its logs, metrics and spans through sregraph.sdk to the API ({api.url}/api/v1/ingest/…)")
+    if dashboard:
+        token = store.create_token("demo-viewer", "viewer")
+        say(f"watch it live: {api.url}/ui/ — paste this demo's read-only token there: {token}")
     return api
 
 

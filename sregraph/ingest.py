@@ -1,5 +1,8 @@
-"""What applications send to the API's ingestion endpoints (`POST /api/v1/ingest/{logs,metrics,spans}`): the
-models that validate a batch, and the write into the telemetry store the agents read.
+"""What applications send to the API's ingestion endpoints (`POST /api/v1/ingest/{logs,metrics,spans,events,
+deploys}`): the models that validate a batch, and the write into the telemetry store the agents read.
+
+Deploy markers become suspects of the analyst beside the GitOps history (tools/changes.py); external events
+are shown on the incidents they may explain and listed by `GET /api/v1/ingest/events`, never scored.
 
 A batch is taken whole or not at all: one bad record (a missing field, a non-finite value, a time more than
 `MAX_FUTURE_S` ahead or `MAX_AGE_S` behind, an oversized text) refuses the batch with a 422 naming the record,
@@ -8,13 +11,16 @@ and nothing of it is stored.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tools.base import LogRecord, Span
+from tools.base import DeployMarker, ExternalEvent, LogRecord, Span
+from tools.changes import marker_store
 
 MAX_RECORDS = 5000
 """Records in one batch."""
@@ -86,6 +92,35 @@ class SpanIn(_Strict):
     _start = field_validator("start")(_check_ts)
 
 
+class DeployIn(_Strict):
+    ts: float
+    service: str = Name
+    version: str = Field(min_length=1, max_length=200)
+    revision: str = Field("", max_length=100, pattern=r"^[A-Za-z0-9_.:@/\-]*$")
+    """The commit or image digest the deploy ran: a marker naming a commit of the GitOps repo is that commit."""
+    author: str = Field("", max_length=200)
+    description: str = Field("", max_length=2000)
+
+    _ts = field_validator("ts")(_check_ts)
+
+    def marker(self) -> DeployMarker:
+        """The stored marker, its id a digest of its content (a marker sent twice is stored once)."""
+        content = json.dumps(self.model_dump(), sort_keys=True)
+        return DeployMarker(id="dm-" + hashlib.sha256(content.encode()).hexdigest()[:12], **self.model_dump())
+
+
+class EventIn(_Strict):
+    ts: float
+    kind: str = Name
+    """What happened, in the sender's words: `feature_flag`, `config_push`, `scaling`, …"""
+    title: str = Field(min_length=1, max_length=500)
+    service: str | None = Field(None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:/\-]+$")
+    """The service it concerns; omitted, it concerns every service."""
+    attrs: dict[str, str | int | float | bool | None] = Field(default_factory=dict, max_length=50)
+
+    _ts = field_validator("ts")(_check_ts)
+
+
 class LogBatch(_Strict):
     records: list[LogIn] = Field(min_length=1, max_length=MAX_RECORDS)
 
@@ -107,11 +142,36 @@ class SpanBatch(_Strict):
         return len(self.spans)
 
 
-def store(telemetry: Any, batch: LogBatch | MetricBatch | SpanBatch) -> int:
-    """Write a validated batch into the telemetry store; returns how many records. LookupError if the store
+class DeployBatch(_Strict):
+    deploys: list[DeployIn] = Field(min_length=1, max_length=MAX_RECORDS)
+
+    def __len__(self) -> int:
+        return len(self.deploys)
+
+
+class EventBatch(_Strict):
+    events: list[EventIn] = Field(min_length=1, max_length=MAX_RECORDS)
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+
+Batch = LogBatch | MetricBatch | SpanBatch | DeployBatch | EventBatch
+
+
+def store(telemetry: Any, batch: Batch) -> int:
+    """Write a validated batch into the telemetry store; returns how many records it stored. LookupError if the store
     cannot take this kind (metrics read from Prometheus are Prometheus's: push them there)."""
     # With Prometheus for metrics, logs and spans live in the local store beside it (tools.telemetry.SplitTelemetry).
     local = getattr(telemetry, "logs_and_spans", telemetry)
+    if isinstance(batch, (DeployBatch, EventBatch)):
+        markers = marker_store(telemetry)
+        if markers is None:
+            raise LookupError(f"this worker's telemetry backend ({type(telemetry).__name__}) keeps no {type(batch).__name__}es")
+        if isinstance(batch, DeployBatch):
+            return markers.write_deploys([d.marker() for d in batch.deploys])  # a marker sent again is not stored again
+        markers.write_events([ExternalEvent(**e.model_dump()) for e in batch.events])
+        return len(batch)
     if isinstance(batch, LogBatch):
         writer = getattr(local, "write_logs", None)
         rows: list[Any] = [LogRecord(**r.model_dump()) for r in batch.records]

@@ -1,10 +1,16 @@
-"""Send an application's logs and metrics to sregraph's API, so the agents diagnose from them. In three lines:
+"""Send an application's logs, metrics, deploy markers and events to sregraph's API, so the agents diagnose
+from them. In three lines:
 
     from sregraph.sdk import SregraphHandler
     logging.getLogger().addHandler(SregraphHandler("http://127.0.0.1:8787", token, service="checkout"))
     logging.getLogger("checkout").warning("payment provider slow")
 
-`Shipper` is the engine of both `SregraphHandler` (a `logging.Handler`) and `MetricsPusher`: records go into
+A deploy, once, from the application or its pipeline (the analyst suspects it like a deploy commit):
+
+    mark_deploy("http://127.0.0.1:8787", token, service="checkout", version="1.5.0", revision=git_sha)
+
+`Shipper` is the engine of `SregraphHandler` (a `logging.Handler`), `MetricsPusher` and `Annotator` (deploy
+markers and events from a long-running process): records go into
 a bounded queue (the application never blocks on the network; a full queue drops the record and counts it),
 a background thread sends them in batches every `flush_s` or `batch_size` records, retrying a failed batch
 with backoff (connection errors, 429 and 5xx; a 4xx other than 429 is the batch's fault and is dropped and
@@ -22,6 +28,9 @@ from typing import Any
 import httpx
 
 log = logging.getLogger("sregraph.sdk")
+
+FIELDS = {"logs": "records", "metrics": "points", "spans": "spans", "deploys": "deploys", "events": "events"}
+"""Each ingestion endpoint, and the field of its body that holds the batch."""
 
 _LEVELS = {"WARNING": "warning", "WARN": "warning", "ERROR": "error", "CRITICAL": "critical", "FATAL": "fatal", "DEBUG": "debug"}
 
@@ -44,7 +53,7 @@ class Shipper:
         close_timeout_s: float = 10.0,
     ) -> None:
         self.endpoint = f"{url.rstrip('/')}/api/v1/ingest/{kind}"
-        self.field = {"logs": "records", "metrics": "points", "spans": "spans"}[kind]
+        self.field = FIELDS[kind]
         self.batch_size, self.flush_s, self.retries, self.backoff_s = batch_size, flush_s, retries, backoff_s
         self.close_timeout_s = close_timeout_s
         self.queue: queue.Queue[dict[str, Any]] = queue.Queue(max_queue)
@@ -112,8 +121,24 @@ class Shipper:
         self.client.close()
 
 
+MAX_ATTRS = 50
+"""Attributes of one log record or span the API takes."""
+
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
+
+
+def _extra(record: logging.LogRecord) -> dict[str, Any]:
+    """The fields a caller passed as `extra=` (a trace id, a route), as the record's attributes."""
+    fields = {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+    return {
+        k[:200]: v if v is None or isinstance(v, (bool, int, float)) else str(v)[:1000]
+        for k, v in list(fields.items())[:MAX_ATTRS - 1]
+    }
+
+
 class SregraphHandler(logging.Handler):
-    """A logging handler that ships records to sregraph as the logs of `service`."""
+    """A logging handler that ships records to sregraph as the logs of `service`; fields given as `extra=`
+    become the record's attributes."""
 
     def __init__(self, url: str, token: str, service: str, level: int = logging.INFO, **shipper: Any) -> None:
         super().__init__(level)
@@ -131,7 +156,7 @@ class SregraphHandler(logging.Handler):
             "service": self.service,
             "level": _LEVELS.get(record.levelname, "info"),
             "message": message[:8192],
-            "attrs": {"logger": record.name[:200]},
+            "attrs": {"logger": record.name[:200], **_extra(record)},
         })
 
     @property
@@ -157,5 +182,93 @@ class MetricsPusher:
                           "ts": time.time() if ts is None else ts})
 
     def close(self) -> None:
+        """Send what is queued, then stop."""
+        self.shipper.close()
+
+
+class Annotator:
+    """Deploy markers and external events of a long-running process (a deployer, a feature-flag service),
+    sent in the background like logs."""
+
+    def __init__(self, url: str, token: str, **shipper: Any) -> None:
+        self.deploys = Shipper(url, token, "deploys", **shipper)
+        self.events = Shipper(url, token, "events", **shipper)
+
+    def deploy(self, service: str, version: str, revision: str = "", description: str = "", author: str = "", ts: float | None = None) -> None:
+        """Mark a deploy of `service` (now, or at `ts`): `version` as people name it, `revision` the commit or image."""
+        self.deploys.put(_deploy(service, version, revision, description, author, ts))
+
+    def event(self, kind: str, title: str, service: str | None = None, attrs: dict[str, Any] | None = None, ts: float | None = None) -> None:
+        """Record something another system did (`kind` like `feature_flag`); without `service`, it concerns all."""
+        item: dict[str, Any] = {"ts": time.time() if ts is None else ts, "kind": kind, "title": title[:500], "attrs": attrs or {}}
+        if service is not None:
+            item["service"] = service
+        self.events.put(item)
+
+    @property
+    def dropped(self) -> int:
+        """Markers and events lost (see `Shipper.dropped`)."""
+        return self.deploys.dropped + self.events.dropped
+
+    def close(self) -> None:
+        """Send what is queued, then stop."""
+        self.deploys.close()
+        self.events.close()
+
+
+def _deploy(service: str, version: str, revision: str, description: str, author: str, ts: float | None) -> dict[str, Any]:
+    return {"ts": time.time() if ts is None else ts, "service": service, "version": version, "revision": revision,
+            "description": description[:2000], "author": author[:200]}
+
+
+def mark_deploy(
+    url: str, token: str, service: str, version: str, revision: str = "", description: str = "", author: str = "",
+    ts: float | None = None, timeout_s: float = 10.0,
+) -> None:
+    """Send one deploy marker now and wait for the answer (a deploy script's last step). Raises
+    `httpx.HTTPStatusError` when refused (the message says why) and `httpx.HTTPError` when unreachable: a
+    pipeline should know its marker was not taken."""
+    with httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=timeout_s) as client:
+        answer = client.post(f"{url.rstrip('/')}/api/v1/ingest/deploys", json={"deploys": [_deploy(service, version, revision, description, author, ts)]})
+        answer.raise_for_status()
+
+
+class SpanShipper:
+    """An OpenTelemetry span exporter that ships the spans of `service` to sregraph: give it to a
+    `BatchSpanProcessor` (`tracer_provider.add_span_processor(BatchSpanProcessor(SpanShipper(url, token, "checkout")))`)."""
+
+    def __init__(self, url: str, token: str, service: str, **shipper: Any) -> None:
+        self.service = service
+        self.shipper = Shipper(url, token, "spans", **shipper)
+
+    def export(self, spans: Any) -> Any:
+        """Queue a batch of finished spans (never blocks; see `Shipper.put`)."""
+        from opentelemetry.sdk.trace.export import SpanExportResult
+        from opentelemetry.trace import StatusCode
+
+        for span in spans:
+            ctx = span.get_span_context()
+            if ctx is None:
+                continue
+            start, end = span.start_time or 0, span.end_time or span.start_time or 0
+            attrs = {str(k)[:200]: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in (span.attributes or {}).items()}
+            self.shipper.put({
+                "trace_id": format(ctx.trace_id, "032x"),
+                "span_id": format(ctx.span_id, "016x"),
+                "parent_id": format(span.parent.span_id, "016x") if span.parent is not None else None,
+                "service": self.service,
+                "name": span.name[:200],
+                "start": start / 1e9,
+                "duration_ms": max(0.0, (end - start) / 1e6),
+                "status": "error" if span.status.status_code == StatusCode.ERROR else "ok",
+                "attrs": dict(list(attrs.items())[:MAX_ATTRS]),
+            })
+        return SpanExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Spans are sent from the shipper's thread; nothing to force."""
+        return True
+
+    def shutdown(self) -> None:
         """Send what is queued, then stop."""
         self.shipper.close()

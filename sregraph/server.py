@@ -38,6 +38,7 @@ from sregraph.api_auth import ApiStore, Principal, Role
 from sregraph.events import EventLog
 from sregraph.worker import Worker
 from tools.base import NotFound, SregraphError
+from tools.changes import marker_store
 from tools.redact import redact_data
 
 log = logging.getLogger("sregraph.server")
@@ -81,8 +82,11 @@ def _dump(value: Any) -> Any:
     return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
 
 
-def incident_detail(incident_id: str, state: dict[str, Any], acknowledged: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What the API says of one incident (its graph state, in the JSON the API documents)."""
+def incident_detail(
+    incident_id: str, state: dict[str, Any], acknowledged: dict[str, Any] | None = None, nearby: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """What the API says of one incident (its graph state, in the JSON the API documents); `nearby` are the
+    ingested deploy markers and external events around it (`nearby_changes`)."""
     diagnosis = state.get("diagnosis")
     postmortem = state.get("postmortem")
     return {
@@ -103,7 +107,37 @@ def incident_detail(incident_id: str, state: dict[str, Any], acknowledged: dict[
         "llm_fallbacks": state.get("llm_fallbacks", []),
         "tokens": state.get("tokens", 0),
         "timeline": [_dump(t) for t in state.get("timeline", [])],
+        "nearby": nearby or [],
     }
+
+
+NEARBY_LIMIT = 50
+"""Deploy markers and external events shown with one incident, the newest first."""
+
+
+def nearby_changes(toolbox: Any, state: dict[str, Any], lookback_s: float, now: float) -> list[dict[str, Any]]:
+    """The ingested deploy markers and external events that may explain an incident: of the services its fault
+    shows on (the trigger's and the top hypothesis's, with what they call and what calls them; every service
+    when neither is known), from `lookback_s` before its first step to its last (now, while it runs)."""
+    markers = marker_store(toolbox.telemetry)
+    timeline = state.get("timeline", [])
+    if markers is None or not timeline:
+        return []
+    start = min(t.at for t in timeline) - lookback_s
+    end = max(t.at for t in timeline) if state.get("status") in ("resolved", "escalated", "healthy") and not state.get("waiting") else now
+    diagnosis, trigger = state.get("diagnosis"), state.get("trigger")
+    named = {getattr(trigger, "service", None), diagnosis.top.service if diagnosis is not None and diagnosis.top else None} - {None, ""}
+    services: set[str] | None = set().union(*(toolbox.connected(s) for s in named)) if named else None
+    deploys = [
+        {"type": "deploy", "at": d.ts, "service": d.service, "kind": "deploy", "title": d.as_change().message, "id": d.id, "author": d.author}
+        for service in (sorted(services) if services is not None else [None])
+        for d in markers.deploys(start, end, service=service, limit=NEARBY_LIMIT)
+    ]
+    events = [
+        {"type": "event", "at": e.ts, "service": e.service, "kind": e.kind, "title": e.title, "attrs": e.attrs}
+        for e in markers.events(start, end, services=services, limit=NEARBY_LIMIT)
+    ]
+    return sorted([*deploys, *events], key=lambda x: -x["at"])[:NEARBY_LIMIT]
 
 
 def require(role: Role) -> Callable[[Request], Principal]:
@@ -243,9 +277,14 @@ def create_app(
     @app.get(f"{API}/incidents/{{incident_id}}", tags=["incidents"])
     def incident(incident_id: str, _: Viewer) -> dict[str, Any]:
         """One incident: trigger, observation, diagnosis with its evidence, plan, actions, verification,
-        post-mortem and timeline."""
+        post-mortem, timeline, and the deploy markers and external events around it (`nearby`)."""
         state = _state(incident_id)
-        return redact_data(incident_detail(incident_id, state, engine.registry.acknowledgement(incident_id)))
+        try:
+            nearby = nearby_changes(engine.toolbox, state, engine.settings.analyst.change_lookback_s, engine.toolbox.clock.now())
+        except SregraphError as exc:
+            log.warning("deploy markers and events of %s unreadable: %s", incident_id, exc)
+            nearby = []
+        return redact_data(incident_detail(incident_id, state, engine.registry.acknowledgement(incident_id), nearby))
 
     @app.get(f"{API}/incidents/{{incident_id}}/timeline", tags=["incidents"])
     def timeline(incident_id: str, _: Viewer) -> list[dict[str, Any]]:
@@ -317,7 +356,7 @@ def create_app(
 
     limiter = RateLimiter(*ingest_limit)
 
-    def _ingest(batch: ingest.LogBatch | ingest.MetricBatch | ingest.SpanBatch, principal: Principal, request: Request) -> dict[str, Any]:
+    def _ingest(batch: ingest.Batch, principal: Principal, request: Request) -> dict[str, Any]:
         request.state.audit = {"records": len(batch)}
         if not limiter.allow(principal.name):
             raise HTTPException(429, f"over {ingest_limit[0]:g} ingestion requests/s for token {principal.name!r}; batch more", headers={"Retry-After": "1"})
@@ -343,6 +382,61 @@ def create_app(
     def ingest_spans(batch: ingest.SpanBatch, principal: Ingest, request: Request) -> dict[str, Any]:
         """Trace spans into the telemetry store (all or none of the batch)."""
         return _ingest(batch, principal, request)
+
+    @app.post(f"{API}/ingest/deploys", tags=["ingest"])
+    def ingest_deploys(batch: ingest.DeployBatch, principal: Ingest, request: Request) -> dict[str, Any]:
+        """Deploy markers: the analyst suspects them like deploy commits of the GitOps repo (all or none of the
+        batch; a marker sent twice is stored once)."""
+        return _ingest(batch, principal, request)
+
+    @app.post(f"{API}/ingest/events", tags=["ingest"])
+    def ingest_events(batch: ingest.EventBatch, principal: Ingest, request: Request) -> dict[str, Any]:
+        """External events (a feature flag, a config push, a scaling): shown with the incidents around them
+        (all or none of the batch)."""
+        return _ingest(batch, principal, request)
+
+    def _markers() -> Any:
+        markers = marker_store(engine.toolbox.telemetry)
+        if markers is None:
+            raise HTTPException(404, f"this worker's telemetry backend ({type(engine.toolbox.telemetry).__name__}) keeps no deploy markers or events")
+        return markers
+
+    def _span(since: float | None, until: float | None) -> tuple[float, float]:
+        now = time.time()  # the clock the ingestion checks stamps against
+        return (now - 86400.0 if since is None else since), (now + ingest.MAX_FUTURE_S if until is None else until)
+
+    @app.get(f"{API}/ingest/deploys", tags=["ingest"])
+    def deploys(
+        _: Viewer,
+        service: Annotated[str | None, Query(max_length=200)] = None,
+        since: Annotated[float | None, Query(description="unix time; default a day ago")] = None,
+        until: Annotated[float | None, Query(description="unix time; default now")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> list[dict[str, Any]]:
+        """Deploy markers, newest first."""
+        start, end = _span(since, until)
+        try:
+            found = _markers().deploys(start, end, service=service, limit=limit)
+        except SregraphError as exc:
+            raise HTTPException(503, f"the telemetry store did not answer: {exc}") from exc
+        return redact_data([d.model_dump(mode="json") for d in found])
+
+    @app.get(f"{API}/ingest/events", tags=["ingest"])
+    def external_events(
+        _: Viewer,
+        service: Annotated[str | None, Query(max_length=200, description="this service's events and those of every service")] = None,
+        kind: Annotated[str | None, Query(max_length=200)] = None,
+        since: Annotated[float | None, Query(description="unix time; default a day ago")] = None,
+        until: Annotated[float | None, Query(description="unix time; default now")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> list[dict[str, Any]]:
+        """External events, newest first."""
+        start, end = _span(since, until)
+        try:
+            found = _markers().events(start, end, services=None if service is None else [service], kind=kind, limit=limit)
+        except SregraphError as exc:
+            raise HTTPException(503, f"the telemetry store did not answer: {exc}") from exc
+        return redact_data([e.model_dump(mode="json") for e in found])
 
     @app.get(f"{API}/slo", tags=["slo"])
     def slo_status(_: Viewer, service: Annotated[str | None, Query(max_length=200)] = None) -> dict[str, Any]:

@@ -8,11 +8,17 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
+from sregraph.api_auth import ApiStore
+from sregraph.config import load_settings
+from sregraph.demo import demo_settings, run_demo
 from tests.localapp import ROOT
+from tools.telemetry import LocalTelemetryStore
 
 REQUIRED = {"fault", "service", "detected", "root_cause_correct", "action", "recovered", "mttd_s", "mttr_s"}
 
@@ -166,3 +172,42 @@ def test_the_stand_in_human_clears_a_stopped_service_and_closes_every_escalation
     _close_other_escalations(engine, handled, said.append)  # type: ignore[arg-type]
     _close_other_escalations(engine, handled, said.append)  # type: ignore[arg-type]
     assert closed == [3] and handled == {"inc-a", "inc-c"} and len(said) == 1
+
+
+def test_the_demo_diagnoses_payments_from_the_telemetry_it_shipped_through_the_api(tmp_path: Path) -> None:
+    settings = demo_settings(load_settings(environ={}, data_dir=tmp_path))
+    diagnoses: dict[str, Any] = {}
+
+    def progress(incident_id: str, node: str, update: dict[str, Any] | None) -> None:
+        if update and update.get("diagnosis") is not None:
+            diagnoses[incident_id] = update["diagnosis"]
+
+    said: list[str] = []
+    rows = run_demo(settings, [("error_rate", "payments", {"ratio": 0.5})], progress=progress, say=said.append, dashboard=False)
+    assert any("payments sends its logs, metrics and spans through sregraph.sdk" in line for line in said), said
+    assert not any("srg_" in line for line in said)  # no token is printed without the dashboard
+    row = rows[0]
+    assert row.detected and row.root_cause_correct and row.recovered, row
+    top = diagnoses[row.incident_id].top
+    assert (top.service, top.fault_type) == ("payments", "error_spike")
+    assert any(e.kind == "metric" and e.ref == "error_ratio" and e.weight > 0 for e in top.evidence), top.evidence
+
+    # payments never opened the store: all it said reached it through the API, from its SDK handler, pusher and exporter.
+    store = LocalTelemetryStore(settings.data_dir / "app" / "telemetry.db")
+    try:
+        now = time.time()
+        logs = store.search_logs("payments", now - 3600, now, limit=100_000)
+        assert logs and {r.attrs.get("logger") for r in logs} == {"sregraph.localenv.payments"}
+        assert any(r.level == "error" and "request handler failed" in r.message and r.attrs.get("trace_id") for r in logs)
+        assert store.query_range("error_ratio", {"service": "payments"}, now - 3600, now)
+        assert store.spans("payments", now - 3600, now, limit=10)
+        # The other services still write the store themselves (no SDK logger on their lines).
+        assert "logger" not in store.search_logs("checkout", now - 3600, now, limit=1)[0].attrs
+    finally:
+        store.close()
+    audit = ApiStore(settings.data_dir / "api.db").audit_log(limit=1000)
+    shipped = [(e["path"], e["status"]) for e in audit if e["principal"] == "demo-app"]
+    assert {path for path, _ in shipped} == {"/api/v1/ingest/logs", "/api/v1/ingest/metrics", "/api/v1/ingest/spans"}
+    assert {status for _, status in shipped} == {200}
+    leftover = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
+    assert leftover.stdout.strip() == ""

@@ -259,6 +259,42 @@ class Change(BaseModel):
     """Made by sregraph itself: its signature verified, or the sha is in its ledger (never the author's name)."""
 
 
+class DeployMarker(BaseModel):
+    """A deploy reported by an application or its pipeline (`POST /api/v1/ingest/deploys`), not made through
+    the GitOps repository: the analyst suspects it like a deploy commit, but nothing here can roll it back."""
+
+    id: str
+    """`dm-` and 12 hex digits of the marker's content: the same marker sent twice is stored once."""
+    ts: float
+    service: str
+    version: str
+    revision: str = ""
+    """The commit or image the deploy ran, if the sender said."""
+    author: str = ""
+    description: str = ""
+
+    def as_change(self) -> Change:
+        """The marker as the analyst reads changes (never `ours`: an application cannot vouch for itself)."""
+        said = f": {self.description}" if self.description else ""
+        revision = f", revision {self.revision}" if self.revision else ""
+        return Change(
+            sha=self.id, at=self.ts, author=self.author or "deploy marker", kind="deploy", services=[self.service],
+            message=f"Deploy {self.service} {self.version} (deploy marker{revision}){said}",
+        )
+
+
+class ExternalEvent(BaseModel):
+    """Something another system did (a feature flag flipped, a config pushed, a fleet scaled), reported
+    through `POST /api/v1/ingest/events`: shown beside the incidents it may explain, never scored."""
+
+    ts: float
+    kind: str
+    title: str
+    service: str | None = None
+    """None: it concerns every service."""
+    attrs: dict[str, Any] = Field(default_factory=dict)
+
+
 class PullRequest(BaseModel):
     """A proposed change to the config repository."""
 

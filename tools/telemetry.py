@@ -1,4 +1,5 @@
-"""Metrics, logs and spans in one SQLite file, shared by the services that write and the agents that read.
+"""Metrics, logs and spans in one SQLite file, shared by the services that write and the agents that read;
+deploy markers and external events sent through the API live beside them.
 
 Each process opens its own `LocalTelemetryStore`; WAL mode lets readers run while one writer commits, and
 `busy_timeout` makes concurrent writers queue instead of failing. Every write is one short `BEGIN IMMEDIATE`
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from tools.base import LogRecord, Series, Span, ToolError, TransientError
+from tools.base import DeployMarker, ExternalEvent, LogRecord, Series, Span, ToolError, TransientError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS metrics (
@@ -48,6 +49,24 @@ CREATE TABLE IF NOT EXISTS spans (
 CREATE INDEX IF NOT EXISTS spans_service_start ON spans (service, start);
 CREATE INDEX IF NOT EXISTS spans_start ON spans (start);
 CREATE INDEX IF NOT EXISTS spans_trace ON spans (trace_id);
+CREATE TABLE IF NOT EXISTS deploys (
+    id          TEXT PRIMARY KEY,
+    ts          REAL NOT NULL,
+    service     TEXT NOT NULL,
+    version     TEXT NOT NULL,
+    revision    TEXT NOT NULL,
+    author      TEXT NOT NULL,
+    description TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deploys_ts ON deploys (ts);
+CREATE TABLE IF NOT EXISTS events (
+    ts      REAL NOT NULL,
+    kind    TEXT NOT NULL,
+    service TEXT,
+    title   TEXT NOT NULL,
+    attrs   TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
 """
 
 BUSY_TIMEOUT_S = 5.0
@@ -207,8 +226,32 @@ class LocalTelemetryStore:
                 lambda c: c.executemany("INSERT INTO spans VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
             )
 
+    def write_deploys(self, batch: Iterable[DeployMarker]) -> int:
+        """Store deploy markers in one transaction; a marker already stored (same id) is kept as it was.
+        Returns how many were new."""
+        rows = [(d.id, d.ts, d.service, d.version, d.revision, d.author, d.description) for d in batch]
+        if not rows:
+            return 0
+        added = 0
+
+        def body(c: sqlite3.Connection) -> None:
+            nonlocal added
+            added = c.executemany("INSERT OR IGNORE INTO deploys VALUES (?, ?, ?, ?, ?, ?, ?)", rows).rowcount
+
+        with self._lock:
+            self._write_tx(body)
+        return added
+
+    def write_events(self, batch: Iterable[ExternalEvent]) -> None:
+        """Store external events in one transaction."""
+        rows = [(e.ts, e.kind, e.service, e.title, json.dumps(e.attrs, default=str)) for e in batch]
+        if not rows:
+            return
+        with self._lock:
+            self._write_tx(lambda c: c.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", rows))
+
     def prune(self, older_than_ts: float) -> int:
-        """Delete every metric, log and span older than `older_than_ts`; returns how many rows went."""
+        """Delete everything older than `older_than_ts`; returns how many rows went."""
         deleted = 0
 
         def body(c: sqlite3.Connection) -> None:
@@ -216,6 +259,8 @@ class LocalTelemetryStore:
             deleted += c.execute("DELETE FROM metrics WHERE ts < ?", (older_than_ts,)).rowcount
             deleted += c.execute("DELETE FROM logs WHERE ts < ?", (older_than_ts,)).rowcount
             deleted += c.execute("DELETE FROM spans WHERE start < ?", (older_than_ts,)).rowcount
+            deleted += c.execute("DELETE FROM deploys WHERE ts < ?", (older_than_ts,)).rowcount
+            deleted += c.execute("DELETE FROM events WHERE ts < ?", (older_than_ts,)).rowcount
 
         with self._lock:
             self._write_tx(body)
@@ -303,6 +348,36 @@ class LocalTelemetryStore:
     def metric_names(self) -> list[str]:
         """Every metric name the store holds."""
         return [r[0] for r in self._read("SELECT DISTINCT name FROM metrics ORDER BY name", ())]
+
+    def deploys(self, start: float, end: float, service: str | None = None, limit: int = 500) -> list[DeployMarker]:
+        """Deploy markers stamped in [start, end], optionally of one service: the newest `limit`, newest first."""
+        sql = "SELECT id, ts, service, version, revision, author, description FROM deploys WHERE ts BETWEEN ? AND ?"
+        args: list[Any] = [start, end]
+        if service is not None:
+            sql += " AND service = ?"
+            args.append(service)
+        rows = self._read(sql + " ORDER BY ts DESC LIMIT ?", [*args, max(0, int(limit))])
+        return [
+            DeployMarker(id=i, ts=ts, service=svc, version=v, revision=rev, author=a, description=d)
+            for i, ts, svc, v, rev, a, d in rows
+        ]
+
+    def events(
+        self, start: float, end: float, services: Iterable[str] | None = None, kind: str | None = None, limit: int = 500
+    ) -> list[ExternalEvent]:
+        """External events stamped in [start, end]: of `services` (and those concerning every service) when
+        given, of one kind when given; the newest `limit`, newest first."""
+        sql = "SELECT ts, kind, service, title, attrs FROM events WHERE ts BETWEEN ? AND ?"
+        args: list[Any] = [start, end]
+        if services is not None:
+            wanted = sorted(set(services))
+            sql += f" AND (service IS NULL OR service IN ({', '.join('?' * len(wanted))}))"
+            args += wanted
+        if kind is not None:
+            sql += " AND kind = ?"
+            args.append(kind)
+        rows = self._read(sql + " ORDER BY ts DESC LIMIT ?", [*args, max(0, int(limit))])
+        return [ExternalEvent(ts=ts, kind=k, service=svc, title=t, attrs=json.loads(a)) for ts, k, svc, t, a in rows]
 
     @staticmethod
     def _span(row: tuple[Any, ...]) -> Span:

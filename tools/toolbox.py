@@ -17,6 +17,7 @@ from tools.base import (
     SystemClock,
     Telemetry,
 )
+from tools.changes import ChangeFeed
 from tools.ledger import ActionLedger
 
 
@@ -43,6 +44,11 @@ class Toolbox:
     def services(self) -> list[str]:
         """Every service the runtime manages."""
         return sorted(self.runtime.services())
+
+    @property
+    def changes(self) -> ChangeFeed:
+        """Recent changes the analyst suspects: the GitOps history and the ingested deploy markers."""
+        return ChangeFeed(self.gitops, self.telemetry)
 
     def callers_of(self, service: str) -> list[str]:
         """Services that call `service` directly."""

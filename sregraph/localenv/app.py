@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from pydantic import BaseModel, Field
 
-from sregraph.localenv.service import DISK_FULL_MARKER, ROUTES
+from sregraph.localenv.service import DISK_FULL_MARKER, ROUTES, SHIP_TOKEN_ENV, SHIP_URL_ENV
 from tools.base import (
     Clock,
     ConfigError,
@@ -208,6 +208,9 @@ class LocalApp:
         self.telemetry = LocalTelemetryStore(self.data_dir / "telemetry.db")
         self.repo_dir = self.data_dir / "config-repo"
         self.gitops = LocalGitOps.init(self.repo_dir, DEFAULT_CONFIGS)
+        self.shipping: dict[str, str] = {}
+        """service -> the API URL it ships its telemetry to through the SDK (`ship_telemetry`)."""
+        self._ship_token = ""
         self.runtime: ProcessSupervisor | DockerRuntime = self._make_runtime()
         self.health = HttpHealthChecker(self.urls)
         self._load: LoadGenerator | None = None
@@ -303,7 +306,7 @@ class LocalApp:
                 name=name,
                 image=self.runtime_choice["image"],
                 command=["python3", *spec.argv[1:]],
-                env=env,
+                env={**env, **self._ship_env(name)},
                 working_dir=str(spec.cwd) if spec.cwd else None,
                 mounts=tuple(mounts),
                 network_mode="host",
@@ -331,9 +334,26 @@ class LocalApp:
             ]
             for down in downstreams:
                 argv += ["--downstream", f"{down}=http://{HOST}:{self.ports[down]}"]
-            env = {"PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1"}
+            env = {"PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1", **self._ship_env(name)}
             specs[name] = ProcessSpec(name=name, argv=argv, env=env, cwd=self.data_dir)
         return specs
+
+    def _ship_env(self, service: str) -> dict[str, str]:
+        if service not in self.shipping:
+            return {}
+        return {SHIP_URL_ENV: self.shipping[service], SHIP_TOKEN_ENV: self._ship_token}
+
+    def ship_telemetry(self, url: str, token: str, services: list[str]) -> None:
+        """From their next start on, `services` send their logs, metrics and spans through sregraph's SDK to the
+        API at `url` with `token` (role ingest) instead of writing the store; the others keep writing it. The
+        choice lives in this object only: an app re-attached by another process writes the store again."""
+        for service in services:
+            self._check(service)
+        self.shipping = {service: url for service in services}
+        self._ship_token = token
+        # The runtime holds the specs it starts and restarts services with (a restart by the engineer included).
+        fresh = self._specs() if self.runtime_choice["kind"] == "process" else self._container_specs()
+        self.runtime.specs.update(fresh)  # type: ignore[arg-type]
 
     def volume(self, service: str) -> Path:
         """A service's persistent disk: kept across restarts and redeploys, like a mounted volume."""

@@ -12,7 +12,9 @@ which sets in-memory faults (gone after a restart).
 
 Every `TICK_S` a background thread writes metrics labelled ``{"service": NAME}`` (plus ``"replica": "i"``
 for an extra replica, which listens on PORT+i) and flushes buffered logs to the telemetry store; spans go to
-the store through an OpenTelemetry span exporter.
+the store through an OpenTelemetry span exporter. With ``SREGRAPH_URL`` and ``SREGRAPH_INGEST_TOKEN`` in its
+environment the service never opens the store: its logs, metrics and spans go through sregraph's SDK to the
+worker's API (`ShippedTelemetry`), as an application's would.
 
 Config ``capture: false`` makes payments authorise without capturing: every request succeeds, nothing is
 bought (the business journey breaks with no error anywhere).
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import random
@@ -142,6 +145,62 @@ class StoreSpanExporter(SpanExporter):
 
 PROPAGATOR = TraceContextTextMapPropagator()
 
+SHIP_URL_ENV = "SREGRAPH_URL"
+SHIP_TOKEN_ENV = "SREGRAPH_INGEST_TOKEN"
+"""Where a shipping service sends its telemetry, and its token (role ingest): environment only, never argv."""
+METRICS_FLUSH_S = 0.05
+"""How long a shipping service's metrics wait in the SDK's queue for more of their tick before they are sent."""
+SHIP_CLOSE_S = 2.0
+"""How long a stopping (or dying of OOM) shipping service waits to send what it has queued."""
+_LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR, "critical": logging.CRITICAL}
+
+
+class ShippedTelemetry:
+    """A service's telemetry through sregraph's SDK to the worker's API instead of the store: logs through a
+    logging handler, metrics through a pusher, spans through an OpenTelemetry exporter, each batched every tick."""
+
+    def __init__(self, url: str, token: str, service: str) -> None:
+        from sregraph.sdk import MetricsPusher, SpanShipper, SregraphHandler
+
+        options: dict[str, Any] = {"flush_s": TICK_S, "close_timeout_s": SHIP_CLOSE_S, "timeout_s": 5.0}
+        self.handler = SregraphHandler(url, token, service=service, level=logging.DEBUG, **options)
+        self.logger = logging.getLogger(f"sregraph.localenv.{service}")
+        self.logger.setLevel(logging.DEBUG)
+        self.logger.propagate = False  # stdout has its own JSON line already
+        self.logger.addHandler(self.handler)
+        # A tick's points are queued together: sent at once, they arrive as fast as a direct write. Waiting out
+        # a whole tick more would leave a restarted service silent past the observer's staleness limit (2.5 s).
+        self.metrics = MetricsPusher(url, token, service=service, **{**options, "flush_s": METRICS_FLUSH_S})
+        self.spans = SpanShipper(url, token, service, **options)
+
+    def log(self, level: str, message: str, attrs: dict[str, Any]) -> None:
+        """One log record, queued for the next batch."""
+        try:
+            self.logger.log(_LOG_LEVELS.get(level, logging.INFO), message, extra=attrs)
+        except KeyError:  # an attribute named like one of logging's own fields
+            self.logger.log(_LOG_LEVELS.get(level, logging.INFO), message, extra={f"attr_{k}": v for k, v in attrs.items()})
+
+    def write_metrics(self, points: list[MetricPoint]) -> None:
+        """Metric points, queued for the next batch (the pusher adds the service label)."""
+        for p in points:
+            self.metrics.gauge(p.name, p.value, {k: str(v) for k, v in p.labels.items() if k != "service"}, ts=p.ts)
+
+    def write_logs(self, records: list[LogRecord]) -> None:
+        """Buffered records (a shipping service logs through `log` at once; this takes any left over)."""
+        for r in records:
+            self.log(r.level, r.message, r.attrs)
+
+    @property
+    def dropped(self) -> int:
+        """Everything the SDK lost so far (see `Shipper.dropped`)."""
+        return self.handler.dropped + self.metrics.shipper.dropped + self.spans.shipper.dropped
+
+    def close(self) -> None:
+        """Send what is queued (each kind within SHIP_CLOSE_S); spans stop with the tracer provider."""
+        self.handler.close()
+        self.logger.removeHandler(self.handler)
+        self.metrics.close()
+
 
 @dataclass
 class Faults:
@@ -183,7 +242,7 @@ class Service:
         self,
         name: str,
         config: dict[str, Any],
-        store: LocalTelemetryStore,
+        store: LocalTelemetryStore | ShippedTelemetry,
         downstreams: dict[str, str],
         replica: int = 0,
         volume: Path | None = None,
@@ -216,7 +275,8 @@ class Service:
         self._http = httpx.Client(timeout=self.timeout_s)
         # Spans through the OpenTelemetry SDK, exported to the store in batches.
         self.tracer_provider = TracerProvider(resource=Resource.create({"service.name": name, "service.version": self.version}))
-        self.tracer_provider.add_span_processor(BatchSpanProcessor(StoreSpanExporter(store, name), schedule_delay_millis=int(TICK_S * 1000)))
+        exporter = store.spans if isinstance(store, ShippedTelemetry) else StoreSpanExporter(store, name)
+        self.tracer_provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=int(TICK_S * 1000)))
         self.tracer = self.tracer_provider.get_tracer("sregraph.localenv")
         # Prometheus metrics in a registry of this service's own.
         self.registry = CollectorRegistry()
@@ -238,6 +298,9 @@ class Service:
         with self._out_lock:
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
+        if isinstance(self.store, ShippedTelemetry):
+            self.store.log(level, message, attrs)
+            return
         with self._lock:
             if len(self._logs) < MAX_BUFFER:
                 self._logs.append(record)
@@ -399,6 +462,8 @@ class Service:
         if rss > self.memory_limit_mb:
             self.log("error", f"out of memory: rss {rss:.0f} MB exceeds limit {self.memory_limit_mb:.0f} MB")
             self.flush([])
+            if isinstance(self.store, ShippedTelemetry):
+                self.store.close()  # the out-of-memory line must leave before the process does
             os._exit(OOM_EXIT_CODE)
         with self._lock:
             w, self._window = self._window, Window()
@@ -544,7 +609,10 @@ def main(argv: list[str] | None = None) -> int:
         message = f"bad config {args.config}: {exc}"
         print(json.dumps({"level": "error", "service": args.name, "message": message}), flush=True)
         return 2
-    store = LocalTelemetryStore(args.telemetry)
+    url, token = os.environ.get(SHIP_URL_ENV, ""), os.environ.get(SHIP_TOKEN_ENV, "")
+    store: LocalTelemetryStore | ShippedTelemetry = (
+        ShippedTelemetry(url, token, args.name) if url and token else LocalTelemetryStore(args.telemetry)
+    )
     volume = args.telemetry.parent / "volumes" / args.name
     service = Service(args.name, config, store, dict(map(_parse_downstream, args.downstream)), replica, volume)
     port = args.port + replica

@@ -26,6 +26,7 @@ async function load() {
   rows("#actions", inc.actions, (a) => [a.action.kind, a.action.service, a.status, a.detail]);
   text("#verification", inc.verification ? (inc.verification.recovered ? "Recovered." : "Not recovered.") : "");
   rows("#timeline", inc.timeline, (t) => [when(t.at), t.event]);
+  rows("#nearby", inc.nearby || [], (n) => [when(n.at), n.kind, n.service || "every service", n.title]);
   text("#postmortem", inc.postmortem ? inc.postmortem.markdown : "not written yet");
   // Incidents that wait for a human page the escalation tiers until someone takes them.
   const needsHuman = ["awaiting_approval", "escalated"].includes(inc.status);
