@@ -241,6 +241,12 @@ class Params:
     falls with what was seen; a condition that drifts on its own does not. 0.5: half of every deviation counts as
     it is, half by that correlation (no prior for either)."""
 
+    w_self_explained: float = 0.5
+    """Weight of a service's own trouble that its own resources explain (`self_explained`), added to its metric
+    score: a saturated service slow by itself is a cause, a caller slow without CPU waits on someone else. A
+    design choice (half of the weaker deviation: corroboration, not a new modality); the leave-one-dataset-out
+    search chooses between 0 and 0.5."""
+
     def kind_w(self, kind: str) -> float:
         """The weight of a metric kind."""
         return dict(self.kind_weight).get(kind, 0.5)
@@ -986,6 +992,23 @@ def _kind_dev(sc: ServiceScore, kind: str, co_move: float) -> float:
     return (1 - co_move) * sc.by_kind.get(kind, 0.0) + co_move * sc.with_symptom.get(kind, 0.0)
 
 
+RESOURCE_EXPLAINS = 0.5
+"""A service's CPU or memory deviation at least this share of its own latency or errors deviation explains them:
+its own resources, not a callee, made it slow or fail (the fault type reads the same pattern, `fault_type`)."""
+
+
+def self_explained(kinds: dict[str, float]) -> float:
+    """How far a service's own trouble is explained by its own resources: the weaker of its resource (CPU, memory)
+    and user-facing (latency, errors) deviations, when the resource one is strong enough to explain the other.
+
+    A cause that saturates shows both; a caller waiting on a slow callee shows the latency without the CPU, and a
+    busier service shows CPU that its latency does not follow. 0 when either is missing.
+    """
+    resource = max(kinds.get("cpu", 0.0), kinds.get("memory", 0.0))
+    facing = max(kinds.get("latency", 0.0), kinds.get("errors", 0.0))
+    return min(resource, facing) if resource >= RESOURCE_EXPLAINS * facing else 0.0
+
+
 def combine(ev: Evidence, p: Params = DEFAULT_PARAMS) -> RcaResult:
     """Weigh the modalities, walk the call graph, and rank."""
     services, scores = ev.services, ev.scores
@@ -995,7 +1018,8 @@ def combine(ev: Evidence, p: Params = DEFAULT_PARAMS) -> RcaResult:
     # With no symptom there is nothing to move with: every deviation counts in full.
     co_move = p.co_move if symptom else 0.0
     for sc in scores.values():
-        sc.metric = max((p.kind_w(k) * _kind_dev(sc, k, co_move) for k in sc.by_kind), default=0.0)
+        weighted = {k: p.kind_w(k) * _kind_dev(sc, k, co_move) for k in sc.by_kind}
+        sc.metric = max(weighted.values(), default=0.0) + p.w_self_explained * self_explained(weighted)
     modality = {a: {s: getattr(scores[s], a) for s in services} for a in ("metric", "trace", "log", "event")}
     common = {a: _common_mode(v, p.common_skip) if p.common_mode else 0.0 for a, v in modality.items()}
     modality = {a: {s: max(0.0, x - common[a]) for s, x in v.items()} for a, v in modality.items()}
@@ -1031,7 +1055,8 @@ def combine(ev: Evidence, p: Params = DEFAULT_PARAMS) -> RcaResult:
         pull = {}
         for s in services:
             sc = scores[s]
-            explains = max((p.kind_w(k) * _kind_dev(sc, k, co_move) * (p.callee_traffic if k == "traffic" else 1.0) for k in sc.by_kind), default=0.0)
+            weighted = {k: p.kind_w(k) * _kind_dev(sc, k, co_move) * (p.callee_traffic if k == "traffic" else 1.0) for k in sc.by_kind}
+            explains = max(weighted.values(), default=0.0) + p.w_self_explained * self_explained(weighted)
             explains = max(0.0, explains - common["metric"])
             pull[s] = own[s] - p.w_metric * m[s] + (p.w_metric * explains / unit if unit > 0 else 0.0)
     walked = _normalised(personalised_pagerank(services, ev.edges, own, p.restart, pull=pull)) if p.propagation > 0 else {}
@@ -1065,7 +1090,7 @@ def fault_type(top: ServiceScore, symptom_kind: str | None = None) -> RcaFault:
         return "error"
     resource = max(kinds.get("cpu", 0.0), kinds.get("memory", 0.0))
     symptom = max(kinds.get("latency", 0.0), kinds.get("errors", 0.0))
-    if resource > 0 and resource >= 0.5 * symptom:
+    if resource > 0 and resource >= RESOURCE_EXPLAINS * symptom:
         return "cpu" if kinds.get("cpu", 0.0) >= kinds.get("memory", 0.0) else "memory"
     if top.trace_errors > 0 or top.log_errors > 0 or kinds.get("errors", 0.0) > kinds.get("latency", 0.0):
         return "error"

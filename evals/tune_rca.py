@@ -48,6 +48,7 @@ GRID: dict[str, Sequence[Any]] = {
     "co_move": (0.0, 0.5),
     "common_mode": (False, True),
     "failure_share": (False, True),
+    "w_self_explained": (0.0, 0.5),
 }
 """The grid searched. reference, onset, caller_view, flat_exact and failure_share change the metric evidence itself;
 the others only how it is combined."""

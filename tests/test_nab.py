@@ -14,8 +14,9 @@ from evals import nab
 from evals.nab import PROFILES, file_score, load_corpus, probation_rows, row_weights, scaled_sigmoid, sweep
 from sregraph.bench import bench
 from tools.base import ConfigError
+from tests.data import SHARED_DATA
 
-REAL = Path("/work/shared/data/nab")
+REAL = SHARED_DATA / "nab"
 STD, LOW_FP, LOW_FN = PROFILES["standard"], PROFILES["low_fp"], PROFILES["low_fn"]
 
 
@@ -269,7 +270,7 @@ def test_cli_prints_the_headline_numbers_as_json(tmp_path: Path) -> None:
     assert runner.invoke(bench, ["nab", "--data", str(tmp_path), "--format", "xml"]).exit_code == 2
 
 
-@pytest.mark.skipif(not REAL.is_dir(), reason="the NAB subset is not in /work/shared/data/nab")
+@pytest.mark.skipif(not REAL.is_dir(), reason=f"the NAB subset is not at {REAL} (set SREGRAPH_SHARED_DATA)")
 def test_real_subset_stays_above_the_bar() -> None:
     result = nab.run(REAL)
     assert (result.files, result.windows) == (31, 53)

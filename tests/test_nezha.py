@@ -27,8 +27,9 @@ from evals.nezha import (
 )
 from evals.nezha_cli import nezha
 from tools.base import ConfigError, Refused, Telemetry
+from tests.data import SHARED_DATA
 
-REAL = Path("/work/shared/data/nezha-ob")
+REAL = SHARED_DATA / "nezha-ob"
 DAY = "2022-08-22"
 T0 = 1661162400  # 2022-08-22 10:00:00 UTC
 MINUTES = 60
@@ -286,7 +287,7 @@ def test_cli_json_text_and_mounted(day_dir: Path, tmp_path: Path) -> None:
     assert runner.invoke(nezha, ["--data", str(tmp_path), "--format", "xml"]).exit_code == 2
 
 
-@pytest.mark.skipif(not (REAL / "rca_data").is_dir(), reason=f"the shared Nezha day is not at {REAL}")
+@pytest.mark.skipif(not (REAL / "rca_data").is_dir(), reason=f"the shared Nezha day is not at {REAL} (set SREGRAPH_SHARED_DATA)")
 def test_real_day_runs_end_to_end() -> None:
     result = run_nezha(REAL)
     assert result["cases"] == 24 and len(result["per_case"]) == 24

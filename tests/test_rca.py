@@ -30,6 +30,7 @@ from agents.rca import (
     metric_scores,
     personalised_pagerank,
     rank,
+    self_explained,
     series_deviation,
     trace_scores,
 )
@@ -37,6 +38,7 @@ from agents.rca_confidence import ARTEFACT, FALLBACK_MIN_CONFIDENCE, FEATURES, C
 from evals.rca_bench import baro_scores, run_bench
 from evals.rca_case import load_case, load_label
 from tools.base import ConfigError
+from tests.data import SHARED_DATA
 
 T0 = 1_700_000_000.0
 STEP = 60.0
@@ -363,6 +365,37 @@ def test_common_scale_keeps_a_weak_modality_weak() -> None:
     assert rank(inp, replace(DEFAULT_PARAMS, common_scale=False)).services[0] == "y"
 
 
+def test_self_explained_needs_the_resource_to_explain_the_trouble() -> None:
+    assert self_explained({"cpu": 4.0, "latency": 4.5}) == 4.0  # saturated and slow: the weaker of the two
+    assert self_explained({"memory": 3.0, "errors": 2.0}) == 2.0
+    assert self_explained({"cpu": 1.5, "latency": 4.0}) == 0.0  # far slower than its CPU explains: it waits on someone
+    assert self_explained({"cpu": 4.0, "traffic": 4.0}) == 0.0  # busy, not slow
+    assert self_explained({"latency": 4.0}) == 0.0
+
+
+def _waiting_caller_case() -> RcaInput:
+    """front → a → s. a is far slower than s, but only s's CPU saturates with its own latency; a's log mix shifts."""
+    quiet = [10.0, 10.5, 9.5, 10.0, 10.2, 9.8]
+    series = [
+        _series("a", "lat", quiet, [400.0, 420.0], "latency", "up"),
+        _series("a", "cpu", quiet, [10.1, 10.0], "cpu", "up"),
+        _series("s", "lat", quiet, [60.0, 61.0], "latency", "up"),
+        _series("s", "cpu", quiet, [60.0, 62.0], "cpu", "up"),
+        _series("front", "cpu", quiet, [10.0, 10.1], "cpu", "up"),
+    ]
+    logs = [LogRow(T0 - 300 + i, "a", "info", "served") for i in range(300)]
+    logs += [LogRow(T0 + i, "a", "info", "served") for i in range(60)] + [LogRow(T0 + i, "a", "info", "slow call to s") for i in range(40)]
+    return RcaInput(T0, ["a", "front", "s"], series, {("front", "a"), ("a", "s")}, logs=logs)
+
+
+def test_a_service_slowed_by_its_own_resources_outranks_the_caller_waiting_on_it() -> None:
+    inp = _waiting_caller_case()
+    assert rank(inp).services[0] == "s"
+    assert rank(inp).fault_type == "cpu"
+    # Without the corroboration, the caller's larger latency and its log shift win.
+    assert rank(inp, replace(DEFAULT_PARAMS, w_self_explained=0.0)).services[0] == "a"
+
+
 def test_no_deviation_means_no_answer() -> None:
     quiet = [10.0, 10.5, 9.5, 10.0, 10.2, 9.8]
     inp = RcaInput(T0, ["a", "b"], [_series("a", "cpu", quiet, [10.0, 10.1], "cpu", "up")])
@@ -492,10 +525,10 @@ def test_cli_bench_rca_prints_json_and_refuses_a_bad_folder(tmp_path: Path) -> N
     assert runner.invoke(app, ["bench", "rca", "--data", str(tmp_path / "missing")]).exit_code == 2
 
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = SHARED_DATA
 
 
-@pytest.mark.skipif(not (SHARED / "nezha-ob").is_dir(), reason="the shared Nezha OnlineBoutique day is not beside this checkout")
+@pytest.mark.skipif(not (SHARED / "nezha-ob").is_dir(), reason=f"the shared Nezha OnlineBoutique day is not at {SHARED} (set SREGRAPH_SHARED_DATA)")
 def test_real_onlineboutique_day_beats_both_baselines(tmp_path: Path) -> None:
     from evals.rca_convert import convert_nezha
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import time
 from pathlib import Path
 
@@ -13,12 +12,11 @@ from typer.testing import CliRunner
 
 from evals.rca_convert import convert_nezha, convert_petshop, petshop_fault_type
 from sregraph.dataset_cli import dataset
+from tests.data import SHARED_DATA
 from tests.test_nezha import write_day
 from tools.base import ConfigError
 
-SHARED = Path(
-    os.environ.get("SREGRAPH_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
-)
+SHARED = SHARED_DATA
 INPUTS = (
     "case.json",
     "metrics.csv",
