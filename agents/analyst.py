@@ -346,7 +346,8 @@ class Analyst:
         """
         acted_on = {r.action.service for r in previous if r.status == "done"}
         try:
-            ranked = rank(live_input(self.toolbox.telemetry, list(table), self.toolbox.topology, windows, span))
+            down = {service for service, ev in table.items() if ev.down}
+            ranked = rank(live_input(self.toolbox.telemetry, list(table), self.toolbox.topology, windows, span, down=down))
         except SregraphError as exc:
             log.warning("root-cause ranker skipped: %s", exc)
             return

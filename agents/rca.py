@@ -85,6 +85,8 @@ class SpanRow:
     """Seconds."""
     status: str = ""
     """ok, error, or empty when unknown."""
+    peer: str = ""
+    """The service a client span called (OpenTelemetry's `peer.service`), or empty when not recorded."""
 
 
 @dataclass
@@ -126,6 +128,10 @@ class RcaInput:
     """Spans of a known-normal period (like `MetricSeries.normal` for metrics), when there is one."""
     normal_logs: list[LogRow] = field(default_factory=list)
     """Log lines of a known-normal period, when there is one."""
+    down: set[str] = field(default_factory=set)
+    """Services a live system reports as not serving (a failing health check, a process that is not running).
+    They count as vanished, as a service whose telemetry stopped does: a crash seconds old has not yet emptied
+    the window of its last points."""
 
 
 # ----------------------------------------------------------------------------- metric kinds
@@ -187,7 +193,11 @@ class Params:
     (follow the trail of the trouble that was seen), not tuned: only PetShop's cases name a symptom, so the
     other datasets cannot choose it."""
     w_vanished: float = 1.0
-    """Score a service gets when its telemetry stops after the start."""
+    """Score of a service whose telemetry stopped after the start (or that a live system reports down), as a share
+    of the full scale: every modality at its strongest (w_metric + w_trace + w_log + w_event). A service that
+    stopped answering is the strongest evidence there is, and its callers' errors, logs and latency are what it
+    left behind: scored as one modality (1 until this round), it lost to callers that logged its absence in
+    every modality. A design choice: none of the 104 dataset cases has a vanished service."""
     w_silenced: float = 1.0
     """Score shared by the callers of a live service whose request-facing series stopped (no more calls came)."""
     flat_exact: bool = True
@@ -416,7 +426,7 @@ def metric_scores(inp: RcaInput, p: Params, devs: dict[int, float] | None = None
     # A crash silences the whole service. Series that stop while others of the same service still report (a
     # latency with no more requests to time) say its callers stopped calling, which is their trouble.
     still = {s.service for s in inp.series if np.any((s.ts >= inp.anomaly_start) & np.isfinite(s.values))}
-    for service in stopped - still:
+    for service in (stopped - still) | (set(inp.down) & set(out)):
         out[service].vanished = True
     for service in stopped_requests & still:
         out[service].silenced = True
@@ -476,6 +486,7 @@ def _self_times(spans: Sequence[SpanRow]) -> tuple[dict[tuple[str, str], list[tu
             edges.add((parent.service, sp.service))
         if sp.status == "error":
             erroring_child.add(key)
+    edges |= {(sp.service, sp.peer) for sp in spans if sp.peer and sp.peer != sp.service}
     self_time: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
     for sp in spans:
         own = max(sp.duration - child_time.get((sp.trace_id, sp.span_id), 0.0), 0.0)
@@ -484,7 +495,12 @@ def _self_times(spans: Sequence[SpanRow]) -> tuple[dict[tuple[str, str], list[tu
 
 
 def _origin_errors(spans: Sequence[SpanRow], erroring_child: set[tuple[str, str]], start: float | None) -> tuple[Counter[str], Counter[str], Counter[str], Counter[str]]:
-    """Per service: spans and errors it originates, before and after `start` (all "before" when start is None)."""
+    """Per service: spans and errors it originates, before and after `start` (all "before" when start is None).
+
+    A failed client call that left no span of its callee (connection refused by a service that is down or
+    restarting) is the callee's error when the span names it (`peer`): the caller only reported it.
+    """
+    parents = {(sp.trace_id, sp.parent_id) for sp in spans if sp.parent_id}
     count_before: Counter[str] = Counter()
     count_after: Counter[str] = Counter()
     errors_before: Counter[str] = Counter()
@@ -493,7 +509,8 @@ def _origin_errors(spans: Sequence[SpanRow], erroring_child: set[tuple[str, str]
         after = start is not None and sp.start >= start
         (count_after if after else count_before)[sp.service] += 1
         if sp.status == "error" and (sp.trace_id, sp.span_id) not in erroring_child:
-            (errors_after if after else errors_before)[sp.service] += 1
+            unreached = sp.peer and sp.peer != sp.service and (sp.trace_id, sp.span_id) not in parents
+            (errors_after if after else errors_before)[sp.peer if unreached else sp.service] += 1
     return count_before, count_after, errors_before, errors_after
 
 
@@ -1031,8 +1048,9 @@ def combine(ev: Evidence, p: Params = DEFAULT_PARAMS) -> RcaResult:
     else:
         unit = max(modality["metric"].values(), default=0.0)
         m, t, lg, ev_ = metric_n, trace_n, log_n, event_n
+    full = p.w_metric + p.w_trace + p.w_log + p.w_event
     own = {
-        s: p.w_metric * m[s] + p.w_trace * t[s] + p.w_log * lg[s] + p.w_event * ev_[s] + (p.w_vanished if scores[s].vanished else 0.0)
+        s: p.w_metric * m[s] + p.w_trace * t[s] + p.w_log * lg[s] + p.w_event * ev_[s] + (p.w_vanished * full if scores[s].vanished else 0.0)
         for s in services
     }
     if p.w_silenced > 0:

@@ -12,7 +12,7 @@ import numpy as np
 
 from agents.rca import LogRow, MetricSeries, RcaInput, SpanRow, infer_kind
 from agents.rules import RULES
-from agents.signals import Windows
+from agents.signals import PEER, Windows
 from tools.base import Telemetry
 
 
@@ -23,11 +23,13 @@ def live_input(
     windows: Windows,
     span: Windows,
     symptom: str | None = None,
+    down: set[str] | None = None,
 ) -> RcaInput:
     """The ranker's input from the windows the analyst measured: metrics of both windows, error lines, spans.
 
     Each metric carries the analyst's floor for it (`agents.rules.RULES`): a latency of 5.1 ms that is 8 ms
-    for one sample is no deviation, however flat its baseline was.
+    for one sample is no deviation, however flat its baseline was. A client span carries the service it called
+    (`peer.service`), and `down` names the services the analyst found not serving (health, process state).
     """
     series: list[MetricSeries] = []
     for service in services:
@@ -52,8 +54,16 @@ def live_input(
         for start, end in ((span.baseline_start, span.baseline_end), (span.recent_start, span.recent_end)):
             logs += [LogRow(r.ts, r.service, r.level, r.message) for r in telemetry.search_logs(service, start, end, level="error")]
     spans = [
-        SpanRow(s.trace_id, s.span_id, s.parent_id or "", s.service, s.name, s.start, s.duration_ms / 1000.0, s.status)
+        SpanRow(s.trace_id, s.span_id, s.parent_id or "", s.service, s.name, s.start, s.duration_ms / 1000.0, s.status, _peer(s.attrs))
         for s in telemetry.spans(None, span.recent_start, span.recent_end)
     ]
     edges = {(caller, callee) for caller, callees in topology.items() for callee in callees}
-    return RcaInput(windows.baseline_end, list(services), series, edges, spans, logs, (symptom, None) if symptom else None)
+    return RcaInput(
+        windows.baseline_end, list(services), series, edges, spans, logs, (symptom, None) if symptom else None,
+        down=set(down or ()) & set(services),
+    )
+
+
+def _peer(attrs: dict[str, object]) -> str:
+    peer = attrs.get(PEER)
+    return peer if isinstance(peer, str) else ""

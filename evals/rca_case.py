@@ -152,7 +152,8 @@ def _read_spans(path: Path) -> list[SpanRow]:
         return []
     return [
         SpanRow(row["trace_id"], row["span_id"], row["parent_id"] or "", row["service"], row["operation"],
-                _number(row["start_us"]) / 1e6, _number(row["duration_us"]) / 1e6, (row["status"] or "").lower())
+                _number(row["start_us"]) / 1e6, _number(row["duration_us"]) / 1e6, (row["status"] or "").lower(),
+                row.get("peer") or "")
         for row in _rows(path, ("trace_id", "span_id", "parent_id", "service", "operation", "start_us", "duration_us", "status"))
     ]
 

@@ -228,6 +228,40 @@ def test_trace_scores_count_the_deepest_error_only() -> None:
     assert errors.get("db", 0) > 0 and "front" not in errors
 
 
+def test_trace_scores_blame_the_callee_a_refused_call_names() -> None:
+    # front calls db; after the start db refuses connections: front's client spans fail with no db span below.
+    spans = []
+    for i in range(20):
+        t = T0 + i - 10
+        down = i >= 10
+        spans.append(SpanRow(f"t{i}", "1", "", "front", "GET /", t, 0.2, "error" if down else "ok"))
+        spans.append(SpanRow(f"t{i}", "2", "1", "front", "call db", t, 0.1, "error" if down else "ok", peer="db"))
+        if not down:
+            spans.append(SpanRow(f"t{i}", "3", "2", "db", "query", t, 0.05, "ok"))
+    _, errors, edges = trace_scores(RcaInput(T0, ["front", "db"], spans=spans), DEFAULT_PARAMS)
+    assert errors.get("db", 0) > 0 and "front" not in errors
+    assert ("front", "db") in edges
+    # Without the callee's name, the failed call is the caller's own error.
+    anonymous = [replace(sp, peer="") for sp in spans]
+    _, errors, _ = trace_scores(RcaInput(T0, ["front", "db"], spans=anonymous), DEFAULT_PARAMS)
+    assert errors.get("front", 0) > 0 and "db" not in errors
+
+
+def test_a_service_reported_down_outranks_the_callers_that_log_its_absence() -> None:
+    quiet = [10.0, 10.5, 9.5, 10.0, 10.2, 9.8]
+    series = [
+        _series("front", "errors", quiet, [80.0, 85.0], "errors", "up"),
+        _series("mid", "errors", quiet, [80.0, 85.0], "errors", "up"),
+        _series("db", "cpu", quiet, [10.0, 10.1], "cpu", "up"),  # its last points before it died look normal
+    ]
+    logs = [LogRow(T0 - 300 + i, s, "info", "served") for i in range(300) for s in ("front", "mid")]
+    logs += [LogRow(T0 + i, s, "error", "connection refused by db") for i in range(60) for s in ("front", "mid")]
+    inp = RcaInput(T0, ["db", "front", "mid"], series, {("front", "mid"), ("mid", "db")}, logs=logs)
+    assert rank(inp).services[0] != "db"
+    down = replace(inp, down={"db"})
+    assert rank(down).services[0] == "db" and rank(down).fault_type == "crash"
+
+
 def test_log_scores_see_new_error_templates() -> None:
     logs = [LogRow(T0 - 60 + i, "a", "info", f"served request {i}") for i in range(30)]
     logs += [LogRow(T0 - 60 + i, "b", "info", f"served request {i}") for i in range(30)]
@@ -453,6 +487,15 @@ def test_load_case_reads_every_file_and_never_the_label(tmp_path: Path) -> None:
     assert case.input.symptom == ("front", "latency_p95")
     with pytest.raises(ConfigError, match="label.json"):
         load_label(tmp_path / "c1")
+
+
+def test_load_case_reads_the_optional_peer_of_a_span(tmp_path: Path) -> None:
+    write_chain_case(tmp_path / "c1", "mid")
+    header = ["trace_id", "span_id", "parent_id", "service", "operation", "start_us", "duration_us", "status"]
+    _write(tmp_path / "c1" / "spans.csv", header + ["peer"], [["t", "1", "", "front", "call", T0 * 1e6, 1000, "error", "mid"]])
+    _write(tmp_path / "c1" / "normal_spans.csv", header, [["t", "1", "", "front", "call", T0 * 1e6, 1000, "ok"]])
+    case = load_case(tmp_path / "c1")
+    assert case.input.spans[0].peer == "mid" and case.input.normal_spans[0].peer == ""
 
 
 def test_load_case_rejects_bad_input_clearly(tmp_path: Path) -> None:
