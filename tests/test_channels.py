@@ -23,6 +23,8 @@ from tools.channels import (
     EmailChannel,
     Message,
     NotificationsConfig,
+    OpsgenieChannel,
+    PagerDutyChannel,
     Route,
     RoutedNotifier,
     SlackChannel,
@@ -321,3 +323,152 @@ def test_jira_and_servicenow_get_one_ticket_per_incident_then_comments(monkeypat
         tracker.close()
     with pytest.raises(ValueError, match="needs `project`"):
         ChannelConfig(type="jira", url="http://x", username="u", password_env="P")
+
+
+class Pagers:
+    """A local PagerDuty Events API v2 and Opsgenie Alert API v2, checking each request as the services document
+    it: PagerDuty's routing key, event action, dedup key and trigger payload (answers 202, or 400 "invalid event");
+    Opsgenie's GenieKey header (401 without it), and the alert, close and note bodies (202, or 422)."""
+
+    ROUTING_KEY = "R0123456789abcdef0123456789abcde"
+    GENIE_KEY = "eb243592-faa2-4ba2-a551-1afdf565c889"
+
+    def __init__(self) -> None:
+        self.pagerduty: list[dict[str, Any]] = []
+        self.opsgenie: list[tuple[str, dict[str, Any]]] = []
+        self.alerts: dict[str, dict[str, Any]] = {}
+        pagers = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+                body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+                if self.path == "/v2/enqueue":
+                    self._answer(*pagers.enqueue(body))
+                elif self.path.startswith("/v2/alerts"):
+                    if self.headers.get("Authorization") != f"GenieKey {Pagers.GENIE_KEY}":
+                        self._answer(401, {"message": "Could not authenticate", "took": 0.0})
+                        return
+                    self._answer(*pagers.alert(self.path, body))
+                else:
+                    self._answer(404, {})
+
+            def _answer(self, status: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def enqueue(self, event: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        errors = []
+        if event.get("routing_key") != self.ROUTING_KEY:
+            errors.append("'routing_key' is invalid")
+        if event.get("event_action") not in ("trigger", "acknowledge", "resolve"):
+            errors.append("'event_action' is invalid")
+        if not isinstance(event.get("dedup_key"), str) or not 0 < len(event["dedup_key"]) <= 255:
+            errors.append("'dedup_key' is invalid")
+        if event.get("event_action") == "trigger":
+            payload = event.get("payload") or {}
+            if not isinstance(payload.get("summary"), str) or not 0 < len(payload["summary"]) <= 1024:
+                errors.append("'payload.summary' is missing or too long")
+            if not payload.get("source"):
+                errors.append("'payload.source' is missing")
+            if payload.get("severity") not in ("critical", "error", "warning", "info"):
+                errors.append("'payload.severity' is invalid")
+        if errors:
+            return 400, {"status": "invalid event", "message": "Event object is invalid", "errors": errors}
+        self.pagerduty.append(event)
+        return 202, {"status": "success", "message": "Event processed", "dedup_key": event["dedup_key"]}
+
+    def alert(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        self.opsgenie.append((path, body))
+        accepted = {"result": "Request will be processed", "took": 0.01, "requestId": f"req-{len(self.opsgenie)}"}
+        if path == "/v2/alerts":
+            if not isinstance(body.get("message"), str) or not 0 < len(body["message"]) <= 130:
+                return 422, {"message": "Message can not be empty or longer than 130 characters", "took": 0.0}
+            if body.get("priority") not in ("P1", "P2", "P3", "P4", "P5"):
+                return 422, {"message": "Priority should be one of [P1, P2, P3, P4, P5]", "took": 0.0}
+            alias = body.get("alias") or body["message"]
+            open_alert = self.alerts.get(alias)
+            if open_alert is not None and open_alert["status"] == "open":
+                open_alert["count"] += 1  # Opsgenie de-duplicates an open alias
+            else:
+                self.alerts[alias] = {"status": "open", "count": 1, "notes": [], "message": body["message"]}
+            return 202, accepted
+        action = path.split("?")[0].rsplit("/", 1)[-1]
+        alias = path.split("?")[0].split("/")[3]
+        if "identifierType=alias" not in path or alias not in self.alerts:
+            return 404, {"message": "Alert does not exist", "took": 0.0}
+        if action == "notes":
+            if not body.get("note"):
+                return 422, {"message": "Note can not be empty", "took": 0.0}
+            self.alerts[alias]["notes"].append(body["note"])
+        elif action == "close":
+            self.alerts[alias]["status"] = "closed"
+        else:
+            return 404, {"message": "unknown action", "took": 0.0}
+        return 202, accepted
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def pagers(monkeypatch: pytest.MonkeyPatch) -> Iterator[Pagers]:
+    monkeypatch.setenv("PD_ROUTING_KEY", Pagers.ROUTING_KEY)
+    monkeypatch.setenv("OPSGENIE_KEY", Pagers.GENIE_KEY)
+    p = Pagers()
+    yield p
+    p.close()
+
+
+def _lifecycle(channel: Any) -> None:
+    labels = {"service": "payments", "severity": "critical"}
+    for event, text in (("opened", "payments down"), ("action", "restart payments: done"), ("page", "unacknowledged for 5 min"), ("documented", "post-mortem written")):
+        channel.send(Message("inc-7", event, text, {**labels, "event": event}))
+
+
+def test_pagerduty_triggers_one_alert_per_incident_and_resolves_it(pagers: Pagers) -> None:
+    channel = ChannelConfig(type="pagerduty", key_env="PD_ROUTING_KEY", url=f"{pagers.base}/v2/enqueue").build()
+    _lifecycle(channel)
+    assert [e["event_action"] for e in pagers.pagerduty] == ["trigger", "trigger", "trigger", "resolve"]
+    assert {e["dedup_key"] for e in pagers.pagerduty} == {"inc-7"}
+    first = pagers.pagerduty[0]["payload"]
+    assert first["severity"] == "critical" and first["source"] == "payments" and first["component"] == "payments"
+    assert "payload" not in pagers.pagerduty[-1]
+    with pytest.raises(ToolError, match="answered 400"):  # a dedup key longer than the 255 characters PagerDuty takes
+        PagerDutyChannel("PD_ROUTING_KEY", f"{pagers.base}/v2/enqueue").send(Message("x" * 300, "opened", "t", {}))
+
+
+def test_opsgenie_creates_notes_and_closes_one_alert_per_incident(pagers: Pagers) -> None:
+    channel = ChannelConfig(type="opsgenie", key_env="OPSGENIE_KEY", url=pagers.base).build()
+    _lifecycle(channel)
+    alert = pagers.alerts["inc-7"]
+    assert alert["status"] == "closed" and alert["count"] == 2  # opened, then paged again: one alert
+    assert alert["notes"] == ["action: restart payments: done"]
+    created = pagers.opsgenie[0][1]
+    assert created["priority"] == "P1" and created["entity"] == "payments" and len(created["message"]) <= 130
+
+
+def test_pagers_need_their_key_and_say_which_variable_is_missing(pagers: Pagers, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="key_env"):
+        ChannelConfig(type="pagerduty")
+    monkeypatch.setenv("OPSGENIE_KEY", "wrong")
+    with pytest.raises(ToolError, match="answered 401"):
+        OpsgenieChannel("OPSGENIE_KEY", pagers.base).send(MESSAGE)
+    monkeypatch.delenv("PD_ROUTING_KEY")
+    with pytest.raises(ToolError, match="PD_ROUTING_KEY"):
+        PagerDutyChannel("PD_ROUTING_KEY", f"{pagers.base}/v2/enqueue").send(MESSAGE)
+    assert pagers.pagerduty == []

@@ -4,8 +4,9 @@ tree that picks channels for each notification, like Alertmanager's routes.
 Each channel speaks its provider's documented payload: Slack incoming webhooks (`text` plus a `blocks`
 section; Mattermost and Rocket.Chat take the same), Discord webhooks (`content`), Microsoft Teams workflow
 webhooks (an Adaptive Card in `attachments`), a generic webhook (the notification as JSON), email over SMTP
-(STARTTLS when asked), and tickets: a Jira issue or a ServiceNow incident per incident, with later
-notifications as comments or work notes. Every call has a timeout; every text passes the redactor first.
+(STARTTLS when asked), paging: a PagerDuty incident (Events API v2) or an Opsgenie alert (Alert API v2) per
+incident, triggered, added to and resolved with it, and tickets: a Jira issue or a ServiceNow incident per
+incident, with later notifications as comments or work notes. Every call has a timeout; every text passes the redactor first.
 
 `RoutedNotifier` is a `Notifier`: the graph calls it as it calls any other, and `IdempotentNotifier` around it
 keeps each notification once across crashes. For each notification it builds labels (`event`, and `service`
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any, Literal, Protocol
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -146,6 +148,89 @@ class EmailChannel:
             raise ToolError(f"EmailChannel: {type(exc).__name__} sending through {self.host}:{self.port}") from exc
 
 
+RESOLVING_EVENTS = frozenset({"documented"})
+"""Events after which the incident is over (the post-mortem is written once it recovered): a pager resolves."""
+PAGING_EVENTS = frozenset({"opened", "escalated", "page"})
+"""Events that (re)page; any other event is added to the open page as context."""
+
+
+def _secret(env: str, channel: str) -> str:
+    value = os.environ.get(env, "")
+    if not value:
+        raise ToolError(f"{channel}: the environment variable {env} holding its key is not set")
+    return value
+
+
+class PagerDutyChannel:
+    """PagerDuty Events API v2: one alert per incident (`dedup_key` = incident id), triggered when the incident
+    opens, escalates or pages, and resolved when it is documented; other events re-trigger the same alert, which
+    PagerDuty adds to it. The integration's routing key comes from the environment variable `key_env`."""
+
+    URL = "https://events.pagerduty.com/v2/enqueue"
+    SEVERITY = {"critical": "critical", "page": "critical", "high": "error", "error": "error", "warning": "warning", "info": "info"}
+
+    def __init__(self, key_env: str, url: str | None = None, timeout_s: float = 10.0) -> None:
+        self.key_env, self.url, self.timeout_s = key_env, url or self.URL, timeout_s
+
+    def send(self, message: Message) -> None:
+        event: dict[str, Any] = {
+            "routing_key": _secret(self.key_env, "PagerDutyChannel"),
+            "dedup_key": message.incident_id,
+            "event_action": "resolve" if message.event in RESOLVING_EVENTS else "trigger",
+        }
+        if event["event_action"] == "trigger":
+            event["payload"] = {
+                "summary": f"{message.title}: {message.text}"[:1024],
+                "source": message.labels.get("service") or "sregraph",
+                "severity": self.SEVERITY.get(message.labels.get("severity", ""), "error"),
+                "custom_details": {"event": message.event, "text": message.text, "labels": message.labels},
+            }
+            if message.labels.get("service"):
+                event["payload"]["component"] = message.labels["service"]
+            event["client"] = "sregraph"
+        _post(self.url, event, {}, self.timeout_s, "PagerDutyChannel")
+
+
+class OpsgenieChannel:
+    """Opsgenie Alert API v2: one alert per incident (`alias` = incident id), created when the incident opens,
+    escalates or pages (Opsgenie counts a repeat of an open alias), closed when it is documented, and every other
+    event a note on it. The API key (a GenieKey) comes from the environment variable `key_env`; `url` is the
+    API's base (api.eu.opsgenie.com for the EU instance)."""
+
+    URL = "https://api.opsgenie.com"
+    PRIORITY = {"critical": "P1", "page": "P1", "high": "P2", "error": "P2", "warning": "P3", "info": "P5"}
+
+    def __init__(self, key_env: str, url: str | None = None, timeout_s: float = 10.0) -> None:
+        self.key_env, self.base, self.timeout_s = key_env, (url or self.URL).rstrip("/"), timeout_s
+
+    def send(self, message: Message) -> None:
+        headers = {"Authorization": f"GenieKey {_secret(self.key_env, 'OpsgenieChannel')}"}
+        alias = quote(message.incident_id, safe="")
+        if message.event in PAGING_EVENTS:
+            alert = {
+                "message": message.title[:130], "alias": message.incident_id[:512], "description": message.text[:15000],
+                "priority": self.PRIORITY.get(message.labels.get("severity", ""), "P3"), "source": "sregraph",
+                "entity": message.labels.get("service", "")[:512], "tags": ["sregraph", message.event],
+                "details": {k: v[:8000] for k, v in message.labels.items()},
+            }
+            _post(f"{self.base}/v2/alerts", alert, headers, self.timeout_s, "OpsgenieChannel")
+        elif message.event in RESOLVING_EVENTS:
+            note = {"source": "sregraph", "note": f"{message.event}: {message.text}"[:25000]}
+            _post(f"{self.base}/v2/alerts/{alias}/close?identifierType=alias", note, headers, self.timeout_s, "OpsgenieChannel")
+        else:
+            note = {"source": "sregraph", "note": f"{message.event}: {message.text}"[:25000]}
+            _post(f"{self.base}/v2/alerts/{alias}/notes?identifierType=alias", note, headers, self.timeout_s, "OpsgenieChannel")
+
+
+def _post(url: str, payload: dict[str, Any], headers: dict[str, str], timeout_s: float, name: str) -> None:
+    try:
+        answer = httpx.post(url, json=payload, headers=headers, timeout=timeout_s)
+    except httpx.HTTPError as exc:
+        raise ToolError(f"{name}: {type(exc).__name__} posting to {url.split('?')[0]}") from exc
+    if not answer.is_success:
+        raise ToolError(f"{name}: {url.split('?')[0]} answered {answer.status_code}")
+
+
 class _Tickets(ABC):
     """Opens one ticket per incident in a tracker and adds each later notification to it as a comment.
 
@@ -242,9 +327,10 @@ class ChannelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["webhook", "slack", "discord", "teams", "email", "jira", "servicenow"]
+    type: Literal["webhook", "slack", "discord", "teams", "email", "jira", "servicenow", "pagerduty", "opsgenie"]
     url: str | None = None
-    """Webhook URL (webhook, slack, discord, teams), or the tracker's base URL (jira, servicenow)."""
+    """Webhook URL (webhook, slack, discord, teams), the tracker's base URL (jira, servicenow), or another endpoint
+    than the pager's public one (pagerduty: the Events API v2 enqueue URL; opsgenie: the API base)."""
     url_env: str | None = None
     """Or the environment variable that holds it (webhook URLs are secrets: they post without credentials)."""
     smtp_host: str = "localhost"
@@ -259,6 +345,8 @@ class ChannelConfig(BaseModel):
     """Jira project key."""
     issue_type: str = "Task"
     """Jira issue type of the tickets opened."""
+    key_env: str | None = None
+    """The environment variable holding the PagerDuty integration's routing key or the Opsgenie API key."""
     timeout_s: float = Field(10.0, gt=0, le=120)
 
     @model_validator(mode="after")
@@ -269,7 +357,12 @@ class ChannelConfig(BaseModel):
             raise ValueError(f"a {self.type} channel needs `url`, `username` and `password_env`")
         if self.type == "jira" and not self.project:
             raise ValueError("a jira channel needs `project`")
-        if self.type != "email" and not (self.url or self.url_env):
+        if self.type in ("pagerduty", "opsgenie"):
+            if not self.key_env:
+                raise ValueError(f"a {self.type} channel needs `key_env` (the variable holding its key)")
+            if self.url is not None and not self.url.startswith(("http://", "https://")):
+                raise ValueError(f"a {self.type} channel's `url` must be an http(s) URL")
+        elif self.type != "email" and not (self.url or self.url_env):
             raise ValueError(f"a {self.type} channel needs `url` or `url_env`")
         return self
 
@@ -282,6 +375,10 @@ class ChannelConfig(BaseModel):
             return JiraChannel(self.url or "", self.username or "", self.password_env or "", self.timeout_s, self.project or "", self.issue_type)
         if self.type == "servicenow":
             return ServiceNowChannel(self.url or "", self.username or "", self.password_env or "", self.timeout_s)
+        if self.type == "pagerduty":
+            return PagerDutyChannel(self.key_env or "", self.url, self.timeout_s)
+        if self.type == "opsgenie":
+            return OpsgenieChannel(self.key_env or "", self.url, self.timeout_s)
         url = self.url or os.environ.get(self.url_env or "", "")
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"notifications: the {self.type} channel's URL ({self.url_env or 'url'}) is not an http(s) URL")
