@@ -225,7 +225,7 @@ def test_llm_brain_replay_with_a_scripted_model(tmp_path: Path) -> None:
     from agents.librarian import PostMortemText
     from agents.llm import LLMDiagnosis, LLMHypothesis
     from agents.observer import IncidentTitle
-    from tests.fakes.chat import ScriptedChatModel, answer, say, tool_call
+    from tests.support import ScriptedChatModel, answer, say, tool_call
 
     diagnosis = LLMDiagnosis(hypotheses=[LLMHypothesis(service="payments", fault_type="crash", cited_evidence=["health"], rationale="down")], notes=[])
     model = ScriptedChatModel(responses=[
