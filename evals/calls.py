@@ -56,7 +56,6 @@ ACTION_CALLS: dict[tuple[str, str], str] = {
 """Mutating calls that change what runs (remediation actions), as opposed to talking about it."""
 
 
-
 def to_jsonable(value: Any) -> Any:
     """Plain JSON data for a value: pydantic models dumped, tuples as lists, keys as strings."""
     if isinstance(value, BaseModel):

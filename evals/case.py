@@ -11,6 +11,7 @@ from tools.domain import Trigger
 
 FORMAT_VERSION = 1
 
+
 class Truth(BaseModel):
     """What should happen: the ground truth a case is scored against."""
 
@@ -153,7 +154,6 @@ class Case(BaseModel):
     def injected_at(self) -> float | None:
         """When the first fault was injected (the start of time-to-detect)."""
         return min((i.at for i in self.injected if i.at and i.root), default=None)
-
 
 
 Kind = Literal["fault", "healthy", "red_herring", "injection", "recurring", "derived", "policy", "live"]

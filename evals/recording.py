@@ -1,8 +1,8 @@
-"""Split into modules of one concern each; this re-export keeps `evals.recording` importable for one release.
+"""Split into modules of one concern each; this re-export keeps `evals.recording` importable one release.
 
 `evals.case` (the case schema), `evals.calls` (recorded calls and their replay keys),
-`evals.telemetry_tables` (telemetry.json), `evals.recorder` (record mode), `evals.case_files` (a case folder on
-disk), `evals.live_cases` (cases from live incidents).
+`evals.telemetry_tables` (telemetry.json), `evals.recorder` (record mode), `evals.case_files` (a case folder
+on disk), `evals.live_cases` (cases from live incidents).
 """
 
 from evals.calls import (

@@ -48,7 +48,9 @@ class FakeRuntime:
         stopped = set(down)
         return cls(
             {
-                s: ServiceStatus(service=s, running=s not in stopped, exit_code=-9 if s in stopped else None, **fields)
+                s: ServiceStatus(
+                    service=s, running=s not in stopped, exit_code=-9 if s in stopped else None, **fields
+                )
                 for s in services
             }
         )

@@ -25,7 +25,6 @@ OPENSLO_PATHS = {
 }
 
 
-
 def openslo_to_compact(doc: Mapping[str, Any], where: str) -> dict[str, Any]:
     """One OpenSLO v1 `kind: SLO` document as a compact SLO mapping; ConfigError outside the subset."""
 
