@@ -32,7 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evals.recording import Case, Injected, Recorder, Truth, new_case, read_calls, read_case, write_case
+from evals.case import Case, Injected, Truth
+from evals.case_files import read_calls, read_case, write_case
+from evals.live_cases import new_case
+from evals.recorder import Recorder
 from tools.domain import ApprovalDecision, Trigger
 from tools.base import LogRecord
 
@@ -450,9 +453,9 @@ def derive(spec: Spec, out: Path) -> Case:
     text = (dst / "calls.jsonl").read_text().replace(source.incident_id, case.incident_id)
     (dst / "calls.jsonl").write_text(text)
     read_calls(dst / "calls.jsonl")
-    from evals.recording import _dump_yaml
+    from evals.case_files import dump_yaml
 
-    (dst / "case.yaml").write_text(_dump_yaml(case.model_dump(mode="json")))
+    (dst / "case.yaml").write_text(dump_yaml(case.model_dump(mode="json")))
     return case
 
 

@@ -156,7 +156,7 @@ def record_command(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
 ) -> None:
     """Record an incident as an eval case: a demo fault on a fresh local app, or (--worker) every live incident."""
-    from evals.recording import record_demo_incident
+    from evals.live_cases import record_demo_incident
     from sregraph.config import load_settings
     from sregraph.demo import demo_settings, validate
 
@@ -182,7 +182,7 @@ def record_command(
 
 def _record_worker(settings: Any, out: Path, once: bool, interval: float) -> None:
     """`sregraph worker` with the recorder attached: every incident becomes a case under `out`."""
-    from evals.recording import attach_recorder
+    from evals.live_cases import attach_recorder
     from sregraph.engine import Engine, local_toolbox
     from sregraph.localenv.app import LocalApp
     from sregraph.worker import Worker

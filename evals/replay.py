@@ -3,7 +3,7 @@
 Each backend of the `Toolbox` is replaced by a replay proxy: reads are answered by (tool, method, arguments) and
 the n-th repeat of a call gets the n-th recorded answer (runtime.status before and after a restart differ);
 mutating calls (restart, propose, merge, comment, open_issue...) are matched by the arguments that identify
-them (`recording.MUTATING`), answered with the recorded result, and logged for scoring instead of touching
+them (`calls.MUTATING`), answered with the recorded result, and logged for scoring instead of touching
 anything. Telemetry is answered from the recorded tables inside the windows that were queried. The clock is
 pinned: each function that reads it gets the times it read when the incident was recorded.
 
@@ -39,28 +39,20 @@ import yaml
 
 import tools.base as tool_errors
 from agents.llm import model_usage
-from evals.recording import (
+from evals.calls import (
     MUTATING,
     TOOLS,
-    Case,
-    Outcome,
-    TelemetryTables,
     bind_args,
     call_text,
     caller_name,
     canonical,
-    case_folders,
-    covered,
-    expand,
     identity,
-    outcome_of,
     protocol_methods,
-    read_calls,
-    read_case,
     result_adapter,
-    stream_of,
-    tables_from_json,
 )
+from evals.case import Case, Outcome, outcome_of
+from evals.case_files import case_folders, read_calls, read_case
+from evals.telemetry_tables import TelemetryTables, covered, expand, stream_of, tables_from_json
 from evals.replay_world import SimulatedWorld
 from tools.domain import ApprovalDecision
 from tools.base import LogRecord, NotFound, Series, Span, Telemetry

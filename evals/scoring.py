@@ -20,7 +20,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from agents.policy import Policy
-from evals.recording import ACTION_CALLS, Case
+from evals.calls import ACTION_CALLS
+from evals.case import Case
 from evals.replay import CaseRun
 
 ECE_BINS = 10

@@ -18,18 +18,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from agents.slo import (
-    SloFile,
-    SloStatus,
-    combine_gate,
-    evaluate,
-    format_duration,
-    load_slo_file,
-    parse_duration,
-    release_gate,
-)
 from sregraph.terminal import results_console
 from tools.base import ConfigError, SregraphError
+from tools.slo.durations import format_duration, parse_duration
+from tools.slo.evaluation import SloStatus, combine_gate, evaluate, release_gate
+from tools.slo.loading import load_slo_file
+from tools.slo.spec import SloFile
 
 slo = typer.Typer(
     help="Service level objectives: error budgets, burn rates, Prometheus rules.", no_args_is_help=True
@@ -185,7 +179,7 @@ def rules(
     output: Path | None = OutputOpt,
 ) -> None:
     """Prometheus recording and alerting rules for every SLO with a `prometheus:` section."""
-    from agents.slo_rules import render_rules, skipped
+    from tools.slo.rules import render_rules, skipped
 
     with _errors():
         slos = load_slo_file(slo_file)

@@ -21,18 +21,10 @@ from sregraph.alerts import (
     parse_webhook,
     trigger_for,
 )
+from tests.support import ManualClock
 from tools.base import ConfigError
 
-
-class StepClock:
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.t = now
-
-    def now(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.t += seconds
+T0 = 1_700_000_000.0
 
 
 def alert(
@@ -184,7 +176,7 @@ def pull_all(receiver: AlertReceiver) -> list[Any]:
 
 
 def test_repeats_are_duplicates_until_resolved() -> None:
-    clock = StepClock()
+    clock = ManualClock(T0)
     r = AlertReceiver(clock=clock)
     first = payload(alert("payments"))
     assert r.handle(body(first)) == (200, {"triggers": 1, "duplicates": 0, "resolved": 0})
@@ -209,7 +201,7 @@ def test_repeats_are_duplicates_until_resolved() -> None:
 
 
 def test_dedup_window_lets_a_long_running_alert_trigger_again() -> None:
-    clock = StepClock()
+    clock = ManualClock(T0)
     r = AlertReceiver(clock=clock, dedup_window_s=600)
     first = body(payload(alert("payments")))
     assert r.handle(first)[1]["triggers"] == 1
@@ -220,7 +212,7 @@ def test_dedup_window_lets_a_long_running_alert_trigger_again() -> None:
 
 
 def test_group_stays_active_while_any_of_its_alerts_fires() -> None:
-    r = AlertReceiver(clock=StepClock())
+    r = AlertReceiver(clock=ManualClock(T0))
     r.handle(body(payload(alert("payments"), alert("payments", slo="payments-error-rate"))))
     # Alertmanager groups differently: one SLO's alert resolves in a payload of its own.
     answer = r.handle(body(payload(alert("payments", status="resolved"))))
@@ -231,7 +223,7 @@ def test_group_stays_active_while_any_of_its_alerts_fires() -> None:
 
 
 def test_full_queue_answers_503_and_changes_nothing() -> None:
-    r = AlertReceiver(queue_size=1, clock=StepClock())
+    r = AlertReceiver(queue_size=1, clock=ManualClock(T0))
     two = body(payload(alert("payments"), alert("checkout")))
     status, answer = r.handle(two)
     assert status == 503 and "queue full" in answer["error"]

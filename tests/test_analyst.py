@@ -16,7 +16,8 @@ from agents.policy import Policy, ServicePolicy, load_policy
 from agents.rca_confidence import ARTEFACT, ConfidenceModel
 from tools.domain import Action, Observation
 from sregraph.config import AnalystConfig, EngineerConfig, ObserverConfig
-from tools.base import ConfigError, HealthResult, LogRecord, NotFound, ServiceStatus, Span
+from tests.support import FakeHealth, FakeRuntime, ManualClock
+from tools.base import ConfigError, LogRecord, ServiceStatus, Span
 from tools.gitops import LocalGitOps
 from tools.ledger import ActionLedger
 from tools.notifier import JsonlNotifier
@@ -30,38 +31,8 @@ TOPOLOGY = {"frontend": ["checkout"], "checkout": ["payments"], "payments": []}
 NORMAL = {"request_rate": 15.0, "error_ratio": 0.0, "latency_p95_ms": 12.0, "memory_rss_mb": 40.0, "cpu_percent": 5.0}
 
 
-class FixedClock:
-    def __init__(self, now: float) -> None:
-        self.t = now
-
-    def now(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.t += seconds
-
-
-class FakeRuntime:
-    """Runtime fake: a dict of statuses (only the network boundary of a real runtime is faked)."""
-
-    def __init__(self, down: set[str] = frozenset()) -> None:  # type: ignore[assignment]
-        self.statuses = {s: ServiceStatus(service=s, running=s not in down, exit_code=-9 if s in down else None) for s in TOPOLOGY}
-
-    def services(self) -> list[str]:
-        return list(self.statuses)
-
-    def status(self, service: str) -> ServiceStatus:
-        if service not in self.statuses:
-            raise NotFound(service)
-        return self.statuses[service]
-
-
-class FakeHealth:
-    def __init__(self, failing: set[str] = frozenset()) -> None:  # type: ignore[assignment]
-        self.failing = failing
-
-    def check(self, service: str) -> HealthResult:
-        return HealthResult(service=service, ok=service not in self.failing, detail="connection refused" if service in self.failing else "")
+FixedClock = ManualClock
+"""tests/test_worker_alerts.py imports the clock under this name from here."""
 
 
 def write_series(store: LocalTelemetryStore, service: str, fault: dict[str, float] | None = None, stop_at: float | None = None, leak_mb_s: float = 0.0) -> None:
@@ -101,7 +72,7 @@ def error_traces(store: LocalTelemetryStore, origin: str, n: int = 20) -> None:
 def make_toolbox(tmp_path: Path, runtime: FakeRuntime, health: FakeHealth) -> Toolbox:
     store = LocalTelemetryStore(tmp_path / "telemetry.db")
     configs = {s: {"version": "1.4.0"} for s in TOPOLOGY}
-    clock = FixedClock(T0 - 600)
+    clock = ManualClock(T0 - 600)
     gitops = LocalGitOps.init(tmp_path / "repo", configs, clock=clock)
     clock.t = NOW
     return Toolbox(
@@ -129,7 +100,7 @@ def analyst(tb: Toolbox) -> Analyst:
 
 def test_cascade_blames_the_dependency_not_the_loud_caller(tmp_path: Path) -> None:
     """payments fails a little; checkout and frontend fail loudly because they call it."""
-    tb = make_toolbox(tmp_path, FakeRuntime(), FakeHealth())
+    tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth())
     write_series(tb.telemetry, "payments", {"error_ratio": 0.3})  # type: ignore[arg-type]
     write_series(tb.telemetry, "checkout", {"error_ratio": 0.6})  # type: ignore[arg-type]
     write_series(tb.telemetry, "frontend", {"error_ratio": 0.9})  # type: ignore[arg-type]
@@ -150,7 +121,7 @@ def test_cascade_blames_the_dependency_not_the_loud_caller(tmp_path: Path) -> No
 
 def test_crash_with_unrelated_deploy_elsewhere(tmp_path: Path) -> None:
     """A deploy to a quiet service is a red herring; the dead process is the cause."""
-    tb = make_toolbox(tmp_path, FakeRuntime(down={"payments"}), FakeHealth(failing={"payments"}))
+    tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY, down={"payments"}), FakeHealth(failing={"payments"}))
     tb.gitops.commit_config("inventory" if False else "frontend", {"version": "1.4.1"}, "frontend 1.4.1", kind="deploy")  # type: ignore[attr-defined]
     write_series(tb.telemetry, "payments", stop_at=FAULT_AT)  # type: ignore[arg-type]
     write_series(tb.telemetry, "checkout", {"error_ratio": 1.0})  # type: ignore[arg-type]
@@ -165,8 +136,8 @@ def test_crash_with_unrelated_deploy_elsewhere(tmp_path: Path) -> None:
 
 
 def test_bad_deploy_is_named_and_planned_as_rollback(tmp_path: Path) -> None:
-    tb = make_toolbox(tmp_path, FakeRuntime(), FakeHealth())
-    assert isinstance(tb.clock, FixedClock)
+    tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth())
+    assert isinstance(tb.clock, ManualClock)
     tb.clock.t = FAULT_AT - 20
     tb.gitops.commit_config("payments", {"version": "2.0.0-rc1"}, "payments 2.0.0-rc1", kind="deploy")  # type: ignore[attr-defined]
     tb.clock.t = NOW
@@ -185,7 +156,7 @@ def test_bad_deploy_is_named_and_planned_as_rollback(tmp_path: Path) -> None:
 
 
 def test_memory_leak_is_recognised(tmp_path: Path) -> None:
-    tb = make_toolbox(tmp_path, FakeRuntime(), FakeHealth())
+    tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth())
     write_series(tb.telemetry, "checkout", leak_mb_s=40)  # type: ignore[arg-type]
     write_series(tb.telemetry, "payments")  # type: ignore[arg-type]
     write_series(tb.telemetry, "frontend")  # type: ignore[arg-type]
@@ -195,7 +166,7 @@ def test_memory_leak_is_recognised(tmp_path: Path) -> None:
 
 
 def test_healthy_system_has_no_signals(tmp_path: Path) -> None:
-    tb = make_toolbox(tmp_path, FakeRuntime(), FakeHealth())
+    tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth())
     for s in TOPOLOGY:
         write_series(tb.telemetry, s)  # type: ignore[arg-type]
     obs = observe(tb)
@@ -207,12 +178,12 @@ def test_healthy_system_has_no_signals(tmp_path: Path) -> None:
 def test_confidence_follows_separation(tmp_path: Path) -> None:
     """Two equally broken independent services get a lower confidence than one broken service alone; both are
     the calibrated model's probability for their ranking."""
-    tb = make_toolbox(tmp_path, FakeRuntime(), FakeHealth())
+    tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth())
     write_series(tb.telemetry, "payments", {"latency_p95_ms": 400})  # type: ignore[arg-type]
     write_series(tb.telemetry, "checkout")  # type: ignore[arg-type]
     write_series(tb.telemetry, "frontend")  # type: ignore[arg-type]
     alone = analyst(tb).diagnose(observe(tb)).confidence
-    tb2 = make_toolbox(tmp_path / "two", FakeRuntime(), FakeHealth())
+    tb2 = make_toolbox(tmp_path / "two", FakeRuntime.up(TOPOLOGY), FakeHealth())
     topo = {"frontend": [], "checkout": [], "payments": []}
     tb2.topology = topo
     write_series(tb2.telemetry, "payments", {"latency_p95_ms": 400})  # type: ignore[arg-type]
@@ -252,7 +223,7 @@ def test_confidence_is_the_models_probability_for_a_ranking() -> None:
 
 
 def test_without_the_artefact_the_analyst_says_so_and_uses_the_formula(tmp_path: Path) -> None:
-    tb = make_toolbox(tmp_path, FakeRuntime(down={"payments"}), FakeHealth(failing={"payments"}))
+    tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY, down={"payments"}), FakeHealth(failing={"payments"}))
     write_series(tb.telemetry, "payments", stop_at=FAULT_AT)  # type: ignore[arg-type]
     write_series(tb.telemetry, "checkout", {"error_ratio": 1.0})  # type: ignore[arg-type]
     write_series(tb.telemetry, "frontend", {"error_ratio": 1.0})  # type: ignore[arg-type]
@@ -297,7 +268,7 @@ def test_dry_run_changes_nothing_and_refusals_are_recorded(tmp_path: Path) -> No
             self.restarted += 1
             return self.status(service)
 
-    runtime = CountingRuntime()
+    runtime = CountingRuntime.up(TOPOLOGY)
     tb = make_toolbox(tmp_path, runtime, FakeHealth())
     engineer = Engineer(tb, Policy(defaults=ServicePolicy(allowed=["restart"], dry_run=True)), EngineerConfig(), AnalystConfig(), ObserverConfig())
     plan = ActionPlan(decision="act", actions=[Action(kind="restart", service="payments")], dry_run=True)
@@ -318,8 +289,8 @@ def test_dry_run_changes_nothing_and_refusals_are_recorded(tmp_path: Path) -> No
 def test_only_changes_shortly_before_the_incident_name_the_fault(tmp_path: Path, deployed_at: float, expected: str) -> None:
     """A change the service ran normally after for minutes, or one made after the trouble began
     (a remediation commit), does not make an error spike a bad deploy."""
-    tb = make_toolbox(tmp_path, FakeRuntime(), FakeHealth())
-    assert isinstance(tb.clock, FixedClock)
+    tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth())
+    assert isinstance(tb.clock, ManualClock)
     tb.clock.t = deployed_at
     tb.gitops.commit_config("payments", {"version": "1.4.1"}, "payments 1.4.1", kind="deploy")  # type: ignore[attr-defined]
     tb.clock.t = NOW
@@ -335,8 +306,8 @@ def test_only_changes_shortly_before_the_incident_name_the_fault(tmp_path: Path,
 
 def test_a_rollback_is_never_reverted(tmp_path: Path) -> None:
     """An error spike shortly after sregraph's own revert must not be 'fixed' by reverting the revert."""
-    tb = make_toolbox(tmp_path, FakeRuntime(), FakeHealth())
-    assert isinstance(tb.clock, FixedClock)
+    tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth())
+    assert isinstance(tb.clock, ManualClock)
     tb.clock.t = FAULT_AT - 40
     tb.gitops.commit_config("payments", {"version": "1.4.0", "capture": False}, "disable capture", kind="config", author="ops")  # type: ignore[attr-defined]
     tb.clock.t = FAULT_AT - 20
@@ -363,7 +334,7 @@ def test_a_suspect_change_already_reverted_falls_back_to_a_checked_restart(tmp_p
             self.restarted += 1
             return self.status(service)
 
-    runtime = CountingRuntime()
+    runtime = CountingRuntime.up(TOPOLOGY)
     tb = make_toolbox(tmp_path, runtime, FakeHealth())
     current = tb.gitops.config("payments")  # type: ignore[attr-defined]
     rollback = Action(kind="config_change", service="payments", params={"config": current, "revert": "abc"})
@@ -380,7 +351,7 @@ def test_a_suspect_change_already_reverted_falls_back_to_a_checked_restart(tmp_p
     ("internal error: request handler failed", "error_spike"),
 ])
 def test_a_full_disk_is_named_from_its_error_lines_and_never_restarted(tmp_path: Path, message: str, expected: str) -> None:
-    tb = make_toolbox(tmp_path, FakeRuntime(), FakeHealth())
+    tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth())
     write_series(tb.telemetry, "payments", {"error_ratio": 0.5})  # type: ignore[arg-type]
     for s in ("checkout", "frontend"):
         write_series(tb.telemetry, s)  # type: ignore[arg-type]
@@ -402,7 +373,7 @@ def test_the_live_analyst_reads_the_same_ranker_as_the_benchmark(tmp_path: Path)
     from agents.rca_live import live_input
     from agents.signals import Windows
 
-    tb = make_toolbox(tmp_path, FakeRuntime(), FakeHealth())
+    tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth())
     write_series(tb.telemetry, "payments", {"cpu_percent": 95.0})  # type: ignore[arg-type]
     write_series(tb.telemetry, "checkout")  # type: ignore[arg-type]
     write_series(tb.telemetry, "frontend")  # type: ignore[arg-type]
@@ -417,7 +388,7 @@ def test_the_live_analyst_reads_the_same_ranker_as_the_benchmark(tmp_path: Path)
     # No service of a healthy system gets the ranker's evidence, although the ranker still orders their noise.
     quiet = tmp_path / "quiet"
     quiet.mkdir()
-    tb2 = make_toolbox(quiet, FakeRuntime(), FakeHealth())
+    tb2 = make_toolbox(quiet, FakeRuntime.up(TOPOLOGY), FakeHealth())
     for s in TOPOLOGY:
         write_series(tb2.telemetry, s)  # type: ignore[arg-type]
     healthy = analyst(tb2).diagnose(observe(tb2))
@@ -487,8 +458,8 @@ def test_a_redeploy_gap_is_blamed_on_the_redeployed_service_not_its_caller(tmp_p
     Calls that never reached payments name it (`peer.service`) and date its trouble; without that attribute (the
     services before it was added) checkout looked like the origin that deviated first, and was restarted.
     """
-    tb = make_toolbox(tmp_path, FakeRuntime(), FakeHealth())
-    assert isinstance(tb.clock, FixedClock)
+    tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth())
+    assert isinstance(tb.clock, ManualClock)
     tb.clock.t = NOW - 4  # committed, then applied: the restart begins half a second later
     tb.gitops.commit_config("payments", {"version": "2.0.0-rc1"}, "Deploy payments 2.0.0-rc1", kind="deploy")  # type: ignore[attr-defined]
     tb.clock.t = NOW
@@ -531,7 +502,7 @@ def test_a_wobble_on_a_flat_quiet_service_is_not_ranker_evidence(tmp_path: Path)
     Without the metrics' floors the ranker read that as z ≈ 12 on payments, whose evidence then made the leaking
     checkout "a symptom" of it (a demo run on containers escalated `unknown on payments`).
     """
-    tb = make_toolbox(tmp_path, FakeRuntime(), FakeHealth())
+    tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth())
     write_series(tb.telemetry, "checkout", leak_mb_s=40)  # type: ignore[arg-type]
     write_series(tb.telemetry, "frontend")  # type: ignore[arg-type]
     batch = []

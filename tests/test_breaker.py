@@ -8,22 +8,10 @@ from typing import Any
 
 import pytest
 
+from tests.support import ManualClock
 from tools.base import HealthChecker, HealthResult, NotFound, ToolError
 from tools.breaker import BreakerHealthChecker, CircuitBreaker, CircuitOpenError
 from tools.health import HttpHealthChecker
-
-
-class StepClock:
-    """A clock that moves only when told."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.t = now
-
-    def now(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.t += seconds
 
 
 class ScriptedChecker:
@@ -46,7 +34,7 @@ class ScriptedChecker:
 
 
 def test_opens_after_threshold_and_half_opens_after_timeout() -> None:
-    clock = StepClock()
+    clock = ManualClock()
     b = CircuitBreaker(failure_threshold=3, reset_timeout_s=10, clock=clock)
     assert b.state == "closed"
     for _ in range(2):
@@ -69,7 +57,7 @@ def test_opens_after_threshold_and_half_opens_after_timeout() -> None:
 
 
 def test_success_resets_the_consecutive_count() -> None:
-    b = CircuitBreaker(failure_threshold=2, clock=StepClock())
+    b = CircuitBreaker(failure_threshold=2, clock=ManualClock())
     b.record_failure()
     b.record_success()
     b.record_failure()
@@ -79,7 +67,7 @@ def test_success_resets_the_consecutive_count() -> None:
 
 
 def test_failed_trial_reopens_with_backoff_up_to_the_cap() -> None:
-    clock = StepClock()
+    clock = ManualClock()
     b = CircuitBreaker(failure_threshold=1, reset_timeout_s=2, backoff=2, max_reset_timeout_s=5, clock=clock)
     b.record_failure()
     waits = []
@@ -98,7 +86,7 @@ def test_failed_trial_reopens_with_backoff_up_to_the_cap() -> None:
 
 
 def test_call_counts_exceptions_and_refuses_while_open() -> None:
-    clock = StepClock()
+    clock = ManualClock()
     b = CircuitBreaker(failure_threshold=2, reset_timeout_s=5, clock=clock)
 
     def boom() -> int:
@@ -117,7 +105,7 @@ def test_call_counts_exceptions_and_refuses_while_open() -> None:
 
 
 def test_clock_going_backwards_does_not_wedge_the_circuit() -> None:
-    clock = StepClock(1000)
+    clock = ManualClock(1000)
     b = CircuitBreaker(failure_threshold=1, reset_timeout_s=5, clock=clock)
     b.record_failure()
     clock.t = 500  # NTP step back
@@ -127,7 +115,7 @@ def test_clock_going_backwards_does_not_wedge_the_circuit() -> None:
 
 
 def test_cancel_frees_the_trial_without_judging() -> None:
-    clock = StepClock()
+    clock = ManualClock()
     b = CircuitBreaker(failure_threshold=1, reset_timeout_s=1, clock=clock)
     b.record_failure()
     clock.sleep(1)
@@ -146,7 +134,7 @@ def test_bad_settings_are_refused(kwargs: dict[str, Any]) -> None:
 
 
 def test_health_wrapper_stops_probing_a_dead_service() -> None:
-    clock = StepClock()
+    clock = ManualClock()
     inner = ScriptedChecker()
     inner.ok["payments"] = False
     checker = BreakerHealthChecker(
@@ -178,7 +166,7 @@ def test_health_wrapper_stops_probing_a_dead_service() -> None:
 
 
 def test_health_wrapper_reset_probes_at_once() -> None:
-    clock = StepClock()
+    clock = ManualClock()
     inner = ScriptedChecker()
     inner.ok["payments"] = False
     checker = BreakerHealthChecker(inner, failure_threshold=1, reset_timeout_s=60, clock=clock)
@@ -192,7 +180,7 @@ def test_health_wrapper_reset_probes_at_once() -> None:
 
 
 def test_health_wrapper_counts_tool_errors_and_passes_not_found() -> None:
-    clock = StepClock()
+    clock = ManualClock()
     inner = ScriptedChecker()
     inner.raise_for["payments"] = ToolError("socket exploded")
     inner.raise_for["nope"] = NotFound("no health URL for 'nope'")
@@ -221,7 +209,7 @@ def test_health_wrapper_over_a_real_http_checker() -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Hung)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    clock = StepClock()
+    clock = ManualClock()
     try:
         with HttpHealthChecker({"svc": f"http://127.0.0.1:{server.server_port}"}, timeout_s=0.1) as http:
             checker = BreakerHealthChecker(http, failure_threshold=3, clock=clock)
@@ -248,7 +236,7 @@ def test_fast_failures_are_always_probed_when_only_slow_ones_count() -> None:
             return HealthResult(service=service, ok=False, detail="connection refused")
 
     inner = Refusing()
-    checker = BreakerHealthChecker(inner, failure_threshold=2, reset_timeout_s=60, clock=StepClock(), slow_probe_s=0.05)
+    checker = BreakerHealthChecker(inner, failure_threshold=2, reset_timeout_s=60, clock=ManualClock(), slow_probe_s=0.05)
     for _ in range(5):
         assert not checker.check("payments").ok
     assert checker.probes == 5 and checker.states() == {"payments": "closed"}

@@ -16,6 +16,7 @@ from aiosmtpd.controller import Controller
 from tools.domain import Trigger
 from sregraph.config import load_settings
 from sregraph.engine import RunRegistry, routed_notifier
+from tests.support import ManualClock
 from tools.base import ToolError
 from tools.channels import (
     ChannelConfig,
@@ -34,7 +35,6 @@ from tools.channels import (
 from tools.ledger import ActionLedger
 from tools.notifier import IdempotentNotifier, notification_key
 from tests.llm_local import free_port
-from tests.test_llm_capabilities import FakeClock
 
 
 class Receiver:
@@ -172,7 +172,7 @@ class Recorder:
 
 
 def test_routed_notifier_groups_repeats_and_survives_one_broken_channel() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     good, broken = Recorder(), Recorder(fail=True)
     route = Route(channels=["good", "broken"])
     notifier = RoutedNotifier({"good": good, "broken": broken}, route, lambda _id: {"service": "payments"}, 300, clock)

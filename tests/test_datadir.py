@@ -102,9 +102,10 @@ def test_the_demo_suggests_a_data_dir_only_where_the_commands_would_miss_its_dat
 def test_tables_off_a_terminal_print_every_name_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from agents.slo import evaluate, load_slo_file
     from sregraph.slo_cli import _status_table
     from sregraph.terminal import results_console
+    from tools.slo.evaluation import evaluate
+    from tools.slo.loading import load_slo_file
 
     names = [f"{service}-availability-of-the-whole-{service}-service" for service in ("checkout", "payments")]
     slo_file = tmp_path / "slos.yaml"

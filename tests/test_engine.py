@@ -8,11 +8,12 @@ from typing import Any
 from tools.domain import Trigger
 from sregraph.config import load_settings
 from sregraph.engine import Engine
-from tests.test_analyst import TOPOLOGY, FakeHealth, FakeRuntime, make_toolbox, write_series
+from tests.support import FakeHealth, FakeRuntime
+from tests.test_analyst import TOPOLOGY, make_toolbox, write_series
 
 
 def test_run_killed_before_its_first_checkpoint_is_restarted(tmp_path: Path) -> None:
-    tb = make_toolbox(tmp_path, FakeRuntime(), FakeHealth())
+    tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth())
     for service in TOPOLOGY:
         write_series(tb.telemetry, service)  # type: ignore[arg-type]
     from tools.incidents import LocalIncidentSurface
@@ -34,7 +35,7 @@ def test_run_killed_before_its_first_checkpoint_is_restarted(tmp_path: Path) -> 
 def _healthy_engine(tmp_path: Path) -> Engine:
     from tools.incidents import LocalIncidentSurface
 
-    tb = make_toolbox(tmp_path, FakeRuntime(), FakeHealth())
+    tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth())
     for service in TOPOLOGY:
         write_series(tb.telemetry, service)  # type: ignore[arg-type]
     tb.incidents = LocalIncidentSurface(tmp_path / "incidents.db")
@@ -65,7 +66,7 @@ def test_stop_request_leaves_the_incident_at_a_step_boundary(tmp_path: Path) -> 
     from tests.test_analyst import FAULT_AT
     from tools.incidents import LocalIncidentSurface
 
-    tb = make_toolbox(tmp_path, FakeRuntime(down={"payments"}), FakeHealth(failing={"payments"}))
+    tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY, down={"payments"}), FakeHealth(failing={"payments"}))
     write_series(tb.telemetry, "payments", stop_at=FAULT_AT)  # type: ignore[arg-type]
     write_series(tb.telemetry, "checkout", {"error_ratio": 1.0})  # type: ignore[arg-type]
     write_series(tb.telemetry, "frontend", {"error_ratio": 1.0})  # type: ignore[arg-type]

@@ -10,21 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from evals.eval_cli import PASS_RATE_BAR, SUITE, eval_app, run_eval
-from evals.recording import (
-    Case,
-    Outcome,
-    Recording,
-    TelemetryLog,
-    Truth,
-    expand,
-    ranges,
-    read_calls,
-    read_case,
-    tables_from_json,
-    write_calls,
-    write_case,
-    write_telemetry,
-)
+from evals.case import Case, Outcome, Truth
+from evals.case_files import read_calls, read_case, write_calls, write_case, write_telemetry
+from evals.recorder import Recording
+from evals.telemetry_tables import TelemetryLog, expand, ranges, tables_from_json
 from evals.replay import CaseRun, Mutation, ReplaySession, load_case, load_suite, replay_case, replay_suite
 from evals.scoring import brier, ece, score_case, summarize
 from tools.domain import Action, ActionResult, ApprovalDecision, Trigger
@@ -215,7 +204,7 @@ def test_cli_json_and_report(tmp_path: Path) -> None:
 
 
 def test_record_then_replay_a_demo_incident(tmp_path: Path) -> None:
-    from evals.recording import record_demo_incident
+    from evals.live_cases import record_demo_incident
     from sregraph.config import load_settings
     from sregraph.demo import demo_settings
 
@@ -236,7 +225,7 @@ def test_llm_brain_replay_with_a_scripted_model(tmp_path: Path) -> None:
     from agents.librarian import PostMortemText
     from agents.llm import LLMDiagnosis, LLMHypothesis
     from agents.observer import IncidentTitle
-    from tests.fakes.chat import ScriptedChatModel, answer, say, tool_call
+    from tests.support import ScriptedChatModel, answer, say, tool_call
 
     diagnosis = LLMDiagnosis(hypotheses=[LLMHypothesis(service="payments", fault_type="crash", cited_evidence=["health"], rationale="down")], notes=[])
     model = ScriptedChatModel(responses=[

@@ -18,7 +18,8 @@ from tools.domain import Trigger
 from sregraph.config import load_settings
 from sregraph.engine import Engine
 from tests.github_server import FakeGitHub
-from tests.test_analyst import NORMAL, TOPOLOGY, FakeHealth, error_traces
+from tests.support import FakeHealth, FakeRuntime, ManualClock
+from tests.test_analyst import NORMAL, TOPOLOGY, error_traces
 from tools.base import (
     ConfigError,
     GitOps,
@@ -64,28 +65,14 @@ SEED_MESSAGE = "Seed deploy configuration\n\nSregraph-Kind: other\nSregraph-Serv
 )
 
 
-class FakeTime:
-    """A clock whose sleep only moves time forward, for the client's backoff and the server's quota window."""
-
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-        self.slept: list[float] = []
-
-    def now(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.t += seconds
+@pytest.fixture
+def clock() -> ManualClock:
+    """Time for the client's backoff and the server's quota window; it moves only when slept on or set."""
+    return ManualClock(T0)
 
 
 @pytest.fixture
-def clock() -> FakeTime:
-    return FakeTime()
-
-
-@pytest.fixture
-def github(clock: FakeTime) -> Iterator[FakeGitHub]:
+def github(clock: ManualClock) -> Iterator[FakeGitHub]:
     # Two items per page: every listing sregraph does crosses page boundaries through Link headers.
     server = FakeGitHub("acme", "ops", max_per_page=2, clock=clock.now)
     server.add_user(BOT, role="write", token=BOT_TOKEN)
@@ -126,14 +113,14 @@ def make_gitops(github: FakeGitHub, clock: Any, **kwargs: Any) -> GitHubGitOps:
 
 
 @pytest.fixture
-def surface(github: FakeGitHub, clock: FakeTime) -> Iterator[GitHubIncidentSurface]:
+def surface(github: FakeGitHub, clock: ManualClock) -> Iterator[GitHubIncidentSurface]:
     backend = make_surface(github, clock)
     yield backend
     backend.disconnect()
 
 
 @pytest.fixture
-def gitops(github: FakeGitHub, clock: FakeTime) -> Iterator[GitHubGitOps]:
+def gitops(github: FakeGitHub, clock: ManualClock) -> Iterator[GitHubGitOps]:
     backend = make_gitops(github, clock)
     yield backend
     backend.disconnect()
@@ -227,7 +214,7 @@ def test_fingerprints_and_keys_are_trusted_only_from_the_bot(
 
 
 def test_comments_per_phase_are_idempotent_by_key(
-    github: FakeGitHub, surface: GitHubIncidentSurface, clock: FakeTime
+    github: FakeGitHub, surface: GitHubIncidentSurface, clock: ManualClock
 ) -> None:
     number = open_incident(surface)
     phases = ["diagnosis-0", "plan-0", "approval-request-0", "action-x", "verify-1", "postmortem"]
@@ -391,7 +378,7 @@ def test_webhook_with_a_bad_signature_is_rejected(github: FakeGitHub, surface: G
 
 
 def test_rollback_pr_is_opened_merged_where_allowed_and_branches_pruned(
-    github: FakeGitHub, gitops: GitHubGitOps, clock: FakeTime
+    github: FakeGitHub, gitops: GitHubGitOps, clock: ManualClock
 ) -> None:
     clock.t = T0 - 100
     bad = gitops.commit_config("payments", {"version": "2.0.0-rc1", "replicas": 1}, "payments 2.0.0-rc1")
@@ -482,7 +469,7 @@ def test_gitops_refusals_conflicts_and_moved_branches(github: FakeGitHub, gitops
 
 
 def test_a_5xx_burst_is_survived_with_nothing_lost_or_doubled(
-    github: FakeGitHub, surface: GitHubIncidentSurface, clock: FakeTime
+    github: FakeGitHub, surface: GitHubIncidentSurface, clock: ManualClock
 ) -> None:
     github.inject(503, method="GET", path=r"/issues$", times=2)
     github.inject(502, method="POST", path=r"/issues$", after=True)  # created, but the answer was lost
@@ -512,7 +499,7 @@ def test_a_5xx_burst_is_survived_with_nothing_lost_or_doubled(
 
 
 def test_persistent_failure_gives_up_with_a_transient_error(
-    github: FakeGitHub, surface: GitHubIncidentSurface, clock: FakeTime
+    github: FakeGitHub, surface: GitHubIncidentSurface, clock: ManualClock
 ) -> None:
     number = open_incident(surface)
     github.inject(502, method="GET", path=rf"/issues/{number}$", times=10)
@@ -522,7 +509,7 @@ def test_persistent_failure_gives_up_with_a_transient_error(
 
 
 def test_rate_limits_are_respected(
-    github: FakeGitHub, surface: GitHubIncidentSurface, clock: FakeTime
+    github: FakeGitHub, surface: GitHubIncidentSurface, clock: ManualClock
 ) -> None:
     number = open_incident(surface)
     # Secondary limit as a 403 with Retry-After, then as a 429.
@@ -557,7 +544,7 @@ def test_rate_limits_are_respected(
     assert max(clock.slept) < 300
 
 
-def test_a_slow_answer_after_the_write_is_not_doubled(github: FakeGitHub, clock: FakeTime) -> None:
+def test_a_slow_answer_after_the_write_is_not_doubled(github: FakeGitHub, clock: ManualClock) -> None:
     """The POST lands, its answer outlives the client's timeout; the retry finds the comment."""
     slow = make_surface(github, clock, timeout=1)
     number = open_incident(slow)
@@ -568,7 +555,7 @@ def test_a_slow_answer_after_the_write_is_not_doubled(github: FakeGitHub, clock:
     slow.disconnect()
 
 
-def test_errors_are_translated(github: FakeGitHub, clock: FakeTime) -> None:
+def test_errors_are_translated(github: FakeGitHub, clock: ManualClock) -> None:
     bad = GitHubIncidentSurface(
         REPO,
         token="ghp_" + "x" * 36,
@@ -662,25 +649,10 @@ NOW = T0 + 50
 FAULT_AT = T0 + 40
 
 
-class GraphRuntime:
-    """Runtime fake for the graph run: every service up; `apply` counts as a restart."""
-
-    def __init__(self) -> None:
-        self.statuses = {s: ServiceStatus(service=s, running=True, version="1.4.0") for s in TOPOLOGY}
-
-    def services(self) -> list[str]:
-        return list(self.statuses)
-
-    def status(self, service: str) -> ServiceStatus:
-        if service not in self.statuses:
-            raise NotFound(service)
-        return self.statuses[service]
-
-
 class GraphDeployer:
     """Applies the merged config: restarts the service with the version now on the deploy branch."""
 
-    def __init__(self, runtime: GraphRuntime, gitops: GitHubGitOps) -> None:
+    def __init__(self, runtime: FakeRuntime, gitops: GitHubGitOps) -> None:
         self.runtime, self.gitops = runtime, gitops
         self.applied: list[str] = []
 
@@ -711,7 +683,7 @@ def write_phase(
 def test_the_real_graph_runs_an_incident_on_github(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A bad deploy of payments: issue, phase comments, a rollback PR merged through GitHub, post-mortem, close."""
     monkeypatch.chdir(tmp_path)  # no stray sregraph.yaml from the working directory
-    clock = FakeTime(T0 - 600)
+    clock = ManualClock(T0 - 600)
     server = FakeGitHub("acme", "ops", max_per_page=3, clock=clock.now)
     server.add_user(BOT, role="write", token=BOT_TOKEN)
     server.seed(SEED, SEED_MESSAGE, at=T0 - 600)
@@ -740,7 +712,7 @@ def test_the_real_graph_runs_an_incident_on_github(tmp_path: Path, monkeypatch: 
                 for i in range(10)
             ]
         )
-        runtime = GraphRuntime()
+        runtime = FakeRuntime.up(TOPOLOGY, version="1.4.0")
         deployer = GraphDeployer(runtime, gitops)
         toolbox = Toolbox(
             telemetry=store,

@@ -12,15 +12,14 @@ from sregraph.config import load_settings
 from sregraph.engine import Engine
 from sregraph.worker import Worker
 from tests.github_server import FakeGitHub
-from tests.test_analyst import FAULT_AT, NOW, T0, TOPOLOGY, FakeHealth, error_traces
+from tests.support import FakeHealth, FakeRuntime, ManualClock
+from tests.test_analyst import FAULT_AT, NOW, T0, TOPOLOGY, error_traces
 from tests.test_github import (
     BOT,
     BOT_TOKEN,
     SEED,
     SEED_MESSAGE,
-    FakeTime,
     GraphDeployer,
-    GraphRuntime,
     make_gitops,
     make_surface,
     write_phase,
@@ -33,7 +32,7 @@ from tools.toolbox import Toolbox
 
 def test_writer_approve_resumes_reader_approve_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    clock = FakeTime(T0 - 600)
+    clock = ManualClock(T0 - 600)
     server = FakeGitHub("acme", "ops", max_per_page=3, clock=clock.now)
     server.add_user(BOT, role="write", token=BOT_TOKEN)
     server.add_user("alice", role="maintain")
@@ -52,7 +51,7 @@ def test_writer_approve_resumes_reader_approve_is_refused(tmp_path: Path, monkey
             write_phase(store, service, FAULT_AT, NOW, {"error_ratio": 0.6})
             write_phase(store, service, NOW + 0.5, NOW + 600)
         error_traces(store, "payments")
-        runtime = GraphRuntime()
+        runtime = FakeRuntime.up(TOPOLOGY, version="1.4.0")
         toolbox = Toolbox(
             telemetry=store, runtime=runtime, incidents=surface, gitops=gitops,  # type: ignore[arg-type]
             notifier=JsonlNotifier(tmp_path / "n.jsonl"), health=FakeHealth(), deployer=GraphDeployer(runtime, gitops),
@@ -91,7 +90,7 @@ def test_writer_approve_resumes_reader_approve_is_refused(tmp_path: Path, monkey
 
 def test_human_opened_or_reopened_issue_starts_an_investigation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    clock = FakeTime(T0 - 600)
+    clock = ManualClock(T0 - 600)
     server = FakeGitHub("acme", "ops", max_per_page=3, clock=clock.now)
     server.add_user(BOT, role="write", token=BOT_TOKEN)
     server.add_user("alice", role="maintain")
@@ -102,7 +101,7 @@ def test_human_opened_or_reopened_issue_starts_an_investigation(tmp_path: Path, 
         store = LocalTelemetryStore(tmp_path / "telemetry.db")
         for service in TOPOLOGY:
             write_phase(store, service, T0, NOW + 600)  # healthy: the human's report finds nothing measurable
-        runtime = GraphRuntime()
+        runtime = FakeRuntime.up(TOPOLOGY, version="1.4.0")
         toolbox = Toolbox(
             telemetry=store, runtime=runtime, incidents=surface, gitops=gitops,  # type: ignore[arg-type]
             notifier=JsonlNotifier(tmp_path / "n.jsonl"), health=FakeHealth(), deployer=GraphDeployer(runtime, gitops),

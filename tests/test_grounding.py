@@ -28,7 +28,7 @@ from tools.domain import (
     TimelineEntry,
     Verification,
 )
-from tests.fakes.chat import ScriptedChatModel, answer
+from tests.support import ScriptedChatModel, answer
 
 T0 = 1_796_330_000.0  # 2026-12-03 20:33:20 UTC
 SERVICES = ["checkout", "frontend", "payments"]

@@ -52,19 +52,18 @@ from sregraph.engine import RunRegistry
 from sregraph.observability import JsonFormatter
 from sregraph.worker import Worker
 from tests.github_server import FakeGitHub
+from tests.support import FakeHealth, FakeRuntime, ManualClock
 from tests.test_analyst import (
     FAULT_AT,
     NOW,
     TOPOLOGY,
-    FakeHealth,
-    FakeRuntime,
     analyst,
     error_traces,
     make_toolbox,
     observe,
     write_series,
 )
-from tests.test_github import BOT, BOT_TOKEN, REPO, SEED, SEED_MESSAGE, T0, FakeTime, make_gitops
+from tests.test_github import BOT, BOT_TOKEN, REPO, SEED, SEED_MESSAGE, T0, make_gitops
 from tests.test_worker_alerts import _world
 from tools.base import ConfigError, Refused
 from tools.display import md, plain, term
@@ -487,7 +486,7 @@ def _human_commit(repo: Path, service: str, version: str, message: str, author: 
     ],
 )
 def test_author_names_messages_and_unsigned_trailers_cannot_hide_a_bad_change(tmp_path: Path, author: str, message: str) -> None:
-    tb = make_toolbox(tmp_path, FakeRuntime(), FakeHealth())
+    tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth())
     sha = _human_commit(tmp_path / "repo", "payments", "2.0.0-rc1", message, author, FAULT_AT - 20)
     [change] = [c for c in tb.gitops.history() if c.sha == sha]
     assert (change.ours, change.kind, change.services) == (False, "deploy", ["payments"])
@@ -500,7 +499,7 @@ def test_author_names_messages_and_unsigned_trailers_cannot_hide_a_bad_change(tm
 
 
 def test_a_copied_signature_does_not_vouch_for_other_content(tmp_path: Path) -> None:
-    tb = make_toolbox(tmp_path, FakeRuntime(), FakeHealth())
+    tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth())
     ops = tb.gitops
     assert isinstance(ops, LocalGitOps)
     pr = ops.propose("payments", {"version": "1.3.9"}, "rollback payments", "revert", key="k", kind="rollback")
@@ -519,7 +518,7 @@ def test_a_copied_signature_does_not_vouch_for_other_content(tmp_path: Path) -> 
 
 
 def test_the_merge_pin_lives_in_the_ledger_not_in_the_editable_pr_body() -> None:
-    clock = FakeTime(T0)
+    clock = ManualClock(T0)
     server = FakeGitHub("acme", "ops", clock=clock.now)
     server.add_user(BOT, role="write", token=BOT_TOKEN)
     alice = server.add_user("alice", role="maintain")
@@ -558,7 +557,7 @@ def test_every_outward_path_redacts_sregraphs_secrets(secret_env: dict[str, str]
     ConsoleNotifier(Console(file=console, width=300)).notify("inc-1", "opened", f"note {leak}")
     record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed with %s", (leak,), None)
     log_line = JsonFormatter().format(record)
-    tb = make_toolbox(tmp_path, FakeRuntime(), FakeHealth())
+    tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth())
     assert isinstance(tb.gitops, LocalGitOps)
     pr = tb.gitops.propose("payments", {"version": "1.3.0"}, f"pr {leak}", f"pr body {leak}")
     commit = tb.gitops._git.text("log", "-1", "--format=%B", pr.head_sha)
@@ -584,7 +583,7 @@ def test_every_outward_path_redacts_sregraphs_secrets(secret_env: dict[str, str]
 def test_the_librarian_redacts_its_post_mortem(secret_env: dict[str, str], tmp_path: Path) -> None:
     from agents.librarian import Librarian
 
-    tb = make_toolbox(tmp_path, FakeRuntime(), FakeHealth())
+    tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth())
     state: Any = {
         "incident_id": "inc-1",
         "timeline": [TimelineEntry(at=1.0, event=f"detected: {secret_env['OPENAI_API_KEY']}")],

@@ -40,6 +40,8 @@ def test_a_planted_violation_is_caught(tmp_path: Path) -> None:
     for package in LAYERS:
         (tmp_path / package).mkdir()
     (tmp_path / "tools" / "ok.py").write_text("import json\nfrom tools.base import X\n")
+    (tmp_path / "tools" / "slo").mkdir()  # a subpackage sits at its package's layer
+    (tmp_path / "tools" / "slo" / "sub.py").write_text("from tools.slo.spec import SLO\nimport agents.policy\n")
     (tmp_path / "agents" / "fine.py").write_text("from tools.domain import Diagnosis\nfrom agents import rca\n")
     (tmp_path / "agents" / "bad.py").write_text(
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from graphs.graph import Crew\n"
@@ -48,6 +50,7 @@ def test_a_planted_violation_is_caught(tmp_path: Path) -> None:
     assert violations(tmp_path) == [
         "agents/bad.py:3: agents imports graphs.graph",
         "agents/bad.py:5: agents imports sregraph.config",
+        "tools/slo/sub.py:2: tools imports agents.policy",
     ]
 
 

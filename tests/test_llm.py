@@ -40,13 +40,13 @@ from agents.tokens import (
     trim_to_tokens,
 )
 from tools.domain import SimilarIncident
-from tests.fakes import FakeOpenAIServer, ScriptedChatModel, answer, say, tool_call
+from tests.fakes import FakeOpenAIServer
 from tests.fakes.openai_server import reply
+from tests.support import FakeRuntime, ManualClock, ScriptedChatModel, answer, say, tool_call
 from tools.base import (
     Change,
     ConfigError,
     LogRecord,
-    NotFound,
     Series,
     ServiceStatus,
     Span,
@@ -59,19 +59,6 @@ REPO = Path(__file__).resolve().parents[1]
 NOW = 1_700_000_000.0
 
 # --------------------------------------------------------------------------- in-test fakes of the backends
-
-
-class FixedClock:
-    """A clock that only moves when told."""
-
-    def __init__(self, now: float = NOW) -> None:
-        self.t = now
-
-    def now(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.t += seconds
 
 
 class FakeTelemetry:
@@ -123,29 +110,6 @@ class FakeTelemetry:
 
     def metric_names(self) -> list[str]:
         return sorted({s.name for s in self.series})
-
-
-class FakeRuntime:
-    """A runtime whose mutating calls fail the test: read-only tools must never reach them."""
-
-    def __init__(self, statuses: dict[str, ServiceStatus]) -> None:
-        self.statuses = statuses
-
-    def services(self) -> list[str]:
-        return sorted(self.statuses)
-
-    def status(self, service: str) -> ServiceStatus:
-        if service not in self.statuses:
-            raise NotFound(f"service {service!r}")
-        return self.statuses[service]
-
-    def _mutation(self, *args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("a read-only tool tried to change the runtime")
-
-    start = stop = restart = scale = _mutation
-
-    def logs(self, service: str, tail: int = 100) -> list[str]:
-        return []
 
 
 class FakeGitOps:
@@ -288,10 +252,10 @@ def make_tools(memory: Any = "default", telemetry: FakeTelemetry | None = None) 
 
     return build_readonly_tools(
         telemetry or FakeTelemetry(SERIES, LOGS, SPANS),
-        FakeRuntime(STATUSES),
+        FakeRuntime(dict(sorted(STATUSES.items()))),  # services listed by name
         FakeGitOps(CHANGES),
         memory_search if memory == "default" else memory,
-        FixedClock(),
+        ManualClock(NOW),
         60.0,
     )
 

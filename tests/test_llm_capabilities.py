@@ -22,22 +22,12 @@ from agents.llm import (
 )
 from agents.tokens import TokenBudget
 from tests.fakes.openai_server import FakeOpenAIServer, reply
+from tests.support import ManualClock
 from tests.test_llm import DIAGNOSIS, make_tools
 
 ENV = {"OPENAI_API_KEY": "test"}
 
 
-class FakeClock:
-    """Time that passes only when slept."""
-
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def now(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.t += seconds
 # What llama-cpp-python 0.3.36's server answers (HTTP 500) to response_format json_schema, verbatim.
 LLAMA_CPP_500 = (
     "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), "
@@ -52,7 +42,7 @@ def model_for(server: FakeOpenAIServer, **settings: Any) -> Any:
     model = make_chat_model(cfg, environ=ENV)
     resilience = model_resilience(model)
     assert resilience is not None
-    resilience.clock = FakeClock()  # retries never sleep for real
+    resilience.clock = ManualClock()  # retries never sleep for real
     return model
 
 

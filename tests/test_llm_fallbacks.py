@@ -76,7 +76,7 @@ def test_the_engineer_model_cannot_override_the_evidences_remedy(tmp_path: Path)
     from agents.librarian import PostMortemText
     from agents.llm import LLMDiagnosis, LLMHypothesis
     from agents.observer import IncidentTitle
-    from tests.fakes.chat import ScriptedChatModel, answer, say
+    from tests.support import ScriptedChatModel, answer, say
 
     diagnosis = LLMDiagnosis(hypotheses=[LLMHypothesis(service="payments", fault_type="crash", cited_evidence=[], rationale="down")])
     model = ScriptedChatModel(responses=[

@@ -16,9 +16,9 @@ from agents.librarian import PostMortemText
 from agents.llm import LLMDiagnosis, LLMHypothesis
 from agents.observer import IncidentTitle
 from sregraph.config import load_settings
-from tests.fakes.chat import ScriptedChatModel, answer, say, tool_call
 from tests.fakes.openai_server import FakeOpenAIServer, reply
 from tests.localapp import engine_for, run_incident, running_app, write_config
+from tests.support import ScriptedChatModel, answer, say, tool_call
 
 CRASH = LLMDiagnosis(
     hypotheses=[

@@ -31,8 +31,8 @@ from agents.investigation import READONLY_TOOL_NAMES
 from agents.tokens import TokenBudget
 from tests.fakes.openai_server import reply
 from tests.fakes.watsonx_server import GRANT_TYPE, FakeWatsonxServer
+from tests.support import ManualClock
 from tests.test_llm import DIAGNOSIS, make_tools
-from tests.test_llm_capabilities import FakeClock
 from tools.base import ConfigError
 
 API_KEY = "wx-test-key-0123456789"
@@ -53,7 +53,7 @@ def model_for(server: FakeWatsonxServer, **settings: Any) -> Any:
     model = make_chat_model(config_for(server, **settings), environ=ENV)
     resilience = model_resilience(model)
     assert resilience is not None
-    resilience.clock = FakeClock()  # retries never sleep for real
+    resilience.clock = ManualClock()  # retries never sleep for real
     return model
 
 

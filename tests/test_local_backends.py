@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from tests.support import ManualClock
 from tools.base import (
     ConfigError,
     GitOps,
@@ -29,19 +30,6 @@ from tools.incidents import LocalIncidentSurface
 from tools.notifier import ConsoleNotifier, JsonlNotifier, MultiNotifier
 
 T0 = 1_700_000_000.0
-
-
-class FakeClock:
-    """A clock that only moves when told to."""
-
-    def __init__(self, start: float = T0) -> None:
-        self.t = start
-
-    def now(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.t += seconds
 
 
 def git(repo: Path, *args: str, at: float | None = None) -> str:
@@ -64,12 +52,12 @@ def git(repo: Path, *args: str, at: float | None = None) -> str:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> ManualClock:
+    return ManualClock(T0)
 
 
 @pytest.fixture
-def surface(tmp_path: Path, clock: FakeClock) -> LocalIncidentSurface:
+def surface(tmp_path: Path, clock: ManualClock) -> LocalIncidentSurface:
     return LocalIncidentSurface(tmp_path / "state" / "incidents.db", clock=clock)
 
 
@@ -80,7 +68,7 @@ def test_surface_implements_protocol_and_uses_wal(surface: LocalIncidentSurface)
     conn.close()
 
 
-def test_open_issue_dedups_by_fingerprint(surface: LocalIncidentSurface, clock: FakeClock) -> None:
+def test_open_issue_dedups_by_fingerprint(surface: LocalIncidentSurface, clock: ManualClock) -> None:
     first, created = surface.open_issue("payments down", "5xx", ["sev2", "sev2", "payments"], "fp-1")
     assert created
     assert first.url == f"local://incidents/{first.id}"
@@ -108,7 +96,7 @@ def test_closed_fingerprint_opens_a_new_issue(surface: LocalIncidentSurface) -> 
     assert surface.find_open("fp") == second
 
 
-def test_comment_idempotent_by_key(surface: LocalIncidentSurface, clock: FakeClock) -> None:
+def test_comment_idempotent_by_key(surface: LocalIncidentSurface, clock: ManualClock) -> None:
     issue, _ = surface.open_issue("t", "b", [], "fp")
     first = surface.comment(issue.id, "diagnosis: bad deploy", key="diagnosis")
     clock.sleep(5)
@@ -248,7 +236,7 @@ def repo(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def ops(repo: Path, clock: FakeClock) -> LocalGitOps:
+def ops(repo: Path, clock: ManualClock) -> LocalGitOps:
     return LocalGitOps.init(repo, SEED, clock=clock)
 
 
@@ -271,7 +259,7 @@ def test_init_creates_a_real_repo(ops: LocalGitOps, repo: Path) -> None:
     assert seed.services == ["payments", "web"]
 
 
-def test_init_is_idempotent(ops: LocalGitOps, repo: Path, clock: FakeClock) -> None:
+def test_init_is_idempotent(ops: LocalGitOps, repo: Path, clock: ManualClock) -> None:
     again = LocalGitOps.init(repo, {"other": {"version": "9"}}, clock=clock)
     assert again.config("payments") == SEED["payments"]
     assert len(again.history()) == 1
@@ -286,7 +274,7 @@ def test_config_errors(ops: LocalGitOps) -> None:
         ops.config("../etc/passwd")
 
 
-def test_commit_config_lands_on_main_and_disk(ops: LocalGitOps, repo: Path, clock: FakeClock) -> None:
+def test_commit_config_lands_on_main_and_disk(ops: LocalGitOps, repo: Path, clock: ManualClock) -> None:
     clock.sleep(60)
     change = ops.commit_config("payments", {**SEED["payments"], "version": "1.5.0"}, "Deploy payments 1.5.0")
     assert change.kind == "deploy"
@@ -303,7 +291,7 @@ def test_commit_config_lands_on_main_and_disk(ops: LocalGitOps, repo: Path, cloc
         ops.commit_config("payments", {"version": "2"}, "x", kind="bogus")  # type: ignore[arg-type]
 
 
-def test_history_order_kinds_and_filters(ops: LocalGitOps, repo: Path, clock: FakeClock) -> None:
+def test_history_order_kinds_and_filters(ops: LocalGitOps, repo: Path, clock: ManualClock) -> None:
     clock.sleep(60)
     deploy = ops.commit_config(
         "payments", {**SEED["payments"], "version": "1.5.0"}, "Deploy 1.5.0", author="ci"
@@ -384,7 +372,7 @@ def test_propose_refuses_noop_and_unknown_service(ops: LocalGitOps) -> None:
         ops.propose("payments", ["not", "a", "mapping"], "bad", "b")  # type: ignore[arg-type]
 
 
-def test_propose_merge_round_trip(ops: LocalGitOps, repo: Path, clock: FakeClock) -> None:
+def test_propose_merge_round_trip(ops: LocalGitOps, repo: Path, clock: ManualClock) -> None:
     clock.sleep(60)
     bad = ops.commit_config("payments", {**SEED["payments"], "version": "1.5.0"}, "Deploy 1.5.0")
     previous = ops.rollback_config("payments")
@@ -485,7 +473,7 @@ def test_closed_and_missing_prs(ops: LocalGitOps, repo: Path) -> None:
         ops.get_pr(99)
 
 
-def test_rollback_config_by_sha_and_time(ops: LocalGitOps, clock: FakeClock) -> None:
+def test_rollback_config_by_sha_and_time(ops: LocalGitOps, clock: ManualClock) -> None:
     clock.sleep(100)
     v15 = ops.commit_config("payments", {**SEED["payments"], "version": "1.5.0"}, "1.5.0")
     clock.sleep(100)
@@ -576,7 +564,7 @@ def test_git_failures_carry_stderr_and_timeouts_are_transient(ops: LocalGitOps, 
 # =========================================================================== notifiers
 
 
-def test_jsonl_notifier_appends_lines(tmp_path: Path, clock: FakeClock) -> None:
+def test_jsonl_notifier_appends_lines(tmp_path: Path, clock: ManualClock) -> None:
     path = tmp_path / "out" / "notify.jsonl"
     notifier = JsonlNotifier(path, clock=clock)
     assert isinstance(notifier, Notifier)
@@ -590,7 +578,7 @@ def test_jsonl_notifier_appends_lines(tmp_path: Path, clock: FakeClock) -> None:
     ]
 
 
-def test_console_notifier_prints_one_literal_line(clock: FakeClock) -> None:
+def test_console_notifier_prints_one_literal_line(clock: ManualClock) -> None:
     out = io.StringIO()
     notifier = ConsoleNotifier(Console(file=out, width=30, color_system=None), clock=clock)
     notifier.notify("INC-2", "diagnosed", "bad deploy [red]of[/red] payments\nwith a long explanation text")
@@ -605,7 +593,7 @@ class Broken:
 
 
 def test_multi_notifier_survives_a_failing_channel(
-    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, clock: ManualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     first, last = JsonlNotifier(tmp_path / "a.jsonl", clock), JsonlNotifier(tmp_path / "b.jsonl", clock)
     with caplog.at_level(logging.ERROR, logger="tools.notifier"):

@@ -9,20 +9,21 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support import ManualClock
 from tools.base import Telemetry, ToolError, TransientError
 from tools.prometheus import MAPPINGS, PrometheusTelemetry, matchers
 
 BASE = "http://prom.test:9090"
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.slept: list[float] = []
+class StillClock(ManualClock):
+    """Time stands at 0: sleeps are recorded but move nothing, so no breaker timeout or retry window passes."""
 
-    def now(self) -> float:
-        return 0.0
+    def __init__(self) -> None:
+        super().__init__(0.0)
 
     def sleep(self, seconds: float) -> None:
+        """Record the sleep; time does not move."""
         self.slept.append(seconds)
 
 
@@ -35,7 +36,7 @@ def api(
         seen.append(request)
         return handler(request)
 
-    prom = PrometheusTelemetry(BASE, timeout_s=2, transport=httpx.MockTransport(record), clock=FakeClock())
+    prom = PrometheusTelemetry(BASE, timeout_s=2, transport=httpx.MockTransport(record), clock=StillClock())
     return prom, seen
 
 

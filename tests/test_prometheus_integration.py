@@ -1,7 +1,7 @@
 """Alert to diagnosis through real Prometheus and Alertmanager (Debian's packages), end to end.
 
 The demo app runs for real; Prometheus scrapes its `/metrics` every second and evaluates the burn-rate rules
-that `agents/slo_rules.py` generates from an SLO file written here; 50% errors are injected on payments; the
+that `tools/slo/rules.py` generates from an SLO file written here; 50% errors are injected on payments; the
 page alert fires, Alertmanager posts it to sregraph's webhook receiver, and the Trigger it yields starts an
 incident on an Engine whose telemetry is `PrometheusTelemetry`, so every metric the observer, analyst and
 engineer read comes from Prometheus's HTTP API.
@@ -30,8 +30,6 @@ import httpx
 import pytest
 import yaml
 
-from agents.slo import parse_slo_text
-from agents.slo_rules import PAGE_ALERT, render_rules
 from tools.domain import Trigger
 from sregraph.alerts import AlertReceiver
 from sregraph.config import Settings, load_settings
@@ -41,6 +39,8 @@ from tests.localapp import write_config
 from tests.processes import stop_process
 from tools.base import Series
 from tools.prometheus import PrometheusTelemetry
+from tools.slo.loading import parse_slo_text
+from tools.slo.rules import PAGE_ALERT, render_rules
 
 PROMETHEUS = shutil.which("prometheus")
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")

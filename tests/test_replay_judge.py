@@ -17,7 +17,7 @@ from evals.eval_cli import SUITE
 from evals.replay import MissingRecording, ReplaySession, ReplayTelemetry, load_case, replay_case
 from evals.replay_world import SimulatedWorld
 from evals.scoring import policy_violations, score_case, summarize
-from tests.fakes.chat import ScriptedChatModel, answer, say, tool_call
+from tests.support import ScriptedChatModel, answer, say, tool_call
 from tools.base import Issue, ServiceStatus, ToolError
 
 CRASH = SUITE / "01-crash-payments"

@@ -1,6 +1,6 @@
 """Retries, backoff and circuit breakers around flaky dependencies, against real sockets on loopback.
 
-Clocks are stepped, never slept on: every `Resilience` here gets a `StepClock` whose `sleep` only moves time.
+Clocks are stepped, never slept on: every `Resilience` here gets a `ManualClock` whose `sleep` only moves time.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from sregraph.config import load_settings
 from sregraph.observability import Metrics
 from tests.fakes.openai_server import FakeOpenAIServer, reply
 from tests.localapp import engine_for, run_incident, running_app, write_config
+from tests.support import ManualClock
 from tools.base import NotFound, ToolError, TransientError
 from tools.breaker import CircuitBreaker, CircuitOpenError
 from tools.docker_runtime import ContainerSpec, DockerRuntime, connect
@@ -30,21 +31,6 @@ VECTOR = {
     "status": "success",
     "data": {"resultType": "vector", "result": [{"metric": {"service": "payments"}, "value": [12, "3"]}]},
 }
-
-
-class StepClock:
-    """Time that moves only when something sleeps on it (or a test advances it)."""
-
-    def __init__(self) -> None:
-        self.t = 1000.0
-        self.slept: list[float] = []
-
-    def now(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.t += seconds
 
 
 def dead_port() -> int:
@@ -124,7 +110,7 @@ class CountingTransport(httpx.HTTPTransport):
 
 
 def prometheus(
-    url: str, clock: StepClock, retries: int = 2, transport: httpx.BaseTransport | None = None
+    url: str, clock: ManualClock, retries: int = 2, transport: httpx.BaseTransport | None = None
 ) -> PrometheusTelemetry:
     return PrometheusTelemetry(url, timeout_s=2, retries=retries, clock=clock, transport=transport)
 
@@ -133,7 +119,7 @@ def prometheus(
 
 
 def test_transient_failures_are_retried_with_growing_jittered_backoff() -> None:
-    clock = StepClock()
+    clock = ManualClock()
     policy = Resilience("dep", attempts=4, backoff_s=1.0, max_backoff_s=3.0, jitter=0.5, clock=clock)
     calls = []
 
@@ -152,7 +138,7 @@ def test_transient_failures_are_retried_with_growing_jittered_backoff() -> None:
 
 
 def test_total_retry_time_is_bounded() -> None:
-    clock = StepClock()
+    clock = ManualClock()
     policy = Resilience(
         "dep", attempts=10, backoff_s=1.0, max_backoff_s=60, jitter=0, max_elapsed_s=5, clock=clock
     )
@@ -175,7 +161,7 @@ def test_total_retry_time_is_bounded() -> None:
     "error", [ToolError("HTTP 400 bad query"), NotFound("no such service"), ValueError("bug")]
 )
 def test_other_errors_are_not_retried_and_do_not_trip_the_breaker(error: Exception) -> None:
-    policy = Resilience("dep", breaker=CircuitBreaker(failure_threshold=1), clock=StepClock())
+    policy = Resilience("dep", breaker=CircuitBreaker(failure_threshold=1), clock=ManualClock())
     calls = 0
 
     def fails() -> None:
@@ -190,7 +176,7 @@ def test_other_errors_are_not_retried_and_do_not_trip_the_breaker(error: Excepti
 
 
 def test_open_circuit_fails_fast_then_lets_one_trial_through() -> None:
-    clock = StepClock()
+    clock = ManualClock()
     policy = Resilience(
         "dep", attempts=2, backoff_s=0, breaker=CircuitBreaker(2, 10.0, 2.0, 60.0, clock), clock=clock
     )
@@ -215,7 +201,7 @@ def test_open_circuit_fails_fast_then_lets_one_trial_through() -> None:
 
 
 def test_writes_are_resent_only_when_the_request_never_left(serve: Callable[..., ScriptedHTTP]) -> None:
-    policy = Resilience("dep", attempts=3, backoff_s=0, clock=StepClock())
+    policy = Resilience("dep", attempts=3, backoff_s=0, clock=ManualClock())
 
     def post(url: str) -> int:
         try:
@@ -267,7 +253,7 @@ def test_never_sent_reads_the_real_exception_chains() -> None:
 
 
 def test_nested_calls_belong_to_the_outer_call() -> None:
-    clock = StepClock()
+    clock = ManualClock()
     breaker = CircuitBreaker(1, 10.0, clock=clock)
     policy = Resilience("dep", attempts=1, breaker=breaker, clock=clock)
     with pytest.raises(TransientError):
@@ -281,7 +267,7 @@ def test_nested_calls_belong_to_the_outer_call() -> None:
 
 def test_metrics_hear_retries_and_circuit_states() -> None:
     metrics = Metrics()
-    clock = StepClock()
+    clock = ManualClock()
     policy = Resilience(
         "flaky-dep", attempts=2, backoff_s=0, breaker=CircuitBreaker(1, 10.0, clock=clock), clock=clock
     )
@@ -304,7 +290,7 @@ def test_prometheus_query_succeeds_after_503s(serve: Callable[..., ScriptedHTTP]
         (503, {"status": "error", "errorType": "unavailable", "error": "TSDB not ready"}),
     ]
     server = serve(lambda method, path: answers.pop(0) if answers else (200, VECTOR))
-    clock = StepClock()
+    clock = ManualClock()
     with prometheus(server.url, clock, retries=2) as prom:
         series = prom.query("up")
     assert series[0].points == [(12.0, 3.0)]
@@ -314,7 +300,7 @@ def test_prometheus_query_succeeds_after_503s(serve: Callable[..., ScriptedHTTP]
 
 
 def test_prometheus_dead_port_opens_the_breaker_and_then_fails_fast() -> None:
-    clock = StepClock()
+    clock = ManualClock()
     transport = CountingTransport()
     with prometheus(f"http://127.0.0.1:{dead_port()}", clock, retries=1, transport=transport) as prom:
         for _ in range(3):  # the default breaker opens after 3 failed calls
@@ -335,7 +321,7 @@ def test_prometheus_dead_port_opens_the_breaker_and_then_fails_fast() -> None:
 def test_prometheus_4xx_is_not_retried_and_does_not_trip(serve: Callable[..., ScriptedHTTP]) -> None:
     body = {"status": "error", "errorType": "bad_data", "error": "parse error: unexpected end of input"}
     server = serve(lambda method, path: (400, body))
-    with prometheus(server.url, StepClock(), retries=3) as prom:
+    with prometheus(server.url, ManualClock(), retries=3) as prom:
         for _ in range(5):
             with pytest.raises(ToolError, match="bad_data") as info:
                 prom.query("rate(")
@@ -362,7 +348,7 @@ def test_docker_reads_are_retried_and_writes_are_not_resent_after_reaching_the_e
 
     server = serve(engine)
     spec = ContainerSpec(name="api", image="localhost/none:1", command=["true"])
-    clock = StepClock()
+    clock = ManualClock()
     runtime = DockerRuntime(
         connect(server.url.replace("http://", "tcp://"), timeout=2),
         {"api": spec},

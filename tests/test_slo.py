@@ -15,25 +15,15 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from agents.slo import (
-    ALERT_PAIRS,
-    GATE_EXIT_CODES,
-    GatePolicy,
-    budget_remaining,
-    burn_rate,
-    decide_gate,
-    evaluate,
-    evaluate_alerts,
-    forecast_exhaustion,
-    format_duration,
-    load_slo_file,
-    parse_duration,
-    parse_slo_text,
-    release_gate,
-)
-from agents.slo_rules import render_rules, rules_document, skipped
 from sregraph.slo_cli import release_gate_command, slo
 from tools.base import ConfigError
+from tools.slo.budget import ALERT_PAIRS, budget_remaining, burn_rate, evaluate_alerts, forecast_exhaustion
+from tools.slo.durations import format_duration, parse_duration
+from tools.slo.evaluation import evaluate, release_gate
+from tools.slo.gate import GATE_EXIT_CODES, decide_gate
+from tools.slo.loading import load_slo_file, parse_slo_text
+from tools.slo.rules import render_rules, rules_document, skipped
+from tools.slo.spec import GatePolicy
 from tools.telemetry import LocalTelemetryStore
 
 REPO = Path(__file__).resolve().parent.parent

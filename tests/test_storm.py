@@ -13,7 +13,7 @@ import pytest
 from tools.domain import Trigger
 from sregraph.alerts import AlertmanagerAlert, WebhookError
 from sregraph.storm import StormGate, alert_fingerprint
-from tests.test_analyst import FixedClock
+from tests.support import ManualClock
 
 T0 = 1_700_000_000.0
 PROBLEMS = [("payments", "PaymentsDown"), ("checkout", "HighLatency"), ("search", "HighErrorRate"), ("frontend", "HighMemory")]
@@ -41,7 +41,7 @@ def storm(rng: random.Random, n: int = 1000, seconds: float = 60.0) -> list[tupl
 
 
 def test_a_thousand_alerts_in_a_minute_become_four_incidents() -> None:
-    clock = FixedClock(T0)
+    clock = ManualClock(T0)
     gate = StormGate(clock, group_wait_s=10, group_interval_s=120, flap_window_s=300, max_flaps=3)
     events = storm(random.Random(7))
     first_seen: dict[str, float] = {}
@@ -92,7 +92,7 @@ def test_storm_through_the_worker_starts_one_incident_per_problem(tmp_path: Path
 
     engine.start = start  # type: ignore[method-assign]
     worker = Worker(engine, max_concurrent=4)
-    clock = FixedClock(T0)
+    clock = ManualClock(T0)
     gate = StormGate(clock, group_wait_s=5, group_interval_s=5)
     for at, a in storm(random.Random(11)):
         clock.t = at
@@ -108,7 +108,7 @@ def test_storm_through_the_worker_starts_one_incident_per_problem(tmp_path: Path
 
 
 def test_flapping_alert_is_one_incident_and_no_resolution_while_it_flaps() -> None:
-    clock = FixedClock(T0)
+    clock = ManualClock(T0)
     gate = StormGate(clock, group_wait_s=10, group_interval_s=60, flap_window_s=120, max_flaps=3)
     kinds = []
     for step in range(48):  # toggles every 5 s for four minutes
@@ -128,7 +128,7 @@ def test_flapping_alert_is_one_incident_and_no_resolution_while_it_flaps() -> No
 
 
 def test_resolution_and_refire() -> None:
-    clock = FixedClock(T0)
+    clock = ManualClock(T0)
     gate = StormGate(clock, group_wait_s=10, group_interval_s=60, max_flaps=10)
     gate.ingest(alert("checkout", "HighLatency", 1))
     clock.t += 10
@@ -147,7 +147,7 @@ def test_resolution_and_refire() -> None:
 
 
 def test_limits_and_bad_input() -> None:
-    clock = FixedClock(T0)
+    clock = ManualClock(T0)
     gate = StormGate(clock, max_groups=2, max_alerts_per_group=3)
     outcomes = [gate.ingest(alert(f"svc{n}", "Down", 0)) for n in range(3)]
     assert outcomes == ["grouped", "grouped", "dropped"]
