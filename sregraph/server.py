@@ -442,7 +442,8 @@ def create_app(
     def slo_status(_: Viewer, service: Annotated[str | None, Query(max_length=200)] = None) -> dict[str, Any]:
         """Every SLO's error budget, burn rates by window, alert pairs, forecast and release-gate state, from the
         telemetry the agents read (`slo_file`, default ./slos.yaml)."""
-        from agents.slo import combine_gate, evaluate, load_slo_file
+        from tools.slo.evaluation import combine_gate, evaluate
+        from tools.slo.loading import load_slo_file
 
         path = engine.settings.slo_file or Path("slos.yaml")
         if not path.exists():
