@@ -216,7 +216,7 @@ class Engineer:
             return None
         if kind in ("restart", "start"):
             # A restart of a dead process starts it and counts it, which is what an operator expects to see.
-            return Action(kind=kind, service=service, reason=f"{hypothesis.fault_type} on {service}")  # type: ignore[arg-type]
+            return Action(kind=kind, service=service, reason=f"{hypothesis.fault_type} on {service}")
         if kind == "scale":
             return Action(kind="scale", service=service, params={"replicas": replicas or 2}, reason=f"{hypothesis.fault_type} on {service}")
         # rollback / config_change: restore the config from before the suspect change.
@@ -228,7 +228,7 @@ class Engineer:
         except SregraphError as exc:
             log.warning("cannot compute the rollback config of %s: %s", service, exc)
             return None
-        return Action(kind=kind, service=service, params={"config": target, "revert": change}, reason=f"{hypothesis.fault_type} after change {change[:8]}")  # type: ignore[arg-type]
+        return Action(kind=kind, service=service, params={"config": target, "revert": change}, reason=f"{hypothesis.fault_type} after change {change[:8]}")
 
     # ------------------------------------------------------------------ act
 
@@ -241,7 +241,7 @@ class Engineer:
         key = action_key(incident_id, attempt, action)
         entry = tb.ledger.get(key)
         if entry is not None and entry.status in ("done", "failed", "dry_run"):
-            return ActionResult(action=action, key=key, status=entry.status, detail=entry.detail, ref=entry.ref, started_at=entry.started_at, finished_at=entry.finished_at or entry.started_at)  # type: ignore[arg-type]
+            return ActionResult(action=action, key=key, status=entry.status, detail=entry.detail, ref=entry.ref, started_at=entry.started_at, finished_at=entry.finished_at or entry.started_at)
         now = tb.clock.now()
         if dry_run:
             tb.ledger.start(key, incident_id, action.service, action.kind, {}, now)
@@ -265,7 +265,7 @@ class Engineer:
             detail, ref, status = f"{type(exc).__name__}: {exc}", "", "failed"
         finished = tb.clock.now()
         tb.ledger.finish(key, status, detail, ref, finished)
-        return ActionResult(action=action, key=key, status=status, detail=detail, ref=ref, started_at=now, finished_at=finished)  # type: ignore[arg-type]
+        return ActionResult(action=action, key=key, status=status, detail=detail, ref=ref, started_at=now, finished_at=finished)
 
     def _before(self, action: Action) -> dict[str, Any]:
         try:

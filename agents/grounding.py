@@ -235,7 +235,8 @@ def _days(facts: Facts) -> list[datetime]:
         return []
     first = datetime.fromtimestamp(facts.start - TIME_SLACK_S, tz=timezone.utc).date()
     last = datetime.fromtimestamp(facts.end + TIME_SLACK_S, tz=timezone.utc).date()
-    days, day = [], first
+    days: list[datetime] = []
+    day = first
     while day <= last and len(days) < 8:
         days.append(datetime(day.year, day.month, day.day, tzinfo=timezone.utc))
         day += timedelta(days=1)
@@ -298,7 +299,8 @@ def actions_not_taken(text: str, facts: Facts) -> list[str]:
                     # The service the claim is about: "payments was restarted", "restarted the payments service".
                     before = re.search(rf"(?<![\w-])({names})(?:'s)?\s+(?:service\s+|process\s+)?(?:was\s+|got\s+|is\s+|were\s+)?$", sentence[: m.start()], re.I)
                     after = re.match(rf"\s+(?:the\s+)?({names})(?![\w-])", sentence[m.end():], re.I)
-                    subject = (before or after).group(1).lower() if (before or after) else None
+                    mention = before or after
+                    subject = mention.group(1).lower() if mention else None
                     ok = any(k in kinds and (subject is None or s.lower() == subject) for k, s in facts.done)
                 if not ok:
                     problems.append(f"{claim!r} in \"{sentence.strip()[:120]}\"")

@@ -65,9 +65,10 @@ class Librarian:
         from prompts import render
 
         comments = []
-        if state.get("issue_id") is not None:
+        issue_id = state.get("issue_id")
+        if issue_id is not None:
             try:
-                comments = [c for c in self.toolbox.incidents.get(state["issue_id"]).comments if c.author != "sregraph"][-5:]
+                comments = [c for c in self.toolbox.incidents.get(issue_id).comments if c.author != "sregraph"][-5:]
             except SregraphError as exc:
                 log.warning("could not read the incident's comments: %s", exc)
         try:

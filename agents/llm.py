@@ -40,7 +40,7 @@ import sys
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
@@ -54,6 +54,8 @@ from tools.base import ConfigError, SregraphError, ToolResult
 from tools.resilience import Resilience, ResilienceConfig
 
 log = logging.getLogger(__name__)
+
+_Model = TypeVar("_Model")
 
 # Per-message framing tokens in OpenAI's chat format (role, separators); close enough for other providers.
 MESSAGE_OVERHEAD = 4
@@ -218,7 +220,7 @@ def _profile(model: Any) -> _Profile:
     return found
 
 
-def guard_model(model: Any, resilience: Resilience) -> Any:
+def guard_model(model: _Model, resilience: Resilience) -> _Model:
     """Give `model` a retry and circuit-breaker policy for every call `run_tool_loop` makes; returns `model`."""
     _profile(model).resilience = resilience
     return model
@@ -230,7 +232,7 @@ def model_resilience(model: Any) -> Resilience | None:
     return found.resilience if found else None
 
 
-def set_capabilities(model: Any, structured: StructuredMethod | None = None, max_tokens: int | None = None) -> Any:
+def set_capabilities(model: _Model, structured: StructuredMethod | None = None, max_tokens: int | None = None) -> _Model:
     """Tell `run_tool_loop` how `model`'s endpoint takes structured answers and how long a reply may be."""
     found = _profile(model)
     found.structured, found.max_tokens = structured, max_tokens
@@ -411,7 +413,7 @@ def _http_client(transport: Any, timeout_s: float) -> Any:
 
 
 @functools.cache
-def _chat_openai_class() -> type:
+def _chat_openai_class() -> type[BaseChatModel]:
     """ChatOpenAI whose requests every OpenAI-compatible server takes (built on first use: a lazy import).
 
     - no message has `content: null` (langchain-openai sends null beside tool calls; llama.cpp rejects it);

@@ -16,12 +16,17 @@ from tools.domain import Action, ActionKind
 from tools.base import ConfigError
 
 
+def _default_allowed() -> list[ActionKind]:
+    """The actions a service allows when its policy does not list them."""
+    return ["restart", "start"]
+
+
 class ServicePolicy(BaseModel):
     """Rules for one service."""
 
     model_config = ConfigDict(extra="forbid")
 
-    allowed: list[ActionKind] = Field(default_factory=lambda: ["restart", "start"])
+    allowed: list[ActionKind] = Field(default_factory=_default_allowed)
     max_attempts: int = Field(default=3, ge=0)
     cooldown_s: float = Field(default=60.0, ge=0)
     """Minimum time between two actions of the same kind on the same service (across incidents)."""

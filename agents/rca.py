@@ -326,11 +326,14 @@ def robust_scale(ref: np.ndarray, rel_floor: float) -> tuple[float, float]:
 def _worse(values: np.ndarray, med: float, scale: float, direction: Direction, p: Params) -> np.ndarray:
     """Robust z of each value against (med, scale), counted only in the direction worse for the metric."""
     z = (values - med) / np.maximum(scale, p.value_floor * np.maximum(np.abs(values), abs(med)))
+    worse: np.ndarray  # numpy types its ufuncs' results as Any
     if direction == "up":
-        return np.maximum(z, 0.0)
-    if direction == "down":
-        return np.maximum(-z, 0.0)
-    return np.abs(z)
+        worse = np.maximum(z, 0.0)
+    elif direction == "down":
+        worse = np.maximum(-z, 0.0)
+    else:
+        worse = np.abs(z)
+    return worse
 
 
 def _as_failure_share(

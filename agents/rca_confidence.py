@@ -19,6 +19,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 
@@ -106,11 +107,20 @@ def ece(p: Sequence[float], y: Sequence[float], bins: int = 10) -> float:
     return float(total)
 
 
-def reliability(p: Sequence[float], y: Sequence[float], bins: int = 5) -> list[dict[str, float]]:
+class ReliabilityRow(TypedDict):
+    """One bin of a reliability diagram."""
+
+    bin: str
+    n: int
+    confidence: float
+    accuracy: float
+
+
+def reliability(p: Sequence[float], y: Sequence[float], bins: int = 5) -> list[ReliabilityRow]:
     """Rows of a reliability diagram: per bin, how many answers, mean confidence, share right."""
     pa, ya = np.asarray(p, dtype=float), np.asarray(y, dtype=float)
     idx = np.minimum((pa * bins).astype(int), bins - 1)
-    rows = []
+    rows: list[ReliabilityRow] = []
     for b in range(bins):
         m = idx == b
         if m.any():
