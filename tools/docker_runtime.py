@@ -53,7 +53,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import docker
 import docker.errors
@@ -132,7 +132,8 @@ def connect(base_url: str, timeout: float = DEFAULT_TIMEOUT_S, version: str = AP
     that is down shows up as a TransientError on the first call, not as a failure to construct the app.
     """
     try:
-        return docker.DockerClient(base_url=base_url, timeout=timeout, version=version)
+        # docker hands the timeout to requests, which takes float seconds; the stub says int.
+        return docker.DockerClient(base_url=base_url, timeout=timeout, version=version)  # type: ignore[arg-type]
     except docker.errors.DockerException as exc:
         raise ToolError(f"cannot use the container engine at {base_url}: {exc}") from exc
 
@@ -469,7 +470,9 @@ class DockerRuntime:
         if not running:
             return ContainerStats(replica=replica, container=container.name, running=False)
         raw: dict[str, Any] = self._call(
-            f"read stats of {container.name}", lambda: container.stats(stream=False, one_shot=True)
+            f"read stats of {container.name}",
+            # stream=False answers one dict; the stub's return type ignores `stream`.
+            lambda: cast(dict[str, Any], container.stats(stream=False, one_shot=True)),
         )
         mem = raw.get("memory_stats") or {}
         usage, limit = mem.get("usage"), mem.get("limit")

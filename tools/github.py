@@ -502,7 +502,7 @@ def parse_commands(issue: Issue) -> list[Command]:
             name, args = parsed
             found.append(
                 Command(
-                    name=name,  # type: ignore[arg-type]
+                    name=name,
                     args=args,
                     author=comment.author,
                     issue_id=issue.id,
@@ -1696,7 +1696,7 @@ class GitHubGitOps:
             author=commit.commit.author.name if commit.commit.author else "",
             message=message.strip(),
             services=services,
-            kind=kind if kind in _KINDS else "other",  # type: ignore[arg-type]
+            kind=kind if kind in _KINDS else "other",
             ours=ours,
         )
 

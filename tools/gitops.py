@@ -594,7 +594,7 @@ class LocalGitOps:
         ours: set[str] = set(own)
         for sha, specs_of in to_verify:
             row = next(r for r in raw if r[0] == sha)
-            blob_ids = {spec.split(":", 1)[1]: ids[spec] for spec in specs_of if ids.get(spec)}
+            blob_ids = {spec.split(":", 1)[1]: blob for spec in specs_of if (blob := ids.get(spec))}
             if len(blob_ids) == len(specs_of) and signature_valid(self._key, row[7], row[5], row[6], blob_ids):
                 ours.add(sha)
         # Other commits are classified by comparing `version` before and after; one batch read covers every

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from tools.base import DeployMarker, ExternalEvent, LogRecord, Series, Span, ToolError, TransientError
+from tools.base import DeployMarker, ExternalEvent, LogRecord, Series, Span, Telemetry, ToolError, TransientError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS metrics (
@@ -402,7 +402,7 @@ class SplitTelemetry:
     logs and traces from the local store the services write, so log and trace evidence is not lost.
     """
 
-    def __init__(self, metrics: Any, logs_and_spans: Any) -> None:
+    def __init__(self, metrics: Telemetry, logs_and_spans: Telemetry) -> None:
         self.metrics = metrics
         self.logs_and_spans = logs_and_spans
 

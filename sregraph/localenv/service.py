@@ -276,7 +276,8 @@ class Service:
         # Spans through the OpenTelemetry SDK, exported to the store in batches.
         self.tracer_provider = TracerProvider(resource=Resource.create({"service.name": name, "service.version": self.version}))
         exporter = store.spans if isinstance(store, ShippedTelemetry) else StoreSpanExporter(store, name)
-        self.tracer_provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=int(TICK_S * 1000)))
+        # SpanShipper is a SpanExporter by duck typing: sregraph.sdk imports no OpenTelemetry at import time.
+        self.tracer_provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=int(TICK_S * 1000)))  # type: ignore[arg-type]
         self.tracer = self.tracer_provider.get_tracer("sregraph.localenv")
         # Prometheus metrics in a registry of this service's own.
         self.registry = CollectorRegistry()
