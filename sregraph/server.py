@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeGuard
 
 import swagger_ui_bundle
 import uvicorn
@@ -40,6 +40,9 @@ from sregraph.worker import Worker
 from tools.base import NotFound, SregraphError
 from tools.changes import marker_store
 from tools.redact import redact_data
+
+if TYPE_CHECKING:
+    from tools.github import WebhookCommands
 
 log = logging.getLogger("sregraph.server")
 
@@ -128,16 +131,21 @@ def nearby_changes(toolbox: Any, state: dict[str, Any], lookback_s: float, now: 
     diagnosis, trigger = state.get("diagnosis"), state.get("trigger")
     named = {getattr(trigger, "service", None), diagnosis.top.service if diagnosis is not None and diagnosis.top else None} - {None, ""}
     services: set[str] | None = set().union(*(toolbox.connected(s) for s in named)) if named else None
-    deploys = [
+    deploys: list[dict[str, Any]] = [
         {"type": "deploy", "at": d.ts, "service": d.service, "kind": "deploy", "title": d.as_change().message, "id": d.id, "author": d.author}
         for service in (sorted(services) if services is not None else [None])
         for d in markers.deploys(start, end, service=service, limit=NEARBY_LIMIT)
     ]
-    events = [
+    events: list[dict[str, Any]] = [
         {"type": "event", "at": e.ts, "service": e.service, "kind": e.kind, "title": e.title, "attrs": e.attrs}
         for e in markers.events(start, end, services=services, limit=NEARBY_LIMIT)
     ]
     return sorted([*deploys, *events], key=lambda x: -x["at"])[:NEARBY_LIMIT]
+
+
+def _takes_webhooks(surface: object) -> TypeGuard[WebhookCommands]:
+    """Whether `surface` honours commands from GitHub webhooks (a GitHub surface, or a proxy around one)."""
+    return hasattr(surface, "commands_from_webhook")
 
 
 def require(role: Role) -> Callable[[Request], Principal]:
@@ -189,7 +197,7 @@ def create_app(
     def github_receiver() -> Any:
         secret = os.environ.get(GITHUB_WEBHOOK_SECRET_ENV, "")
         surface = engine.toolbox.incidents
-        if not secret or not hasattr(surface, "commands_from_webhook"):
+        if not secret or not _takes_webhooks(surface):
             return None
         from tools.github import WebhookReceiver
 

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Literal, Protocol, Self, TypeVar
 
 import requests
 from github import Auth, Github, GithubException, InputGitAuthor
@@ -576,10 +576,18 @@ class WebhookResult:
     commands: list[Command]
 
 
+class WebhookCommands(Protocol):
+    """What a `WebhookReceiver` asks of its surface (a `GitHubIncidentSurface`, or a proxy around one)."""
+
+    def commands_from_webhook(self, payload: Mapping[str, Any]) -> list[Command]:
+        """Honoured commands in the comment of a verified delivery."""
+        ...
+
+
 class WebhookReceiver:
     """Turns GitHub webhook deliveries (issue_comment, issues) into honoured commands; mount it in any server."""
 
-    def __init__(self, surface: GitHubIncidentSurface, secret: str | bytes, *, remember: int = 1000) -> None:
+    def __init__(self, surface: WebhookCommands, secret: str | bytes, *, remember: int = 1000) -> None:
         """Verify deliveries with `secret` (the webhook's secret); remember recent delivery ids to drop repeats."""
         if not secret:
             raise ConfigError("webhook secret: must not be empty; unsigned deliveries are never accepted")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar, overload
 
 MASK = "[REDACTED]"
 
@@ -120,6 +120,15 @@ def redact_out(text: str, secrets: Iterable[str] = ()) -> str:
     return redact(text, [*known_secrets(), *secrets])
 
 
+_K = TypeVar("_K")
+
+
+@overload
+def redact_data(value: str) -> str: ...
+@overload
+def redact_data(value: dict[_K, Any]) -> dict[_K, Any]: ...
+@overload
+def redact_data(value: list[Any] | tuple[Any, ...]) -> list[Any]: ...
 def redact_data(value: Any) -> Any:
     """`value` (JSON-like: dicts, lists, strings) with every string passed through `redact_out`."""
     return _redact_data(value, known_secrets())

@@ -16,7 +16,16 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from tools.base import DeployMarker, ExternalEvent, LogRecord, Series, Span, Telemetry, ToolError, TransientError
+from tools.base import (
+    DeployMarker,
+    ExternalEvent,
+    LogRecord,
+    Series,
+    Span,
+    Telemetry,
+    ToolError,
+    TransientError,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS metrics (
