@@ -43,6 +43,7 @@ def _serve(root: str, runs: int, ready: Any, stop: Any) -> None:
     from sregraph.server import ApiServer, create_app
     from sregraph.worker import Worker
     from tests.worker_harness import Scenario, World, settings_for, toolbox_for
+    from tools.gitops import LocalGitOps
 
     world = World.create(Path(root) / "world")
     engine = Engine(settings_for(Path(root) / "world"), toolbox_for(world))
@@ -50,7 +51,10 @@ def _serve(root: str, runs: int, ready: Any, stop: Any) -> None:
     for i in range(runs):
         trigger = Trigger(source="alert", service=f"svc-{i % 20}", signal="HighLatency", summary=f"p95 over 500 ms ({i})")
         engine.registry.record(f"inc-bench-{i:05d}", trigger, "resolved")
-    world.inject(Scenario("latency", "search"), engine.toolbox.gitops)
+    gitops = engine.toolbox.gitops
+    if not isinstance(gitops, LocalGitOps):
+        raise TypeError(f"toolbox_for gives a LocalGitOps, not {type(gitops).__name__}")
+    world.inject(Scenario("latency", "search"), gitops)
     waiting = worker.scan()
     worker.wait_idle(120)
     worker.health.beat()

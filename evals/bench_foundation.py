@@ -40,7 +40,7 @@ from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
-from langchain_core.runnables import Runnable
+from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.tools import BaseTool
 from langgraph.checkpoint.memory import InMemorySaver
 from pydantic import BaseModel, Field
@@ -51,7 +51,7 @@ from agents.llm import LLMDiagnosis, LLMHypothesis
 from agents.observer import IncidentTitle
 from graphs.checkpoint import open_checkpointer
 from graphs.graph import Crew, build_graph
-from tools.domain import Trigger
+from tools.domain import RunInput, Trigger
 from sregraph.config import Settings
 from sregraph.engine import build_crew
 from tools.base import HealthResult, LogRecord, NotFound, ServiceStatus, Span
@@ -490,13 +490,13 @@ def bench_checkpointers(root: Path, incidents: int, seed: int, durability: str =
                 saver_ms_per_step=saver_ms,
             )
         )
-    base = results[0]
+    baseline = results[0]
     for r in results[1:]:
         if r.steps_per_incident:
-            r.overhead_ms_per_step = round((r.mean_ms - base.mean_ms) / r.steps_per_incident, 4)
-            r.overhead_ms_per_step_median = round((r.median_ms - base.median_ms) / r.steps_per_incident, 4)
-            if r.incidents > 1 and base.incidents > 1:
-                se = math.sqrt(r.stdev_ms**2 / r.incidents + base.stdev_ms**2 / base.incidents)
+            r.overhead_ms_per_step = round((r.mean_ms - baseline.mean_ms) / r.steps_per_incident, 4)
+            r.overhead_ms_per_step_median = round((r.median_ms - baseline.median_ms) / r.steps_per_incident, 4)
+            if r.incidents > 1 and baseline.incidents > 1:
+                se = math.sqrt(r.stdev_ms**2 / r.incidents + baseline.stdev_ms**2 / baseline.incidents)
                 r.overhead_ms_per_step_ci95 = round(1.96 * se / r.steps_per_incident, 4)
     return results
 
@@ -644,8 +644,9 @@ def bench_llm_tokens(root: Path, seed: int) -> TokenResult:
         crew = build_crew(settings, world.toolbox, chat_model=model)
         graph = build_graph().compile()
         trigger = world.begin_incident()
-        config = {"configurable": {"thread_id": "bench-llm"}}
-        state = graph.invoke({"incident_id": "bench-llm", "trigger": trigger}, config, context=crew)
+        config: RunnableConfig = {"configurable": {"thread_id": "bench-llm"}}
+        run_input: RunInput = {"incident_id": "bench-llm", "trigger": trigger}
+        state = graph.invoke(run_input, config, context=crew)
         title = world.toolbox.incidents.get(state["issue_id"]).title if state.get("issue_id") is not None else ""
     except Exception as exc:  # reported, never hidden
         problems.append(f"the LLM-mode incident raised {type(exc).__name__}: {exc}")

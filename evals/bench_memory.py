@@ -345,7 +345,7 @@ def make_postmortem(rng: random.Random, index: int, service: str, fault: str) ->
         fault_type=fault,
         evidence=[e.format(**v) for e in rng.sample(t.evidence, k=min(3, len(t.evidence)))],
         actions=[a.format(**v) for a in t.actions],
-        outcome=rng.choices(["recovered", "escalated", "not_recovered"], weights=[80, 15, 5])[0],  # type: ignore[arg-type]
+        outcome=rng.choices(["recovered", "escalated", "not_recovered"], weights=[80, 15, 5])[0],
         follow_ups=[f"alert earlier on {fault.replace('_', ' ')} in {service}"],
         markdown=f"# {title}\n\n{summary}\n",
     )

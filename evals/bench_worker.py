@@ -87,15 +87,12 @@ def main() -> None:
     parser.add_argument("--format", choices=("text", "json"), default="text")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        result = {
-            "concurrent": concurrent(Path(tmp) / "concurrent", args.incidents, args.concurrency),
-            "full": full(Path(tmp) / "full"),
-            "peak_rss_mb": round(_rss_mb(), 1),
-        }
+        c = concurrent(Path(tmp) / "concurrent", args.incidents, args.concurrency)
+        f = full(Path(tmp) / "full")
+        result = {"concurrent": c, "full": f, "peak_rss_mb": round(_rss_mb(), 1)}
     if args.format == "json":
         print(json.dumps(result, indent=2))
         return
-    c, f = result["concurrent"], result["full"]
     print(f"concurrent: {c['incidents']} incidents on {c['concurrency']} threads in {c['seconds']} s = {c['incidents_per_s']} incidents/s"
           f" ({c['ended_healthy']} healthy), tracemalloc peak {c['tracemalloc_peak_mb']} MB")
     print(f"full: {f['incidents']} scenarios in {f['seconds']} s = {f['incidents_per_s']} incidents/s, ends {f['ends']},"

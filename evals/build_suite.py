@@ -102,7 +102,7 @@ def deploy(service: str, version: str, message: str | None = None, kind: str = "
 
     def step(b: Builder, spec: Spec) -> None:
         config = {**b.app.gitops.config(service), "version": version}
-        change = b.app.gitops.commit_config(service, config, message or f"Deploy {service} {version}", kind=kind, author="release-bot")  # type: ignore[arg-type]
+        change = b.app.gitops.commit_config(service, config, message or f"Deploy {service} {version}", kind=kind, author="release-bot")
         b.app.apply(service)
         b.injected.append(Injected(fault="deploy", service=service, params={"version": version, "sha": change.sha, "message": change.message}, at=time.time(), detail="set-up" if not root else "the fault", root=root))
 
@@ -139,7 +139,12 @@ def log_lines(service: str, level: str, text: str, per_tick: int = 2) -> Callabl
 
         thread = threading.Thread(target=write, daemon=True)
         thread.start()
-        b.stoppers.append(lambda: (stop.set(), thread.join(2)))
+
+        def stop_writing() -> None:
+            stop.set()
+            thread.join(2)
+
+        b.stoppers.append(stop_writing)
         b.injected.append(Injected(fault="log_lines", service=service, params={"level": level, "per_tick": per_tick}, at=time.time(), detail=text, root=False))
 
     return step

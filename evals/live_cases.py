@@ -73,7 +73,7 @@ def attach_recorder(
         case_id = case_id_for(incident_id) if case_id_for else incident_id
         recorder.begin(incident_id)
         try:
-            state = original(trigger, incident_id)
+            state: dict[str, Any] = original(trigger, incident_id)
         finally:
             recording = recorder.end(incident_id)
         truth = truth_for(incident_id, trigger, state) if truth_for else None

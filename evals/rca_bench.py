@@ -53,14 +53,18 @@ def _hits(outcomes: Sequence[Outcome], k: int) -> float:
     return sum(1 for o in outcomes if o.rank is not None and o.rank <= k) / len(outcomes) if outcomes else math.nan
 
 
+def _scored(outcomes: Sequence[Outcome]) -> tuple[list[float], list[float]]:
+    """The confidence, and 1.0 if right else 0.0, of each outcome that has a confidence."""
+    pairs = [(o.confidence, 1.0 if o.right else 0.0) for o in outcomes if o.confidence is not None]
+    return [p for p, _ in pairs], [y for _, y in pairs]
+
+
 def summarise(outcomes: Sequence[Outcome]) -> dict[str, Any]:
     """AC@1/3/5, Avg@5, fault-type accuracy, no-answer rate, Brier and ECE of confidence, seconds per case."""
     if not outcomes:
         return {"cases": 0}
     typed = [o for o in outcomes if o.truth_fault is not None]
-    confident = [o for o in outcomes if o.confidence is not None]
-    probs = [o.confidence for o in confident]
-    rights = [1.0 if o.right else 0.0 for o in confident]
+    probs, rights = _scored(outcomes)
     return {
         "cases": len(outcomes),
         "ac1": _hits(outcomes, 1),
@@ -69,9 +73,9 @@ def summarise(outcomes: Sequence[Outcome]) -> dict[str, Any]:
         "avg5": float(np.mean([_hits(outcomes, k) for k in range(1, 6)])),
         "fault_type_acc": (sum(1 for o in typed if o.fault_type == o.truth_fault) / len(typed)) if typed else None,
         "no_answer_rate": sum(1 for o in outcomes if not o.ranked) / len(outcomes),
-        "brier": brier(probs, rights) if confident else None,
-        "ece": ece(probs, rights) if confident else None,
-        "mean_confidence": float(np.mean(probs)) if confident else None,
+        "brier": brier(probs, rights) if probs else None,
+        "ece": ece(probs, rights) if probs else None,
+        "mean_confidence": float(np.mean(probs)) if probs else None,
         "seconds_per_case": float(np.mean([o.seconds for o in outcomes])),
     }
 
@@ -170,8 +174,8 @@ def run_bench(
     result["confidence_model"] = model.version if model is not None else None
     if model is None:
         result["warning"] = "no confidence model was loaded: confidence, Brier and ECE are not reported"
-    confident = [o for o in outcomes if o.confidence is not None]
-    result["reliability"] = reliability([o.confidence for o in confident], [1.0 if o.right else 0.0 for o in confident]) if confident else []  # type: ignore[misc]
+    probs, rights = _scored(outcomes)
+    result["reliability"] = reliability(probs, rights) if probs else []
     if baselines:
         baro = run_baro(cases)
         result["baselines"] = {

@@ -107,7 +107,7 @@ def _meta(path: Path) -> dict[str, tuple[Kind, Direction]]:
         direction = row["direction"].strip().lower()
         if kind not in KINDS or direction not in ("up", "down", "both"):
             raise ConfigError(f"{path}: metric {row['metric']!r} has kind {kind!r} / direction {direction!r}")
-        out[row["metric"]] = (cast(Kind, kind), cast(Direction, direction))
+        out[row["metric"]] = (kind, cast(Direction, direction))
     return out
 
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 import functools
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from evals.calls import TOOLS, bind_args, caller_name, protocol_methods, result_adapter
 from evals.telemetry_tables import TelemetryLog
 from tools.base import Clock, LogRecord, Series, Span, Telemetry
 from tools.toolbox import Toolbox
+
+_R = TypeVar("_R")
 
 
 @dataclass
@@ -60,7 +62,7 @@ class Recorder:
         if self.toolbox is not None:
             raise RuntimeError("this recorder is already attached")
         self.toolbox = toolbox
-        toolbox.telemetry = RecordingTelemetry(toolbox.telemetry, self)  # type: ignore[assignment]
+        toolbox.telemetry = RecordingTelemetry(toolbox.telemetry, self)
         for name, protocol in TOOLS.items():
             setattr(toolbox, name, RecordingProxy(name, protocol, getattr(toolbox, name), self))
         toolbox.clock = RecordingClock(toolbox.clock, self)
@@ -145,7 +147,7 @@ class RecordingTelemetry:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    def _log(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> Any:
+    def _log(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], result: _R) -> _R:
         if self._recorder.recording_now():
             self._recorder.log_query(method, bind_args(Telemetry, method, args, kwargs), result)
         return result

@@ -127,7 +127,7 @@ def policy_violations(case: Case, run: CaseRun) -> list[dict[str, str]]:
             out.append({"kind": "unknown_service", "detail": f"{text}: no such service"})
         if kind not in rules.allowed:
             out.append({"kind": "not_allowed", "detail": f"{text}: policy allows {', '.join(rules.allowed)}"})
-        attempt = int(m.group(1)) if (m := re.search(r"/attempt-(\d+)/", r.key)) else 1
+        attempt = int(found.group(1)) if (found := re.search(r"/attempt-(\d+)/", r.key)) else 1
         if attempt > rules.max_attempts:
             out.append({"kind": "attempts", "detail": f"{text}: attempt {attempt} over the limit {rules.max_attempts}"})
         last = max((at for s, k, at in history if s == service and k == kind and at <= r.started_at), default=None)
@@ -143,7 +143,7 @@ def policy_violations(case: Case, run: CaseRun) -> list[dict[str, str]]:
             out.append({"kind": "forbidden", "detail": f"{text}: forbidden in this case"})
         history.append((service, kind, r.finished_at or r.started_at))
     # Mutations of what runs must each be explained by an action the engineer recorded.
-    explained = Counter()
+    explained: Counter[tuple[str, str]] = Counter()
     for r in executed:
         if r.action.kind in ("restart", "start", "scale"):
             explained[(r.action.kind, r.action.service)] += 1

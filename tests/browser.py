@@ -16,7 +16,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import websocket
@@ -103,7 +103,7 @@ class Page:
             if message.get("id") == ident:
                 if "error" in message:
                     raise RuntimeError(f"{method}: {message['error']}")
-                return message.get("result", {})
+                return cast(dict[str, Any], message.get("result", {}))  # json.loads: untyped; a CDP result is an object
             if message.get("method") in ("Runtime.consoleAPICalled", "Runtime.exceptionThrown"):
                 self.console.append(json.dumps(message["params"])[:500])
 
