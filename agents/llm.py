@@ -232,7 +232,9 @@ def model_resilience(model: Any) -> Resilience | None:
     return found.resilience if found else None
 
 
-def set_capabilities(model: _Model, structured: StructuredMethod | None = None, max_tokens: int | None = None) -> _Model:
+def set_capabilities(
+    model: _Model, structured: StructuredMethod | None = None, max_tokens: int | None = None
+) -> _Model:
     """Tell `run_tool_loop` how `model`'s endpoint takes structured answers and how long a reply may be."""
     found = _profile(model)
     found.structured, found.max_tokens = structured, max_tokens

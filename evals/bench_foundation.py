@@ -494,7 +494,9 @@ def bench_checkpointers(root: Path, incidents: int, seed: int, durability: str =
     for r in results[1:]:
         if r.steps_per_incident:
             r.overhead_ms_per_step = round((r.mean_ms - baseline.mean_ms) / r.steps_per_incident, 4)
-            r.overhead_ms_per_step_median = round((r.median_ms - baseline.median_ms) / r.steps_per_incident, 4)
+            r.overhead_ms_per_step_median = round(
+                (r.median_ms - baseline.median_ms) / r.steps_per_incident, 4
+            )
             if r.incidents > 1 and baseline.incidents > 1:
                 se = math.sqrt(r.stdev_ms**2 / r.incidents + baseline.stdev_ms**2 / baseline.incidents)
                 r.overhead_ms_per_step_ci95 = round(1.96 * se / r.steps_per_incident, 4)

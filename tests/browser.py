@@ -103,7 +103,8 @@ class Page:
             if message.get("id") == ident:
                 if "error" in message:
                     raise RuntimeError(f"{method}: {message['error']}")
-                return cast(dict[str, Any], message.get("result", {}))  # json.loads: untyped; a CDP result is an object
+                # json.loads is untyped; a CDP result is an object.
+                return cast(dict[str, Any], message.get("result", {}))
             if message.get("method") in ("Runtime.consoleAPICalled", "Runtime.exceptionThrown"):
                 self.console.append(json.dumps(message["params"])[:500])
 
