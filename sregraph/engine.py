@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from agents.engineer import Engineer
 from agents.librarian import Librarian
 from agents.observer import Observer
 from agents.policy import load_policy
-from graphs.checkpoint import open_checkpointer
+from graphs.checkpoint import open_checkpointer, open_postgres_checkpointer
 from graphs.graph import Crew, build_graph
 from tools.domain import ApprovalDecision, Trigger
 from sregraph.config import Settings
@@ -27,6 +26,7 @@ from sregraph.observability import Metrics, incident_var
 from tools.base import ConfigError, NotFound
 from tools.breaker import BreakerHealthChecker
 from tools.display import md
+from tools.sql import Database, PostgresDatabase, SqliteDatabase, open_database
 from tools.toolbox import Toolbox
 
 log = logging.getLogger("sregraph.engine")
@@ -48,7 +48,7 @@ def local_toolbox(settings: Settings, app: Any) -> Toolbox:
     from tools.notifier import ConsoleNotifier, IdempotentNotifier, JsonlNotifier, MultiNotifier
 
     data = settings.data_dir
-    ledger = ActionLedger(data / "ledger.db")
+    ledger = ActionLedger(open_database(settings.storage, data, "ledger"))
     routed = [routed_notifier(settings)] if settings.notifications.channels else []
     incidents: Any = LocalIncidentSurface(data / "incidents.db")
     gitops: Any = app.gitops
@@ -83,16 +83,20 @@ def local_toolbox(settings: Settings, app: Any) -> Toolbox:
         ledger=ledger,
         topology=app.topology,
         memory=PostMortemStore(data / "memory"),
+        on_close=[ledger.close],
     )
 
 
 def incident_labels(settings: Settings) -> Callable[[str], dict[str, str]]:
     """What notifications are routed on, per incident: its trigger's service, severity and source (as the run
     registry has them)."""
-    registry = RunRegistry(settings.data_dir / "runs.db")
-
     def labels_of(incident_id: str) -> dict[str, str]:
-        trigger = registry.trigger(incident_id)
+        # Opened per call: notifications are rare, and a Postgres handle held here would outlive the engine.
+        registry = RunRegistry(open_database(settings.storage, settings.data_dir, "runs"))
+        try:
+            trigger = registry.trigger(incident_id)
+        finally:
+            registry.close()
         if trigger is None:
             return {}
         return {"service": trigger.service or "", "severity": trigger.labels.get("severity", ""), "source": trigger.source}
@@ -140,98 +144,94 @@ def build_crew(settings: Settings, toolbox: Toolbox, chat_model: Any = None) -> 
     )
 
 
+REGISTRY_MIGRATIONS = [
+    """
+CREATE TABLE IF NOT EXISTS runs (incident_id TEXT PRIMARY KEY, created_at DOUBLE PRECISION, trigger TEXT,
+    status TEXT, updated_at DOUBLE PRECISION);
+CREATE TABLE IF NOT EXISTS attached_alerts (incident_id TEXT NOT NULL, key TEXT NOT NULL, trigger TEXT NOT NULL,
+    received_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (incident_id, key));
+CREATE TABLE IF NOT EXISTS acknowledgements (incident_id TEXT PRIMARY KEY, by TEXT NOT NULL,
+    at DOUBLE PRECISION NOT NULL)
+""",
+    "CREATE INDEX IF NOT EXISTS runs_created ON runs (created_at)",
+]
+"""The run registry's schema, one script per version (tools.sql's migrations)."""
+
+
 class RunRegistry:
     """Which incident threads exist and how they ended, for listing and for resuming after a crash."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as conn:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS runs (incident_id TEXT PRIMARY KEY, created_at REAL, trigger TEXT,"
-                " status TEXT, updated_at REAL)"
-            )
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS attached_alerts (incident_id TEXT NOT NULL, key TEXT NOT NULL,"
-                " trigger TEXT NOT NULL, received_at REAL NOT NULL, PRIMARY KEY (incident_id, key))"
-            )
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS acknowledgements (incident_id TEXT PRIMARY KEY, by TEXT NOT NULL, at REAL NOT NULL)"
-            )
-        conn.close()
+    def __init__(self, db: Database | Path) -> None:
+        self.db: Database = SqliteDatabase(db) if isinstance(db, Path) else db
+        self.db.migrate("registry", REGISTRY_MIGRATIONS)
+
+    def close(self) -> None:
+        """Release the database handle."""
+        self.db.close()
 
     def acknowledge(self, incident_id: str, by: str, at: float | None = None) -> bool:
         """Record that a human took the incident (it stops paging); False if someone already had."""
-        with self._connect() as conn:
+        with self.db.connect() as conn:
             done = conn.execute(
-                "INSERT OR IGNORE INTO acknowledgements VALUES (?, ?, ?)", (incident_id, by, time.time() if at is None else at)
+                "INSERT INTO acknowledgements VALUES (?, ?, ?) ON CONFLICT (incident_id) DO NOTHING",
+                (incident_id, by, time.time() if at is None else at),
             ).rowcount
-        conn.close()
         return bool(done)
 
     def acknowledgement(self, incident_id: str) -> dict[str, Any] | None:
         """Who acknowledged the incident and when, or None."""
-        with self._connect() as conn:
+        with self.db.read() as conn:
             row = conn.execute("SELECT by, at FROM acknowledgements WHERE incident_id = ?", (incident_id,)).fetchone()
-        conn.close()
         return {"by": row[0], "at": row[1]} if row else None
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=10)
-        conn.execute("PRAGMA journal_mode=WAL")
-        return conn
 
     def record(self, incident_id: str, trigger: Trigger | None, status: str) -> None:
         """Insert or update a run."""
         now = time.time()
-        with self._connect() as conn:
+        with self.db.connect() as conn:
             conn.execute(
-                "INSERT INTO runs VALUES (?, ?, ?, ?, ?) ON CONFLICT(incident_id) DO UPDATE SET status = excluded.status,"
+                "INSERT INTO runs VALUES (?, ?, ?, ?, ?) ON CONFLICT (incident_id) DO UPDATE SET status = excluded.status,"
                 " updated_at = excluded.updated_at",
                 (incident_id, now, trigger.model_dump_json() if trigger else "{}", status, now),
             )
-        conn.close()
 
     def trigger(self, incident_id: str) -> Trigger | None:
         """The trigger a run started with (None if unknown)."""
-        with self._connect() as conn:
+        with self.db.read() as conn:
             row = conn.execute("SELECT trigger FROM runs WHERE incident_id = ?", (incident_id,)).fetchone()
-        conn.close()
         if not row or row[0] in ("", "{}"):
             return None
         return Trigger.model_validate_json(row[0])
 
     def exists(self, incident_id: str) -> bool:
         """Whether a run with this id was ever registered."""
-        with self._connect() as conn:
+        with self.db.read() as conn:
             row = conn.execute("SELECT 1 FROM runs WHERE incident_id = ?", (incident_id,)).fetchone()
-        conn.close()
         return row is not None
 
     def attach(self, incident_id: str, key: str, trigger: Trigger) -> bool:
         """Remember an alert that joined a run; False if this alert was already attached."""
-        with self._connect() as conn:
+        with self.db.connect() as conn:
             cur = conn.execute(
-                "INSERT OR IGNORE INTO attached_alerts VALUES (?, ?, ?, ?)",
+                "INSERT INTO attached_alerts VALUES (?, ?, ?, ?) ON CONFLICT (incident_id, key) DO NOTHING",
                 (incident_id, key, trigger.model_dump_json(), time.time()),
             )
-        conn.close()
-        return cur.rowcount == 1
+            added = cur.rowcount == 1
+        return added
 
     def attached(self, incident_id: str) -> list[tuple[str, Trigger]]:
         """The alerts that joined a run, oldest first, with their keys."""
-        with self._connect() as conn:
+        with self.db.read() as conn:
             rows = conn.execute(
                 "SELECT key, trigger FROM attached_alerts WHERE incident_id = ? ORDER BY received_at, key", (incident_id,)
             ).fetchall()
-        conn.close()
         return [(r[0], Trigger.model_validate_json(r[1])) for r in rows]
 
     def list(self) -> list[dict[str, Any]]:
         """All runs, newest first."""
-        with self._connect() as conn:
-            rows = conn.execute("SELECT incident_id, created_at, trigger, status, updated_at FROM runs ORDER BY created_at DESC").fetchall()
-        conn.close()
+        with self.db.read() as conn:
+            rows = conn.execute(
+                "SELECT incident_id, created_at, trigger, status, updated_at FROM runs ORDER BY created_at DESC, incident_id DESC"
+            ).fetchall()
         return [
             {"incident_id": r[0], "created_at": r[1], "trigger": json.loads(r[2]), "status": r[3], "updated_at": r[4]}
             for r in rows
@@ -266,9 +266,15 @@ class Engine:
         self.settings = settings
         self.toolbox = toolbox
         self.crew = build_crew(settings, toolbox, chat_model)
-        self.checkpointer = open_checkpointer(settings.checkpoint_db)
+        self._checkpoint_db: Database | None = None
+        if settings.storage.backend == "postgres":
+            self._checkpoint_db = open_database(settings.storage, settings.data_dir, "checkpoints")
+            assert isinstance(self._checkpoint_db, PostgresDatabase)
+            self.checkpointer: Any = open_postgres_checkpointer(self._checkpoint_db)
+        else:
+            self.checkpointer = open_checkpointer(settings.checkpoint_db)
         self.graph = build_graph().compile(checkpointer=self.checkpointer)
-        self.registry = RunRegistry(settings.data_dir / "runs.db")
+        self.registry = RunRegistry(open_database(settings.storage, settings.data_dir, "runs"))
         self.progress = progress
         self.metrics = metrics or Metrics()
         self.should_stop: Callable[[], bool] = lambda: False
@@ -457,5 +463,9 @@ class Engine:
         return busy
 
     def close(self) -> None:
-        """Close the checkpointer connection."""
-        self.checkpointer.conn.close()
+        """Close the checkpointer's connection (or give back its pool) and the registry's handle."""
+        if self._checkpoint_db is not None:
+            self._checkpoint_db.close()
+        else:
+            self.checkpointer.conn.close()
+        self.registry.close()

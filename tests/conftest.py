@@ -10,6 +10,9 @@ from typing import Any
 
 import pytest
 
+pytest_plugins = ["tests.pg"]
+"""The throwaway PostgreSQL fixtures (`postgres_server`, `pg_dsn`)."""
+
 # Set before any test module imports chromadb, which reads it once.
 os.environ["ANONYMIZED_TELEMETRY"] = "False"
 
