@@ -153,7 +153,7 @@ CREATE TABLE IF NOT EXISTS attached_alerts (incident_id TEXT NOT NULL, key TEXT 
 CREATE TABLE IF NOT EXISTS acknowledgements (incident_id TEXT PRIMARY KEY, by TEXT NOT NULL,
     at DOUBLE PRECISION NOT NULL)
 """,
-    "CREATE INDEX IF NOT EXISTS runs_created ON runs (created_at)",
+    "CREATE INDEX IF NOT EXISTS runs_created ON runs (created_at); CREATE INDEX IF NOT EXISTS runs_status ON runs (status)",
 ]
 """The run registry's schema, one script per version (tools.sql's migrations)."""
 
@@ -225,6 +225,15 @@ class RunRegistry:
                 "SELECT key, trigger FROM attached_alerts WHERE incident_id = ? ORDER BY received_at, key", (incident_id,)
             ).fetchall()
         return [(r[0], Trigger.model_validate_json(r[1])) for r in rows]
+
+    def active(self) -> list[str]:
+        """Runs not finished and not waiting for a human (by the registry's status), oldest first."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                "SELECT incident_id FROM runs WHERE status NOT IN ('healthy', 'resolved', 'escalated', 'awaiting_approval')"
+                " ORDER BY created_at, incident_id"
+            ).fetchall()
+        return [r[0] for r in rows]
 
     def list(self) -> list[dict[str, Any]]:
         """All runs, newest first."""
@@ -321,10 +330,10 @@ class Engine:
             incident_var.reset(token)
         self.metrics.llm_tokens.inc(max(0, self._tokens(incident_id) - tokens_before))
         state = self.state(incident_id)
-        self._sync_registry(incident_id, state)
+        self.sync_registry(incident_id, state)
         return state
 
-    def _sync_registry(self, incident_id: str, state: dict[str, Any], known: str | None = None) -> None:
+    def sync_registry(self, incident_id: str, state: dict[str, Any], known: str | None = None) -> None:
         """Make the registry's status the checkpoint's: a process killed after a step's checkpoint and before its
         streamed update leaves the registry one step behind (a finished incident would look busy forever)."""
         status = "awaiting_approval" if state["waiting"] else state.get("status")
@@ -440,7 +449,7 @@ class Engine:
                 if run["status"] == "observing":
                     yield run["incident_id"]
                 continue
-            self._sync_registry(run["incident_id"], state, run["status"])
+            self.sync_registry(run["incident_id"], state, run["status"])
             if state["next"] and not state["waiting"]:
                 yield run["incident_id"]
 

@@ -11,6 +11,12 @@ opens nothing there and an alert for it joins it, until a human closes the issue
 With `serve_alerts`, Alertmanager webhooks go through a `StormGate` (grouping, dedup, flap suppression) and
 its due groups reach `submit` once per loop, so a storm for a handful of problems is a handful of incidents.
 
+Every run holds the incident's lease (sregraph/leases.py) in the shared storage, so any number of workers on one
+database (Postgres, or SQLite files on one machine) run each incident in at most one of them at a time; every
+loop a worker adopts the unfinished incidents nobody holds (new ones routed by another worker, or left by one
+that died). Actions, notifications, issue and PR writes and checkpoints are fenced: a worker that can no longer
+prove its lease stops before the lease can expire (docs/scale-out.md).
+
 A SIGTERM stops the alert receiver, lets each running graph step finish (its checkpoint is written at the step
 boundary) and then exits; a SIGKILL loses at most the steps in flight, which run again on the next start
 (tests/test_worker_kills.py). Alerts still inside the storm gate's group wait are not durable: Alertmanager
@@ -33,7 +39,8 @@ from sregraph.alerts import AlertReceiver
 from sregraph.config import AlertsConfig
 from sregraph.engine import FINAL, Engine
 from sregraph.escalation import Escalator
-from sregraph.observability import HealthState
+from sregraph.leases import LeaseLost, Leases
+from sregraph.observability import HealthState, incident_var
 from sregraph.storm import Notification, StormGate
 from tools.base import Clock, ConfigError, Issue, NotFound, SregraphError
 
@@ -46,6 +53,10 @@ log = logging.getLogger("sregraph.worker")
 ISSUE_POLL_EVERY = 15
 """Loops between two listings of open incident issues (an API call on GitHub; commands are polled every loop)."""
 
+FENCED = ("start", "stop", "restart", "scale", "apply", "open_issue", "comment", "set_labels", "close", "propose", "merge", "notify")
+"""Methods of the toolbox's backends that change something outside: called during an incident's run, each first
+checks that this worker still holds the incident's lease."""
+
 ISSUE_LIST_MAX_AGE_S = 30.0
 """How old a listing of open issues may be when a scan asks whether an escalated incident's issue is still open."""
 
@@ -53,8 +64,12 @@ ISSUE_LIST_MAX_AGE_S = 30.0
 class Worker:
     """Drives the engine forever (or once)."""
 
-    def __init__(self, engine: Engine, health: HealthState | None = None, max_concurrent: int | None = None) -> None:
+    def __init__(
+        self, engine: Engine, health: HealthState | None = None, max_concurrent: int | None = None, leases: Leases | None = None
+    ) -> None:
         self.engine = engine
+        self.leases = leases or Leases(engine.registry.db, ttl_s=engine.settings.storage.lease_ttl_s)
+        """This worker's incident leases, in the registry's database."""
         self.stopping = False
         self.health = health or HealthState()
         self.max_concurrent = max_concurrent or engine.settings.worker.max_concurrent
@@ -70,7 +85,53 @@ class Worker:
         """Pages the escalation tiers for incidents that wait for a human (None without a policy)."""
         self.gate: StormGate | None = None
         self.receiver: AlertReceiver | None = None
-        engine.should_stop = lambda: self.stopping
+        engine.should_stop = lambda: self.stopping or not self._lease_ok()
+        self._install_fences()
+
+    # ------------------------------------------------------------------ leases
+
+    def _lease_ok(self) -> bool:
+        incident_id = incident_var.get()
+        return incident_id == "-" or self.leases.valid(incident_id)
+
+    def _fence(self, *_: Any) -> None:
+        """Raise LeaseLost when the incident this thread runs is no longer this worker's to act on. Outside a run
+        (the escalator paging, an alert noted on an issue) nothing is fenced: those writes are keyed, so two
+        workers doing the same one write it once."""
+        incident_id = incident_var.get()
+        if incident_id != "-":
+            self.leases.check(incident_id)
+
+    def _install_fences(self) -> None:
+        tb = self.engine.toolbox
+        tb.ledger.fence = self._fence
+        for backend in (tb.runtime, tb.incidents, tb.gitops, tb.deployer, tb.notifier):
+            for name in FENCED:
+                method = getattr(backend, name, None)
+                if callable(method) and not getattr(method, "_fenced", False):
+                    setattr(backend, name, self._fenced(method))
+        saver = self.engine.checkpointer
+        put, put_writes = saver.put, saver.put_writes
+
+        def fenced_put(config: Any, *args: Any, **kwargs: Any) -> Any:
+            self.leases.check(config["configurable"]["thread_id"])
+            return put(config, *args, **kwargs)
+
+        # The explicit task_path: LangGraph passes it only to a put_writes whose signature names it.
+        def fenced_put_writes(config: Any, writes: Any, task_id: str, task_path: str = "") -> Any:
+            self.leases.check(config["configurable"]["thread_id"])
+            return put_writes(config, writes, task_id, task_path)
+
+        saver.put, saver.put_writes = fenced_put, fenced_put_writes
+
+    def _fenced(self, method: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self._fence()
+            return method(*args, **kwargs)
+
+        call._fenced = True  # type: ignore[attr-defined]
+        call.__doc__ = method.__doc__
+        return call
 
     def _on_term(self, signum: int, frame: FrameType | None) -> None:
         log.info("signal %s: finishing the current steps, then exiting", signum)
@@ -98,11 +159,23 @@ class Worker:
         if self.stopping:
             return None  # queued behind the limit when a stop came: the next start resumes it
         try:
+            if not self.leases.acquire(incident_id):
+                log.info("incident %s is run by another worker", incident_id)
+                return None
+        except SregraphError as exc:
+            log.error("incident %s: lease not taken (%s); it is adopted later", incident_id, exc)
+            return None
+        try:
             state = fn(*args)
+        except LeaseLost:
+            log.error("incident %s: lease lost; this worker stopped acting on it, another resumes it", incident_id)
+            return None
         except Exception:
             # The engine logged and counted it; the thread stays resumable and the worker carries on.
             log.error("incident %s stopped on an error; it resumes on the next start", incident_id)
             return None
+        finally:
+            self.leases.release(incident_id)
         if state:
             log.info("incident %s: %s", incident_id, state.get("status"))
         return state
@@ -131,7 +204,8 @@ class Worker:
         An alert for a service (or alert fingerprint) with an incident in progress, or with an escalated incident
         whose issue is still open, joins that incident instead of starting another. Thread-safe: the alert receiver's dispatcher may call it.
         """
-        with self._lock:
+        # One router at a time across every worker on the storage: two alerts for one service never open two.
+        with self._lock, self.engine.registry.db.exclusive("route"):
             existing = self.engine.incident_for_alert(trigger) or self._escalation_for(trigger)
             if existing is not None:
                 self.engine.attach_alert(existing, trigger)
@@ -145,7 +219,9 @@ class Worker:
         incident_id = self.engine.new_id()
         # Registered before the run is queued, so a second alert routed right after this one sees it.
         self.engine.registry.record(incident_id, trigger, "observing")
-        return incident_id, self._launch(incident_id, self.engine.start, trigger, incident_id)
+        # `resume` starts a thread with no checkpoint from its registered trigger, and never starts one that
+        # another worker (which adopted it first) already ran.
+        return incident_id, self._launch(incident_id, self.engine.resume, incident_id)
 
     def decide(self, incident_id: str, decision: ApprovalDecision) -> bool:
         """Answer a waiting approval gate on the pool; False if that incident has a run already."""
@@ -163,6 +239,40 @@ class Worker:
         if wait:
             self.wait_idle()
         return resumed
+
+    def adopt(self) -> list[str]:
+        """Take the unfinished incidents no worker holds a lease on: routed by another worker and not yet run,
+        or left mid-way by one that died (its lease expired). Returns those launched here."""
+        try:
+            candidates = self.engine.registry.active()
+            if not candidates:
+                return []
+            elsewhere = self.leases.live_elsewhere()
+        except SregraphError as exc:
+            log.error("adopting: %s", exc)
+            return []
+        mine = set(self.running())
+        adopted = []
+        for incident_id in candidates:
+            if self.stopping:
+                break
+            if incident_id in elsewhere or incident_id in mine:
+                continue
+            if self._launch(incident_id, self._adopted, incident_id):
+                adopted.append(incident_id)
+        return adopted
+
+    def _adopted(self, incident_id: str) -> dict[str, Any] | None:
+        """Resume an adopted incident unless it turned out finished or waiting for a human (checked under the lease)."""
+        try:
+            state = self.engine.state(incident_id)
+        except NotFound:
+            return self.engine.resume(incident_id)  # registered, never checkpointed: start from its trigger
+        if not state["next"] or state["waiting"]:
+            self.engine.sync_registry(incident_id, state)
+            return None
+        log.info("adopting %s at %s", incident_id, state["next"])
+        return self.engine.resume(incident_id)
 
     def handle_commands(self) -> list[str]:
         """Act on slash commands humans wrote on incident issues (authorised by the surface); returns what was done.
@@ -391,6 +501,7 @@ class Worker:
             loops = 0
             while not self.stopping:
                 try:
+                    self.adopt()
                     self.handle_commands()
                     if loops % ISSUE_POLL_EVERY == 0:
                         self.handle_new_issues()
@@ -415,4 +526,5 @@ class Worker:
             if main:
                 signal.signal(signal.SIGTERM, previous)
             self._pool.shutdown(wait=True)
+            self.leases.stop_heartbeat()
             self.engine.close()
