@@ -198,11 +198,12 @@ class Worker:
 
     # ------------------------------------------------------------------ entry points
 
-    def submit(self, trigger: Trigger) -> tuple[str, bool]:
+    def submit(self, trigger: Trigger, run_here: bool = True) -> tuple[str, bool]:
         """Route one alert or trigger: (incident id, whether a new incident started).
 
         An alert for a service (or alert fingerprint) with an incident in progress, or with an escalated incident
         whose issue is still open, joins that incident instead of starting another. Thread-safe: the alert receiver's dispatcher may call it.
+        `run_here=False` only registers a new incident: whichever worker adopts it first runs it.
         """
         # One router at a time across every worker on the storage: two alerts for one service never open two.
         with self._lock, self.engine.registry.db.exclusive("route"):
@@ -211,14 +212,16 @@ class Worker:
                 self.engine.attach_alert(existing, trigger)
                 log.info("alert %s/%s joined incident %s", trigger.service, trigger.signal, existing)
                 return existing, False
-            incident_id, _ = self._start_new(trigger)
+            incident_id, _ = self._start_new(trigger, run_here)
             return incident_id, True
 
-    def _start_new(self, trigger: Trigger) -> tuple[str, bool]:
+    def _start_new(self, trigger: Trigger, run_here: bool = True) -> tuple[str, bool]:
         """A new incident thread on the pool: (its id, whether it was launched)."""
         incident_id = self.engine.new_id()
         # Registered before the run is queued, so a second alert routed right after this one sees it.
         self.engine.registry.record(incident_id, trigger, "observing")
+        if not run_here:
+            return incident_id, False
         # `resume` starts a thread with no checkpoint from its registered trigger, and never starts one that
         # another worker (which adopted it first) already ran.
         return incident_id, self._launch(incident_id, self.engine.resume, incident_id)
@@ -340,8 +343,9 @@ class Worker:
                 started.append(new_id)
         return started
 
-    def scan(self) -> str | None:
-        """One look at telemetry; a deviation on a service with no incident in progress starts one. Returns its id."""
+    def scan(self, run_here: bool = True) -> str | None:
+        """One look at telemetry; a deviation on a service with no incident in progress starts one. Returns its id.
+        `run_here=False`: only registered, for whichever worker adopts it."""
         signals, _, _ = self.engine.crew.observer.check()
         if not signals:
             return None
@@ -351,7 +355,7 @@ class Worker:
             return None  # already handled by an open incident (e.g. one waiting for approval)
         top = signals[0]
         trigger = Trigger(source="scan", service=top.service, signal=top.name, summary=top.detail, fired_at=self.engine.toolbox.clock.now())
-        incident_id, _ = self.submit(trigger)
+        incident_id, _ = self.submit(trigger, run_here)
         return incident_id
 
     def _claimed_services(self) -> set[str] | None:
