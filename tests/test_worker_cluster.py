@@ -112,11 +112,13 @@ class Cluster:
 
 
 def _wait_for_end(engine: Engine, driver: Worker, incident_id: str, timeout_s: float) -> str:
-    """Poll the registry until the incident ends, answering its approval gate (as the human) if it asks."""
+    """Poll until the incident's run is over, answering its approval gate (as the human) if it asks."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         status = next((r["status"] for r in engine.registry.list() if r["incident_id"] == incident_id), None)
-        if status in FINAL:
+        # The registry says "resolved" from the verification on; the run is over once no node is left (the
+        # post-mortem closes the issue after that).
+        if status in FINAL and not engine.state(incident_id)["next"]:
             return str(status)
         if status == "awaiting_approval" and engine.pending_approval(incident_id):
             driver.decide(incident_id, ApprovalDecision(approved=True, by="harness", reason="test"))
