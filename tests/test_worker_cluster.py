@@ -63,7 +63,7 @@ class Cluster:
                 name, value = self.rng.choice(KILL_POINTS)
                 plan = {name: value}
             else:
-                kill_at = time.monotonic() + self.rng.uniform(2.0, 8.0)  # past start-up, into the work
+                kill_at = time.monotonic() + self.rng.uniform(1.8, 4.0)  # past start-up (about 1.6 s), into the work
                 plan = {"timed": f"{kill_at:.1f}"}
         env = {**self.env, **{k: v for k, v in plan.items() if k.startswith("HARNESS_")}}
         log = open(self.root / f"worker-{len(self.exits) + len(self.procs)}.log", "wb")  # noqa: SIM115 - closed by the child's exit
@@ -250,7 +250,7 @@ def test_three_workers_killed_at_random_run_every_incident_once(
             and t["acquired_at"] <= step["t"] <= (t["released_at"] if t["released_at"] is not None else t["expires_at"])
             for t in tenures
         ), f"a step outside its worker's lease: {step}"
-    assert len(killed) >= 10, f"only {len(killed)} workers were killed: {cluster.exits}"
+    assert len(killed) >= 8, f"only {len(killed)} workers were killed: {cluster.exits}"
     assert any("HARNESS_KILL_AFTER" in plan for plan in killed) and any("timed" in plan for plan in killed)
     owners_per_incident = {i: {t["owner"] for t in tenures if t["incident_id"] == i} for i in ids}
     assert sum(1 for owners in owners_per_incident.values() if len(owners) > 1) >= 5, "too few incidents changed hands"

@@ -599,7 +599,8 @@ def serve(root: Path) -> None:
     # incidents wait for its lease to expire.
     leases = Leases(engine.registry.db, ttl_s=settings.storage.lease_ttl_s, reap_local=False)
     leases_box.append(leases)
-    worker = Worker(engine, leases=leases, max_concurrent=2)
+    worker = Worker(engine, leases=leases, max_concurrent=int(os.environ.get("HARNESS_THREADS", "2")))
+    (root / f"ready-{os.getpid()}").write_text(leases.owner)
     try:
         while not (root / "stop").exists():
             worker.adopt()
