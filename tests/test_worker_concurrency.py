@@ -17,6 +17,14 @@ from tests.worker_harness import SCENARIOS, World, settings_for, toolbox_for
 from tools.base import ConfigError
 
 
+@pytest.fixture(autouse=True, params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test on the embedded SQLite files and on Postgres (checkpoints, ledger, registry, leases)."""
+    if request.param == "postgres":
+        monkeypatch.setenv("HARNESS_DSN", request.getfixturevalue("pg_dsn"))
+    return str(request.param)
+
+
 def _engine(tmp_path: Path) -> tuple[World, Engine]:
     root = tmp_path / "world"
     world = World.create(root)

@@ -23,7 +23,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -46,7 +46,7 @@ class Row(tuple):  # type: ignore[type-arg]
 
     _names: tuple[str, ...]
 
-    def __new__(cls, names: tuple[str, ...], values: Sequence[Any]) -> Row:
+    def __new__(cls, names: tuple[str, ...], values: Sequence[Any]) -> Self:
         row = super().__new__(cls, values)
         row._names = names
         return row
@@ -231,12 +231,13 @@ class _SharedPool:
     """One psycopg pool per DSN in this process, counted by its users."""
 
     lock = threading.Lock()
-    pools: dict[str, tuple[Any, int]] = {}
+    pools: ClassVar[dict[str, tuple[Any, int]]] = {}
 
     @classmethod
     def acquire(cls, dsn: str, max_size: int) -> Any:
+        import psycopg
         from psycopg.rows import dict_row
-        from psycopg_pool import ConnectionPool
+        from psycopg_pool import ConnectionPool, PoolTimeout
 
         with cls.lock:
             pool, users = cls.pools.get(dsn, (None, 0))
@@ -263,7 +264,7 @@ class _SharedPool:
                 )
                 try:
                     pool.open(wait=True, timeout=CONNECT_TIMEOUT_S * 2)
-                except Exception as exc:
+                except (psycopg.Error, PoolTimeout) as exc:
                     pool.close()
                     raise SqlError(f"cannot connect to Postgres: {_safe(exc)}") from None
             cls.pools[dsn] = (pool, users + 1)
@@ -290,11 +291,12 @@ def _safe(exc: BaseException) -> str:
 
 def check_dsn(dsn: str) -> str:
     """The DSN if it carries no password (libpq takes it from $PGPASSWORD or ~/.pgpass); ConfigError otherwise."""
+    import psycopg
     from psycopg.conninfo import conninfo_to_dict
 
     try:
         parts = conninfo_to_dict(dsn)
-    except Exception:
+    except psycopg.ProgrammingError:
         raise ConfigError("storage.dsn: not a valid libpq connection string") from None
     if parts.get("password"):
         raise ConfigError("storage.dsn: must not contain a password; set PGPASSWORD (or use ~/.pgpass) instead")
