@@ -45,6 +45,7 @@ from sregraph.storm import Notification, StormGate
 from tools.base import Clock, ConfigError, Issue, NotFound, SregraphError
 
 if TYPE_CHECKING:
+    from sregraph.jobs import JobQueue
     from tools.github import Command
 
 log = logging.getLogger("sregraph.worker")
@@ -85,6 +86,13 @@ class Worker:
         """Pages the escalation tiers for incidents that wait for a human (None without a policy)."""
         self.gate: StormGate | None = None
         self.receiver: AlertReceiver | None = None
+        self.jobs: JobQueue | None = None
+        """The job queue, when `storage.job_queue` is procrastinate: new and adopted incidents and decisions go there."""
+        storage = engine.settings.storage
+        if storage.job_queue == "procrastinate":
+            from sregraph.jobs import JobQueue
+
+            self.jobs = JobQueue(storage.dsn, engine.registry.db)
         engine.should_stop = lambda: self.stopping or not self._lease_ok()
         self._install_fences()
 
@@ -220,6 +228,8 @@ class Worker:
         incident_id = self.engine.new_id()
         # Registered before the run is queued, so a second alert routed right after this one sees it.
         self.engine.registry.record(incident_id, trigger, "observing")
+        if self.jobs is not None:
+            return incident_id, self.jobs.defer_run(incident_id)  # any worker takes it
         if not run_here:
             return incident_id, False
         # `resume` starts a thread with no checkpoint from its registered trigger, and never starts one that
@@ -227,8 +237,28 @@ class Worker:
         return incident_id, self._launch(incident_id, self.engine.resume, incident_id)
 
     def decide(self, incident_id: str, decision: ApprovalDecision) -> bool:
-        """Answer a waiting approval gate on the pool; False if that incident has a run already."""
+        """Answer a waiting approval gate on the pool (or queue the decision as a job); False if that incident has
+        a run already here."""
+        if self.jobs is not None:
+            self.jobs.defer_decision(incident_id, decision.model_dump())
+            return True
         return self._launch(incident_id, self.engine.decide, incident_id, decision)
+
+    def _run_job(self, incident_id: str) -> None:
+        """A run job from the queue: under the incident's lease, like any run."""
+        self._guarded(incident_id, self._adopted, incident_id)
+
+    def _decide_job(self, incident_id: str, decision: dict[str, Any]) -> None:
+        """A decision job from the queue: applied under the lease if the incident still waits for it."""
+        approval = ApprovalDecision.model_validate(decision)
+
+        def apply() -> dict[str, Any] | None:
+            if not self.engine.pending_approval(incident_id):
+                log.info("decision on %s dropped: it no longer waits for one", incident_id)
+                return None
+            return self.engine.decide(incident_id, approval)
+
+        self._guarded(incident_id, apply)
 
     def resume_unfinished(self, wait: bool = True) -> list[str]:
         """Resume every thread a previous process left mid-way; returns their ids."""
@@ -260,6 +290,13 @@ class Worker:
             if self.stopping:
                 break
             if incident_id in elsewhere or incident_id in mine:
+                continue
+            if self.jobs is not None:
+                try:
+                    if self.jobs.defer_run(incident_id):
+                        adopted.append(incident_id)
+                except SregraphError as exc:
+                    log.error("adopting %s: %s", incident_id, exc)
                 continue
             if self._launch(incident_id, self._adopted, incident_id):
                 adopted.append(incident_id)
@@ -500,8 +537,11 @@ class Worker:
         # Signal handlers belong to the main thread; a worker run in a thread (the demo) is stopped by flag.
         main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, self._on_term) if main else None
+        if self.jobs is not None:
+            self.jobs.start(self._run_job, self._decide_job, self.max_concurrent, self.leases.owner)
         try:
-            self.resume_unfinished(wait=False)
+            if self.jobs is None:
+                self.resume_unfinished(wait=False)
             loops = 0
             while not self.stopping:
                 try:
@@ -530,5 +570,7 @@ class Worker:
             if main:
                 signal.signal(signal.SIGTERM, previous)
             self._pool.shutdown(wait=True)
+            if self.jobs is not None:
+                self.jobs.stop()
             self.leases.stop_heartbeat()
             self.engine.close()

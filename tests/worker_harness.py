@@ -446,7 +446,10 @@ def settings_for(root: Path, max_concurrent: int = 1) -> Settings:
     if not policy.exists():
         policy.write_text(yaml.safe_dump(POLICY))
     dsn = os.environ.get("HARNESS_DSN")
-    storage = {"backend": "postgres", "dsn": dsn, "lease_ttl_s": float(os.environ.get("HARNESS_LEASE_TTL", "15"))} if dsn else {}
+    storage: dict[str, Any] = {}
+    if dsn:
+        storage = {"backend": "postgres", "dsn": dsn, "lease_ttl_s": float(os.environ.get("HARNESS_LEASE_TTL", "15")),
+                   "job_queue": os.environ.get("HARNESS_JOBS", "none")}
     return load_settings(
         environ={}, data_dir=root / "data", policy_file=policy, worker={"max_concurrent": max_concurrent}, storage=storage, **SETTINGS
     )

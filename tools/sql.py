@@ -25,7 +25,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tools.base import ConfigError, SregraphError
 
@@ -391,6 +391,9 @@ class StorageConfig(BaseModel):
     """Postgres connections one process may hold."""
     lease_ttl_s: float = Field(default=15.0, gt=0, le=3600)
     """How long an incident's lease lasts without a heartbeat: the longest two workers can wait on a dead one."""
+    job_queue: Literal["none", "procrastinate"] = "none"
+    """procrastinate: new incidents, adopted ones and approval decisions are jobs on this Postgres that any worker
+    takes (sregraph/jobs.py); none: each worker runs what it routes, and adopts the rest every loop."""
 
     @field_validator("dsn")
     @classmethod
@@ -401,6 +404,13 @@ class StorageConfig(BaseModel):
             except ConfigError as exc:
                 raise ValueError(str(exc).removeprefix("storage.dsn: ")) from None
         return value
+
+
+    @model_validator(mode="after")
+    def _queue_needs_postgres(self) -> StorageConfig:
+        if self.job_queue != "none" and self.backend != "postgres":
+            raise ValueError("job_queue: procrastinate needs backend: postgres")
+        return self
 
 
 def open_database(config: StorageConfig, data_dir: Path, name: str) -> Database:
