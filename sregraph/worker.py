@@ -244,6 +244,16 @@ class Worker:
             return True
         return self._launch(incident_id, self.engine.decide, incident_id, decision)
 
+    def start_jobs(self) -> None:
+        """Take jobs from the queue (when configured) on a thread of its own, `max_concurrent` at once."""
+        if self.jobs is not None:
+            self.jobs.start(self._run_job, self._decide_job, self.max_concurrent, self.leases.owner)
+
+    def stop_jobs(self) -> None:
+        """Stop taking jobs; running ones end at their next step boundary (idempotent)."""
+        if self.jobs is not None:
+            self.jobs.stop()
+
     def _run_job(self, incident_id: str) -> None:
         """A run job from the queue: under the incident's lease, like any run."""
         self._guarded(incident_id, self._adopted, incident_id)
@@ -284,7 +294,7 @@ class Worker:
         except SregraphError as exc:
             log.error("adopting: %s", exc)
             return []
-        mine = set(self.running())
+        mine = set(self.running()) | set(self.leases.held())  # held: run here as a job, outside the pool
         adopted = []
         for incident_id in candidates:
             if self.stopping:
@@ -537,8 +547,7 @@ class Worker:
         # Signal handlers belong to the main thread; a worker run in a thread (the demo) is stopped by flag.
         main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, self._on_term) if main else None
-        if self.jobs is not None:
-            self.jobs.start(self._run_job, self._decide_job, self.max_concurrent, self.leases.owner)
+        self.start_jobs()
         try:
             if self.jobs is None:
                 self.resume_unfinished(wait=False)
@@ -570,7 +579,6 @@ class Worker:
             if main:
                 signal.signal(signal.SIGTERM, previous)
             self._pool.shutdown(wait=True)
-            if self.jobs is not None:
-                self.jobs.stop()
+            self.stop_jobs()
             self.leases.stop_heartbeat()
             self.engine.close()

@@ -145,17 +145,22 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("queue", ["none", "procrastinate"])
 def test_three_workers_killed_at_random_run_every_incident_once(
-    tmp_path: Path, postgres_server: PostgresServer, pg_dsn: str, monkeypatch: pytest.MonkeyPatch, reference: dict[str, Any]
+    tmp_path: Path, postgres_server: PostgresServer, pg_dsn: str, monkeypatch: pytest.MonkeyPatch, reference: dict[str, Any],
+    queue: str,
 ) -> None:
+    """`none`: workers adopt what the router registers; `procrastinate`: the router queues jobs, workers take
+    them, and a killed worker's job (left `doing`) is replaced by a new one once the incident's lease expires."""
     root = tmp_path / "cluster"
     World.create(root)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("HARNESS_")},
-        "HARNESS_DSN": pg_dsn, "HARNESS_LEASE_TTL": str(LEASE_TTL_S), "PYTHONWARNINGS": "error",
+        "HARNESS_DSN": pg_dsn, "HARNESS_LEASE_TTL": str(LEASE_TTL_S), "HARNESS_JOBS": queue, "PYTHONWARNINGS": "error",
     }
     monkeypatch.setenv("HARNESS_DSN", pg_dsn)
     monkeypatch.setenv("HARNESS_LEASE_TTL", str(LEASE_TTL_S))
+    monkeypatch.setenv("HARNESS_JOBS", queue)
     scenarios = SCENARIOS * ROUNDS
     world = World(root)
     toolbox = toolbox_for(world)
@@ -192,6 +197,7 @@ def test_three_workers_killed_at_random_run_every_incident_once(
     finally:
         cluster.stop()
         logs = "\n".join(p.read_text(errors="replace")[-1500:] for p in sorted(root.glob("worker-*.log")))
+        driver.stop_jobs()
         engine.close()
         toolbox.close()
     assert cluster.errors == [], logs
@@ -252,6 +258,15 @@ def test_three_workers_killed_at_random_run_every_incident_once(
         ), f"a step outside its worker's lease: {step}"
     assert len(killed) >= 8, f"only {len(killed)} workers were killed: {cluster.exits}"
     assert any("HARNESS_KILL_AFTER" in plan for plan in killed) and any("timed" in plan for plan in killed)
+    if queue == "procrastinate":
+        import psycopg
+
+        with psycopg.connect(pg_dsn, connect_timeout=5) as conn:
+            jobs = conn.execute("SELECT task_name, status::text, args->>'incident_id' FROM procrastinate_jobs").fetchall()
+        # Every incident was run through the queue; jobs a killed worker was doing stay `doing` (replaced by new ones).
+        assert {i for task, status, i in jobs if task == "sregraph.run_incident" and status == "succeeded"} == set(ids)
+        assert {status for _, status, _ in jobs} <= {"succeeded", "doing", "todo"}
+        print(f"\njobs: {len(jobs)}, left doing by killed workers: {sum(1 for _, s, _ in jobs if s == 'doing')}")
     owners_per_incident = {i: {t["owner"] for t in tenures if t["incident_id"] == i} for i in ids}
     assert sum(1 for owners in owners_per_incident.values() if len(owners) > 1) >= 5, "too few incidents changed hands"
     print(

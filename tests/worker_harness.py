@@ -603,6 +603,7 @@ def serve(root: Path) -> None:
     leases = Leases(engine.registry.db, ttl_s=settings.storage.lease_ttl_s, reap_local=False)
     leases_box.append(leases)
     worker = Worker(engine, leases=leases, max_concurrent=int(os.environ.get("HARNESS_THREADS", "2")))
+    worker.start_jobs()  # with HARNESS_JOBS=procrastinate: runs come as jobs, and adopt() queues them
     (root / f"ready-{os.getpid()}").write_text(leases.owner)
     try:
         while not (root / "stop").exists():
@@ -610,6 +611,7 @@ def serve(root: Path) -> None:
             time.sleep(0.05)
     finally:
         worker.stopping = True
+        worker.stop_jobs()
         worker.wait_idle()
         leases.stop_heartbeat()
         engine.close()
