@@ -1,6 +1,7 @@
 """Scale-out benchmark: N worker processes on one Postgres (docs/scale-out.md).
 
-    python -m evals.bench_scaleout [--dsn DSN] [--incidents 60] [--workers 1,2,4] [--open 100,1000,10000] [--format json]
+    python -m evals.bench_scaleout [--dsn DSN] [--incidents 60] [--workers 1,2,4] [--open 100,1000,10000]
+                                   [--queue none|procrastinate] [--format json]
 
 Without `--dsn` it starts a throwaway Postgres (scripts/postgres.sh) in a temp dir and stops it afterwards.
 
@@ -8,7 +9,8 @@ Without `--dsn` it starts a throwaway Postgres (scripts/postgres.sh) in a temp d
    SQLite telemetry, issues and git; a healthy world, so each incident is a full observe step ending `healthy`),
    N worker processes (`python -m tests.worker_harness --serve`, `--threads` runs each). Once all are up, this
    process routes `--incidents` alerts with distinct fingerprints at once (`Worker.submit(run_here=False)`: the
-   routing lock, the lookup of incidents in progress, the registration) and waits until every incident has ended.
+   routing lock, the lookup of incidents in progress, the registration, and with `--queue procrastinate` the
+   job) and waits until every incident has ended. Without the queue the workers adopt the registered incidents.
    Reported: incidents/s from the first alert to the last end, the ingest latency of one alert (p50, p99, max)
    while the workers run, and how many leases were taken.
 2. `open_incidents`, for each K: K incidents waiting for approval (open, not adoptable) registered in a fresh
@@ -69,7 +71,7 @@ class _Server:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def throughput(server: _Server, workers: int, incidents: int, threads: int) -> dict[str, Any]:
+def throughput(server: _Server, workers: int, incidents: int, threads: int, queue: str = "none") -> dict[str, Any]:
     """`incidents` alerts routed at once to `workers` worker processes."""
     from sregraph.engine import FINAL, Engine
     from sregraph.leases import lease_log
@@ -78,7 +80,7 @@ def throughput(server: _Server, workers: int, incidents: int, threads: int) -> d
     from tools.domain import Trigger
 
     dsn = server.new_database()
-    os.environ["HARNESS_DSN"], os.environ["HARNESS_LEASE_TTL"] = dsn, "10"
+    os.environ["HARNESS_DSN"], os.environ["HARNESS_LEASE_TTL"], os.environ["HARNESS_JOBS"] = dsn, "10", queue
     root = Path(tempfile.mkdtemp(prefix="sregraph-bench-world-"))
     World.create(root)
     world = World(root)
@@ -125,11 +127,13 @@ def throughput(server: _Server, workers: int, incidents: int, threads: int) -> d
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        router.stop_jobs()
         engine.close()
         toolbox.close()
         shutil.rmtree(root, ignore_errors=True)
     ended = [statuses[i] for i in ids]
     return {
+        "queue": queue,
         "workers": workers,
         "threads_per_worker": threads,
         "incidents": incidents,
@@ -152,7 +156,7 @@ def open_incidents(server: _Server, count: int, alerts: int = 200) -> dict[str, 
     from tools.domain import Trigger
 
     dsn = server.new_database()
-    os.environ["HARNESS_DSN"], os.environ["HARNESS_LEASE_TTL"] = dsn, "10"
+    os.environ["HARNESS_DSN"], os.environ["HARNESS_LEASE_TTL"], os.environ["HARNESS_JOBS"] = dsn, "10", "none"
     root = Path(tempfile.mkdtemp(prefix="sregraph-bench-world-"))
     World.create(root)
     toolbox = toolbox_for(World(root))
@@ -203,11 +207,12 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--open", default="100,1000,10000")
+    parser.add_argument("--queue", choices=["none", "procrastinate"], default="none", help="how routed incidents reach the workers")
     parser.add_argument("--format", choices=["text", "json"], default="text")
     args = parser.parse_args()
     server = _Server(args.dsn)
     try:
-        runs = [throughput(server, int(n), args.incidents, args.threads) for n in args.workers.split(",") if n]
+        runs = [throughput(server, int(n), args.incidents, args.threads, args.queue) for n in args.workers.split(",") if n]
         opened = [open_incidents(server, int(k)) for k in args.open.split(",") if k]
     finally:
         server.stop()
@@ -218,7 +223,7 @@ def main() -> None:
     print(f"{os.cpu_count()} CPUs, Python {platform.python_version()}")
     for r in runs:
         print(
-            f"{r['workers']} worker(s) x {r['threads_per_worker']} threads: {r['incidents']} incidents in {r['seconds']} s = "
+            f"[{r['queue']}] {r['workers']} worker(s) x {r['threads_per_worker']} threads: {r['incidents']} incidents in {r['seconds']} s = "
             f"{r['incidents_per_s']}/s ({r['healthy']} healthy); ingest p50 {r['ingest_ms_p50']} ms, p99 "
             f"{r['ingest_ms_p99']} ms, max {r['ingest_ms_max']} ms; {r['leases_taken']} leases by {r['workers_used']} workers"
         )
