@@ -9,7 +9,8 @@ An escalated incident whose issue is still open holds its service (and the servi
 opens nothing there and an alert for it joins it, until a human closes the issue or a /retry takes it over.
 
 With `serve_alerts`, Alertmanager webhooks go through a `StormGate` (grouping, dedup, flap suppression) and
-its due groups reach `submit` once per loop, so a storm for a handful of problems is a handful of incidents.
+its due groups reach `submit` once per loop, so a storm for a handful of problems is a handful of incidents; on
+Postgres the gate's groups are shared by every worker (`SharedStormGate`).
 
 Every run holds the incident's lease (sregraph/leases.py) in the shared storage, so any number of workers on one
 database (Postgres, or SQLite files on one machine) run each incident in at most one of them at a time; every
@@ -41,7 +42,7 @@ from sregraph.engine import FINAL, Engine
 from sregraph.escalation import Escalator
 from sregraph.leases import LeaseLost, Leases
 from sregraph.observability import HealthState, incident_var
-from sregraph.storm import Notification, StormGate
+from sregraph.storm import Notification, SharedStormGate, StormGate
 from tools.base import Clock, ConfigError, Issue, NotFound, SregraphError
 
 if TYPE_CHECKING:
@@ -493,12 +494,15 @@ class Worker:
         """Listen for Alertmanager webhooks now; `run` hands the storm gate's due groups to `submit` every loop.
 
         ConfigError without a `token` unless `config.insecure_no_auth` (loopback hosts only)."""
-        gate = StormGate(
-            clock or self.engine.toolbox.clock,
-            group_wait_s=config.group_wait_s,
-            group_interval_s=config.group_interval_s,
-            flap_window_s=config.flap_window_s,
-            max_flaps=config.max_flaps,
+        options: dict[str, Any] = {
+            "group_wait_s": config.group_wait_s, "group_interval_s": config.group_interval_s,
+            "flap_window_s": config.flap_window_s, "max_flaps": config.max_flaps,
+        }
+        # On Postgres the groups are shared: several workers behind one Alertmanager group a storm as one.
+        gate: StormGate = (
+            SharedStormGate(self.engine.registry.db, clock or self.engine.toolbox.clock, **options)
+            if self.engine.settings.storage.backend == "postgres"
+            else StormGate(clock or self.engine.toolbox.clock, **options)
         )
         receiver = AlertReceiver(
             on_alerts=gate.ingest_many,

@@ -7,6 +7,7 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -148,3 +149,41 @@ def test_password_comes_from_the_environment_over_tcp(postgres_server: PostgresS
     finally:
         db.close()
     assert os.environ["PGPASSWORD"] not in dsn
+
+
+def test_two_workers_storm_gates_on_one_storage_group_as_one(db: Database) -> None:
+    """A storm split between two workers' gates yields the notifications one gate yields, each from one worker."""
+    import random
+
+    from sregraph.storm import SharedStormGate, StormGate
+    from tests.test_analyst import FixedClock
+    from tests.test_storm import T0, storm
+
+    options: dict[str, Any] = {"group_wait_s": 10, "group_interval_s": 120, "flap_window_s": 300, "max_flaps": 3}
+    clock = FixedClock(T0)
+    alone = StormGate(clock, **options)
+    gates = [SharedStormGate(db, clock, **options), SharedStormGate(db, clock, **options)]
+    rng = random.Random(5)
+    events = storm(random.Random(7), n=400)
+    seen_alone: list[tuple[float, str, str, int]] = []
+    seen_shared: list[tuple[float, str, str, int]] = []
+    look = T0 + 1
+
+    def collect() -> None:
+        seen_alone.extend((clock.t, n.kind, n.key, n.firing) for n in alone.due())
+        for gate in rng.sample(gates, 2):  # both workers look, in any order
+            seen_shared.extend((clock.t, n.kind, n.key, n.firing) for n in gate.due())
+
+    for at, a in events:
+        while look <= at:
+            clock.t = look
+            collect()
+            look += 1
+        clock.t = at
+        alone.ingest(a)
+        rng.choice(gates).ingest_many([a])  # Alertmanager's webhook reaches one worker or the other
+    for extra in (60 + 1, 60 + 130, 60 + 260, 60 + 400):
+        clock.t = T0 + extra
+        collect()
+    assert [n for n in seen_alone if n[1] == "new"] and seen_shared == seen_alone
+    assert gates[0].active() == alone.active()
