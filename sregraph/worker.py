@@ -79,6 +79,8 @@ class Worker:
         # Re-entrant: a future that is already done runs its callback at once, in the thread that holds the lock.
         self._lock = threading.RLock()
         self._runs: dict[str, Future[Any]] = {}
+        self._guarding: set[str] = set()
+        """Incidents this worker runs now (each under its lease): their writes are fenced."""
         self._open_issue_cache: dict[int, Issue] | None = None
         self._listed_at = 0.0
         self._issue_of: dict[str, int | None] = {}
@@ -101,15 +103,18 @@ class Worker:
 
     def _lease_ok(self) -> bool:
         incident_id = incident_var.get()
-        return incident_id == "-" or self.leases.valid(incident_id)
+        return incident_id not in self._guarding or self.leases.valid(incident_id)
+
+    def _check_lease(self, incident_id: str) -> None:
+        """Raise LeaseLost if this worker runs the incident (under a lease) and can no longer prove the lease."""
+        if incident_id in self._guarding:
+            self.leases.check(incident_id)
 
     def _fence(self, *_: Any) -> None:
-        """Raise LeaseLost when the incident this thread runs is no longer this worker's to act on. Outside a run
-        (the escalator paging, an alert noted on an issue) nothing is fenced: those writes are keyed, so two
-        workers doing the same one write it once."""
-        incident_id = incident_var.get()
-        if incident_id != "-":
-            self.leases.check(incident_id)
+        """Raise LeaseLost when the incident this thread runs is no longer this worker's to act on. Outside this
+        worker's runs (the escalator paging, an alert noted on an issue, the engine driven directly) nothing is
+        fenced: those writes are keyed, so two workers doing the same one write it once."""
+        self._check_lease(incident_var.get())
 
     def _install_fences(self) -> None:
         tb = self.engine.toolbox
@@ -123,12 +128,12 @@ class Worker:
         put, put_writes = saver.put, saver.put_writes
 
         def fenced_put(config: Any, *args: Any, **kwargs: Any) -> Any:
-            self.leases.check(config["configurable"]["thread_id"])
+            self._check_lease(config["configurable"]["thread_id"])
             return put(config, *args, **kwargs)
 
         # The explicit task_path: LangGraph passes it only to a put_writes whose signature names it.
         def fenced_put_writes(config: Any, writes: Any, task_id: str, task_path: str = "") -> Any:
-            self.leases.check(config["configurable"]["thread_id"])
+            self._check_lease(config["configurable"]["thread_id"])
             return put_writes(config, writes, task_id, task_path)
 
         saver.put, saver.put_writes = fenced_put, fenced_put_writes
@@ -174,6 +179,8 @@ class Worker:
         except SregraphError as exc:
             log.error("incident %s: lease not taken (%s); it is adopted later", incident_id, exc)
             return None
+        with self._lock:
+            self._guarding.add(incident_id)
         try:
             state = fn(*args)
         except LeaseLost:
@@ -184,6 +191,8 @@ class Worker:
             log.error("incident %s stopped on an error; it resumes on the next start", incident_id)
             return None
         finally:
+            with self._lock:
+                self._guarding.discard(incident_id)
             self.leases.release(incident_id)
         if state:
             log.info("incident %s: %s", incident_id, state.get("status"))
