@@ -168,7 +168,7 @@ def open_incidents(server: _Server, count: int, alerts: int = 200) -> dict[str, 
             for n in range(count):
                 trigger = Trigger(source="alert", summary=f"open {n}", labels={"fingerprint": f"open-{n}"})
                 conn.execute(
-                    "INSERT INTO runs VALUES (?, ?, ?, 'awaiting_approval', ?)",
+                    "INSERT INTO runs (incident_id, created_at, trigger, status, updated_at) VALUES (?, ?, ?, 'awaiting_approval', ?)",
                     (f"inc-open-{n:06d}", now - count + n, trigger.model_dump_json(), now - count + n),
                 )
         latencies = []

@@ -154,6 +154,9 @@ CREATE TABLE IF NOT EXISTS acknowledgements (incident_id TEXT PRIMARY KEY, by TE
     at DOUBLE PRECISION NOT NULL)
 """,
     "CREATE INDEX IF NOT EXISTS runs_created ON runs (created_at); CREATE INDEX IF NOT EXISTS runs_status ON runs (status)",
+    # Whether the thread has run to its end: a status is final from the verification or the escalation on, while
+    # the post-mortem step may still be ahead (and must be resumed if the worker dies there).
+    "ALTER TABLE runs ADD COLUMN ended INTEGER NOT NULL DEFAULT 0; CREATE INDEX IF NOT EXISTS runs_ended ON runs (ended)",
 ]
 """The run registry's schema, one script per version (tools.sql's migrations)."""
 
@@ -189,7 +192,8 @@ class RunRegistry:
         now = time.time()
         with self.db.connect() as conn:
             conn.execute(
-                "INSERT INTO runs VALUES (?, ?, ?, ?, ?) ON CONFLICT (incident_id) DO UPDATE SET status = excluded.status,"
+                "INSERT INTO runs (incident_id, created_at, trigger, status, updated_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (incident_id) DO UPDATE SET status = excluded.status,"
                 " updated_at = excluded.updated_at",
                 (incident_id, now, trigger.model_dump_json() if trigger else "{}", status, now),
             )
@@ -226,12 +230,17 @@ class RunRegistry:
             ).fetchall()
         return [(r[0], Trigger.model_validate_json(r[1])) for r in rows]
 
+    def mark_ended(self, incident_id: str, ended: bool = True) -> None:
+        """Record whether the run's thread has reached its end (no step left)."""
+        with self.db.connect() as conn:
+            conn.execute("UPDATE runs SET ended = ? WHERE incident_id = ?", (int(ended), incident_id))
+
     def active(self) -> list[str]:
-        """Runs not finished and not waiting for a human (by the registry's status), oldest first."""
+        """Runs whose thread has steps left and that do not wait for a human, oldest first (a final status is not
+        enough: the post-mortem comes after it)."""
         with self.db.read() as conn:
             rows = conn.execute(
-                "SELECT incident_id FROM runs WHERE status NOT IN ('healthy', 'resolved', 'escalated', 'awaiting_approval')"
-                " ORDER BY created_at, incident_id"
+                "SELECT incident_id FROM runs WHERE ended = 0 AND status <> 'awaiting_approval' ORDER BY created_at, incident_id"
             ).fetchall()
         return [r[0] for r in rows]
 
@@ -339,6 +348,8 @@ class Engine:
         status = "awaiting_approval" if state["waiting"] else state.get("status")
         if status and status != known:
             self.registry.record(incident_id, None, status)
+        if not state["next"]:
+            self.registry.mark_ended(incident_id)
 
     def _tokens(self, incident_id: str) -> int:
         try:

@@ -77,6 +77,11 @@ def test_registry_on_both_backends(db: Database) -> None:
     assert registry.attached("inc-1") == [("a", trigger)]
     assert registry.acknowledge("inc-1", "ann") and not registry.acknowledge("inc-1", "bob")
     assert (registry.acknowledgement("inc-1") or {})["by"] == "ann"
+    # A final status is not the end of the thread: only mark_ended takes a run out of the adoptable ones.
+    registry.record("inc-3", trigger, "awaiting_approval")
+    assert registry.active() == ["inc-1", "inc-2"]
+    registry.mark_ended("inc-1")
+    assert registry.active() == ["inc-2"]
 
 
 def test_migrations_run_once_even_when_processes_race(db: Database) -> None:
@@ -98,7 +103,7 @@ def test_migrations_run_once_even_when_processes_race(db: Database) -> None:
     assert errors == []
     with db.read() as conn:
         rows = conn.execute("SELECT component, version FROM sregraph_migrations ORDER BY component, version").fetchall()
-    assert [tuple(r) for r in rows] == [("ledger", 1), ("ledger", 2), ("registry", 1), ("registry", 2)]
+    assert [tuple(r) for r in rows] == [("ledger", 1), ("ledger", 2), ("registry", 1), ("registry", 2), ("registry", 3)]
 
 
 def test_exclusive_is_exclusive(db: Database) -> None:
