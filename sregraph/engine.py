@@ -417,6 +417,9 @@ class Engine:
         """Resume a thread paused at the approval gate with a human decision."""
         if not self.pending_approval(incident_id):
             raise NotFound(f"incident {incident_id} is not waiting for an approval")
+        # No longer waiting as far as the registry goes: if this process dies before the next status, another
+        # worker adopts the thread (a registry left at awaiting_approval would hide it from adoption for ever).
+        self.registry.record(incident_id, None, str(self.state(incident_id).get("status") or "deciding"))
         return self._drive(incident_id, Command(resume=decision.model_dump()))
 
     def resume(self, incident_id: str) -> dict[str, Any]:
