@@ -100,6 +100,13 @@ class Leases:
             if taken != 1 and self.reap_local:
                 taken = self._reap(conn, incident_id, now)
             if taken == 1:
+                # The insert may have waited for a holder giving the lease back: the tenure starts now, after that
+                # release committed, not when this transaction read the clock.
+                now = float(conn.execute(f"SELECT {self.db.now_sql}").fetchone()[0])
+                conn.execute(
+                    "UPDATE leases SET acquired_at = ?, expires_at = ? WHERE incident_id = ? AND owner = ?",
+                    (now, now + self.ttl_s, incident_id, self.owner),
+                )
                 conn.execute(
                     "INSERT INTO lease_log VALUES (?, ?, ?, ?, NULL)", (incident_id, self.owner, now, now + self.ttl_s)
                 )

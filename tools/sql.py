@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import sqlite3
 import threading
+import time
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
@@ -125,6 +126,21 @@ class SqliteDatabase:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
+        self._wal()
+
+    def _wal(self) -> None:
+        """WAL mode, once (it persists in the file): readers never wait for the writer. Switching modes does not
+        wait on the busy timeout, so a race with another opener is retried here."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                with closing(sqlite3.connect(self.path, timeout=self.timeout_s)) as conn:
+                    conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise SqlError(f"cannot open {self.path.name}: {exc}") from exc
+                time.sleep(0.02)
 
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
@@ -136,7 +152,6 @@ class SqliteDatabase:
         with closing(conn):
             conn.row_factory = sqlite3.Row
             try:
-                conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise SqlError(f"cannot start a transaction on {self.path.name}: {exc}") from exc
