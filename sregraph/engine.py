@@ -408,8 +408,15 @@ class Engine:
         return None
 
     def start(self, trigger: Trigger, incident_id: str | None = None) -> dict[str, Any]:
-        """Run a new incident thread until it ends or waits for a human."""
+        """Run a new incident thread until it ends or waits for a human; a thread of that id that already has a
+        checkpoint (another worker took it first) is continued, never started over."""
         incident_id = incident_id or self.new_id()
+        try:
+            self.state(incident_id)
+        except NotFound:
+            pass
+        else:
+            return self._drive(incident_id, None)
         self.registry.record(incident_id, trigger, "observing")
         return self._drive(incident_id, {"incident_id": incident_id, "trigger": trigger})
 

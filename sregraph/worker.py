@@ -242,9 +242,8 @@ class Worker:
             return incident_id, self.jobs.defer_run(incident_id)  # any worker takes it
         if not run_here:
             return incident_id, False
-        # `resume` starts a thread with no checkpoint from its registered trigger, and never starts one that
-        # another worker (which adopted it first) already ran.
-        return incident_id, self._launch(incident_id, self.engine.resume, incident_id)
+        # `start` continues, rather than starts over, a thread another worker adopted and ran first.
+        return incident_id, self._launch(incident_id, self.engine.start, trigger, incident_id)
 
     def decide(self, incident_id: str, decision: ApprovalDecision) -> bool:
         """Answer a waiting approval gate on the pool (or queue the decision as a job); False if that incident has

@@ -85,12 +85,12 @@ def test_storm_through_the_worker_starts_one_incident_per_problem(tmp_path: Path
     engine = Engine(settings_for(tmp_path / "w"), toolbox_for(world))
     release = threading.Event()
 
-    def resume(incident_id: str) -> dict[str, Any]:  # the worker starts a registered incident by resuming it
+    def start(trigger: Trigger, incident_id: str) -> dict[str, Any]:
         release.wait(10)
         engine.registry.record(incident_id, None, "escalated")
         return {"incident_id": incident_id}
 
-    engine.resume = resume  # type: ignore[method-assign]
+    engine.start = start  # type: ignore[method-assign]
     worker = Worker(engine, max_concurrent=4)
     clock = FixedClock(T0)
     gate = StormGate(clock, group_wait_s=5, group_interval_s=5)

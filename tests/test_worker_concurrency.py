@@ -47,7 +47,7 @@ def test_runs_never_exceed_the_limit_and_all_finish(tmp_path: Path) -> None:
     peak = 0
     three_running = threading.Event()
 
-    def resume(incident_id: str) -> dict[str, Any]:  # the worker starts a registered incident by resuming it
+    def start(trigger: Trigger, incident_id: str) -> dict[str, Any]:
         nonlocal peak
         with lock:
             live.append(incident_id)
@@ -60,7 +60,7 @@ def test_runs_never_exceed_the_limit_and_all_finish(tmp_path: Path) -> None:
         engine.registry.record(incident_id, None, "healthy")
         return {"incident_id": incident_id, "status": "healthy"}
 
-    engine.resume = resume  # type: ignore[method-assign]
+    engine.start = start  # type: ignore[method-assign]
     worker = Worker(engine, max_concurrent=3)
     ids = [worker.submit(Trigger(source="alert", labels={"fingerprint": f"fp-{n}"}))[0] for n in range(10)]
     assert len(set(ids)) == 10
