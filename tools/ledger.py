@@ -172,6 +172,6 @@ class ActionLedger:
 
 
 def _entry(row: Any) -> LedgerEntry:
-    data = {name: row[name] for name in row.keys()}
+    data = {name: row[name] for name in row.keys()}  # noqa: SIM118 - a row iterates over its values
     data["before"] = json.loads(data["before"] or "{}")
     return LedgerEntry.model_validate(data)
