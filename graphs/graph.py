@@ -114,7 +114,10 @@ def open_incident(state: IncidentState, runtime: Runtime[Crew]) -> dict:
             labels,
             observation.fingerprint_for(trigger.service),
         )
-    if not created:
+    # An issue this very incident opened before its process died (same fingerprint, its id in the body) is its
+    # own, not one it joins: a re-run of this step must not announce it as attached.
+    own = not created and f"_sregraph incident `{state['incident_id']}`_" in issue.body
+    if not created and not own:
         crew.toolbox.incidents.comment(issue.id, f"Incident `{state['incident_id']}` attached to this issue.\n\n" + incident_body(observation, trigger), key=f"{state['incident_id']}/attach")
     _notify(crew, state, "opened", "opened", f"{issue.title} ({issue.url})")
     return {

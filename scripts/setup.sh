@@ -5,7 +5,8 @@
 #            builds llama-cpp-python's wheel once (about 9 minutes on 2 cores) into a cache outside the repository.
 #   --test   everything --llm does (CI runs the real-model smoke tests), and what the integration tests use from
 #            Debian (prometheus with promtool, prometheus-alertmanager) when missing and apt-get is usable; without
-#            them those tests skip and say why; and Debian's chromium-headless-shell for the dashboard test.
+#            them those tests skip and say why; Debian's chromium-headless-shell for the dashboard test; and
+#            Debian's postgresql for the Postgres tests (scripts/postgres.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -18,6 +19,8 @@ if [ "${1:-}" = "--test" ]; then
   bash scripts/observability.sh
   # Debian's headless Chromium for the dashboard's browser test.
   bash scripts/browser.sh
+  # Debian's PostgreSQL for the scale-out tests (tests/pg.py starts a throwaway server per session).
+  bash scripts/postgres.sh install
 fi
 
 stamp=.venv/.sregraph-setup

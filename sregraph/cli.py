@@ -380,9 +380,14 @@ def scenarios() -> None:
 def incidents_list(config: Optional[Path] = ConfigOpt, data_dir: Optional[Path] = DataOpt, fmt: str = typer.Option("text", "--format")) -> None:
     """Incidents with their status."""
     from sregraph.engine import RunRegistry
+    from tools.sql import open_database
 
     settings = _read_settings(config, data_dir)
-    runs = RunRegistry(settings.data_dir / "runs.db").list()
+    registry = RunRegistry(open_database(settings.storage, settings.data_dir, "runs"))
+    try:
+        runs = registry.list()
+    finally:
+        registry.close()
     if fmt == "json":
         out.print_json(json.dumps(runs))
         return
@@ -396,12 +401,21 @@ def incidents_list(config: Optional[Path] = ConfigOpt, data_dir: Optional[Path] 
 @incidents_app.command("show")
 def incidents_show(incident_id: str, config: Optional[Path] = ConfigOpt, data_dir: Optional[Path] = DataOpt) -> None:
     """One incident: status, diagnosis, actions and post-mortem."""
-    from graphs.checkpoint import open_checkpointer
+    from graphs.checkpoint import open_checkpointer, open_postgres_checkpointer
     from graphs.graph import build_graph
+    from tools.sql import PostgresDatabase, open_database
 
     settings = _read_settings(config, data_dir)
-    graph = build_graph().compile(checkpointer=open_checkpointer(settings.checkpoint_db))
-    snapshot = graph.get_state({"configurable": {"thread_id": incident_id}})
+    if settings.storage.backend == "postgres":
+        db = open_database(settings.storage, settings.data_dir, "checkpoints")
+        assert isinstance(db, PostgresDatabase)
+        try:
+            snapshot = build_graph().compile(checkpointer=open_postgres_checkpointer(db)).get_state({"configurable": {"thread_id": incident_id}})
+        finally:
+            db.close()
+    else:
+        graph = build_graph().compile(checkpointer=open_checkpointer(settings.checkpoint_db))
+        snapshot = graph.get_state({"configurable": {"thread_id": incident_id}})
     if not snapshot.values:
         console.print(f"[red]error:[/red] no incident {term(incident_id)}")
         raise typer.Exit(2)

@@ -19,6 +19,7 @@ from agents.llm import LLMConfig
 from agents.observer import ObserverConfig
 from tools.base import ConfigError
 from tools.channels import NotificationsConfig
+from tools.sql import StorageConfig
 
 ENV_PREFIX = "SREGRAPH_"
 
@@ -137,6 +138,9 @@ class Settings(BaseModel):
     ./slos.yaml when it exists."""
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
     """Channels (Slack, Discord, Teams, webhooks, email) and the routing tree (tools/channels.py)."""
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    """Where checkpoints, the ledger, the run registry and the leases live: SQLite files in the data dir, or one
+    Postgres database shared by many workers (docs/scale-out.md)."""
 
     @field_validator("data_dir", mode="before")
     @classmethod

@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from agents.engineer import Engineer
 from agents.librarian import Librarian
 from agents.observer import Observer
 from agents.policy import load_policy
-from graphs.checkpoint import open_checkpointer
+from graphs.checkpoint import open_checkpointer, open_postgres_checkpointer
 from graphs.graph import Crew, build_graph
 from tools.domain import ApprovalDecision, Trigger
 from sregraph.config import Settings
@@ -27,6 +26,7 @@ from sregraph.observability import Metrics, incident_var
 from tools.base import ConfigError, NotFound
 from tools.breaker import BreakerHealthChecker
 from tools.display import md
+from tools.sql import Database, PostgresDatabase, SqliteDatabase, open_database
 from tools.toolbox import Toolbox
 
 log = logging.getLogger("sregraph.engine")
@@ -48,7 +48,7 @@ def local_toolbox(settings: Settings, app: Any) -> Toolbox:
     from tools.notifier import ConsoleNotifier, IdempotentNotifier, JsonlNotifier, MultiNotifier
 
     data = settings.data_dir
-    ledger = ActionLedger(data / "ledger.db")
+    ledger = ActionLedger(open_database(settings.storage, data, "ledger"))
     routed = [routed_notifier(settings)] if settings.notifications.channels else []
     incidents: Any = LocalIncidentSurface(data / "incidents.db")
     gitops: Any = app.gitops
@@ -83,16 +83,20 @@ def local_toolbox(settings: Settings, app: Any) -> Toolbox:
         ledger=ledger,
         topology=app.topology,
         memory=PostMortemStore(data / "memory"),
+        on_close=[ledger.close],
     )
 
 
 def incident_labels(settings: Settings) -> Callable[[str], dict[str, str]]:
     """What notifications are routed on, per incident: its trigger's service, severity and source (as the run
     registry has them)."""
-    registry = RunRegistry(settings.data_dir / "runs.db")
-
     def labels_of(incident_id: str) -> dict[str, str]:
-        trigger = registry.trigger(incident_id)
+        # Opened per call: notifications are rare, and a Postgres handle held here would outlive the engine.
+        registry = RunRegistry(open_database(settings.storage, settings.data_dir, "runs"))
+        try:
+            trigger = registry.trigger(incident_id)
+        finally:
+            registry.close()
         if trigger is None:
             return {}
         return {"service": trigger.service or "", "severity": trigger.labels.get("severity", ""), "source": trigger.source}
@@ -140,98 +144,112 @@ def build_crew(settings: Settings, toolbox: Toolbox, chat_model: Any = None) -> 
     )
 
 
+REGISTRY_MIGRATIONS = [
+    """
+CREATE TABLE IF NOT EXISTS runs (incident_id TEXT PRIMARY KEY, created_at DOUBLE PRECISION, trigger TEXT,
+    status TEXT, updated_at DOUBLE PRECISION);
+CREATE TABLE IF NOT EXISTS attached_alerts (incident_id TEXT NOT NULL, key TEXT NOT NULL, trigger TEXT NOT NULL,
+    received_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (incident_id, key));
+CREATE TABLE IF NOT EXISTS acknowledgements (incident_id TEXT PRIMARY KEY, by TEXT NOT NULL,
+    at DOUBLE PRECISION NOT NULL)
+""",
+    "CREATE INDEX IF NOT EXISTS runs_created ON runs (created_at); CREATE INDEX IF NOT EXISTS runs_status ON runs (status)",
+    # Whether the thread has run to its end: a status is final from the verification or the escalation on, while
+    # the post-mortem step may still be ahead (and must be resumed if the worker dies there).
+    "ALTER TABLE runs ADD COLUMN ended INTEGER NOT NULL DEFAULT 0; CREATE INDEX IF NOT EXISTS runs_ended ON runs (ended)",
+]
+"""The run registry's schema, one script per version (tools.sql's migrations)."""
+
+
 class RunRegistry:
     """Which incident threads exist and how they ended, for listing and for resuming after a crash."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as conn:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS runs (incident_id TEXT PRIMARY KEY, created_at REAL, trigger TEXT,"
-                " status TEXT, updated_at REAL)"
-            )
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS attached_alerts (incident_id TEXT NOT NULL, key TEXT NOT NULL,"
-                " trigger TEXT NOT NULL, received_at REAL NOT NULL, PRIMARY KEY (incident_id, key))"
-            )
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS acknowledgements (incident_id TEXT PRIMARY KEY, by TEXT NOT NULL, at REAL NOT NULL)"
-            )
-        conn.close()
+    def __init__(self, db: Database | Path) -> None:
+        self.db: Database = SqliteDatabase(db) if isinstance(db, Path) else db
+        self.db.migrate("registry", REGISTRY_MIGRATIONS)
+
+    def close(self) -> None:
+        """Release the database handle."""
+        self.db.close()
 
     def acknowledge(self, incident_id: str, by: str, at: float | None = None) -> bool:
         """Record that a human took the incident (it stops paging); False if someone already had."""
-        with self._connect() as conn:
+        with self.db.connect() as conn:
             done = conn.execute(
-                "INSERT OR IGNORE INTO acknowledgements VALUES (?, ?, ?)", (incident_id, by, time.time() if at is None else at)
+                "INSERT INTO acknowledgements VALUES (?, ?, ?) ON CONFLICT (incident_id) DO NOTHING",
+                (incident_id, by, time.time() if at is None else at),
             ).rowcount
-        conn.close()
         return bool(done)
 
     def acknowledgement(self, incident_id: str) -> dict[str, Any] | None:
         """Who acknowledged the incident and when, or None."""
-        with self._connect() as conn:
+        with self.db.read() as conn:
             row = conn.execute("SELECT by, at FROM acknowledgements WHERE incident_id = ?", (incident_id,)).fetchone()
-        conn.close()
         return {"by": row[0], "at": row[1]} if row else None
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=10)
-        conn.execute("PRAGMA journal_mode=WAL")
-        return conn
 
     def record(self, incident_id: str, trigger: Trigger | None, status: str) -> None:
         """Insert or update a run."""
         now = time.time()
-        with self._connect() as conn:
+        with self.db.connect() as conn:
             conn.execute(
-                "INSERT INTO runs VALUES (?, ?, ?, ?, ?) ON CONFLICT(incident_id) DO UPDATE SET status = excluded.status,"
+                "INSERT INTO runs (incident_id, created_at, trigger, status, updated_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (incident_id) DO UPDATE SET status = excluded.status,"
                 " updated_at = excluded.updated_at",
                 (incident_id, now, trigger.model_dump_json() if trigger else "{}", status, now),
             )
-        conn.close()
 
     def trigger(self, incident_id: str) -> Trigger | None:
         """The trigger a run started with (None if unknown)."""
-        with self._connect() as conn:
+        with self.db.read() as conn:
             row = conn.execute("SELECT trigger FROM runs WHERE incident_id = ?", (incident_id,)).fetchone()
-        conn.close()
         if not row or row[0] in ("", "{}"):
             return None
         return Trigger.model_validate_json(row[0])
 
     def exists(self, incident_id: str) -> bool:
         """Whether a run with this id was ever registered."""
-        with self._connect() as conn:
+        with self.db.read() as conn:
             row = conn.execute("SELECT 1 FROM runs WHERE incident_id = ?", (incident_id,)).fetchone()
-        conn.close()
         return row is not None
 
     def attach(self, incident_id: str, key: str, trigger: Trigger) -> bool:
         """Remember an alert that joined a run; False if this alert was already attached."""
-        with self._connect() as conn:
+        with self.db.connect() as conn:
             cur = conn.execute(
-                "INSERT OR IGNORE INTO attached_alerts VALUES (?, ?, ?, ?)",
+                "INSERT INTO attached_alerts VALUES (?, ?, ?, ?) ON CONFLICT (incident_id, key) DO NOTHING",
                 (incident_id, key, trigger.model_dump_json(), time.time()),
             )
-        conn.close()
-        return cur.rowcount == 1
+            added = cur.rowcount == 1
+        return added
 
     def attached(self, incident_id: str) -> list[tuple[str, Trigger]]:
         """The alerts that joined a run, oldest first, with their keys."""
-        with self._connect() as conn:
+        with self.db.read() as conn:
             rows = conn.execute(
                 "SELECT key, trigger FROM attached_alerts WHERE incident_id = ? ORDER BY received_at, key", (incident_id,)
             ).fetchall()
-        conn.close()
         return [(r[0], Trigger.model_validate_json(r[1])) for r in rows]
+
+    def mark_ended(self, incident_id: str, ended: bool = True) -> None:
+        """Record whether the run's thread has reached its end (no step left)."""
+        with self.db.connect() as conn:
+            conn.execute("UPDATE runs SET ended = ? WHERE incident_id = ?", (int(ended), incident_id))
+
+    def active(self) -> list[str]:
+        """Runs whose thread has steps left and that do not wait for a human, oldest first (a final status is not
+        enough: the post-mortem comes after it)."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                "SELECT incident_id FROM runs WHERE ended = 0 AND status <> 'awaiting_approval' ORDER BY created_at, incident_id"
+            ).fetchall()
+        return [r[0] for r in rows]
 
     def list(self) -> list[dict[str, Any]]:
         """All runs, newest first."""
-        with self._connect() as conn:
-            rows = conn.execute("SELECT incident_id, created_at, trigger, status, updated_at FROM runs ORDER BY created_at DESC").fetchall()
-        conn.close()
+        with self.db.read() as conn:
+            rows = conn.execute(
+                "SELECT incident_id, created_at, trigger, status, updated_at FROM runs ORDER BY created_at DESC, incident_id DESC"
+            ).fetchall()
         return [
             {"incident_id": r[0], "created_at": r[1], "trigger": json.loads(r[2]), "status": r[3], "updated_at": r[4]}
             for r in rows
@@ -266,9 +284,15 @@ class Engine:
         self.settings = settings
         self.toolbox = toolbox
         self.crew = build_crew(settings, toolbox, chat_model)
-        self.checkpointer = open_checkpointer(settings.checkpoint_db)
+        self._checkpoint_db: Database | None = None
+        if settings.storage.backend == "postgres":
+            self._checkpoint_db = open_database(settings.storage, settings.data_dir, "checkpoints")
+            assert isinstance(self._checkpoint_db, PostgresDatabase)
+            self.checkpointer: Any = open_postgres_checkpointer(self._checkpoint_db)
+        else:
+            self.checkpointer = open_checkpointer(settings.checkpoint_db)
         self.graph = build_graph().compile(checkpointer=self.checkpointer)
-        self.registry = RunRegistry(settings.data_dir / "runs.db")
+        self.registry = RunRegistry(open_database(settings.storage, settings.data_dir, "runs"))
         self.progress = progress
         self.metrics = metrics or Metrics()
         self.should_stop: Callable[[], bool] = lambda: False
@@ -315,15 +339,17 @@ class Engine:
             incident_var.reset(token)
         self.metrics.llm_tokens.inc(max(0, self._tokens(incident_id) - tokens_before))
         state = self.state(incident_id)
-        self._sync_registry(incident_id, state)
+        self.sync_registry(incident_id, state)
         return state
 
-    def _sync_registry(self, incident_id: str, state: dict[str, Any], known: str | None = None) -> None:
+    def sync_registry(self, incident_id: str, state: dict[str, Any], known: str | None = None) -> None:
         """Make the registry's status the checkpoint's: a process killed after a step's checkpoint and before its
         streamed update leaves the registry one step behind (a finished incident would look busy forever)."""
         status = "awaiting_approval" if state["waiting"] else state.get("status")
         if status and status != known:
             self.registry.record(incident_id, None, status)
+        if not state["next"]:
+            self.registry.mark_ended(incident_id)
 
     def _tokens(self, incident_id: str) -> int:
         try:
@@ -382,8 +408,15 @@ class Engine:
         return None
 
     def start(self, trigger: Trigger, incident_id: str | None = None) -> dict[str, Any]:
-        """Run a new incident thread until it ends or waits for a human."""
+        """Run a new incident thread until it ends or waits for a human; a thread of that id that already has a
+        checkpoint (another worker took it first) is continued, never started over."""
         incident_id = incident_id or self.new_id()
+        try:
+            self.state(incident_id)
+        except NotFound:
+            pass
+        else:
+            return self._drive(incident_id, None)
         self.registry.record(incident_id, trigger, "observing")
         return self._drive(incident_id, {"incident_id": incident_id, "trigger": trigger})
 
@@ -391,6 +424,9 @@ class Engine:
         """Resume a thread paused at the approval gate with a human decision."""
         if not self.pending_approval(incident_id):
             raise NotFound(f"incident {incident_id} is not waiting for an approval")
+        # No longer waiting as far as the registry goes: if this process dies before the next status, another
+        # worker adopts the thread (a registry left at awaiting_approval would hide it from adoption for ever).
+        self.registry.record(incident_id, None, str(self.state(incident_id).get("status") or "deciding"))
         return self._drive(incident_id, Command(resume=decision.model_dump()))
 
     def resume(self, incident_id: str) -> dict[str, Any]:
@@ -434,7 +470,7 @@ class Engine:
                 if run["status"] == "observing":
                     yield run["incident_id"]
                 continue
-            self._sync_registry(run["incident_id"], state, run["status"])
+            self.sync_registry(run["incident_id"], state, run["status"])
             if state["next"] and not state["waiting"]:
                 yield run["incident_id"]
 
@@ -457,5 +493,9 @@ class Engine:
         return busy
 
     def close(self) -> None:
-        """Close the checkpointer connection."""
-        self.checkpointer.conn.close()
+        """Close the checkpointer's connection (or give back its pool) and the registry's handle."""
+        if self._checkpoint_db is not None:
+            self._checkpoint_db.close()
+        else:
+            self.checkpointer.conn.close()
+        self.registry.close()

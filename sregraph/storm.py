@@ -27,11 +27,14 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from tools.domain import Trigger
 from sregraph.alerts import SERVICE_LABELS, AlertGroup, AlertmanagerAlert, parse_webhook, service_of, trigger_for
 from tools.base import Clock, ConfigError, SystemClock
+
+if TYPE_CHECKING:
+    from tools.sql import Database
 
 Outcome = Literal["grouped", "duplicate", "flapping", "resolved", "ignored", "dropped"]
 
@@ -244,3 +247,94 @@ class StormGate:
             if notice.kind != "resolved":
                 submit(notice.trigger)
         return notices
+
+
+STORM_MIGRATIONS = [
+    "CREATE TABLE IF NOT EXISTS storm_groups (key TEXT PRIMARY KEY, created_at DOUBLE PRECISION NOT NULL, state TEXT NOT NULL)",
+]
+"""The shared storm gate's table (tools.sql migrations)."""
+
+
+class SharedStormGate(StormGate):
+    """A StormGate whose groups live in the shared storage, for several workers behind one Alertmanager.
+
+    Every batch of alerts and every `due()` runs under a cluster-wide lock on the latest groups read from the
+    database and writes back the groups it changed, so the same storm seen by several workers is grouped,
+    deduplicated and flap-suppressed as by one, and each group's notification is emitted by one worker only.
+    The counters in `stats` stay per worker.
+    """
+
+    def __init__(self, db: Database, clock: Clock | None = None, **options: Any) -> None:
+        super().__init__(clock, **options)
+        self.db = db
+        db.migrate("storm", STORM_MIGRATIONS)
+
+    def ingest(self, alert: AlertmanagerAlert) -> Outcome:
+        """Take one alert (see StormGate.ingest), against the shared groups."""
+        return next(iter(self._shared(lambda: [StormGate.ingest(self, alert)])))
+
+    def ingest_many(self, alerts: Iterable[AlertmanagerAlert]) -> dict[str, int]:
+        """Take a webhook's alerts under one lock and one read and write of their groups."""
+        batch = list(alerts)
+
+        def take() -> list[Outcome]:
+            return [StormGate.ingest(self, alert) for alert in batch]
+
+        counts: dict[str, int] = {}
+        for outcome in self._shared(take):
+            counts[outcome] = counts.get(outcome, 0) + 1
+        return counts
+
+    def due(self) -> list[Notification]:
+        """Due notifications of the shared groups; each is emitted by the one worker that finds it due."""
+        return self._shared(lambda: StormGate.due(self))
+
+    def active(self) -> dict[str, int]:
+        """Groups and how many of their alerts fire, as stored."""
+        with self.db.read() as conn:
+            rows = conn.execute("SELECT key, state FROM storm_groups").fetchall()
+        return {r[0]: len(_group_from(json.loads(r[1])).firing()) for r in rows}
+
+    def _shared(self, body: Callable[[], list[Any]]) -> list[Any]:
+        with self.db.exclusive("storm"):
+            with self.db.read() as conn:
+                rows = conn.execute("SELECT key, state FROM storm_groups").fetchall()
+            with self._lock:
+                self._groups = {r[0]: _group_from(json.loads(r[1])) for r in rows}
+                before = {key: _group_to(group) for key, group in self._groups.items()}
+            result = body()
+            with self._lock:
+                after = {key: _group_to(group) for key, group in self._groups.items()}
+                self._groups = {}
+            with self.db.connect() as conn:
+                for key in before.keys() - after.keys():
+                    conn.execute("DELETE FROM storm_groups WHERE key = ?", (key,))
+                for key, state in after.items():
+                    if before.get(key) != state:
+                        conn.execute(
+                            "INSERT INTO storm_groups VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET state = excluded.state",
+                            (key, state["created_at"], json.dumps(state)),
+                        )
+        return result
+
+
+def _group_to(group: _Group) -> dict[str, Any]:
+    return {
+        "key": group.key, "service": group.service, "alertname": group.alertname, "created_at": group.created_at,
+        "flush_at": group.flush_at, "notified": group.notified, "new_alerts": group.new_alerts,
+        "resolved_at": group.resolved_at,
+        "alerts": {
+            fp: {"alert": s.alert.model_dump(mode="json", by_alias=True), "firing": s.firing, "changes": list(s.changes),
+                 "flapping_until": s.flapping_until}
+            for fp, s in group.alerts.items()
+        },
+    }
+
+
+def _group_from(data: dict[str, Any]) -> _Group:
+    group = _Group(data["key"], data["service"], data["alertname"], data["created_at"], data["flush_at"], data["notified"],
+                   data["new_alerts"], data["resolved_at"])
+    for fp, s in data["alerts"].items():
+        group.alerts[fp] = _AlertState(AlertmanagerAlert.model_validate(s["alert"]), s["firing"], deque(s["changes"], maxlen=32),
+                                       s["flapping_until"])
+    return group

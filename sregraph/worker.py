@@ -9,7 +9,14 @@ An escalated incident whose issue is still open holds its service (and the servi
 opens nothing there and an alert for it joins it, until a human closes the issue or a /retry takes it over.
 
 With `serve_alerts`, Alertmanager webhooks go through a `StormGate` (grouping, dedup, flap suppression) and
-its due groups reach `submit` once per loop, so a storm for a handful of problems is a handful of incidents.
+its due groups reach `submit` once per loop, so a storm for a handful of problems is a handful of incidents; on
+Postgres the gate's groups are shared by every worker (`SharedStormGate`).
+
+Every run holds the incident's lease (sregraph/leases.py) in the shared storage, so any number of workers on one
+database (Postgres, or SQLite files on one machine) run each incident in at most one of them at a time; every
+loop a worker adopts the unfinished incidents nobody holds (new ones routed by another worker, or left by one
+that died). Actions, notifications, issue and PR writes and checkpoints are fenced: a worker that can no longer
+prove its lease stops before the lease can expire (docs/scale-out.md).
 
 A SIGTERM stops the alert receiver, lets each running graph step finish (its checkpoint is written at the step
 boundary) and then exits; a SIGKILL loses at most the steps in flight, which run again on the next start
@@ -33,11 +40,13 @@ from sregraph.alerts import AlertReceiver
 from sregraph.config import AlertsConfig
 from sregraph.engine import FINAL, Engine
 from sregraph.escalation import Escalator
-from sregraph.observability import HealthState
-from sregraph.storm import Notification, StormGate
+from sregraph.leases import LeaseLost, Leases
+from sregraph.observability import HealthState, incident_var
+from sregraph.storm import Notification, SharedStormGate, StormGate
 from tools.base import Clock, ConfigError, Issue, NotFound, SregraphError
 
 if TYPE_CHECKING:
+    from sregraph.jobs import JobQueue
     from tools.github import Command
 
 log = logging.getLogger("sregraph.worker")
@@ -46,6 +55,10 @@ log = logging.getLogger("sregraph.worker")
 ISSUE_POLL_EVERY = 15
 """Loops between two listings of open incident issues (an API call on GitHub; commands are polled every loop)."""
 
+FENCED = ("start", "stop", "restart", "scale", "apply", "open_issue", "comment", "set_labels", "close", "propose", "merge", "notify")
+"""Methods of the toolbox's backends that change something outside: called during an incident's run, each first
+checks that this worker still holds the incident's lease."""
+
 ISSUE_LIST_MAX_AGE_S = 30.0
 """How old a listing of open issues may be when a scan asks whether an escalated incident's issue is still open."""
 
@@ -53,8 +66,12 @@ ISSUE_LIST_MAX_AGE_S = 30.0
 class Worker:
     """Drives the engine forever (or once)."""
 
-    def __init__(self, engine: Engine, health: HealthState | None = None, max_concurrent: int | None = None) -> None:
+    def __init__(
+        self, engine: Engine, health: HealthState | None = None, max_concurrent: int | None = None, leases: Leases | None = None
+    ) -> None:
         self.engine = engine
+        self.leases = leases or Leases(engine.registry.db, ttl_s=engine.settings.storage.lease_ttl_s)
+        """This worker's incident leases, in the registry's database."""
         self.stopping = False
         self.health = health or HealthState()
         self.max_concurrent = max_concurrent or engine.settings.worker.max_concurrent
@@ -62,6 +79,8 @@ class Worker:
         # Re-entrant: a future that is already done runs its callback at once, in the thread that holds the lock.
         self._lock = threading.RLock()
         self._runs: dict[str, Future[Any]] = {}
+        self._guarding: set[str] = set()
+        """Incidents this worker runs now (each under its lease): their writes are fenced."""
         self._open_issue_cache: dict[int, Issue] | None = None
         self._listed_at = 0.0
         self._issue_of: dict[str, int | None] = {}
@@ -70,7 +89,63 @@ class Worker:
         """Pages the escalation tiers for incidents that wait for a human (None without a policy)."""
         self.gate: StormGate | None = None
         self.receiver: AlertReceiver | None = None
-        engine.should_stop = lambda: self.stopping
+        self.jobs: JobQueue | None = None
+        """The job queue, when `storage.job_queue` is procrastinate: new and adopted incidents and decisions go there."""
+        storage = engine.settings.storage
+        if storage.job_queue == "procrastinate":
+            from sregraph.jobs import JobQueue
+
+            self.jobs = JobQueue(storage.dsn, engine.registry.db)
+        engine.should_stop = lambda: self.stopping or not self._lease_ok()
+        self._install_fences()
+
+    # ------------------------------------------------------------------ leases
+
+    def _lease_ok(self) -> bool:
+        incident_id = incident_var.get()
+        return incident_id not in self._guarding or self.leases.valid(incident_id)
+
+    def _check_lease(self, incident_id: str) -> None:
+        """Raise LeaseLost if this worker runs the incident (under a lease) and can no longer prove the lease."""
+        if incident_id in self._guarding:
+            self.leases.check(incident_id)
+
+    def _fence(self, *_: Any) -> None:
+        """Raise LeaseLost when the incident this thread runs is no longer this worker's to act on. Outside this
+        worker's runs (the escalator paging, an alert noted on an issue, the engine driven directly) nothing is
+        fenced: those writes are keyed, so two workers doing the same one write it once."""
+        self._check_lease(incident_var.get())
+
+    def _install_fences(self) -> None:
+        tb = self.engine.toolbox
+        tb.ledger.fence = self._fence
+        for backend in (tb.runtime, tb.incidents, tb.gitops, tb.deployer, tb.notifier):
+            for name in FENCED:
+                method = getattr(backend, name, None)
+                if callable(method) and not getattr(method, "_fenced", False):
+                    setattr(backend, name, self._fenced(method))
+        saver = self.engine.checkpointer
+        put, put_writes = saver.put, saver.put_writes
+
+        def fenced_put(config: Any, *args: Any, **kwargs: Any) -> Any:
+            self._check_lease(config["configurable"]["thread_id"])
+            return put(config, *args, **kwargs)
+
+        # The explicit task_path: LangGraph passes it only to a put_writes whose signature names it.
+        def fenced_put_writes(config: Any, writes: Any, task_id: str, task_path: str = "") -> Any:
+            self._check_lease(config["configurable"]["thread_id"])
+            return put_writes(config, writes, task_id, task_path)
+
+        saver.put, saver.put_writes = fenced_put, fenced_put_writes
+
+    def _fenced(self, method: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self._fence()
+            return method(*args, **kwargs)
+
+        call._fenced = True  # type: ignore[attr-defined]
+        call.__doc__ = method.__doc__
+        return call
 
     def _on_term(self, signum: int, frame: FrameType | None) -> None:
         log.info("signal %s: finishing the current steps, then exiting", signum)
@@ -98,11 +173,27 @@ class Worker:
         if self.stopping:
             return None  # queued behind the limit when a stop came: the next start resumes it
         try:
+            if not self.leases.acquire(incident_id):
+                log.info("incident %s is run by another worker", incident_id)
+                return None
+        except SregraphError as exc:
+            log.error("incident %s: lease not taken (%s); it is adopted later", incident_id, exc)
+            return None
+        with self._lock:
+            self._guarding.add(incident_id)
+        try:
             state = fn(*args)
+        except LeaseLost:
+            log.error("incident %s: lease lost; this worker stopped acting on it, another resumes it", incident_id)
+            return None
         except Exception:
             # The engine logged and counted it; the thread stays resumable and the worker carries on.
             log.error("incident %s stopped on an error; it resumes on the next start", incident_id)
             return None
+        finally:
+            with self._lock:
+                self._guarding.discard(incident_id)
+            self.leases.release(incident_id)
         if state:
             log.info("incident %s: %s", incident_id, state.get("status"))
         return state
@@ -125,31 +216,68 @@ class Worker:
 
     # ------------------------------------------------------------------ entry points
 
-    def submit(self, trigger: Trigger) -> tuple[str, bool]:
+    def submit(self, trigger: Trigger, run_here: bool = True) -> tuple[str, bool]:
         """Route one alert or trigger: (incident id, whether a new incident started).
 
         An alert for a service (or alert fingerprint) with an incident in progress, or with an escalated incident
         whose issue is still open, joins that incident instead of starting another. Thread-safe: the alert receiver's dispatcher may call it.
+        `run_here=False` only registers a new incident: whichever worker adopts it first runs it.
         """
-        with self._lock:
+        # One router at a time across every worker on the storage: two alerts for one service never open two.
+        with self._lock, self.engine.registry.db.exclusive("route"):
             existing = self.engine.incident_for_alert(trigger) or self._escalation_for(trigger)
             if existing is not None:
                 self.engine.attach_alert(existing, trigger)
                 log.info("alert %s/%s joined incident %s", trigger.service, trigger.signal, existing)
                 return existing, False
-            incident_id, _ = self._start_new(trigger)
+            incident_id, _ = self._start_new(trigger, run_here)
             return incident_id, True
 
-    def _start_new(self, trigger: Trigger) -> tuple[str, bool]:
+    def _start_new(self, trigger: Trigger, run_here: bool = True) -> tuple[str, bool]:
         """A new incident thread on the pool: (its id, whether it was launched)."""
         incident_id = self.engine.new_id()
         # Registered before the run is queued, so a second alert routed right after this one sees it.
         self.engine.registry.record(incident_id, trigger, "observing")
+        if self.jobs is not None:
+            return incident_id, self.jobs.defer_run(incident_id)  # any worker takes it
+        if not run_here:
+            return incident_id, False
+        # `start` continues, rather than starts over, a thread another worker adopted and ran first.
         return incident_id, self._launch(incident_id, self.engine.start, trigger, incident_id)
 
     def decide(self, incident_id: str, decision: ApprovalDecision) -> bool:
-        """Answer a waiting approval gate on the pool; False if that incident has a run already."""
+        """Answer a waiting approval gate on the pool (or queue the decision as a job); False if that incident has
+        a run already here."""
+        if self.jobs is not None:
+            self.jobs.defer_decision(incident_id, decision.model_dump())
+            return True
         return self._launch(incident_id, self.engine.decide, incident_id, decision)
+
+    def start_jobs(self) -> None:
+        """Take jobs from the queue (when configured) on a thread of its own, `max_concurrent` at once."""
+        if self.jobs is not None:
+            self.jobs.start(self._run_job, self._decide_job, self.max_concurrent, self.leases.owner)
+
+    def stop_jobs(self) -> None:
+        """Stop taking jobs; running ones end at their next step boundary (idempotent)."""
+        if self.jobs is not None:
+            self.jobs.stop()
+
+    def _run_job(self, incident_id: str) -> None:
+        """A run job from the queue: under the incident's lease, like any run."""
+        self._guarded(incident_id, self._adopted, incident_id)
+
+    def _decide_job(self, incident_id: str, decision: dict[str, Any]) -> None:
+        """A decision job from the queue: applied under the lease if the incident still waits for it."""
+        approval = ApprovalDecision.model_validate(decision)
+
+        def apply() -> dict[str, Any] | None:
+            if not self.engine.pending_approval(incident_id):
+                log.info("decision on %s dropped: it no longer waits for one", incident_id)
+                return None
+            return self.engine.decide(incident_id, approval)
+
+        self._guarded(incident_id, apply)
 
     def resume_unfinished(self, wait: bool = True) -> list[str]:
         """Resume every thread a previous process left mid-way; returns their ids."""
@@ -163,6 +291,47 @@ class Worker:
         if wait:
             self.wait_idle()
         return resumed
+
+    def adopt(self) -> list[str]:
+        """Take the unfinished incidents no worker holds a lease on: routed by another worker and not yet run,
+        or left mid-way by one that died (its lease expired). Returns those launched here."""
+        try:
+            candidates = self.engine.registry.active()
+            if not candidates:
+                return []
+            elsewhere = self.leases.live_elsewhere()
+        except SregraphError as exc:
+            log.error("adopting: %s", exc)
+            return []
+        mine = set(self.running()) | set(self.leases.held())  # held: run here as a job, outside the pool
+        adopted = []
+        for incident_id in candidates:
+            if self.stopping:
+                break
+            if incident_id in elsewhere or incident_id in mine:
+                continue
+            if self.jobs is not None:
+                try:
+                    if self.jobs.defer_run(incident_id):
+                        adopted.append(incident_id)
+                except SregraphError as exc:
+                    log.error("adopting %s: %s", incident_id, exc)
+                continue
+            if self._launch(incident_id, self._adopted, incident_id):
+                adopted.append(incident_id)
+        return adopted
+
+    def _adopted(self, incident_id: str) -> dict[str, Any] | None:
+        """Resume an adopted incident unless it turned out finished or waiting for a human (checked under the lease)."""
+        try:
+            state = self.engine.state(incident_id)
+        except NotFound:
+            return self.engine.resume(incident_id)  # registered, never checkpointed: start from its trigger
+        if not state["next"] or state["waiting"]:
+            self.engine.sync_registry(incident_id, state)
+            return None
+        log.info("adopting %s at %s", incident_id, state["next"])
+        return self.engine.resume(incident_id)
 
     def handle_commands(self) -> list[str]:
         """Act on slash commands humans wrote on incident issues (authorised by the surface); returns what was done.
@@ -230,8 +399,9 @@ class Worker:
                 started.append(new_id)
         return started
 
-    def scan(self) -> str | None:
-        """One look at telemetry; a deviation on a service with no incident in progress starts one. Returns its id."""
+    def scan(self, run_here: bool = True) -> str | None:
+        """One look at telemetry; a deviation on a service with no incident in progress starts one. Returns its id.
+        `run_here=False`: only registered, for whichever worker adopts it."""
         signals, _, _ = self.engine.crew.observer.check()
         if not signals:
             return None
@@ -241,7 +411,7 @@ class Worker:
             return None  # already handled by an open incident (e.g. one waiting for approval)
         top = signals[0]
         trigger = Trigger(source="scan", service=top.service, signal=top.name, summary=top.detail, fired_at=self.engine.toolbox.clock.now())
-        incident_id, _ = self.submit(trigger)
+        incident_id, _ = self.submit(trigger, run_here)
         return incident_id
 
     def _claimed_services(self) -> set[str] | None:
@@ -332,12 +502,15 @@ class Worker:
         """Listen for Alertmanager webhooks now; `run` hands the storm gate's due groups to `submit` every loop.
 
         ConfigError without a `token` unless `config.insecure_no_auth` (loopback hosts only)."""
-        gate = StormGate(
-            clock or self.engine.toolbox.clock,
-            group_wait_s=config.group_wait_s,
-            group_interval_s=config.group_interval_s,
-            flap_window_s=config.flap_window_s,
-            max_flaps=config.max_flaps,
+        options: dict[str, Any] = {
+            "group_wait_s": config.group_wait_s, "group_interval_s": config.group_interval_s,
+            "flap_window_s": config.flap_window_s, "max_flaps": config.max_flaps,
+        }
+        # On Postgres the groups are shared: several workers behind one Alertmanager group a storm as one.
+        gate: StormGate = (
+            SharedStormGate(self.engine.registry.db, clock or self.engine.toolbox.clock, **options)
+            if self.engine.settings.storage.backend == "postgres"
+            else StormGate(clock or self.engine.toolbox.clock, **options)
         )
         receiver = AlertReceiver(
             on_alerts=gate.ingest_many,
@@ -386,11 +559,14 @@ class Worker:
         # Signal handlers belong to the main thread; a worker run in a thread (the demo) is stopped by flag.
         main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, self._on_term) if main else None
+        self.start_jobs()
         try:
-            self.resume_unfinished(wait=False)
+            if self.jobs is None:
+                self.resume_unfinished(wait=False)
             loops = 0
             while not self.stopping:
                 try:
+                    self.adopt()
                     self.handle_commands()
                     if loops % ISSUE_POLL_EVERY == 0:
                         self.handle_new_issues()
@@ -415,4 +591,6 @@ class Worker:
             if main:
                 signal.signal(signal.SIGTERM, previous)
             self._pool.shutdown(wait=True)
+            self.stop_jobs()
+            self.leases.stop_heartbeat()
             self.engine.close()

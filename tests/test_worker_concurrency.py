@@ -4,6 +4,7 @@ for an incident in progress joins it instead of starting another."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,14 @@ from sregraph.engine import Engine
 from sregraph.worker import Worker
 from tests.worker_harness import SCENARIOS, World, settings_for, toolbox_for
 from tools.base import ConfigError
+
+
+@pytest.fixture(autouse=True, params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test on the embedded SQLite files and on Postgres (checkpoints, ledger, registry, leases)."""
+    if request.param == "postgres":
+        monkeypatch.setenv("HARNESS_DSN", request.getfixturevalue("pg_dsn"))
+    return str(request.param)
 
 
 def _engine(tmp_path: Path) -> tuple[World, Engine]:
@@ -105,3 +114,41 @@ def test_concurrent_runs_share_the_checkpointer(tmp_path: Path) -> None:
     assert list(engine.unfinished()) == []
     assert engine.metrics.errors.labels("graph")._value.get() == 0
     engine.close()
+
+
+def test_two_running_workers_on_one_storage_take_every_incident_once(tmp_path: Path) -> None:
+    """Two `Worker.run` loops on one storage (two processes' worth: engines, pools, leases of their own) and a
+    router that only registers alerts: each incident is adopted and run to its end, never by both at once."""
+    from sregraph.leases import lease_log, overlaps
+
+    root = tmp_path / "world"
+    World.create(root)
+    router_engine = Engine(settings_for(root), toolbox_for(World(root)))
+    router = Worker(router_engine)
+    workers = [Worker(Engine(settings_for(root), toolbox_for(World(root))), max_concurrent=2) for _ in range(2)]
+    threads = [threading.Thread(target=w.run, kwargs={"interval": 0.05}) for w in workers]
+    for t in threads:
+        t.start()
+    try:
+        ids = [
+            router.submit(Trigger(source="alert", summary=f"probe {n}", labels={"fingerprint": f"probe-{n}"}), run_here=False)[0]
+            for n in range(8)
+        ]
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            statuses = {r["incident_id"]: r["status"] for r in router_engine.registry.list()}
+            if all(statuses.get(i) == "healthy" for i in ids):
+                break
+            time.sleep(0.1)
+        assert all(statuses.get(i) == "healthy" for i in ids), statuses
+    finally:
+        for w in workers:
+            w.stopping = True
+        for t in threads:
+            t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    tenures = lease_log(router_engine.registry.db)
+    assert {t["incident_id"] for t in tenures} >= set(ids) and overlaps(tenures) == []
+    assert {t["owner"] for t in tenures} <= {w.leases.owner for w in workers}
+    assert all(router_engine.state(i)["next"] == [] for i in ids)
+    router_engine.close()

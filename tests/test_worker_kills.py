@@ -179,3 +179,18 @@ def test_kill_hook_fires_after_the_checkpoint(tmp_path: Path) -> None:
         assert state["next"] == ["plan"] and state["diagnosis"] is not None
     finally:
         engine.close()
+
+
+def test_kill_after_the_issue_opened_does_not_attach_the_incident_to_its_own_issue(tmp_path: Path) -> None:
+    """Killed inside the `opened` notification (its issue exists, its step is not checkpointed): the re-run finds
+    the issue by fingerprint and knows it for its own, with no "attached" comment."""
+    root = tmp_path / "own-issue"
+    World.create(root)
+    killed = _worker(root, {"HARNESS_KILL_IN": "notify"})
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    final = _worker(root, {})
+    assert final.returncode == 0, final.stderr[-3000:]
+    result = summary(root)
+    first = result["issues"][0]["comment_keys"]
+    assert first and not any(key.endswith("/attach") for key in first), first
+    assert len(result["issues"]) == sum(1 for s in SCENARIOS if s.fault is not None)

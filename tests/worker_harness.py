@@ -12,6 +12,11 @@ the engine's checkpointer; product code has no such hook);
 `HARNESS_KILL_IN=restart|apply|propose|merge|notify[:n]` kills it inside the n-th such call, after the change
 is made (or the notification written) and before the agent hears back (the moment an action or a notification
 is most likely to be repeated by mistake).
+
+`HARNESS_DSN` puts checkpoints, ledger, run registry and leases in that Postgres database instead of SQLite
+files (`HARNESS_LEASE_TTL` seconds per lease). The world (services, telemetry, issues, PRs) stays in files.
+
+    python -m tests.worker_harness --serve DIR   # one of several workers: adopt incidents until DIR/stop exists
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import signal
 import sqlite3
 import sys
 import threading
+import time
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +38,7 @@ import yaml
 from tools.domain import ApprovalDecision, Trigger
 from sregraph.config import Settings, load_settings
 from sregraph.engine import FINAL, Engine
+from sregraph.leases import Leases
 from sregraph.worker import Worker
 from tools.base import HealthResult, NotFound, PullRequest, ServiceStatus, Span
 from tools.gitops import LocalGitOps
@@ -39,6 +46,7 @@ from tools.incidents import LocalIncidentSurface
 from tools.ledger import ActionLedger
 from tools.notifier import IdempotentNotifier, JsonlNotifier
 from tools.telemetry import LocalTelemetryStore
+from tools.sql import open_database
 from tools.toolbox import Toolbox
 
 T0 = 1_700_000_000.0
@@ -195,6 +203,12 @@ class World:
         row = conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
+    def current(self) -> float:
+        """The clock as stored (another process may have moved it)."""
+        with self._lock, closing(self._conn()) as conn:
+            self.t = float(self._get(conn, "t") or T0)
+            return self.t
+
     def get(self, key: str) -> str | None:
         """A driver flag or value."""
         with closing(self._conn()) as conn:
@@ -220,8 +234,8 @@ class World:
     def advance(self, seconds: float) -> None:
         """Move the clock, writing the telemetry the services produce meanwhile (samples first, then the clock)."""
         with self._lock:
-            end = self.t + seconds
             with closing(self._conn()) as conn:
+                end = float(self._get(conn, "t") or T0) + seconds
                 sampled = float(self._get(conn, "sampled") or T0)
                 rows = {r["name"]: r for r in conn.execute("SELECT * FROM services")}
                 batch: list[tuple[str, dict[str, str], float, float]] = []
@@ -266,11 +280,12 @@ class World:
             gitops.commit_config(scenario.service, {"version": BAD_VERSION}, f"{scenario.service} {BAD_VERSION}", kind="deploy")
             self.advance(3)  # the deploy shortly before the trouble
         if scenario.fault is not None:
+            now = self.current()
             with closing(self._conn()) as conn:
                 conn.execute(
                     "UPDATE services SET fault = ?, fault_at = ?, sticky = ?, running = ?, version = ? WHERE name = ?"
                     " AND fault IS NULL",
-                    (scenario.fault, self.t, scenario.sticky, int(scenario.fault != "crash"),
+                    (scenario.fault, now, scenario.sticky, int(scenario.fault != "crash"),
                      BAD_VERSION if scenario.fault == "bad_deploy" else GOOD_VERSION, scenario.service),
                 )
         self.advance(10)
@@ -287,6 +302,7 @@ class World:
 
     def restart(self, service: str, kind: str = "restart", version: str | None = None) -> ServiceStatus:
         """Restart (or apply the config to) a service: it comes back, and the fault goes unless it is sticky."""
+        now = self.current()
         with self._lock, closing(self._conn()) as conn:
             conn.execute("BEGIN IMMEDIATE")
             row = conn.execute("SELECT * FROM services WHERE name = ?", (service,)).fetchone()
@@ -306,9 +322,9 @@ class World:
             conn.execute(
                 "UPDATE services SET running = 1, restarts = restarts + 1, fault = ?, sticky = ?, version = ?,"
                 " fault_at = ? WHERE name = ?",
-                (fault, sticky, version, self.t, service),
+                (fault, sticky, version, now, service),
             )
-            conn.execute("INSERT INTO events (kind, service, at) VALUES (?, ?, ?)", (kind, service, self.t))
+            conn.execute("INSERT INTO events (kind, service, at) VALUES (?, ?, ?)", (kind, service, now))
             conn.execute("COMMIT")
         self.kill_in.after(kind)
         return self.status(service)
@@ -329,8 +345,8 @@ class WorldClock:
         self.world = world
 
     def now(self) -> float:
-        """Simulated time."""
-        return self.world.t
+        """Simulated time (as the last process to move it left it: several workers may take turns)."""
+        return self.world.current()
 
     def sleep(self, seconds: float) -> None:
         """Advance simulated time (and write the telemetry of the interval)."""
@@ -429,7 +445,14 @@ def settings_for(root: Path, max_concurrent: int = 1) -> Settings:
     policy = root / "policy.yaml"
     if not policy.exists():
         policy.write_text(yaml.safe_dump(POLICY))
-    return load_settings(environ={}, data_dir=root / "data", policy_file=policy, worker={"max_concurrent": max_concurrent}, **SETTINGS)
+    dsn = os.environ.get("HARNESS_DSN")
+    storage: dict[str, Any] = {}
+    if dsn:
+        storage = {"backend": "postgres", "dsn": dsn, "lease_ttl_s": float(os.environ.get("HARNESS_LEASE_TTL", "15")),
+                   "job_queue": os.environ.get("HARNESS_JOBS", "none")}
+    return load_settings(
+        environ={}, data_dir=root / "data", policy_file=policy, worker={"max_concurrent": max_concurrent}, storage=storage, **SETTINGS
+    )
 
 
 def toolbox_for(world: World) -> Toolbox:
@@ -437,7 +460,7 @@ def toolbox_for(world: World) -> Toolbox:
     clock = WorldClock(world)
     gitops = KillingGitOps(world.root / "gitops", clock=clock)
     gitops.world = world
-    ledger = ActionLedger(world.root / "ledger.db")
+    ledger = ActionLedger(open_database(settings_for(world.root).storage, world.root, "ledger"))
     notifier = KillingNotifier(world.root / "notifications.jsonl", clock=clock)
     notifier.world = world
     return Toolbox(
@@ -451,6 +474,7 @@ def toolbox_for(world: World) -> Toolbox:
         ledger=ledger,
         topology=TOPOLOGY,
         clock=clock,
+        on_close=[ledger.close],
     )
 
 
@@ -557,5 +581,45 @@ def summary(root: Path, scenarios: list[Scenario] = SCENARIOS) -> dict[str, Any]
         engine.close()
 
 
+def serve(root: Path) -> None:
+    """One of several worker processes on a shared Postgres: adopt incidents (queued by the test, or left by a
+    killed worker once its lease expires) until DIR/stop exists. Every step it runs is logged to DIR/steps.jsonl
+    with this worker's lease owner and the wall-clock time, to be checked against the lease log."""
+    world = World(root)
+    toolbox = toolbox_for(world)
+    settings = settings_for(root)
+    steps = root / "steps.jsonl"
+    leases_box: list[Leases] = []
+
+    def log_step(incident_id: str, node: str, update: dict[str, Any]) -> None:
+        line = json.dumps({"incident_id": incident_id, "node": node, "owner": leases_box[0].owner, "t": time.time()})
+        with open(steps, "a") as out:
+            out.write(line + "\n")
+
+    engine = Engine(settings, toolbox, progress=log_step)
+    install_kill_hook(engine)
+    # No reaping of this machine's dead workers: each worker stands for a machine of its own, so a dead one's
+    # incidents wait for its lease to expire.
+    leases = Leases(engine.registry.db, ttl_s=settings.storage.lease_ttl_s, reap_local=False)
+    leases_box.append(leases)
+    worker = Worker(engine, leases=leases, max_concurrent=int(os.environ.get("HARNESS_THREADS", "2")))
+    worker.start_jobs()  # with HARNESS_JOBS=procrastinate: runs come as jobs, and adopt() queues them
+    (root / f"ready-{os.getpid()}").write_text(leases.owner)
+    try:
+        while not (root / "stop").exists():
+            worker.adopt()
+            time.sleep(0.05)
+    finally:
+        worker.stopping = True
+        worker.stop_jobs()
+        worker.wait_idle()
+        leases.stop_heartbeat()
+        engine.close()
+        toolbox.close()
+
+
 if __name__ == "__main__":
-    run(Path(sys.argv[1]))
+    if sys.argv[1] == "--serve":
+        serve(Path(sys.argv[2]))
+    else:
+        run(Path(sys.argv[1]))
