@@ -61,7 +61,7 @@ class _Server:
         assert self.base is not None
         name = f"bench_{os.getpid()}_{time.monotonic_ns() % 10**9}"
         with psycopg.connect(self.base.replace("dbname=sregraph", "dbname=postgres"), autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]
+            conn.execute(f"CREATE DATABASE {name}")
         return self.base.replace("dbname=sregraph", f"dbname={name}")
 
     def stop(self) -> None:

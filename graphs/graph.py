@@ -238,7 +238,7 @@ def document(state: IncidentState, runtime: Runtime[Crew]) -> dict:
 
 def after_observe(state: IncidentState) -> Literal["open_incident", "__end__"]:
     """Healthy systems end here: no incident, no action."""
-    return END if state.get("status") == "healthy" else "open_incident"
+    return "__end__" if state.get("status") == "healthy" else "open_incident"  # "__end__" is END
 
 
 def after_plan(state: IncidentState) -> Literal["approval", "act", "escalate"]:
@@ -277,7 +277,7 @@ def after_verify(state: IncidentState, runtime: Runtime[Crew]) -> Literal["docum
     return "escalate"
 
 
-def build_graph() -> StateGraph:
+def build_graph() -> StateGraph[IncidentState, Crew, RunInput, IncidentState]:
     """The uncompiled incident graph."""
     builder = StateGraph(IncidentState, context_schema=Crew, input_schema=RunInput)
     builder.add_node("observe", observe)

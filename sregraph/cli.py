@@ -232,7 +232,7 @@ def demo(
         defaults = {(f, s): p for f, s, p in DEFAULT_SEQUENCE}
         try:
             pairs = [tuple(item.strip().split(":")) for item in faults.split(",") if item.strip()]
-            sequence = [(f, s, defaults.get((f, s), {})) for f, s in pairs]  # type: ignore[misc]
+            sequence = [(f, s, defaults.get((f, s), {})) for f, s in pairs]
         except ValueError as exc:
             raise typer.BadParameter("use FAULT:SERVICE pairs, e.g. crash:payments,latency:checkout") from exc
     console.print("[bold]sregraph demo[/bold] — the demo policy auto-approves every allowed action (see sregraph/demo_policy.yaml)")
@@ -497,4 +497,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

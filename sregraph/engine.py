@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from langchain_core.runnables import RunnableConfig
 from langgraph.types import Command
 
 from agents.analyst import Analyst
@@ -219,7 +220,7 @@ class RunRegistry:
                 "INSERT INTO attached_alerts VALUES (?, ?, ?, ?) ON CONFLICT (incident_id, key) DO NOTHING",
                 (incident_id, key, trigger.model_dump_json(), time.time()),
             )
-            added = cur.rowcount == 1
+            added = bool(cur.rowcount == 1)
         return added
 
     def attached(self, incident_id: str) -> list[tuple[str, Trigger]]:
@@ -297,7 +298,7 @@ class Engine:
         self.metrics = metrics or Metrics()
         self.should_stop: Callable[[], bool] = lambda: False
 
-    def _config(self, incident_id: str) -> dict[str, Any]:
+    def _config(self, incident_id: str) -> RunnableConfig:
         return {"configurable": {"thread_id": incident_id}}
 
     def _drive(self, incident_id: str, payload: Any) -> dict[str, Any]:

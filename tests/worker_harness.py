@@ -465,7 +465,7 @@ def toolbox_for(world: World) -> Toolbox:
     notifier.world = world
     return Toolbox(
         telemetry=world.telemetry,
-        runtime=WorldRuntime(world),  # type: ignore[arg-type]
+        runtime=WorldRuntime(world),
         incidents=LocalIncidentSurface(world.root / "incidents.db", clock=clock),
         gitops=gitops,
         notifier=IdempotentNotifier(notifier, ledger, clock=clock),

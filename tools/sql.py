@@ -42,7 +42,7 @@ class SqlError(SregraphError):
     """A database call failed; the message names the operation, never the DSN."""
 
 
-class Row(tuple):  # type: ignore[type-arg]
+class Row(tuple):
     """A result row read by position or by column name, like sqlite3.Row."""
 
     _names: tuple[str, ...]
@@ -52,7 +52,7 @@ class Row(tuple):  # type: ignore[type-arg]
         row._names = names
         return row
 
-    def __getitem__(self, key: Any) -> Any:  # type: ignore[override]
+    def __getitem__(self, key: Any) -> Any:
         if isinstance(key, str):
             return tuple.__getitem__(self, self._names.index(key))
         return tuple.__getitem__(self, key)
