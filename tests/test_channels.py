@@ -34,6 +34,7 @@ from tools.channels import (
 )
 from tools.ledger import ActionLedger
 from tools.notifier import IdempotentNotifier, notification_key
+from tests.fakes.http import answer_json
 from tests.llm_local import free_port
 
 
@@ -229,12 +230,7 @@ class Tracker:
                 return True
 
             def _answer(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                answer_json(self, status, body)
 
             def _body(self) -> dict[str, Any]:
                 return json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
@@ -353,12 +349,7 @@ class Pagers:
                     self._answer(404, {})
 
             def _answer(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                answer_json(self, status, body)
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
                 pass

@@ -142,15 +142,19 @@ class SqliteDatabase:
                     raise SqlError(f"cannot open {self.path.name}: {exc}") from exc
                 time.sleep(0.02)
 
-    @contextmanager
-    def connect(self) -> Iterator[sqlite3.Connection]:
-        """One transaction (BEGIN IMMEDIATE: writers queue instead of failing mid-way)."""
+    def _open(self) -> sqlite3.Connection:
+        """A connection in autocommit mode (transactions are begun explicitly), rows readable by name."""
         try:
             conn = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
         except sqlite3.Error as exc:
             raise SqlError(f"cannot open {self.path.name}: {exc}") from exc
-        with closing(conn):
-            conn.row_factory = sqlite3.Row
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    @contextmanager
+    def connect(self) -> Iterator[sqlite3.Connection]:
+        """One transaction (BEGIN IMMEDIATE: writers queue instead of failing mid-way)."""
+        with closing(self._open()) as conn:
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
@@ -168,12 +172,7 @@ class SqliteDatabase:
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
         """Reads in autocommit: WAL readers never wait for a writer."""
-        try:
-            conn = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise SqlError(f"cannot open {self.path.name}: {exc}") from exc
-        with closing(conn):
-            conn.row_factory = sqlite3.Row
+        with closing(self._open()) as conn:
             try:
                 yield conn
             except sqlite3.Error as exc:

@@ -19,6 +19,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
+from tests.fakes.http import answer_json
+
 
 def reply(
     content: str | None = None,
@@ -132,12 +134,7 @@ class FakeOpenAIServer:
                 self._send(*server._next(body, {k.lower(): v for k, v in self.headers.items()}))
 
             def _send(self, status: int, payload: dict[str, Any]) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                answer_json(self, status, payload)
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (signature of the base class)
                 pass

@@ -40,6 +40,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tests.fakes.http import answer_json
+
 GRANT_TYPE = "urn:ibm:params:oauth:grant-type:apikey"
 TOKEN_LIFETIME_S = 3600
 BACKEND_TIMEOUT_S = 600.0
@@ -392,12 +394,7 @@ class FakeWatsonxServer:
                 raw = self.rfile.read(length) if length else b""
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 status, payload = server.handle(method, self.path, headers, raw)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                answer_json(self, status, payload)
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's signature)
                 pass
