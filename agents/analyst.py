@@ -561,6 +561,11 @@ def classify(ev: ServiceEvidence, table: dict[str, ServiceEvidence], toolbox: To
     # A change names the fault when it is close to the onset, or when restarting has already failed.
     recent_change = change if change is not None and (change.weight >= W_CHANGE or restart_failed) else None
     change_kind = next((c.kind for c in ev.changes if recent_change and c.sha == recent_change.ref), None)
+    if restart_failed and recent_change is not None and recent_change.weight >= W_CHANGE:
+        # Down or failing right after its own change, and a restart did not help: the change is the fault (a
+        # crash-looping or broken release), and only undoing it helps. A first crash is still restarted: a deploy
+        # minutes before a crash is often a red herring, and a restart is the cheaper test.
+        return "config_change" if change_kind == "config" else "bad_deploy"
     if ev.status is not None and not ev.status.running:
         return "crash"
     if ev.has("memory_rss_mb") and not _stronger(ev, "cpu_percent", "memory_rss_mb"):

@@ -14,7 +14,7 @@ from agents.engineer import Engineer
 from agents.observer import Observer
 from agents.policy import Policy, ServicePolicy, load_policy
 from agents.rca_confidence import ARTEFACT, ConfidenceModel
-from tools.domain import Action, Observation
+from tools.domain import Action, ActionResult, Observation
 from sregraph.config import AnalystConfig, EngineerConfig, ObserverConfig
 from tests.support import FakeHealth, FakeRuntime, ManualClock
 from tools.base import ConfigError, LogRecord, ServiceStatus, Span
@@ -153,6 +153,28 @@ def test_bad_deploy_is_named_and_planned_as_rollback(tmp_path: Path) -> None:
     assert plan.decision == "act"
     assert plan.actions[0].kind == "rollback"
     assert plan.actions[0].params["config"]["version"] == "1.4.0"
+
+
+def test_a_service_down_after_its_deploy_is_restarted_once_then_rolled_back(tmp_path: Path) -> None:
+    """Caught mid-redeploy (health failing), a bad release reads as a crash; once a restart did not help, the
+    deploy just before it is the fault, and the plan is a rollback."""
+    tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth(failing={"payments"}))
+    assert isinstance(tb.clock, ManualClock)
+    tb.clock.t = FAULT_AT - 5
+    tb.gitops.commit_config("payments", {"version": "2.0.0-rc1"}, "payments 2.0.0-rc1", kind="deploy")  # type: ignore[attr-defined]
+    tb.clock.t = NOW
+    write_series(tb.telemetry, "payments", {"error_ratio": 0.6})  # type: ignore[arg-type]
+    write_series(tb.telemetry, "checkout", {"error_ratio": 0.6})  # type: ignore[arg-type]
+    error_traces(tb.telemetry, "payments")  # type: ignore[arg-type]
+    obs = observe(tb)
+    first = analyst(tb).diagnose(obs)
+    assert first.top is not None and (first.top.service, first.top.fault_type) == ("payments", "crash")
+    restart = ActionResult(action=Action(kind="restart", service="payments"), key="inc/attempt-1/restart/payments", status="done", started_at=NOW - 20, finished_at=NOW - 19)
+    second = analyst(tb).diagnose(obs, previous=[restart])
+    assert second.top is not None and (second.top.service, second.top.fault_type) == ("payments", "bad_deploy")
+    engineer = Engineer(tb, load_policy(), EngineerConfig(), AnalystConfig(), ObserverConfig())
+    plan = engineer.plan(second, attempts=1, previous=[restart])
+    assert plan.decision == "act" and plan.actions[0].kind == "rollback"
 
 
 def test_memory_leak_is_recognised(tmp_path: Path) -> None:
