@@ -181,14 +181,7 @@ class SqliteDatabase:
     def migrate(self, component: str, migrations: Sequence[str]) -> None:
         """Apply pending migrations (BEGIN IMMEDIATE serialises processes racing to do it)."""
         with self.connect() as conn:
-            conn.execute(_MIGRATIONS_TABLE)
-            done = {r[0] for r in conn.execute("SELECT version FROM sregraph_migrations WHERE component = ?", (component,))}
-            for version, script in enumerate(migrations, start=1):
-                if version in done:
-                    continue
-                for statement in _statements(script):
-                    conn.execute(statement)
-                conn.execute("INSERT INTO sregraph_migrations VALUES (?, ?)", (component, version))
+            _apply_migrations(conn, component, migrations)
 
     @contextmanager
     def exclusive(self, name: str) -> Iterator[None]:
@@ -211,6 +204,18 @@ def _rollback(conn: sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
     except sqlite3.Error:
         pass  # no transaction left to roll back
+
+
+def _apply_migrations(conn: Any, component: str, migrations: Sequence[str]) -> None:
+    """Run, inside the caller's transaction, the migrations of `component` not yet recorded as applied."""
+    conn.execute(_MIGRATIONS_TABLE)
+    done = {r[0] for r in conn.execute("SELECT version FROM sregraph_migrations WHERE component = ?", (component,)).fetchall()}
+    for version, script in enumerate(migrations, start=1):
+        if version in done:
+            continue
+        for statement in _statements(script):
+            conn.execute(statement)
+        conn.execute("INSERT INTO sregraph_migrations VALUES (?, ?)", (component, version))
 
 
 def _statements(script: str) -> list[str]:
@@ -351,14 +356,7 @@ class PostgresDatabase:
         """Apply pending migrations, one process at a time (a transaction-scoped advisory lock)."""
         with self.connect() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(?)", (_lock_id("migrations"),))
-            conn.execute(_MIGRATIONS_TABLE)
-            done = {r[0] for r in conn.execute("SELECT version FROM sregraph_migrations WHERE component = ?", (component,)).fetchall()}
-            for version, script in enumerate(migrations, start=1):
-                if version in done:
-                    continue
-                for statement in _statements(script):
-                    conn.execute(statement)
-                conn.execute("INSERT INTO sregraph_migrations VALUES (?, ?)", (component, version))
+            _apply_migrations(conn, component, migrations)
 
     @contextmanager
     def exclusive(self, name: str) -> Iterator[None]:

@@ -16,10 +16,9 @@ import itertools
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 
-from tests.fakes.http import answer_json
+from tests.fakes.http import LoopbackServer, answer_json
 
 
 def reply(
@@ -32,7 +31,7 @@ def reply(
     return {"content": content, "tool_calls": tool_calls or [], "usage": usage, "status": status}
 
 
-class FakeOpenAIServer:
+class FakeOpenAIServer(LoopbackServer):
     """Serves scripted chat completions on 127.0.0.1 from a background thread."""
 
     def __init__(self, script: list[dict[str, Any]], model: str = "gpt-4o-mini") -> None:
@@ -52,21 +51,6 @@ class FakeOpenAIServer:
         host, port = self._httpd.server_address[:2]
         return f"http://{host!s}:{port}/v1"
 
-    def __enter__(self) -> FakeOpenAIServer:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Stop serving and release the port."""
-        if self._thread.is_alive():
-            self._httpd.shutdown()
-            self._thread.join(timeout=5)
-        self._httpd.server_close()
 
     # ------------------------------------------------------------------ responses
 

@@ -36,11 +36,10 @@ import urllib.request
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.fakes.http import answer_json
+from tests.fakes.http import LoopbackServer, answer_json
 
 GRANT_TYPE = "urn:ibm:params:oauth:grant-type:apikey"
 TOKEN_LIFETIME_S = 3600
@@ -130,7 +129,7 @@ def make_tls(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path, Path
     return paths
 
 
-class FakeWatsonxServer:
+class FakeWatsonxServer(LoopbackServer):
     """Serves IAM, the project, the model specs and chat of watsonx.ai on https://127.0.0.1 from a thread."""
 
     def __init__(
@@ -182,21 +181,6 @@ class FakeWatsonxServer:
         """The chat requests received, in order."""
         return [r for r in self.requests if r.path == "/ml/v1/text/chat"]
 
-    def __enter__(self) -> FakeWatsonxServer:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Stop serving and release the port."""
-        if self._thread.is_alive():
-            self._httpd.shutdown()
-            self._thread.join(timeout=5)
-        self._httpd.server_close()
 
     # ------------------------------------------------------------------ routes
 
