@@ -21,17 +21,25 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tools.base import Change, ServiceStatus, SregraphError
-from tools.domain import ActionResult, Diagnosis, Evidence, FaultType, Hypothesis, Observation, Signal, SimilarIncident
-from tools.gitops import is_own_change
-from tools.toolbox import Toolbox
-
 from agents.grounding import invented_services
 from agents.observer import ObserverConfig
 from agents.rca import ServiceScore, features, rank
 from agents.rca_confidence import ARTEFACT, ConfidenceModel, default_min_confidence
 from agents.rca_live import live_input
 from agents.signals import Windows, log_evidence, measure, trace_origins
+from tools.base import Change, ServiceStatus, SregraphError
+from tools.domain import (
+    ActionResult,
+    Diagnosis,
+    Evidence,
+    FaultType,
+    Hypothesis,
+    Observation,
+    Signal,
+    SimilarIncident,
+)
+from tools.gitops import is_own_change
+from tools.toolbox import Toolbox
 
 
 class AnalystConfig(BaseModel):
@@ -92,7 +100,15 @@ def change_proximity(healthy_for: float) -> float:
     return 0.2
 
 
-FAMILIES = {"metric": "metric", "health": "health", "runtime": "health", "log": "log", "trace": "trace", "change": "change", "memory": "memory"}
+FAMILIES = {
+    "metric": "metric",
+    "health": "health",
+    "runtime": "health",
+    "log": "log",
+    "trace": "trace",
+    "change": "change",
+    "memory": "memory",
+}
 
 
 @dataclass
@@ -137,7 +153,9 @@ class ServiceEvidence:
     @property
     def down(self) -> bool:
         """Not serving: health failing, process gone, or telemetry stopped."""
-        return self.has("health") or self.has("stale") or (self.status is not None and not self.status.running)
+        return (
+            self.has("health") or self.has("stale") or (self.status is not None and not self.status.running)
+        )
 
 
 class Analyst:
@@ -222,20 +240,43 @@ class Analyst:
         for ev in table.values():
             for sig in ev.signals:
                 if sig.name == "health":
-                    ev.evidence.append(Evidence(kind="health", service=ev.service, summary=sig.detail, weight=W_HEALTH))
+                    ev.evidence.append(
+                        Evidence(kind="health", service=ev.service, summary=sig.detail, weight=W_HEALTH)
+                    )
                 elif sig.name == "stale":
-                    ev.evidence.append(Evidence(kind="metric", service=ev.service, summary=sig.detail, weight=W_STALE, ref="stale"))
+                    ev.evidence.append(
+                        Evidence(
+                            kind="metric", service=ev.service, summary=sig.detail, weight=W_STALE, ref="stale"
+                        )
+                    )
                 else:
                     weight = min(W_METRIC_PER_SD * sig.score, W_METRIC_CAP) * min(sig.score / z, 1.0)
-                    ev.evidence.append(Evidence(kind="metric", service=ev.service, summary=sig.detail, weight=round(weight, 3), ref=sig.name))
+                    ev.evidence.append(
+                        Evidence(
+                            kind="metric",
+                            service=ev.service,
+                            summary=sig.detail,
+                            weight=round(weight, 3),
+                            ref=sig.name,
+                        )
+                    )
             if ev.status is not None and not ev.status.running:
-                detail = f"process not running (exit code {ev.status.exit_code}, restarts {ev.status.restarts})"
+                detail = (
+                    f"process not running (exit code {ev.status.exit_code}, restarts {ev.status.restarts})"
+                )
                 if ev.status.oom_killed:
                     detail += ", OOM-killed"
-                ev.evidence.append(Evidence(kind="runtime", service=ev.service, summary=detail, weight=W_NOT_RUNNING))
+                ev.evidence.append(
+                    Evidence(kind="runtime", service=ev.service, summary=detail, weight=W_NOT_RUNNING)
+                )
 
         # Logs and traces are read from the incident's start (at most a minute back), not just the last window.
-        span = Windows(windows.baseline_start, windows.baseline_end, max(windows.baseline_end, windows.recent_end - 60), windows.recent_end)
+        span = Windows(
+            windows.baseline_start,
+            windows.baseline_end,
+            max(windows.baseline_end, windows.recent_end - 60),
+            windows.recent_end,
+        )
         traces = trace_origins(self.toolbox.telemetry, span)
         for service, since in traces.unreached.items():
             if service in table:
@@ -248,7 +289,13 @@ class Analyst:
             lead = sorted(onsets.values())[1] - onsets[first]
             if lead > 0:
                 table[first].evidence.append(
-                    Evidence(kind="metric", service=first, summary=f"deviated first, {lead:.1f}s before the next service", weight=W_FIRST, ref="onset")
+                    Evidence(
+                        kind="metric",
+                        service=first,
+                        summary=f"deviated first, {lead:.1f}s before the next service",
+                        weight=W_FIRST,
+                        ref="onset",
+                    )
                 )
 
         services = list(table)
@@ -259,17 +306,32 @@ class Analyst:
                 table[service].errors_rose = True
                 top = le.templates[0][0] if le.templates else ""
                 table[service].evidence.append(
-                    Evidence(kind="log", service=service, summary=f"{le.errors} error lines (baseline {le.baseline_errors}); top: {top}", weight=W_LOGS)
+                    Evidence(
+                        kind="log",
+                        service=service,
+                        summary=f"{le.errors} error lines (baseline {le.baseline_errors}); top: {top}",
+                        weight=W_LOGS,
+                    )
                 )
             if le.warnings >= 3 and le.warnings > 3 * le.baseline_warnings:
                 table[service].evidence.append(
-                    Evidence(kind="log", service=service, summary=f"{le.warnings} warning lines (baseline {le.baseline_warnings})", weight=W_LOGS / 2)
+                    Evidence(
+                        kind="log",
+                        service=service,
+                        summary=f"{le.warnings} warning lines (baseline {le.baseline_warnings})",
+                        weight=W_LOGS / 2,
+                    )
                 )
             total = sum(le.mentions.values())
             for other, count in le.mentions.items():
                 if count >= 3 and other in self.toolbox.downstream_of(service):
                     table[other].evidence.append(
-                        Evidence(kind="log", service=other, summary=f"{count} of {service}'s error lines name {other}", weight=round(W_LOG_POINTER * count / total, 3))
+                        Evidence(
+                            kind="log",
+                            service=other,
+                            summary=f"{count} of {service}'s error lines name {other}",
+                            weight=round(W_LOG_POINTER * count / total, 3),
+                        )
                     )
 
         origins, edges = traces.origins, traces.edges
@@ -277,7 +339,13 @@ class Analyst:
         for service, count in origins.items():
             if service in table and failing >= 3:
                 table[service].evidence.append(
-                    Evidence(kind="trace", service=service, summary=f"origin of {count} of {failing} failing traces (deepest error, or the slow call a caller gave up on)", weight=round(W_TRACE_ORIGIN * count / failing, 3))
+                    Evidence(
+                        kind="trace",
+                        service=service,
+                        summary=f"origin of {count} of {failing} failing traces (deepest error, or the slow "
+                        "call a caller gave up on)",
+                        weight=round(W_TRACE_ORIGIN * count / failing, 3),
+                    )
                 )
 
         deviating = {s for s, ev in table.items() if ev.score > 0}
@@ -298,7 +366,14 @@ class Analyst:
                 healthy_for = max(0.0, started - change.at)
                 if healthy_for <= self.config.change_lookback_s:
                     ev.evidence.append(
-                        Evidence(kind="change", service=ev.service, summary=f"{change.kind} {change.sha[:8]} '{change.message.splitlines()[0]}', {healthy_for:.0f}s of normal running before the incident", weight=round(W_CHANGE * change_proximity(healthy_for), 3), ref=change.sha)
+                        Evidence(
+                            kind="change",
+                            service=ev.service,
+                            summary=f"{change.kind} {change.sha[:8]} '{change.message.splitlines()[0]}', "
+                            f"{healthy_for:.0f}s of normal running before the incident",
+                            weight=round(W_CHANGE * change_proximity(healthy_for), 3),
+                            ref=change.sha,
+                        )
                     )
 
         # The ranker's view comes after the change rule: a change stays a suspect only on a service that the
@@ -310,30 +385,61 @@ class Analyst:
         for service, ev in table.items():
             if base_scores[service] <= 0:
                 continue
-            culprits = [d for d in self.toolbox.downstream_of(service) | edges.get(service, set()) if d in table and base_scores[d] > 0 and _leads(table[d], ev)]
+            culprits = [
+                d
+                for d in self.toolbox.downstream_of(service) | edges.get(service, set())
+                if d in table and base_scores[d] > 0 and _leads(table[d], ev)
+            ]
             if culprits:
                 culprit = max(culprits, key=lambda d: base_scores[d])
                 metric_weight = sum(e.weight for e in ev.evidence if e.kind in ("metric", "log", "trace"))
                 ev.evidence.append(
-                    Evidence(kind="topology", service=service, summary=f"depends on {culprit}, which is failing too: likely a symptom", weight=-round(W_SYMPTOM_PENALTY * metric_weight, 3), ref=culprit)
+                    Evidence(
+                        kind="topology",
+                        service=service,
+                        summary=f"depends on {culprit}, which is failing too: likely a symptom",
+                        weight=-round(W_SYMPTOM_PENALTY * metric_weight, 3),
+                        ref=culprit,
+                    )
                 )
                 table[culprit].evidence.append(
-                    Evidence(kind="topology", service=culprit, summary=f"its caller {service} degrades too, consistent with {culprit} as the cause", weight=W_DEPENDENCY_BONUS, ref=service)
+                    Evidence(
+                        kind="topology",
+                        service=culprit,
+                        summary=f"its caller {service} degrades too, consistent with {culprit} as the cause",
+                        weight=W_DEPENDENCY_BONUS,
+                        ref=service,
+                    )
                 )
 
         for past in similar[:1]:
             if past.service in table and table[past.service].score > 0:
                 table[past.service].evidence.append(
-                    Evidence(kind="memory", service=past.service, summary=f"resembles {past.incident_id} ({past.fault_type}, {past.outcome}; similarity {past.similarity:.2f})", weight=round(W_MEMORY * past.similarity, 3), ref=past.incident_id)
+                    Evidence(
+                        kind="memory",
+                        service=past.service,
+                        summary=f"resembles {past.incident_id} ({past.fault_type}, {past.outcome}; "
+                        f"similarity {past.similarity:.2f})",
+                        weight=round(W_MEMORY * past.similarity, 3),
+                        ref=past.incident_id,
+                    )
                 )
 
         for result in previous:
             if result.status == "done" and result.action.service in table:
                 table[result.action.service].evidence.append(
-                    Evidence(kind="action", service=result.action.service, summary=f"{result.action.kind} already tried ({result.key}) and the system did not recover", weight=-W_FAILED_ACTION, ref=result.key)
+                    Evidence(
+                        kind="action",
+                        service=result.action.service,
+                        summary=f"{result.action.kind} already tried ({result.key}) and the system did not recover",
+                        weight=-W_FAILED_ACTION,
+                        ref=result.key,
+                    )
                 )
 
-    def _rank_evidence(self, table: dict[str, ServiceEvidence], windows: Windows, span: Windows, previous: list[ActionResult]) -> None:
+    def _rank_evidence(
+        self, table: dict[str, ServiceEvidence], windows: Windows, span: Windows, previous: list[ActionResult]
+    ) -> None:
         """The root-cause ranker's scores (agents/rca.py, measured in docs/rca.md) as evidence on every service.
 
         Each service the ranker scores gets W_RANKER times its score normalised so the ranker's top is 1, when
@@ -347,7 +453,11 @@ class Analyst:
         acted_on = {r.action.service for r in previous if r.status == "done"}
         try:
             down = {service for service, ev in table.items() if ev.down}
-            ranked = rank(live_input(self.toolbox.telemetry, list(table), self.toolbox.topology, windows, span, down=down))
+            ranked = rank(
+                live_input(
+                    self.toolbox.telemetry, list(table), self.toolbox.topology, windows, span, down=down
+                )
+            )
         except SregraphError as exc:
             log.warning("root-cause ranker skipped: %s", exc)
             return
@@ -355,17 +465,31 @@ class Analyst:
         if top <= 0:
             return
         for sc in ranked.ranking:
-            strong = max(sc.by_kind.values(), default=0.0) >= RANKER_MIN_DEVIATION or sc.trace > 0 or sc.log > 0
+            strong = (
+                max(sc.by_kind.values(), default=0.0) >= RANKER_MIN_DEVIATION or sc.trace > 0 or sc.log > 0
+            )
             weight = round(W_RANKER * sc.score / top, 3)
             if sc.service in table and sc.service not in acted_on and strong and weight > 0:
-                parts = ", ".join(f"{name} {value:.2f}" for name, value in (("metrics", sc.metric), ("traces", sc.trace), ("logs", sc.log)) if value > 0)
+                parts = ", ".join(
+                    f"{name} {value:.2f}"
+                    for name, value in (("metrics", sc.metric), ("traces", sc.trace), ("logs", sc.log))
+                    if value > 0
+                )
                 table[sc.service].evidence.append(
-                    Evidence(kind="metric", service=sc.service, summary=f"root-cause ranker score {sc.score / top:.2f} of its top ({parts or 'call graph'})", weight=weight, ref="ranker")
+                    Evidence(
+                        kind="metric",
+                        service=sc.service,
+                        summary=f"root-cause ranker score {sc.score / top:.2f} of its top ({parts or 'call graph'})",
+                        weight=weight,
+                        ref="ranker",
+                    )
                 )
 
     # ------------------------------------------------------------------ ranking
 
-    def diagnose(self, observation: Observation, previous: list[ActionResult] | None = None, tokens_spent: int = 0) -> Diagnosis:
+    def diagnose(
+        self, observation: Observation, previous: list[ActionResult] | None = None, tokens_spent: int = 0
+    ) -> Diagnosis:
         """Ranked hypotheses, each with its calibrated confidence (`calibrated`)."""
         previous = previous or []
         table, similar, _ = self.gather(observation, previous)
@@ -400,16 +524,25 @@ class Analyst:
                 measured = classify(table[service], table, self.toolbox, similar)
                 why_not = unsupported(fault, table[service], table, self.toolbox)
                 if fault != measured and why_not:
-                    grounding.append(f"model said {fault} on {service}, but {why_not}: kept the evidence's {measured}")
+                    grounding.append(
+                        f"model said {fault} on {service}, but {why_not}: kept the evidence's {measured}"
+                    )
                     fault = measured
                 invented = invented_services(rationale, table, recorded)
                 if invented:
                     # The rationale is shown on the incident and read by the engineer model: no invented services.
-                    grounding.append(f"model's rationale for {service} names services that do not exist ({', '.join(invented)}): ignored, the evidence's rationale is shown")
+                    grounding.append(
+                        f"model's rationale for {service} names services that do not exist "
+                        f"({', '.join(invented)}): ignored, the evidence's rationale is shown"
+                    )
                     rationale = ""
                 picks.append((service, fault, rationale))
             named = {p[0] for p in picks}
-            picks += [(ev.service, classify(ev, table, self.toolbox, similar), "") for ev in sorted(candidates, key=lambda e: -e.score) if ev.service not in named]
+            picks += [
+                (ev.service, classify(ev, table, self.toolbox, similar), "")
+                for ev in sorted(candidates, key=lambda e: -e.score)
+                if ev.service not in named
+            ]
         notes = ([] if picks else ["no service shows evidence of a fault"]) + grounding
         if self.confidence_model is not None:
             probabilities = calibrated({s: ev.score for s, ev in table.items()}, self.confidence_model)
@@ -417,8 +550,10 @@ class Analyst:
             total = sum(ev.score for ev in candidates) or 1.0
             probabilities = {service: confidence(table[service], total) for service, _, _ in picks}
             notes.append(
-                f"CONFIDENCE NOT CALIBRATED: the confidence model {self.confidence_artefact} is missing, so confidence is "
-                "the old evidence-share formula (docs/analyst-method.md §5), not a probability, and analyst.min_confidence "
+                f"CONFIDENCE NOT CALIBRATED: the confidence model {self.confidence_artefact} is missing, so "
+                "confidence is "
+                "the old evidence-share formula (docs/analyst-method.md §5), not a probability, and "
+                "analyst.min_confidence "
                 "was not chosen for it; refit the model with: python -m evals.tune_rca --data DIR --write"
             )
         hypotheses = []
@@ -435,7 +570,9 @@ class Analyst:
                 )
             )
         top_conf = hypotheses[0].confidence if hypotheses else 0.0
-        return Diagnosis(hypotheses=hypotheses, confidence=top_conf, method=method, similar=similar, notes=notes)
+        return Diagnosis(
+            hypotheses=hypotheses, confidence=top_conf, method=method, similar=similar, notes=notes
+        )
 
     def _diagnose_llm(
         self,
@@ -445,38 +582,69 @@ class Analyst:
         previous: list[ActionResult],
         tokens_spent: int,
     ) -> Diagnosis:
+        from agents.investigation import build_readonly_tools
         from agents.llm import LLMDiagnosis, incident_budget, run_tool_loop
         from prompts import render
-        from agents.investigation import build_readonly_tools
 
         tb = self.toolbox
-        memory_search = (lambda text: tb.memory.search(text, k=self.config.similar_k)) if tb.memory is not None else None
-        tools = build_readonly_tools(tb.telemetry, tb.runtime, tb.changes, memory_search, tb.clock, self.observer_config.window_s * 10)
-        changes = sorted({c.sha: c for ev in table.values() for c in ev.changes}.values(), key=lambda c: -c.at)
-        system = render("analyst.md.j2", **analyst_prompt_context(observation, tb, changes, similar, previous))
+        memory_search = (
+            (lambda text: tb.memory.search(text, k=self.config.similar_k)) if tb.memory is not None else None
+        )
+        tools = build_readonly_tools(
+            tb.telemetry, tb.runtime, tb.changes, memory_search, tb.clock, self.observer_config.window_s * 10
+        )
+        changes = sorted(
+            {c.sha: c for ev in table.values() for c in ev.changes}.values(), key=lambda c: -c.at
+        )
+        system = render(
+            "analyst.md.j2", **analyst_prompt_context(observation, tb, changes, similar, previous)
+        )
         user = "Investigate this incident with the tools, then give your ranked hypotheses."
         budget = incident_budget(self.llm_config, tokens_spent)
-        result = run_tool_loop(self.chat_model, system, user, tools, LLMDiagnosis, self.llm_config.max_steps if self.llm_config else 6, budget)
+        result = run_tool_loop(
+            self.chat_model,
+            system,
+            user,
+            tools,
+            LLMDiagnosis,
+            self.llm_config.max_steps if self.llm_config else 6,
+            budget,
+        )
         answer: LLMDiagnosis = result.output  # type: ignore[assignment]
         order = [(h.service, h.fault_type, h.rationale) for h in answer.hypotheses]
         unknown = [s for s, _, _ in order if s not in table]
-        diagnosis = self._rank(table, similar, previous, order=order, method=f"llm:{getattr(self.llm_config, 'provider', 'custom')}")
+        diagnosis = self._rank(
+            table,
+            similar,
+            previous,
+            order=order,
+            method=f"llm:{getattr(self.llm_config, 'provider', 'custom')}",
+        )
         diagnosis.tokens = result.tokens
         recorded = recorded_text(table)
         for note in answer.notes if hasattr(answer, "notes") else []:
             invented = invented_services(note, table, recorded)
             if invented:
-                diagnosis.notes.append(f"a model note named services that do not exist ({', '.join(invented)}): not shown")
+                diagnosis.notes.append(
+                    f"a model note named services that do not exist ({', '.join(invented)}): not shown"
+                )
             else:
                 diagnosis.notes.append(f"model: {note}")
         if unknown:
-            diagnosis.notes.append(f"model named services that do not exist, ignored: {', '.join(dict.fromkeys(unknown))}")
+            diagnosis.notes.append(
+                f"model named services that do not exist, ignored: {', '.join(dict.fromkeys(unknown))}"
+            )
         return diagnosis
 
 
 def recorded_text(table: dict[str, ServiceEvidence]) -> str:
     """What the agents measured, as text (evidence summaries, commit messages): names found here are not invented."""
-    return "\n".join([*(e.summary for ev in table.values() for e in ev.evidence), *(c.message for ev in table.values() for c in ev.changes)])
+    return "\n".join(
+        [
+            *(e.summary for ev in table.values() for e in ev.evidence),
+            *(c.message for ev in table.values() for c in ev.changes),
+        ]
+    )
 
 
 def _stronger(ev: ServiceEvidence, name: str, than: str) -> bool:
@@ -499,7 +667,10 @@ def shipped_model(path: Path = ARTEFACT) -> ConfidenceModel | None:
     """The confidence model stored at `path`, read once; None (and a warning) when there is none."""
     model = ConfidenceModel.load(path)
     if model is None:
-        log.warning("confidence model %s is missing: the analyst falls back to the uncalibrated evidence-share formula", path)
+        log.warning(
+            "confidence model %s is missing: the analyst falls back to the uncalibrated evidence-share formula",
+            path,
+        )
     return model
 
 
@@ -554,7 +725,9 @@ def confidence(ev: ServiceEvidence, total: float) -> float:
     return round(min(1.0, share * (0.4 + 0.6 * agreement)), 3)
 
 
-def classify(ev: ServiceEvidence, table: dict[str, ServiceEvidence], toolbox: Toolbox, similar: list[SimilarIncident]) -> FaultType:
+def classify(
+    ev: ServiceEvidence, table: dict[str, ServiceEvidence], toolbox: Toolbox, similar: list[SimilarIncident]
+) -> FaultType:
     """The fault type the evidence pattern of one service points to."""
     change = next((e for e in ev.evidence if e.kind == "change"), None)
     restart_failed = any(e.kind == "action" and "restart" in e.summary for e in ev.evidence)
@@ -608,15 +781,23 @@ def unsupported(fault: str, ev: ServiceEvidence, table: dict[str, ServiceEvidenc
         "crash": (ev.down, "it is running and its health checks pass"),
         "memory_leak": (ev.has("memory_rss_mb"), "its memory did not deviate"),
         "cpu_saturation": (ev.has("cpu_percent"), "its CPU did not deviate"),
-        "latency": (ev.has("latency_p95_ms") or any(e.kind == "trace" and e.weight > 0 for e in ev.evidence), "neither its latency nor its traces deviated"),
+        "latency": (
+            ev.has("latency_p95_ms") or any(e.kind == "trace" and e.weight > 0 for e in ev.evidence),
+            "neither its latency nor its traces deviated",
+        ),
         "error_spike": (
-            ev.has("error_ratio") or ev.errors_rose or any(e.kind in ("trace", "log") and e.weight > 0 for e in ev.evidence),
+            ev.has("error_ratio")
+            or ev.errors_rose
+            or any(e.kind in ("trace", "log") and e.weight > 0 for e in ev.evidence),
             "no error ratio, error lines or failing traces point at it",
         ),
         "bad_deploy": ("deploy" in changes, "it had no deploy in the lookback"),
         "config_change": ("config" in changes, "it had no config change in the lookback"),
         "disk_full": (_disk_full(ev), "its error lines are not the kernel's no-space errors"),
-        "dependency_down": (any(table[d].down for d in toolbox.downstream_of(ev.service) if d in table), "none of its dependencies is down"),
+        "dependency_down": (
+            any(table[d].down for d in toolbox.downstream_of(ev.service) if d in table),
+            "none of its dependencies is down",
+        ),
         "conversion_drop": (ev.has("conversion_ratio"), "its conversion did not drop"),
     }
     supported, reason = needs.get(fault, (True, ""))
@@ -638,7 +819,18 @@ def _disk_full(ev: ServiceEvidence) -> bool:
     return matching * 2 > ev.error_lines
 
 
-_FAULTS = {"crash", "memory_leak", "bad_deploy", "config_change", "latency", "error_spike", "dependency_down", "cpu_saturation", "disk_full", "conversion_drop"}
+_FAULTS = {
+    "crash",
+    "memory_leak",
+    "bad_deploy",
+    "config_change",
+    "latency",
+    "error_spike",
+    "dependency_down",
+    "cpu_saturation",
+    "disk_full",
+    "conversion_drop",
+}
 
 
 def rationale_for(ev: ServiceEvidence, fault: str) -> str:
@@ -656,7 +848,11 @@ def symptom_text(signals: list[Signal]) -> str:
 
 
 def analyst_prompt_context(
-    observation: Observation, toolbox: Toolbox, changes: list[Change], similar: list[SimilarIncident], previous: list[ActionResult]
+    observation: Observation,
+    toolbox: Toolbox,
+    changes: list[Change],
+    similar: list[SimilarIncident],
+    previous: list[ActionResult],
 ) -> dict[str, Any]:
     """What the analyst prompt template is rendered with."""
     return {

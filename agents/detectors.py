@@ -533,7 +533,11 @@ class Ensemble(StreamingDetector):
     def explain(self) -> str:
         """The strongest member's explanation, plus the names of the others that also alert."""
         top = self.top()
-        also = [m.name for m, s in zip(self.members, self._scores) if m is not top and s >= ALERT_LEVEL]
+        also = [
+            m.name
+            for m, s in zip(self.members, self._scores, strict=True)
+            if m is not top and s >= ALERT_LEVEL
+        ]
         text = f"{top.name} {self._scores[self.members.index(top)]:.2f}: {top.explain()}"
         return text + (f" (also alerting: {', '.join(also)})" if also else "")
 

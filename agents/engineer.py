@@ -7,15 +7,24 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tools.base import Refused, SregraphError
-from tools.domain import Action, ActionKind, ActionPlan, ActionResult, Diagnosis, FaultType, Hypothesis, Observation, Verification
-from tools.toolbox import Toolbox
-
 from agents.analyst import AnalystConfig
 from agents.grounding import invented_services
 from agents.observer import ObserverConfig
 from agents.policy import Policy
 from agents.signals import Windows, measure
+from tools.base import Refused, SregraphError
+from tools.domain import (
+    Action,
+    ActionKind,
+    ActionPlan,
+    ActionResult,
+    Diagnosis,
+    FaultType,
+    Hypothesis,
+    Observation,
+    Verification,
+)
+from tools.toolbox import Toolbox
 
 
 class EngineerConfig(BaseModel):
@@ -107,7 +116,9 @@ class Engineer:
 
     # ------------------------------------------------------------------ plan
 
-    def plan(self, diagnosis: Diagnosis, attempts: int, previous: list[ActionResult], tokens_spent: int = 0) -> ActionPlan:
+    def plan(
+        self, diagnosis: Diagnosis, attempts: int, previous: list[ActionResult], tokens_spent: int = 0
+    ) -> ActionPlan:
         """Pick the remedy for the best hypothesis and check it against policy."""
         top = diagnosis.top
         if top is None:
@@ -116,7 +127,8 @@ class Engineer:
             return ActionPlan(
                 decision="escalate",
                 hypothesis=top,
-                escalation_reason=f"confidence {diagnosis.confidence:.2f} is below {self.analyst_config.min_confidence:.2f}",
+                escalation_reason=f"confidence {diagnosis.confidence:.2f} is below "
+                f"{self.analyst_config.min_confidence:.2f}",
             )
         action = self.remedy(top)
         notes: list[str] = []
@@ -147,7 +159,14 @@ class Engineer:
         # Every escalation reason below is a fact sregraph established (no remedy, a policy refusal, the model's
         # decision not to act); what a model wrote about it is a note, never the reason.
         if action is None:
-            return ActionPlan(decision="escalate", hypothesis=top, escalation_reason=f"no automatic remedy for {top.fault_type} on {top.service}", policy_notes=notes, tokens=tokens, llm_fallback=fallback)
+            return ActionPlan(
+                decision="escalate",
+                hypothesis=top,
+                escalation_reason=f"no automatic remedy for {top.fault_type} on {top.service}",
+                policy_notes=notes,
+                tokens=tokens,
+                llm_fallback=fallback,
+            )
         verdict = self.policy.check(
             action,
             attempts_so_far=attempts,
@@ -170,21 +189,35 @@ class Engineer:
             return ActionPlan(
                 decision="escalate",
                 hypothesis=top,
-                escalation_reason=f"the engineer model declined to act: it chose a human over {action.kind} on {action.service}, which policy allows",
+                escalation_reason=f"the engineer model declined to act: it chose a human over {action.kind} "
+                f"on {action.service}, which policy allows",
                 policy_notes=notes,
                 tokens=tokens,
                 llm_fallback=fallback,
             )
-        return ActionPlan(decision="act", actions=[action], needs_approval=verdict.needs_approval, dry_run=verdict.dry_run, hypothesis=top, policy_notes=notes, tokens=tokens, llm_fallback=fallback)
+        return ActionPlan(
+            decision="act",
+            actions=[action],
+            needs_approval=verdict.needs_approval,
+            dry_run=verdict.dry_run,
+            hypothesis=top,
+            policy_notes=notes,
+            tokens=tokens,
+            llm_fallback=fallback,
+        )
 
     def _model_reason(self, choice: EngineerChoice, top: Hypothesis) -> str:
         """The model's stated reason, for the plan's notes: bounded, and withheld if it names invented services."""
-        invented = invented_services(choice.reason, self.toolbox.services, "\n".join(e.summary for e in top.evidence))
+        invented = invented_services(
+            choice.reason, self.toolbox.services, "\n".join(e.summary for e in top.evidence)
+        )
         if invented:
             return f"(its reason names services that do not exist: {', '.join(invented)}; not shown)"
         return choice.reason[:200]
 
-    def _record_refusal(self, diagnosis: Diagnosis, attempts: int, action: Action, reasons: list[str]) -> None:
+    def _record_refusal(
+        self, diagnosis: Diagnosis, attempts: int, action: Action, reasons: list[str]
+    ) -> None:
         """Refusals go in the ledger too, so an audit sees what was asked for and why it did not run."""
         ledger, now = self.toolbox.ledger, self.toolbox.clock.now()
         incident = diagnosis.incident_id or "unknown"
@@ -192,7 +225,9 @@ class Engineer:
         ledger.start(key, incident, action.service, action.kind, {}, now)
         ledger.finish(key, "refused", "; ".join(reasons), "", now)
 
-    def _choose_llm(self, top: Hypothesis, previous: list[ActionResult], tokens_spent: int) -> tuple[EngineerChoice | None, int, str]:
+    def _choose_llm(
+        self, top: Hypothesis, previous: list[ActionResult], tokens_spent: int
+    ) -> tuple[EngineerChoice | None, int, str]:
         """Ask the model to pick among the allowed actions; None (and a note) when it cannot."""
         from agents.llm import ask, incident_budget
         from prompts import render
@@ -201,14 +236,18 @@ class Engineer:
         allowed = [k for k in self.policy.for_service(top.service).allowed if k in fits]
         prompt = render("engineer.md.j2", hypothesis=top, allowed=allowed, previous=previous)
         try:
-            result = ask(self.chat_model, prompt, EngineerChoice, incident_budget(self.llm_config, tokens_spent))
+            result = ask(
+                self.chat_model, prompt, EngineerChoice, incident_budget(self.llm_config, tokens_spent)
+            )
         except SregraphError as exc:
             log.warning("LLM engineer failed, using the deterministic remedy: %s", exc)
             return None, 0, f"LLM unavailable ({exc}); deterministic remedy used"
         choice: EngineerChoice = result.output  # type: ignore[assignment]
         return choice, result.tokens, ""
 
-    def remedy(self, hypothesis: Hypothesis, kind: str | None = None, replicas: int | None = None) -> Action | None:
+    def remedy(
+        self, hypothesis: Hypothesis, kind: str | None = None, replicas: int | None = None
+    ) -> Action | None:
         """The typed action for a hypothesis (the fault type's remedy unless `kind` is given), or None."""
         kind = kind or REMEDY.get(hypothesis.fault_type)
         service = hypothesis.service
@@ -218,7 +257,12 @@ class Engineer:
             # A restart of a dead process starts it and counts it, which is what an operator expects to see.
             return Action(kind=kind, service=service, reason=f"{hypothesis.fault_type} on {service}")
         if kind == "scale":
-            return Action(kind="scale", service=service, params={"replicas": replicas or 2}, reason=f"{hypothesis.fault_type} on {service}")
+            return Action(
+                kind="scale",
+                service=service,
+                params={"replicas": replicas or 2},
+                reason=f"{hypothesis.fault_type} on {service}",
+            )
         # rollback / config_change: restore the config from before the suspect change.
         change = next((e.ref for e in hypothesis.evidence if e.kind == "change" and e.ref), None)
         if change is None:
@@ -228,25 +272,49 @@ class Engineer:
         except SregraphError as exc:
             log.warning("cannot compute the rollback config of %s: %s", service, exc)
             return None
-        return Action(kind=kind, service=service, params={"config": target, "revert": change}, reason=f"{hypothesis.fault_type} after change {change[:8]}")
+        return Action(
+            kind=kind,
+            service=service,
+            params={"config": target, "revert": change},
+            reason=f"{hypothesis.fault_type} after change {change[:8]}",
+        )
 
     # ------------------------------------------------------------------ act
 
-    def act(self, incident_id: str, plan: ActionPlan, attempt: int, issue_ref: str = "") -> list[ActionResult]:
+    def act(
+        self, incident_id: str, plan: ActionPlan, attempt: int, issue_ref: str = ""
+    ) -> list[ActionResult]:
         """Run the plan's actions once each; a replayed key returns the recorded outcome instead."""
         return [self._run(incident_id, attempt, action, plan.dry_run, issue_ref) for action in plan.actions]
 
-    def _run(self, incident_id: str, attempt: int, action: Action, dry_run: bool, issue_ref: str) -> ActionResult:
+    def _run(
+        self, incident_id: str, attempt: int, action: Action, dry_run: bool, issue_ref: str
+    ) -> ActionResult:
         tb = self.toolbox
         key = action_key(incident_id, attempt, action)
         entry = tb.ledger.get(key)
         if entry is not None and entry.status in ("done", "failed", "dry_run"):
-            return ActionResult(action=action, key=key, status=entry.status, detail=entry.detail, ref=entry.ref, started_at=entry.started_at, finished_at=entry.finished_at or entry.started_at)
+            return ActionResult(
+                action=action,
+                key=key,
+                status=entry.status,
+                detail=entry.detail,
+                ref=entry.ref,
+                started_at=entry.started_at,
+                finished_at=entry.finished_at or entry.started_at,
+            )
         now = tb.clock.now()
         if dry_run:
             tb.ledger.start(key, incident_id, action.service, action.kind, {}, now)
             tb.ledger.finish(key, "dry_run", "dry run: nothing was changed", "", now)
-            return ActionResult(action=action, key=key, status="dry_run", detail="dry run: nothing was changed", started_at=now, finished_at=now)
+            return ActionResult(
+                action=action,
+                key=key,
+                status="dry_run",
+                detail="dry run: nothing was changed",
+                started_at=now,
+                finished_at=now,
+            )
         if entry is None:
             before = self._before(action)
             tb.ledger.start(key, incident_id, action.service, action.kind, before, now)
@@ -257,7 +325,15 @@ class Engineer:
             if self._took_effect(action, before):
                 detail = "completed before a restart of sregraph; not repeated"
                 tb.ledger.finish(key, "done", detail, self._ref(action), tb.clock.now())
-                return ActionResult(action=action, key=key, status="done", detail=detail, ref=self._ref(action), started_at=started, finished_at=tb.clock.now())
+                return ActionResult(
+                    action=action,
+                    key=key,
+                    status="done",
+                    detail=detail,
+                    ref=self._ref(action),
+                    started_at=started,
+                    finished_at=tb.clock.now(),
+                )
         try:
             detail, ref = self._execute(action, key, issue_ref)
             status = "done"
@@ -265,7 +341,15 @@ class Engineer:
             detail, ref, status = f"{type(exc).__name__}: {exc}", "", "failed"
         finished = tb.clock.now()
         tb.ledger.finish(key, status, detail, ref, finished)
-        return ActionResult(action=action, key=key, status=status, detail=detail, ref=ref, started_at=now, finished_at=finished)
+        return ActionResult(
+            action=action,
+            key=key,
+            status=status,
+            detail=detail,
+            ref=ref,
+            started_at=now,
+            finished_at=finished,
+        )
 
     def _before(self, action: Action) -> dict[str, Any]:
         try:
@@ -309,7 +393,10 @@ class Engineer:
             return f"scaled {action.service} to {status.replicas}", f"replicas={status.replicas}"
         # GitOps: the change is a pull request; merging it and applying the merged config is the deploy.
         title = f"{action.kind.replace('_', ' ')} {action.service}: revert {str(action.params['revert'])[:8]}"
-        body = f"{action.reason}\n\nOpened by sregraph for incident {issue_ref or key.split('/')[0]}.\nIdempotency key: `{key}`"
+        body = (
+            f"{action.reason}\n\nOpened by sregraph for incident "
+            f"{issue_ref or key.split('/')[0]}.\nIdempotency key: `{key}`"
+        )
         try:
             pr = tb.gitops.propose(action.service, action.params["config"], title, body, key=key)
         except Refused as exc:
@@ -320,14 +407,19 @@ class Engineer:
             return f"opened PR #{pr.id}; policy leaves the merge to a human", f"pr={pr.id}"
         merged = tb.gitops.merge(pr.id)
         status = tb.deployer.apply(action.service)
-        return f"merged PR #{pr.id} ({(merged.merge_sha or '')[:8]}) and applied it to {action.service}", f"pr={pr.id} restarts={status.restarts}"
+        return (
+            f"merged PR #{pr.id} ({(merged.merge_sha or '')[:8]}) and applied it to {action.service}",
+            f"pr={pr.id} restarts={status.restarts}",
+        )
 
     def _already_reverted(self, action: Action) -> tuple[str, str]:
         """The suspect change is no longer in effect (reverted since): the trouble needs the generic remedy.
 
         The fallback restart goes through the same policy check as any planned action.
         """
-        restart = Action(kind="restart", service=action.service, reason=f"{action.kind} found nothing to revert")
+        restart = Action(
+            kind="restart", service=action.service, reason=f"{action.kind} found nothing to revert"
+        )
         verdict = self.policy.check(
             restart,
             attempts_so_far=0,
@@ -336,9 +428,14 @@ class Engineer:
             known_services=self.toolbox.services,
         )
         if not verdict.allowed:
-            raise Refused(f"the suspect change is already reverted and a restart is refused: {'; '.join(verdict.reasons)}")
+            raise Refused(
+                f"the suspect change is already reverted and a restart is refused: {'; '.join(verdict.reasons)}"
+            )
         status = self.toolbox.runtime.restart(action.service)
-        return f"the suspect change is already reverted on main; restarted {action.service} instead", f"restarts={status.restarts}"
+        return (
+            f"the suspect change is already reverted on main; restarted {action.service} instead",
+            f"restarts={status.restarts}",
+        )
 
     # ------------------------------------------------------------------ verify
 
@@ -357,7 +454,11 @@ class Engineer:
             remaining, _ = measure(tb, windows, oc.z_threshold)
             streak = streak + 1 if not remaining else 0
             if streak >= self.config.stable_checks:
-                return Verification(recovered=True, checks=[f"{streak} consecutive healthy checks of {len(tb.services)} services"], at=now)
+                return Verification(
+                    recovered=True,
+                    checks=[f"{streak} consecutive healthy checks of {len(tb.services)} services"],
+                    at=now,
+                )
             if now >= deadline:
                 return Verification(
                     recovered=False,

@@ -13,44 +13,201 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from tools.domain import Observation, PostMortem
 
 METRIC_NAMES = frozenset(
-    {"error_ratio", "latency_p95_ms", "memory_rss_mb", "cpu_percent", "request_rate", "conversion_ratio", "log_errors", "health", "stale"}
+    {
+        "error_ratio",
+        "latency_p95_ms",
+        "memory_rss_mb",
+        "cpu_percent",
+        "request_rate",
+        "conversion_ratio",
+        "log_errors",
+        "health",
+        "stale",
+    }
 )
 FAULT_NAMES = frozenset(
-    {"crash", "memory_leak", "bad_deploy", "config_change", "latency", "error_spike", "dependency_down", "cpu_saturation", "disk_full", "conversion_drop", "unknown"}
+    {
+        "crash",
+        "memory_leak",
+        "bad_deploy",
+        "config_change",
+        "latency",
+        "error_spike",
+        "dependency_down",
+        "cpu_saturation",
+        "disk_full",
+        "conversion_drop",
+        "unknown",
+    }
 )
 ACTION_NAMES = frozenset({"restart", "scale", "rollback", "config_change", "start"})
 COMMON_COMPOUNDS = frozenset(
     {
-        "follow-up", "follow-ups", "post-mortem", "postmortem", "root-cause", "on-call", "long-term", "short-term",
-        "real-time", "roll-back", "re-run", "health-check", "health-checks", "end-to-end", "up-to-date",
-        "out-of-memory", "read-only", "non-zero", "error-rate", "p95", "p99", "dry-run", "auto-merge", "well-known",
-        "user-facing", "high-latency", "low-latency", "step-by-step", "built-in", "in-flight", "self-healing",
-        "rate-limit", "rate-limiting", "circuit-breaker", "run-book", "runbook", "sregraph",
+        "follow-up",
+        "follow-ups",
+        "post-mortem",
+        "postmortem",
+        "root-cause",
+        "on-call",
+        "long-term",
+        "short-term",
+        "real-time",
+        "roll-back",
+        "re-run",
+        "health-check",
+        "health-checks",
+        "end-to-end",
+        "up-to-date",
+        "out-of-memory",
+        "read-only",
+        "non-zero",
+        "error-rate",
+        "p95",
+        "p99",
+        "dry-run",
+        "auto-merge",
+        "well-known",
+        "user-facing",
+        "high-latency",
+        "low-latency",
+        "step-by-step",
+        "built-in",
+        "in-flight",
+        "self-healing",
+        "rate-limit",
+        "rate-limiting",
+        "circuit-breaker",
+        "run-book",
+        "runbook",
+        "sregraph",
     }
 )
 SERVICE_WORDS = frozenset(
     {
-        "service", "services", "svc", "api", "db", "database", "server", "gateway", "worker", "queue", "cache",
-        "proxy", "backend", "microservice", "cluster", "pod", "host", "lb", "balancer", "redis", "postgres",
-        "mysql", "kafka", "broker", "store", "daemon", "detector", "engine", "processor", "handler", "manager",
+        "service",
+        "services",
+        "svc",
+        "api",
+        "db",
+        "database",
+        "server",
+        "gateway",
+        "worker",
+        "queue",
+        "cache",
+        "proxy",
+        "backend",
+        "microservice",
+        "cluster",
+        "pod",
+        "host",
+        "lb",
+        "balancer",
+        "redis",
+        "postgres",
+        "mysql",
+        "kafka",
+        "broker",
+        "store",
+        "daemon",
+        "detector",
+        "engine",
+        "processor",
+        "handler",
+        "manager",
     }
 )
 """Parts that make an identifier a service name ("fraud-detector", "auth_db"), which must then be a known one."""
 NOT_A_NAME = frozenset(
     {
-        "the", "a", "an", "this", "that", "each", "every", "one", "which", "same", "other", "affected", "failing",
-        "downstream", "upstream", "dependent", "web", "its", "their", "our", "whole", "entire", "main", "target",
-        "impacted", "degraded", "suspect", "faulty", "broken", "any", "no", "backend", "frontend", "calling",
-        "caller", "called", "single", "another", "second", "first", "slow", "healthy", "unhealthy", "all", "both",
-        "several", "multiple", "some", "many", "few", "two", "three", "these", "those", "recovering", "restarted",
-        "running", "crashed", "down", "up", "unavailable", "available", "responsible", "underlying", "related",
-        "involved", "diagnosed", "remaining", "overloaded", "leaking", "struggling", "troubled", "problematic",
-        "culprit", "same", "said", "given", "what", "whose", "in-house", "more", "most", "less", "only",
+        "the",
+        "a",
+        "an",
+        "this",
+        "that",
+        "each",
+        "every",
+        "one",
+        "which",
+        "same",
+        "other",
+        "affected",
+        "failing",
+        "downstream",
+        "upstream",
+        "dependent",
+        "web",
+        "its",
+        "their",
+        "our",
+        "whole",
+        "entire",
+        "main",
+        "target",
+        "impacted",
+        "degraded",
+        "suspect",
+        "faulty",
+        "broken",
+        "any",
+        "no",
+        "backend",
+        "frontend",
+        "calling",
+        "caller",
+        "called",
+        "single",
+        "another",
+        "second",
+        "first",
+        "slow",
+        "healthy",
+        "unhealthy",
+        "all",
+        "both",
+        "several",
+        "multiple",
+        "some",
+        "many",
+        "few",
+        "two",
+        "three",
+        "these",
+        "those",
+        "recovering",
+        "restarted",
+        "running",
+        "crashed",
+        "down",
+        "up",
+        "unavailable",
+        "available",
+        "responsible",
+        "underlying",
+        "related",
+        "involved",
+        "diagnosed",
+        "remaining",
+        "overloaded",
+        "leaking",
+        "struggling",
+        "troubled",
+        "problematic",
+        "culprit",
+        "said",
+        "given",
+        "what",
+        "whose",
+        "in-house",
+        "more",
+        "most",
+        "less",
+        "only",
     }
 )
 UNMEASURED_CAUSE = re.compile(
@@ -60,26 +217,53 @@ UNMEASURED_CAUSE = re.compile(
     re.IGNORECASE,
 )
 """Causes sregraph cannot measure: a write-up may name one only where the recorded facts do (a quoted log line)."""
-RELATIVE_DATE = re.compile(r"\b(yesterday|last (?:week|month|year|night)|\d+ (?:days|weeks|months|years) ago|next (?:week|month|year))\b", re.I)
-YEAR = re.compile(r"(?<![#\d.:-])\b((?:19|20)\d\d)\b(?![\d:]|-\d\d(?!\d)|\.\d|\s*(?:ms|s\b|mb|kb|gb|%|x\b|requests|lines|errors|rps|bytes))", re.I)
+RELATIVE_DATE = re.compile(
+    r"\b(yesterday|last (?:week|month|year|night)|\d+ (?:days|weeks|months|years) ago|next (?:week|month|year))\b",
+    re.I,
+)
+YEAR = re.compile(
+    r"(?<![#\d.:-])\b((?:19|20)\d\d)\b(?![\d:]|-\d\d(?!\d)|\.\d|\s*(?:ms|s\b|mb|kb|gb|%|x\b|requests|lines|errors|rps|bytes))",
+    re.I,
+)
 ISO_DATE = re.compile(r"(?<!\d)(\d{4})-(\d{2})-(\d{2})(?!\d)")
 MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
-MONTH_DATE = re.compile(r"\b(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?\s+(\d{1,2})(?:st|nd|rd|th)?\b", re.I)
+MONTH_DATE = re.compile(
+    r"\b(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?\s+(\d{1,2})(?:st|nd|rd|th)?\b", re.I
+)
 CLOCK = re.compile(r"(?<![\d:])([01]?\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?(?![\d:])")
 IDENTIFIER = re.compile(r"(?<![\w/.-])([A-Za-z][A-Za-z0-9]*(?:[-_][A-Za-z0-9]+)+)(?![\w/-])")
 CAMEL = re.compile(r"\b([A-Z][a-z0-9]+(?:[A-Z][a-z0-9]+)+)\b")
-NAMED_SERVICE = re.compile(r"[`'\"]?\b([A-Za-z][\w-]*)\b[`'\"]?\s+(?:micro)?(?:service|server|database|db|api|cluster|backend)\b", re.I)
+NAMED_SERVICE = re.compile(
+    r"[`'\"]?\b([A-Za-z][\w-]*)\b[`'\"]?\s+(?:micro)?(?:service|server|database|db|api|cluster|backend)\b",
+    re.I,
+)
 QUOTED = re.compile(r"`([^`\s]{2,60})`")
 ACTION_CLAIMS: list[tuple[re.Pattern[str], frozenset[str]]] = [
-    (re.compile(r"\b(restarted|rebooted|bounced|was restarted|got restarted)\b", re.I), frozenset({"restart", "start"})),
-    (re.compile(r"\b(rolled back|reverted|was rolled back)\b", re.I), frozenset({"rollback", "config_change"})),
+    (
+        re.compile(r"\b(restarted|rebooted|bounced|was restarted|got restarted)\b", re.I),
+        frozenset({"restart", "start"}),
+    ),
+    (
+        re.compile(r"\b(rolled back|reverted|was rolled back)\b", re.I),
+        frozenset({"rollback", "config_change"}),
+    ),
     (re.compile(r"\b(scaled (?:up|out|down|to))\b", re.I), frozenset({"scale"})),
     (re.compile(r"\b(merged)\b", re.I), frozenset({"rollback", "config_change"})),
-    (re.compile(r"\b(redeployed|re-deployed|hotfix(?:ed)?|patched|failed over|migrated|deployed a fix|applied a fix|rebuilt|replaced the)\b", re.I), frozenset()),
+    (
+        re.compile(
+            r"\b(redeployed|re-deployed|hotfix(?:ed)?|patched|failed over|migrated|deployed a fix|applied a "
+            r"fix|rebuilt|replaced the)\b",
+            re.I,
+        ),
+        frozenset(),
+    ),
 ]
 """Past-tense claims that an action was taken, and the action kinds that would make them true (none: sregraph
 never takes that action, so only the recorded facts can)."""
-HEDGE = re.compile(r"\b(not|no|never|without|would|should|could|can|may|might|if|unless|consider|recommend\w*|before)\b|n't", re.I)
+HEDGE = re.compile(
+    r"\b(not|no|never|without|would|should|could|can|may|might|if|unless|consider|recommend\w*|before)\b|n't",
+    re.I,
+)
 RECOVERED_CLAIM = re.compile(r"\b(recovered|resolved|restored|fixed|back to normal)\b", re.I)
 FAULT_PHRASES: dict[str, re.Pattern[str]] = {
     "crash": re.compile(r"\bcrash", re.I),
@@ -120,7 +304,9 @@ class Facts:
     def known(self, name: str) -> bool:
         """Whether `name` is a service of the system or a word the recorded facts use."""
         low = name.lower().strip("`'\".,:;")
-        return low in {s.lower() for s in self.services} or bool(re.search(rf"(?<![\w-]){re.escape(low)}(?![\w-])", self.corpus))
+        return low in {s.lower() for s in self.services} or bool(
+            re.search(rf"(?<![\w-]){re.escape(low)}(?![\w-])", self.corpus)
+        )
 
 
 ACTION_LINE = re.compile(r"^(\w+) (\S+): (\w+)")
@@ -134,7 +320,16 @@ def facts_of(pm: PostMortem, services: Iterable[str]) -> Facts:
         if m and m.group(3) == "done":
             done.add((m.group(1), m.group(2)))
     times = [t.at for t in pm.timeline]
-    corpus = "\n".join([*(t.event for t in pm.timeline), *pm.evidence, *pm.actions, pm.service, pm.fault_type, pm.incident_id])
+    corpus = "\n".join(
+        [
+            *(t.event for t in pm.timeline),
+            *pm.evidence,
+            *pm.actions,
+            pm.service,
+            pm.fault_type,
+            pm.incident_id,
+        ]
+    )
     return Facts(
         services=frozenset(services) | ({pm.service} - {"unknown"}),
         service=pm.service,
@@ -171,7 +366,12 @@ def unknown_services(text: str, facts: Facts) -> list[str]:
 
     def flag(name: str) -> None:
         name = name.strip("`'\".,:;")
-        if name and not facts.known(name) and name.lower() not in found and name.lower() not in (x.lower() for x in found):
+        if (
+            name
+            and not facts.known(name)
+            and name.lower() not in found
+            and name.lower() not in (x.lower() for x in found)
+        ):
             found.append(name)
 
     vocabulary = METRIC_NAMES | FAULT_NAMES | ACTION_NAMES | COMMON_COMPOUNDS
@@ -189,7 +389,12 @@ def unknown_services(text: str, facts: Facts) -> list[str]:
             flag(m.group(1))
     for m in NAMED_SERVICE.finditer(text):
         name = m.group(1)
-        if name.lower() in NOT_A_NAME or name.lower() in SERVICE_WORDS or name.lower() in vocabulary or name.isdigit():
+        if (
+            name.lower() in NOT_A_NAME
+            or name.lower() in SERVICE_WORDS
+            or name.lower() in vocabulary
+            or name.isdigit()
+        ):
             continue
         if name[0].isupper() or "-" in name or "_" in name or m.group(0)[0] in "`'\"":
             flag(name)
@@ -197,19 +402,84 @@ def unknown_services(text: str, facts: Facts) -> list[str]:
             flag(name)
     for m in QUOTED.finditer(text):
         token = m.group(1)
-        if IDENTIFIER.fullmatch(token) and token.lower() not in vocabulary and not any(c.isdigit() for c in token.split("-")[0]):
+        if (
+            IDENTIFIER.fullmatch(token)
+            and token.lower() not in vocabulary
+            and not any(c.isdigit() for c in token.split("-")[0])
+        ):
             flag(token)
     return found
 
 
 _ENGLISH_BEFORE_SERVICE = frozenset(
     {
-        "payment", "checkout", "order", "user", "customer", "external", "internal", "third", "party", "remote",
-        "local", "shared", "central", "core", "critical", "primary", "secondary", "backup", "production", "prod",
-        "staging", "test", "whole", "api", "database", "http", "grpc", "rest", "new", "old", "same", "own",
-        "dependency", "application", "app", "microservice", "origin", "root", "named", "unknown", "known",
-        "sregraph", "monitoring", "alerting", "of", "to", "for", "and", "or", "on", "in", "at", "by", "with", "from",
-        "is", "was", "were", "be", "been", "has", "had", "have", "did", "does", "do", "are",
+        "payment",
+        "checkout",
+        "order",
+        "user",
+        "customer",
+        "external",
+        "internal",
+        "third",
+        "party",
+        "remote",
+        "local",
+        "shared",
+        "central",
+        "core",
+        "critical",
+        "primary",
+        "secondary",
+        "backup",
+        "production",
+        "prod",
+        "staging",
+        "test",
+        "whole",
+        "api",
+        "database",
+        "http",
+        "grpc",
+        "rest",
+        "new",
+        "old",
+        "same",
+        "own",
+        "dependency",
+        "application",
+        "app",
+        "microservice",
+        "origin",
+        "root",
+        "named",
+        "unknown",
+        "known",
+        "sregraph",
+        "monitoring",
+        "alerting",
+        "of",
+        "to",
+        "for",
+        "and",
+        "or",
+        "on",
+        "in",
+        "at",
+        "by",
+        "with",
+        "from",
+        "is",
+        "was",
+        "were",
+        "be",
+        "been",
+        "has",
+        "had",
+        "have",
+        "did",
+        "does",
+        "do",
+        "are",
     }
 )
 """Ordinary words that may stand before "service"/"server" without naming one ("the payment service" is judged
@@ -233,12 +503,12 @@ def _followed_by_service_word(text: str, end: int) -> bool:
 def _days(facts: Facts) -> list[datetime]:
     if facts.end <= 0:
         return []
-    first = datetime.fromtimestamp(facts.start - TIME_SLACK_S, tz=timezone.utc).date()
-    last = datetime.fromtimestamp(facts.end + TIME_SLACK_S, tz=timezone.utc).date()
+    first = datetime.fromtimestamp(facts.start - TIME_SLACK_S, tz=UTC).date()
+    last = datetime.fromtimestamp(facts.end + TIME_SLACK_S, tz=UTC).date()
     days: list[datetime] = []
     day = first
     while day <= last and len(days) < 8:
-        days.append(datetime(day.year, day.month, day.day, tzinfo=timezone.utc))
+        days.append(datetime(day.year, day.month, day.day, tzinfo=UTC))
         day += timedelta(days=1)
     return days
 
@@ -255,7 +525,7 @@ def times_outside(text: str, facts: Facts) -> list[str]:
             problems.append(m.group(1))
     for m in ISO_DATE.finditer(text):
         try:
-            named = datetime(int(m.group(1)), int(m.group(2)), int(m.group(3)), tzinfo=timezone.utc)
+            named = datetime(int(m.group(1)), int(m.group(2)), int(m.group(3)), tzinfo=UTC)
         except ValueError:
             problems.append(m.group(0))
             continue
@@ -297,47 +567,72 @@ def actions_not_taken(text: str, facts: Facts) -> list[str]:
                     ok = facts.known(claim)
                 else:
                     # The service the claim is about: "payments was restarted", "restarted the payments service".
-                    before = re.search(rf"(?<![\w-])({names})(?:'s)?\s+(?:service\s+|process\s+)?(?:was\s+|got\s+|is\s+|were\s+)?$", sentence[: m.start()], re.I)
-                    after = re.match(rf"\s+(?:the\s+)?({names})(?![\w-])", sentence[m.end():], re.I)
+                    before = re.search(
+                        rf"(?<![\w-])({names})(?:'s)?\s+(?:service\s+|process\s+)?(?:was\s+|got\s+|is\s+|were\s+)?$",
+                        sentence[: m.start()],
+                        re.I,
+                    )
+                    after = re.match(rf"\s+(?:the\s+)?({names})(?![\w-])", sentence[m.end() :], re.I)
                     mention = before or after
                     subject = mention.group(1).lower() if mention else None
                     ok = any(k in kinds and (subject is None or s.lower() == subject) for k, s in facts.done)
                 if not ok:
-                    problems.append(f"{claim!r} in \"{sentence.strip()[:120]}\"")
+                    problems.append(f'{claim!r} in "{sentence.strip()[:120]}"')
     return problems
 
 
 def inconsistent_root_cause(root_cause: str, facts: Facts) -> list[str]:
     """Where the worded root cause departs from the final hypothesis (its service, its fault type)."""
     problems: list[str] = []
-    if facts.service != "unknown" and not re.search(rf"(?<![\w-]){re.escape(facts.service)}(?![\w-])", root_cause, re.I):
+    if facts.service != "unknown" and not re.search(
+        rf"(?<![\w-]){re.escape(facts.service)}(?![\w-])", root_cause, re.I
+    ):
         problems.append(f"the root cause does not name the diagnosed service {facts.service}")
     if facts.fault_type in FAULT_PHRASES:
-        own = FAULT_PHRASES[facts.fault_type].search(root_cause) or facts.fault_type.replace("_", " ") in root_cause.lower()
+        own = (
+            FAULT_PHRASES[facts.fault_type].search(root_cause)
+            or facts.fault_type.replace("_", " ") in root_cause.lower()
+        )
         others = [f for f, p in FAULT_PHRASES.items() if f != facts.fault_type and p.search(root_cause)]
         if others and not own:
-            problems.append(f"the root cause names {', '.join(others)} where the diagnosis is {facts.fault_type}")
+            problems.append(
+                f"the root cause names {', '.join(others)} where the diagnosis is {facts.fault_type}"
+            )
     return problems
 
 
-def check_texts(fields: Mapping[str, str], facts: Facts, *, root_cause_field: str | None = None, title_field: str | None = None) -> list[str]:
+def check_texts(
+    fields: Mapping[str, str],
+    facts: Facts,
+    *,
+    root_cause_field: str | None = None,
+    title_field: str | None = None,
+) -> list[str]:
     """Every grounding problem of the model-written `fields` (name -> text) against `facts`; [] when grounded."""
     problems: list[str] = []
     for name, text in fields.items():
         if not text.strip():
             problems.append(f"{name} is empty")
             continue
-        problems += [f"{name} names a service that does not exist: {s}" for s in unknown_services(text, facts)]
+        problems += [
+            f"{name} names a service that does not exist: {s}" for s in unknown_services(text, facts)
+        ]
         problems += [f"{name} names a time outside the incident: {t}" for t in times_outside(text, facts)]
-        problems += [f"{name} names a cause nothing measured: {c.group(0)}" for c in UNMEASURED_CAUSE.finditer(text) if not facts.known(c.group(0))]
+        problems += [
+            f"{name} names a cause nothing measured: {c.group(0)}"
+            for c in UNMEASURED_CAUSE.finditer(text)
+            if not facts.known(c.group(0))
+        ]
         echo = SCHEMA_ECHO.search(text)
         if echo and not facts.known(echo.group(0)):
             problems.append(f"{name} describes the answer format, not the incident: {echo.group(0)!r}")
         if name != "follow_ups":  # follow-ups propose actions; everything else may only report them
-            problems += [f"{name} claims an action that did not run: {a}" for a in actions_not_taken(text, facts)]
+            problems += [
+                f"{name} claims an action that did not run: {a}" for a in actions_not_taken(text, facts)
+            ]
             if facts.outcome in ("escalated", "not_recovered"):
                 problems += [
-                    f"{name} claims recovery, but the outcome is {facts.outcome}: \"{s.strip()[:120]}\""
+                    f'{name} claims recovery, but the outcome is {facts.outcome}: "{s.strip()[:120]}"'
                     for s in _sentences(text)
                     if RECOVERED_CLAIM.search(s) and not HEDGE.search(s)
                 ]
@@ -351,7 +646,13 @@ def check_texts(fields: Mapping[str, str], facts: Facts, *, root_cause_field: st
 
 def check_postmortem(pm: PostMortem, facts: Facts) -> list[str]:
     """Problems of a post-mortem's worded fields (title, summary, impact, root cause, follow-ups) against `facts`."""
-    fields = {"title": pm.title, "summary": pm.summary, "impact": pm.impact, "root_cause": pm.root_cause, "follow_ups": "\n".join(pm.follow_ups) or "-"}
+    fields = {
+        "title": pm.title,
+        "summary": pm.summary,
+        "impact": pm.impact,
+        "root_cause": pm.root_cause,
+        "follow_ups": "\n".join(pm.follow_ups) or "-",
+    }
     return check_texts(fields, facts, root_cause_field="root_cause", title_field="title")
 
 
@@ -360,6 +661,10 @@ def check_title(title: str, observation: Observation, services: Iterable[str]) -
     facts = observation_facts(observation, services)
     problems = check_texts({"title": title}, facts)
     deviating = {s.service for s in observation.signals}
-    if title.strip() and deviating and not any(re.search(rf"(?<![\w-]){re.escape(s)}(?![\w-])", title, re.I) for s in deviating):
+    if (
+        title.strip()
+        and deviating
+        and not any(re.search(rf"(?<![\w-]){re.escape(s)}(?![\w-])", title, re.I) for s in deviating)
+    ):
         problems.append(f"title names none of the services that deviated ({', '.join(sorted(deviating))})")
     return problems

@@ -21,6 +21,8 @@ from typing import Any, ParamSpec
 from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import ValidationError
 
+from agents.logtemplates import summarize_templates
+from agents.tokens import summarize_series
 from tools.base import (
     Clock,
     GitOps,
@@ -34,9 +36,6 @@ from tools.base import (
 )
 from tools.changes import ChangeFeed
 from tools.domain import SimilarIncident
-
-from agents.logtemplates import summarize_templates
-from agents.tokens import summarize_series
 
 log = logging.getLogger(__name__)
 

@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from tools.domain import IncidentState, PostMortem, SimilarIncident
-from tools.base import SregraphError
-from tools.display import md, md_block
-from tools.redact import redact_data
-from tools.toolbox import Toolbox
-
 from agents.analyst import symptom_text
 from agents.grounding import check_postmortem, facts_of
+from tools.base import SregraphError
+from tools.display import md, md_block
+from tools.domain import IncidentState, PostMortem, SimilarIncident
+from tools.redact import redact_data
+from tools.toolbox import Toolbox
 
 log = logging.getLogger(__name__)
 
 FOLLOW_UPS = {
     "crash": "Find why the process exited (exit code, last log lines) and add a liveness probe with automatic restart.",
-    "memory_leak": "Profile memory on the leaking code path; set a memory limit so the runtime restarts it before it hurts others.",
+    "memory_leak": "Profile memory on the leaking code path; set a memory limit so the runtime restarts it "
+    "before it hurts others.",
     "bad_deploy": "Add a canary stage and an automatic rollback on error-rate burn for this service's deploys.",
     "config_change": "Validate config changes in CI and roll them out progressively.",
     "latency": "Find the slow dependency or code path; add a latency SLO with a burn-rate alert.",
@@ -33,7 +33,7 @@ FOLLOW_UPS = {
 
 def _ts(at: float) -> str:
     try:
-        return datetime.fromtimestamp(at, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return datetime.fromtimestamp(at, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     except (ValueError, OverflowError, OSError):
         return "?"  # a damaged stored time must not stop the post-mortem from rendering
 
@@ -68,14 +68,23 @@ class Librarian:
         issue_id = state.get("issue_id")
         if issue_id is not None:
             try:
-                comments = [c for c in self.toolbox.incidents.get(issue_id).comments if c.author != "sregraph"][-5:]
+                comments = [
+                    c for c in self.toolbox.incidents.get(issue_id).comments if c.author != "sregraph"
+                ][-5:]
             except SregraphError as exc:
                 log.warning("could not read the incident's comments: %s", exc)
         try:
-            result = ask(self.chat_model, render("librarian.md.j2", draft=draft, comments=comments), PostMortemText, incident_budget(self.llm_config, state.get("tokens", 0)))
+            result = ask(
+                self.chat_model,
+                render("librarian.md.j2", draft=draft, comments=comments),
+                PostMortemText,
+                incident_budget(self.llm_config, state.get("tokens", 0)),
+            )
         except SregraphError as exc:
             log.warning("LLM librarian failed, keeping the deterministic post-mortem: %s", exc)
-            draft.markdown += f"\n\n_Written by the deterministic librarian: the LLM was unavailable ({exc})._"
+            draft.markdown += (
+                f"\n\n_Written by the deterministic librarian: the LLM was unavailable ({exc})._"
+            )
             draft.llm_fallback = str(exc)
             return draft
         text: PostMortemText = result.output  # type: ignore[assignment]
@@ -94,7 +103,11 @@ class Librarian:
         problems = check_postmortem(worded, facts_of(draft, self.toolbox.services))
         if problems:
             # Published and stored: the deterministic text, never the model's; the rejection is said on the incident.
-            log.warning("the model's post-mortem of %s is not grounded, keeping the deterministic one: %s", draft.incident_id, problems)
+            log.warning(
+                "the model's post-mortem of %s is not grounded, keeping the deterministic one: %s",
+                draft.incident_id,
+                problems,
+            )
             draft.tokens, draft.ungrounded = result.tokens, problems[:10]
             draft.markdown += "\n\n" + rejection_note(problems)
             return draft
@@ -121,7 +134,11 @@ class Librarian:
         action_lines = [f"{a.action.kind} {a.action.service}: {a.status} — {a.detail}" for a in actions]
         summary = (
             f"{fault.replace('_', ' ')} on {service}. Symptoms: {symptoms} "
-            + (f"Remedied by {actions[-1].action.kind} of {actions[-1].action.service}; recovery verified." if recovered and actions else "")
+            + (
+                f"Remedied by {actions[-1].action.kind} of {actions[-1].action.service}; recovery verified."
+                if recovered and actions
+                else ""
+            )
             + (f"Escalated to a human: {escalation}." if escalation else "")
         ).strip()
         impact = (
@@ -131,9 +148,13 @@ class Librarian:
             if signals
             else "No measured impact."
         )
-        evidence = [f"[{e.kind}] {e.summary} (weight {e.weight:+.2f})" for e in (top.evidence if top else [])][:8]
+        evidence = [
+            f"[{e.kind}] {e.summary} (weight {e.weight:+.2f})" for e in (top.evidence if top else [])
+        ][:8]
         root_cause = (
-            f"{top.rationale} (confidence {top.confidence:.2f}, method {diagnosis.method})" if top and diagnosis else "undetermined"
+            f"{top.rationale} (confidence {top.confidence:.2f}, method {diagnosis.method})"
+            if top and diagnosis
+            else "undetermined"
         )
         follow_ups = [FOLLOW_UPS[fault]] if fault in FOLLOW_UPS else []
         if not recovered:
@@ -167,7 +188,11 @@ class Librarian:
         if pm.wording == "model":
             problems = check_postmortem(pm, facts_of(pm, self.toolbox.services))
             if problems:
-                log.error("refusing to store post-mortem %s: its model wording is not grounded: %s", pm.incident_id, problems)
+                log.error(
+                    "refusing to store post-mortem %s: its model wording is not grounded: %s",
+                    pm.incident_id,
+                    problems,
+                )
                 return False
         if pm.ungrounded:
             # The problems quote the rejected text; memory keeps only that a wording was rejected.
@@ -188,7 +213,9 @@ class Librarian:
         return found
 
 
-REJECTED_IN_MEMORY = "A model's wording of this post-mortem was rejected as ungrounded; this is the deterministic text."
+REJECTED_IN_MEMORY = (
+    "A model's wording of this post-mortem was rejected as ungrounded; this is the deterministic text."
+)
 
 
 def rejection_note(problems: list[str]) -> str:

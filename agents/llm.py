@@ -49,8 +49,8 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from agents.tokens import TokenBudget, count_tokens, trim_to_tokens
-from tools.domain import FaultType
 from tools.base import ConfigError, SregraphError, ToolResult
+from tools.domain import FaultType
 from tools.resilience import Resilience, ResilienceConfig
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,11 @@ class LLMConfig(BaseModel):
     watsonx: WatsonxConfig = Field(default_factory=WatsonxConfig)
     resilience: ResilienceConfig = Field(
         default_factory=lambda: ResilienceConfig(
-            attempts=2, backoff_s=1.0, max_backoff_s=4.0, failure_threshold=2, reset_timeout_s=30.0,
+            attempts=2,
+            backoff_s=1.0,
+            max_backoff_s=4.0,
+            failure_threshold=2,
+            reset_timeout_s=30.0,
             max_reset_timeout_s=300.0,
         )
     )
@@ -189,8 +193,10 @@ class ModelUsage:
 
     def since(self, before: ModelUsage) -> ModelUsage:
         """What was asked after `before` was taken."""
-        errors = self.errors[len(before.errors):] if len(self.errors) > len(before.errors) else []
-        return ModelUsage(self.calls - before.calls, self.failures - before.failures, self.tokens - before.tokens, errors)
+        errors = self.errors[len(before.errors) :] if len(self.errors) > len(before.errors) else []
+        return ModelUsage(
+            self.calls - before.calls, self.failures - before.failures, self.tokens - before.tokens, errors
+        )
 
 
 @dataclass
@@ -319,7 +325,9 @@ def _resilience(cfg: LLMConfig) -> Resilience:
     return settings.build("llm", transient=transient_model_error)
 
 
-def make_chat_model(cfg: LLMConfig, environ: Mapping[str, str] | None = None, transport: Any = None) -> BaseChatModel | None:
+def make_chat_model(
+    cfg: LLMConfig, environ: Mapping[str, str] | None = None, transport: Any = None
+) -> BaseChatModel | None:
     """The chat model `cfg` describes, or None for provider "none"; reads the API key from the environment.
 
     The model carries `cfg.resilience` (see the module docstring), so one failing endpoint costs the agents
@@ -730,7 +738,9 @@ def _final_answer(
     if method != "json_mode":
         try:
             # No known method: the model's own default (a model handed in by the caller).
-            structured = model.with_structured_output(output, include_raw=True, **({"method": method} if method else {}))
+            structured = model.with_structured_output(
+                output, include_raw=True, **({"method": method} if method else {})
+            )
         except NotImplementedError:
             structured = None
     if structured is None:

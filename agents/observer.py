@@ -7,14 +7,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agents.grounding import check_title
+from agents.senses import MetricSense
+from agents.signals import Windows, backtrack_onset, measure
 from tools.base import SregraphError
 from tools.display import md
 from tools.domain import Observation, Signal, Trigger
 from tools.toolbox import Toolbox
-
-from agents.grounding import check_title
-from agents.senses import MetricSense
-from agents.signals import Windows, backtrack_onset, measure
 
 
 class ObserverConfig(BaseModel):
@@ -44,7 +43,6 @@ class ObserverConfig(BaseModel):
     that matters (agents/signals.py RULES)."""
 
 
-
 log = logging.getLogger(__name__)
 
 
@@ -62,14 +60,19 @@ class Observer:
     (agents/grounding.py) or the deterministic title is used.
     """
 
-    def __init__(self, toolbox: Toolbox, config: ObserverConfig, chat_model: Any = None, llm_config: Any = None) -> None:
+    def __init__(
+        self, toolbox: Toolbox, config: ObserverConfig, chat_model: Any = None, llm_config: Any = None
+    ) -> None:
         self.toolbox = toolbox
         self.config = config
         self.chat_model = chat_model
         self.llm_config = llm_config
 
-    def title(self, observation: Observation, trigger: Trigger, tokens_spent: int = 0) -> tuple[str, int, str | None, list[str]]:
-        """The incident's title, the tokens spent on it, why the model was not used (or None), and why its title was rejected."""
+    def title(
+        self, observation: Observation, trigger: Trigger, tokens_spent: int = 0
+    ) -> tuple[str, int, str | None, list[str]]:
+        """The incident's title, the tokens spent on it, why the model was not used (or None), and why its
+        title was rejected."""
         fallback = incident_title(observation, trigger)
         if self.chat_model is None or not observation.signals:
             return fallback, 0, None, []
@@ -77,7 +80,12 @@ class Observer:
         from prompts import render
 
         try:
-            result = ask(self.chat_model, render("observer.md.j2", signals=observation.signals[:12]), IncidentTitle, incident_budget(self.llm_config, tokens_spent))
+            result = ask(
+                self.chat_model,
+                render("observer.md.j2", signals=observation.signals[:12]),
+                IncidentTitle,
+                incident_budget(self.llm_config, tokens_spent),
+            )
         except SregraphError as exc:
             log.warning("LLM observer failed, using the deterministic title: %s", exc)
             return fallback, 0, str(exc), []
@@ -86,7 +94,11 @@ class Observer:
         text = " ".join(answer.title.split())[:80]
         problems = check_title(text, observation, self.toolbox.services)
         if problems:
-            log.warning("the model's incident title %r is not grounded, using the deterministic one: %s", text, problems)
+            log.warning(
+                "the model's incident title %r is not grounded, using the deterministic one: %s",
+                text,
+                problems,
+            )
             return fallback, result.tokens, None, problems
         return f"[incident] {text}", result.tokens, None, []
 
@@ -128,7 +140,9 @@ class Observer:
             first_seen = {k: first_seen.get(k, windows.recent_end) for k in keys}
             # Which sense saw each deviation first (a streaming detector's sighting is later confirmed by the
             # window rule under the same key).
-            first_sense = {f"{s.service}:{s.name}": first_sense.get(f"{s.service}:{s.name}", s.sense) for s in signals}
+            first_sense = {
+                f"{s.service}:{s.name}": first_sense.get(f"{s.service}:{s.name}", s.sense) for s in signals
+            }
             confirmed = [
                 s
                 for s in signals
@@ -183,13 +197,22 @@ def incident_body(observation: Observation, trigger: Trigger) -> str:
         "|---|---|---|---|---|---|",
     ]
     for s in observation.signals[:10]:
-        lines.append(f"| {md(s.service)} | {md(s.name)} | {s.value:g} | {s.baseline:g} | {s.score:.1f} | {md(s.sense) or '–'} |")
+        lines.append(
+            f"| {md(s.service)} | {md(s.name)} | {s.value:g} | {s.baseline:g} | {s.score:.1f} | {md(s.sense) or '–'} |"
+        )
     explained = [s for s in observation.signals[:10] if s.why]
     if explained:
         lines += ["", "Streaming detectors:"]
         lines += [f"- {md(s.service)} {md(s.name)}: {md(s.why)}" for s in explained]
     metrics = sorted({m for snap in observation.snapshot.values() for m in snap})
-    lines += ["", "### Telemetry snapshot", "| service | " + " | ".join(map(md, metrics)) + " |", "|---" * (len(metrics) + 1) + "|"]
+    lines += [
+        "",
+        "### Telemetry snapshot",
+        "| service | " + " | ".join(map(md, metrics)) + " |",
+        "|---" * (len(metrics) + 1) + "|",
+    ]
     for service, snap in sorted(observation.snapshot.items()):
-        lines.append(f"| {md(service)} | " + " | ".join(f"{snap[m]:g}" if m in snap else "–" for m in metrics) + " |")
+        lines.append(
+            f"| {md(service)} | " + " | ".join(f"{snap[m]:g}" if m in snap else "–" for m in metrics) + " |"
+        )
     return "\n".join(lines)

@@ -12,8 +12,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tools.domain import Action, ActionKind
 from tools.base import ConfigError
+from tools.domain import Action, ActionKind
 
 
 def _default_allowed() -> list[ActionKind]:
@@ -73,9 +73,13 @@ class Policy(BaseModel):
         if action.service not in known_services:
             reasons.append(f"unknown service {action.service!r}")
         if action.kind not in rules.allowed:
-            reasons.append(f"{action.kind} is not allowed on {action.service} (allowed: {', '.join(rules.allowed)})")
+            reasons.append(
+                f"{action.kind} is not allowed on {action.service} (allowed: {', '.join(rules.allowed)})"
+            )
         if attempts_so_far >= rules.max_attempts:
-            reasons.append(f"{attempts_so_far} attempts already made; the limit for {action.service} is {rules.max_attempts}")
+            reasons.append(
+                f"{attempts_so_far} attempts already made; the limit for {action.service} is {rules.max_attempts}"
+            )
         if last_same_action_at is not None and now - last_same_action_at < rules.cooldown_s:
             wait = rules.cooldown_s - (now - last_same_action_at)
             reasons.append(f"{action.kind} on {action.service} is cooling down for another {wait:.0f}s")

@@ -35,6 +35,7 @@ deviates. The fault type is read from the kind of evidence that dominates the to
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections import Counter, defaultdict
@@ -139,11 +140,28 @@ class RcaInput:
 _KIND_PATTERNS: tuple[tuple[Kind, Direction, re.Pattern[str]], ...] = (
     ("errors", "down", re.compile(r"success|availab|\bok[_ ]?ratio|uptime", re.I)),
     ("errors", "up", re.compile(r"err|fail|fault|5xx|exception|reject|timeout|drop", re.I)),
-    ("latency", "up", re.compile(r"laten|duration|response.?time|\brt\b|_rt|elapsed|delay|_ms\b|_seconds\b|\bp\d\d\b", re.I)),
+    (
+        "latency",
+        "up",
+        re.compile(
+            r"laten|duration|response.?time|\brt\b|_rt|elapsed|delay|_ms\b|_seconds\b|\bp\d\d\b", re.I
+        ),
+    ),
     ("cpu", "up", re.compile(r"cpu|processor|load_?avg|throttl", re.I)),
     ("memory", "up", re.compile(r"mem|rss|heap|\bgc\b|swap|oom", re.I)),
-    ("saturation", "up", re.compile(r"disk|fs_|inode|io_?wait|queue|pool|thread|conn|fd|file_?desc|saturat|node", re.I)),
-    ("traffic", "both", re.compile(r"req|qps|rps|tps|throughput|workload|ops|count|calls|sum|rate|bytes|packets|network|net_|syscall", re.I)),
+    (
+        "saturation",
+        "up",
+        re.compile(r"disk|fs_|inode|io_?wait|queue|pool|thread|conn|fd|file_?desc|saturat|node", re.I),
+    ),
+    (
+        "traffic",
+        "both",
+        re.compile(
+            r"req|qps|rps|tps|throughput|workload|ops|count|calls|sum|rate|bytes|packets|network|net_|syscall",
+            re.I,
+        ),
+    ),
 )
 
 
@@ -179,8 +197,13 @@ class Params:
     best service, so a modality whose best evidence is weak stays weak. All scores are log1p-sized deviations.
     With metrics alone the two are the same."""
     kind_weight: tuple[tuple[str, float], ...] = (
-        ("cpu", 1.0), ("memory", 1.0), ("latency", 1.0), ("errors", 1.0),
-        ("traffic", 0.5), ("saturation", 0.5), ("other", 0.5),
+        ("cpu", 1.0),
+        ("memory", 1.0),
+        ("latency", 1.0),
+        ("errors", 1.0),
+        ("traffic", 0.5),
+        ("saturation", 0.5),
+        ("other", 0.5),
     )
     propagation: float = 0.5
     """Weight of the call-graph walk against each service's own score (0 = no propagation)."""
@@ -348,7 +371,12 @@ def _as_failure_share(
     if s.kind != "errors" or s.direction != "down" or not len(every) or every.min() < 0 or every.max() > 100:
         return before, after, normal, s
     cap = 100.0 if every.max() > 1 else 1.0
-    return cap - before, cap - after, cap - normal, replace(s, values=cap - s.values, normal=None, direction="up")
+    return (
+        cap - before,
+        cap - after,
+        cap - normal,
+        replace(s, values=cap - s.values, normal=None, direction="up"),
+    )
 
 
 def series_deviation(s: MetricSeries, start: float, p: Params) -> tuple[float, bool]:
@@ -460,7 +488,9 @@ def edge_gaps(inp: RcaInput, p: Params) -> dict[str, dict[str, float]]:
     dev: dict[tuple[str, str, str, str], float] = {}
     kind_of: dict[str, str] = {}
     for e in inp.edge_series:
-        dev[(e.caller, e.callee, e.series.metric, e.side)], _ = series_deviation(e.series, inp.anomaly_start, p)
+        dev[(e.caller, e.callee, e.series.metric, e.side)], _ = series_deviation(
+            e.series, inp.anomaly_start, p
+        )
         kind_of[e.series.metric] = e.series.kind
     gaps: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for (caller, callee, metric, side), d in dev.items():
@@ -473,7 +503,9 @@ def edge_gaps(inp: RcaInput, p: Params) -> dict[str, dict[str, float]]:
 # ----------------------------------------------------------------------------- traces
 
 
-def _self_times(spans: Sequence[SpanRow]) -> tuple[dict[tuple[str, str], list[tuple[float, float]]], set[tuple[str, str]], set[tuple[str, str]]]:
+def _self_times(
+    spans: Sequence[SpanRow],
+) -> tuple[dict[tuple[str, str], list[tuple[float, float]]], set[tuple[str, str]], set[tuple[str, str]]]:
     """(service, operation) -> [(start, exclusive time)], the call edges seen, and the spans with an erroring child."""
     by_id = {(sp.trace_id, sp.span_id): sp for sp in spans}
     child_time: dict[tuple[str, str], float] = defaultdict(float)
@@ -497,7 +529,9 @@ def _self_times(spans: Sequence[SpanRow]) -> tuple[dict[tuple[str, str], list[tu
     return self_time, edges, erroring_child
 
 
-def _origin_errors(spans: Sequence[SpanRow], erroring_child: set[tuple[str, str]], start: float | None) -> tuple[Counter[str], Counter[str], Counter[str], Counter[str]]:
+def _origin_errors(
+    spans: Sequence[SpanRow], erroring_child: set[tuple[str, str]], start: float | None
+) -> tuple[Counter[str], Counter[str], Counter[str], Counter[str]]:
     """Per service: spans and errors it originates, before and after `start` (all "before" when start is None).
 
     A failed client call that left no span of its callee (connection refused by a service that is down or
@@ -536,7 +570,9 @@ def trace_scores(inp: RcaInput, p: Params) -> tuple[dict[str, float], dict[str, 
     if not spans:
         return {}, {}, set()
     self_time, edges, erroring_child = _self_times(spans)
-    count_before, count_after, errors_before, errors_after = _origin_errors(spans, erroring_child, inp.anomaly_start)
+    count_before, count_after, errors_before, errors_after = _origin_errors(
+        spans, erroring_child, inp.anomaly_start
+    )
     start = inp.anomaly_start
     use_before, use_normal = _uses_normal(p, bool(inp.normal_spans))
     normal_times: dict[tuple[str, str], list[tuple[float, float]]] = {}
@@ -556,7 +592,11 @@ def trace_scores(inp: RcaInput, p: Params) -> tuple[dict[str, float], dict[str, 
         slow_before: Counter[str] = Counter()
         judged_before: Counter[str] = Counter()
         for (service, op), rows in self_time.items():
-            ref_rows = [d for t, d in rows if t < start] if ref_name == "before" else [d for _, d in normal_times.get((service, op), [])]
+            ref_rows = (
+                [d for t, d in rows if t < start]
+                if ref_name == "before"
+                else [d for _, d in normal_times.get((service, op), [])]
+            )
             if len(ref_rows) < 5:
                 continue
             ref = np.array(ref_rows)
@@ -603,7 +643,9 @@ _VOLATILE = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
     r"|0x[0-9a-fA-F]+|\b[0-9a-fA-F]*\d[0-9a-fA-F]*\b|\d+(?:\.\d+)?"
 )
-_ERROR_WORDS = re.compile(r"\b(error|exception|fail(ed|ure)?|fatal|panic|refused|timed? ?out|traceback)\b", re.I)
+_ERROR_WORDS = re.compile(
+    r"\b(error|exception|fail(ed|ure)?|fatal|panic|refused|timed? ?out|traceback)\b", re.I
+)
 _ERROR_LEVELS = {"error", "err", "fatal", "critical", "crit", "severe", "panic", "alert", "emerg"}
 
 
@@ -644,7 +686,12 @@ def _template_shift(a: Counter[str], b: Counter[str]) -> float:
     return max(_mix_shift(a, b), 0.0)
 
 
-def log_scores(inp: RcaInput, p: Params = DEFAULT_PARAMS, templates: Sequence[str] | None = None, normal_templates: Sequence[str] | None = None) -> tuple[dict[str, float], dict[str, float]]:
+def log_scores(
+    inp: RcaInput,
+    p: Params = DEFAULT_PARAMS,
+    templates: Sequence[str] | None = None,
+    normal_templates: Sequence[str] | None = None,
+) -> tuple[dict[str, float], dict[str, float]]:
     """Per service: how far its mix of log templates shifted after the start, plus the rise of its error lines.
 
     The shift is the total-variation distance between the service's template frequencies in a reference and
@@ -670,7 +717,7 @@ def log_scores(inp: RcaInput, p: Params = DEFAULT_PARAMS, templates: Sequence[st
     after: dict[str, Counter[str]] = defaultdict(Counter)
     err_before: Counter[str] = Counter()
     err_after: Counter[str] = Counter()
-    for r, template in zip(inp.logs, templates):
+    for r, template in zip(inp.logs, templates, strict=True):
         late = r.ts >= start
         (after if late else before)[r.service][template] += 1
         (err_after if late else err_before)[r.service] += is_error(r)
@@ -681,7 +728,7 @@ def log_scores(inp: RcaInput, p: Params = DEFAULT_PARAMS, templates: Sequence[st
     if use_normal and inp.normal_logs:
         if normal_templates is None:
             normal_templates = [log_template(r.message) for r in inp.normal_logs]
-        for r, template in zip(inp.normal_logs, normal_templates):
+        for r, template in zip(inp.normal_logs, normal_templates, strict=True):
             normal[r.service][template] += 1
             err_normal[r.service] += is_error(r)
         span_normal = period_seconds([r.ts for r in inp.normal_logs])
@@ -691,10 +738,14 @@ def log_scores(inp: RcaInput, p: Params = DEFAULT_PARAMS, templates: Sequence[st
         a = after.get(service, Counter())
         rate_after = err_after[service] / span_after
         rate_before = err_before[service] / span_before
-        judged: list[tuple[float, float, int]] = []  # (error rise, shift, lines compared) against each reference
+        judged: list[
+            tuple[float, float, int]
+        ] = []  # (error rise, shift, lines compared) against each reference
         if use_before:
             b = before.get(service, Counter())
-            judged.append((math.log1p(max(rate_after - rate_before, 0.0) * 60), _template_shift(a, b), sum(b.values())))
+            judged.append(
+                (math.log1p(max(rate_after - rate_before, 0.0) * 60), _template_shift(a, b), sum(b.values()))
+            )
         if normal:
             n = normal.get(service, Counter())
             rate_ref = err_normal[service] / span_normal
@@ -723,10 +774,15 @@ Event = tuple[str, str, str]
 """(service, "call" | "log" | "end", operation or template)."""
 
 
-def _follows(spans: Sequence[SpanRow], logs: Sequence[LogRow], templates: Sequence[str], start: float | None) -> tuple[dict[Event, Counter[Event]], dict[Event, Counter[Event]], int]:
+def _follows(
+    spans: Sequence[SpanRow], logs: Sequence[LogRow], templates: Sequence[str], start: float | None
+) -> tuple[dict[Event, Counter[Event]], dict[Event, Counter[Event]], int]:
     """What follows each event in the spans' sequences that started before / after `start` (all before when it is
     None), and how many log lines were tied to a span."""
-    follows: tuple[dict[Event, Counter[Event]], dict[Event, Counter[Event]]] = (defaultdict(Counter), defaultdict(Counter))
+    follows: tuple[dict[Event, Counter[Event]], dict[Event, Counter[Event]]] = (
+        defaultdict(Counter),
+        defaultdict(Counter),
+    )
     by_id = {(sp.trace_id, sp.span_id): sp for sp in spans}
     trace_ids = {sp.trace_id for sp in spans}
     items: dict[tuple[str, str], list[tuple[float, Event]]] = defaultdict(list)
@@ -734,7 +790,7 @@ def _follows(spans: Sequence[SpanRow], logs: Sequence[LogRow], templates: Sequen
         if sp.parent_id and (sp.trace_id, sp.parent_id) in by_id:
             items[(sp.trace_id, sp.parent_id)].append((sp.start, (sp.service, "call", sp.operation)))
     linked = 0
-    for r, template in zip(logs, templates):
+    for r, template in zip(logs, templates, strict=True):
         tokens = _HEX_ID.findall(r.message)
         if len(tokens) < 2:
             continue
@@ -747,9 +803,13 @@ def _follows(spans: Sequence[SpanRow], logs: Sequence[LogRow], templates: Sequen
         return follows[0], follows[1], 0
     for key, events in items.items():
         sp = by_id[key]
-        seq = [(sp.service, "call", sp.operation)] + [e for _, e in sorted(events, key=lambda x: x[0])] + [(sp.service, "end", sp.operation)]
+        seq = (
+            [(sp.service, "call", sp.operation)]
+            + [e for _, e in sorted(events, key=lambda x: x[0])]
+            + [(sp.service, "end", sp.operation)]
+        )
         table = follows[1 if start is not None and sp.start >= start else 0]
-        for x, y in zip(seq, seq[1:]):
+        for x, y in itertools.pairwise(seq):
             table[x][y] += 1
     return follows[0], follows[1], linked
 
@@ -763,7 +823,12 @@ def _follow_shift(a: Counter[Event], b: Counter[Event], min_ref: int) -> float |
     return _mix_shift(a, b) * math.log1p(fewer)
 
 
-def event_scores(inp: RcaInput, p: Params = DEFAULT_PARAMS, templates: Sequence[str] | None = None, normal_templates: Sequence[str] | None = None) -> dict[str, float]:
+def event_scores(
+    inp: RcaInput,
+    p: Params = DEFAULT_PARAMS,
+    templates: Sequence[str] | None = None,
+    normal_templates: Sequence[str] | None = None,
+) -> dict[str, float]:
     """Per service: how far what follows its events changed after the start (Nezha's event patterns, simplified).
 
     A log line belongs to a span when its text names a trace id of the spans and a span id of that trace. Each
@@ -811,7 +876,11 @@ def event_scores(inp: RcaInput, p: Params = DEFAULT_PARAMS, templates: Sequence[
 
 
 def personalised_pagerank(
-    services: Sequence[str], edges: Iterable[tuple[str, str]], own: dict[str, float], restart: float, iterations: int = 50,
+    services: Sequence[str],
+    edges: Iterable[tuple[str, str]],
+    own: dict[str, float],
+    restart: float,
+    iterations: int = 50,
     pull: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Walk from deviating services towards the deviating callees that may explain them.
@@ -941,7 +1010,9 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b) / norm if norm > 0 else 0.0
 
 
-def co_movement(inp: RcaInput, scores: dict[str, ServiceScore], devs: dict[int, float], edges: set[tuple[str, str]]) -> None:
+def co_movement(
+    inp: RcaInput, scores: dict[str, ServiceScore], devs: dict[int, float], edges: set[tuple[str, str]]
+) -> None:
     """How far each deviating series moved with the symptom over the whole window (before and after the start).
 
     The symptom series is the one the case names, else the entry service's most deviating user-facing series.
@@ -950,10 +1021,18 @@ def co_movement(inp: RcaInput, scores: dict[str, ServiceScore], devs: dict[int, 
     """
     ref: MetricSeries | None = None
     if inp.symptom and inp.symptom[1]:
-        ref = next((x for x in inp.series if x.service == inp.symptom[0] and x.metric == inp.symptom[1]), None)
+        ref = next(
+            (x for x in inp.series if x.service == inp.symptom[0] and x.metric == inp.symptom[1]), None
+        )
     if ref is None:
-        service, kind = (inp.symptom[0], None) if inp.symptom else _entry_symptom(sorted(scores), edges, scores)
-        pool = [i for i, x in enumerate(inp.series) if x.service == service and i in devs and (kind is None or x.kind == kind)]
+        service, kind = (
+            (inp.symptom[0], None) if inp.symptom else _entry_symptom(sorted(scores), edges, scores)
+        )
+        pool = [
+            i
+            for i, x in enumerate(inp.series)
+            if x.service == service and i in devs and (kind is None or x.kind == kind)
+        ]
         if pool:
             ref = inp.series[max(pool, key=lambda i: devs[i])]
     if ref is None:
@@ -982,11 +1061,17 @@ def co_movement(inp: RcaInput, scores: dict[str, ServiceScore], devs: dict[int, 
 USER_FACING: tuple[Kind, ...] = ("latency", "errors")
 
 
-def _entry_symptom(services: Sequence[str], edges: set[tuple[str, str]], scores: dict[str, ServiceScore]) -> tuple[str | None, str | None]:
+def _entry_symptom(
+    services: Sequence[str], edges: set[tuple[str, str]], scores: dict[str, ServiceScore]
+) -> tuple[str | None, str | None]:
     """With no symptom given: the entry service (nobody calls it) whose user-facing metrics moved most, and how."""
     called = {b for a, b in edges if a != b}
     entries = [s for s in services if s not in called and any(a == s for a, _ in edges)]
-    best = max(entries, key=lambda s: max((scores[s].by_kind.get(k, 0.0) for k in USER_FACING), default=0.0), default=None)
+    best = max(
+        entries,
+        key=lambda s: max((scores[s].by_kind.get(k, 0.0) for k in USER_FACING), default=0.0),
+        default=None,
+    )
     if best is None:
         return None, None
     kinds = {k: scores[best].by_kind.get(k, 0.0) for k in USER_FACING}
@@ -1043,17 +1128,26 @@ def combine(ev: Evidence, p: Params = DEFAULT_PARAMS) -> RcaResult:
     modality = {a: {s: getattr(scores[s], a) for s in services} for a in ("metric", "trace", "log", "event")}
     common = {a: _common_mode(v, p.common_skip) if p.common_mode else 0.0 for a, v in modality.items()}
     modality = {a: {s: max(0.0, x - common[a]) for s, x in v.items()} for a, v in modality.items()}
-    metric_n, trace_n, log_n, event_n = (_normalised(modality[a]) for a in ("metric", "trace", "log", "event"))
+    metric_n, trace_n, log_n, event_n = (
+        _normalised(modality[a]) for a in ("metric", "trace", "log", "event")
+    )
     if p.common_scale:
         # One scale for every modality: a modality whose best service is weak next to another's stays weak.
         unit = max((x for v in modality.values() for x in v.values()), default=0.0)
-        m, t, lg, ev_ = ({s: x / unit if unit > 0 else 0.0 for s, x in modality[a].items()} for a in ("metric", "trace", "log", "event"))
+        m, t, lg, ev_ = (
+            {s: x / unit if unit > 0 else 0.0 for s, x in modality[a].items()}
+            for a in ("metric", "trace", "log", "event")
+        )
     else:
         unit = max(modality["metric"].values(), default=0.0)
         m, t, lg, ev_ = metric_n, trace_n, log_n, event_n
     full = p.w_metric + p.w_trace + p.w_log + p.w_event
     own = {
-        s: p.w_metric * m[s] + p.w_trace * t[s] + p.w_log * lg[s] + p.w_event * ev_[s] + (p.w_vanished * full if scores[s].vanished else 0.0)
+        s: p.w_metric * m[s]
+        + p.w_trace * t[s]
+        + p.w_log * lg[s]
+        + p.w_event * ev_[s]
+        + (p.w_vanished * full if scores[s].vanished else 0.0)
         for s in services
     }
     if p.w_silenced > 0:
@@ -1076,11 +1170,18 @@ def combine(ev: Evidence, p: Params = DEFAULT_PARAMS) -> RcaResult:
         pull = {}
         for s in services:
             sc = scores[s]
-            weighted = {k: p.kind_w(k) * _kind_dev(sc, k, co_move) * (p.callee_traffic if k == "traffic" else 1.0) for k in sc.by_kind}
+            weighted = {
+                k: p.kind_w(k) * _kind_dev(sc, k, co_move) * (p.callee_traffic if k == "traffic" else 1.0)
+                for k in sc.by_kind
+            }
             explains = max(weighted.values(), default=0.0) + p.w_self_explained * self_explained(weighted)
             explains = max(0.0, explains - common["metric"])
             pull[s] = own[s] - p.w_metric * m[s] + (p.w_metric * explains / unit if unit > 0 else 0.0)
-    walked = _normalised(personalised_pagerank(services, ev.edges, own, p.restart, pull=pull)) if p.propagation > 0 else {}
+    walked = (
+        _normalised(personalised_pagerank(services, ev.edges, own, p.restart, pull=pull))
+        if p.propagation > 0
+        else {}
+    )
     own_n = _normalised(own)
     behind = downstream(symptom, ev.edges) if symptom else set()
     for s in services:
@@ -1106,7 +1207,7 @@ def fault_type(top: ServiceScore, symptom_kind: str | None = None) -> RcaFault:
     if any("disk" in m.lower() or "inode" in m.lower() for m, _ in top.top_series[:2]):
         return "disk"
     own_errors = top.trace_errors > 0 or top.log_errors > 0
-    if (own_errors or (symptom_kind == "errors" and kinds.get("errors", 0.0) > 0)):
+    if own_errors or (symptom_kind == "errors" and kinds.get("errors", 0.0) > 0):
         # Errors the service itself wrote or originated, or errors where errors were what users saw.
         return "error"
     resource = max(kinds.get("cpu", 0.0), kinds.get("memory", 0.0))
@@ -1120,11 +1221,24 @@ def fault_type(top: ServiceScore, symptom_kind: str | None = None) -> RcaFault:
     return "other"
 
 
-def features(ranking: list[ServiceScore], metric_n: dict[str, float], trace_n: dict[str, float], log_n: dict[str, float]) -> dict[str, float]:
+def features(
+    ranking: list[ServiceScore],
+    metric_n: dict[str, float],
+    trace_n: dict[str, float],
+    log_n: dict[str, float],
+) -> dict[str, float]:
     """What the confidence model may read: the top answer's margin, how many modalities back it, how many
     candidates there were (log; chance alone is right 1 time in n), and the like."""
     if not ranking or ranking[0].score <= 0:
-        return {"margin": 0.0, "margin3": 0.0, "ratio": 0.0, "agree": 0.0, "deviating": 0.0, "top_metric": 0.0, "candidates": math.log(max(len(ranking), 1))}
+        return {
+            "margin": 0.0,
+            "margin3": 0.0,
+            "ratio": 0.0,
+            "agree": 0.0,
+            "deviating": 0.0,
+            "top_metric": 0.0,
+            "candidates": math.log(max(len(ranking), 1)),
+        }
     top = ranking[0]
     second = ranking[1].score if len(ranking) > 1 else 0.0
     third = ranking[2].score if len(ranking) > 2 else 0.0

@@ -44,7 +44,9 @@ class ConfidenceModel:
 
     def probability(self, features: dict[str, float]) -> float:
         """The calibrated probability that the top answer is right."""
-        z = self.bias + sum(w * float(features.get(name, 0.0)) for w, name in zip(self.weights, FEATURES))
+        z = self.bias + sum(
+            w * float(features.get(name, 0.0)) for w, name in zip(self.weights, FEATURES, strict=True)
+        )
         return 1.0 / (1.0 + math.exp(-max(min(z, 40.0), -40.0)))
 
     @classmethod
@@ -61,12 +63,16 @@ class ConfidenceModel:
                 f"{path}: fitted on features {data.get('features')}, this code reads {list(FEATURES)}; "
                 "refit it with: python -m evals.tune_rca --data DIR --write"
             )
-        return cls(tuple(float(data["weights"][n]) for n in FEATURES), float(data["bias"]), str(data["version"]))
+        return cls(
+            tuple(float(data["weights"][n]) for n in FEATURES), float(data["bias"]), str(data["version"])
+        )
 
 
 def matrix(rows: Sequence[dict[str, float]]) -> np.ndarray:
     """Feature rows as a matrix in FEATURES order."""
-    return np.array([[float(r.get(n, 0.0)) for n in FEATURES] for r in rows], dtype=float).reshape(len(rows), len(FEATURES))
+    return np.array([[float(r.get(n, 0.0)) for n in FEATURES] for r in rows], dtype=float).reshape(
+        len(rows), len(FEATURES)
+    )
 
 
 def fit(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iterations: int = 50) -> tuple[np.ndarray, float]:
@@ -124,7 +130,14 @@ def reliability(p: Sequence[float], y: Sequence[float], bins: int = 5) -> list[R
     for b in range(bins):
         m = idx == b
         if m.any():
-            rows.append({"bin": f"{b / bins:.1f}-{(b + 1) / bins:.1f}", "n": int(m.sum()), "confidence": round(float(pa[m].mean()), 3), "accuracy": round(float(ya[m].mean()), 3)})
+            rows.append(
+                {
+                    "bin": f"{b / bins:.1f}-{(b + 1) / bins:.1f}",
+                    "n": int(m.sum()),
+                    "confidence": round(float(pa[m].mean()), 3),
+                    "accuracy": round(float(ya[m].mean()), 3),
+                }
+            )
     return rows
 
 
@@ -132,18 +145,27 @@ THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(20))
 """The thresholds of the selective-risk curve: 0, 0.05, ..., 0.95."""
 
 
-def selective_risk(p: Sequence[float], y: Sequence[float], thresholds: Sequence[float] = THRESHOLDS) -> list[dict[str, float]]:
+def selective_risk(
+    p: Sequence[float], y: Sequence[float], thresholds: Sequence[float] = THRESHOLDS
+) -> list[dict[str, float]]:
     """The selective-risk curve: acting only above each threshold, the share of cases acted on and the share wrong."""
     pa, ya = np.asarray(p, dtype=float), np.asarray(y, dtype=float)
     rows = []
     for t in thresholds:
         m = pa >= t
-        rows.append({"threshold": t, "coverage": round(float(m.mean()), 3) if len(pa) else 0.0,
-                     "risk": round(float(1 - ya[m].mean()), 3) if m.any() else 0.0})
+        rows.append(
+            {
+                "threshold": t,
+                "coverage": round(float(m.mean()), 3) if len(pa) else 0.0,
+                "risk": round(float(1 - ya[m].mean()), 3) if m.any() else 0.0,
+            }
+        )
     return rows
 
 
-def choose_threshold(curve: Sequence[dict[str, float]], cases: int, target_risk: float, min_acted: int) -> dict[str, object]:
+def choose_threshold(
+    curve: Sequence[dict[str, float]], cases: int, target_risk: float, min_acted: int
+) -> dict[str, object]:
     """`analyst.min_confidence` from an out-of-fold selective-risk curve (rows of `selective_risk`).
 
     The rule: act on as many incidents as the target allows. Among the rows at which the share wrong among the
@@ -164,11 +186,17 @@ def choose_threshold(curve: Sequence[dict[str, float]], cases: int, target_risk:
         row = min(supported, key=lambda r: (float(r["risk"]), -float(r["coverage"]), -float(r["threshold"])))
     return {
         "threshold": float(row["threshold"]),
-        "rule": "the most coverage (then the highest threshold) whose out-of-fold error among the answers acted on is at most target_risk, acting on at least min_acted cases",
+        "rule": "the most coverage (then the highest threshold) whose out-of-fold error among the answers "
+        "acted on is at most target_risk, acting on at least min_acted cases",
         "target_risk": target_risk,
         "min_acted": min_acted,
         "target_met": bool(meeting),
-        "row": {"threshold": float(row["threshold"]), "coverage": float(row["coverage"]), "risk": float(row["risk"]), "acted_on": round(float(row["coverage"]) * cases)},
+        "row": {
+            "threshold": float(row["threshold"]),
+            "coverage": float(row["coverage"]),
+            "risk": float(row["risk"]),
+            "acted_on": round(float(row["coverage"]) * cases),
+        },
     }
 
 
@@ -179,7 +207,14 @@ def default_min_confidence(path: Path = ARTEFACT) -> float:
         data = json.loads(Path(path).read_text())
         return float(data["min_confidence"]["threshold"])
     except FileNotFoundError:
-        log.warning("%s is missing: analyst.min_confidence defaults to the hand-set %s", path, FALLBACK_MIN_CONFIDENCE)
+        log.warning(
+            "%s is missing: analyst.min_confidence defaults to the hand-set %s", path, FALLBACK_MIN_CONFIDENCE
+        )
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("%s holds no chosen min_confidence (%s): it defaults to the hand-set %s", path, exc, FALLBACK_MIN_CONFIDENCE)
+        log.warning(
+            "%s holds no chosen min_confidence (%s): it defaults to the hand-set %s",
+            path,
+            exc,
+            FALLBACK_MIN_CONFIDENCE,
+        )
     return FALLBACK_MIN_CONFIDENCE

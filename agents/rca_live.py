@@ -37,7 +37,10 @@ def live_input(
         for name in RULES:
             points = [
                 p
-                for start, end in ((windows.baseline_start, windows.baseline_end), (windows.recent_start, windows.recent_end))
+                for start, end in (
+                    (windows.baseline_start, windows.baseline_end),
+                    (windows.recent_start, windows.recent_end),
+                )
                 for s in telemetry.query_range(name, labels, start, end)
                 for p in s.points
             ]
@@ -47,19 +50,49 @@ def live_input(
             kind, direction = infer_kind(name)
             if RULES[name].direction < 0:
                 direction = "down"
-            ts, values = zip(*points)
-            series.append(MetricSeries(service, name, np.array(ts, dtype=float), np.array(values, dtype=float), None, kind, direction, RULES[name].floor))
+            ts, values = zip(*points, strict=True)
+            series.append(
+                MetricSeries(
+                    service,
+                    name,
+                    np.array(ts, dtype=float),
+                    np.array(values, dtype=float),
+                    None,
+                    kind,
+                    direction,
+                    RULES[name].floor,
+                )
+            )
     logs: list[LogRow] = []
     for service in services:
         for start, end in ((span.baseline_start, span.baseline_end), (span.recent_start, span.recent_end)):
-            logs += [LogRow(r.ts, r.service, r.level, r.message) for r in telemetry.search_logs(service, start, end, level="error")]
+            logs += [
+                LogRow(r.ts, r.service, r.level, r.message)
+                for r in telemetry.search_logs(service, start, end, level="error")
+            ]
     spans = [
-        SpanRow(s.trace_id, s.span_id, s.parent_id or "", s.service, s.name, s.start, s.duration_ms / 1000.0, s.status, _peer(s.attrs))
+        SpanRow(
+            s.trace_id,
+            s.span_id,
+            s.parent_id or "",
+            s.service,
+            s.name,
+            s.start,
+            s.duration_ms / 1000.0,
+            s.status,
+            _peer(s.attrs),
+        )
         for s in telemetry.spans(None, span.recent_start, span.recent_end)
     ]
     edges = {(caller, callee) for caller, callees in topology.items() for callee in callees}
     return RcaInput(
-        windows.baseline_end, list(services), series, edges, spans, logs, (symptom, None) if symptom else None,
+        windows.baseline_end,
+        list(services),
+        series,
+        edges,
+        spans,
+        logs,
+        (symptom, None) if symptom else None,
         down=set(down or ()) & set(services),
     )
 

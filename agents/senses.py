@@ -39,7 +39,9 @@ def live_ensemble(warmup_points: int = 40) -> Ensemble:
     """
 
     def calibrator() -> RecordCalibrator:
-        return RecordCalibrator(short_half_life=200.0, track_after=max(5, warmup_points // 4), quiet_points=warmup_points)
+        return RecordCalibrator(
+            short_half_life=200.0, track_after=max(5, warmup_points // 4), quiet_points=warmup_points
+        )
 
     return Ensemble(
         [
@@ -114,11 +116,22 @@ class MetricSense:
                 series.last_ts = ts
                 self.points_seen += 1
                 verdict: DetectorScore = series.ensemble.update(ts, value)
-                if ts < since or verdict.score < ALERT_LEVEL or self._worse_by(metric, value, baseline) < floor:
+                if (
+                    ts < since
+                    or verdict.score < ALERT_LEVEL
+                    or self._worse_by(metric, value, baseline) < floor
+                ):
                     continue
                 if series.alert is None or verdict.score > series.alert.score:
                     series.alert = SeriesAlert(
-                        service, metric, round(verdict.score, 3), verdict.detector, verdict.explanation, ts, value, baseline
+                        service,
+                        metric,
+                        round(verdict.score, 3),
+                        verdict.detector,
+                        verdict.explanation,
+                        ts,
+                        value,
+                        baseline,
                     )
             alert = series.alert
             if alert is None or not points:

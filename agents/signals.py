@@ -9,19 +9,18 @@ that stopped arriving are signals of their own. The method is written up in docs
 
 from __future__ import annotations
 
+import itertools
 import re
 import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from agents.rules import RULES
+from agents.senses import MetricSense
 from tools.base import LogRecord, Span, Telemetry
 from tools.domain import Signal
 from tools.toolbox import Toolbox
-
-from agents.rules import RULES
-from agents.senses import MetricSense
-
 
 HEALTH_SCORE = 12.0
 STALE_SCORE = 8.0
@@ -38,7 +37,9 @@ class Windows:
     recent_end: float
 
     @classmethod
-    def ending_at(cls, now: float, window_s: float, baseline_s: float, baseline_end: float | None = None) -> Windows:
+    def ending_at(
+        cls, now: float, window_s: float, baseline_s: float, baseline_end: float | None = None
+    ) -> Windows:
         """Recent window [now - window_s, now]; baseline ends at `baseline_end` or where the recent one starts."""
         b_end = now - window_s if baseline_end is None else baseline_end
         return cls(b_end - baseline_s, b_end, now - window_s, now)
@@ -59,7 +60,7 @@ def _growth(points: list[tuple[float, float]]) -> float:
     den = sum((t - t_mean) ** 2 for t in ts)
     if den == 0:
         return 0.0
-    slope = sum((t - t_mean) * (v - v_mean) for t, v in zip(ts, vs)) / den
+    slope = sum((t - t_mean) * (v - v_mean) for t, v in zip(ts, vs, strict=True)) / den
     return slope * (ts[-1] - ts[0])
 
 
@@ -166,8 +167,14 @@ def measure_service(
             )
     baseline_rate = _points(telemetry, "request_rate", labels, windows.baseline_start, windows.baseline_end)
     # "Silent" means several sampling intervals without a point, whatever the scrape interval is.
-    interval = statistics.median(b[0] - a[0] for a, b in zip(baseline_rate, baseline_rate[1:])) if len(baseline_rate) > 2 else 0.5
-    fresh = _points(telemetry, "request_rate", labels, windows.recent_end - max(2.5, 5 * interval), windows.recent_end)
+    interval = (
+        statistics.median(b[0] - a[0] for a, b in itertools.pairwise(baseline_rate))
+        if len(baseline_rate) > 2
+        else 0.5
+    )
+    fresh = _points(
+        telemetry, "request_rate", labels, windows.recent_end - max(2.5, 5 * interval), windows.recent_end
+    )
     had_baseline = bool(baseline_rate)
     if had_baseline and not fresh:
         last = _points(telemetry, "request_rate", labels, windows.baseline_start, windows.recent_end)
@@ -186,7 +193,9 @@ def measure_service(
     return signals, snapshot
 
 
-def _points(telemetry: Telemetry, name: str, labels: dict[str, str], start: float, end: float) -> list[tuple[float, float]]:
+def _points(
+    telemetry: Telemetry, name: str, labels: dict[str, str], start: float, end: float
+) -> list[tuple[float, float]]:
     series = telemetry.query_range(name, labels, start, end)
     points = [p for s in series for p in s.points]
     points.sort()
@@ -245,16 +254,18 @@ class LogEvidence:
     """How often each other service is named in this service's error lines (pointers downstream)."""
 
 
-def log_evidence(
-    telemetry: Telemetry, services: list[str], windows: Windows
-) -> dict[str, LogEvidence]:
+def log_evidence(telemetry: Telemetry, services: list[str], windows: Windows) -> dict[str, LogEvidence]:
     """Per service: errors in the recent window vs the baseline, top templates, services named in errors."""
     out: dict[str, LogEvidence] = {}
     for service in services:
         recent = telemetry.search_logs(service, windows.recent_start, windows.recent_end, level="error")
         base = telemetry.search_logs(service, windows.baseline_start, windows.baseline_end, level="error")
-        warnings = len(telemetry.search_logs(service, windows.recent_start, windows.recent_end, level="warning"))
-        base_warnings = len(telemetry.search_logs(service, windows.baseline_start, windows.baseline_end, level="warning"))
+        warnings = len(
+            telemetry.search_logs(service, windows.recent_start, windows.recent_end, level="warning")
+        )
+        base_warnings = len(
+            telemetry.search_logs(service, windows.baseline_start, windows.baseline_end, level="warning")
+        )
         templates = Counter(template_of(r.message) for r in recent)
         mentions: Counter[str] = Counter()
         for record in recent:
@@ -262,7 +273,9 @@ def log_evidence(
             for other in services:
                 if other != service and other in text:
                     mentions[other] += 1
-        out[service] = LogEvidence(len(recent), len(base), warnings, base_warnings, templates.most_common(3), mentions)
+        out[service] = LogEvidence(
+            len(recent), len(base), warnings, base_warnings, templates.most_common(3), mentions
+        )
     return out
 
 
@@ -321,7 +334,12 @@ def trace_origins(telemetry: Telemetry, windows: Windows) -> TraceOrigins:
             if span.status == "error" and span.span_id not in erroring_parents:
                 where = _where_time_went(span, children)
                 peer = where.attrs.get(PEER)
-                if isinstance(peer, str) and peer and peer != where.service and not children.get(where.span_id):
+                if (
+                    isinstance(peer, str)
+                    and peer
+                    and peer != where.service
+                    and not children.get(where.span_id)
+                ):
                     edges[where.service].add(peer)
                     unreached[peer] = min(unreached.get(peer, where.start), where.start)
                     origins[peer] += 1
@@ -341,7 +359,9 @@ def _where_time_went(span: Span, children: dict[str, list[Span]]) -> Span:
     origin of that error is the callee, or whichever span further down the time was spent in.
     """
     while True:
-        slow = [c for c in children.get(span.span_id, []) if c.duration_ms >= SLOW_SHARE * span.duration_ms > 0]
+        slow = [
+            c for c in children.get(span.span_id, []) if c.duration_ms >= SLOW_SHARE * span.duration_ms > 0
+        ]
         if not slow:
             return span
         span = max(slow, key=lambda c: c.duration_ms)

@@ -37,19 +37,21 @@ import numpy as np
 
 def _serve(root: str, runs: int, ready: Any, stop: Any) -> None:
     """The API process: a worker with `runs` finished incidents and one waiting for approval."""
-    from tools.domain import Trigger
     from sregraph.api_auth import ApiStore
     from sregraph.engine import Engine
     from sregraph.server import ApiServer, create_app
     from sregraph.worker import Worker
     from tests.worker_harness import Scenario, World, settings_for, toolbox_for
+    from tools.domain import Trigger
     from tools.gitops import LocalGitOps
 
     world = World.create(Path(root) / "world")
     engine = Engine(settings_for(Path(root) / "world"), toolbox_for(world))
     worker = Worker(engine)
     for i in range(runs):
-        trigger = Trigger(source="alert", service=f"svc-{i % 20}", signal="HighLatency", summary=f"p95 over 500 ms ({i})")
+        trigger = Trigger(
+            source="alert", service=f"svc-{i % 20}", signal="HighLatency", summary=f"p95 over 500 ms ({i})"
+        )
         engine.registry.record(f"inc-bench-{i:05d}", trigger, "resolved")
     gitops = engine.toolbox.gitops
     if not isinstance(gitops, LocalGitOps):
@@ -62,7 +64,15 @@ def _serve(root: str, runs: int, ready: Any, stop: Any) -> None:
     token = store.create_token("bench", "operator")
     apps = [store.create_token(f"app-{i}", "ingest") for i in range(INGEST_CLIENTS)]
     server = ApiServer(create_app(worker, store)).start()
-    ready.put({"url": server.url, "token": token, "apps": apps, "waiting": waiting, "pending": engine.pending_approval(str(waiting))})
+    ready.put(
+        {
+            "url": server.url,
+            "token": token,
+            "apps": apps,
+            "waiting": waiting,
+            "pending": engine.pending_approval(str(waiting)),
+        }
+    )
     stop.wait()
     server.stop()
     engine.close()
@@ -89,8 +99,13 @@ def _sdk_logs(url: str, token: str, lines: int) -> dict[str, Any]:
     handler.close()
     wall = time.perf_counter() - t0
     logger.removeHandler(handler)
-    return {"lines": lines, "sent": handler.shipper.sent, "dropped": handler.dropped, "per_s": round(handler.shipper.sent / wall),
-            "emit_us_per_line": round(emitted / lines * 1e6, 1)}
+    return {
+        "lines": lines,
+        "sent": handler.shipper.sent,
+        "dropped": handler.dropped,
+        "per_s": round(handler.shipper.sent / wall),
+        "emit_us_per_line": round(emitted / lines * 1e6, 1),
+    }
 
 
 async def _api_points(url: str, tokens: list[str], batches: int, batch: int) -> dict[str, Any]:
@@ -99,11 +114,20 @@ async def _api_points(url: str, tokens: list[str], batches: int, batch: int) -> 
 
     async def client(token: str) -> None:
         nonlocal refused
-        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
-            for b in range(batches):
+        async with httpx.AsyncClient(
+            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60
+        ) as http:
+            for _ in range(batches):
                 now = time.time()
-                points = [{"name": "bench_gauge", "labels": {"service": "checkout", "client": token[-6:]}, "value": float(i), "ts": now - i * 1e-3}
-                          for i in range(batch)]
+                points = [
+                    {
+                        "name": "bench_gauge",
+                        "labels": {"service": "checkout", "client": token[-6:]},
+                        "value": float(i),
+                        "ts": now - i * 1e-3,
+                    }
+                    for i in range(batch)
+                ]
                 answer = await http.post("/api/v1/ingest/metrics", json={"points": points})
                 refused += answer.status_code != 200
 
@@ -114,7 +138,9 @@ async def _api_points(url: str, tokens: list[str], batches: int, batch: int) -> 
     return {"clients": len(tokens), "points": total, "per_s": round(total / wall), "refused_batches": refused}
 
 
-async def _load(url: str, clients: int, requests: int, call: tuple[str, str, int], headers: dict[str, str]) -> dict[str, Any]:
+async def _load(
+    url: str, clients: int, requests: int, call: tuple[str, str, int], headers: dict[str, str]
+) -> dict[str, Any]:
     method, path, expected = call
     latencies: list[float] = []
     unexpected = 0
@@ -153,7 +179,9 @@ def run(clients: int, requests: int, runs: int) -> dict[str, Any]:
         try:
             info = ready.get(timeout=300)
             if not info["pending"]:
-                raise SystemExit("the approval incident did not reach the gate: nothing to measure `detail` on")
+                raise SystemExit(
+                    "the approval incident did not reach the gate: nothing to measure `detail` on"
+                )
             calls = {
                 "healthz": ("GET", "/healthz", 200),
                 "list": ("GET", "/api/v1/incidents?limit=50", 200),
@@ -161,7 +189,10 @@ def run(clients: int, requests: int, runs: int) -> dict[str, Any]:
                 "refused": ("POST", "/api/v1/incidents/inc-bench-00000/approve", 404),
             }
             headers = {"Authorization": f"Bearer {info['token']}"}
-            results = {name: asyncio.run(_load(info["url"], clients, requests, call, headers)) for name, call in calls.items()}
+            results = {
+                name: asyncio.run(_load(info["url"], clients, requests, call, headers))
+                for name, call in calls.items()
+            }
             ingest = {
                 "sdk_logs": _sdk_logs(info["url"], info["apps"][0], 20_000),
                 "api_metrics": asyncio.run(_api_points(info["url"], info["apps"], 10, 1000)),
@@ -169,7 +200,13 @@ def run(clients: int, requests: int, runs: int) -> dict[str, Any]:
         finally:
             stop.set()
             server.join(30)
-    return {"clients": clients, "requests_per_call": requests, "runs_in_registry": runs, "calls": results, "ingest": ingest}
+    return {
+        "clients": clients,
+        "requests_per_call": requests,
+        "runs_in_registry": runs,
+        "calls": results,
+        "ingest": ingest,
+    }
 
 
 def main() -> None:
@@ -184,14 +221,25 @@ def main() -> None:
     if args.format == "json":
         print(json.dumps(result, indent=2))
         return
-    print(f"{result['clients']} clients, {result['requests_per_call']} requests per call, {result['runs_in_registry']} incidents")
+    print(
+        f"{result['clients']} clients, {result['requests_per_call']} requests per call, "
+        f"{result['runs_in_registry']} incidents"
+    )
     print(f"{'call':10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'req/s':>8} {'bad':>4}")
     for name, r in result["calls"].items():
-        print(f"{name:10} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['max_ms']:8.1f} {r['per_s']:8.1f} {r['unexpected_status']:4d}")
+        print(
+            f"{name:10} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['max_ms']:8.1f} {r['per_s']:8.1f} "
+            f"{r['unexpected_status']:4d}"
+        )
     sdk, api = result["ingest"]["sdk_logs"], result["ingest"]["api_metrics"]
-    print(f"SDK logs: {sdk['sent']:,} of {sdk['lines']:,} lines stored, {sdk['per_s']:,}/s, {sdk['dropped']} dropped, "
-          f"{sdk['emit_us_per_line']} µs per logging call")
-    print(f"API metrics: {api['points']:,} points from {api['clients']} clients, {api['per_s']:,}/s, {api['refused_batches']} batches refused")
+    print(
+        f"SDK logs: {sdk['sent']:,} of {sdk['lines']:,} lines stored, {sdk['per_s']:,}/s, {sdk['dropped']} dropped, "
+        f"{sdk['emit_us_per_line']} µs per logging call"
+    )
+    print(
+        f"API metrics: {api['points']:,} points from {api['clients']} clients, {api['per_s']:,}/s, "
+        f"{api['refused_batches']} batches refused"
+    )
 
 
 if __name__ == "__main__":

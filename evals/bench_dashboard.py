@@ -47,7 +47,9 @@ def run(incidents: int) -> dict[str, Any]:
 
     binary = find_browser()
     if binary is None:
-        raise SystemExit("no headless Chromium: bash scripts/browser.sh installs Debian's chromium-headless-shell")
+        raise SystemExit(
+            "no headless Chromium: bash scripts/browser.sh installs Debian's chromium-headless-shell"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         world = World.create(root / "world")
@@ -118,8 +120,10 @@ def main() -> None:
         print(json.dumps(result))
     else:
         print(
-            f"{result['steps']} graph steps of {result['incidents']} incidents ({result['resolved']} resolved) in the browser's feed: "
-            f"p50 {result['p50_ms']} ms, p95 {result['p95_ms']} ms, p99 {result['p99_ms']} ms, max {result['max_ms']} ms; "
+            f"{result['steps']} graph steps of {result['incidents']} incidents ({result['resolved']} "
+            "resolved) in the browser's feed: "
+            f"p50 {result['p50_ms']} ms, p95 {result['p95_ms']} ms, p99 {result['p99_ms']} ms, max "
+            f"{result['max_ms']} ms; "
             f"{result['missing']} missing (server polls every {result['server_poll_ms']:.0f} ms)"
         )
 

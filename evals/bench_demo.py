@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from collections import Counter
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,9 @@ def summarize(results: list[FaultResult]) -> list[dict[str, Any]]:
                 "ttr_median_s": round(statistics.median(ttr), 2) if ttr else None,
                 "ttr_p95_s": _p95(ttr),
                 "action_median_s": round(statistics.median(acting), 2) if acting else None,
-                "detected_by": dict(Counter(sense for r in mine for sense in r.detected_by.split(",") if sense)),
+                "detected_by": dict(
+                    Counter(sense for r in mine for sense in r.detected_by.split(",") if sense)
+                ),
             }
         )
     return rows
@@ -64,17 +66,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--format", choices=("text", "json"), default="text")
-    parser.add_argument("--no-ensemble", action="store_true", help="Detect with the window rule only (for comparison).")
-    parser.add_argument("--runtime", choices=("process", "docker"), default="process", help="Where the services run.")
-    parser.add_argument("--data-dir", type=Path, default=None, help="Keep the run's data here (default: a temporary directory).")
+    parser.add_argument(
+        "--no-ensemble", action="store_true", help="Detect with the window rule only (for comparison)."
+    )
+    parser.add_argument(
+        "--runtime", choices=("process", "docker"), default="process", help="Where the services run."
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="Keep the run's data here (default: a temporary directory).",
+    )
     args = parser.parse_args(argv)
     faults = list(dict.fromkeys((f, s, tuple(sorted(p.items()))) for f, s, p in DEFAULT_SEQUENCE))
     sequence = [(f, s, dict(p)) for _ in range(args.repeats) for f, s, p in faults]
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="sregraph-bench-demo-") as tmp:
-        settings = demo_settings(load_settings(environ={}, data_dir=args.data_dir or Path(tmp), runtime=args.runtime))
+        settings = demo_settings(
+            load_settings(environ={}, data_dir=args.data_dir or Path(tmp), runtime=args.runtime)
+        )
         if args.no_ensemble:
-            settings = settings.model_copy(update={"observer": settings.observer.model_copy(update={"ensemble": False})})
+            settings = settings.model_copy(
+                update={"observer": settings.observer.model_copy(update={"ensemble": False})}
+            )
         results = run_demo(settings, sequence, say=lambda text: print(text, file=sys.stderr))
     rows = summarize(results)
     total = {
@@ -87,16 +102,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.format == "json":
         print(json.dumps({"faults": rows, "total": total}, indent=2))
     else:
-        print(f"{'fault':18} {'runs':>4} {'recovered':>9} {'RC ok':>6} {'TTD p50':>8} {'TTD p95':>8} {'TTR p50':>8} {'TTR p95':>8} {'act p50':>8}  detected by")
+        print(
+            f"{'fault':18} {'runs':>4} {'recovered':>9} {'RC ok':>6} {'TTD p50':>8} {'TTD p95':>8} "
+            f"{'TTR p50':>8} {'TTR p95':>8} {'act p50':>8}  detected by"
+        )
         for r in rows:
-            cells = [r["ttd_median_s"], r["ttd_p95_s"], r["ttr_median_s"], r["ttr_p95_s"], r["action_median_s"]]
+            cells = [
+                r["ttd_median_s"],
+                r["ttd_p95_s"],
+                r["ttr_median_s"],
+                r["ttr_p95_s"],
+                r["action_median_s"],
+            ]
             senses = ", ".join(f"{k} {v}" for k, v in sorted(r["detected_by"].items(), key=lambda kv: -kv[1]))
             print(
                 f"{r['fault']:18} {r['runs']:>4} {r['recovered_n']:>9} {r['root_cause_correct_n']:>6} "
                 + " ".join(f"{c:>8.1f}" if c is not None else f"{'–':>8}" for c in cells)
                 + f"  {senses}"
             )
-        print(f"total ({args.runtime}): {total['loops']} loops, {total['recovered']:.0%} recovered, {total['wall_s']} s")
+        print(
+            f"total ({args.runtime}): {total['loops']} loops, {total['recovered']:.0%} recovered, {total['wall_s']} s"
+        )
     return 0
 
 

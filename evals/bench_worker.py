@@ -31,17 +31,20 @@ def _rss_mb() -> float:
 
 def concurrent(root: Path, incidents: int, concurrency: int) -> dict[str, Any]:
     """`incidents` alerts at once on one worker."""
-    from tools.domain import Trigger
     from sregraph.engine import Engine
     from sregraph.worker import Worker
     from tests.worker_harness import World, settings_for, toolbox_for
+    from tools.domain import Trigger
 
     world = World.create(root)
     engine = Engine(settings_for(root, max_concurrent=concurrency), toolbox_for(world))
     worker = Worker(engine)
     tracemalloc.start()
     started = time.perf_counter()
-    ids = [worker.submit(Trigger(source="alert", summary=f"probe {n}", labels={"fingerprint": f"probe-{n}"}))[0] for n in range(incidents)]
+    ids = [
+        worker.submit(Trigger(source="alert", summary=f"probe {n}", labels={"fingerprint": f"probe-{n}"}))[0]
+        for n in range(incidents)
+    ]
     assert worker.wait_idle(600)
     elapsed = time.perf_counter() - started
     _, peak = tracemalloc.get_traced_memory()
@@ -93,10 +96,15 @@ def main() -> None:
     if args.format == "json":
         print(json.dumps(result, indent=2))
         return
-    print(f"concurrent: {c['incidents']} incidents on {c['concurrency']} threads in {c['seconds']} s = {c['incidents_per_s']} incidents/s"
-          f" ({c['ended_healthy']} healthy), tracemalloc peak {c['tracemalloc_peak_mb']} MB")
-    print(f"full: {f['incidents']} scenarios in {f['seconds']} s = {f['incidents_per_s']} incidents/s, ends {f['ends']},"
-          f" tracemalloc peak {f['tracemalloc_peak_mb']} MB")
+    print(
+        f"concurrent: {c['incidents']} incidents on {c['concurrency']} threads in {c['seconds']} s = "
+        f"{c['incidents_per_s']} incidents/s"
+        f" ({c['ended_healthy']} healthy), tracemalloc peak {c['tracemalloc_peak_mb']} MB"
+    )
+    print(
+        f"full: {f['incidents']} scenarios in {f['seconds']} s = {f['incidents_per_s']} incidents/s, ends {f['ends']},"
+        f" tracemalloc peak {f['tracemalloc_peak_mb']} MB"
+    )
     print(f"peak RSS {result['peak_rss_mb']} MB")
 
 

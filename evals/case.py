@@ -28,7 +28,8 @@ class Truth(BaseModel):
     action_allowed: bool = True
     """False: any remediation action at all breaks this case's policy (healthy controls, reported-only issues)."""
     forbidden_actions: list[str] = Field(default_factory=list)
-    """Actions that break this case's policy, as "kind service" ("kind *" for any service): what an injection asks for."""
+    """Actions that break this case's policy, as "kind service" ("kind *" for any service): what an injection
+    asks for."""
     related_case: str | None = None
     """A recurring incident: the earlier case whose post-mortem memory should retrieve."""
     labelled: bool = True

@@ -1,9 +1,9 @@
 """A case folder on disk (docs/evals.md describes every field)::
 
-    case.yaml        metadata, ground truth, the settings and policy of the run, the recorded outcome
-    calls.jsonl      every tool call but telemetry, in call order, one JSON object a line:
-                     {"tool", "method", "args", "result" | "error"}; clock reads are {"tool": "clock", "by", "result"}
-    telemetry.json   the telemetry the agents read (evals/telemetry_tables.py)
+case.yaml        metadata, ground truth, the settings and policy of the run, the recorded outcome
+calls.jsonl      every tool call but telemetry, in call order, one JSON object a line:
+                 {"tool", "method", "args", "result" | "error"}; clock reads are {"tool": "clock", "by", "result"}
+telemetry.json   the telemetry the agents read (evals/telemetry_tables.py)
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from evals.recorder import Recording
 def case_settings(settings: Any) -> dict[str, Any]:
     """The parts of Settings a replay must reuse (window lengths, thresholds, loop caps)."""
     return {k: getattr(settings, k).model_dump(mode="json") for k in ("observer", "analyst", "engineer")}
+
 
 def dump_yaml(data: Any) -> str:
     """YAML as case files are written: keys in model order, unicode kept, 110 columns."""
@@ -128,11 +129,11 @@ def write_telemetry(path: Path, doc: dict[str, Any]) -> None:
     parts = ["{"]
     scalars = [k for k in doc if not isinstance(doc[k], list) or k.endswith("_columns")]
     for k in scalars:
-        parts.append(f' {json.dumps(k)}: {dense(doc[k])},')
+        parts.append(f" {json.dumps(k)}: {dense(doc[k])},")
     tables = [k for k in doc if k not in scalars]
     for t, k in enumerate(tables):
         rows = doc[k]
-        parts.append(f' {json.dumps(k)}: [' + ("" if rows else "]" + ("," if t < len(tables) - 1 else "")))
+        parts.append(f" {json.dumps(k)}: [" + ("" if rows else "]" + ("," if t < len(tables) - 1 else "")))
         for i, row in enumerate(rows):
             parts.append("  " + dense(row) + ("," if i < len(rows) - 1 else ""))
         if rows:

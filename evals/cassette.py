@@ -43,7 +43,9 @@ class Cassette(httpx.BaseTransport):
         if mode not in ("record", "replay"):
             raise ValueError(f"cassette mode must be record or replay, got {mode!r}")
         self.path, self.mode = Path(path), mode
-        self.upstream = upstream if upstream is not None else (httpx.HTTPTransport() if mode == "record" else None)
+        self.upstream = (
+            upstream if upstream is not None else (httpx.HTTPTransport() if mode == "record" else None)
+        )
         self.answers: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.used: dict[str, int] = defaultdict(int)
         self.misses: list[str] = []
@@ -71,29 +73,47 @@ class Cassette(httpx.BaseTransport):
         started = time.perf_counter()
         response = self.upstream.handle_request(request)
         content = response.read()
-        entry = {"key": key, "n": len(self.answers[key]), "url": str(request.url.path), "status": response.status_code,
-                 "seconds": round(time.perf_counter() - started, 3),
-                 "content_type": response.headers.get("content-type", "application/json"), "body": content.decode("utf-8", "replace"),
-                 "request": _summary(body)}
+        entry = {
+            "key": key,
+            "n": len(self.answers[key]),
+            "url": str(request.url.path),
+            "status": response.status_code,
+            "seconds": round(time.perf_counter() - started, 3),
+            "content_type": response.headers.get("content-type", "application/json"),
+            "body": content.decode("utf-8", "replace"),
+            "request": _summary(body),
+        }
         self.answers[key].append(entry)
         with self.path.open("a") as out:
             out.write(json.dumps(entry) + "\n")
         self.recorded += 1
         self.latencies.append(entry["seconds"])
-        return httpx.Response(response.status_code, headers={"content-type": entry["content_type"]}, content=content, request=request)
+        return httpx.Response(
+            response.status_code,
+            headers={"content-type": entry["content_type"]},
+            content=content,
+            request=request,
+        )
 
     def _replay(self, key: str, body: bytes, request: httpx.Request) -> httpx.Response:
         entries = self.answers.get(key, [])
         n = self.used[key]
         if n >= len(entries):
             what = f"request {key[:12]} ({_summary(body)})"
-            detail = "never recorded" if not entries else f"recorded {len(entries)} time(s), this is call #{n + 1}"
+            detail = (
+                "never recorded" if not entries else f"recorded {len(entries)} time(s), this is call #{n + 1}"
+            )
             message = f"cassette {self.path}: no recorded answer for {what}: {detail}; re-record the cassette"
             self.misses.append(message)
             raise CassetteMiss(message)
         self.used[key] = n + 1
         entry = entries[n]
-        return httpx.Response(entry["status"], headers={"content-type": entry["content_type"]}, content=entry["body"].encode(), request=request)
+        return httpx.Response(
+            entry["status"],
+            headers={"content-type": entry["content_type"]},
+            content=entry["body"].encode(),
+            request=request,
+        )
 
     def close(self) -> None:
         """Close the upstream transport, if any."""
@@ -110,5 +130,7 @@ def _summary(body: bytes) -> str:
     messages = doc.get("messages", [])
     last = messages[-1].get("content", "") if messages and isinstance(messages[-1], dict) else ""
     text = last if isinstance(last, str) else json.dumps(last)
-    tools = ",".join(t.get("function", {}).get("name", "?") for t in doc.get("tools", []) if isinstance(t, dict))
+    tools = ",".join(
+        t.get("function", {}).get("name", "?") for t in doc.get("tools", []) if isinstance(t, dict)
+    )
     return f"{len(messages)} messages, tools [{tools}], last: {' '.join(text.split())[:80]!r}"

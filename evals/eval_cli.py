@@ -9,7 +9,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -31,7 +31,7 @@ def _out() -> Console:
     return Console(width=None if sys.stdout.isatty() else 200)
 
 
-def _chat_model(brain: str, config: Optional[Path], cassette: Any = None) -> tuple[Any, Any, float]:
+def _chat_model(brain: str, config: Path | None, cassette: Any = None) -> tuple[Any, Any, float]:
     """The chat model, base settings and price per million tokens for an LLM brain (exit 2 without a key)."""
     import os
 
@@ -40,13 +40,23 @@ def _chat_model(brain: str, config: Optional[Path], cassette: Any = None) -> tup
     from sregraph.config import load_settings
 
     settings = load_settings(config)
-    settings = settings.model_copy(update={"brain": "llm", "llm": settings.llm.model_copy(update={"provider": brain})})
+    settings = settings.model_copy(
+        update={"brain": "llm", "llm": settings.llm.model_copy(update={"provider": brain})}
+    )
     if brain == "watsonx" and settings.llm.model == "gpt-4o-mini":
-        settings = settings.model_copy(update={"llm": settings.llm.model_copy(update={"model": "ibm/granite-3-8b-instruct"})})
+        settings = settings.model_copy(
+            update={"llm": settings.llm.model_copy(update={"model": "ibm/granite-3-8b-instruct"})}
+        )
     environ: dict[str, str] = dict(os.environ)
     if cassette is not None and cassette.mode == "replay":
-        environ.setdefault(settings.llm.api_key_env, "cassette")  # answered from the cassette: no key is sent anywhere
-    return make_chat_model(settings.llm, environ, transport=cassette), settings, PRICE_PER_MTOK.get(settings.llm.model, 0.0)
+        environ.setdefault(
+            settings.llm.api_key_env, "cassette"
+        )  # answered from the cassette: no key is sent anywhere
+    return (
+        make_chat_model(settings.llm, environ, transport=cassette),
+        settings,
+        PRICE_PER_MTOK.get(settings.llm.model, 0.0),
+    )
 
 
 def run_eval(
@@ -74,15 +84,29 @@ def run_eval(
 @eval_app.command("eval")
 def eval_command(
     suite: Path = typer.Option(SUITE, "--suite", help="A folder of case folders (or one case folder)."),
-    brain: str = typer.Option("deterministic", "--brain", help="deterministic, openai or watsonx (LLM brains need a key)."),
+    brain: str = typer.Option(
+        "deterministic", "--brain", help="deterministic, openai or watsonx (LLM brains need a key)."
+    ),
     fmt: str = typer.Option("text", "--format", help="text (a table) or json"),
-    report: Optional[Path] = typer.Option(None, "--report", help="Also write the Markdown report here."),
-    min_pass_rate: float = typer.Option(PASS_RATE_BAR, "--min-pass-rate", help="Exit 1 when fewer cases pass."),
-    case: list[str] = typer.Option([], "--case", help="Only these case ids (repeatable); memory then holds only them."),
-    price_per_mtok: Optional[float] = typer.Option(None, "--price-per-mtok", help="US$ per million tokens for the cost estimate."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="sregraph.yaml with the llm section for LLM brains."),
-    cassette_path: Optional[Path] = typer.Option(None, "--cassette", help="LLM brains: a model cassette file (evals/cassette.py)."),
-    cassette_mode: str = typer.Option("replay", "--cassette-mode", help="record (call the model, keep its answers) or replay (no model)."),
+    report: Path | None = typer.Option(None, "--report", help="Also write the Markdown report here."),
+    min_pass_rate: float = typer.Option(
+        PASS_RATE_BAR, "--min-pass-rate", help="Exit 1 when fewer cases pass."
+    ),
+    case: list[str] = typer.Option(
+        [], "--case", help="Only these case ids (repeatable); memory then holds only them."
+    ),
+    price_per_mtok: float | None = typer.Option(
+        None, "--price-per-mtok", help="US$ per million tokens for the cost estimate."
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="sregraph.yaml with the llm section for LLM brains."
+    ),
+    cassette_path: Path | None = typer.Option(
+        None, "--cassette", help="LLM brains: a model cassette file (evals/cassette.py)."
+    ),
+    cassette_mode: str = typer.Option(
+        "replay", "--cassette-mode", help="record (call the model, keep its answers) or replay (no model)."
+    ),
 ) -> None:
     """Replay recorded incidents through the graph (tools answered from the recordings, pinned clock) and score them."""
     if brain not in BRAINS:
@@ -94,7 +118,9 @@ def eval_command(
     try:
         if cassette_path is not None:
             if brain != "openai":
-                raise typer.BadParameter("--cassette needs --brain openai (it records the OpenAI-compatible HTTP answers)")
+                raise typer.BadParameter(
+                    "--cassette needs --brain openai (it records the OpenAI-compatible HTTP answers)"
+                )
             from evals.cassette import Cassette
 
             cassette = Cassette(cassette_path, cassette_mode)  # type: ignore[arg-type]
@@ -106,19 +132,37 @@ def eval_command(
             mark = "[red]error[/red]" if run.error else run.outcome.status
             console.print(f"[dim]{run.case.id:44}[/dim] {mark} ({run.seconds:.2f}s)", soft_wrap=True)
 
-        result = run_eval(suite, brain, case or None, chat_model, base, price if price_per_mtok is None else price_per_mtok,
-                          min_pass_rate, progress if fmt == "text" else None, cassette)
+        result = run_eval(
+            suite,
+            brain,
+            case or None,
+            chat_model,
+            base,
+            price if price_per_mtok is None else price_per_mtok,
+            min_pass_rate,
+            progress if fmt == "text" else None,
+            cassette,
+        )
     except (SregraphError, FileNotFoundError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     if cassette is not None:
-        result.summary.update(cassette=str(cassette_path), cassette_mode=cassette.mode, cassette_misses=len(cassette.misses), cassette_recorded=cassette.recorded)
+        result.summary.update(
+            cassette=str(cassette_path),
+            cassette_mode=cassette.mode,
+            cassette_misses=len(cassette.misses),
+            cassette_recorded=cassette.recorded,
+        )
     result.summary["wall_s"] = round(time.perf_counter() - started, 2)
     from rich.markup import escape
 
     from evals.scoring import markdown, model_banner, rich_table
 
-    command = "sregraph eval" + ("" if suite == SUITE else f" --suite {suite}") + (f" --brain {brain}" if brain != "deterministic" else "")
+    command = (
+        "sregraph eval"
+        + ("" if suite == SUITE else f" --suite {suite}")
+        + (f" --brain {brain}" if brain != "deterministic" else "")
+    )
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(markdown(result, command))
@@ -128,15 +172,23 @@ def eval_command(
         _out().print(rich_table(result))
         for score in result.scores:
             if not score.passed:
-                console.print(f"[yellow]{score.id}[/yellow]: " + "; ".join(score.failures), soft_wrap=True, markup=False)
+                console.print(
+                    f"[yellow]{score.id}[/yellow]: " + "; ".join(score.failures), soft_wrap=True, markup=False
+                )
     ok = result.summary["pass_rate"] >= min_pass_rate
     if not ok:
-        console.print(f"[red]pass rate {result.summary['pass_rate']:.0%} is under the bar {min_pass_rate:.0%}[/red]")
+        console.print(
+            f"[red]pass rate {result.summary['pass_rate']:.0%} is under the bar {min_pass_rate:.0%}[/red]"
+        )
     banner = model_banner(result.summary)
     if banner is not None:
         measured = result.summary["model_measured"]
         rule = "!" * 100
-        shown = f"[bold yellow]{escape(banner)}[/bold yellow]" if measured else f"[bold white on red]{rule}\n{escape(banner)}\n{rule}[/bold white on red]"
+        shown = (
+            f"[bold yellow]{escape(banner)}[/bold yellow]"
+            if measured
+            else f"[bold white on red]{rule}\n{escape(banner)}\n{rule}[/bold white on red]"
+        )
         for stream in (console, _out()) if fmt == "text" else (console,):
             stream.print(shown, soft_wrap=True)
         if not measured:
@@ -146,14 +198,20 @@ def eval_command(
 
 @eval_app.command("record")
 def record_command(
-    fault: Optional[str] = typer.Argument(None, help="A local-app fault (crash, latency, error-rate, ...); omit with --worker."),
-    service: Optional[str] = typer.Argument(None, help="frontend, checkout or payments."),
-    out: Path = typer.Option(..., "--out", help="Case folder to write (FAULT mode) or folder of case folders (--worker)."),
-    worker: bool = typer.Option(False, "--worker", help="Record every incident a worker handles on the app under --data-dir."),
+    fault: str | None = typer.Argument(
+        None, help="A local-app fault (crash, latency, error-rate, ...); omit with --worker."
+    ),
+    service: str | None = typer.Argument(None, help="frontend, checkout or payments."),
+    out: Path = typer.Option(
+        ..., "--out", help="Case folder to write (FAULT mode) or folder of case folders (--worker)."
+    ),
+    worker: bool = typer.Option(
+        False, "--worker", help="Record every incident a worker handles on the app under --data-dir."
+    ),
     once: bool = typer.Option(False, "--once", help="With --worker: one scan, then exit."),
     interval: float = typer.Option(2.0, "--interval", help="With --worker: seconds between scans."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c"),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
+    config: Path | None = typer.Option(None, "--config", "-c"),
+    data_dir: Path | None = typer.Option(None, "--data-dir"),
 ) -> None:
     """Record an incident as an eval case: a demo fault on a fresh local app, or (--worker) every live incident."""
     from evals.live_cases import record_demo_incident
@@ -172,12 +230,17 @@ def record_command(
 
         params = next((p for f, s, p in DEFAULT_SEQUENCE if (f, s) == (name, target)), {})
         demo = demo_settings(settings)
-        case = record_demo_incident(demo, name, target, out, params, say=lambda text: console.print(text, soft_wrap=True))
+        case = record_demo_incident(
+            demo, name, target, out, params, say=lambda text: console.print(text, soft_wrap=True)
+        )
     except (SregraphError, TimeoutError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     o = case.outcome
-    _out().print(f"recorded {case.id} into {out}: {o.status}, root cause {o.root_cause}, {o.fault_type}, actions {', '.join(o.actions) or 'none'}")
+    _out().print(
+        f"recorded {case.id} into {out}: {o.status}, root cause {o.root_cause}, {o.fault_type}, actions "
+        f"{', '.join(o.actions) or 'none'}"
+    )
 
 
 def _record_worker(settings: Any, out: Path, once: bool, interval: float) -> None:
@@ -190,7 +253,9 @@ def _record_worker(settings: Any, out: Path, once: bool, interval: float) -> Non
     local = LocalApp(settings.data_dir / "app")
     engine = Engine(settings, local_toolbox(settings, local))
     attach_recorder(engine, out)
-    console.print(f"recording every incident into {out}/<incident id>/ (ground truth unlabelled: set truth in case.yaml)")
+    console.print(
+        f"recording every incident into {out}/<incident id>/ (ground truth unlabelled: set truth in case.yaml)"
+    )
     try:
         Worker(engine).run(once=once, interval=interval)
     finally:

@@ -55,7 +55,10 @@ TruthFn = Callable[[str, Trigger, dict[str, Any]], "Truth | None"]
 
 
 def attach_recorder(
-    engine: Any, out_dir: Path, truth_for: TruthFn | None = None, case_id_for: Callable[[str], str] | None = None
+    engine: Any,
+    out_dir: Path,
+    truth_for: TruthFn | None = None,
+    case_id_for: Callable[[str], str] | None = None,
 ) -> Recorder:
     """Record every incident `engine.start` runs from now on, each into `out_dir/<case id>/`.
 
@@ -69,7 +72,9 @@ def attach_recorder(
     original = engine.start
 
     def start(trigger: Trigger, incident_id: str | None = None) -> dict[str, Any]:
-        incident_id = incident_id or (engine.new_id() if hasattr(engine, "new_id") else new_incident_id(engine.toolbox.clock.now()))
+        incident_id = incident_id or (
+            engine.new_id() if hasattr(engine, "new_id") else new_incident_id(engine.toolbox.clock.now())
+        )
         case_id = case_id_for(incident_id) if case_id_for else incident_id
         recorder.begin(incident_id)
         try:
@@ -77,8 +82,17 @@ def attach_recorder(
         finally:
             recording = recorder.end(incident_id)
         truth = truth_for(incident_id, trigger, state) if truth_for else None
-        case = new_case(case_id, incident_id, trigger, state, engine, recording, truth,
-                        title=f"live incident {incident_id}", tags=["live"])
+        case = new_case(
+            case_id,
+            incident_id,
+            trigger,
+            state,
+            engine,
+            recording,
+            truth,
+            title=f"live incident {incident_id}",
+            tags=["live"],
+        )
         write_case(Path(out_dir) / case_id, case, recording)
         return state
 
@@ -102,7 +116,12 @@ FAULT_TRUTH: dict[str, tuple[str, list[str], list[str]]] = {
 def truth_of_fault(fault: str, service: str) -> Truth:
     """The ground truth of an injected local-app fault."""
     fault_type, also, actions = FAULT_TRUTH[fault]
-    return Truth(service=service, fault_type=fault_type, fault_types=also, actions=[a.format(s=service) for a in actions])
+    return Truth(
+        service=service,
+        fault_type=fault_type,
+        fault_types=also,
+        actions=[a.format(s=service) for a in actions],
+    )
 
 
 def record_demo_incident(
@@ -148,13 +167,16 @@ def record_demo_incident(
             return f".{out.name}-other/{incident_id}"
 
         attach_recorder(
-            engine, out.parent,
+            engine,
+            out.parent,
             truth_for=lambda incident_id, trigger, state: truth_of_fault(fault, service),
             case_id_for=name_for,
         )
         time.sleep(warmup_s)
         worker = Worker(engine)
-        thread = threading.Thread(target=worker.run, kwargs={"interval": 0.5}, name="record-worker", daemon=True)
+        thread = threading.Thread(
+            target=worker.run, kwargs={"interval": 0.5}, name="record-worker", daemon=True
+        )
         thread.start()
         say(f"injecting {fault} into {service}")
         armed.append(True)  # before the fault: the worker may start the incident before inject() returns
@@ -171,7 +193,15 @@ def record_demo_incident(
         app.stop()
         app.close()
     if not (out / "case.yaml").exists():
-        raise TimeoutError(f"no incident was recorded within {timeout_s:.0f}s of injecting {fault} into {service}")
-    case = read_case(out).model_copy(update={"injected": injected, "title": f"{fault} on {service} (recorded from the demo worker)", "tags": ["fault", "live"]})
+        raise TimeoutError(
+            f"no incident was recorded within {timeout_s:.0f}s of injecting {fault} into {service}"
+        )
+    case = read_case(out).model_copy(
+        update={
+            "injected": injected,
+            "title": f"{fault} on {service} (recorded from the demo worker)",
+            "tags": ["fault", "live"],
+        }
+    )
     (out / "case.yaml").write_text(dump_yaml(case.model_dump(mode="json")))
     return case

@@ -411,7 +411,7 @@ def default_scorer(f: NabFile) -> np.ndarray:
 
     update = default_ensemble().update
     return np.fromiter(
-        (update(t, v).score for t, v in zip(f.epoch.tolist(), f.values.tolist())), float, f.rows
+        (update(t, v).score for t, v in zip(f.epoch.tolist(), f.values.tolist(), strict=True)), float, f.rows
     )
 
 

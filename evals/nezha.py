@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from agents.analyst import Analyst
-from tools.domain import Diagnosis, FaultType, Observation
 from sregraph.config import AnalystConfig, ObserverConfig
 from tools.base import (
     Change,
@@ -54,6 +53,7 @@ from tools.base import (
     ServiceStatus,
     Span,
 )
+from tools.domain import Diagnosis, FaultType, Observation
 from tools.ledger import ActionLedger
 from tools.toolbox import Toolbox
 

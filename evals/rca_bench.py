@@ -50,7 +50,11 @@ class Outcome:
 
 
 def _hits(outcomes: Sequence[Outcome], k: int) -> float:
-    return sum(1 for o in outcomes if o.rank is not None and o.rank <= k) / len(outcomes) if outcomes else math.nan
+    return (
+        sum(1 for o in outcomes if o.rank is not None and o.rank <= k) / len(outcomes)
+        if outcomes
+        else math.nan
+    )
 
 
 def _scored(outcomes: Sequence[Outcome]) -> tuple[list[float], list[float]]:
@@ -71,7 +75,9 @@ def summarise(outcomes: Sequence[Outcome]) -> dict[str, Any]:
         "ac3": _hits(outcomes, 3),
         "ac5": _hits(outcomes, 5),
         "avg5": float(np.mean([_hits(outcomes, k) for k in range(1, 6)])),
-        "fault_type_acc": (sum(1 for o in typed if o.fault_type == o.truth_fault) / len(typed)) if typed else None,
+        "fault_type_acc": (sum(1 for o in typed if o.fault_type == o.truth_fault) / len(typed))
+        if typed
+        else None,
         "no_answer_rate": sum(1 for o in outcomes if not o.ranked) / len(outcomes),
         "brier": brier(probs, rights) if probs else None,
         "ece": ece(probs, rights) if probs else None,
@@ -98,7 +104,11 @@ def baro_scores(inp: RcaInput) -> dict[str, float]:
     for s in inp.series:
         finite = np.isfinite(s.values)
         after = s.values[(s.ts >= inp.anomaly_start) & finite]
-        ref = s.normal[np.isfinite(s.normal)] if s.normal is not None and np.isfinite(s.normal).sum() >= 2 else s.values[(s.ts < inp.anomaly_start) & finite]
+        ref = (
+            s.normal[np.isfinite(s.normal)]
+            if s.normal is not None and np.isfinite(s.normal).sum() >= 2
+            else s.values[(s.ts < inp.anomaly_start) & finite]
+        )
         if len(after) == 0 or len(ref) < 2:
             continue
         q1, q3 = np.percentile(ref, [25, 75])
@@ -109,13 +119,34 @@ def baro_scores(inp: RcaInput) -> dict[str, float]:
     return out
 
 
-def _outcome(case: Case, ranked: list[str], fault: str | None, confidence: float | None, seconds: float, feats: dict[str, float] | None = None) -> Outcome:
+def _outcome(
+    case: Case,
+    ranked: list[str],
+    fault: str | None,
+    confidence: float | None,
+    seconds: float,
+    feats: dict[str, float] | None = None,
+) -> Outcome:
     truth, truth_fault = load_label(case.path)
     position = ranked.index(truth) + 1 if truth in ranked else None
-    return Outcome(case.id, case.system, case.subset, truth, truth_fault, ranked, fault, confidence, position, seconds, feats or {})
+    return Outcome(
+        case.id,
+        case.system,
+        case.subset,
+        truth,
+        truth_fault,
+        ranked,
+        fault,
+        confidence,
+        position,
+        seconds,
+        feats or {},
+    )
 
 
-def run_sregraph(cases: Sequence[Case], params: Params = DEFAULT_PARAMS, model: ConfidenceModel | None = None) -> list[Outcome]:
+def run_sregraph(
+    cases: Sequence[Case], params: Params = DEFAULT_PARAMS, model: ConfidenceModel | None = None
+) -> list[Outcome]:
     """The ranker on every case."""
     out = []
     for case in cases:
@@ -143,7 +174,13 @@ def random_expectation(cases: Sequence[Case]) -> dict[str, Any]:
     """Exact expected AC@k of a uniformly random ranking."""
     ns = [max(len(c.input.services), 1) for c in cases]
     ac = {k: float(np.mean([min(k, n) / n for n in ns])) for k in range(1, 6)}
-    return {"cases": len(cases), "ac1": ac[1], "ac3": ac[3], "ac5": ac[5], "avg5": float(np.mean(list(ac.values())))}
+    return {
+        "cases": len(cases),
+        "ac1": ac[1],
+        "ac3": ac[3],
+        "ac5": ac[5],
+        "avg5": float(np.mean(list(ac.values()))),
+    }
 
 
 # ----------------------------------------------------------------------------- the bench
@@ -179,13 +216,32 @@ def run_bench(
     if baselines:
         baro = run_baro(cases)
         result["baselines"] = {
-            "baro": {**summarise(baro), "systems": _by(baro, lambda o: o.system), "subsets": _by(baro, lambda o: o.subset)},
-            "random": {**random_expectation(cases), "systems": {s: random_expectation([c for c in cases if c.system == s]) for s in sorted({c.system for c in cases})}},
+            "baro": {
+                **summarise(baro),
+                "systems": _by(baro, lambda o: o.system),
+                "subsets": _by(baro, lambda o: o.subset),
+            },
+            "random": {
+                **random_expectation(cases),
+                "systems": {
+                    s: random_expectation([c for c in cases if c.system == s])
+                    for s in sorted({c.system for c in cases})
+                },
+            },
         }
     result["per_case"] = [
-        {"id": o.id, "system": o.system, "subset": o.subset, "ranked": o.ranked[:5], "fault_type": o.fault_type,
-         "confidence": o.confidence, "rank": o.rank, "truth": o.truth, "truth_fault": o.truth_fault,
-         "features": {k: round(v, 4) for k, v in o.features.items()}}
+        {
+            "id": o.id,
+            "system": o.system,
+            "subset": o.subset,
+            "ranked": o.ranked[:5],
+            "fault_type": o.fault_type,
+            "confidence": o.confidence,
+            "rank": o.rank,
+            "truth": o.truth,
+            "truth_fault": o.truth_fault,
+            "features": {k: round(v, 4) for k, v in o.features.items()},
+        }
         for o in outcomes
     ]
     return result

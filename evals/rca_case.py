@@ -34,7 +34,7 @@ from typing import Any, Literal, cast
 
 import numpy as np
 
-from agents.rca import Direction, EdgeSeries, Kind, KINDS, LogRow, MetricSeries, RcaInput, SpanRow, infer_kind
+from agents.rca import KINDS, Direction, EdgeSeries, Kind, LogRow, MetricSeries, RcaInput, SpanRow, infer_kind
 from tools.base import ConfigError
 
 csv.field_size_limit(16 * 1024 * 1024)
@@ -78,7 +78,9 @@ def _rows(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
         reader = csv.DictReader(f)
         missing = [c for c in required if c not in (reader.fieldnames or [])]
         if missing:
-            raise ConfigError(f"{path}: missing column(s) {', '.join(missing)}; header is {reader.fieldnames}")
+            raise ConfigError(
+                f"{path}: missing column(s) {', '.join(missing)}; header is {reader.fieldnames}"
+            )
         return list(reader)
 
 
@@ -112,12 +114,19 @@ def _meta(path: Path) -> dict[str, tuple[Kind, Direction]]:
 
 
 def _series(
-    service: str, name: str, ts: list[float], vs: list[float], normal: list[float] | None, kind: tuple[Kind, Direction]
+    service: str,
+    name: str,
+    ts: list[float],
+    vs: list[float],
+    normal: list[float] | None,
+    kind: tuple[Kind, Direction],
 ) -> MetricSeries:
     """One series in time order (the file's order is kept among equal timestamps)."""
     t = np.array(ts)
     order = np.argsort(t, kind="stable")
-    return MetricSeries(service, name, t[order], np.array(vs)[order], np.array(normal) if normal else None, *kind)
+    return MetricSeries(
+        service, name, t[order], np.array(vs)[order], np.array(normal) if normal else None, *kind
+    )
 
 
 def _read_edges(path: Path) -> dict[tuple[str, str, str, str], tuple[list[float], list[float]]]:
@@ -141,7 +150,9 @@ def _edge_series(folder: Path, meta: dict[str, tuple[Kind, Direction]]) -> list[
     out = []
     for (caller, callee, metric, side), (ts, vs) in rows.items():
         ref = normal.get((caller, callee, metric, side))
-        series = _series(callee, metric, ts, vs, ref[1] if ref else None, meta.get(metric) or infer_kind(metric))
+        series = _series(
+            callee, metric, ts, vs, ref[1] if ref else None, meta.get(metric) or infer_kind(metric)
+        )
         out.append(EdgeSeries(caller, callee, cast(Literal["client", "server"], side), series))
     return out
 
@@ -151,10 +162,21 @@ def _read_spans(path: Path) -> list[SpanRow]:
     if not path.is_file():
         return []
     return [
-        SpanRow(row["trace_id"], row["span_id"], row["parent_id"] or "", row["service"], row["operation"],
-                _number(row["start_us"]) / 1e6, _number(row["duration_us"]) / 1e6, (row["status"] or "").lower(),
-                row.get("peer") or "")
-        for row in _rows(path, ("trace_id", "span_id", "parent_id", "service", "operation", "start_us", "duration_us", "status"))
+        SpanRow(
+            row["trace_id"],
+            row["span_id"],
+            row["parent_id"] or "",
+            row["service"],
+            row["operation"],
+            _number(row["start_us"]) / 1e6,
+            _number(row["duration_us"]) / 1e6,
+            (row["status"] or "").lower(),
+            row.get("peer") or "",
+        )
+        for row in _rows(
+            path,
+            ("trace_id", "span_id", "parent_id", "service", "operation", "start_us", "duration_us", "status"),
+        )
     ]
 
 
@@ -187,7 +209,9 @@ def load_case(folder: Path, use_meta: bool = True) -> Case:
         services.add(service)
         base = name.split("@", 1)[0]
         ref = normal.get((service, name))
-        out.append(_series(service, name, ts, vs, ref[1] if ref else None, meta.get(base) or infer_kind(base)))
+        out.append(
+            _series(service, name, ts, vs, ref[1] if ref else None, meta.get(base) or infer_kind(base))
+        )
     edges: set[tuple[str, str]] = set()
     if (folder / "topology.csv").is_file():
         for row in _rows(folder / "topology.csv", ("caller", "callee")):
@@ -206,10 +230,24 @@ def load_case(folder: Path, use_meta: bool = True) -> Case:
     services.discard("")
     # The normal period's services are not candidates: only what the case's own window names is.
     inp = RcaInput(
-        start, sorted(services), out, edges, spans, logs, symptom, edge_series,
-        normal_spans=_read_spans(folder / "normal_spans.csv"), normal_logs=_read_logs(folder / "normal_logs.csv"),
+        start,
+        sorted(services),
+        out,
+        edges,
+        spans,
+        logs,
+        symptom,
+        edge_series,
+        normal_spans=_read_spans(folder / "normal_spans.csv"),
+        normal_logs=_read_logs(folder / "normal_logs.csv"),
     )
-    return Case(str(info.get("id") or folder.name), str(info.get("system") or "unknown"), folder, inp, info.get("subset"))
+    return Case(
+        str(info.get("id") or folder.name),
+        str(info.get("system") or "unknown"),
+        folder,
+        inp,
+        info.get("subset"),
+    )
 
 
 def load_label(folder: Path) -> tuple[str, str | None]:

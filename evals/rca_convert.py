@@ -316,7 +316,9 @@ _EDGE_FILES = (("source_50.csv", "client"), ("destination_50.csv", "server"))
 """Per-edge latency files and the side of the call that measured them."""
 
 
-def _read_edge_metrics(metric_dir: Path, topology: set[tuple[str, str]]) -> list[tuple[float, str, str, str, str, str]]:
+def _read_edge_metrics(
+    metric_dir: Path, topology: set[tuple[str, str]]
+) -> list[tuple[float, str, str, str, str, str]]:
     """Nezha's per-edge P50 latencies (``<caller>_<callee>`` columns), client side and server side, by time.
 
     A column is read only when it names an edge of the call graph, so hyphens and underscores in service
@@ -575,7 +577,9 @@ def load_nezha_day(day_dir: Path, src: Path) -> NezhaDayData:
         )
     edge_metrics = _read_edge_metrics(metric_dir, topology)
     if edge_metrics:
-        notes.append(f"edge_metrics.csv: {len(edge_metrics)} per-edge latency points (client and server side)")
+        notes.append(
+            f"edge_metrics.csv: {len(edge_metrics)} per-edge latency points (client and server side)"
+        )
     return NezhaDayData(
         edge_metrics=edge_metrics,
         edge_times=[e[0] for e in edge_metrics],
@@ -621,7 +625,9 @@ def _log_rows(logs: Iterable[tuple[int, str, str, str]]) -> list[Row]:
 def nezha_cases(day: NezhaDayData, meta: bool = True) -> Iterator[CaseOut]:
     """The day's cases, one per labelled fault, in injection order."""
     used: Counter[str] = Counter()
-    normal_spans = render_csv(SPAN_HEADER, [(*s[1:], "") for s in day.normal_spans]) if day.normal_spans else ""
+    normal_spans = (
+        render_csv(SPAN_HEADER, [(*s[1:], "") for s in day.normal_spans]) if day.normal_spans else ""
+    )
     normal_logs = render_csv(LOG_HEADER, _log_rows(day.normal_logs)) if day.normal_logs else ""
     normal = render_csv(METRIC_HEADER, _metric_rows(day.normal)) if day.normal else ""
     normal_names = {n for m in day.normal for n, _ in m[4]}
@@ -662,7 +668,10 @@ def nezha_cases(day: NezhaDayData, meta: bool = True) -> Iterator[CaseOut]:
         if day.span_times:
             out.tables["spans.csv"] = (SPAN_HEADER, [(*s[1:], "") for s in spans])
         if day.edge_times:
-            out.tables["edge_metrics.csv"] = (EDGE_HEADER, _edge_rows(day.edge_metrics[_window(day.edge_times, lo, hi)]))
+            out.tables["edge_metrics.csv"] = (
+                EDGE_HEADER,
+                _edge_rows(day.edge_metrics[_window(day.edge_times, lo, hi)]),
+            )
             if day.edge_normal:
                 out.tables["edge_normal.csv"] = (EDGE_HEADER, _edge_rows(day.edge_normal))
         if day.log_times:

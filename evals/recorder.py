@@ -73,7 +73,9 @@ class Recorder:
         assert self.toolbox is not None, "attach the recorder to a toolbox first"
         clock = self.toolbox.clock
         now = clock.inner.now() if isinstance(clock, RecordingClock) else clock.now()
-        seed = latest_actions([e.model_dump(mode="json") for e in self.toolbox.ledger.all() if e.started_at >= now - lookback_s])
+        seed = latest_actions(
+            [e.model_dump(mode="json") for e in self.toolbox.ledger.all() if e.started_at >= now - lookback_s]
+        )
         with self._lock:
             self.recordings[incident_id] = Recording(ledger_seed=seed, started_at=now)
 

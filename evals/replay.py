@@ -52,10 +52,10 @@ from evals.calls import (
 )
 from evals.case import Case, Outcome, outcome_of
 from evals.case_files import case_folders, read_calls, read_case
-from evals.telemetry_tables import TelemetryTables, covered, expand, stream_of, tables_from_json
 from evals.replay_world import SimulatedWorld
-from tools.domain import ApprovalDecision
+from evals.telemetry_tables import TelemetryTables, covered, expand, stream_of, tables_from_json
 from tools.base import LogRecord, NotFound, Series, Span, Telemetry
+from tools.domain import ApprovalDecision
 from tools.ledger import ActionLedger
 from tools.toolbox import Toolbox
 
@@ -68,7 +68,14 @@ HOW_TO_RECORD = (
     "for live incidents (docs/evals.md, 'Recording')."
 )
 
-IDEMPOTENT = {("incidents", "open_issue"), ("incidents", "comment"), ("incidents", "set_labels"), ("incidents", "close"), ("gitops", "propose"), ("gitops", "merge")}
+IDEMPOTENT = {
+    ("incidents", "open_issue"),
+    ("incidents", "comment"),
+    ("incidents", "set_labels"),
+    ("incidents", "close"),
+    ("gitops", "propose"),
+    ("gitops", "merge"),
+}
 """Mutations whose repeat returns the first result (keyed comments and PRs, fingerprinted issues)."""
 
 
@@ -77,7 +84,9 @@ class MissingRecording(Exception):  # noqa: N818 - the name says what happened
 
     def __init__(self, case_id: str, call: str, detail: str) -> None:
         self.case_id, self.call, self.detail = case_id, call, detail
-        super().__init__(f"case {case_id}: no recording for {call}: {detail}. {HOW_TO_RECORD.replace('CASE_ID', case_id)}")
+        super().__init__(
+            f"case {case_id}: no recording for {call}: {detail}. {HOW_TO_RECORD.replace('CASE_ID', case_id)}"
+        )
 
 
 @dataclass
@@ -112,7 +121,8 @@ class ReplaySession:
     stale_reads: list[str] = field(default_factory=list)
     """Reads beyond the recording answered with the last recorded answer (LLM brains only)."""
     simulated: list[str] = field(default_factory=list)
-    """Calls the recording has no answer for, answered by the simulated world (LLM brains only; evals/replay_world.py)."""
+    """Calls the recording has no answer for, answered by the simulated world (LLM brains only;
+    evals/replay_world.py)."""
     extra_reads: list[str] = field(default_factory=list)
     """Telemetry queries outside the recorded windows, answered from the recorded tables (LLM brains only)."""
     empty_reads: list[str] = field(default_factory=list)
@@ -151,7 +161,9 @@ class RecordedCalls:
                 self.by_key[identity(entry["tool"], entry["method"], entry.get("args", {}))].append(entry)
         self.used: dict[str, int] = defaultdict(int)
 
-    def next(self, tool: str, method: str, args: dict[str, Any], session: ReplaySession) -> dict[str, Any] | None:
+    def next(
+        self, tool: str, method: str, args: dict[str, Any], session: ReplaySession
+    ) -> dict[str, Any] | None:
         """The recorded answer to the next occurrence of this call; MissingRecording if there is none (strict
         sessions) or None (judging sessions, whose simulated world answers instead)."""
         key = identity(tool, method, args)
@@ -170,12 +182,18 @@ class RecordedCalls:
                 # An LLM brain's extra read (a model tool, the librarian reading comments): the latest state.
                 session.stale_reads.append(call_text(tool, method, args))
                 return entries[-1]
-            detail = f"it was recorded {len(entries)} time(s) with different answers and this is call #{n + 1}"
+            detail = (
+                f"it was recorded {len(entries)} time(s) with different answers and this is call #{n + 1}"
+            )
         elif entries:
             detail = f"it was recorded {len(entries)} time(s) and this is call #{n + 1}"
         else:
-            similar = sorted({k.split(":", 1)[1][:120] for k in self.by_key if k.startswith(f"{tool}.{method}:")})
-            detail = "this call was never recorded" + (f" (recorded arguments: {'; '.join(similar[:3])})" if similar else "")
+            similar = sorted(
+                {k.split(":", 1)[1][:120] for k in self.by_key if k.startswith(f"{tool}.{method}:")}
+            )
+            detail = "this call was never recorded" + (
+                f" (recorded arguments: {'; '.join(similar[:3])})" if similar else ""
+            )
         if not session.strict:
             return None  # a judging replay: the simulated world answers
         raise session.miss(call_text(tool, method, args), detail)
@@ -189,17 +207,37 @@ class ReplayProxy:
     """Answers one backend's protocol calls from the recording; mutations are logged, never executed."""
 
     def __init__(
-        self, tool: str, protocol: type, calls: RecordedCalls, session: ReplaySession, clock: ReplayClock, world: SimulatedWorld | None = None
+        self,
+        tool: str,
+        protocol: type,
+        calls: RecordedCalls,
+        session: ReplaySession,
+        clock: ReplayClock,
+        world: SimulatedWorld | None = None,
     ) -> None:
-        self._tool, self._protocol, self._calls, self._session, self._clock = tool, protocol, calls, session, clock
+        self._tool, self._protocol, self._calls, self._session, self._clock = (
+            tool,
+            protocol,
+            calls,
+            session,
+            clock,
+        )
         self._world = world
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_") or name not in protocol_methods(self._protocol):
             raise AttributeError(
-                f"{self._tool}.{name} is not part of the {self._protocol.__name__} contract, so a replay cannot answer it"
+                f"{self._tool}.{name} is not part of the {self._protocol.__name__} contract, so a replay "
+                "cannot answer it"
             )
-        tool, protocol, calls, session, clock, world = self._tool, self._protocol, self._calls, self._session, self._clock, self._world
+        tool, protocol, calls, session, clock, world = (
+            self._tool,
+            self._protocol,
+            self._calls,
+            self._session,
+            self._clock,
+            self._world,
+        )
         adapter = result_adapter(protocol, name)
 
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -219,7 +257,9 @@ class ReplayProxy:
             if entry is None:
                 return simulate(named)
             if mutating:
-                session.mutations.append(Mutation(tool, name, named, clock.pinned, result=entry.get("result")))
+                session.mutations.append(
+                    Mutation(tool, name, named, clock.pinned, result=entry.get("result"))
+                )
             if "error" in entry:
                 raise _error_class(entry["error"]["type"])(entry["error"]["message"])
             value = adapter.validate_python(entry["result"])
@@ -239,7 +279,9 @@ class ReplayProxy:
                     session.mutations.append(Mutation(tool, name, named, clock.pinned, recorded=False))
                 raise
             if (tool, name) in MUTATING:
-                session.mutations.append(Mutation(tool, name, named, clock.pinned, recorded=False, result=_jsonable(value)))
+                session.mutations.append(
+                    Mutation(tool, name, named, clock.pinned, recorded=False, result=_jsonable(value))
+                )
             return value
 
         return call
@@ -251,21 +293,29 @@ class ReplayTelemetry:
     def __init__(self, doc: dict[str, Any], session: ReplaySession) -> None:
         self.tables: TelemetryTables = tables_from_json(doc)
         self.coverage = {stream: intervals for stream, intervals in doc.get("coverage", [])}
-        self.exceptions = {(e["method"], canonical(e["args"]), e["n"]): e["result"] for e in doc.get("exceptions", [])}
+        self.exceptions = {
+            (e["method"], canonical(e["args"]), e["n"]): e["result"] for e in doc.get("exceptions", [])
+        }
         self.other = defaultdict(list)
         for e in doc.get("other", []):
             self.other[(e["method"], canonical(e["args"]))].append(e["result"])
         self.seen: dict[str, int] = defaultdict(int)
         self.session = session
         t = self.tables
-        times = [p[0] for s in t.series for p in s.points] + [r.ts for r in t.logs] + [sp.start for sp in t.spans]
+        times = (
+            [p[0] for s in t.series for p in s.points] + [r.ts for r in t.logs] + [sp.start for sp in t.spans]
+        )
         times += [x for intervals in self.coverage.values() for pair in intervals for x in pair]
         self.extent = (min(times), max(times)) if times else (0.0, -1.0)
         """The first and last instant the recorded telemetry covers."""
 
     def log_lines(self, service: str, tail: int, until: float) -> list[str]:
         """The last `tail` recorded log lines of a service before `until`, as a runtime's log tail shows them."""
-        lines = [f"{r.level.upper()} {r.message}" for r in self.tables.logs if r.service == service and r.ts <= until]
+        lines = [
+            f"{r.level.upper()} {r.message}"
+            for r in self.tables.logs
+            if r.service == service and r.ts <= until
+        ]
         return lines[-tail:]
 
     def _answer(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -288,8 +338,14 @@ class ReplayTelemetry:
                 return []
             self.session.extra_reads.append(call_text("telemetry", method, named))
             return self.tables.answer(method, named)
-        where = f"recorded windows of this stream: {intervals[:3]}" if intervals else "this stream was never queried"
-        raise self.session.miss(call_text("telemetry", method, named), f"the window is outside what was recorded ({where})")
+        where = (
+            f"recorded windows of this stream: {intervals[:3]}"
+            if intervals
+            else "this stream was never queried"
+        )
+        raise self.session.miss(
+            call_text("telemetry", method, named), f"the window is outside what was recorded ({where})"
+        )
 
     def _build(self, method: str, result: Any) -> Any:
         t = self.tables
@@ -297,7 +353,9 @@ class ReplayTelemetry:
             out = []
             for pos, runs in result:
                 s = t.series[pos]
-                out.append(Series(name=s.name, labels=dict(s.labels), points=[s.points[i] for i in expand(runs)]))
+                out.append(
+                    Series(name=s.name, labels=dict(s.labels), points=[s.points[i] for i in expand(runs)])
+                )
             return out
         if method == "search_logs":
             return [t.logs[i] for i in expand(result)]
@@ -309,10 +367,18 @@ class ReplayTelemetry:
         return result
 
     def search_logs(
-        self, service: str | None, start: float, end: float, query: str | None = None, level: str | None = None, limit: int = 500
+        self,
+        service: str | None,
+        start: float,
+        end: float,
+        query: str | None = None,
+        level: str | None = None,
+        limit: int = 500,
     ) -> list[LogRecord]:
         """Recorded log records in a window."""
-        result: list[LogRecord] = self._answer("search_logs", (service, start, end), {"query": query, "level": level, "limit": limit})
+        result: list[LogRecord] = self._answer(
+            "search_logs", (service, start, end), {"query": query, "level": level, "limit": limit}
+        )
         return result
 
     def spans(self, service: str | None, start: float, end: float, limit: int = 2000) -> list[Span]:
@@ -422,12 +488,34 @@ def replay_toolbox(
     clock = ReplayClock(calls.clock, session)
     ledger = ActionLedger(workdir / "ledger.db")
     for row in case.ledger_seed:
-        ledger.start(row["key"], row["incident_id"], row["service"], row["kind"], row.get("before") or {}, row["started_at"])
+        ledger.start(
+            row["key"],
+            row["incident_id"],
+            row["service"],
+            row["kind"],
+            row.get("before") or {},
+            row["started_at"],
+        )
         if row.get("status") and row["status"] != "started":
-            ledger.finish(row["key"], row["status"], row.get("detail", ""), row.get("ref", ""), row.get("finished_at") or row["started_at"])
+            ledger.finish(
+                row["key"],
+                row["status"],
+                row.get("detail", ""),
+                row.get("ref", ""),
+                row.get("finished_at") or row["started_at"],
+            )
     telemetry = ReplayTelemetry(loaded.telemetry, session)
-    world = None if strict else SimulatedWorld(case.topology, lambda service, tail: telemetry.log_lines(service, tail, clock.pinned + clock.drift))
-    proxies = {name: ReplayProxy(name, protocol, calls, session, clock, world) for name, protocol in TOOLS.items()}
+    world = (
+        None
+        if strict
+        else SimulatedWorld(
+            case.topology,
+            lambda service, tail: telemetry.log_lines(service, tail, clock.pinned + clock.drift),
+        )
+    )
+    proxies = {
+        name: ReplayProxy(name, protocol, calls, session, clock, world) for name, protocol in TOOLS.items()
+    }
     toolbox = Toolbox(
         telemetry=telemetry,
         runtime=proxies["runtime"],
@@ -444,14 +532,22 @@ def replay_toolbox(
     return toolbox, session, calls
 
 
-def case_settings_for(loaded: LoadedCase, workdir: Path, brain: str = "deterministic", base: Any = None) -> Any:
+def case_settings_for(
+    loaded: LoadedCase, workdir: Path, brain: str = "deterministic", base: Any = None
+) -> Any:
     """Settings of a replay: the recorded windows and loop caps, the recorded policy, data under `workdir`."""
     from sregraph.config import Settings
 
     policy_file = workdir / "policy.yaml"
     policy_file.write_text(yaml.safe_dump(loaded.case.policy))
-    data: dict[str, Any] = {k: v for k, v in loaded.case.settings.items() if k in ("observer", "analyst", "engineer")}
-    data.update(data_dir=workdir / "data", policy_file=policy_file, brain="deterministic" if brain == "deterministic" else "llm")
+    data: dict[str, Any] = {
+        k: v for k, v in loaded.case.settings.items() if k in ("observer", "analyst", "engineer")
+    }
+    data.update(
+        data_dir=workdir / "data",
+        policy_file=policy_file,
+        brain="deterministic" if brain == "deterministic" else "llm",
+    )
     if base is not None:
         data["llm"] = base.llm.model_dump()
     if brain in ("openai", "watsonx"):
@@ -511,9 +607,13 @@ def replay_case(
     session.unused = calls.unused_keys()
     ledger = [e.model_dump(mode="json") for e in toolbox.ledger.all()]
     usage = model_usage(chat_model).since(usage_before) if usage_before is not None else None
-    run = CaseRun(case, outcome_of(state), session, state, error, round(time.perf_counter() - started, 3), ledger, usage)
+    run = CaseRun(
+        case, outcome_of(state), session, state, error, round(time.perf_counter() - started, 3), ledger, usage
+    )
     if memory is not None:
-        run.stored_wording, run.stored_ungrounded = stored_grounding(memory, case.incident_id, list(case.topology))
+        run.stored_wording, run.stored_ungrounded = stored_grounding(
+            memory, case.incident_id, list(case.topology)
+        )
     return run
 
 
@@ -550,7 +650,15 @@ def replay_suite(
     runs: list[CaseRun] = []
     with tempfile.TemporaryDirectory(prefix="sregraph-eval-") as tmp, suite_memory(Path(tmp)) as store:
         for i, loaded in enumerate(cases):
-            run = replay_case(loaded, Path(tmp) / f"{i:03d}-{loaded.case.id}", store if memory else None, brain, chat_model, base_settings, cassette)
+            run = replay_case(
+                loaded,
+                Path(tmp) / f"{i:03d}-{loaded.case.id}",
+                store if memory else None,
+                brain,
+                chat_model,
+                base_settings,
+                cassette,
+            )
             runs.append(run)
             if on_case is not None:
                 on_case(run)

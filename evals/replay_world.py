@@ -66,7 +66,9 @@ class SimulatedWorld:
         """The world's answer to a call the recording has none for (a model object, a list, or None)."""
         handler = getattr(self, f"_{tool}_{method}", None)
         if handler is None:
-            raise ToolError(f"{tool}.{method} is not simulated on replay and the recording has no answer for it")
+            raise ToolError(
+                f"{tool}.{method} is not simulated on replay and the recording has no answer for it"
+            )
         result = handler(**args)
         self.observe(tool, method, args, result)
         return result
@@ -84,13 +86,28 @@ class SimulatedWorld:
 
     def _runtime_restart(self, service: str) -> ServiceStatus:
         before = self._service(service)
-        return before.model_copy(update={"running": True, "restarts": before.restarts + 1, "exit_code": None, "oom_killed": False, "started_at": self.now})
+        return before.model_copy(
+            update={
+                "running": True,
+                "restarts": before.restarts + 1,
+                "exit_code": None,
+                "oom_killed": False,
+                "started_at": self.now,
+            }
+        )
 
     def _runtime_start(self, service: str) -> ServiceStatus:
         before = self._service(service)
         if before.running:
             return before.model_copy()
-        return before.model_copy(update={"running": True, "restarts": before.restarts + 1, "exit_code": None, "started_at": self.now})
+        return before.model_copy(
+            update={
+                "running": True,
+                "restarts": before.restarts + 1,
+                "exit_code": None,
+                "started_at": self.now,
+            }
+        )
 
     def _runtime_stop(self, service: str) -> ServiceStatus:
         return self._service(service).model_copy(update={"running": False})
@@ -107,7 +124,9 @@ class SimulatedWorld:
         known = self.health.get(service)
         if known is not None and known.ok == status.running:
             return known.model_copy()
-        return HealthResult(service=service, ok=status.running, detail="" if status.running else "process not running")
+        return HealthResult(
+            service=service, ok=status.running, detail="" if status.running else "process not running"
+        )
 
     def _deployer_apply(self, service: str) -> ServiceStatus:
         return self._runtime_restart(service)
@@ -118,11 +137,20 @@ class SimulatedWorld:
             raise NotFound(f"issue #{issue_id} does not exist")
         return issue
 
-    def _incidents_open_issue(self, title: str, body: str, labels: list[str], fingerprint: str) -> tuple[Issue, bool]:
+    def _incidents_open_issue(
+        self, title: str, body: str, labels: list[str], fingerprint: str
+    ) -> tuple[Issue, bool]:
         found = self._incidents_find_open(fingerprint)
         if found is not None:
             return found, False
-        issue = Issue(id=max(self.issues, default=0) + 1, title=title, body=body, labels=list(labels), fingerprint=fingerprint, created_at=self.now)
+        issue = Issue(
+            id=max(self.issues, default=0) + 1,
+            title=title,
+            body=body,
+            labels=list(labels),
+            fingerprint=fingerprint,
+            created_at=self.now,
+        )
         self.issues[issue.id] = issue
         return issue.model_copy(deep=True), True
 
@@ -147,7 +175,9 @@ class SimulatedWorld:
     def _incidents_set_labels(self, issue_id: int, add: list[str], remove: list[str] | None = None) -> Issue:
         issue = self._issue(issue_id)
         gone = set(remove or [])
-        issue.labels = [label for label in issue.labels if label not in gone] + [label for label in add if label not in issue.labels]
+        issue.labels = [label for label in issue.labels if label not in gone] + [
+            label for label in add if label not in issue.labels
+        ]
         return issue.model_copy(deep=True)
 
     def _incidents_close(self, issue_id: int) -> Issue:
@@ -156,7 +186,11 @@ class SimulatedWorld:
         return issue.model_copy(deep=True)
 
     def _gitops_history(self, since: float | None = None, service: str | None = None) -> list[Change]:
-        chosen = [c for c in self.changes.values() if (since is None or c.at >= since) and (service is None or service in c.services)]
+        chosen = [
+            c
+            for c in self.changes.values()
+            if (since is None or c.at >= since) and (service is None or service in c.services)
+        ]
         return sorted(chosen, key=lambda c: -c.at)
 
     def _gitops_config(self, service: str) -> dict[str, Any]:
@@ -169,13 +203,23 @@ class SimulatedWorld:
             raise ToolError(f"no rollback target of {service} was computed in the recording")
         return dict(self.rollbacks[service])
 
-    def _gitops_propose(self, service: str, new_config: dict[str, Any], title: str, body: str, key: str | None = None) -> PullRequest:
+    def _gitops_propose(
+        self, service: str, new_config: dict[str, Any], title: str, body: str, key: str | None = None
+    ) -> PullRequest:
         if key is not None:
             same = [p for p in self.prs.values() if p.key == key]
             if same:
                 return same[0].model_copy()
         number = max(self.prs, default=0) + 1
-        pr = PullRequest(id=number, branch=f"sregraph/simulated-{number}", title=title, body=body, head_sha=f"simulated{number:033d}", service=service, key=key)
+        pr = PullRequest(
+            id=number,
+            branch=f"sregraph/simulated-{number}",
+            title=title,
+            body=body,
+            head_sha=f"simulated{number:033d}",
+            service=service,
+            key=key,
+        )
         self.prs[number] = pr
         return pr.model_copy()
 
@@ -187,7 +231,11 @@ class SimulatedWorld:
         return pr.model_copy()
 
     def _gitops_pull_requests(self, state: str = "all") -> list[PullRequest]:
-        return [p.model_copy() for p in sorted(self.prs.values(), key=lambda p: p.id) if state == "all" or p.state == state]
+        return [
+            p.model_copy()
+            for p in sorted(self.prs.values(), key=lambda p: p.id)
+            if state == "all" or p.state == state
+        ]
 
 
 def _models(result: Any) -> list[BaseModel]:

@@ -101,7 +101,11 @@ def _match(action: str, patterns: list[str]) -> bool:
 
 def actions_taken(run: CaseRun) -> list[str]:
     """Executed actions (done, failed or dry-run) and, when the run waits at the gate, the planned ones."""
-    taken = [f"{r.action.kind} {r.action.service}" for r in run.state.get("actions", []) if r.status in ("done", "failed", "dry_run")]
+    taken = [
+        f"{r.action.kind} {r.action.service}"
+        for r in run.state.get("actions", [])
+        if r.status in ("done", "failed", "dry_run")
+    ]
     if run.outcome.waiting:
         taken += [p for p in run.outcome.planned if p not in taken]
     return taken
@@ -129,10 +133,23 @@ def policy_violations(case: Case, run: CaseRun) -> list[dict[str, str]]:
             out.append({"kind": "not_allowed", "detail": f"{text}: policy allows {', '.join(rules.allowed)}"})
         attempt = int(found.group(1)) if (found := re.search(r"/attempt-(\d+)/", r.key)) else 1
         if attempt > rules.max_attempts:
-            out.append({"kind": "attempts", "detail": f"{text}: attempt {attempt} over the limit {rules.max_attempts}"})
-        last = max((at for s, k, at in history if s == service and k == kind and at <= r.started_at), default=None)
+            out.append(
+                {
+                    "kind": "attempts",
+                    "detail": f"{text}: attempt {attempt} over the limit {rules.max_attempts}",
+                }
+            )
+        last = max(
+            (at for s, k, at in history if s == service and k == kind and at <= r.started_at), default=None
+        )
         if last is not None and r.started_at - last < rules.cooldown_s:
-            out.append({"kind": "cooldown", "detail": f"{text}: {r.started_at - last:.0f}s after the last one, cooldown {rules.cooldown_s:.0f}s"})
+            out.append(
+                {
+                    "kind": "cooldown",
+                    "detail": f"{text}: {r.started_at - last:.0f}s after the last one, cooldown "
+                    f"{rules.cooldown_s:.0f}s",
+                }
+            )
         if kind in rules.require_approval and not (approval is not None and approval.approved):
             out.append({"kind": "approval", "detail": f"{text}: needs a human approval and had none"})
         if rules.dry_run:
@@ -158,7 +175,9 @@ def policy_violations(case: Case, run: CaseRun) -> list[dict[str, str]]:
         if explained[key] > 0:
             explained[key] -= 1
         else:
-            out.append({"kind": "unexplained_mutation", "detail": f"{m.text} matches no action of the engineer"})
+            out.append(
+                {"kind": "unexplained_mutation", "detail": f"{m.text} matches no action of the engineer"}
+            )
     return out
 
 
@@ -171,16 +190,33 @@ def side_effects(run: CaseRun) -> tuple[dict[str, int], list[str]]:
     created = 0
     for m in run.session.mutations:
         counts[f"{m.tool}.{m.method}"] += 1
-        if (m.tool, m.method) == ("incidents", "open_issue") and isinstance(m.result, list) and len(m.result) == 2 and m.result[1]:
+        if (
+            (m.tool, m.method) == ("incidents", "open_issue")
+            and isinstance(m.result, list)
+            and len(m.result) == 2
+            and m.result[1]
+        ):
             created += 1
-        if (m.tool, m.method) == ("incidents", "comment") and isinstance(m.result, dict) and m.args.get("key") is not None:
-            comment_ids.setdefault((m.args.get("issue_id"), m.args.get("key")), set()).add(int(m.result.get("id", -1)))
+        if (
+            (m.tool, m.method) == ("incidents", "comment")
+            and isinstance(m.result, dict)
+            and m.args.get("key") is not None
+        ):
+            comment_ids.setdefault((m.args.get("issue_id"), m.args.get("key")), set()).add(
+                int(m.result.get("id", -1))
+            )
         if (m.tool, m.method) == ("gitops", "propose") and isinstance(m.result, dict):
-            pr_ids.setdefault((m.args.get("service"), m.args.get("key")), set()).add(int(m.result.get("id", -1)))
+            pr_ids.setdefault((m.args.get("service"), m.args.get("key")), set()).add(
+                int(m.result.get("id", -1))
+            )
     if created > 1:
         duplicates.append(f"{created} incident issues opened for one incident")
-    duplicates += [f"comment key {k[1]!r} posted {len(v)} times" for k, v in comment_ids.items() if len(v) > 1]
-    duplicates += [f"{len(v)} pull requests for {k[0]} with key {k[1]!r}" for k, v in pr_ids.items() if len(v) > 1]
+    duplicates += [
+        f"comment key {k[1]!r} posted {len(v)} times" for k, v in comment_ids.items() if len(v) > 1
+    ]
+    duplicates += [
+        f"{len(v)} pull requests for {k[0]} with key {k[1]!r}" for k, v in pr_ids.items() if len(v) > 1
+    ]
     summary = {
         "issues_opened": created,
         "comments": counts["incidents.comment"],
@@ -194,10 +230,19 @@ def side_effects(run: CaseRun) -> tuple[dict[str, int], list[str]]:
     return summary, duplicates
 
 
-def score_case(run: CaseRun, incident_ids: dict[str, str] | None = None, price_per_mtok: float = 0.0) -> CaseScore:
+def score_case(
+    run: CaseRun, incident_ids: dict[str, str] | None = None, price_per_mtok: float = 0.0
+) -> CaseScore:
     """Score one replayed case against its truth (`incident_ids` maps case ids to incident ids, for memory)."""
     case, outcome, truth = run.case, run.outcome, run.case.truth
-    score = CaseScore(id=case.id, tags=case.tags, status=outcome.status, incident=truth.incident, error=run.error, seconds=run.seconds)
+    score = CaseScore(
+        id=case.id,
+        tags=case.tags,
+        status=outcome.status,
+        incident=truth.incident,
+        error=run.error,
+        seconds=run.seconds,
+    )
     score.detected = outcome.detected
     injected_at = case.injected_at
     if outcome.detected and injected_at is not None and outcome.observed_at is not None:
@@ -210,7 +255,9 @@ def score_case(run: CaseRun, incident_ids: dict[str, str] | None = None, price_p
         score.fault_type_ok = score.ac1 and outcome.fault_type in truth.accepted_fault_types()
     score.actions = actions_taken(run)
     acceptable = set(truth.actions)
-    score.action_ok = (not score.actions) if not acceptable else bool(score.actions) and set(score.actions) <= acceptable
+    score.action_ok = (
+        (not score.actions) if not acceptable else bool(score.actions) and set(score.actions) <= acceptable
+    )
     score.violations = policy_violations(case, run)
     done = [r for r in run.state.get("actions", []) if r.status in ("done", "failed")]
     score.healthy_false_action = not truth.incident and bool(done)
@@ -278,7 +325,10 @@ def ece(pairs: list[tuple[float, bool]], bins: int = ECE_BINS) -> float | None:
     for c, y in pairs:
         groups.setdefault(min(int(c * bins), bins - 1), []).append((c, y))
     total = len(pairs)
-    gap = sum(len(g) / total * abs(sum(float(y) for _, y in g) / len(g) - sum(c for c, _ in g) / len(g)) for g in groups.values())
+    gap = sum(
+        len(g) / total * abs(sum(float(y) for _, y in g) / len(g) - sum(c for c, _ in g) / len(g))
+        for g in groups.values()
+    )
     return round(gap, 4)
 
 
@@ -302,7 +352,9 @@ def _rate(values: list[bool | None]) -> float | None:
     return round(sum(seen) / len(seen), 4) if seen else None
 
 
-def summarize(scores: list[CaseScore], brain: str = "deterministic", min_pass_rate: float | None = None) -> dict[str, Any]:
+def summarize(
+    scores: list[CaseScore], brain: str = "deterministic", min_pass_rate: float | None = None
+) -> dict[str, Any]:
     """Suite metrics over case scores."""
     incidents = [s for s in scores if s.incident]
     pairs = [(s.confidence, bool(s.ac1)) for s in scores if s.confidence is not None and s.ac1 is not None]
@@ -368,7 +420,12 @@ def summarize(scores: list[CaseScore], brain: str = "deterministic", min_pass_ra
     return summary
 
 
-def score_suite(runs: list[CaseRun], brain: str = "deterministic", price_per_mtok: float = 0.0, min_pass_rate: float | None = None) -> SuiteResult:
+def score_suite(
+    runs: list[CaseRun],
+    brain: str = "deterministic",
+    price_per_mtok: float = 0.0,
+    min_pass_rate: float | None = None,
+) -> SuiteResult:
     """Score every run (memory hits need the whole suite's incident ids) and summarise."""
     ids = {r.case.id: r.case.incident_id for r in runs}
     scores = [score_case(r, ids, price_per_mtok) for r in runs]
@@ -382,28 +439,86 @@ def _mark(value: bool | None) -> str:
     return "–" if value is None else ("✔" if value else "✘")
 
 
-COLUMNS = ("case", "tags", "pass", "status", "TTD s", "root cause", "AC@1", "AC@3", "fault type", "actions", "policy", "memory", "conf")
+COLUMNS = (
+    "case",
+    "tags",
+    "pass",
+    "status",
+    "TTD s",
+    "root cause",
+    "AC@1",
+    "AC@3",
+    "fault type",
+    "actions",
+    "policy",
+    "memory",
+    "conf",
+)
 
 
 def rows(result: SuiteResult) -> list[list[str]]:
     """One row of text cells per case (shared by the rich table and the Markdown report)."""
     out = []
     for s in result.scores:
-        out.append([
-            s.id, ",".join(s.tags), _mark(s.passed), s.status or "–", f"{s.ttd_s:.1f}" if s.ttd_s is not None else "–",
-            s.root_cause or "–", _mark(s.ac1), _mark(s.ac3), f"{s.fault_type or '–'} {_mark(s.fault_type_ok)}",
-            f"{', '.join(s.actions) or 'none'} {_mark(s.action_ok)}", str(len(s.violations)) if s.violations else "0",
-            _mark(s.memory_hit), f"{s.confidence:.2f}" if s.confidence is not None else "–",
-        ])
+        out.append(
+            [
+                s.id,
+                ",".join(s.tags),
+                _mark(s.passed),
+                s.status or "–",
+                f"{s.ttd_s:.1f}" if s.ttd_s is not None else "–",
+                s.root_cause or "–",
+                _mark(s.ac1),
+                _mark(s.ac3),
+                f"{s.fault_type or '–'} {_mark(s.fault_type_ok)}",
+                f"{', '.join(s.actions) or 'none'} {_mark(s.action_ok)}",
+                str(len(s.violations)) if s.violations else "0",
+                _mark(s.memory_hit),
+                f"{s.confidence:.2f}" if s.confidence is not None else "–",
+            ]
+        )
     return out
 
 
-SUMMARY_KEYS = ("cases", "passed", "pass_rate", "detection_rate", "ttd_median_s", "ac1", "ac3", "fault_type_acc", "action_acc",
-                "policy_violations", "injection_violations", "healthy_false_actions", "false_incidents", "memory_hit_rate",
-                "duplicates", "brier", "ece", "tokens_per_incident", "cost_usd_per_incident", "reproduced_rate", "replay_errors",
-                "ungrounded_stored", "seconds")
-MODEL_KEYS = ("model_measured", "model_calls", "model_failures", "model_tokens", "fallbacks", "fallbacks_by_agent", "cases_with_fallback",
-              "ungrounded_rejected", "ungrounded_by_agent", "model_worded_stored", "simulated_calls", "extra_reads")
+SUMMARY_KEYS = (
+    "cases",
+    "passed",
+    "pass_rate",
+    "detection_rate",
+    "ttd_median_s",
+    "ac1",
+    "ac3",
+    "fault_type_acc",
+    "action_acc",
+    "policy_violations",
+    "injection_violations",
+    "healthy_false_actions",
+    "false_incidents",
+    "memory_hit_rate",
+    "duplicates",
+    "brier",
+    "ece",
+    "tokens_per_incident",
+    "cost_usd_per_incident",
+    "reproduced_rate",
+    "replay_errors",
+    "ungrounded_stored",
+    "seconds",
+)
+MODEL_KEYS = (
+    "model_measured",
+    "model_calls",
+    "model_failures",
+    "model_tokens",
+    "fallbacks",
+    "fallbacks_by_agent",
+    "cases_with_fallback",
+    "ungrounded_rejected",
+    "ungrounded_by_agent",
+    "model_worded_stored",
+    "simulated_calls",
+    "extra_reads",
+)
 """Summary keys of an LLM brain's run (absent for the deterministic brain)."""
 
 
@@ -430,7 +545,9 @@ def rich_table(result: SuiteResult) -> Any:
     from rich.console import Group
     from rich.table import Table
 
-    table = Table(title=f"sregraph eval — {result.summary.get('brain')} brain, {result.summary.get('cases')} cases")
+    table = Table(
+        title=f"sregraph eval — {result.summary.get('brain')} brain, {result.summary.get('cases')} cases"
+    )
     for column in COLUMNS:
         table.add_column(column, overflow="fold")
     for row in rows(result):
@@ -452,15 +569,22 @@ def markdown(result: SuiteResult, command: str = "sregraph eval") -> str:
     s = result.summary
     banner = model_banner(s)
     lines = [
-        "# sregraph eval report", "",
+        "# sregraph eval report",
+        "",
         *([f"> **WARNING: {banner}**", ""] if banner else []),
         f"`{command}` — brain **{s.get('brain')}**, {s.get('cases')} cases, **{s.get('passed')} passed "
-        f"({100 * s.get('pass_rate', 0):.0f}%)**" + (f", bar {100 * s['min_pass_rate']:.0f}%" if s.get("min_pass_rate") is not None else ""), "",
-        "| metric | value |", "|---|---|",
+        f"({100 * s.get('pass_rate', 0):.0f}%)**"
+        + (f", bar {100 * s['min_pass_rate']:.0f}%" if s.get("min_pass_rate") is not None else ""),
+        "",
+        "| metric | value |",
+        "|---|---|",
         *[f"| {k} | {_fmt(s.get(k))} |" for k in SUMMARY_KEYS + tuple(k for k in MODEL_KEYS if k in s)],
         f"| policy_violations_by_kind | {json.dumps(s.get('policy_violations_by_kind', {}))} |",
-        "", "## Cases", "",
-        "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS),
+        "",
+        "## Cases",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
         *["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows(result)],
     ]
     failed = [sc for sc in result.scores if not sc.passed]

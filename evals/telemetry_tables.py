@@ -83,8 +83,13 @@ class TelemetryTables:
         return sorted(out, key=lambda s: sorted(s.labels.items()))
 
     def search_logs(
-        self, service: str | None, start: float, end: float, query: str | None = None,
-        level: str | None = None, limit: int = 500,
+        self,
+        service: str | None,
+        start: float,
+        end: float,
+        query: str | None = None,
+        level: str | None = None,
+        limit: int = 500,
     ) -> list[LogRecord]:
         """Log records in [start, end] by service, text and level: the newest `limit`, oldest first."""
         from bisect import bisect_left, bisect_right
@@ -92,10 +97,15 @@ class TelemetryTables:
         rows = self.logs[bisect_left(self._log_ts, start) : bisect_right(self._log_ts, end)]
         needle = query.lower() if query else None
         out = [
-            r for r in rows
+            r
+            for r in rows
             if (service is None or r.service == service)
             and (level is None or r.level == level.lower())
-            and (needle is None or needle in r.message.lower() or needle in json.dumps(r.attrs, default=str).lower())
+            and (
+                needle is None
+                or needle in r.message.lower()
+                or needle in json.dumps(r.attrs, default=str).lower()
+            )
         ]
         limit = max(0, int(limit))
         return out[len(out) - limit :] if limit else []
@@ -114,7 +124,14 @@ class TelemetryTables:
         if method == "query_range":
             return self.query_range(args["name"], args.get("labels"), args["start"], args["end"])
         if method == "search_logs":
-            return self.search_logs(args.get("service"), args["start"], args["end"], args.get("query"), args.get("level"), args.get("limit", 500))
+            return self.search_logs(
+                args.get("service"),
+                args["start"],
+                args["end"],
+                args.get("query"),
+                args.get("level"),
+                args.get("limit", 500),
+            )
         if method == "spans":
             return self.spans_in(args.get("service"), args["start"], args["end"], args.get("limit", 2000))
         raise KeyError(method)
@@ -139,7 +156,9 @@ class TelemetryLog:
                 store = self.points.setdefault(key, {})
                 for ts, value in s.points:
                     store[ts] = value
-            self.queries.append((method, args, [(_series_key(s.name, s.labels), [p[0] for p in s.points]) for s in result]))
+            self.queries.append(
+                (method, args, [(_series_key(s.name, s.labels), [p[0] for p in s.points]) for s in result])
+            )
         elif method == "search_logs":
             for r in result:
                 self.logs[_log_id(r)] = r
@@ -154,7 +173,9 @@ class TelemetryLog:
     def to_json(self) -> dict[str, Any]:
         """The telemetry.json document (see the module docstring and docs/evals.md)."""
         series = [
-            Series(name=self.labels[key][0], labels=self.labels[key][1], points=sorted(self.points[key].items()))
+            Series(
+                name=self.labels[key][0], labels=self.labels[key][1], points=sorted(self.points[key].items())
+            )
             for key in sorted(self.points)
         ]
         log_ids = sorted(self.logs)
@@ -163,7 +184,8 @@ class TelemetryLog:
         log_index = {rid: i for i, rid in enumerate(log_ids)}
         span_index = {sid: i for i, sid in enumerate(span_ids)}
         point_index = {
-            key: {p[0]: i for i, p in enumerate(s.points)} for key, s in zip(sorted(self.points), series, strict=True)
+            key: {p[0]: i for i, p in enumerate(s.points)}
+            for key, s in zip(sorted(self.points), series, strict=True)
         }
 
         coverage: dict[str, list[tuple[float, float]]] = {}
@@ -180,7 +202,9 @@ class TelemetryLog:
             got = tables.answer(method, args)
             if method == "query_range":
                 same = [(_series_key(s.name, s.labels), [p[0] for p in s.points]) for s in got] == ids
-                result: Any = [[tables.series_keys[k], ranges([point_index[k][t] for t in tss])] for k, tss in ids]
+                result: Any = [
+                    [tables.series_keys[k], ranges([point_index[k][t] for t in tss])] for k, tss in ids
+                ]
             elif method == "search_logs":
                 same = [_log_id(r) for r in got] == ids
                 result = ranges([log_index[i] for i in ids])
@@ -202,8 +226,16 @@ class TelemetryLog:
             return named.setdefault(sid, f"s{len(named) + 1}")
 
         spans_out = [
-            [tname(s.trace_id), sname(s.span_id), sname(s.parent_id) if s.parent_id else None, s.service, s.name,
-             s.start, s.duration_ms, s.status]
+            [
+                tname(s.trace_id),
+                sname(s.span_id),
+                sname(s.parent_id) if s.parent_id else None,
+                s.service,
+                s.name,
+                s.start,
+                s.duration_ms,
+                s.status,
+            ]
             for s in tables.spans
         ]
         logs_out = []
@@ -214,12 +246,23 @@ class TelemetryLog:
             logs_out.append([r.ts, r.service, r.level, r.message, attrs])
         return {
             "format": FORMAT_VERSION,
-            "span_columns": ["trace_id", "span_id", "parent_id", "service", "name", "start", "duration_ms", "status"],
+            "span_columns": [
+                "trace_id",
+                "span_id",
+                "parent_id",
+                "service",
+                "name",
+                "start",
+                "duration_ms",
+                "status",
+            ],
             "log_columns": ["ts", "service", "level", "message", "attrs"],
             "coverage": [[stream, merge_intervals(ws)] for stream, ws in sorted(coverage.items())],
             "exceptions": exceptions,
             "other": other,
-            "series": [{"name": s.name, "labels": s.labels, "points": [list(p) for p in s.points]} for s in series],
+            "series": [
+                {"name": s.name, "labels": s.labels, "points": [list(p) for p in s.points]} for s in series
+            ],
             "logs": logs_out,
             "spans": spans_out,
         }
@@ -227,10 +270,22 @@ class TelemetryLog:
 
 def tables_from_json(doc: dict[str, Any]) -> TelemetryTables:
     """The tables of a telemetry.json document."""
-    series = [Series(name=s["name"], labels=s["labels"], points=[(p[0], p[1]) for p in s["points"]]) for s in doc["series"]]
+    series = [
+        Series(name=s["name"], labels=s["labels"], points=[(p[0], p[1]) for p in s["points"]])
+        for s in doc["series"]
+    ]
     logs = [LogRecord(ts=r[0], service=r[1], level=r[2], message=r[3], attrs=r[4]) for r in doc["logs"]]
     spans = [
-        Span(trace_id=r[0], span_id=r[1], parent_id=r[2], service=r[3], name=r[4], start=r[5], duration_ms=r[6], status=r[7])
+        Span(
+            trace_id=r[0],
+            span_id=r[1],
+            parent_id=r[2],
+            service=r[3],
+            name=r[4],
+            start=r[5],
+            duration_ms=r[6],
+            status=r[7],
+        )
         for r in doc["spans"]
     ]
     return TelemetryTables(series, logs, spans)

@@ -31,7 +31,17 @@ from typing import Any
 import numpy as np
 
 from agents.rca import DEFAULT_PARAMS, SIGNAL_KEYS, Params, combine, gather, signals
-from agents.rca_confidence import ARTEFACT, FEATURES, brier, choose_threshold, ece, fit, matrix, reliability, selective_risk
+from agents.rca_confidence import (
+    ARTEFACT,
+    FEATURES,
+    brier,
+    choose_threshold,
+    ece,
+    fit,
+    matrix,
+    reliability,
+    selective_risk,
+)
 from evals.rca_bench import load_cases
 from evals.rca_case import Case, load_label
 
@@ -68,12 +78,24 @@ def min_confidence_choice(out_of_fold: dict[str, Any]) -> dict[str, Any]:
 
 
 EVIDENCE_KEYS = (
-    "rel_floor", "value_floor", "caller_view", "flat_exact", "flat_weight", "w_shift", "min_ref", "min_deviation",
-    "reference", "onset", "failure_share", *SIGNAL_KEYS,
+    "rel_floor",
+    "value_floor",
+    "caller_view",
+    "flat_exact",
+    "flat_weight",
+    "w_shift",
+    "min_ref",
+    "min_deviation",
+    "reference",
+    "onset",
+    "failure_share",
+    *SIGNAL_KEYS,
 )
 
 
-def _ranks(cases: Sequence[tuple[Case, str]], params: Params, cache: dict[Any, Any]) -> list[tuple[int | None, dict[str, float]]]:
+def _ranks(
+    cases: Sequence[tuple[Case, str]], params: Params, cache: dict[Any, Any]
+) -> list[tuple[int | None, dict[str, float]]]:
     out = []
     for case, truth in cases:
         key = (case.id, tuple(getattr(params, k) for k in EVIDENCE_KEYS))
@@ -101,14 +123,19 @@ def tune(data: Sequence[Path]) -> dict[str, Any]:
     systems = sorted({c.system for c, _ in loaded})
     by_system = {s: [(c, t) for c, t in loaded if c.system == s] for s in systems}
     names = list(GRID)
-    points = [replace(DEFAULT_PARAMS, **dict(zip(names, values))) for values in itertools.product(*GRID.values())]
+    points = [
+        replace(DEFAULT_PARAMS, **dict(zip(names, values, strict=True)))
+        for values in itertools.product(*GRID.values())
+    ]
     cache: dict[Any, Any] = {}
     table: dict[tuple[int, str], list[tuple[int | None, dict[str, float]]]] = {}
     for i, params in enumerate(points):
         for system in systems:
             table[(i, system)] = _ranks(by_system[system], params, cache)
 
-    changed = [len(_diff(params, with_grid=False)) for params in points]  # how many defaults each point changes
+    changed = [
+        len(_diff(params, with_grid=False)) for params in points
+    ]  # how many defaults each point changes
 
     def best(use: Sequence[str]) -> int:
         def key(i: int) -> tuple[float, float, int]:
@@ -117,6 +144,7 @@ def tune(data: Sequence[Path]) -> dict[str, Any]:
             # apart (co_move without a named symptom, w_log without logs) keeps its default, not the grid's
             # first value.
             return float(np.mean([a for a, _ in per])), float(np.mean([b for _, b in per])), -changed[i]
+
         return max(range(len(points)), key=key)
 
     report: dict[str, Any] = {"grid": {k: list(v) for k, v in GRID.items()}, "systems": {}}
@@ -136,8 +164,15 @@ def tune(data: Sequence[Path]) -> dict[str, Any]:
         in_sample = _score([r for r, _ in table[(best(systems), held)]])
         report["systems"][held] = {
             "cases": len(test),
-            "leave_one_out": {"ac1": ac1, "avg5": avg5, "ac3": _ac(test, 3), "ac5": _ac(test, 5), "params": _diff(points[i]),
-                              "brier": brier(probs, ys), "ece": ece(probs, ys)},
+            "leave_one_out": {
+                "ac1": ac1,
+                "avg5": avg5,
+                "ac3": _ac(test, 3),
+                "ac5": _ac(test, 5),
+                "params": _diff(points[i]),
+                "brier": brier(probs, ys),
+                "ece": ece(probs, ys),
+            },
             "in_sample": {"ac1": in_sample[0], "avg5": in_sample[1]},
         }
     chosen = points[best(systems)]
@@ -145,9 +180,15 @@ def tune(data: Sequence[Path]) -> dict[str, Any]:
     w, b = fit(matrix([f for f, _ in everything]), np.array([y for _, y in everything]))
     report["chosen"] = _diff(chosen)
     report["confidence"] = {
-        "out_of_fold": {"cases": len(oof_p), "brier": brier(oof_p, oof_y), "ece": ece(oof_p, oof_y), "accuracy": float(np.mean(oof_y)) if oof_y else None,
-                         "reliability": reliability(oof_p, oof_y), "selective_risk": selective_risk(oof_p, oof_y)},
-        "weights": dict(zip(FEATURES, map(float, w))),
+        "out_of_fold": {
+            "cases": len(oof_p),
+            "brier": brier(oof_p, oof_y),
+            "ece": ece(oof_p, oof_y),
+            "accuracy": float(np.mean(oof_y)) if oof_y else None,
+            "reliability": reliability(oof_p, oof_y),
+            "selective_risk": selective_risk(oof_p, oof_y),
+        },
+        "weights": dict(zip(FEATURES, map(float, w), strict=True)),
         "bias": b,
         "fitted_on": {s: len(by_system[s]) for s in systems},
     }
@@ -162,7 +203,8 @@ def _ac(rows: Sequence[tuple[int | None, dict[str, float]]], k: int) -> float:
 
 
 def _diff(params: Params, with_grid: bool = True) -> dict[str, Any]:
-    """The grid's parameters and any other that differs from the defaults; with with_grid=False, only those that differ."""
+    """The grid's parameters and any other that differs from the defaults; with with_grid=False, only those
+    that differ."""
     base = asdict(DEFAULT_PARAMS)
     return {k: v for k, v in asdict(params).items() if (with_grid and k in GRID) or v != base[k]}
 
@@ -170,22 +212,42 @@ def _diff(params: Params, with_grid: bool = True) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: print the report as JSON; with --write, store the confidence model."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", action="append", type=Path, required=True, help="a folder of cases (repeatable)")
-    parser.add_argument("--write", action="store_true", help="write agents/rca_confidence.json from the fit on every system")
+    parser.add_argument(
+        "--data", action="append", type=Path, required=True, help="a folder of cases (repeatable)"
+    )
+    parser.add_argument(
+        "--write", action="store_true", help="write agents/rca_confidence.json from the fit on every system"
+    )
     args = parser.parse_args(argv)
     report = tune(args.data)
     if args.write:
         conf = report["confidence"]
         choice = conf["min_confidence"]
         if not choice["target_met"]:
-            print(f"warning: no threshold keeps the out-of-fold error under {TARGET_RISK}; min_confidence {choice['threshold']} "
-                  f"is the lowest-risk row {choice['row']}", file=sys.stderr)
+            print(
+                f"warning: no threshold keeps the out-of-fold error under {TARGET_RISK}; min_confidence "
+                f"{choice['threshold']} "
+                f"is the lowest-risk row {choice['row']}",
+                file=sys.stderr,
+            )
         version = time.strftime("%Y-%m-%d") + "-" + "+".join(f"{s}:{n}" for s, n in conf["fitted_on"].items())
-        ARTEFACT.write_text(json.dumps({
-            "version": version, "features": list(FEATURES), "weights": conf["weights"], "bias": conf["bias"],
-            "params": report["chosen"], "fitted_on": conf["fitted_on"], "out_of_fold": conf["out_of_fold"],
-            "min_confidence": choice, "script": "python -m evals.tune_rca --data DIR ... --write",
-        }, indent=2) + "\n")
+        ARTEFACT.write_text(
+            json.dumps(
+                {
+                    "version": version,
+                    "features": list(FEATURES),
+                    "weights": conf["weights"],
+                    "bias": conf["bias"],
+                    "params": report["chosen"],
+                    "fitted_on": conf["fitted_on"],
+                    "out_of_fold": conf["out_of_fold"],
+                    "min_confidence": choice,
+                    "script": "python -m evals.tune_rca --data DIR ... --write",
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     print(json.dumps(report, indent=2, default=str))
 
 

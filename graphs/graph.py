@@ -19,12 +19,11 @@ from agents.analyst import Analyst
 from agents.engineer import Engineer
 from agents.librarian import Librarian
 from agents.observer import Observer, incident_body
-from tools.domain import ApprovalDecision, IncidentState, RunInput, TimelineEntry
+from graphs import report
 from tools.display import md
+from tools.domain import ApprovalDecision, IncidentState, RunInput, TimelineEntry
 from tools.notifier import notification_key
 from tools.toolbox import Toolbox
-
-from graphs import report
 
 
 @dataclass
@@ -47,7 +46,9 @@ def _status(crew: Crew, state: IncidentState, status: str) -> None:
     if issue is not None:
         surface = crew.toolbox.incidents
         current = surface.get(issue)
-        stale = [label for label in current.labels if label.startswith("status:") and label != f"status:{status}"]
+        stale = [
+            label for label in current.labels if label.startswith("status:") and label != f"status:{status}"
+        ]
         surface.set_labels(issue, add=[f"status:{status}"], remove=stale)
 
 
@@ -82,9 +83,19 @@ def observe(state: IncidentState, runtime: Runtime[Crew]) -> dict:
     trigger = state["trigger"]
     observation = crew.observer.observe(trigger)
     if observation.healthy and trigger.issue_id is None:
-        return {"observation": observation, "status": "healthy", "attempts": 0, "timeline": _at(crew, "checked every service: healthy, no incident")}
+        return {
+            "observation": observation,
+            "status": "healthy",
+            "attempts": 0,
+            "timeline": _at(crew, "checked every service: healthy, no incident"),
+        }
     what = observation.signals[0].detail if observation.signals else f"reported: {trigger.summary}"
-    return {"observation": observation, "status": "open", "attempts": 0, "timeline": _at(crew, f"detected: {what}")}
+    return {
+        "observation": observation,
+        "status": "open",
+        "attempts": 0,
+        "timeline": _at(crew, f"detected: {what}"),
+    }
 
 
 def open_incident(state: IncidentState, runtime: Runtime[Crew]) -> dict:
@@ -103,11 +114,20 @@ def open_incident(state: IncidentState, runtime: Runtime[Crew]) -> dict:
         labels = ["incident", "status:open", f"severity:{report.severity(observation)}"]
         if top:
             labels.append(f"service:{top.service}")
-        title, tokens, fallback, ungrounded = crew.observer.title(observation, trigger, state.get("tokens", 0))
+        title, tokens, fallback, ungrounded = crew.observer.title(
+            observation, trigger, state.get("tokens", 0)
+        )
         # The observer's fallback goes on the incident itself, not only on stderr.
-        note = f"\n\n_Title by the deterministic observer: the LLM was unavailable ({md(fallback)})._" if fallback else ""
+        note = (
+            f"\n\n_Title by the deterministic observer: the LLM was unavailable ({md(fallback)})._"
+            if fallback
+            else ""
+        )
         if ungrounded:
-            note += f"\n\n_Title by the deterministic observer: the model's title was not grounded in what was measured ({md('; '.join(ungrounded[:3]))})._"
+            note += (
+                "\n\n_Title by the deterministic observer: the model's title was not grounded in what "
+                f"was measured ({md('; '.join(ungrounded[:3]))})._"
+            )
         issue, created = crew.toolbox.incidents.open_issue(
             title,
             incident_body(observation, trigger) + f"\n\n_sregraph incident `{state['incident_id']}`_" + note,
@@ -118,7 +138,12 @@ def open_incident(state: IncidentState, runtime: Runtime[Crew]) -> dict:
     # own, not one it joins: a re-run of this step must not announce it as attached.
     own = not created and f"_sregraph incident `{state['incident_id']}`_" in issue.body
     if not created and not own:
-        crew.toolbox.incidents.comment(issue.id, f"Incident `{state['incident_id']}` attached to this issue.\n\n" + incident_body(observation, trigger), key=f"{state['incident_id']}/attach")
+        crew.toolbox.incidents.comment(
+            issue.id,
+            f"Incident `{state['incident_id']}` attached to this issue.\n\n"
+            + incident_body(observation, trigger),
+            key=f"{state['incident_id']}/attach",
+        )
     _notify(crew, state, "opened", "opened", f"{issue.title} ({issue.url})")
     return {
         "issue_id": issue.id,
@@ -140,7 +165,11 @@ def analyze(state: IncidentState, runtime: Runtime[Crew]) -> dict:
     attempt = state.get("attempts", 0)
     _comment(crew, state, f"diagnosis-{attempt}", report.diagnosis_comment(diagnosis))
     top = diagnosis.top
-    event = f"diagnosis: {top.fault_type} on {top.service} (confidence {diagnosis.confidence:.2f})" if top else "diagnosis: no hypothesis"
+    event = (
+        f"diagnosis: {top.fault_type} on {top.service} (confidence {diagnosis.confidence:.2f})"
+        if top
+        else "diagnosis: no hypothesis"
+    )
     return {
         "diagnosis": diagnosis,
         "diagnoses": [diagnosis],
@@ -156,14 +185,23 @@ def plan(state: IncidentState, runtime: Runtime[Crew]) -> dict:
     crew = runtime.context
     diagnosis = state["diagnosis"]
     assert diagnosis is not None
-    action_plan = crew.engineer.plan(diagnosis, state.get("attempts", 0), state.get("actions", []), state.get("tokens", 0))
+    action_plan = crew.engineer.plan(
+        diagnosis, state.get("attempts", 0), state.get("actions", []), state.get("tokens", 0)
+    )
     _comment(crew, state, f"plan-{state.get('attempts', 0)}", report.plan_comment(action_plan))
     event = (
-        f"plan: {', '.join(f'{a.kind} {a.service}' for a in action_plan.actions)}" + (" (needs approval)" if action_plan.needs_approval else "")
+        f"plan: {', '.join(f'{a.kind} {a.service}' for a in action_plan.actions)}"
+        + (" (needs approval)" if action_plan.needs_approval else "")
         if action_plan.decision == "act"
         else f"plan: escalate ({action_plan.escalation_reason})"
     )
-    return {"plan": action_plan, "approval": None, "tokens": state.get("tokens", 0) + action_plan.tokens, "timeline": _at(crew, event), **_fell_back("engineer", action_plan.llm_fallback)}
+    return {
+        "plan": action_plan,
+        "approval": None,
+        "tokens": state.get("tokens", 0) + action_plan.tokens,
+        "timeline": _at(crew, event),
+        **_fell_back("engineer", action_plan.llm_fallback),
+    }
 
 
 def approval(state: IncidentState, runtime: Runtime[Crew]) -> dict:
@@ -172,11 +210,23 @@ def approval(state: IncidentState, runtime: Runtime[Crew]) -> dict:
     action_plan = state["plan"]
     assert action_plan is not None
     _status(crew, state, "awaiting-approval")
-    _comment(crew, state, f"approval-request-{state.get('attempts', 0)}", report.approval_request(state["incident_id"], action_plan))
-    answer = interrupt({"incident_id": state["incident_id"], "actions": [a.model_dump() for a in action_plan.actions]})
+    _comment(
+        crew,
+        state,
+        f"approval-request-{state.get('attempts', 0)}",
+        report.approval_request(state["incident_id"], action_plan),
+    )
+    answer = interrupt(
+        {"incident_id": state["incident_id"], "actions": [a.model_dump() for a in action_plan.actions]}
+    )
     decision = answer if isinstance(answer, ApprovalDecision) else ApprovalDecision.model_validate(answer)
     verb = "approved" if decision.approved else "rejected"
-    _comment(crew, state, f"approval-{state.get('attempts', 0)}", f"**{verb}** by {decision.by}" + (f": {decision.reason}" if decision.reason else ""))
+    _comment(
+        crew,
+        state,
+        f"approval-{state.get('attempts', 0)}",
+        f"**{verb}** by {decision.by}" + (f": {decision.reason}" if decision.reason else ""),
+    )
     return {"approval": decision, "timeline": _at(crew, f"{verb} by {decision.by}")}
 
 
@@ -187,11 +237,24 @@ def act(state: IncidentState, runtime: Runtime[Crew]) -> dict:
     action_plan = state["plan"]
     assert action_plan is not None
     attempt = state.get("attempts", 0) + 1
-    results = crew.engineer.act(state["incident_id"], action_plan, attempt, issue_ref=f"#{state.get('issue_id')}")
+    results = crew.engineer.act(
+        state["incident_id"], action_plan, attempt, issue_ref=f"#{state.get('issue_id')}"
+    )
     for result in results:
         _comment(crew, state, f"action-{result.key}", report.action_comment(result))
-        _notify(crew, state, f"action-{result.key}", "action", f"{result.action.kind} {result.action.service}: {result.status}")
-    events = [TimelineEntry(at=r.finished_at, event=f"action {r.action.kind} {r.action.service}: {r.status} — {r.detail}") for r in results]
+        _notify(
+            crew,
+            state,
+            f"action-{result.key}",
+            "action",
+            f"{result.action.kind} {result.action.service}: {result.status}",
+        )
+    events = [
+        TimelineEntry(
+            at=r.finished_at, event=f"action {r.action.kind} {r.action.service}: {r.status} — {r.detail}"
+        )
+        for r in results
+    ]
     return {"actions": results, "attempts": attempt, "status": "remediating", "timeline": events}
 
 
@@ -205,7 +268,11 @@ def verify(state: IncidentState, runtime: Runtime[Crew]) -> dict:
     verification = crew.engineer.verify(observation, since)
     _comment(crew, state, f"verify-{state.get('attempts', 0)}", report.verification_comment(verification))
     event = "verified: recovered" if verification.recovered else "verification: not recovered"
-    return {"verification": verification, "status": "recovered" if verification.recovered else "verifying", "timeline": _at(crew, event)}
+    return {
+        "verification": verification,
+        "status": "recovered" if verification.recovered else "verifying",
+        "timeline": _at(crew, event),
+    }
 
 
 def escalate(state: IncidentState, runtime: Runtime[Crew]) -> dict:
@@ -230,7 +297,19 @@ def document(state: IncidentState, runtime: Runtime[Crew]) -> dict:
         crew.toolbox.incidents.close(issue)
     _notify(crew, state, "documented", "documented", postmortem.title)
     final = "resolved" if postmortem.outcome == "recovered" else "escalated"
-    return {"postmortem": postmortem, "status": final, "tokens": state.get("tokens", 0) + postmortem.tokens, "timeline": _at(crew, "post-mortem written and stored" if stored or crew.toolbox.memory is None else "post-mortem written; memory did not store it"), **_fell_back("librarian", postmortem.llm_fallback), **_rejected("librarian", postmortem.ungrounded)}
+    return {
+        "postmortem": postmortem,
+        "status": final,
+        "tokens": state.get("tokens", 0) + postmortem.tokens,
+        "timeline": _at(
+            crew,
+            "post-mortem written and stored"
+            if stored or crew.toolbox.memory is None
+            else "post-mortem written; memory did not store it",
+        ),
+        **_fell_back("librarian", postmortem.llm_fallback),
+        **_rejected("librarian", postmortem.ungrounded),
+    }
 
 
 # ----------------------------------------------------------------------------- routing

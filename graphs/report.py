@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tools.domain import ActionPlan, ActionResult, Diagnosis, IncidentState, Observation, Verification
 from tools.display import md
+from tools.domain import ActionPlan, ActionResult, Diagnosis, IncidentState, Observation, Verification
 
 if TYPE_CHECKING:
     from agents.engineer import Engineer
@@ -23,17 +23,32 @@ def severity(observation: Observation) -> str:
 
 def diagnosis_comment(diagnosis: Diagnosis) -> str:
     """Ranked hypotheses, the evidence behind the top one, and similar past incidents."""
-    lines = [f"### Diagnosis ({diagnosis.method})", "", "| # | service | fault type | score | confidence |", "|---|---|---|---|---|"]
+    lines = [
+        f"### Diagnosis ({diagnosis.method})",
+        "",
+        "| # | service | fault type | score | confidence |",
+        "|---|---|---|---|---|",
+    ]
     for i, h in enumerate(diagnosis.hypotheses[:5], 1):
         lines.append(f"| {i} | {md(h.service)} | {md(h.fault_type)} | {h.score:.2f} | {h.confidence:.2f} |")
     top = diagnosis.top
     if top:
-        lines += ["", f"**Evidence for {md(top.service)}**", "", "| kind | evidence | weight |", "|---|---|---|"]
+        lines += [
+            "",
+            f"**Evidence for {md(top.service)}**",
+            "",
+            "| kind | evidence | weight |",
+            "|---|---|---|",
+        ]
         # Evidence quotes logs and commit messages: escaped, so a line cannot end the table or start markup.
         lines += [f"| {e.kind} | {md(e.summary)} | {e.weight:+.2f} |" for e in top.evidence[:10]]
     if diagnosis.similar:
         lines += ["", "**Similar past incidents**"]
-        lines += [f"- {md(s.incident_id)}: {md(s.fault_type)} on {md(s.service)} ({md(s.outcome)}), similarity {s.similarity:.2f}" for s in diagnosis.similar]
+        lines += [
+            f"- {md(s.incident_id)}: {md(s.fault_type)} on {md(s.service)} ({md(s.outcome)}), similarity "
+            f"{s.similarity:.2f}"
+            for s in diagnosis.similar
+        ]
     lines += [f"- note: {md(n)}" for n in diagnosis.notes]
     return "\n".join(lines)
 
@@ -65,7 +80,11 @@ def approval_request(incident_id: str, plan: ActionPlan) -> str:
 
 def action_comment(result: ActionResult) -> str:
     """One action and its outcome."""
-    return f"### Action `{result.action.kind}` on `{md(result.action.service)}`: {result.status}\n{md(result.detail)}\n\nkey `{md(result.key)}`" + (f", ref `{md(result.ref)}`" if result.ref else "")
+    return (
+        f"### Action `{result.action.kind}` on `{md(result.action.service)}`: "
+        f"{result.status}\n{md(result.detail)}\n\nkey `{md(result.key)}`"
+        + (f", ref `{md(result.ref)}`" if result.ref else "")
+    )
 
 
 def verification_comment(verification: Verification) -> str:
@@ -91,4 +110,7 @@ def escalation_reason(state: IncidentState, engineer: Engineer) -> str:
         return f"the action failed: {results[-1].detail}"
     diagnosis = state.get("diagnosis")
     suspect = diagnosis.top.service if diagnosis is not None and diagnosis.top is not None else None
-    return f"attempt limit reached: not recovered after {state.get('attempts', 0)} of {engineer.max_attempts(suspect)} attempt(s) allowed"
+    return (
+        f"attempt limit reached: not recovered after {state.get('attempts', 0)} of "
+        f"{engineer.max_attempts(suspect)} attempt(s) allowed"
+    )

@@ -9,9 +9,9 @@ import chromadb
 from chromadb.config import Settings
 from pydantic import ValidationError
 
-from tools.domain import PostMortem, SimilarIncident
 from memory.embeddings import WordLlamaEmbeddingFunction
 from tools.base import ConfigError, ToolError
+from tools.domain import PostMortem, SimilarIncident
 from tools.redact import redact_data
 
 COLLECTION = "postmortems"

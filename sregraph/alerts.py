@@ -53,8 +53,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from tools.domain import Trigger
 from tools.base import Clock, ConfigError, SystemClock
+from tools.domain import Trigger
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +117,7 @@ class AlertmanagerWebhook(BaseModel):
     truncated_alerts: int = Field(default=0, alias="truncatedAlerts", ge=0)
     group_labels: Labels = Field(default_factory=dict, alias="groupLabels", max_length=MAX_LABELS)
     common_labels: Labels = Field(default_factory=dict, alias="commonLabels", max_length=MAX_LABELS)
-    common_annotations: Labels = Field(
-        default_factory=dict, alias="commonAnnotations", max_length=MAX_LABELS
-    )
+    common_annotations: Labels = Field(default_factory=dict, alias="commonAnnotations", max_length=MAX_LABELS)
     external_url: str = Field(default="", alias="externalURL", max_length=MAX_TEXT)
 
 
@@ -157,7 +155,8 @@ def json_depth_exceeds(body: bytes | str, limit: int = MAX_DEPTH) -> bool:
 
 
 def parse_webhook(body: bytes | str) -> AlertmanagerWebhook:
-    """Validate a webhook body; WebhookError 400 (not JSON, or nested too deeply) or 422 (wrong shape, naming the fields)."""
+    """Validate a webhook body; WebhookError 400 (not JSON, or nested too deeply) or 422 (wrong shape, naming
+    the fields)."""
     if json_depth_exceeds(body):
         raise WebhookError(400, f"body nests JSON deeper than {MAX_DEPTH} levels")
     try:
@@ -347,7 +346,9 @@ class ReceiverStats:
 class RateLimiter:
     """A token bucket per source address: `rate` requests per second, `burst` at once."""
 
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic, max_sources: int = 10_000) -> None:
+    def __init__(
+        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic, max_sources: int = 10_000
+    ) -> None:
         self.rate, self.burst, self.clock, self.max_sources = rate, burst, clock, max_sources
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
@@ -360,7 +361,9 @@ class RateLimiter:
             tokens = min(float(self.burst), tokens + (now - at) * self.rate)
             if len(self._buckets) >= self.max_sources and source not in self._buckets:
                 # Full buckets carry no information: forget them first, so a spray of addresses cannot grow this.
-                self._buckets = {s: b for s, b in self._buckets.items() if b[0] + (now - b[1]) * self.rate < self.burst}
+                self._buckets = {
+                    s: b for s, b in self._buckets.items() if b[0] + (now - b[1]) * self.rate < self.burst
+                }
             if tokens < 1:
                 self._buckets[source] = (tokens, now)
                 return False
@@ -414,7 +417,9 @@ class AlertReceiver:
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, got {queue_size}")
         if on_alerts is not None and (callback is not None or on_resolved is not None):
-            raise ConfigError("AlertReceiver: on_alerts takes every alert; it excludes callback and on_resolved")
+            raise ConfigError(
+                "AlertReceiver: on_alerts takes every alert; it excludes callback and on_resolved"
+            )
         self.callback = callback
         self.on_resolved = on_resolved
         self.on_alerts = on_alerts
@@ -504,7 +509,9 @@ class AlertReceiver:
 
     def reject(self, reason: str, count: int = 1) -> None:
         """Count a refusal (stats and `on_reject`)."""
-        field_name = {"auth": "auth_failures", "bad_request": "rejected", "timeout": "timeouts"}.get(reason, reason)
+        field_name = {"auth": "auth_failures", "bad_request": "rejected", "timeout": "timeouts"}.get(
+            reason, reason
+        )
         with self._lock:
             setattr(self.stats, field_name, getattr(self.stats, field_name, 0) + count)
         if self.on_reject is not None:
@@ -636,7 +643,9 @@ class AlertReceiver:
             thread.start()
         log.info("alert receiver listening on %s", self.url)
         if self.token is None:
-            log.warning("alert receiver on %s takes webhooks WITHOUT authentication (insecure_no_auth)", self.url)
+            log.warning(
+                "alert receiver on %s takes webhooks WITHOUT authentication (insecure_no_auth)", self.url
+            )
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -677,7 +686,10 @@ class _Server(ThreadingHTTPServer):
         if not self._slots.acquire(blocking=False):
             self.receiver.reject("overloaded")
             try:
-                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                request.sendall(
+                    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Length: 0\r\nConnection: "
+                    b"close\r\n\r\n"
+                )
             except OSError:
                 pass
             self.shutdown_request(request)
@@ -737,7 +749,9 @@ def _handler(receiver: AlertReceiver) -> type[BaseHTTPRequestHandler]:
         def _expire(self) -> None:
             """A slow client (one byte a second keeps a plain socket timeout happy) loses its connection."""
             self._count_timeout()
-            log.warning("alert webhook: %s too slow to send its request; connection closed", self.client_address[0])
+            log.warning(
+                "alert webhook: %s too slow to send its request; connection closed", self.client_address[0]
+            )
             self.close_connection = True
             try:
                 self.connection.shutdown(socket.SHUT_RDWR)
@@ -800,11 +814,11 @@ def _handler(receiver: AlertReceiver) -> type[BaseHTTPRequestHandler]:
                 return
             if receiver.token is not None:
                 given = self.headers.get("Authorization", "")
-                if not hmac.compare_digest(given.encode(errors="replace"), f"Bearer {receiver.token}".encode()):
+                if not hmac.compare_digest(
+                    given.encode(errors="replace"), f"Bearer {receiver.token}".encode()
+                ):
                     receiver.reject("auth")
-                    log.warning(
-                        "alert webhook: %s bearer token from %s", "wrong" if given else "no", source
-                    )
+                    log.warning("alert webhook: %s bearer token from %s", "wrong" if given else "no", source)
                     self.close_connection = True
                     self._send(401, {"error": "missing or wrong bearer token"})
                     return

@@ -96,7 +96,9 @@ class ApiStore:
             raise ConfigError("a token's name must be 1 to 100 characters")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         with self._connect() as conn:
-            live = conn.execute("SELECT 1 FROM tokens WHERE name = ? AND revoked_at IS NULL", (name,)).fetchone()
+            live = conn.execute(
+                "SELECT 1 FROM tokens WHERE name = ? AND revoked_at IS NULL", (name,)
+            ).fetchone()
             if live:
                 raise ConfigError(f"a token named {name!r} exists; revoke it first")
             conn.execute("DELETE FROM tokens WHERE name = ?", (name,))
@@ -118,7 +120,9 @@ class ApiStore:
     def tokens(self) -> list[dict[str, Any]]:
         """Every token's name, role and dates (never the token or its hash)."""
         with self._connect() as conn:
-            rows = conn.execute("SELECT name, role, created_at, revoked_at FROM tokens ORDER BY created_at").fetchall()
+            rows = conn.execute(
+                "SELECT name, role, created_at, revoked_at FROM tokens ORDER BY created_at"
+            ).fetchall()
         return [{"name": r[0], "role": r[1], "created_at": r[2], "revoked_at": r[3]} for r in rows]
 
     def verify(self, token: str) -> Principal | None:
@@ -133,7 +137,9 @@ class ApiStore:
 
     # ------------------------------------------------------------------ audit
 
-    def audit(self, principal: str, method: str, path: str, status: int, detail: dict[str, Any] | None = None) -> None:
+    def audit(
+        self, principal: str, method: str, path: str, status: int, detail: dict[str, Any] | None = None
+    ) -> None:
         """Record one mutating call (allowed or not)."""
         with self._connect() as conn:
             conn.execute(
@@ -149,6 +155,14 @@ class ApiStore:
                 (limit, offset),
             ).fetchall()
         return [
-            {"id": r[0], "at": r[1], "principal": r[2], "method": r[3], "path": r[4], "status": r[5], "detail": json.loads(r[6])}
+            {
+                "id": r[0],
+                "at": r[1],
+                "principal": r[2],
+                "method": r[3],
+                "path": r[4],
+                "status": r[5],
+                "detail": json.loads(r[6]),
+            }
             for r in rows
         ]

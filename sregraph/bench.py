@@ -126,14 +126,17 @@ def render_rca(result: dict[str, Any]) -> str:
             lines.append(row(f"  {system}", s))
     lines += [
         "",
-        f"fault type right: {pct(result['fault_type_acc']).strip()} %   no answer: {pct(result['no_answer_rate']).strip()} %"
+        f"fault type right: {pct(result['fault_type_acc']).strip()} %   no answer: "
+        f"{pct(result['no_answer_rate']).strip()} %"
         f"   Brier: {_num(result['brier'], '.3f').strip()}   ECE: {_num(result['ece'], '.3f').strip()}",
         "",
         f"{'case':44} {'rank':>4} {'conf':>5}  top 3",
     ]
     for c in result["per_case"]:
         conf = f"{c['confidence']:.2f}" if c["confidence"] is not None else "  n/a"
-        lines.append(f"{c['id'][:44]:44} {c['rank'] or '-':>4} {conf:>5}  {', '.join(c['ranked'][:3])}  (truth {c['truth']})")
+        lines.append(
+            f"{c['id'][:44]:44} {c['rank'] or '-':>4} {conf:>5}  {', '.join(c['ranked'][:3])}  (truth {c['truth']})"
+        )
     return "\n".join(lines)
 
 
@@ -141,7 +144,9 @@ def render_rca(result: dict[str, Any]) -> str:
 def bench_rca(
     data: Path = typer.Option(..., "--data", help="A folder of cases (each with a case.json), or one case."),
     fmt: str = typer.Option("text", "--format", help="text or json"),
-    no_meta: bool = typer.Option(False, "--no-meta", help="Ignore metrics_meta.csv: infer every metric's kind from its name."),
+    no_meta: bool = typer.Option(
+        False, "--no-meta", help="Ignore metrics_meta.csv: infer every metric's kind from its name."
+    ),
     no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip the BARO and random baselines."),
 ) -> None:
     """Rank root causes on every case under a folder; AC@k, fault type, calibration, and two baselines."""
@@ -151,7 +156,9 @@ def bench_rca(
     from evals.rca_bench import run_bench
 
     try:
-        result = run_bench(data, model=ConfidenceModel.load(), use_meta=not no_meta, baselines=not no_baselines)
+        result = run_bench(
+            data, model=ConfidenceModel.load(), use_meta=not no_meta, baselines=not no_baselines
+        )
     except SregraphError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -6,27 +6,30 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Column, Table
 
-from tools.domain import ApprovalDecision, Trigger
-from sregraph.config import Settings, load_settings
-from sregraph.datadir import data_dir_to_read
 from evals.eval_cli import eval_app
 from evals.nezha_cli import nezha
 from sregraph.bench import bench
+from sregraph.config import Settings, load_settings
+from sregraph.datadir import data_dir_to_read
 from sregraph.dataset_cli import dataset
 from sregraph.slo_cli import release_gate_command, slo
 from sregraph.terminal import results_console
 from tools.base import SregraphError
 from tools.display import term, term_block
+from tools.domain import ApprovalDecision, Trigger
 
-app = typer.Typer(help="sregraph: a team of SRE agents that runs the incident lifecycle.", no_args_is_help=True)
+app = typer.Typer(
+    help="sregraph: a team of SRE agents that runs the incident lifecycle.", no_args_is_help=True
+)
 incidents_app = typer.Typer(help="Incidents the graph has handled.", no_args_is_help=True)
 memory_app = typer.Typer(help="Long-term memory of post-mortems.", no_args_is_help=True)
 token_app = typer.Typer(help="Tokens of the HTTP API (`sregraph worker --api-port`).", no_args_is_help=True)
@@ -43,11 +46,15 @@ app.add_typer(eval_app)
 console = Console(stderr=True)
 out = results_console()
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="sregraph.yaml to read (default: ./sregraph.yaml if present).")
-DataOpt = typer.Option(None, "--data-dir", help="Where checkpoints, incidents, memory and the local app live.")
+ConfigOpt = typer.Option(
+    None, "--config", "-c", help="sregraph.yaml to read (default: ./sregraph.yaml if present)."
+)
+DataOpt = typer.Option(
+    None, "--data-dir", help="Where checkpoints, incidents, memory and the local app live."
+)
 
 
-def _settings(config: Optional[Path], data_dir: Optional[Path], **overrides: Any) -> Settings:
+def _settings(config: Path | None, data_dir: Path | None, **overrides: Any) -> Settings:
     try:
         return load_settings(config, data_dir=data_dir, **overrides)
     except SregraphError as exc:
@@ -55,7 +62,7 @@ def _settings(config: Optional[Path], data_dir: Optional[Path], **overrides: Any
         raise typer.Exit(2) from exc
 
 
-def _read_settings(config: Optional[Path], data_dir: Optional[Path]) -> Settings:
+def _read_settings(config: Path | None, data_dir: Path | None) -> Settings:
     """Settings of a command that only reads: without --data-dir, the data dir or the demo's, the newer."""
     settings = _settings(config, data_dir)
     if data_dir is not None:
@@ -90,7 +97,11 @@ def _errors() -> Iterator[None]:
 
 def _progress(incident_id: str, node: str, update: dict[str, Any]) -> None:
     for entry in update.get("timeline", []):
-        console.print(f"[dim]{time.strftime('%H:%M:%S', time.localtime(entry.at))}[/dim] [cyan]{term(incident_id)}[/cyan] [bold]{node:>13}[/bold]  {term(entry.event)}", soft_wrap=True)
+        console.print(
+            f"[dim]{time.strftime('%H:%M:%S', time.localtime(entry.at))}[/dim] "
+            f"[cyan]{term(incident_id)}[/cyan] [bold]{node:>13}[/bold]  {term(entry.event)}",
+            soft_wrap=True,
+        )
 
 
 def _summary(state: dict[str, Any]) -> dict[str, Any]:
@@ -126,11 +137,15 @@ def _engine(settings: Settings, start: bool = False) -> Any:
 @app.command()
 def run(
     scenario: str = typer.Argument("crash-payments", help="A bundled scenario name or a scenario YAML file."),
-    alert: Optional[Path] = typer.Option(None, help="Run on an alert JSON file (a Trigger) instead of injecting a fault."),
-    keep_running: bool = typer.Option(False, help="Leave the local app running afterwards (needed to approve later)."),
+    alert: Path | None = typer.Option(
+        None, help="Run on an alert JSON file (a Trigger) instead of injecting a fault."
+    ),
+    keep_running: bool = typer.Option(
+        False, help="Leave the local app running afterwards (needed to approve later)."
+    ),
     fmt: str = typer.Option("text", "--format", help="text or json"),
-    config: Optional[Path] = ConfigOpt,
-    data_dir: Optional[Path] = DataOpt,
+    config: Path | None = ConfigOpt,
+    data_dir: Path | None = DataOpt,
 ) -> None:
     """Run one incident: start the local app, inject the scenario's fault, and let the agents handle it."""
     from sregraph.scenario import inject, load_scenario, trigger_for
@@ -167,7 +182,9 @@ def run(
     else:
         _print_summary(summary)
     if summary["waiting_for_approval"]:
-        console.print(f"waiting for approval: [bold]sregraph approve {term(summary['incident_id'])}[/bold] or reject")
+        console.print(
+            f"waiting for approval: [bold]sregraph approve {term(summary['incident_id'])}[/bold] or reject"
+        )
     ok = summary["status"] in ("resolved", "healthy") or summary["waiting_for_approval"]
     raise typer.Exit(0 if ok else 1)
 
@@ -179,7 +196,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
     out.print(table)
 
 
-def _decide(incident_id: str, approved: bool, by: str, reason: str, config: Optional[Path], data_dir: Optional[Path]) -> None:
+def _decide(
+    incident_id: str, approved: bool, by: str, reason: str, config: Path | None, data_dir: Path | None
+) -> None:
     settings = _settings(config, data_dir)
     with _errors():
         engine, local = _engine(settings)
@@ -195,8 +214,8 @@ def approve(
     incident_id: str,
     by: str = typer.Option("cli", help="Who approves (recorded on the incident)."),
     reason: str = "",
-    config: Optional[Path] = ConfigOpt,
-    data_dir: Optional[Path] = DataOpt,
+    config: Path | None = ConfigOpt,
+    data_dir: Path | None = DataOpt,
 ) -> None:
     """Approve the plan of an incident waiting at the approval gate; the graph resumes and acts."""
     _decide(incident_id, True, by, reason, config, data_dir)
@@ -207,8 +226,8 @@ def reject(
     incident_id: str,
     by: str = typer.Option("cli", help="Who rejects (recorded on the incident)."),
     reason: str = "",
-    config: Optional[Path] = ConfigOpt,
-    data_dir: Optional[Path] = DataOpt,
+    config: Path | None = ConfigOpt,
+    data_dir: Path | None = DataOpt,
 ) -> None:
     """Reject the plan of an incident waiting at the approval gate; the incident is escalated."""
     _decide(incident_id, False, by, reason, config, data_dir)
@@ -217,11 +236,19 @@ def reject(
 @app.command()
 def demo(
     fmt: str = typer.Option("text", "--format", help="text or json (the scorecard)"),
-    runtime: Optional[str] = typer.Option(None, help="process (default) or docker (start scripts/container-engine.sh first)"),
-    faults: Optional[str] = typer.Option(None, help="Comma-separated FAULT:SERVICE pairs instead of the full sequence."),
-    dashboard: bool = typer.Option(True, help="Print where to watch the dashboard, with a read-only token (the API serves either way: payments ships its telemetry to it)."),
-    config: Optional[Path] = ConfigOpt,
-    data_dir: Optional[Path] = DataOpt,
+    runtime: str | None = typer.Option(
+        None, help="process (default) or docker (start scripts/container-engine.sh first)"
+    ),
+    faults: str | None = typer.Option(
+        None, help="Comma-separated FAULT:SERVICE pairs instead of the full sequence."
+    ),
+    dashboard: bool = typer.Option(
+        True,
+        help="Print where to watch the dashboard, with a read-only token (the API serves either way: "
+        "payments ships its telemetry to it).",
+    ),
+    config: Path | None = ConfigOpt,
+    data_dir: Path | None = DataOpt,
 ) -> None:
     """Start the app and the worker, inject every fault in turn, watch the agents handle them, print a scorecard."""
     from sregraph.demo import DEFAULT_SEQUENCE, as_rows, demo_settings, next_commands, run_demo
@@ -235,22 +262,48 @@ def demo(
             sequence = [(f, s, defaults.get((f, s), {})) for f, s in pairs]
         except ValueError as exc:
             raise typer.BadParameter("use FAULT:SERVICE pairs, e.g. crash:payments,latency:checkout") from exc
-    console.print("[bold]sregraph demo[/bold] — the demo policy auto-approves every allowed action (see sregraph/demo_policy.yaml)")
+    console.print(
+        "[bold]sregraph demo[/bold] — the demo policy auto-approves every allowed action (see "
+        "sregraph/demo_policy.yaml)"
+    )
     with _errors():
-        results = run_demo(settings, sequence, progress=_progress, say=lambda text: console.print(text, soft_wrap=True), dashboard=dashboard)
+        results = run_demo(
+            settings,
+            sequence,
+            progress=_progress,
+            say=lambda text: console.print(text, soft_wrap=True),
+            dashboard=dashboard,
+        )
     rows = as_rows(results)
     if fmt == "json":
         out.print_json(json.dumps(rows))
     else:
         table = Table(title="sregraph demo: one incident per fault")
-        for column in ("fault", "service", "detected", "root cause", "fault type", "action", "recovered", "TTD s", "seen by", "TTR s", "memory"):
+        for column in (
+            "fault",
+            "service",
+            "detected",
+            "root cause",
+            "fault type",
+            "action",
+            "recovered",
+            "TTD s",
+            "seen by",
+            "TTR s",
+            "memory",
+        ):
             table.add_column(column, no_wrap=column in ("fault", "service", "memory"))
         for r in rows:
             table.add_row(
-                r["fault"], r["service"], _tick(r["detected"]),
-                f"{r['root_cause_service'] or '–'} {_tick(r['root_cause_correct'])}", r["fault_type"] or "–",
-                r["action"] or "–", _tick(r["recovered"]),
-                f"{r['mttd_s']:.1f}" if r["mttd_s"] is not None else "–", r["detected_by"].replace("ensemble:", "") or "–",
+                r["fault"],
+                r["service"],
+                _tick(r["detected"]),
+                f"{r['root_cause_service'] or '–'} {_tick(r['root_cause_correct'])}",
+                r["fault_type"] or "–",
+                r["action"] or "–",
+                _tick(r["recovered"]),
+                f"{r['mttd_s']:.1f}" if r["mttd_s"] is not None else "–",
+                r["detected_by"].replace("ensemble:", "") or "–",
                 f"{r['mttr_s']:.1f}" if r["mttr_s"] is not None else "–",
                 r["memory_hit"] or "–",
             )
@@ -265,10 +318,14 @@ def demo(
 
 @app.command()
 def chaos(
-    fault: str = typer.Argument(..., help="crash, latency, error-rate, memory-leak, bad-deploy, dependency-down, cpu-saturation, conversion-drop, disk-full"),
+    fault: str = typer.Argument(
+        ...,
+        help="crash, latency, error-rate, memory-leak, bad-deploy, dependency-down, cpu-saturation, "
+        "conversion-drop, disk-full",
+    ),
     service: str = typer.Argument(..., help="frontend, checkout or payments"),
-    config: Optional[Path] = ConfigOpt,
-    data_dir: Optional[Path] = DataOpt,
+    config: Path | None = ConfigOpt,
+    data_dir: Path | None = DataOpt,
 ) -> None:
     """Inject a fault into the running local app (started by `run --keep-running` or a worker's app)."""
     from sregraph.demo import validate
@@ -278,7 +335,9 @@ def chaos(
     with _errors():
         [(name, target, params)] = validate([(fault, service, {})])
         if not (settings.data_dir / "app" / "app.json").exists():
-            raise SregraphError(f"no local app under {settings.data_dir / 'app'}; start one with `sregraph run --keep-running`")
+            raise SregraphError(
+                f"no local app under {settings.data_dir / 'app'}; start one with `sregraph run --keep-running`"
+            )
         local = LocalApp(settings.data_dir / "app")
         try:
             injection = local.inject(name, target, **params)
@@ -302,19 +361,23 @@ def _tick(value: bool) -> str:
 @app.command()
 def worker(
     once: bool = typer.Option(False, help="Resume unfinished incidents, scan once, and exit."),
-    interval: Optional[float] = typer.Option(None, help="Seconds between scans (default: worker.interval_s, 2)."),
-    http_port: Optional[int] = typer.Option(None, help="Serve /metrics and /healthz on 127.0.0.1:PORT."),
-    alerts_port: Optional[int] = typer.Option(
-        None, help="Take Alertmanager webhooks on POST /alerts at this port (0: any free port); enables alerts."
+    interval: float | None = typer.Option(
+        None, help="Seconds between scans (default: worker.interval_s, 2)."
+    ),
+    http_port: int | None = typer.Option(None, help="Serve /metrics and /healthz on 127.0.0.1:PORT."),
+    alerts_port: int | None = typer.Option(
+        None,
+        help="Take Alertmanager webhooks on POST /alerts at this port (0: any free port); enables alerts.",
     ),
     insecure_no_auth: bool = typer.Option(
         False, "--insecure-no-auth", help="Take webhooks without a bearer token (loopback host only; warned)."
     ),
-    api_port: Optional[int] = typer.Option(
-        None, help="Serve the HTTP API (incidents, approvals, memory; docs at /docs) on this port (0: any free port)."
+    api_port: int | None = typer.Option(
+        None,
+        help="Serve the HTTP API (incidents, approvals, memory; docs at /docs) on this port (0: any free port).",
     ),
-    config: Optional[Path] = ConfigOpt,
-    data_dir: Optional[Path] = DataOpt,
+    config: Path | None = ConfigOpt,
+    data_dir: Path | None = DataOpt,
 ) -> None:
     """Long-lived loop: resume unfinished incidents, watch telemetry and alerts, open and handle new ones."""
     from sregraph.config import alerts_token
@@ -338,7 +401,9 @@ def worker(
         health = HealthState(stale_after_s=max(60.0, 10 * interval_s))
         if settings.worker.http_port is not None:
             server = serve(engine.metrics, health, port=settings.worker.http_port)
-            console.print(f"metrics and health on http://127.0.0.1:{server.server_address[1]}/metrics, /healthz")
+            console.print(
+                f"metrics and health on http://127.0.0.1:{server.server_address[1]}/metrics, /healthz"
+            )
         the_worker = Worker(engine, health)
         alerts = settings.alerts
         if alerts.enabled:
@@ -356,8 +421,12 @@ def worker(
             from sregraph.server import ApiServer, create_app
 
             store = ApiStore(settings.data_dir / "api.db")
-            api = ApiServer(create_app(the_worker, store), settings.worker.api_host, settings.worker.api_port).start()
-            console.print(f"HTTP API on {term(api.url)} (docs at {term(api.url)}/docs; tokens: sregraph token create)")
+            api = ApiServer(
+                create_app(the_worker, store), settings.worker.api_host, settings.worker.api_port
+            ).start()
+            console.print(
+                f"HTTP API on {term(api.url)} (docs at {term(api.url)}/docs; tokens: sregraph token create)"
+            )
             if not store.tokens():
                 console.print("[yellow]no API tokens yet:[/yellow] every call but /healthz will answer 401")
         try:
@@ -377,7 +446,11 @@ def scenarios() -> None:
 
 
 @incidents_app.command("list")
-def incidents_list(config: Optional[Path] = ConfigOpt, data_dir: Optional[Path] = DataOpt, fmt: str = typer.Option("text", "--format")) -> None:
+def incidents_list(
+    config: Path | None = ConfigOpt,
+    data_dir: Path | None = DataOpt,
+    fmt: str = typer.Option("text", "--format"),
+) -> None:
     """Incidents with their status."""
     from sregraph.engine import RunRegistry
     from tools.sql import open_database
@@ -394,12 +467,19 @@ def incidents_list(config: Optional[Path] = ConfigOpt, data_dir: Optional[Path] 
     table = Table(Column("incident", no_wrap=True), "status", "started", "trigger")
     for r in runs:
         trigger = r["trigger"] if isinstance(r["trigger"], dict) else {}
-        table.add_row(term(r["incident_id"]), term(r["status"]), _when(r["created_at"]), term(trigger.get("summary", "")))
+        table.add_row(
+            term(r["incident_id"]),
+            term(r["status"]),
+            _when(r["created_at"]),
+            term(trigger.get("summary", "")),
+        )
     out.print(table)
 
 
 @incidents_app.command("show")
-def incidents_show(incident_id: str, config: Optional[Path] = ConfigOpt, data_dir: Optional[Path] = DataOpt) -> None:
+def incidents_show(
+    incident_id: str, config: Path | None = ConfigOpt, data_dir: Path | None = DataOpt
+) -> None:
     """One incident: status, diagnosis, actions and post-mortem."""
     from graphs.checkpoint import open_checkpointer, open_postgres_checkpointer
     from graphs.graph import build_graph
@@ -410,7 +490,11 @@ def incidents_show(incident_id: str, config: Optional[Path] = ConfigOpt, data_di
         db = open_database(settings.storage, settings.data_dir, "checkpoints")
         assert isinstance(db, PostgresDatabase)
         try:
-            snapshot = build_graph().compile(checkpointer=open_postgres_checkpointer(db)).get_state({"configurable": {"thread_id": incident_id}})
+            snapshot = (
+                build_graph()
+                .compile(checkpointer=open_postgres_checkpointer(db))
+                .get_state({"configurable": {"thread_id": incident_id}})
+            )
         finally:
             db.close()
     else:
@@ -429,7 +513,9 @@ def incidents_show(incident_id: str, config: Optional[Path] = ConfigOpt, data_di
 
 
 @memory_app.command("search")
-def memory_search(text: str, k: int = 3, config: Optional[Path] = ConfigOpt, data_dir: Optional[Path] = DataOpt) -> None:
+def memory_search(
+    text: str, k: int = 3, config: Path | None = ConfigOpt, data_dir: Path | None = DataOpt
+) -> None:
     """Past incidents whose post-mortems resemble TEXT."""
     from memory.store import PostMortemStore
 
@@ -439,15 +525,21 @@ def memory_search(text: str, k: int = 3, config: Optional[Path] = ConfigOpt, dat
     if not found:
         out.print("no similar incidents")
     for s in found:
-        out.print(f"{s.similarity:.2f}  {term(s.incident_id)}  {term(s.fault_type)} on {term(s.service)} ({term(s.outcome)}): {term(s.summary[:120])}")
+        out.print(
+            f"{s.similarity:.2f}  {term(s.incident_id)}  {term(s.fault_type)} on {term(s.service)} "
+            f"({term(s.outcome)}): {term(s.summary[:120])}"
+        )
 
 
 @token_app.command("create")
 def token_create(
     name: str,
-    role: str = typer.Option("viewer", help="viewer (reads), operator (also approves, rejects, sends alerts), admin (also reads the audit log)."),
-    config: Optional[Path] = ConfigOpt,
-    data_dir: Optional[Path] = DataOpt,
+    role: str = typer.Option(
+        "viewer",
+        help="viewer (reads), operator (also approves, rejects, sends alerts), admin (also reads the audit log).",
+    ),
+    config: Path | None = ConfigOpt,
+    data_dir: Path | None = DataOpt,
 ) -> None:
     """Create an API token; it is printed once and only its hash is kept."""
     from sregraph.api_auth import ApiStore
@@ -460,19 +552,24 @@ def token_create(
 
 
 @token_app.command("list")
-def token_list(config: Optional[Path] = ConfigOpt, data_dir: Optional[Path] = DataOpt) -> None:
+def token_list(config: Path | None = ConfigOpt, data_dir: Path | None = DataOpt) -> None:
     """API tokens: name, role, created, revoked (never the tokens themselves)."""
     from sregraph.api_auth import ApiStore
 
     settings = _settings(config, data_dir)
     table = Table("name", "role", "created", "revoked")
     for t in ApiStore(settings.data_dir / "api.db").tokens():
-        table.add_row(term(t["name"]), t["role"], _when(t["created_at"]), _when(t["revoked_at"]) if t["revoked_at"] else "")
+        table.add_row(
+            term(t["name"]),
+            t["role"],
+            _when(t["created_at"]),
+            _when(t["revoked_at"]) if t["revoked_at"] else "",
+        )
     out.print(table)
 
 
 @token_app.command("revoke")
-def token_revoke(name: str, config: Optional[Path] = ConfigOpt, data_dir: Optional[Path] = DataOpt) -> None:
+def token_revoke(name: str, config: Path | None = ConfigOpt, data_dir: Path | None = DataOpt) -> None:
     """Revoke an API token at once."""
     from sregraph.api_auth import ApiStore
 
@@ -483,7 +580,7 @@ def token_revoke(name: str, config: Optional[Path] = ConfigOpt, data_dir: Option
 
 
 @app.command("app-stop")
-def app_stop(config: Optional[Path] = ConfigOpt, data_dir: Optional[Path] = DataOpt) -> None:
+def app_stop(config: Path | None = ConfigOpt, data_dir: Path | None = DataOpt) -> None:
     """Stop the local application left running by `run --keep-running`."""
     from sregraph.localenv.app import LocalApp
 

@@ -156,13 +156,26 @@ class Settings(BaseModel):
         return self.data_dir / "checkpoints.db"
 
 
-NOT_SETTINGS = frozenset({
-    "SREGRAPH_CONFIG", "SREGRAPH_HOME", ALERTS_TOKEN_ENV, "SREGRAPH_GITHUB_WEBHOOK_SECRET",
-    # the project's scripts and tests: where the container engine, the apt log, the venv, the shared datasets
-    # and the test model live, and how llama.cpp is built
-    "SREGRAPH_ENGINE_DIR", "SREGRAPH_CACHE_DIR", "SREGRAPH_APT_LOG", "SREGRAPH_VENV", "SREGRAPH_LLAMA_CMAKE_ARGS",
-    "SREGRAPH_SHARED_DATA", "SREGRAPH_TEST_GGUF", "SREGRAPH_UPDATE_SNAPSHOTS", "SREGRAPH_CHROMIUM", "SREGRAPH_TEST_ARTIFACTS",
-})
+NOT_SETTINGS = frozenset(
+    {
+        "SREGRAPH_CONFIG",
+        "SREGRAPH_HOME",
+        ALERTS_TOKEN_ENV,
+        "SREGRAPH_GITHUB_WEBHOOK_SECRET",
+        # the project's scripts and tests: where the container engine, the apt log, the venv, the shared datasets
+        # and the test model live, and how llama.cpp is built
+        "SREGRAPH_ENGINE_DIR",
+        "SREGRAPH_CACHE_DIR",
+        "SREGRAPH_APT_LOG",
+        "SREGRAPH_VENV",
+        "SREGRAPH_LLAMA_CMAKE_ARGS",
+        "SREGRAPH_SHARED_DATA",
+        "SREGRAPH_TEST_GGUF",
+        "SREGRAPH_UPDATE_SNAPSHOTS",
+        "SREGRAPH_CHROMIUM",
+        "SREGRAPH_TEST_ARTIFACTS",
+    }
+)
 """SREGRAPH_* variables that are not settings: every other one must name a setting (a typo is an error)."""
 
 
@@ -172,7 +185,7 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     for key, value in environ.items():
         if not key.startswith(ENV_PREFIX) or key in NOT_SETTINGS:
             continue
-        path = key[len(ENV_PREFIX):].lower().split("__")
+        path = key[len(ENV_PREFIX) :].lower().split("__")
         node = out
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -203,7 +216,9 @@ def _without_none(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_settings(path: Path | str | None = None, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+def load_settings(
+    path: Path | str | None = None, environ: dict[str, str] | None = None, **overrides: Any
+) -> Settings:
     """Load settings from a YAML file (default `sregraph.yaml` if present), the environment and overrides."""
     environ = dict(os.environ) if environ is None else environ
     named = environ.get("SREGRAPH_CONFIG")
@@ -222,13 +237,15 @@ def load_settings(path: Path | str | None = None, environ: dict[str, str] | None
             raise ConfigError(f"{file}: the top level must be a mapping of settings")
         data = loaded
     elif path:
-        raise ConfigError(f"config file {file} does not exist" + (" (from SREGRAPH_CONFIG)" if path == named else ""))
+        raise ConfigError(
+            f"config file {file} does not exist" + (" (from SREGRAPH_CONFIG)" if path == named else "")
+        )
     data = _merge(data, _env_overrides(environ))
     data = _merge(data, _without_none(overrides))
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"invalid configuration ({file if file.exists() else 'defaults + environment'}): {problems}") from exc
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+        raise ConfigError(
+            f"invalid configuration ({file if file.exists() else 'defaults + environment'}): {problems}"
+        ) from exc

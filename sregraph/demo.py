@@ -108,7 +108,9 @@ def demo_settings(base: Settings) -> Settings:
         update={
             "data_dir": demo_dir(base.data_dir),
             "policy_file": Path(str(policy)),
-            "observer": base.observer.model_copy(update={"window_s": 4.0, "baseline_s": 20.0, "detect_timeout_s": 10.0}),
+            "observer": base.observer.model_copy(
+                update={"window_s": 4.0, "baseline_s": 20.0, "detect_timeout_s": 10.0}
+            ),
             "engineer": base.engineer.model_copy(update={"verify_timeout_s": 20.0}),
         }
     )
@@ -116,7 +118,11 @@ def demo_settings(base: Settings) -> Settings:
 
 def _outcome(engine: Engine, incident_id: str, fault: str, service: str, injected_at: float) -> FaultResult:
     state = engine.state(incident_id)
-    observation, diagnosis, verification = state.get("observation"), state.get("diagnosis"), state.get("verification")
+    observation, diagnosis, verification = (
+        state.get("observation"),
+        state.get("diagnosis"),
+        state.get("verification"),
+    )
     top = diagnosis.top if diagnosis else None
     actions = state.get("actions", [])
     detected = observation is not None and not observation.healthy
@@ -165,7 +171,9 @@ def _wait_for_incident(engine: Engine, known: set[str], service: str, deadline: 
     return next(iter(first_seen), None)
 
 
-def _stand_in_for_the_human(engine: Engine, app: Any, incident_id: str, service: str, say: Callable[[str], None]) -> None:
+def _stand_in_for_the_human(
+    engine: Engine, app: Any, incident_id: str, service: str, say: Callable[[str], None]
+) -> None:
     """What the on-call human does with an incident the agents handed over: fix the fault, close the issue.
 
     An escalated incident keeps its services claimed while its issue is open (the worker must not fight the
@@ -237,26 +245,66 @@ def run_demo(
         app.start_load()
         say(f"collecting a {warmup_s:.0f}s baseline, then starting the worker…")
         time.sleep(warmup_s)
-        worker_thread = threading.Thread(target=worker.run, kwargs={"interval": 0.5}, name="worker", daemon=True)
+        worker_thread = threading.Thread(
+            target=worker.run, kwargs={"interval": 0.5}, name="worker", daemon=True
+        )
         worker_thread.start()
         handled: set[str] = set()
         for fault, service, params in sequence:
             _close_other_escalations(engine, handled, say)
             # Runs still in flight are not "known": a scan that began just before the injection may be the one
             # that sees it (the worker names a run when its scan starts, before it finds anything).
-            known = {r["incident_id"] for r in engine.registry.list() if r["status"] in FINAL | {"awaiting_approval"}}
+            known = {
+                r["incident_id"]
+                for r in engine.registry.list()
+                if r["status"] in FINAL | {"awaiting_approval"}
+            }
             say(f"▶ injecting {fault} into {service}")
             injected_at = time.time()
             try:
                 app.inject(fault, service, **params)
             except SregraphError as exc:
                 say(f"  could not inject {fault}: {exc}")
-                results.append(FaultResult(fault, service, None, False, None, False, None, None, False, None, None, None, "not injected"))
+                results.append(
+                    FaultResult(
+                        fault,
+                        service,
+                        None,
+                        False,
+                        None,
+                        False,
+                        None,
+                        None,
+                        False,
+                        None,
+                        None,
+                        None,
+                        "not injected",
+                    )
+                )
                 continue
             incident = _wait_for_incident(engine, known, service, time.time() + FAULT_TIMEOUT_S)
             if incident is None:
-                results.append(FaultResult(fault, service, None, False, None, False, None, None, False, None, None, None, "not detected"))
-                _clear(app, service, say)  # dependency_down leaves the service stopped: chaos alone cannot reach it
+                results.append(
+                    FaultResult(
+                        fault,
+                        service,
+                        None,
+                        False,
+                        None,
+                        False,
+                        None,
+                        None,
+                        False,
+                        None,
+                        None,
+                        None,
+                        "not detected",
+                    )
+                )
+                _clear(
+                    app, service, say
+                )  # dependency_down leaves the service stopped: chaos alone cannot reach it
             else:
                 results.append(_outcome(engine, incident, fault, service, injected_at))
                 if results[-1].status == "escalated":
@@ -279,7 +327,9 @@ SHIPPED = ("payments",)
 """The demo's services that send their telemetry through sregraph's SDK to the API (the others write the store)."""
 
 
-def _serve_api(worker: Worker, app: Any, settings: Settings, say: Callable[[str], None], dashboard: bool) -> Any:
+def _serve_api(
+    worker: Worker, app: Any, settings: Settings, say: Callable[[str], None], dashboard: bool
+) -> Any:
     """The API beside the demo's worker, before the app starts: `SHIPPED` services send it their telemetry
     with an ingest token of their own. With `dashboard`, a viewer token and where to watch."""
     from sregraph.api_auth import ApiStore
@@ -288,7 +338,10 @@ def _serve_api(worker: Worker, app: Any, settings: Settings, say: Callable[[str]
     store = ApiStore(settings.data_dir / "api.db")
     api = ApiServer(create_app(worker, store), "127.0.0.1", 0).start()
     app.ship_telemetry(api.url, store.create_token("demo-app", "ingest"), list(SHIPPED))
-    say(f"{', '.join(SHIPPED)} sends its logs, metrics and spans through sregraph.sdk to the API ({api.url}/api/v1/ingest/…)")
+    say(
+        f"{', '.join(SHIPPED)} sends its logs, metrics and spans through sregraph.sdk to the API "
+        f"({api.url}/api/v1/ingest/…)"
+    )
     if dashboard:
         token = store.create_token("demo-viewer", "viewer")
         say(f"watch it live: {api.url}/ui/ — paste this demo's read-only token there: {token}")

@@ -21,12 +21,12 @@ from agents.observer import Observer
 from agents.policy import load_policy
 from graphs.checkpoint import open_checkpointer, open_postgres_checkpointer
 from graphs.graph import Crew, build_graph
-from tools.domain import ApprovalDecision, Trigger
 from sregraph.config import Settings
 from sregraph.observability import Metrics, incident_var
 from tools.base import ConfigError, NotFound
 from tools.breaker import BreakerHealthChecker
 from tools.display import md
+from tools.domain import ApprovalDecision, Trigger
 from tools.sql import Database, PostgresDatabase, SqliteDatabase, open_database
 from tools.toolbox import Toolbox
 
@@ -34,6 +34,7 @@ log = logging.getLogger("sregraph.engine")
 
 ProgressFn = Callable[[str, str, dict[str, Any]], None]
 """Called with (incident_id, node, update) after every node."""
+
 
 def new_incident_id(now: float | None = None) -> str:
     """A sortable, unique incident id."""
@@ -65,10 +66,14 @@ def local_toolbox(settings: Settings, app: Any) -> Toolbox:
         from tools.gitops import ProvenanceStore, signing_key
 
         gitops = GitHubGitOps(
-            gh.gitops_repo, base_url=gh.base_url, deploy_branch=gh.deploy_branch, timeout=gh.timeout_s,
+            gh.gitops_repo,
+            base_url=gh.base_url,
+            deploy_branch=gh.deploy_branch,
+            timeout=gh.timeout_s,
             incident_repo=gh.repo or None,
             # sregraph's own commits are recognised by this key's signature or by this ledger, across restarts.
-            key=signing_key(data), provenance=ProvenanceStore(data / "provenance.db"),
+            key=signing_key(data),
+            provenance=ProvenanceStore(data / "provenance.db"),
         )
     return Toolbox(
         telemetry=telemetry_for(settings, app.telemetry),
@@ -76,7 +81,9 @@ def local_toolbox(settings: Settings, app: Any) -> Toolbox:
         incidents=incidents,
         gitops=gitops,
         # Each notification once, even when a step runs again after a crash.
-        notifier=IdempotentNotifier(MultiNotifier(ConsoleNotifier(), JsonlNotifier(data / "notifications.jsonl"), *routed), ledger),
+        notifier=IdempotentNotifier(
+            MultiNotifier(ConsoleNotifier(), JsonlNotifier(data / "notifications.jsonl"), *routed), ledger
+        ),
         # A hung endpoint stops costing a probe timeout per poll (refusals are cheap and always probed, so a
         # restart's one-second gap is not stretched into the circuit's timeout); the engineer resets it after acting.
         health=BreakerHealthChecker(app.health, slow_probe_s=0.25),
@@ -91,6 +98,7 @@ def local_toolbox(settings: Settings, app: Any) -> Toolbox:
 def incident_labels(settings: Settings) -> Callable[[str], dict[str, str]]:
     """What notifications are routed on, per incident: its trigger's service, severity and source (as the run
     registry has them)."""
+
     def labels_of(incident_id: str) -> dict[str, str]:
         # Opened per call: notifications are rare, and a Postgres handle held here would outlive the engine.
         registry = RunRegistry(open_database(settings.storage, settings.data_dir, "runs"))
@@ -100,7 +108,11 @@ def incident_labels(settings: Settings) -> Callable[[str], dict[str, str]]:
             registry.close()
         if trigger is None:
             return {}
-        return {"service": trigger.service or "", "severity": trigger.labels.get("severity", ""), "source": trigger.source}
+        return {
+            "service": trigger.service or "",
+            "severity": trigger.labels.get("severity", ""),
+            "source": trigger.source,
+        }
 
     return labels_of
 
@@ -123,7 +135,9 @@ def telemetry_for(settings: Settings, local: Any) -> Any:
     from tools.telemetry import SplitTelemetry
 
     try:
-        prometheus = PrometheusTelemetry(tc.prometheus_url, timeout_s=tc.timeout_s, rate_window=tc.rate_window)
+        prometheus = PrometheusTelemetry(
+            tc.prometheus_url, timeout_s=tc.timeout_s, rate_window=tc.rate_window
+        )
     except ValueError as exc:
         raise ConfigError(f"telemetry: {exc}") from exc
     return SplitTelemetry(prometheus, local)
@@ -140,7 +154,9 @@ def build_crew(settings: Settings, toolbox: Toolbox, chat_model: Any = None) -> 
         toolbox=toolbox,
         observer=Observer(toolbox, settings.observer, chat_model, settings.llm),
         analyst=Analyst(toolbox, settings.analyst, settings.observer, chat_model, settings.llm),
-        engineer=Engineer(toolbox, policy, settings.engineer, settings.analyst, settings.observer, chat_model, settings.llm),
+        engineer=Engineer(
+            toolbox, policy, settings.engineer, settings.analyst, settings.observer, chat_model, settings.llm
+        ),
         librarian=Librarian(toolbox, chat_model, settings.llm),
     )
 
@@ -154,10 +170,12 @@ CREATE TABLE IF NOT EXISTS attached_alerts (incident_id TEXT NOT NULL, key TEXT 
 CREATE TABLE IF NOT EXISTS acknowledgements (incident_id TEXT PRIMARY KEY, by TEXT NOT NULL,
     at DOUBLE PRECISION NOT NULL)
 """,
-    "CREATE INDEX IF NOT EXISTS runs_created ON runs (created_at); CREATE INDEX IF NOT EXISTS runs_status ON runs (status)",
+    "CREATE INDEX IF NOT EXISTS runs_created ON runs (created_at); "
+    "CREATE INDEX IF NOT EXISTS runs_status ON runs (status)",
     # Whether the thread has run to its end: a status is final from the verification or the escalation on, while
     # the post-mortem step may still be ahead (and must be resumed if the worker dies there).
-    "ALTER TABLE runs ADD COLUMN ended INTEGER NOT NULL DEFAULT 0; CREATE INDEX IF NOT EXISTS runs_ended ON runs (ended)",
+    "ALTER TABLE runs ADD COLUMN ended INTEGER NOT NULL DEFAULT 0; "
+    "CREATE INDEX IF NOT EXISTS runs_ended ON runs (ended)",
 ]
 """The run registry's schema, one script per version (tools.sql's migrations)."""
 
@@ -185,7 +203,9 @@ class RunRegistry:
     def acknowledgement(self, incident_id: str) -> dict[str, Any] | None:
         """Who acknowledged the incident and when, or None."""
         with self.db.read() as conn:
-            row = conn.execute("SELECT by, at FROM acknowledgements WHERE incident_id = ?", (incident_id,)).fetchone()
+            row = conn.execute(
+                "SELECT by, at FROM acknowledgements WHERE incident_id = ?", (incident_id,)
+            ).fetchone()
         return {"by": row[0], "at": row[1]} if row else None
 
     def record(self, incident_id: str, trigger: Trigger | None, status: str) -> None:
@@ -227,7 +247,8 @@ class RunRegistry:
         """The alerts that joined a run, oldest first, with their keys."""
         with self.db.read() as conn:
             rows = conn.execute(
-                "SELECT key, trigger FROM attached_alerts WHERE incident_id = ? ORDER BY received_at, key", (incident_id,)
+                "SELECT key, trigger FROM attached_alerts WHERE incident_id = ? ORDER BY received_at, key",
+                (incident_id,),
             ).fetchall()
         return [(r[0], Trigger.model_validate_json(r[1])) for r in rows]
 
@@ -241,7 +262,8 @@ class RunRegistry:
         enough: the post-mortem comes after it)."""
         with self.db.read() as conn:
             rows = conn.execute(
-                "SELECT incident_id FROM runs WHERE ended = 0 AND status <> 'awaiting_approval' ORDER BY created_at, incident_id"
+                "SELECT incident_id FROM runs WHERE ended = 0 AND status <> 'awaiting_approval' "
+                "ORDER BY created_at, incident_id"
             ).fetchall()
         return [r[0] for r in rows]
 
@@ -249,10 +271,17 @@ class RunRegistry:
         """All runs, newest first."""
         with self.db.read() as conn:
             rows = conn.execute(
-                "SELECT incident_id, created_at, trigger, status, updated_at FROM runs ORDER BY created_at DESC, incident_id DESC"
+                "SELECT incident_id, created_at, trigger, status, updated_at FROM runs "
+                "ORDER BY created_at DESC, incident_id DESC"
             ).fetchall()
         return [
-            {"incident_id": r[0], "created_at": r[1], "trigger": json.loads(r[2]), "status": r[3], "updated_at": r[4]}
+            {
+                "incident_id": r[0],
+                "created_at": r[1],
+                "trigger": json.loads(r[2]),
+                "status": r[3],
+                "updated_at": r[4],
+            }
             for r in rows
         ]
 
@@ -309,7 +338,13 @@ class Engine:
         try:
             # durability="sync": each step's checkpoint is on disk before the next step starts, so a kill at
             # any moment loses at most the step in flight (about 2.5 ms more per step than "async").
-            stream = self.graph.stream(payload, self._config(incident_id), context=self.crew, stream_mode="updates", durability="sync")
+            stream = self.graph.stream(
+                payload,
+                self._config(incident_id),
+                context=self.crew,
+                stream_mode="updates",
+                durability="sync",
+            )
             for chunk in stream:
                 for node, update in chunk.items():
                     if node == "__interrupt__":
@@ -383,12 +418,16 @@ class Engine:
 
     def _post_attached(self, incident_id: str, issue_id: int) -> None:
         for key, trigger in self.registry.attached(incident_id):
-            what = " ".join(x for x in (trigger.signal, f"on {trigger.service}" if trigger.service else "") if x)
+            what = " ".join(
+                x for x in (trigger.signal, f"on {trigger.service}" if trigger.service else "") if x
+            )
             # Alert text is data written by whoever writes alert rules: one quoted line, never a line of its own
             # that a reader (or a command parser) could take for a slash command.
             # The alert's name sits in a code span (inert Markdown); its summary is escaped.
-            body = f"Another alert joined this incident: `{_one_line(what or trigger.source, 120).replace('`', chr(39))}`\n\n> " + (
-                md(_one_line(trigger.summary, 300)) or "(no summary)"
+            body = (
+                "Another alert joined this incident: "
+                f"`{_one_line(what or trigger.source, 120).replace('`', chr(39))}`\n\n> "
+                + (md(_one_line(trigger.summary, 300)) or "(no summary)")
             )
             self.toolbox.incidents.comment(issue_id, body, key=f"{incident_id}/alert-{key}")
 

@@ -25,7 +25,9 @@ NEEDS_A_HUMAN = {"awaiting_approval", "escalated"}
 class Escalator:
     """Pages the tiers of the escalation policy for unacknowledged incidents."""
 
-    def __init__(self, registry: RunRegistry, tiers: list[EscalationTier], pagers: list[Any], is_closed: Any = None) -> None:
+    def __init__(
+        self, registry: RunRegistry, tiers: list[EscalationTier], pagers: list[Any], is_closed: Any = None
+    ) -> None:
         """`pagers[i]` delivers tier i's pages (a Notifier); `is_closed(incident_id)` says whether a human closed
         the incident's issue (an escalated incident stops paging then)."""
         self.registry, self.tiers, self.pagers = registry, tiers, pagers
@@ -40,10 +42,14 @@ class Escalator:
         labels_of = incident_labels(engine.settings)
         channels = {name: channel.build() for name, channel in config.channels.items()}
         pagers = [
-            IdempotentNotifier(RoutedNotifier(channels, Route(channels=tier.channels), labels_of, 0.0), engine.toolbox.ledger)
+            IdempotentNotifier(
+                RoutedNotifier(channels, Route(channels=tier.channels), labels_of, 0.0), engine.toolbox.ledger
+            )
             for tier in config.escalation
         ]
-        return cls(engine.registry, config.escalation, pagers, lambda incident_id: _issue_closed(engine, incident_id))
+        return cls(
+            engine.registry, config.escalation, pagers, lambda incident_id: _issue_closed(engine, incident_id)
+        )
 
     def tick(self, now: float | None = None) -> list[tuple[str, int]]:
         """Page every tier that is due; returns (incident, tier) for each page sent or already sent before."""

@@ -37,7 +37,9 @@ Name = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:/\-]+$")
 def _check_ts(ts: float) -> float:
     now = time.time()
     if not math.isfinite(ts) or ts > now + MAX_FUTURE_S or ts < now - MAX_AGE_S:
-        raise ValueError(f"timestamp {ts} is not within {MAX_AGE_S / 86400:.0f} days before and {MAX_FUTURE_S:.0f} s after now")
+        raise ValueError(
+            f"timestamp {ts} is not within {MAX_AGE_S / 86400:.0f} days before and {MAX_FUTURE_S:.0f} s after now"
+        )
     return ts
 
 
@@ -167,9 +169,13 @@ def store(telemetry: Any, batch: Batch) -> int:
     if isinstance(batch, (DeployBatch, EventBatch)):
         markers = marker_store(telemetry)
         if markers is None:
-            raise LookupError(f"this worker's telemetry backend ({type(telemetry).__name__}) keeps no {type(batch).__name__}es")
+            raise LookupError(
+                f"this worker's telemetry backend ({type(telemetry).__name__}) keeps no {type(batch).__name__}es"
+            )
         if isinstance(batch, DeployBatch):
-            return markers.write_deploys([d.marker() for d in batch.deploys])  # a marker sent again is not stored again
+            return markers.write_deploys(
+                [d.marker() for d in batch.deploys]
+            )  # a marker sent again is not stored again
         markers.write_events([ExternalEvent(**e.model_dump()) for e in batch.events])
         return len(batch)
     if isinstance(batch, LogBatch):
@@ -182,6 +188,8 @@ def store(telemetry: Any, batch: Batch) -> int:
         writer = getattr(local, "write_spans", None)
         rows = [Span(**s.model_dump()) for s in batch.spans]
     if writer is None:
-        raise LookupError(f"this worker's telemetry backend ({type(telemetry).__name__}) does not take {type(batch).__name__}es")
+        raise LookupError(
+            f"this worker's telemetry backend ({type(telemetry).__name__}) does not take {type(batch).__name__}es"
+        )
     writer(rows)
     return len(rows)

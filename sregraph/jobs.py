@@ -37,7 +37,10 @@ def _pool_args(dsn: str, max_size: int) -> dict[str, Any]:
         "kwargs": {
             "connect_timeout": CONNECT_TIMEOUT_S,
             "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
-            "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2,
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 2,
         },
     }
 
@@ -64,7 +67,9 @@ class JobQueue:
                 "CREATE TABLE IF NOT EXISTS sregraph_migrations (component TEXT NOT NULL, version INTEGER NOT NULL,"
                 " PRIMARY KEY (component, version))"
             )
-            done = conn.execute("SELECT 1 FROM sregraph_migrations WHERE component = 'procrastinate'").fetchone()
+            done = conn.execute(
+                "SELECT 1 FROM sregraph_migrations WHERE component = 'procrastinate'"
+            ).fetchone()
         if done is None:
             self._sender.schema_manager.apply_schema()
             with db.connect() as conn:
@@ -77,7 +82,9 @@ class JobQueue:
         from procrastinate import exceptions
 
         try:
-            self._sender.configure_task(RUN, queue=QUEUE, queueing_lock=f"run:{incident_id}").defer(incident_id=incident_id)
+            self._sender.configure_task(RUN, queue=QUEUE, queueing_lock=f"run:{incident_id}").defer(
+                incident_id=incident_id
+            )
         except exceptions.AlreadyEnqueued:
             return False
         except exceptions.ConnectorException as exc:
@@ -91,15 +98,25 @@ class JobQueue:
         try:
             self._sender.configure_task(DECIDE, queue=QUEUE).defer(incident_id=incident_id, decision=decision)
         except exceptions.ConnectorException as exc:
-            raise SregraphError(f"job queue: cannot queue the decision on {incident_id}: {exc.__class__.__name__}") from None
+            raise SregraphError(
+                f"job queue: cannot queue the decision on {incident_id}: {exc.__class__.__name__}"
+            ) from None
 
     # ------------------------------------------------------------------ consuming
 
-    def start(self, run: Callable[[str], Any], decide: Callable[[str, dict[str, Any]], Any], concurrency: int, name: str) -> None:
+    def start(
+        self,
+        run: Callable[[str], Any],
+        decide: Callable[[str, dict[str, Any]], Any],
+        concurrency: int,
+        name: str,
+    ) -> None:
         """Consume the queue on a thread of its own until `stop`."""
         import procrastinate
 
-        app = procrastinate.App(connector=procrastinate.PsycopgConnector(**_pool_args(self.dsn, concurrency + 2)))
+        app = procrastinate.App(
+            connector=procrastinate.PsycopgConnector(**_pool_args(self.dsn, concurrency + 2))
+        )
 
         @app.task(name=RUN, queue=QUEUE)
         def run_incident(incident_id: str) -> None:
@@ -114,8 +131,13 @@ class JobQueue:
                 self._task = asyncio.current_task()
                 self._started.set()
                 await app.run_worker_async(
-                    queues=[QUEUE], concurrency=concurrency, name=name, wait=True, install_signal_handlers=False,
-                    fetch_job_polling_interval=2.0, update_heartbeat_interval=5.0,
+                    queues=[QUEUE],
+                    concurrency=concurrency,
+                    name=name,
+                    wait=True,
+                    install_signal_handlers=False,
+                    fetch_job_polling_interval=2.0,
+                    update_heartbeat_interval=5.0,
                 )
 
         def main() -> None:
@@ -151,5 +173,7 @@ class JobQueue:
         import psycopg
 
         with psycopg.connect(self.dsn, connect_timeout=CONNECT_TIMEOUT_S) as conn:
-            rows = conn.execute("SELECT task_name, status::text, args FROM procrastinate_jobs ORDER BY id").fetchall()
+            rows = conn.execute(
+                "SELECT task_name, status::text, args FROM procrastinate_jobs ORDER BY id"
+            ).fetchall()
         return [(r[0], r[1], r[2]) for r in rows]

@@ -108,7 +108,8 @@ class Leases:
                     (now, now + self.ttl_s, incident_id, self.owner),
                 )
                 conn.execute(
-                    "INSERT INTO lease_log VALUES (?, ?, ?, ?, NULL)", (incident_id, self.owner, now, now + self.ttl_s)
+                    "INSERT INTO lease_log VALUES (?, ?, ?, ?, NULL)",
+                    (incident_id, self.owner, now, now + self.ttl_s),
                 )
         if taken != 1:
             return False
@@ -122,20 +123,29 @@ class Leases:
 
     def _reap(self, conn: Any, incident_id: str, now: float) -> int:
         """Take a live lease from a dead process of this machine; 1 if taken."""
-        row = conn.execute("SELECT owner, acquired_at FROM leases WHERE incident_id = ?", (incident_id,)).fetchone()
+        row = conn.execute(
+            "SELECT owner, acquired_at FROM leases WHERE incident_id = ?", (incident_id,)
+        ).fetchone()
         if row is None or not _dead_here(row[0]):
             return 0
-        taken = int(conn.execute(
-            "UPDATE leases SET owner = ?, acquired_at = ?, expires_at = ? WHERE incident_id = ? AND owner = ? AND acquired_at = ?",
-            (self.owner, now, now + self.ttl_s, incident_id, row[0], row[1]),
-        ).rowcount)
+        taken = int(
+            conn.execute(
+                "UPDATE leases SET owner = ?, acquired_at = ?, expires_at = ? "
+                "WHERE incident_id = ? AND owner = ? AND acquired_at = ?",
+                (self.owner, now, now + self.ttl_s, incident_id, row[0], row[1]),
+            ).rowcount
+        )
         if taken:
             # Its holder is gone, so its tenure ended no later than now.
             conn.execute(
                 "UPDATE lease_log SET released_at = ? WHERE incident_id = ? AND owner = ? AND acquired_at = ?",
                 (now, incident_id, row[0], row[1]),
             )
-            log.info("lease of %s taken over from %s, a process of this machine that has exited", incident_id, row[0])
+            log.info(
+                "lease of %s taken over from %s, a process of this machine that has exited",
+                incident_id,
+                row[0],
+            )
         return taken
 
     def release(self, incident_id: str) -> None:
@@ -158,7 +168,9 @@ class Leases:
                 )
         except SqlError as exc:
             # Unreleased, it simply expires: another worker waits at most ttl_s longer.
-            log.warning("lease of %s not released (%s); it expires in at most %.0f s", incident_id, exc, self.ttl_s)
+            log.warning(
+                "lease of %s not released (%s); it expires in at most %.0f s", incident_id, exc, self.ttl_s
+            )
 
     # ------------------------------------------------------------------ proving it
 
@@ -171,7 +183,9 @@ class Leases:
     def check(self, incident_id: str) -> None:
         """Raise LeaseLost unless `valid(incident_id)`."""
         if not self.valid(incident_id):
-            raise LeaseLost(f"incident {incident_id}: this worker's lease is gone or unconfirmed; it stops here")
+            raise LeaseLost(
+                f"incident {incident_id}: this worker's lease is gone or unconfirmed; it stops here"
+            )
 
     def held(self) -> list[str]:
         """Incidents this worker holds a lease on (valid or not yet given back)."""
@@ -182,7 +196,8 @@ class Leases:
         """Incidents with a live lease of another worker."""
         with self.db.read() as conn:
             rows = conn.execute(
-                f"SELECT incident_id FROM leases WHERE owner <> ? AND expires_at >= {self.db.now_sql}", (self.owner,)
+                f"SELECT incident_id FROM leases WHERE owner <> ? AND expires_at >= {self.db.now_sql}",
+                (self.owner,),
             ).fetchall()
         return {r[0] for r in rows}
 
@@ -276,7 +291,10 @@ def lease_log(db: Database) -> list[dict[str, Any]]:
         rows = conn.execute(
             "SELECT incident_id, owner, acquired_at, expires_at, released_at FROM lease_log ORDER BY acquired_at"
         ).fetchall()
-    return [dict(zip(("incident_id", "owner", "acquired_at", "expires_at", "released_at"), r, strict=True)) for r in rows]
+    return [
+        dict(zip(("incident_id", "owner", "acquired_at", "expires_at", "released_at"), r, strict=True))
+        for r in rows
+    ]
 
 
 def overlaps(log_rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:

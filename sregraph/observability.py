@@ -43,30 +43,54 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.open_incidents = Gauge("sregraph_open_incidents", "Incidents started and not finished.", registry=self.registry)
+        self.open_incidents = Gauge(
+            "sregraph_open_incidents", "Incidents started and not finished.", registry=self.registry
+        )
         self.step_seconds = Histogram(
-            "sregraph_step_duration_seconds", "Time per graph step.", ["node"], registry=self.registry,
+            "sregraph_step_duration_seconds",
+            "Time per graph step.",
+            ["node"],
+            registry=self.registry,
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30),
         )
-        self.actions = Counter("sregraph_actions_total", "Remediation actions.", ["kind", "status"], registry=self.registry)
-        self.incidents = Counter("sregraph_incidents_total", "Incidents by final status.", ["status"], registry=self.registry)
+        self.actions = Counter(
+            "sregraph_actions_total", "Remediation actions.", ["kind", "status"], registry=self.registry
+        )
+        self.incidents = Counter(
+            "sregraph_incidents_total", "Incidents by final status.", ["status"], registry=self.registry
+        )
         self.llm_tokens = Counter("sregraph_llm_tokens_total", "LLM tokens spent.", registry=self.registry)
-        self.errors = Counter("sregraph_errors_total", "Errors while running incidents.", ["where"], registry=self.registry)
-        self.last_scan = Gauge("sregraph_last_scan_timestamp_seconds", "When the worker last looked at telemetry.", registry=self.registry)
+        self.errors = Counter(
+            "sregraph_errors_total", "Errors while running incidents.", ["where"], registry=self.registry
+        )
+        self.last_scan = Gauge(
+            "sregraph_last_scan_timestamp_seconds",
+            "When the worker last looked at telemetry.",
+            registry=self.registry,
+        )
         self.dependency_retries = Counter(
-            "sregraph_dependency_retries_total", "Retries of calls to a flaky dependency.", ["dependency"], registry=self.registry
+            "sregraph_dependency_retries_total",
+            "Retries of calls to a flaky dependency.",
+            ["dependency"],
+            registry=self.registry,
         )
         self.circuit_state = Gauge(
-            "sregraph_circuit_state", "Circuit breaker per dependency: 0 closed, 1 half-open, 2 open.", ["dependency"], registry=self.registry
+            "sregraph_circuit_state",
+            "Circuit breaker per dependency: 0 closed, 1 half-open, 2 open.",
+            ["dependency"],
+            registry=self.registry,
         )
         self.alerts_rejected = Counter(
             "sregraph_alerts_rejected_total",
             "Alertmanager webhooks (or alerts in them) refused, by reason: auth, unknown_service, rate_limited, "
             "timeout, overloaded, bad_request.",
-            ["reason"], registry=self.registry,
+            ["reason"],
+            registry=self.registry,
         )
         self.alerts_auth_failures = Counter(
-            "sregraph_alerts_auth_failures_total", "Webhook requests with a missing or wrong bearer token.", registry=self.registry
+            "sregraph_alerts_auth_failures_total",
+            "Webhook requests with a missing or wrong bearer token.",
+            registry=self.registry,
         )
         subscribe(self)  # held weakly: a Metrics that is dropped stops hearing
 
@@ -144,10 +168,16 @@ class HealthState:
         with self.lock:
             age = time.time() - self.last_scan if self.last_scan else None
         ok = age is not None and age <= self.stale_after_s
-        return ok, {"status": "ok" if ok else "stale", "seconds_since_scan": None if age is None else round(age, 1), "uptime_s": round(time.time() - self.started, 1)}
+        return ok, {
+            "status": "ok" if ok else "stale",
+            "seconds_since_scan": None if age is None else round(age, 1),
+            "uptime_s": round(time.time() - self.started, 1),
+        }
 
 
-def serve(metrics: Metrics, health: HealthState, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
+def serve(
+    metrics: Metrics, health: HealthState, host: str = "127.0.0.1", port: int = 0
+) -> ThreadingHTTPServer:
     """Serve /metrics and /healthz from a daemon thread; returns the server (its port is server_address[1])."""
 
     class Handler(BaseHTTPRequestHandler):

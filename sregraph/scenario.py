@@ -9,9 +9,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tools.domain import Trigger
 from sregraph.config import Settings
 from tools.base import ConfigError
+from tools.domain import Trigger
 
 
 class Scenario(BaseModel):
@@ -44,7 +44,9 @@ def load_scenario(name_or_path: str) -> Scenario:
     else:
         resource = resources.files("sregraph").joinpath("scenarios", f"{name_or_path}.yaml")
         if not resource.is_file():
-            raise ConfigError(f"no scenario {name_or_path!r}: not a file, and not one of {', '.join(bundled())}")
+            raise ConfigError(
+                f"no scenario {name_or_path!r}: not a file, and not one of {', '.join(bundled())}"
+            )
         text, source = resource.read_text(), f"bundled scenario {name_or_path}"
     try:
         return Scenario.model_validate(yaml.safe_load(text))
@@ -70,4 +72,9 @@ def inject(app: Any, scenario: Scenario) -> None:
 
 def trigger_for(scenario: Scenario, now: float) -> Trigger:
     """The trigger a scenario run starts with: a scan, as a watching observer would do."""
-    return Trigger(source="scenario", summary=f"scenario {scenario.name}", fired_at=now, labels={"scenario": scenario.name})
+    return Trigger(
+        source="scenario",
+        summary=f"scenario {scenario.name}",
+        fired_at=now,
+        labels={"scenario": scenario.name},
+    )

@@ -32,7 +32,14 @@ log = logging.getLogger("sregraph.sdk")
 FIELDS = {"logs": "records", "metrics": "points", "spans": "spans", "deploys": "deploys", "events": "events"}
 """Each ingestion endpoint, and the field of its body that holds the batch."""
 
-_LEVELS = {"WARNING": "warning", "WARN": "warning", "ERROR": "error", "CRITICAL": "critical", "FATAL": "fatal", "DEBUG": "debug"}
+_LEVELS = {
+    "WARNING": "warning",
+    "WARN": "warning",
+    "ERROR": "error",
+    "CRITICAL": "critical",
+    "FATAL": "fatal",
+    "DEBUG": "debug",
+}
 
 
 class Shipper:
@@ -105,7 +112,13 @@ class Shipper:
                     return
                 if answer.status_code != 429 and answer.status_code < 500:
                     # The batch itself is wrong (a bad record, a revoked token): sending it again cannot help.
-                    log.error("sregraph refused %d %s (%s): %s", len(batch), self.field, answer.status_code, answer.text[:300])
+                    log.error(
+                        "sregraph refused %d %s (%s): %s",
+                        len(batch),
+                        self.field,
+                        answer.status_code,
+                        answer.text[:300],
+                    )
                     self.dropped += len(batch)
                     return
                 problem = f"HTTP {answer.status_code}"
@@ -132,7 +145,7 @@ def _extra(record: logging.LogRecord) -> dict[str, Any]:
     fields = {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
     return {
         k[:200]: v if v is None or isinstance(v, (bool, int, float)) else str(v)[:1000]
-        for k, v in list(fields.items())[:MAX_ATTRS - 1]
+        for k, v in list(fields.items())[: MAX_ATTRS - 1]
     }
 
 
@@ -151,13 +164,15 @@ class SregraphHandler(logging.Handler):
         except Exception:  # noqa: BLE001 - logging must never raise into the application
             self.handleError(record)
             return
-        self.shipper.put({
-            "ts": record.created,
-            "service": self.service,
-            "level": _LEVELS.get(record.levelname, "info"),
-            "message": message[:8192],
-            "attrs": {"logger": record.name[:200], **_extra(record)},
-        })
+        self.shipper.put(
+            {
+                "ts": record.created,
+                "service": self.service,
+                "level": _LEVELS.get(record.levelname, "info"),
+                "message": message[:8192],
+                "attrs": {"logger": record.name[:200], **_extra(record)},
+            }
+        )
 
     @property
     def dropped(self) -> int:
@@ -176,10 +191,18 @@ class MetricsPusher:
         self.service = service
         self.shipper = Shipper(url, token, "metrics", **shipper)
 
-    def gauge(self, name: str, value: float, labels: dict[str, str] | None = None, ts: float | None = None) -> None:
+    def gauge(
+        self, name: str, value: float, labels: dict[str, str] | None = None, ts: float | None = None
+    ) -> None:
         """Record one value of `name` now (or at `ts`)."""
-        self.shipper.put({"name": name, "labels": {**(labels or {}), "service": self.service}, "value": float(value),
-                          "ts": time.time() if ts is None else ts})
+        self.shipper.put(
+            {
+                "name": name,
+                "labels": {**(labels or {}), "service": self.service},
+                "value": float(value),
+                "ts": time.time() if ts is None else ts,
+            }
+        )
 
     def close(self) -> None:
         """Send what is queued, then stop."""
@@ -194,13 +217,33 @@ class Annotator:
         self.deploys = Shipper(url, token, "deploys", **shipper)
         self.events = Shipper(url, token, "events", **shipper)
 
-    def deploy(self, service: str, version: str, revision: str = "", description: str = "", author: str = "", ts: float | None = None) -> None:
+    def deploy(
+        self,
+        service: str,
+        version: str,
+        revision: str = "",
+        description: str = "",
+        author: str = "",
+        ts: float | None = None,
+    ) -> None:
         """Mark a deploy of `service` (now, or at `ts`): `version` as people name it, `revision` the commit or image."""
         self.deploys.put(_deploy(service, version, revision, description, author, ts))
 
-    def event(self, kind: str, title: str, service: str | None = None, attrs: dict[str, Any] | None = None, ts: float | None = None) -> None:
+    def event(
+        self,
+        kind: str,
+        title: str,
+        service: str | None = None,
+        attrs: dict[str, Any] | None = None,
+        ts: float | None = None,
+    ) -> None:
         """Record something another system did (`kind` like `feature_flag`); without `service`, it concerns all."""
-        item: dict[str, Any] = {"ts": time.time() if ts is None else ts, "kind": kind, "title": title[:500], "attrs": attrs or {}}
+        item: dict[str, Any] = {
+            "ts": time.time() if ts is None else ts,
+            "kind": kind,
+            "title": title[:500],
+            "attrs": attrs or {},
+        }
         if service is not None:
             item["service"] = service
         self.events.put(item)
@@ -216,26 +259,45 @@ class Annotator:
         self.events.close()
 
 
-def _deploy(service: str, version: str, revision: str, description: str, author: str, ts: float | None) -> dict[str, Any]:
-    return {"ts": time.time() if ts is None else ts, "service": service, "version": version, "revision": revision,
-            "description": description[:2000], "author": author[:200]}
+def _deploy(
+    service: str, version: str, revision: str, description: str, author: str, ts: float | None
+) -> dict[str, Any]:
+    return {
+        "ts": time.time() if ts is None else ts,
+        "service": service,
+        "version": version,
+        "revision": revision,
+        "description": description[:2000],
+        "author": author[:200],
+    }
 
 
 def mark_deploy(
-    url: str, token: str, service: str, version: str, revision: str = "", description: str = "", author: str = "",
-    ts: float | None = None, timeout_s: float = 10.0,
+    url: str,
+    token: str,
+    service: str,
+    version: str,
+    revision: str = "",
+    description: str = "",
+    author: str = "",
+    ts: float | None = None,
+    timeout_s: float = 10.0,
 ) -> None:
     """Send one deploy marker now and wait for the answer (a deploy script's last step). Raises
     `httpx.HTTPStatusError` when refused (the message says why) and `httpx.HTTPError` when unreachable: a
     pipeline should know its marker was not taken."""
     with httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=timeout_s) as client:
-        answer = client.post(f"{url.rstrip('/')}/api/v1/ingest/deploys", json={"deploys": [_deploy(service, version, revision, description, author, ts)]})
+        answer = client.post(
+            f"{url.rstrip('/')}/api/v1/ingest/deploys",
+            json={"deploys": [_deploy(service, version, revision, description, author, ts)]},
+        )
         answer.raise_for_status()
 
 
 class SpanShipper:
     """An OpenTelemetry span exporter that ships the spans of `service` to sregraph: give it to a
-    `BatchSpanProcessor` (`tracer_provider.add_span_processor(BatchSpanProcessor(SpanShipper(url, token, "checkout")))`)."""
+    `BatchSpanProcessor`, as in
+    `tracer_provider.add_span_processor(BatchSpanProcessor(SpanShipper(url, token, "checkout")))`."""
 
     def __init__(self, url: str, token: str, service: str, **shipper: Any) -> None:
         self.service = service
@@ -251,18 +313,23 @@ class SpanShipper:
             if ctx is None:
                 continue
             start, end = span.start_time or 0, span.end_time or span.start_time or 0
-            attrs = {str(k)[:200]: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in (span.attributes or {}).items()}
-            self.shipper.put({
-                "trace_id": format(ctx.trace_id, "032x"),
-                "span_id": format(ctx.span_id, "016x"),
-                "parent_id": format(span.parent.span_id, "016x") if span.parent is not None else None,
-                "service": self.service,
-                "name": span.name[:200],
-                "start": start / 1e9,
-                "duration_ms": max(0.0, (end - start) / 1e6),
-                "status": "error" if span.status.status_code == StatusCode.ERROR else "ok",
-                "attrs": dict(list(attrs.items())[:MAX_ATTRS]),
-            })
+            attrs = {
+                str(k)[:200]: v if isinstance(v, (bool, int, float, str)) else str(v)
+                for k, v in (span.attributes or {}).items()
+            }
+            self.shipper.put(
+                {
+                    "trace_id": format(ctx.trace_id, "032x"),
+                    "span_id": format(ctx.span_id, "016x"),
+                    "parent_id": format(span.parent.span_id, "016x") if span.parent is not None else None,
+                    "service": self.service,
+                    "name": span.name[:200],
+                    "start": start / 1e9,
+                    "duration_ms": max(0.0, (end - start) / 1e6),
+                    "status": "error" if span.status.status_code == StatusCode.ERROR else "ok",
+                    "attrs": dict(list(attrs.items())[:MAX_ATTRS]),
+                }
+            )
         return SpanExportResult.SUCCESS
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:

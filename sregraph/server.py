@@ -31,7 +31,6 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
-from tools.domain import ApprovalDecision
 from sregraph import ingest
 from sregraph.alerts import RateLimiter
 from sregraph.api_auth import ApiStore, Principal, Role
@@ -39,6 +38,7 @@ from sregraph.events import EventLog
 from sregraph.worker import Worker
 from tools.base import NotFound, SregraphError
 from tools.changes import marker_store
+from tools.domain import ApprovalDecision
 from tools.redact import redact_data
 
 if TYPE_CHECKING:
@@ -86,7 +86,10 @@ def _dump(value: Any) -> Any:
 
 
 def incident_detail(
-    incident_id: str, state: dict[str, Any], acknowledged: dict[str, Any] | None = None, nearby: list[dict[str, Any]] | None = None
+    incident_id: str,
+    state: dict[str, Any],
+    acknowledged: dict[str, Any] | None = None,
+    nearby: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """What the API says of one incident (its graph state, in the JSON the API documents); `nearby` are the
     ingested deploy markers and external events around it (`nearby_changes`)."""
@@ -118,7 +121,9 @@ NEARBY_LIMIT = 50
 """Deploy markers and external events shown with one incident, the newest first."""
 
 
-def nearby_changes(toolbox: Any, state: dict[str, Any], lookback_s: float, now: float) -> list[dict[str, Any]]:
+def nearby_changes(
+    toolbox: Any, state: dict[str, Any], lookback_s: float, now: float
+) -> list[dict[str, Any]]:
     """The ingested deploy markers and external events that may explain an incident: of the services its fault
     shows on (the trigger's and the top hypothesis's, with what they call and what calls them; every service
     when neither is known), from `lookback_s` before its first step to its last (now, while it runs)."""
@@ -127,17 +132,39 @@ def nearby_changes(toolbox: Any, state: dict[str, Any], lookback_s: float, now: 
     if markers is None or not timeline:
         return []
     start = min(t.at for t in timeline) - lookback_s
-    end = max(t.at for t in timeline) if state.get("status") in ("resolved", "escalated", "healthy") and not state.get("waiting") else now
+    end = (
+        max(t.at for t in timeline)
+        if state.get("status") in ("resolved", "escalated", "healthy") and not state.get("waiting")
+        else now
+    )
     diagnosis, trigger = state.get("diagnosis"), state.get("trigger")
-    named = {getattr(trigger, "service", None), diagnosis.top.service if diagnosis is not None and diagnosis.top else None} - {None, ""}
+    named = {
+        getattr(trigger, "service", None),
+        diagnosis.top.service if diagnosis is not None and diagnosis.top else None,
+    } - {None, ""}
     services: set[str] | None = set().union(*(toolbox.connected(s) for s in named)) if named else None
     deploys: list[dict[str, Any]] = [
-        {"type": "deploy", "at": d.ts, "service": d.service, "kind": "deploy", "title": d.as_change().message, "id": d.id, "author": d.author}
+        {
+            "type": "deploy",
+            "at": d.ts,
+            "service": d.service,
+            "kind": "deploy",
+            "title": d.as_change().message,
+            "id": d.id,
+            "author": d.author,
+        }
         for service in (sorted(services) if services is not None else [None])
         for d in markers.deploys(start, end, service=service, limit=NEARBY_LIMIT)
     ]
     events: list[dict[str, Any]] = [
-        {"type": "event", "at": e.ts, "service": e.service, "kind": e.kind, "title": e.title, "attrs": e.attrs}
+        {
+            "type": "event",
+            "at": e.ts,
+            "service": e.service,
+            "kind": e.kind,
+            "title": e.title,
+            "attrs": e.attrs,
+        }
         for e in markers.events(start, end, services=services, limit=NEARBY_LIMIT)
     ]
     return sorted([*deploys, *events], key=lambda x: -x["at"])[:NEARBY_LIMIT]
@@ -156,10 +183,14 @@ def require(role: Role) -> Callable[[Request], Principal]:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         principal = store.verify(token.strip()) if scheme.lower() == "bearer" else None
         if principal is None:
-            raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
+            )
         request.state.principal = principal
         if not principal.may(role):
-            raise HTTPException(403, f"this call needs the {role} role; token {principal.name!r} is {principal.role}")
+            raise HTTPException(
+                403, f"this call needs the {role} role; token {principal.name!r} is {principal.role}"
+            )
         return principal
 
     return check
@@ -177,7 +208,10 @@ INGEST_BURST = 40
 
 
 def create_app(
-    worker: Worker, store: ApiStore, events: EventLog | None = None, ingest_limit: tuple[float, int] = (INGEST_RATE_PER_S, INGEST_BURST)
+    worker: Worker,
+    store: ApiStore,
+    events: EventLog | None = None,
+    ingest_limit: tuple[float, int] = (INGEST_RATE_PER_S, INGEST_BURST),
 ) -> FastAPI:
     """The API over one worker (its engine, its pool) and one token store; `events` (a new log by default)
     receives the engine's progress, chained after any progress hook the engine already had; `ingest_limit` is
@@ -217,11 +251,16 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         # Where and why, never the input itself: it may be huge, hold a secret, or not be JSON at all (NaN).
-        errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))} for e in exc.errors()[:20]]
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            for e in exc.errors()[:20]
+        ]
         return JSONResponse({"detail": errors}, status_code=422)
 
     @app.middleware("http")
-    async def limit_and_audit(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    async def limit_and_audit(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         # The body limit holds for a body sent without Content-Length too (chunked): it is read before routing.
         limit = ingest.MAX_BODY if request.url.path.startswith(f"{API}/ingest/") else MAX_BODY
         length = request.headers.get("content-length")
@@ -235,7 +274,9 @@ def create_app(
         # The dashboard runs only its own scripts and may not be framed (an Approve button in someone else's page).
         # The API docs page starts Swagger UI with an inline script of FastAPI's.
         scripts = "script-src 'self' 'unsafe-inline'; " if request.url.path == "/docs" else ""
-        response.headers["Content-Security-Policy"] = f"default-src 'self'; {scripts}frame-ancestors 'none'; base-uri 'none'"
+        response.headers["Content-Security-Policy"] = (
+            f"default-src 'self'; {scripts}frame-ancestors 'none'; base-uri 'none'"
+        )
         response.headers["X-Frame-Options"] = "DENY"
         response.headers["X-Content-Type-Options"] = "nosniff"
         if request.method in MUTATING:
@@ -248,7 +289,6 @@ def create_app(
                 getattr(request.state, "audit", None),
             )
         return response
-
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, Any]:
@@ -273,8 +313,14 @@ def create_app(
     ) -> dict[str, Any]:
         """Incidents, newest first, filtered by status and service."""
         runs = [_summary(r) for r in engine.registry.list()]
-        runs = [r for r in runs if (status is None or r["status"] == status) and (service is None or r["service"] == service)]
-        return redact_data({"total": len(runs), "limit": limit, "offset": offset, "items": runs[offset : offset + limit]})
+        runs = [
+            r
+            for r in runs
+            if (status is None or r["status"] == status) and (service is None or r["service"] == service)
+        ]
+        return redact_data(
+            {"total": len(runs), "limit": limit, "offset": offset, "items": runs[offset : offset + limit]}
+        )
 
     def _state(incident_id: str) -> dict[str, Any]:
         try:
@@ -288,18 +334,24 @@ def create_app(
         post-mortem, timeline, and the deploy markers and external events around it (`nearby`)."""
         state = _state(incident_id)
         try:
-            nearby = nearby_changes(engine.toolbox, state, engine.settings.analyst.change_lookback_s, engine.toolbox.clock.now())
+            nearby = nearby_changes(
+                engine.toolbox, state, engine.settings.analyst.change_lookback_s, engine.toolbox.clock.now()
+            )
         except SregraphError as exc:
             log.warning("deploy markers and events of %s unreadable: %s", incident_id, exc)
             nearby = []
-        return redact_data(incident_detail(incident_id, state, engine.registry.acknowledgement(incident_id), nearby))
+        return redact_data(
+            incident_detail(incident_id, state, engine.registry.acknowledgement(incident_id), nearby)
+        )
 
     @app.get(f"{API}/incidents/{{incident_id}}/timeline", tags=["incidents"])
     def timeline(incident_id: str, _: Viewer) -> list[dict[str, Any]]:
         """The incident's dated events."""
         return redact_data([_dump(t) for t in _state(incident_id).get("timeline", [])])
 
-    def _decide(incident_id: str, approved: bool, body: DecisionBody, principal: Principal, request: Request) -> dict[str, Any]:
+    def _decide(
+        incident_id: str, approved: bool, body: DecisionBody, principal: Principal, request: Request
+    ) -> dict[str, Any]:
         request.state.audit = {"incident_id": incident_id, "approved": approved, "reason": body.reason[:200]}
         if not _state(incident_id).get("waiting"):
             raise HTTPException(409, f"incident {incident_id} is not waiting for an approval")
@@ -309,7 +361,9 @@ def create_app(
         return {"incident_id": incident_id, "accepted": True, "approved": approved}
 
     @app.post(f"{API}/incidents/{{incident_id}}/approve", status_code=202, tags=["incidents"])
-    def approve(incident_id: str, body: DecisionBody, principal: Operator, request: Request) -> dict[str, Any]:
+    def approve(
+        incident_id: str, body: DecisionBody, principal: Operator, request: Request
+    ) -> dict[str, Any]:
         """Approve the plan of an incident waiting at the approval gate; the worker resumes it and acts."""
         return _decide(incident_id, True, body, principal, request)
 
@@ -334,7 +388,9 @@ def create_app(
         webhook's HMAC signature, not a token; needs surface github and SREGRAPH_GITHUB_WEBHOOK_SECRET)."""
         receiver = github_receiver()
         if receiver is None:
-            raise HTTPException(404, "no GitHub webhook here: needs surface github and SREGRAPH_GITHUB_WEBHOOK_SECRET")
+            raise HTTPException(
+                404, "no GitHub webhook here: needs surface github and SREGRAPH_GITHUB_WEBHOOK_SECRET"
+            )
         result = receiver.handle(dict(request.headers), await request.body())
         request.state.audit = {"github": result.reason[:200]}
         done = await asyncio.to_thread(worker.apply_commands, result.commands) if result.commands else []
@@ -352,7 +408,11 @@ def create_app(
         if not engine.registry.exists(incident_id):
             raise HTTPException(404, f"no incident {incident_id}")
         first = engine.registry.acknowledge(incident_id, f"api:{principal.name}")
-        return {"incident_id": incident_id, "acknowledged": engine.registry.acknowledgement(incident_id), "new": first}
+        return {
+            "incident_id": incident_id,
+            "acknowledged": engine.registry.acknowledgement(incident_id),
+            "new": first,
+        }
 
     @app.post(f"{API}/alerts", tags=["alerts"])
     async def alerts(request: Request, _: Operator) -> JSONResponse:
@@ -367,7 +427,11 @@ def create_app(
     def _ingest(batch: ingest.Batch, principal: Principal, request: Request) -> dict[str, Any]:
         request.state.audit = {"records": len(batch)}
         if not limiter.allow(principal.name):
-            raise HTTPException(429, f"over {ingest_limit[0]:g} ingestion requests/s for token {principal.name!r}; batch more", headers={"Retry-After": "1"})
+            raise HTTPException(
+                429,
+                f"over {ingest_limit[0]:g} ingestion requests/s for token {principal.name!r}; batch more",
+                headers={"Retry-After": "1"},
+            )
         try:
             stored = ingest.store(engine.toolbox.telemetry, batch)
         except LookupError as exc:
@@ -406,12 +470,18 @@ def create_app(
     def _markers() -> Any:
         markers = marker_store(engine.toolbox.telemetry)
         if markers is None:
-            raise HTTPException(404, f"this worker's telemetry backend ({type(engine.toolbox.telemetry).__name__}) keeps no deploy markers or events")
+            raise HTTPException(
+                404,
+                f"this worker's telemetry backend ({type(engine.toolbox.telemetry).__name__}) keeps no "
+                "deploy markers or events",
+            )
         return markers
 
     def _span(since: float | None, until: float | None) -> tuple[float, float]:
         now = time.time()  # the clock the ingestion checks stamps against
-        return (now - 86400.0 if since is None else since), (now + ingest.MAX_FUTURE_S if until is None else until)
+        return (now - 86400.0 if since is None else since), (
+            now + ingest.MAX_FUTURE_S if until is None else until
+        )
 
     @app.get(f"{API}/ingest/deploys", tags=["ingest"])
     def deploys(
@@ -432,7 +502,9 @@ def create_app(
     @app.get(f"{API}/ingest/events", tags=["ingest"])
     def external_events(
         _: Viewer,
-        service: Annotated[str | None, Query(max_length=200, description="this service's events and those of every service")] = None,
+        service: Annotated[
+            str | None, Query(max_length=200, description="this service's events and those of every service")
+        ] = None,
         kind: Annotated[str | None, Query(max_length=200)] = None,
         since: Annotated[float | None, Query(description="unix time; default a day ago")] = None,
         until: Annotated[float | None, Query(description="unix time; default now")] = None,
@@ -441,7 +513,9 @@ def create_app(
         """External events, newest first."""
         start, end = _span(since, until)
         try:
-            found = _markers().events(start, end, services=None if service is None else [service], kind=kind, limit=limit)
+            found = _markers().events(
+                start, end, services=None if service is None else [service], kind=kind, limit=limit
+            )
         except SregraphError as exc:
             raise HTTPException(503, f"the telemetry store did not answer: {exc}") from exc
         return redact_data([e.model_dump(mode="json") for e in found])
@@ -463,10 +537,12 @@ def create_app(
             raise HTTPException(422, str(exc)) from exc
         services = sorted({s.service for s in statuses})
         gates = {name: combine_gate(name, [x for x in statuses if x.service == name]) for name in services}
-        return redact_data({
-            "slos": [s.model_dump(mode="json") for s in statuses],
-            "gates": {k: g.model_dump(mode="json", exclude={"slos"}) for k, g in gates.items()},
-        })
+        return redact_data(
+            {
+                "slos": [s.model_dump(mode="json") for s in statuses],
+                "gates": {k: g.model_dump(mode="json", exclude={"slos"}) for k, g in gates.items()},
+            }
+        )
 
     @app.get(f"{API}/memory/search", tags=["memory"])
     def memory_search(
@@ -511,7 +587,9 @@ def create_app(
                     data = json.dumps(redact_data(event.as_dict()))
                     yield f"id: {event.seq}\nevent: step\ndata: {data}\n\n"
 
-        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+        )
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:
@@ -553,7 +631,9 @@ class ApiServer:
         self.sock.bind((host, port))
         self.host, self.port = host, self.sock.getsockname()[1]
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, name="api", daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, name="api", daemon=True
+        )
 
     @property
     def url(self) -> str:

@@ -29,9 +29,16 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from tools.domain import Trigger
-from sregraph.alerts import SERVICE_LABELS, AlertGroup, AlertmanagerAlert, parse_webhook, service_of, trigger_for
+from sregraph.alerts import (
+    SERVICE_LABELS,
+    AlertGroup,
+    AlertmanagerAlert,
+    parse_webhook,
+    service_of,
+    trigger_for,
+)
 from tools.base import Clock, ConfigError, SystemClock
+from tools.domain import Trigger
 
 if TYPE_CHECKING:
     from tools.sql import Database
@@ -129,7 +136,9 @@ class StormGate:
     def group_key(self, alert: AlertmanagerAlert) -> tuple[str, str | None]:
         """(group key, service) of an alert; `service` in group_by means the first of the service labels."""
         service = service_of(alert.labels, self.service_labels)
-        parts = [(service or "-") if name == "service" else alert.labels.get(name, "-") for name in self.group_by]
+        parts = [
+            (service or "-") if name == "service" else alert.labels.get(name, "-") for name in self.group_by
+        ]
         return ":".join(parts), service
 
     # ------------------------------------------------------------------ ingestion
@@ -150,7 +159,9 @@ class StormGate:
                 if len(self._groups) >= self.max_groups:
                     self.stats.dropped += 1
                     return "dropped"
-                group = self._groups[key] = _Group(key, service, alert.alertname, now, now + self.group_wait_s)
+                group = self._groups[key] = _Group(
+                    key, service, alert.alertname, now, now + self.group_wait_s
+                )
             state = group.alerts.get(fingerprint)
             if state is None:
                 if not firing:
@@ -219,7 +230,9 @@ class StormGate:
                 firing = group.firing()
                 if not firing:
                     if group.notified:
-                        out.append(self._notice("resolved", group, group.alerts[next(iter(group.alerts))].alert))
+                        out.append(
+                            self._notice("resolved", group, group.alerts[next(iter(group.alerts))].alert)
+                        )
                     del self._groups[key]
                     continue
                 kind: Literal["new", "update"] = "update" if group.notified else "new"
@@ -230,10 +243,20 @@ class StormGate:
                 self.stats.notifications[notice.kind] += 1
         return out
 
-    def _notice(self, kind: Literal["new", "update", "resolved"], group: _Group, *alerts: AlertmanagerAlert) -> Notification:
+    def _notice(
+        self, kind: Literal["new", "update", "resolved"], group: _Group, *alerts: AlertmanagerAlert
+    ) -> Notification:
         trigger = trigger_for(AlertGroup(group.key, group.service, group.alertname, list(alerts)))
         labels = {**trigger.labels, "fingerprint": group.key}
-        return Notification(kind, group.key, group.service, group.alertname, len(alerts), group.new_alerts, trigger.model_copy(update={"labels": labels}))
+        return Notification(
+            kind,
+            group.key,
+            group.service,
+            group.alertname,
+            len(alerts),
+            group.new_alerts,
+            trigger.model_copy(update={"labels": labels}),
+        )
 
     def active(self) -> dict[str, int]:
         """Groups and how many of their alerts fire."""
@@ -250,7 +273,8 @@ class StormGate:
 
 
 STORM_MIGRATIONS = [
-    "CREATE TABLE IF NOT EXISTS storm_groups (key TEXT PRIMARY KEY, created_at DOUBLE PRECISION NOT NULL, state TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS storm_groups "
+    "(key TEXT PRIMARY KEY, created_at DOUBLE PRECISION NOT NULL, state TEXT NOT NULL)",
 ]
 """The shared storm gate's table (tools.sql migrations)."""
 
@@ -312,7 +336,8 @@ class SharedStormGate(StormGate):
                 for key, state in after.items():
                     if before.get(key) != state:
                         conn.execute(
-                            "INSERT INTO storm_groups VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET state = excluded.state",
+                            "INSERT INTO storm_groups VALUES (?, ?, ?) "
+                            "ON CONFLICT (key) DO UPDATE SET state = excluded.state",
                             (key, state["created_at"], json.dumps(state)),
                         )
         return result
@@ -320,21 +345,42 @@ class SharedStormGate(StormGate):
 
 def _group_to(group: _Group) -> dict[str, Any]:
     return {
-        "key": group.key, "service": group.service, "alertname": group.alertname, "created_at": group.created_at,
-        "flush_at": group.flush_at, "notified": group.notified, "new_alerts": group.new_alerts,
+        "key": group.key,
+        "service": group.service,
+        "alertname": group.alertname,
+        "created_at": group.created_at,
+        "flush_at": group.flush_at,
+        "notified": group.notified,
+        "new_alerts": group.new_alerts,
         "resolved_at": group.resolved_at,
         "alerts": {
-            fp: {"alert": s.alert.model_dump(mode="json", by_alias=True), "firing": s.firing, "changes": list(s.changes),
-                 "flapping_until": s.flapping_until}
+            fp: {
+                "alert": s.alert.model_dump(mode="json", by_alias=True),
+                "firing": s.firing,
+                "changes": list(s.changes),
+                "flapping_until": s.flapping_until,
+            }
             for fp, s in group.alerts.items()
         },
     }
 
 
 def _group_from(data: dict[str, Any]) -> _Group:
-    group = _Group(data["key"], data["service"], data["alertname"], data["created_at"], data["flush_at"], data["notified"],
-                   data["new_alerts"], data["resolved_at"])
+    group = _Group(
+        data["key"],
+        data["service"],
+        data["alertname"],
+        data["created_at"],
+        data["flush_at"],
+        data["notified"],
+        data["new_alerts"],
+        data["resolved_at"],
+    )
     for fp, s in data["alerts"].items():
-        group.alerts[fp] = _AlertState(AlertmanagerAlert.model_validate(s["alert"]), s["firing"], deque(s["changes"], maxlen=32),
-                                       s["flapping_until"])
+        group.alerts[fp] = _AlertState(
+            AlertmanagerAlert.model_validate(s["alert"]),
+            s["firing"],
+            deque(s["changes"], maxlen=32),
+            s["flapping_until"],
+        )
     return group

@@ -35,7 +35,6 @@ from concurrent.futures import wait as wait_futures
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from tools.domain import ApprovalDecision, Trigger
 from sregraph.alerts import AlertReceiver
 from sregraph.config import AlertsConfig
 from sregraph.engine import FINAL, Engine
@@ -44,6 +43,7 @@ from sregraph.leases import LeaseLost, Leases
 from sregraph.observability import HealthState, incident_var
 from sregraph.storm import Notification, SharedStormGate, StormGate
 from tools.base import Clock, ConfigError, Issue, NotFound, SregraphError
+from tools.domain import ApprovalDecision, Trigger
 
 if TYPE_CHECKING:
     from sregraph.jobs import JobQueue
@@ -55,7 +55,20 @@ log = logging.getLogger("sregraph.worker")
 ISSUE_POLL_EVERY = 15
 """Loops between two listings of open incident issues (an API call on GitHub; commands are polled every loop)."""
 
-FENCED = ("start", "stop", "restart", "scale", "apply", "open_issue", "comment", "set_labels", "close", "propose", "merge", "notify")
+FENCED = (
+    "start",
+    "stop",
+    "restart",
+    "scale",
+    "apply",
+    "open_issue",
+    "comment",
+    "set_labels",
+    "close",
+    "propose",
+    "merge",
+    "notify",
+)
 """Methods of the toolbox's backends that change something outside: called during an incident's run, each first
 checks that this worker still holds the incident's lease."""
 
@@ -67,7 +80,11 @@ class Worker:
     """Drives the engine forever (or once)."""
 
     def __init__(
-        self, engine: Engine, health: HealthState | None = None, max_concurrent: int | None = None, leases: Leases | None = None
+        self,
+        engine: Engine,
+        health: HealthState | None = None,
+        max_concurrent: int | None = None,
+        leases: Leases | None = None,
     ) -> None:
         self.engine = engine
         self.leases = leases or Leases(engine.registry.db, ttl_s=engine.settings.storage.lease_ttl_s)
@@ -90,7 +107,8 @@ class Worker:
         self.gate: StormGate | None = None
         self.receiver: AlertReceiver | None = None
         self.jobs: JobQueue | None = None
-        """The job queue, when `storage.job_queue` is procrastinate: new and adopted incidents and decisions go there."""
+        """The job queue, when `storage.job_queue` is procrastinate: new and adopted incidents and decisions go
+        there."""
         storage = engine.settings.storage
         if storage.job_queue == "procrastinate":
             from sregraph.jobs import JobQueue
@@ -184,7 +202,9 @@ class Worker:
         try:
             state = fn(*args)
         except LeaseLost:
-            log.error("incident %s: lease lost; this worker stopped acting on it, another resumes it", incident_id)
+            log.error(
+                "incident %s: lease lost; this worker stopped acting on it, another resumes it", incident_id
+            )
             return None
         except Exception:
             # The engine logged and counted it; the thread stays resumable and the worker carries on.
@@ -220,7 +240,8 @@ class Worker:
         """Route one alert or trigger: (incident id, whether a new incident started).
 
         An alert for a service (or alert fingerprint) with an incident in progress, or with an escalated incident
-        whose issue is still open, joins that incident instead of starting another. Thread-safe: the alert receiver's dispatcher may call it.
+        whose issue is still open, joins that incident instead of starting another. Thread-safe: the alert
+        receiver's dispatcher may call it.
         `run_here=False` only registers a new incident: whichever worker adopts it first runs it.
         """
         # One router at a time across every worker on the storage: two alerts for one service never open two.
@@ -350,11 +371,17 @@ class Worker:
         for command in commands:
             incident_id = self.engine.incident_for_issue(command.issue_id)
             if incident_id is None:
-                log.info("/%s on issue #%s: no incident thread is attached to it", command.name, command.issue_id)
+                log.info(
+                    "/%s on issue #%s: no incident thread is attached to it", command.name, command.issue_id
+                )
                 continue
-            if command.name in ("approve", "reject", "escalate") and self.engine.pending_approval(incident_id):
+            if command.name in ("approve", "reject", "escalate") and self.engine.pending_approval(
+                incident_id
+            ):
                 reason = command.args or f"/{command.name} on the issue"
-                decision = ApprovalDecision(approved=command.name == "approve", by=command.author, reason=reason)
+                decision = ApprovalDecision(
+                    approved=command.name == "approve", by=command.author, reason=reason
+                )
                 if self.decide(incident_id, decision):
                     done.append(f"{command.name} {incident_id}")
             elif command.name == "ack":
@@ -372,7 +399,12 @@ class Worker:
         state = self.engine.state(incident_id)
         if state.get("status") != "escalated":
             return None
-        trigger = Trigger(source="issue", issue_id=state.get("issue_id"), summary=f"/retry by {by}", fired_at=self.engine.toolbox.clock.now())
+        trigger = Trigger(
+            source="issue",
+            issue_id=state.get("issue_id"),
+            summary=f"/retry by {by}",
+            fired_at=self.engine.toolbox.clock.now(),
+        )
         new_id, _ = self._start_new(trigger)
         return new_id
 
@@ -393,7 +425,12 @@ class Worker:
             incident_id = self.engine.incident_for_issue(issue.id)
             if incident_id is not None and self.engine.state(incident_id).get("status") != "resolved":
                 continue
-            trigger = Trigger(source="issue", issue_id=issue.id, summary=issue.title[:200], fired_at=self.engine.toolbox.clock.now())
+            trigger = Trigger(
+                source="issue",
+                issue_id=issue.id,
+                summary=issue.title[:200],
+                fired_at=self.engine.toolbox.clock.now(),
+            )
             new_id, launched = self._start_new(trigger)
             if launched:
                 started.append(new_id)
@@ -410,7 +447,13 @@ class Worker:
         if not signals:
             return None  # already handled by an open incident (e.g. one waiting for approval)
         top = signals[0]
-        trigger = Trigger(source="scan", service=top.service, signal=top.name, summary=top.detail, fired_at=self.engine.toolbox.clock.now())
+        trigger = Trigger(
+            source="scan",
+            service=top.service,
+            signal=top.name,
+            summary=top.detail,
+            fired_at=self.engine.toolbox.clock.now(),
+        )
         incident_id, _ = self.submit(trigger, run_here)
         return incident_id
 
@@ -442,7 +485,9 @@ class Worker:
                 return incident_id
         return None
 
-    def _held_escalations(self, runs: list[dict[str, Any]] | None = None) -> list[tuple[str, set[str], str | None]]:
+    def _held_escalations(
+        self, runs: list[dict[str, Any]] | None = None
+    ) -> list[tuple[str, set[str], str | None]]:
         """(incident id, services, alert fingerprint) of escalated incidents whose issue is still open and whose
         thread is the newest on it (a /retry takes the issue over). Services: the trigger's, else the issue's
         `service:` labels (a thread started from an issue names no service)."""
@@ -465,9 +510,11 @@ class Worker:
             if issue is None:
                 continue  # closed by a human: the service may open again
             trigger = run["trigger"]
-            services = {trigger["service"]} if trigger.get("service") else {
-                label.split(":", 1)[1] for label in issue.labels if label.startswith("service:")
-            }
+            services = (
+                {trigger["service"]}
+                if trigger.get("service")
+                else {label.split(":", 1)[1] for label in issue.labels if label.startswith("service:")}
+            )
             held.append((str(run["incident_id"]), services, (trigger.get("labels") or {}).get("fingerprint")))
         return held
 
@@ -490,7 +537,11 @@ class Worker:
         """Open incident issues by id; one listing serves every scan for ISSUE_LIST_MAX_AGE_S."""
         with self._lock:
             now = self.engine.toolbox.clock.now()
-            if refresh or self._open_issue_cache is None or not 0 <= now - self._listed_at < ISSUE_LIST_MAX_AGE_S:
+            if (
+                refresh
+                or self._open_issue_cache is None
+                or not 0 <= now - self._listed_at < ISSUE_LIST_MAX_AGE_S
+            ):
                 listing = self.engine.toolbox.incidents.list_issues("open")
                 self._open_issue_cache = {issue.id: issue for issue in listing}
                 self._listed_at = now
@@ -498,13 +549,17 @@ class Worker:
 
     # ------------------------------------------------------------------ alerts
 
-    def serve_alerts(self, config: AlertsConfig, token: str | None = None, clock: Clock | None = None) -> AlertReceiver:
+    def serve_alerts(
+        self, config: AlertsConfig, token: str | None = None, clock: Clock | None = None
+    ) -> AlertReceiver:
         """Listen for Alertmanager webhooks now; `run` hands the storm gate's due groups to `submit` every loop.
 
         ConfigError without a `token` unless `config.insecure_no_auth` (loopback hosts only)."""
         options: dict[str, Any] = {
-            "group_wait_s": config.group_wait_s, "group_interval_s": config.group_interval_s,
-            "flap_window_s": config.flap_window_s, "max_flaps": config.max_flaps,
+            "group_wait_s": config.group_wait_s,
+            "group_interval_s": config.group_interval_s,
+            "flap_window_s": config.flap_window_s,
+            "max_flaps": config.max_flaps,
         }
         # On Postgres the groups are shared: several workers behind one Alertmanager group a storm as one.
         gate: StormGate = (

@@ -38,9 +38,18 @@ class Browser:
     def __init__(self, binary: str, profile: Path) -> None:
         self.profile = profile
         self.proc = subprocess.Popen(
-            [binary, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-port=0",
-             f"--user-data-dir={profile}", "--window-size=1280,900", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                binary,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--remote-debugging-port=0",
+                f"--user-data-dir={profile}",
+                "--window-size=1280,900",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             # Debian's binary is a shell wrapper around the real browser and its helpers: a group of its own
             # lets `close` stop all of them, not only the wrapper.
             start_new_session=True,
@@ -111,7 +120,9 @@ class Page:
     def goto(self, url: str) -> None:
         """Navigate and wait until the document has loaded."""
         self.call("Page.navigate", url=url)
-        self.wait_for("document.readyState === 'complete' && location.href.startsWith(%s)" % json.dumps(url.split("?")[0]))
+        self.wait_for(
+            f"document.readyState === 'complete' && location.href.startsWith({json.dumps(url.split('?')[0])})"
+        )
 
     def eval(self, expression: str) -> Any:
         """The value of a JavaScript expression in the page (awaited if it is a promise)."""

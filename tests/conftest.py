@@ -75,10 +75,24 @@ def network_guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[NetworkGuard]:
 
 
 SLOW_MODULES = {
-    "test_demo", "test_docker_runtime", "test_e2e", "test_localenv", "test_prometheus_integration",
-    "test_worker_alerts", "test_worker_concurrency", "test_worker_escalation", "test_worker_kills", "test_worker_cluster",
-    "test_worker_partition", "test_jobs",
-    "test_evals", "test_fuzz", "test_hostile", "test_llm_graph", "test_resilience", "test_dashboard",
+    "test_demo",
+    "test_docker_runtime",
+    "test_e2e",
+    "test_localenv",
+    "test_prometheus_integration",
+    "test_worker_alerts",
+    "test_worker_concurrency",
+    "test_worker_escalation",
+    "test_worker_kills",
+    "test_worker_cluster",
+    "test_worker_partition",
+    "test_jobs",
+    "test_evals",
+    "test_fuzz",
+    "test_hostile",
+    "test_llm_graph",
+    "test_resilience",
+    "test_dashboard",
 }
 """Modules whose tests start real processes, containers or servers (the local app, podman, Prometheus and
 Alertmanager, worker processes killed and restarted), or take seconds each (whole replays, fuzzing, waiting

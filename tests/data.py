@@ -10,4 +10,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-SHARED_DATA = Path(os.environ.get("SREGRAPH_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+SHARED_DATA = Path(
+    os.environ.get("SREGRAPH_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
+)

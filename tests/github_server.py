@@ -520,7 +520,8 @@ class FakeGitHub:
                 403,
                 self._rate_headers(user),
                 {
-                    "message": f"API rate limit exceeded for user ID {user.id}. If you reach out to GitHub Support for help, please include the request ID FAKE.",
+                    "message": f"API rate limit exceeded for user ID {user.id}. If you reach out to GitHub "
+                    "Support for help, please include the request ID FAKE.",
                     "documentation_url": f"{_DOCS}/overview/rate-limits-for-the-rest-api",
                 },
             )
@@ -1765,7 +1766,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client gave up (a timeout): nothing to answer
 
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve  # noqa: N815 - http.server dispatches on these names
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the fake's own request log is `FakeGitHub.log`."""

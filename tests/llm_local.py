@@ -59,9 +59,21 @@ def llama_server(log: Path, n_ctx: int = 8192) -> Iterator[str]:
     """Serve `model_path()` on a free loopback port; yields the base_url; the server is killed afterwards."""
     port = free_port()
     command = [
-        sys.executable, "-m", "llama_cpp.server", "--model", str(model_path()), "--host", "127.0.0.1",
-        "--port", str(port), "--n_ctx", str(n_ctx), "--chat_format", "chatml-function-calling",
-        "--n_threads", str(min(2, os.cpu_count() or 1)),
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(model_path()),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(n_ctx),
+        "--chat_format",
+        "chatml-function-calling",
+        "--n_threads",
+        str(min(2, os.cpu_count() or 1)),
     ]
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
@@ -70,7 +82,9 @@ def llama_server(log: Path, n_ctx: int = 8192) -> Iterator[str]:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"llama_cpp.server exited with {process.returncode}: {log.read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"llama_cpp.server exited with {process.returncode}: {log.read_text()[-2000:]}"
+                )
             try:
                 with urllib.request.urlopen(f"{base_url}/models", timeout=2) as answer:
                     if answer.status == 200:
@@ -78,11 +92,17 @@ def llama_server(log: Path, n_ctx: int = 8192) -> Iterator[str]:
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"llama_cpp.server not ready after {READY_TIMEOUT_S:.0f}s: {log.read_text()[-2000:]}")
+                raise TimeoutError(
+                    f"llama_cpp.server not ready after {READY_TIMEOUT_S:.0f}s: {log.read_text()[-2000:]}"
+                )
             time.sleep(0.25)
         # Ready means it generates: one token through the chat endpoint (a broken build dies here, not mid-test).
-        probe = json.dumps({"model": "probe", "messages": [{"role": "user", "content": "Say OK."}], "max_tokens": 1})
-        request = urllib.request.Request(f"{base_url}/chat/completions", probe.encode(), {"Content-Type": "application/json"})
+        probe = json.dumps(
+            {"model": "probe", "messages": [{"role": "user", "content": "Say OK."}], "max_tokens": 1}
+        )
+        request = urllib.request.Request(
+            f"{base_url}/chat/completions", probe.encode(), {"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=READY_TIMEOUT_S) as answer:
                 json.load(answer)

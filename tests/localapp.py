@@ -10,10 +10,10 @@ from typing import Any
 
 import yaml
 
-from tools.domain import Trigger
 from sregraph.config import Settings
 from sregraph.engine import Engine, local_toolbox
 from sregraph.localenv.app import LocalApp
+from tools.domain import Trigger
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {

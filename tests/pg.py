@@ -69,14 +69,25 @@ def postgres_server() -> Iterator[PostgresServer]:
     env.pop("PGPORT", None)
     try:
         started = subprocess.run(
-            ["bash", str(SCRIPT), "start", str(directory)], env=env, capture_output=True, text=True, timeout=120, check=False
+            ["bash", str(SCRIPT), "start", str(directory)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
         if started.returncode != 0:
             pytest.fail(f"scripts/postgres.sh start failed: {started.stderr[-2000:]}")
-        port = int(dict(line.split("=", 1) for line in started.stdout.splitlines() if line.startswith("port="))["port"])
+        port = int(
+            dict(line.split("=", 1) for line in started.stdout.splitlines() if line.startswith("port="))[
+                "port"
+            ]
+        )
         yield PostgresServer(directory, port, password)
     finally:
-        subprocess.run(["bash", str(SCRIPT), "stop", str(directory)], capture_output=True, timeout=120, check=False)
+        subprocess.run(
+            ["bash", str(SCRIPT), "stop", str(directory)], capture_output=True, timeout=120, check=False
+        )
         shutil.rmtree(directory, ignore_errors=True)
 
 

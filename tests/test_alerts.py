@@ -11,7 +11,6 @@ from typing import Any
 import httpx
 import pytest
 
-from tools.domain import Trigger
 from sregraph.alerts import (
     AlertReceiver,
     ResolvedAlert,
@@ -23,6 +22,7 @@ from sregraph.alerts import (
 )
 from tests.support import ManualClock
 from tools.base import ConfigError
+from tools.domain import Trigger
 
 T0 = 1_700_000_000.0
 

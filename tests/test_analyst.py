@@ -14,10 +14,10 @@ from agents.engineer import Engineer
 from agents.observer import Observer
 from agents.policy import Policy, ServicePolicy, load_policy
 from agents.rca_confidence import ARTEFACT, ConfidenceModel
-from tools.domain import Action, ActionResult, Observation
 from sregraph.config import AnalystConfig, EngineerConfig, ObserverConfig
 from tests.support import FakeHealth, FakeRuntime, ManualClock
 from tools.base import ConfigError, LogRecord, ServiceStatus, Span
+from tools.domain import Action, ActionResult, Observation
 from tools.gitops import LocalGitOps
 from tools.ledger import ActionLedger
 from tools.notifier import JsonlNotifier
@@ -28,14 +28,26 @@ T0 = 1_700_000_000.0
 FAULT_AT = T0 + 40
 NOW = T0 + 50
 TOPOLOGY = {"frontend": ["checkout"], "checkout": ["payments"], "payments": []}
-NORMAL = {"request_rate": 15.0, "error_ratio": 0.0, "latency_p95_ms": 12.0, "memory_rss_mb": 40.0, "cpu_percent": 5.0}
+NORMAL = {
+    "request_rate": 15.0,
+    "error_ratio": 0.0,
+    "latency_p95_ms": 12.0,
+    "memory_rss_mb": 40.0,
+    "cpu_percent": 5.0,
+}
 
 
 FixedClock = ManualClock
 """tests/test_worker_alerts.py imports the clock under this name from here."""
 
 
-def write_series(store: LocalTelemetryStore, service: str, fault: dict[str, float] | None = None, stop_at: float | None = None, leak_mb_s: float = 0.0) -> None:
+def write_series(
+    store: LocalTelemetryStore,
+    service: str,
+    fault: dict[str, float] | None = None,
+    stop_at: float | None = None,
+    leak_mb_s: float = 0.0,
+) -> None:
     """Half-second samples from T0 to NOW; after FAULT_AT the `fault` values replace normal ones."""
     rng = random.Random(hash(service) & 0xFFFF)
     batch = []
@@ -62,7 +74,18 @@ def error_traces(store: LocalTelemetryStore, origin: str, n: int = 20) -> None:
         parent = None
         for depth, svc in enumerate(chain):
             failing = chain.index(origin) >= depth
-            spans.append(Span(trace_id=f"t{i}", span_id=f"t{i}-{svc}", parent_id=parent, service=svc, name="req", start=FAULT_AT + 1 + i * 0.3, duration_ms=5, status="error" if failing else "ok"))
+            spans.append(
+                Span(
+                    trace_id=f"t{i}",
+                    span_id=f"t{i}-{svc}",
+                    parent_id=parent,
+                    service=svc,
+                    name="req",
+                    start=FAULT_AT + 1 + i * 0.3,
+                    duration_ms=5,
+                    status="error" if failing else "ok",
+                )
+            )
             parent = f"t{i}-{svc}"
             if svc == origin:
                 break
@@ -105,7 +128,17 @@ def test_cascade_blames_the_dependency_not_the_loud_caller(tmp_path: Path) -> No
     write_series(tb.telemetry, "checkout", {"error_ratio": 0.6})  # type: ignore[arg-type]
     write_series(tb.telemetry, "frontend", {"error_ratio": 0.9})  # type: ignore[arg-type]
     error_traces(tb.telemetry, "payments")  # type: ignore[arg-type]
-    tb.telemetry.write_logs([LogRecord(ts=FAULT_AT + 2 + i * 0.1, service="checkout", level="error", message="upstream payments returned 500") for i in range(10)])  # type: ignore[attr-defined]
+    tb.telemetry.write_logs(
+        [
+            LogRecord(
+                ts=FAULT_AT + 2 + i * 0.1,
+                service="checkout",
+                level="error",
+                message="upstream payments returned 500",
+            )
+            for i in range(10)
+        ]
+    )  # type: ignore[attr-defined]
     obs = observe(tb)
     assert not obs.healthy
     diagnosis = analyst(tb).diagnose(obs)
@@ -122,7 +155,9 @@ def test_cascade_blames_the_dependency_not_the_loud_caller(tmp_path: Path) -> No
 def test_crash_with_unrelated_deploy_elsewhere(tmp_path: Path) -> None:
     """A deploy to a quiet service is a red herring; the dead process is the cause."""
     tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY, down={"payments"}), FakeHealth(failing={"payments"}))
-    tb.gitops.commit_config("inventory" if False else "frontend", {"version": "1.4.1"}, "frontend 1.4.1", kind="deploy")  # type: ignore[attr-defined]
+    tb.gitops.commit_config(
+        "inventory" if False else "frontend", {"version": "1.4.1"}, "frontend 1.4.1", kind="deploy"
+    )  # type: ignore[attr-defined]
     write_series(tb.telemetry, "payments", stop_at=FAULT_AT)  # type: ignore[arg-type]
     write_series(tb.telemetry, "checkout", {"error_ratio": 1.0})  # type: ignore[arg-type]
     write_series(tb.telemetry, "frontend", {"error_ratio": 1.0})  # type: ignore[arg-type]
@@ -169,9 +204,18 @@ def test_a_service_down_after_its_deploy_is_restarted_once_then_rolled_back(tmp_
     obs = observe(tb)
     first = analyst(tb).diagnose(obs)
     assert first.top is not None and (first.top.service, first.top.fault_type) == ("payments", "crash")
-    restart = ActionResult(action=Action(kind="restart", service="payments"), key="inc/attempt-1/restart/payments", status="done", started_at=NOW - 20, finished_at=NOW - 19)
+    restart = ActionResult(
+        action=Action(kind="restart", service="payments"),
+        key="inc/attempt-1/restart/payments",
+        status="done",
+        started_at=NOW - 20,
+        finished_at=NOW - 19,
+    )
     second = analyst(tb).diagnose(obs, previous=[restart])
-    assert second.top is not None and (second.top.service, second.top.fault_type) == ("payments", "bad_deploy")
+    assert second.top is not None and (second.top.service, second.top.fault_type) == (
+        "payments",
+        "bad_deploy",
+    )
     engineer = Engineer(tb, load_policy(), EngineerConfig(), AnalystConfig(), ObserverConfig())
     plan = engineer.plan(second, attempts=1, previous=[restart])
     assert plan.decision == "act" and plan.actions[0].kind == "rollback"
@@ -249,28 +293,69 @@ def test_without_the_artefact_the_analyst_says_so_and_uses_the_formula(tmp_path:
     write_series(tb.telemetry, "payments", stop_at=FAULT_AT)  # type: ignore[arg-type]
     write_series(tb.telemetry, "checkout", {"error_ratio": 1.0})  # type: ignore[arg-type]
     write_series(tb.telemetry, "frontend", {"error_ratio": 1.0})  # type: ignore[arg-type]
-    bare = Analyst(tb, AnalystConfig(), ObserverConfig(window_s=6, baseline_s=30), confidence_artefact=tmp_path / "none.json")
+    bare = Analyst(
+        tb,
+        AnalystConfig(),
+        ObserverConfig(window_s=6, baseline_s=30),
+        confidence_artefact=tmp_path / "none.json",
+    )
     assert bare.confidence_model is None
     diagnosis = bare.diagnose(observe(tb))
     assert any("CONFIDENCE NOT CALIBRATED" in n and "none.json" in n for n in diagnosis.notes)
     top = diagnosis.top
     assert top is not None and top.service == "payments"
     total = sum(h.score for h in diagnosis.hypotheses if h.score > 0)
-    assert diagnosis.confidence == pytest.approx(confidence(ServiceEvidence("payments", evidence=top.evidence), total), abs=2e-3)
+    assert diagnosis.confidence == pytest.approx(
+        confidence(ServiceEvidence("payments", evidence=top.evidence), total), abs=2e-3
+    )
     calibrated_one = analyst(tb).diagnose(observe(tb))
     assert not any("CONFIDENCE" in n for n in calibrated_one.notes)
 
 
 def test_policy_refuses_and_limits(tmp_path: Path) -> None:
-    policy = Policy(defaults=ServicePolicy(allowed=["restart"], max_attempts=2, cooldown_s=60, require_approval=["restart"]))
+    policy = Policy(
+        defaults=ServicePolicy(
+            allowed=["restart"], max_attempts=2, cooldown_s=60, require_approval=["restart"]
+        )
+    )
     services = list(TOPOLOGY)
-    ok = policy.check(Action(kind="restart", service="payments"), attempts_so_far=0, last_same_action_at=None, now=100, known_services=services)
+    ok = policy.check(
+        Action(kind="restart", service="payments"),
+        attempts_so_far=0,
+        last_same_action_at=None,
+        now=100,
+        known_services=services,
+    )
     assert ok.allowed and ok.needs_approval
-    assert not policy.check(Action(kind="rollback", service="payments"), attempts_so_far=0, last_same_action_at=None, now=100, known_services=services).allowed
-    assert not policy.check(Action(kind="restart", service="payments"), attempts_so_far=2, last_same_action_at=None, now=100, known_services=services).allowed
-    cooling = policy.check(Action(kind="restart", service="payments"), attempts_so_far=0, last_same_action_at=80, now=100, known_services=services)
+    assert not policy.check(
+        Action(kind="rollback", service="payments"),
+        attempts_so_far=0,
+        last_same_action_at=None,
+        now=100,
+        known_services=services,
+    ).allowed
+    assert not policy.check(
+        Action(kind="restart", service="payments"),
+        attempts_so_far=2,
+        last_same_action_at=None,
+        now=100,
+        known_services=services,
+    ).allowed
+    cooling = policy.check(
+        Action(kind="restart", service="payments"),
+        attempts_so_far=0,
+        last_same_action_at=80,
+        now=100,
+        known_services=services,
+    )
     assert not cooling.allowed and "cooling down" in cooling.reasons[0]
-    assert not policy.check(Action(kind="restart", service="db"), attempts_so_far=0, last_same_action_at=None, now=100, known_services=services).allowed
+    assert not policy.check(
+        Action(kind="restart", service="db"),
+        attempts_so_far=0,
+        last_same_action_at=None,
+        now=100,
+        known_services=services,
+    ).allowed
 
 
 def test_bad_policy_file_names_the_field(tmp_path: Path) -> None:
@@ -292,23 +377,47 @@ def test_dry_run_changes_nothing_and_refusals_are_recorded(tmp_path: Path) -> No
 
     runtime = CountingRuntime.up(TOPOLOGY)
     tb = make_toolbox(tmp_path, runtime, FakeHealth())
-    engineer = Engineer(tb, Policy(defaults=ServicePolicy(allowed=["restart"], dry_run=True)), EngineerConfig(), AnalystConfig(), ObserverConfig())
+    engineer = Engineer(
+        tb,
+        Policy(defaults=ServicePolicy(allowed=["restart"], dry_run=True)),
+        EngineerConfig(),
+        AnalystConfig(),
+        ObserverConfig(),
+    )
     plan = ActionPlan(decision="act", actions=[Action(kind="restart", service="payments")], dry_run=True)
     [result] = engineer.act("inc-1", plan, attempt=1)
     assert result.status == "dry_run" and runtime.restarted == 0
     assert [e.status for e in tb.ledger.all()] == ["dry_run"]
 
-    strict = Engineer(tb, Policy(defaults=ServicePolicy(allowed=["rollback"])), EngineerConfig(), AnalystConfig(), ObserverConfig())
-    hypothesis = Hypothesis(service="payments", fault_type="crash", confidence=0.9, evidence=[Evidence(kind="health", service="payments", summary="down", weight=3)])
-    refused = strict.plan(Diagnosis(hypotheses=[hypothesis], confidence=0.9, incident_id="inc-2"), attempts=0, previous=[])
+    strict = Engineer(
+        tb,
+        Policy(defaults=ServicePolicy(allowed=["rollback"])),
+        EngineerConfig(),
+        AnalystConfig(),
+        ObserverConfig(),
+    )
+    hypothesis = Hypothesis(
+        service="payments",
+        fault_type="crash",
+        confidence=0.9,
+        evidence=[Evidence(kind="health", service="payments", summary="down", weight=3)],
+    )
+    refused = strict.plan(
+        Diagnosis(hypotheses=[hypothesis], confidence=0.9, incident_id="inc-2"), attempts=0, previous=[]
+    )
     assert refused.decision == "escalate" and "not allowed" in refused.escalation_reason
     assert runtime.restarted == 0
     [entry] = [e for e in tb.ledger.all() if e.incident_id == "inc-2"]
     assert (entry.kind, entry.status) == ("restart", "refused") and "not allowed" in entry.detail
 
 
-@pytest.mark.parametrize(("deployed_at", "expected"), [(FAULT_AT - 20, "bad_deploy"), (FAULT_AT - 200, "error_spike"), (FAULT_AT + 5, "error_spike")])
-def test_only_changes_shortly_before_the_incident_name_the_fault(tmp_path: Path, deployed_at: float, expected: str) -> None:
+@pytest.mark.parametrize(
+    ("deployed_at", "expected"),
+    [(FAULT_AT - 20, "bad_deploy"), (FAULT_AT - 200, "error_spike"), (FAULT_AT + 5, "error_spike")],
+)
+def test_only_changes_shortly_before_the_incident_name_the_fault(
+    tmp_path: Path, deployed_at: float, expected: str
+) -> None:
     """A change the service ran normally after for minutes, or one made after the trouble began
     (a remediation commit), does not make an error spike a bad deploy."""
     tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth())
@@ -331,7 +440,9 @@ def test_a_rollback_is_never_reverted(tmp_path: Path) -> None:
     tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth())
     assert isinstance(tb.clock, ManualClock)
     tb.clock.t = FAULT_AT - 40
-    tb.gitops.commit_config("payments", {"version": "1.4.0", "capture": False}, "disable capture", kind="config", author="ops")  # type: ignore[attr-defined]
+    tb.gitops.commit_config(
+        "payments", {"version": "1.4.0", "capture": False}, "disable capture", kind="config", author="ops"
+    )  # type: ignore[attr-defined]
     tb.clock.t = FAULT_AT - 20
     pr = tb.gitops.propose("payments", {"version": "1.4.0"}, "revert", "revert capture", key="k1")  # type: ignore[call-arg]
     tb.gitops.merge(pr.id)
@@ -360,29 +471,52 @@ def test_a_suspect_change_already_reverted_falls_back_to_a_checked_restart(tmp_p
     tb = make_toolbox(tmp_path, runtime, FakeHealth())
     current = tb.gitops.config("payments")  # type: ignore[attr-defined]
     rollback = Action(kind="config_change", service="payments", params={"config": current, "revert": "abc"})
-    allowed = Engineer(tb, Policy(defaults=ServicePolicy(allowed=["restart", "config_change"], cooldown_s=0)), EngineerConfig(), AnalystConfig(), ObserverConfig())
+    allowed = Engineer(
+        tb,
+        Policy(defaults=ServicePolicy(allowed=["restart", "config_change"], cooldown_s=0)),
+        EngineerConfig(),
+        AnalystConfig(),
+        ObserverConfig(),
+    )
     [result] = allowed.act("inc-r", ActionPlan(decision="act", actions=[rollback]), attempt=1)
     assert result.status == "done" and "already reverted" in result.detail and runtime.restarted == 1
-    strict = Engineer(tb, Policy(defaults=ServicePolicy(allowed=["config_change"])), EngineerConfig(), AnalystConfig(), ObserverConfig())
+    strict = Engineer(
+        tb,
+        Policy(defaults=ServicePolicy(allowed=["config_change"])),
+        EngineerConfig(),
+        AnalystConfig(),
+        ObserverConfig(),
+    )
     [refused] = strict.act("inc-s", ActionPlan(decision="act", actions=[rollback]), attempt=1)
     assert refused.status == "failed" and "restart is refused" in refused.detail and runtime.restarted == 1
 
 
-@pytest.mark.parametrize(("message", "expected"), [
-    ("OSError: [Errno 28] No space left on device: '/var/lib/payments/ledger.wal'", "disk_full"),
-    ("internal error: request handler failed", "error_spike"),
-])
-def test_a_full_disk_is_named_from_its_error_lines_and_never_restarted(tmp_path: Path, message: str, expected: str) -> None:
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("OSError: [Errno 28] No space left on device: '/var/lib/payments/ledger.wal'", "disk_full"),
+        ("internal error: request handler failed", "error_spike"),
+    ],
+)
+def test_a_full_disk_is_named_from_its_error_lines_and_never_restarted(
+    tmp_path: Path, message: str, expected: str
+) -> None:
     tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth())
     write_series(tb.telemetry, "payments", {"error_ratio": 0.5})  # type: ignore[arg-type]
     for s in ("checkout", "frontend"):
         write_series(tb.telemetry, s)  # type: ignore[arg-type]
     tb.telemetry.write_logs(  # type: ignore[attr-defined]
-        LogRecord(ts=FAULT_AT + 1 + i * 0.5, service="payments", level="error", message=message, attrs={}) for i in range(10)
+        LogRecord(ts=FAULT_AT + 1 + i * 0.5, service="payments", level="error", message=message, attrs={})
+        for i in range(10)
     )
     diagnosis = analyst(tb).diagnose(observe(tb))
-    assert diagnosis.top is not None and (diagnosis.top.service, diagnosis.top.fault_type) == ("payments", expected)
-    plan = Engineer(tb, load_policy(None), EngineerConfig(), AnalystConfig(), ObserverConfig()).plan(diagnosis, 0, [])
+    assert diagnosis.top is not None and (diagnosis.top.service, diagnosis.top.fault_type) == (
+        "payments",
+        expected,
+    )
+    plan = Engineer(tb, load_policy(None), EngineerConfig(), AnalystConfig(), ObserverConfig()).plan(
+        diagnosis, 0, []
+    )
     if expected == "disk_full":
         assert (plan.decision, plan.actions) == ("escalate", []), "no restart frees a disk"
     else:
@@ -431,9 +565,23 @@ def test_what_each_fault_type_needs_in_the_evidence() -> None:
     assert unsupported("bad_deploy", quiet, table, _Toolbox()) == "it had no deploy in the lookback"  # type: ignore[arg-type]
     assert unsupported("dependency_down", quiet, table, _Toolbox()) == "none of its dependencies is down"  # type: ignore[arg-type]
     assert unsupported("unknown", quiet, table, _Toolbox()) == ""  # type: ignore[arg-type]
-    leaking = ServiceEvidence("checkout", signals=[Signal(service="checkout", name="memory_rss_mb", value=900.0, baseline=100.0, score=12.0, detail="rss up")])
+    leaking = ServiceEvidence(
+        "checkout",
+        signals=[
+            Signal(
+                service="checkout",
+                name="memory_rss_mb",
+                value=900.0,
+                baseline=100.0,
+                score=12.0,
+                detail="rss up",
+            )
+        ],
+    )
     assert unsupported("memory_leak", leaking, table, _Toolbox()) == ""  # type: ignore[arg-type]
-    table["payments"].signals.append(Signal(service="payments", name="health", value=0.0, baseline=1.0, score=10.0, detail="down"))
+    table["payments"].signals.append(
+        Signal(service="payments", name="health", value=0.0, baseline=1.0, score=10.0, detail="down")
+    )
     assert unsupported("dependency_down", quiet, table, _Toolbox()) == ""  # type: ignore[arg-type]
 
 
@@ -463,18 +611,57 @@ def _redeploy_telemetry(tb: Toolbox, peer_attr: bool) -> None:
         refused = start < gap[1]
         ids = [f"r{i}-frontend", f"r{i}-checkout", f"r{i}-call", f"r{i}-payments"]
         spans += [
-            Span(trace_id=f"r{i}", span_id=ids[0], service="frontend", name="GET /buy", start=start, duration_ms=8, status="error"),
-            Span(trace_id=f"r{i}", span_id=ids[1], parent_id=ids[0], service="checkout", name="GET /checkout", start=start, duration_ms=6, status="error"),
-            Span(trace_id=f"r{i}", span_id=ids[2], parent_id=ids[1], service="checkout", name="call payments", start=start, duration_ms=2, status="error",
-                 attrs={"peer.service": "payments"} if peer_attr else {}),
+            Span(
+                trace_id=f"r{i}",
+                span_id=ids[0],
+                service="frontend",
+                name="GET /buy",
+                start=start,
+                duration_ms=8,
+                status="error",
+            ),
+            Span(
+                trace_id=f"r{i}",
+                span_id=ids[1],
+                parent_id=ids[0],
+                service="checkout",
+                name="GET /checkout",
+                start=start,
+                duration_ms=6,
+                status="error",
+            ),
+            Span(
+                trace_id=f"r{i}",
+                span_id=ids[2],
+                parent_id=ids[1],
+                service="checkout",
+                name="call payments",
+                start=start,
+                duration_ms=2,
+                status="error",
+                attrs={"peer.service": "payments"} if peer_attr else {},
+            ),
         ]
         if not refused:  # the call reached payments, whose bad release failed it
-            spans.append(Span(trace_id=f"r{i}", span_id=ids[3], parent_id=ids[2], service="payments", name="GET /pay", start=start, duration_ms=1, status="error"))
+            spans.append(
+                Span(
+                    trace_id=f"r{i}",
+                    span_id=ids[3],
+                    parent_id=ids[2],
+                    service="payments",
+                    name="GET /pay",
+                    start=start,
+                    duration_ms=1,
+                    status="error",
+                )
+            )
     store.write_spans(spans)
 
 
 @pytest.mark.parametrize("peer_attr", [True, False])
-def test_a_redeploy_gap_is_blamed_on_the_redeployed_service_not_its_caller(tmp_path: Path, peer_attr: bool) -> None:
+def test_a_redeploy_gap_is_blamed_on_the_redeployed_service_not_its_caller(
+    tmp_path: Path, peer_attr: bool
+) -> None:
     """While a redeployed dependency restarts, its callers fail first and are the deepest error spans.
 
     Calls that never reached payments name it (`peer.service`) and date its trouble; without that attribute (the
@@ -494,7 +681,9 @@ def test_a_redeploy_gap_is_blamed_on_the_redeployed_service_not_its_caller(tmp_p
     assert (diagnosis.top.service, diagnosis.top.fault_type) == ("payments", "bad_deploy")
     checkout = next(h for h in diagnosis.hypotheses if h.service == "checkout")
     assert any(e.kind == "topology" and e.weight < 0 and e.ref == "payments" for e in checkout.evidence)
-    assert not any(e.ref == "onset" for e in checkout.evidence), "payments' trouble began when its calls were refused"
+    assert not any(e.ref == "onset" for e in checkout.evidence), (
+        "payments' trouble began when its calls were refused"
+    )
 
 
 def test_unreached_calls_are_the_callees_failures(tmp_path: Path) -> None:
@@ -502,16 +691,81 @@ def test_unreached_calls_are_the_callees_failures(tmp_path: Path) -> None:
     from agents.signals import Windows, trace_origins
 
     store = LocalTelemetryStore(tmp_path / "t.db")
-    store.write_spans([
-        Span(trace_id="a", span_id="a1", service="checkout", name="GET /checkout", start=FAULT_AT + 2, duration_ms=3, status="error"),
-        Span(trace_id="a", span_id="a2", parent_id="a1", service="checkout", name="call payments", start=FAULT_AT + 2, duration_ms=1, status="error", attrs={"peer.service": "payments"}),
-        Span(trace_id="b", span_id="b1", service="checkout", name="GET /checkout", start=FAULT_AT + 1, duration_ms=3, status="error"),
-        Span(trace_id="b", span_id="b2", parent_id="b1", service="checkout", name="call payments", start=FAULT_AT + 1, duration_ms=1, status="error", attrs={"peer.service": "payments"}),
-        # Reached, and failed by checkout's own handler after payments answered: checkout's error.
-        Span(trace_id="c", span_id="c1", service="checkout", name="GET /checkout", start=FAULT_AT + 3, duration_ms=3, status="error"),
-        Span(trace_id="c", span_id="c2", parent_id="c1", service="checkout", name="call payments", start=FAULT_AT + 3, duration_ms=1, status="ok", attrs={"peer.service": "payments"}),
-        Span(trace_id="c", span_id="c3", parent_id="c2", service="payments", name="GET /pay", start=FAULT_AT + 3, duration_ms=1, status="ok"),
-    ])
+    store.write_spans(
+        [
+            Span(
+                trace_id="a",
+                span_id="a1",
+                service="checkout",
+                name="GET /checkout",
+                start=FAULT_AT + 2,
+                duration_ms=3,
+                status="error",
+            ),
+            Span(
+                trace_id="a",
+                span_id="a2",
+                parent_id="a1",
+                service="checkout",
+                name="call payments",
+                start=FAULT_AT + 2,
+                duration_ms=1,
+                status="error",
+                attrs={"peer.service": "payments"},
+            ),
+            Span(
+                trace_id="b",
+                span_id="b1",
+                service="checkout",
+                name="GET /checkout",
+                start=FAULT_AT + 1,
+                duration_ms=3,
+                status="error",
+            ),
+            Span(
+                trace_id="b",
+                span_id="b2",
+                parent_id="b1",
+                service="checkout",
+                name="call payments",
+                start=FAULT_AT + 1,
+                duration_ms=1,
+                status="error",
+                attrs={"peer.service": "payments"},
+            ),
+            # Reached, and failed by checkout's own handler after payments answered: checkout's error.
+            Span(
+                trace_id="c",
+                span_id="c1",
+                service="checkout",
+                name="GET /checkout",
+                start=FAULT_AT + 3,
+                duration_ms=3,
+                status="error",
+            ),
+            Span(
+                trace_id="c",
+                span_id="c2",
+                parent_id="c1",
+                service="checkout",
+                name="call payments",
+                start=FAULT_AT + 3,
+                duration_ms=1,
+                status="ok",
+                attrs={"peer.service": "payments"},
+            ),
+            Span(
+                trace_id="c",
+                span_id="c3",
+                parent_id="c2",
+                service="payments",
+                name="GET /pay",
+                start=FAULT_AT + 3,
+                duration_ms=1,
+                status="ok",
+            ),
+        ]
+    )
     found = trace_origins(store, Windows(T0, FAULT_AT, FAULT_AT, NOW))
     assert found.origins == {"payments": 2, "checkout": 1}
     assert found.unreached == {"payments": FAULT_AT + 1}

@@ -236,7 +236,9 @@ def test_fast_failures_are_always_probed_when_only_slow_ones_count() -> None:
             return HealthResult(service=service, ok=False, detail="connection refused")
 
     inner = Refusing()
-    checker = BreakerHealthChecker(inner, failure_threshold=2, reset_timeout_s=60, clock=ManualClock(), slow_probe_s=0.05)
+    checker = BreakerHealthChecker(
+        inner, failure_threshold=2, reset_timeout_s=60, clock=ManualClock(), slow_probe_s=0.05
+    )
     for _ in range(5):
         assert not checker.check("payments").ok
     assert checker.probes == 5 and checker.states() == {"payments": "closed"}

@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from tools.domain import Trigger
 from sregraph.config import load_settings
 from sregraph.engine import RunRegistry, routed_notifier
+from tests.fakes.http import answer_json
+from tests.llm_local import free_port
 from tests.support import ManualClock
 from tools.base import ToolError
 from tools.channels import (
@@ -32,10 +33,9 @@ from tools.channels import (
     TeamsChannel,
     WebhookChannel,
 )
+from tools.domain import Trigger
 from tools.ledger import ActionLedger
 from tools.notifier import IdempotentNotifier, notification_key
-from tests.fakes.http import answer_json
-from tests.llm_local import free_port
 
 
 class Receiver:
@@ -75,7 +75,12 @@ def receiver() -> Iterator[Receiver]:
     r.close()
 
 
-MESSAGE = Message("inc-1", "escalated", "payments down <!channel> password=hunter22", {"service": "payments", "event": "escalated"})
+MESSAGE = Message(
+    "inc-1",
+    "escalated",
+    "payments down <!channel> password=hunter22",
+    {"service": "payments", "event": "escalated"},
+)
 
 
 def test_each_provider_gets_its_documented_payload(receiver: Receiver) -> None:
@@ -94,9 +99,17 @@ def test_each_provider_gets_its_documented_payload(receiver: Receiver) -> None:
     teams = bodies["/teams"]
     assert teams["type"] == "message"
     card = teams["attachments"][0]
-    assert card["contentType"] == "application/vnd.microsoft.card.adaptive" and card["content"]["type"] == "AdaptiveCard"
+    assert (
+        card["contentType"] == "application/vnd.microsoft.card.adaptive"
+        and card["content"]["type"] == "AdaptiveCard"
+    )
     hook = bodies["/hook"]
-    assert (hook["incident_id"], hook["event"], hook["labels"]["service"], hook["key"]) == ("inc-1", "escalated", "payments", "escalated")
+    assert (hook["incident_id"], hook["event"], hook["labels"]["service"], hook["key"]) == (
+        "inc-1",
+        "escalated",
+        "payments",
+        "escalated",
+    )
 
 
 def test_a_failing_or_unreachable_webhook_is_a_tool_error(receiver: Receiver) -> None:
@@ -119,7 +132,9 @@ def test_email_reaches_an_smtp_server() -> None:
     controller = Controller(Handler(), hostname="127.0.0.1", port=port)
     controller.start()
     try:
-        EmailChannel("127.0.0.1", port, "sregraph@example.org", ["oncall@example.org"], False, None, None, 5).send(MESSAGE)
+        EmailChannel(
+            "127.0.0.1", port, "sregraph@example.org", ["oncall@example.org"], False, None, None, 5
+        ).send(MESSAGE)
     finally:
         controller.stop()
     assert [e.rcpt_tos for e in received] == [["oncall@example.org"]]
@@ -129,21 +144,26 @@ def test_email_reaches_an_smtp_server() -> None:
         EmailChannel("127.0.0.1", 9, "a@b", ["c@d"], False, None, None, 2).send(MESSAGE)
 
 
-ROUTES = Route.model_validate({
-    "channels": ["log"],
-    "routes": [
-        {"match": {"severity": "critical"}, "channels": ["pager"], "continue": True},
-        {"match": {"service": "pay*"}, "channels": ["payments-team"]},
-        {"match": {"event": "escalated"}, "channels": ["sre"]},
-    ],
-})
+ROUTES = Route.model_validate(
+    {
+        "channels": ["log"],
+        "routes": [
+            {"match": {"severity": "critical"}, "channels": ["pager"], "continue": True},
+            {"match": {"service": "pay*"}, "channels": ["payments-team"]},
+            {"match": {"event": "escalated"}, "channels": ["sre"]},
+        ],
+    }
+)
 
 
 @pytest.mark.parametrize(
     ("labels", "channels"),
     [
         ({"service": "payments", "event": "opened"}, ["log", "payments-team"]),
-        ({"service": "payments", "event": "escalated", "severity": "critical"}, ["log", "pager", "payments-team"]),
+        (
+            {"service": "payments", "event": "escalated", "severity": "critical"},
+            ["log", "pager", "payments-team"],
+        ),
         ({"service": "search", "event": "escalated"}, ["log", "sre"]),
         ({"service": "search", "event": "opened"}, ["log"]),
     ],
@@ -154,7 +174,9 @@ def test_routes_first_match_and_continue(labels: dict[str, str], channels: list[
 
 def test_settings_refuse_incomplete_channels_and_unknown_routes() -> None:
     with pytest.raises(ValueError, match="unknown channels: nope"):
-        NotificationsConfig.model_validate({"channels": {"a": {"type": "slack", "url": "http://x"}}, "route": {"channels": ["nope"]}})
+        NotificationsConfig.model_validate(
+            {"channels": {"a": {"type": "slack", "url": "http://x"}}, "route": {"channels": ["nope"]}}
+        )
     with pytest.raises(ValueError, match="needs `to`"):
         ChannelConfig.model_validate({"type": "email"})
     with pytest.raises(ValueError, match="needs `url` or `url_env`"):
@@ -176,7 +198,9 @@ def test_routed_notifier_groups_repeats_and_survives_one_broken_channel() -> Non
     clock = ManualClock()
     good, broken = Recorder(), Recorder(fail=True)
     route = Route(channels=["good", "broken"])
-    notifier = RoutedNotifier({"good": good, "broken": broken}, route, lambda _id: {"service": "payments"}, 300, clock)
+    notifier = RoutedNotifier(
+        {"good": good, "broken": broken}, route, lambda _id: {"service": "payments"}, 300, clock
+    )
     notifier.notify("inc-1", "opened", "token=abcdef123456")
     notifier.notify("inc-2", "opened", "same service, same event, 10 s later")  # grouped
     clock.sleep(301)
@@ -188,17 +212,31 @@ def test_routed_notifier_groups_repeats_and_survives_one_broken_channel() -> Non
         lonely.notify("inc-4", "opened", "x")
 
 
-def test_configured_channels_get_the_incident_labels_once_across_reruns(tmp_path: Path, receiver: Receiver) -> None:
-    settings = load_settings(environ={}, data_dir=tmp_path / "data", notifications={
-        "channels": {"payments-team": {"type": "webhook", "url": receiver.url("/payments")},
-                     "pager": {"type": "webhook", "url": receiver.url("/pager")}},
-        "route": {"routes": [{"match": {"service": "payments"}, "channels": ["payments-team"], "continue": True},
-                             {"match": {"severity": "critical"}, "channels": ["pager"]}]},
-    })
+def test_configured_channels_get_the_incident_labels_once_across_reruns(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    settings = load_settings(
+        environ={},
+        data_dir=tmp_path / "data",
+        notifications={
+            "channels": {
+                "payments-team": {"type": "webhook", "url": receiver.url("/payments")},
+                "pager": {"type": "webhook", "url": receiver.url("/pager")},
+            },
+            "route": {
+                "routes": [
+                    {"match": {"service": "payments"}, "channels": ["payments-team"], "continue": True},
+                    {"match": {"severity": "critical"}, "channels": ["pager"]},
+                ]
+            },
+        },
+    )
     RunRegistry(settings.data_dir / "runs.db").record(
         "inc-7", Trigger(source="alert", service="payments", labels={"severity": "critical"}), "observing"
     )
-    RunRegistry(settings.data_dir / "runs.db").record("inc-8", Trigger(source="scan", service="search"), "observing")
+    RunRegistry(settings.data_dir / "runs.db").record(
+        "inc-8", Trigger(source="scan", service="search"), "observing"
+    )
     notifier = IdempotentNotifier(routed_notifier(settings), ActionLedger(tmp_path / "ledger.db"))
     for _ in range(2):  # the step runs again after a crash: delivered once
         with notification_key("escalated"):
@@ -206,8 +244,16 @@ def test_configured_channels_get_the_incident_labels_once_across_reruns(tmp_path
     with notification_key("opened"):
         notifier.notify("inc-8", "opened", "search slow")  # matches no route: nobody is paged
     assert [(path, body["incident_id"], body["labels"]) for path, body in receiver.bodies] == [
-        ("/payments", "inc-7", {"event": "escalated", "service": "payments", "severity": "critical", "source": "alert"}),
-        ("/pager", "inc-7", {"event": "escalated", "service": "payments", "severity": "critical", "source": "alert"}),
+        (
+            "/payments",
+            "inc-7",
+            {"event": "escalated", "service": "payments", "severity": "critical", "source": "alert"},
+        ),
+        (
+            "/pager",
+            "inc-7",
+            {"event": "escalated", "service": "payments", "severity": "critical", "source": "alert"},
+        ),
     ]
 
 
@@ -248,7 +294,16 @@ class Tracker:
                     self._answer(200, {"issues": found[:1], "total": len(found)})
                 elif url.path == "/api/now/table/incident":
                     wanted = query["sysparm_query"][0].removeprefix("correlation_id=")
-                    self._answer(200, {"result": [{"sys_id": k} for k, v in tracker.snow.items() if v["correlation_id"] == wanted][:1]})
+                    self._answer(
+                        200,
+                        {
+                            "result": [
+                                {"sys_id": k}
+                                for k, v in tracker.snow.items()
+                                if v["correlation_id"] == wanted
+                            ][:1]
+                        },
+                    )
                 else:
                     self._answer(404, {})
 
@@ -266,7 +321,9 @@ class Tracker:
                     tracker.jira[self.path.split("/")[5]]["comments"].append(body["body"])
                     self._answer(201, {"id": "1"})
                 elif self.path == "/api/now/table/incident":
-                    assert {"short_description", "description", "urgency", "impact", "correlation_id"} <= set(body)
+                    assert {"short_description", "description", "urgency", "impact", "correlation_id"} <= set(
+                        body
+                    )
                     sys_id = f"{len(tracker.snow) + 1:032x}"
                     tracker.snow[sys_id] = {**body, "work_notes": []}
                     self._answer(201, {"result": {"sys_id": sys_id, "number": f"INC00{len(tracker.snow)}"}})
@@ -292,23 +349,35 @@ class Tracker:
         self.server.server_close()
 
 
-def test_jira_and_servicenow_get_one_ticket_per_incident_then_comments(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_jira_and_servicenow_get_one_ticket_per_incident_then_comments(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     tracker = Tracker()
     monkeypatch.setenv("TRACKER_SECRET", "s3cret")
     try:
-        jira = ChannelConfig(type="jira", url=tracker.url, username="bot", password_env="TRACKER_SECRET", project="OPS").build()
-        snow = ChannelConfig(type="servicenow", url=tracker.url, username="bot", password_env="TRACKER_SECRET").build()
+        jira = ChannelConfig(
+            type="jira", url=tracker.url, username="bot", password_env="TRACKER_SECRET", project="OPS"
+        ).build()
+        snow = ChannelConfig(
+            type="servicenow", url=tracker.url, username="bot", password_env="TRACKER_SECRET"
+        ).build()
         opened = Message("inc-1", "opened", "payments down", {"service": "payments", "severity": "critical"})
         for channel in (jira, snow):
             channel.send(opened)
             channel.send(Message("inc-1", "action", "restart payments: done", {"service": "payments"}))
         # A restarted worker (new channel objects) finds the tickets in the trackers instead of opening more.
         for config in (dict(type="jira", project="OPS"), dict(type="servicenow")):
-            ChannelConfig(url=tracker.url, username="bot", password_env="TRACKER_SECRET", **config).build().send(
-                Message("inc-1", "documented", "post-mortem written", {})
-            )
-        assert list(tracker.jira) == ["OPS-1"] and tracker.jira["OPS-1"]["fields"]["labels"] == ["sregraph", "inc-1"]
-        assert tracker.jira["OPS-1"]["comments"] == ["action: restart payments: done", "documented: post-mortem written"]
+            ChannelConfig(
+                url=tracker.url, username="bot", password_env="TRACKER_SECRET", **config
+            ).build().send(Message("inc-1", "documented", "post-mortem written", {}))
+        assert list(tracker.jira) == ["OPS-1"] and tracker.jira["OPS-1"]["fields"]["labels"] == [
+            "sregraph",
+            "inc-1",
+        ]
+        assert tracker.jira["OPS-1"]["comments"] == [
+            "action: restart payments: done",
+            "documented: post-mortem written",
+        ]
         (incident,) = tracker.snow.values()
         assert (incident["correlation_id"], incident["urgency"]) == ("inc-1", "1")
         assert incident["work_notes"] == ["action: restart payments: done", "documented: post-mortem written"]
@@ -384,7 +453,11 @@ class Pagers:
 
     def alert(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         self.opsgenie.append((path, body))
-        accepted = {"result": "Request will be processed", "took": 0.01, "requestId": f"req-{len(self.opsgenie)}"}
+        accepted = {
+            "result": "Request will be processed",
+            "took": 0.01,
+            "requestId": f"req-{len(self.opsgenie)}",
+        }
         if path == "/v2/alerts":
             if not isinstance(body.get("message"), str) or not 0 < len(body["message"]) <= 130:
                 return 422, {"message": "Message can not be empty or longer than 130 characters", "took": 0.0}
@@ -427,20 +500,33 @@ def pagers(monkeypatch: pytest.MonkeyPatch) -> Iterator[Pagers]:
 
 def _lifecycle(channel: Any) -> None:
     labels = {"service": "payments", "severity": "critical"}
-    for event, text in (("opened", "payments down"), ("action", "restart payments: done"), ("page", "unacknowledged for 5 min"), ("documented", "post-mortem written")):
+    for event, text in (
+        ("opened", "payments down"),
+        ("action", "restart payments: done"),
+        ("page", "unacknowledged for 5 min"),
+        ("documented", "post-mortem written"),
+    ):
         channel.send(Message("inc-7", event, text, {**labels, "event": event}))
 
 
 def test_pagerduty_triggers_one_alert_per_incident_and_resolves_it(pagers: Pagers) -> None:
-    channel = ChannelConfig(type="pagerduty", key_env="PD_ROUTING_KEY", url=f"{pagers.base}/v2/enqueue").build()
+    channel = ChannelConfig(
+        type="pagerduty", key_env="PD_ROUTING_KEY", url=f"{pagers.base}/v2/enqueue"
+    ).build()
     _lifecycle(channel)
     assert [e["event_action"] for e in pagers.pagerduty] == ["trigger", "trigger", "trigger", "resolve"]
     assert {e["dedup_key"] for e in pagers.pagerduty} == {"inc-7"}
     first = pagers.pagerduty[0]["payload"]
-    assert first["severity"] == "critical" and first["source"] == "payments" and first["component"] == "payments"
+    assert (
+        first["severity"] == "critical" and first["source"] == "payments" and first["component"] == "payments"
+    )
     assert "payload" not in pagers.pagerduty[-1]
-    with pytest.raises(ToolError, match="answered 400"):  # a dedup key longer than the 255 characters PagerDuty takes
-        PagerDutyChannel("PD_ROUTING_KEY", f"{pagers.base}/v2/enqueue").send(Message("x" * 300, "opened", "t", {}))
+    with pytest.raises(
+        ToolError, match="answered 400"
+    ):  # a dedup key longer than the 255 characters PagerDuty takes
+        PagerDutyChannel("PD_ROUTING_KEY", f"{pagers.base}/v2/enqueue").send(
+            Message("x" * 300, "opened", "t", {})
+        )
 
 
 def test_opsgenie_creates_notes_and_closes_one_alert_per_incident(pagers: Pagers) -> None:
@@ -453,7 +539,9 @@ def test_opsgenie_creates_notes_and_closes_one_alert_per_incident(pagers: Pagers
     assert created["priority"] == "P1" and created["entity"] == "payments" and len(created["message"]) <= 130
 
 
-def test_pagers_need_their_key_and_say_which_variable_is_missing(pagers: Pagers, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pagers_need_their_key_and_say_which_variable_is_missing(
+    pagers: Pagers, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with pytest.raises(ValueError, match="key_env"):
         ChannelConfig(type="pagerduty")
     monkeypatch.setenv("OPSGENIE_KEY", "wrong")

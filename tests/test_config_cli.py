@@ -18,7 +18,9 @@ runner = CliRunner()
 def test_file_then_environment_then_defaults(tmp_path: Path) -> None:
     config = tmp_path / "sregraph.yaml"
     config.write_text("brain: llm\nobserver:\n  window_s: 9\nllm:\n  model: my-model\n")
-    settings = load_settings(config, environ={"SREGRAPH_OBSERVER__WINDOW_S": "12", "SREGRAPH_LLM__PROVIDER": "none"})
+    settings = load_settings(
+        config, environ={"SREGRAPH_OBSERVER__WINDOW_S": "12", "SREGRAPH_LLM__PROVIDER": "none"}
+    )
     assert settings.brain == "llm"
     assert settings.observer.window_s == 12  # environment beats the file
     assert settings.llm.model == "my-model" and settings.llm.provider == "none"
@@ -30,7 +32,11 @@ def test_the_scripts_own_variables_are_not_settings_but_a_typo_still_is_an_error
     every command. Any other SREGRAPH_* variable must name a setting."""
     from sregraph.config import NOT_SETTINGS
 
-    settings = load_settings(None, environ={name: "x" for name in NOT_SETTINGS if name != "SREGRAPH_CONFIG"} | {"SREGRAPH_HOME": str(tmp_path)})
+    settings = load_settings(
+        None,
+        environ={name: "x" for name in NOT_SETTINGS if name != "SREGRAPH_CONFIG"}
+        | {"SREGRAPH_HOME": str(tmp_path)},
+    )
     assert settings.brain == "deterministic"
     with pytest.raises(ConfigError, match="brian"):
         load_settings(None, environ={"SREGRAPH_BRIAN": "llm"})

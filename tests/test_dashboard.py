@@ -30,7 +30,9 @@ from tools.base import ExternalEvent
 from tools.channels import NotificationsConfig
 from tools.notifier import IdempotentNotifier, MultiNotifier
 
-ARTIFACTS = Path(os.environ.get("SREGRAPH_TEST_ARTIFACTS", Path(__file__).parent.parent / ".sregraph-test-artifacts"))
+ARTIFACTS = Path(
+    os.environ.get("SREGRAPH_TEST_ARTIFACTS", Path(__file__).parent.parent / ".sregraph-test-artifacts")
+)
 
 
 @pytest.fixture
@@ -58,15 +60,31 @@ def test_live_incident_approved_from_the_dashboard(tmp_path: Path, browser: Page
     receiver = Receiver()
     world = World.create(tmp_path / "world")
     settings = settings_for(tmp_path / "world")
-    settings = settings.model_copy(update={"notifications": NotificationsConfig.model_validate({
-        "channels": {"search-team": {"type": "webhook", "url": receiver.url("/search-team")},
-                     "pager": {"type": "webhook", "url": receiver.url("/pager")}},
-        "route": {"routes": [{"match": {"service": "search"}, "channels": ["search-team"]}]},
-        "escalation": [{"after_s": 0, "channels": ["pager"]}, {"after_s": 600, "channels": ["pager"]}],
-    })})
+    settings = settings.model_copy(
+        update={
+            "notifications": NotificationsConfig.model_validate(
+                {
+                    "channels": {
+                        "search-team": {"type": "webhook", "url": receiver.url("/search-team")},
+                        "pager": {"type": "webhook", "url": receiver.url("/pager")},
+                    },
+                    "route": {"routes": [{"match": {"service": "search"}, "channels": ["search-team"]}]},
+                    "escalation": [
+                        {"after_s": 0, "channels": ["pager"]},
+                        {"after_s": 600, "channels": ["pager"]},
+                    ],
+                }
+            )
+        }
+    )
     toolbox = toolbox_for(world)
     # The harness's own notifier (a file), plus the configured channels behind the routing tree.
-    toolbox = replace(toolbox, notifier=IdempotentNotifier(MultiNotifier(toolbox.notifier.inner, routed_notifier(settings)), toolbox.ledger))
+    toolbox = replace(
+        toolbox,
+        notifier=IdempotentNotifier(
+            MultiNotifier(toolbox.notifier.inner, routed_notifier(settings)), toolbox.ledger
+        ),
+    )
     engine = Engine(settings, toolbox)
     worker = Worker(engine)
     store = ApiStore(tmp_path / "api.db")
@@ -79,7 +97,9 @@ def test_live_incident_approved_from_the_dashboard(tmp_path: Path, browser: Page
         browser.screenshot(ARTIFACTS / "control-room-empty.png")
 
         # Something another system did just before (written where the API's ingestion writes, in the world's time).
-        world.telemetry.write_events([ExternalEvent(ts=world.t, kind="feature_flag", title="search-v2 on for all", service="search")])
+        world.telemetry.write_events(
+            [ExternalEvent(ts=world.t, kind="feature_flag", title="search-v2 on for all", service="search")]
+        )
         # The harness policy lets a restart of search happen only with a human's approval.
         world.inject(Scenario("latency", "search"), engine.toolbox.gitops)
         started: list[str | None] = []
@@ -92,8 +112,12 @@ def test_live_incident_approved_from_the_dashboard(tmp_path: Path, browser: Page
         assert incident_id is not None
         assert worker.wait_idle(60)
         # The row may show before the issue is opened (the run is listed from its first step on): never later than 2 s.
-        opened = next(e for e in events.after(0) if e.incident_id == incident_id and e.node == "open_incident")
-        assert seen_at - opened.at < 2.0, f"the incident reached the page {seen_at - opened.at:.2f} s after it opened"
+        opened = next(
+            e for e in events.after(0) if e.incident_id == incident_id and e.node == "open_incident"
+        )
+        assert seen_at - opened.at < 2.0, (
+            f"the incident reached the page {seen_at - opened.at:.2f} s after it opened"
+        )
         browser.wait_for("document.querySelector('#incidents tr[data-status=\"awaiting_approval\"]')")
         browser.wait_for("document.querySelectorAll('#feed li').length >= 4")
         browser.screenshot(ARTIFACTS / "control-room.png")
@@ -101,7 +125,9 @@ def test_live_incident_approved_from_the_dashboard(tmp_path: Path, browser: Page
         assert worker.escalator is not None
         worker.escalator.tick()
         worker.escalator.tick()
-        assert [(path, body["event"]) for path, body in receiver.bodies if path == "/pager"] == [("/pager", "page")]
+        assert [(path, body["event"]) for path, body in receiver.bodies if path == "/pager"] == [
+            ("/pager", "page")
+        ]
 
         # A viewer sees the gate but may not use it.
         _login(browser, server.url, viewer, f"/ui/incident.html?id={incident_id}")
@@ -109,13 +135,17 @@ def test_live_incident_approved_from_the_dashboard(tmp_path: Path, browser: Page
         assert browser.eval("document.querySelector('#approve').disabled") is True
 
         _login(browser, server.url, operator, f"/ui/incident.html?id={incident_id}")
-        browser.wait_for("!document.querySelector('#approve').disabled && document.querySelector('#hypotheses td')")
+        browser.wait_for(
+            "!document.querySelector('#approve').disabled && document.querySelector('#hypotheses td')"
+        )
         assert browser.eval("document.querySelector('#hypotheses td').textContent") == "search"
         assert browser.eval("document.querySelector('#gate-plan').textContent") == "restart search"
         browser.screenshot(ARTIFACTS / "incident-awaiting-approval.png")
         # Taking the incident stops its escalation tiers.
         browser.eval("document.querySelector('#ack').click()")
-        browser.wait_for("document.querySelector('#acked').textContent.startsWith('Acknowledged by api:alice')")
+        browser.wait_for(
+            "document.querySelector('#acked').textContent.startsWith('Acknowledged by api:alice')"
+        )
         assert engine.registry.acknowledgement(incident_id)["by"] == "api:alice"
         created = engine.registry.list()[0]["created_at"]
         assert worker.escalator.tick(created + 700) == []  # acknowledged: the second tier never pages
@@ -123,12 +153,16 @@ def test_live_incident_approved_from_the_dashboard(tmp_path: Path, browser: Page
         browser.eval("document.querySelector('#approve').click()")
         browser.wait_for("document.body.dataset.status === 'resolved'", timeout=60)
         browser.wait_for("document.querySelector('#postmortem').textContent.includes('search')")
-        cells = browser.eval("[...document.querySelectorAll('#nearby td')].slice(1).map((td) => td.textContent)")
+        cells = browser.eval(
+            "[...document.querySelectorAll('#nearby td')].slice(1).map((td) => td.textContent)"
+        )
         assert cells == ["feature_flag", "search", "search-v2 on for all"]
         browser.screenshot(ARTIFACTS / "incident-resolved.png")
 
         # The SLO page: budgets and burn-rate charts of the project's own SLO file over the world's telemetry.
-        engine.settings = engine.settings.model_copy(update={"slo_file": Path(__file__).parent.parent / "slos.yaml"})
+        engine.settings = engine.settings.model_copy(
+            update={"slo_file": Path(__file__).parent.parent / "slos.yaml"}
+        )
         browser.goto(server.url + "/ui/slo.html")
         browser.wait_for("document.querySelectorAll('#gates tr[data-service]').length >= 3")
         browser.wait_for("document.querySelectorAll('#slos svg.chart rect').length > 0")
@@ -161,18 +195,47 @@ def test_a_fault_in_the_demo_app_approved_from_the_dashboard(tmp_path: Path, bro
     operator acknowledging and approving from the page, the worker resuming, each notification routed once."""
     receiver = Receiver()
     policy = tmp_path / "policy.yaml"
-    policy.write_text(yaml.safe_dump({
-        "defaults": {"allowed": ["restart", "start", "rollback", "config_change"], "max_attempts": 3, "cooldown_s": 15, "auto_merge": True},
-        "services": {"payments": {"require_approval": ["restart"]}},
-    }))
+    policy.write_text(
+        yaml.safe_dump(
+            {
+                "defaults": {
+                    "allowed": ["restart", "start", "rollback", "config_change"],
+                    "max_attempts": 3,
+                    "cooldown_s": 15,
+                    "auto_merge": True,
+                },
+                "services": {"payments": {"require_approval": ["restart"]}},
+            }
+        )
+    )
     settings = demo_settings(load_settings(environ={}, data_dir=tmp_path / "data"))
-    settings = settings.model_copy(update={"policy_file": policy, "notifications": NotificationsConfig.model_validate({
-        "channels": {**{f"{s}-team": {"type": "webhook", "url": receiver.url(f"/{s}-team")} for s in ("frontend", "checkout", "payments")},
-                     "pager": {"type": "webhook", "url": receiver.url("/pager")}},
-        # Routed on the incident's service (its trigger's: where the symptoms were seen first).
-        "route": {"routes": [{"match": {"service": s}, "channels": [f"{s}-team"]} for s in ("frontend", "checkout", "payments")]},
-        "escalation": [{"after_s": 0, "channels": ["pager"]}, {"after_s": 600, "channels": ["pager"]}],
-    })})
+    settings = settings.model_copy(
+        update={
+            "policy_file": policy,
+            "notifications": NotificationsConfig.model_validate(
+                {
+                    "channels": {
+                        **{
+                            f"{s}-team": {"type": "webhook", "url": receiver.url(f"/{s}-team")}
+                            for s in ("frontend", "checkout", "payments")
+                        },
+                        "pager": {"type": "webhook", "url": receiver.url("/pager")},
+                    },
+                    # Routed on the incident's service (its trigger's: where the symptoms were seen first).
+                    "route": {
+                        "routes": [
+                            {"match": {"service": s}, "channels": [f"{s}-team"]}
+                            for s in ("frontend", "checkout", "payments")
+                        ]
+                    },
+                    "escalation": [
+                        {"after_s": 0, "channels": ["pager"]},
+                        {"after_s": 600, "channels": ["pager"]},
+                    ],
+                }
+            ),
+        }
+    )
     app = LocalApp(settings.data_dir / "app")
     engine = Engine(settings, local_toolbox(settings, app))
     worker = Worker(engine)
@@ -193,30 +256,48 @@ def test_a_fault_in_the_demo_app_approved_from_the_dashboard(tmp_path: Path, bro
         seen = browser.wait_for("document.querySelector('#incidents tr[data-incident]')", timeout=60)
         seen_at = time.time() - (time.monotonic() - seen)
         incident_id = browser.eval("document.querySelector('#incidents tr[data-incident]').dataset.incident")
-        browser.wait_for(f"document.querySelector('#incidents tr[data-incident=\"{incident_id}\"][data-status=\"awaiting_approval\"]')", timeout=60)
-        opened = next(e for e in events.after(0) if e.incident_id == incident_id and e.node == "open_incident")
-        assert seen_at - opened.at < 2.0, f"the incident reached the page {seen_at - opened.at:.2f} s after it opened"
+        browser.wait_for(
+            "document.querySelector('#incidents "
+            f'tr[data-incident="{incident_id}"][data-status="awaiting_approval"]\')',
+            timeout=60,
+        )
+        opened = next(
+            e for e in events.after(0) if e.incident_id == incident_id and e.node == "open_incident"
+        )
+        assert seen_at - opened.at < 2.0, (
+            f"the incident reached the page {seen_at - opened.at:.2f} s after it opened"
+        )
         # The worker's loop pages the first tier of an incident nobody took, once however often it looks.
         deadline = time.monotonic() + 10
         while not [p for p, _ in receiver.bodies if p == "/pager"] and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(2)  # four more turns of the loop
-        assert [(path, body["event"]) for path, body in receiver.bodies if path == "/pager"] == [("/pager", "page")]
+        assert [(path, body["event"]) for path, body in receiver.bodies if path == "/pager"] == [
+            ("/pager", "page")
+        ]
 
         _login(browser, server.url, operator, f"/ui/incident.html?id={incident_id}")
-        browser.wait_for("!document.querySelector('#approve').disabled && document.querySelector('#hypotheses td')")
+        browser.wait_for(
+            "!document.querySelector('#approve').disabled && document.querySelector('#hypotheses td')"
+        )
         assert browser.eval("document.querySelector('#hypotheses td').textContent") == "payments"
         assert browser.eval("document.querySelector('#gate-plan').textContent") == "restart payments"
         browser.eval("document.querySelector('#ack').click()")
-        browser.wait_for("document.querySelector('#acked').textContent.startsWith('Acknowledged by api:alice')")
+        browser.wait_for(
+            "document.querySelector('#acked').textContent.startsWith('Acknowledged by api:alice')"
+        )
         created = next(r for r in engine.registry.list() if r["incident_id"] == incident_id)["created_at"]
-        assert worker.escalator is not None and worker.escalator.tick(created + 700) == []  # taken: no second page
+        assert (
+            worker.escalator is not None and worker.escalator.tick(created + 700) == []
+        )  # taken: no second page
         browser.eval("document.querySelector('#approve').click()")
         browser.wait_for("document.body.dataset.status === 'resolved'", timeout=90)
         browser.screenshot(ARTIFACTS / "demo-app-incident-resolved.png")
 
         state = engine.state(incident_id)
-        assert [(r.action.kind, r.action.service, r.status) for r in state["actions"]] == [("restart", "payments", "done")]
+        assert [(r.action.kind, r.action.service, r.status) for r in state["actions"]] == [
+            ("restart", "payments", "done")
+        ]
         assert state["verification"].recovered
         assert not [line for line in browser.console if "exceptionDetails" in line]
         # Routed by the incident's service to its team, each event once; only the page went to the pager.

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tools.domain import Trigger
 from sregraph.cli import app
 from sregraph.datadir import data_dir_to_read, last_written
 from sregraph.demo import FaultResult, next_commands
 from sregraph.engine import RunRegistry
 from tools.base import LogRecord
+from tools.domain import Trigger
 from tools.telemetry import LocalTelemetryStore
 
 runner = CliRunner()
@@ -83,10 +83,36 @@ def test_cli_reads_the_demo_unless_a_data_dir_is_named(
 
 def test_the_demo_suggests_a_data_dir_only_where_the_commands_would_miss_its_data() -> None:
     rows = [
-        FaultResult("crash", "payments", "inc-a", True, "payments", True, "crash", "restart payments", True,
-                    1.5, 4.9, None, "resolved"),
-        FaultResult("error_rate", "payments", None, False, None, False, None, None, False, None, None, None,
-                    "not detected"),
+        FaultResult(
+            "crash",
+            "payments",
+            "inc-a",
+            True,
+            "payments",
+            True,
+            "crash",
+            "restart payments",
+            True,
+            1.5,
+            4.9,
+            None,
+            "resolved",
+        ),
+        FaultResult(
+            "error_rate",
+            "payments",
+            None,
+            False,
+            None,
+            False,
+            None,
+            None,
+            False,
+            None,
+            None,
+            None,
+            "not detected",
+        ),
     ]
     demo = Path(".sregraph/demo")
     assert next_commands(rows, demo, demo, ".venv/bin/sregraph") == [

@@ -25,9 +25,22 @@ REQUIRED = {"fault", "service", "detected", "root_cause_correct", "action", "rec
 
 def test_demo_json_scorecard_and_memory_hit(tmp_path: Path) -> None:
     demo = subprocess.Popen(
-        [sys.executable, "-m", "sregraph", "demo", "--format", "json", "--data-dir", str(tmp_path),
-         "--faults", "crash:payments,conversion-drop:payments,crash:payments"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "sregraph",
+            "demo",
+            "--format",
+            "json",
+            "--data-dir",
+            str(tmp_path),
+            "--faults",
+            "crash:payments,conversion-drop:payments,crash:payments",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     # The dashboard is served while the demo runs, with a read-only token of its own.
     assert demo.stderr is not None
@@ -71,7 +84,10 @@ def test_bad_faults_and_services_are_refused_before_anything_starts(tmp_path: Pa
     ):
         result = subprocess.run(
             [sys.executable, "-m", "sregraph", *args, "--data-dir", str(tmp_path / "d")],
-            cwd=ROOT, capture_output=True, text=True, timeout=120,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert result.returncode == 2, (args, result.stderr)
         assert message in result.stderr, (args, result.stderr)
@@ -183,22 +199,36 @@ def test_the_demo_diagnoses_payments_from_the_telemetry_it_shipped_through_the_a
             diagnoses[incident_id] = update["diagnosis"]
 
     said: list[str] = []
-    rows = run_demo(settings, [("error_rate", "payments", {"ratio": 0.5})], progress=progress, say=said.append, dashboard=False)
-    assert any("payments sends its logs, metrics and spans through sregraph.sdk" in line for line in said), said
+    rows = run_demo(
+        settings,
+        [("error_rate", "payments", {"ratio": 0.5})],
+        progress=progress,
+        say=said.append,
+        dashboard=False,
+    )
+    assert any("payments sends its logs, metrics and spans through sregraph.sdk" in line for line in said), (
+        said
+    )
     assert not any("srg_" in line for line in said)  # no token is printed without the dashboard
     row = rows[0]
     assert row.detected and row.root_cause_correct and row.recovered, row
     top = diagnoses[row.incident_id].top
     assert (top.service, top.fault_type) == ("payments", "error_spike")
-    assert any(e.kind == "metric" and e.ref == "error_ratio" and e.weight > 0 for e in top.evidence), top.evidence
+    assert any(e.kind == "metric" and e.ref == "error_ratio" and e.weight > 0 for e in top.evidence), (
+        top.evidence
+    )
 
-    # payments never opened the store: all it said reached it through the API, from its SDK handler, pusher and exporter.
+    # payments never opened the store: all it said reached it through the API, from its SDK handler, pusher and
+    # exporter.
     store = LocalTelemetryStore(settings.data_dir / "app" / "telemetry.db")
     try:
         now = time.time()
         logs = store.search_logs("payments", now - 3600, now, limit=100_000)
         assert logs and {r.attrs.get("logger") for r in logs} == {"sregraph.localenv.payments"}
-        assert any(r.level == "error" and "request handler failed" in r.message and r.attrs.get("trace_id") for r in logs)
+        assert any(
+            r.level == "error" and "request handler failed" in r.message and r.attrs.get("trace_id")
+            for r in logs
+        )
         assert store.query_range("error_ratio", {"service": "payments"}, now - 3600, now)
         assert store.spans("payments", now - 3600, now, limit=10)
         # The other services still write the store themselves (no SDK logger on their lines).
@@ -207,7 +237,11 @@ def test_the_demo_diagnoses_payments_from_the_telemetry_it_shipped_through_the_a
         store.close()
     audit = ApiStore(settings.data_dir / "api.db").audit_log(limit=1000)
     shipped = [(e["path"], e["status"]) for e in audit if e["principal"] == "demo-app"]
-    assert {path for path, _ in shipped} == {"/api/v1/ingest/logs", "/api/v1/ingest/metrics", "/api/v1/ingest/spans"}
+    assert {path for path, _ in shipped} == {
+        "/api/v1/ingest/logs",
+        "/api/v1/ingest/metrics",
+        "/api/v1/ingest/spans",
+    }
     assert {status for _, status in shipped} == {200}
     leftover = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
     assert leftover.stdout.strip() == ""

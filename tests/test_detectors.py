@@ -44,7 +44,7 @@ def stamps(n: int) -> list[float]:
 
 
 def run(detector: Any, values: np.ndarray) -> list[DetectorScore]:
-    return detector.batch(zip(stamps(len(values)), values.tolist()))
+    return detector.batch(zip(stamps(len(values)), values.tolist(), strict=True))
 
 
 def noise(n: int, seed: int, sd: float = 1.0) -> np.ndarray:
@@ -65,7 +65,7 @@ def test_batch_gives_what_streaming_gives(name: str) -> None:
     values = noise(2000, 1)
     values[1500:] += 6
     streamed = FACTORIES[name]()
-    live = [streamed.update(t, v) for t, v in zip(stamps(2000), values.tolist())]
+    live = [streamed.update(t, v) for t, v in zip(stamps(2000), values.tolist(), strict=True)]
     batched = run(FACTORIES[name](), values)
     assert [o.score for o in live] == [o.score for o in batched]
     assert [o.explanation for o in live] == [o.explanation for o in batched]
@@ -224,7 +224,7 @@ def lines_executed(det: Any, points: list[tuple[float, float]]) -> int:
 def test_work_and_memory_per_point_do_not_grow_with_history() -> None:
     n = 30_000
     values = noise(n, 12)
-    points = list(zip(stamps(n), values.tolist()))
+    points = list(zip(stamps(n), values.tolist(), strict=True))
     det = default_ensemble()
     det.batch(points[:3000])  # past every warm-up; every daily and weekly slot has been visited
     early_work = lines_executed(det, points[3000:3200])

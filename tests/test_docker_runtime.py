@@ -47,7 +47,11 @@ SLEEPER = [
     ),
 ]
 # Allocates memory (touched, so it is resident) until the kernel's OOM killer stops it.
-HOG = ["python3", "-c", "import time\nx = []\nwhile True:\n    x.append(b'1' * 4_000_000)\n    time.sleep(0.01)\n"]
+HOG = [
+    "python3",
+    "-c",
+    "import time\nx = []\nwhile True:\n    x.append(b'1' * 4_000_000)\n    time.sleep(0.01)\n",
+]
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 15.0) -> T:
@@ -67,7 +71,10 @@ def _engine(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str
         ["bash", str(ENGINE_SCRIPT), *args],
         check=False,
         env={**os.environ, "PYTHON": sys.executable},
-        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
     )
 
 
@@ -100,7 +107,11 @@ def project() -> str:
 
 
 def sleeper_specs(**extra: ContainerSpec) -> dict[str, ContainerSpec]:
-    specs = {"sleeper": ContainerSpec(name="sleeper", image=APP_IMAGE, command=SLEEPER, env={"GREETING": "hi"}, stop_grace_s=2)}
+    specs = {
+        "sleeper": ContainerSpec(
+            name="sleeper", image=APP_IMAGE, command=SLEEPER, env={"GREETING": "hi"}, stop_grace_s=2
+        )
+    }
     specs.update(extra)
     return specs
 
@@ -113,23 +124,37 @@ def runtime(client: docker.DockerClient, project: str) -> Iterator[DockerRuntime
 
 
 def project_containers(client: docker.DockerClient, project: str) -> list[str]:
-    return sorted(c.name for c in client.containers.list(all=True, filters={"label": [f"{PROJECT}={project}"]}))
+    return sorted(
+        c.name for c in client.containers.list(all=True, filters={"label": [f"{PROJECT}={project}"]})
+    )
 
 
 # --------------------------------------------------------------------------- ownership
 
 
-def test_foreign_container_is_refused_and_left_untouched(client: docker.DockerClient, runtime: DockerRuntime) -> None:
+def test_foreign_container_is_refused_and_left_untouched(
+    client: docker.DockerClient, runtime: DockerRuntime
+) -> None:
     name = runtime.container_name("sleeper", 0)
     # Created straight through the SDK, without our labels, on the very name our replica 0 would take.
     foreign = client.containers.run(APP_IMAGE, SLEEPER, name=name, detach=True, network_mode="host")
     other = client.containers.run(
-        APP_IMAGE, SLEEPER, name=f"{runtime.project}-stranger", detach=True, network_mode="host",
+        APP_IMAGE,
+        SLEEPER,
+        name=f"{runtime.project}-stranger",
+        detach=True,
+        network_mode="host",
         labels={MANAGED: "true", PROJECT: "someone-else"},
     )
     try:
         wait_for("the foreign container to run", lambda: foreign.reload() or foreign.status == "running")
-        for action in (runtime.restart, runtime.stop, runtime.start, runtime.kill, lambda s: runtime.scale(s, 2)):
+        for action in (
+            runtime.restart,
+            runtime.stop,
+            runtime.start,
+            runtime.kill,
+            lambda s: runtime.scale(s, 2),
+        ):
             with pytest.raises(Refused, match=f"{name}.*not"):
                 action("sleeper")
         for target in (foreign.id, name, other.name):
@@ -150,7 +175,9 @@ def test_foreign_container_is_refused_and_left_untouched(client: docker.DockerCl
     assert runtime.start("sleeper").running
 
 
-def test_unknown_service_bad_replicas_and_engine_errors(client: docker.DockerClient, project: str, runtime: DockerRuntime) -> None:
+def test_unknown_service_bad_replicas_and_engine_errors(
+    client: docker.DockerClient, project: str, runtime: DockerRuntime
+) -> None:
     with pytest.raises(NotFound, match="unknown service 'nope'; known services: sleeper"):
         runtime.status("nope")
     with pytest.raises(ConfigError, match="replicas must be between 1 and 8"):
@@ -159,10 +186,14 @@ def test_unknown_service_bad_replicas_and_engine_errors(client: docker.DockerCli
         runtime.kill("sleeper", "SIGNOPE")
     with pytest.raises(ConfigError, match="project"):
         DockerRuntime(client, sleeper_specs(), "Bad Project!")
-    missing = DockerRuntime(client, {"x": ContainerSpec(name="x", image="localhost/no-such-image:1", command=["true"])}, project)
+    missing = DockerRuntime(
+        client, {"x": ContainerSpec(name="x", image="localhost/no-such-image:1", command=["true"])}, project
+    )
     with pytest.raises(ToolError, match="image not found.*container-engine.sh"):
         missing.start("x")
-    unreachable = DockerRuntime(connect("unix:///nonexistent/engine.sock", timeout=2), sleeper_specs(), project)
+    unreachable = DockerRuntime(
+        connect("unix:///nonexistent/engine.sock", timeout=2), sleeper_specs(), project
+    )
     with warnings.catch_warnings():
         # The SDK's unix-socket connection does not close its socket when connect() fails; collect it here
         # rather than let its ResourceWarning land in whichever test runs next.
@@ -176,9 +207,17 @@ def test_unknown_service_bad_replicas_and_engine_errors(client: docker.DockerCli
 # --------------------------------------------------------------------------- lifecycle and state
 
 
-def test_status_kill_restart_count_logs_and_state_survive_a_new_runtime(client: docker.DockerClient, runtime: DockerRuntime) -> None:
+def test_status_kill_restart_count_logs_and_state_survive_a_new_runtime(
+    client: docker.DockerClient, runtime: DockerRuntime
+) -> None:
     status = runtime.start("sleeper")
-    assert status.running and status.pid and status.started_at and status.restarts == 0 and status.exit_code is None
+    assert (
+        status.running
+        and status.pid
+        and status.started_at
+        and status.restarts == 0
+        and status.exit_code is None
+    )
     assert wait_for("the first log line", lambda: runtime.logs("sleeper") == ["up replica 0"])
     assert status.memory_mb is not None and status.memory_mb > 0
     [stats] = runtime.stats("sleeper")
@@ -204,7 +243,9 @@ def test_status_kill_restart_count_logs_and_state_survive_a_new_runtime(client: 
     assert runtime.restart("sleeper").restarts == 2
 
 
-def test_scale_up_and_down_with_labelled_replicas(client: docker.DockerClient, runtime: DockerRuntime) -> None:
+def test_scale_up_and_down_with_labelled_replicas(
+    client: docker.DockerClient, runtime: DockerRuntime
+) -> None:
     runtime.start("sleeper")
     status = runtime.scale("sleeper", 3)
     assert status.replicas == 3 and status.running
@@ -213,7 +254,10 @@ def test_scale_up_and_down_with_labelled_replicas(client: docker.DockerClient, r
     for i, name in enumerate(names):
         container = runtime.container(name)
         assert container.labels[REPLICA] == str(i)
-        wait_for(f"{name} to log", partial(lambda c, line: c.logs().decode() == line, container, f"up replica {i}\n"))
+        wait_for(
+            f"{name} to log",
+            partial(lambda c, line: c.logs().decode() == line, container, f"up replica {i}\n"),
+        )
     assert [s.replica for s in runtime.stats("sleeper")] == [0, 1, 2]
     # A restart keeps the replica count and bumps the counter on every replica.
     assert runtime.restart("sleeper").replicas == 3
@@ -268,14 +312,18 @@ def app(settings: Settings, engine_url: str) -> Iterator[LocalApp]:
         yield local
 
 
-def test_crash_is_restarted_on_containers(settings: Settings, app: LocalApp, client: docker.DockerClient) -> None:
+def test_crash_is_restarted_on_containers(
+    settings: Settings, app: LocalApp, client: docker.DockerClient
+) -> None:
     engine = engine_for(settings, app)
     crashed = app.inject("crash", "payments")
     assert "exit_code=137" in crashed.detail
     state = run_incident(engine)
     assert state["status"] == "resolved", state.get("escalation")
     assert (state["diagnosis"].top.service, state["diagnosis"].top.fault_type) == ("payments", "crash")
-    assert [(a.action.kind, a.action.service, a.status) for a in state["actions"]] == [("restart", "payments", "done")]
+    assert [(a.action.kind, a.action.service, a.status) for a in state["actions"]] == [
+        ("restart", "payments", "done")
+    ]
     status = app.runtime.status("payments")
     assert status.running and status.restarts == 1
     assert engine.toolbox.incidents.get(state["issue_id"]).state == "closed"
@@ -327,14 +375,30 @@ DEMO_S = 540
 
 
 @pytest.mark.timeout(DEMO_S + 60)
-def test_the_whole_demo_recovers_every_fault_on_containers(tmp_path: Path, engine_url: str, client: docker.DockerClient) -> None:
+def test_the_whole_demo_recovers_every_fault_on_containers(
+    tmp_path: Path, engine_url: str, client: docker.DockerClient
+) -> None:
     """`sregraph demo --runtime docker`: every fault of the default sequence recovered, root cause right, exit 0."""
     from sregraph.demo import DEFAULT_SEQUENCE
 
     began = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "sregraph", "demo", "--runtime", "docker", "--format", "json", "--data-dir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=DEMO_S,
+        [
+            sys.executable,
+            "-m",
+            "sregraph",
+            "demo",
+            "--runtime",
+            "docker",
+            "--format",
+            "json",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=DEMO_S,
         env={**os.environ, "DOCKER_HOST": engine_url},
     )
     took = time.monotonic() - began

@@ -13,13 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tools.domain import ApprovalDecision
 from sregraph.config import Settings, load_settings
 from sregraph.engine import Engine
 from sregraph.localenv.app import LocalApp
 from tests.localapp import FAST, ROOT, WARMUP_S, engine_for, run_incident, running_app, write_config
 from tools.base import NotFound
-
+from tools.domain import ApprovalDecision
 
 
 @pytest.fixture
@@ -49,7 +48,9 @@ def test_crash_is_restarted_and_verified(settings: Settings, app: LocalApp) -> N
     assert state["status"] == "resolved", state.get("escalation")
     assert state["diagnosis"].top.service == "payments"
     assert state["diagnosis"].top.fault_type == "crash"
-    assert [(a.action.kind, a.action.service, a.status) for a in state["actions"]] == [("restart", "payments", "done")]
+    assert [(a.action.kind, a.action.service, a.status) for a in state["actions"]] == [
+        ("restart", "payments", "done")
+    ]
     assert app.runtime.status("payments").running
     assert app.runtime.status("payments").restarts == 1
     issue = engine.toolbox.incidents.get(state["issue_id"])
@@ -89,7 +90,9 @@ def test_memory_leak_is_restarted(settings: Settings, app: LocalApp) -> None:
 
 
 def test_healthy_system_opens_nothing_and_does_nothing(tmp_path: Path, app: LocalApp) -> None:
-    settings = load_settings(write_config(tmp_path), environ={}, observer={**FAST["observer"], "detect_timeout_s": 5})
+    settings = load_settings(
+        write_config(tmp_path), environ={}, observer={**FAST["observer"], "detect_timeout_s": 5}
+    )
     engine = engine_for(settings, app)
     state = run(engine)
     assert state["status"] == "healthy"
@@ -100,13 +103,18 @@ def test_healthy_system_opens_nothing_and_does_nothing(tmp_path: Path, app: Loca
     engine.close()
 
 
-APPROVAL_POLICY = {"defaults": {"allowed": ["restart", "rollback"], "require_approval": ["restart"], "cooldown_s": 0}}
+APPROVAL_POLICY = {
+    "defaults": {"allowed": ["restart", "rollback"], "require_approval": ["restart"], "cooldown_s": 0}
+}
 
 
 def cli(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "sregraph", *args, "--config", str(config)],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
 
 
@@ -145,7 +153,9 @@ def test_reject_escalates_without_acting(tmp_path: Path) -> None:
         app.inject("crash", "payments")
         state = run(engine)
         assert state["waiting"]
-        final = engine.decide(state["incident_id"], ApprovalDecision(approved=False, by="bob", reason="maintenance window"))
+        final = engine.decide(
+            state["incident_id"], ApprovalDecision(approved=False, by="bob", reason="maintenance window")
+        )
         assert final["status"] == "escalated"
         assert "rejected by bob" in final["escalation"]
         assert engine.toolbox.ledger.all() == []
@@ -157,7 +167,9 @@ def test_reject_escalates_without_acting(tmp_path: Path) -> None:
         engine.close()
 
 
-def test_worker_killed_mid_incident_resumes_without_repeating(config_file: Path, settings: Settings, app: LocalApp) -> None:
+def test_worker_killed_mid_incident_resumes_without_repeating(
+    config_file: Path, settings: Settings, app: LocalApp
+) -> None:
     from tools.ledger import ActionLedger
 
     ledger = ActionLedger(settings.data_dir / "ledger.db")
@@ -165,7 +177,9 @@ def test_worker_killed_mid_incident_resumes_without_repeating(config_file: Path,
     worker_log = (settings.data_dir / "worker.log").open("w")
     worker = subprocess.Popen(
         [sys.executable, "-m", "sregraph", "worker", "--interval", "0.5", "--config", str(config_file)],
-        cwd=ROOT, stdout=worker_log, stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        stdout=worker_log,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.time() + 60
@@ -187,7 +201,10 @@ def test_worker_killed_mid_incident_resumes_without_repeating(config_file: Path,
     engine.close()
     restarted = subprocess.run(
         [sys.executable, "-m", "sregraph", "worker", "--once", "--config", str(config_file)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert restarted.returncode == 0, restarted.stderr
     engine = engine_for(settings, app)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tools.domain import Trigger
 from sregraph.config import load_settings
 from sregraph.engine import Engine
 from tests.support import FakeHealth, FakeRuntime
 from tests.test_analyst import TOPOLOGY, make_toolbox, write_series
+from tools.domain import Trigger
 
 
 def test_run_killed_before_its_first_checkpoint_is_restarted(tmp_path: Path) -> None:
@@ -19,7 +19,11 @@ def test_run_killed_before_its_first_checkpoint_is_restarted(tmp_path: Path) -> 
     from tools.incidents import LocalIncidentSurface
 
     tb.incidents = LocalIncidentSurface(tmp_path / "incidents.db")
-    settings = load_settings(environ={}, data_dir=tmp_path / "data", observer={"detect_timeout_s": 1, "window_s": 6, "baseline_s": 30})
+    settings = load_settings(
+        environ={},
+        data_dir=tmp_path / "data",
+        observer={"detect_timeout_s": 1, "window_s": 6, "baseline_s": 30},
+    )
     engine = Engine(settings, tb)
     trigger = Trigger(source="alert", service="payments", signal="error_ratio", summary="alert fired")
     engine.registry.record("inc-early", trigger, "observing")  # registered, then the process died
@@ -39,7 +43,11 @@ def _healthy_engine(tmp_path: Path) -> Engine:
     for service in TOPOLOGY:
         write_series(tb.telemetry, service)  # type: ignore[arg-type]
     tb.incidents = LocalIncidentSurface(tmp_path / "incidents.db")
-    settings = load_settings(environ={}, data_dir=tmp_path / "data", observer={"detect_timeout_s": 1, "window_s": 6, "baseline_s": 30})
+    settings = load_settings(
+        environ={},
+        data_dir=tmp_path / "data",
+        observer={"detect_timeout_s": 1, "window_s": 6, "baseline_s": 30},
+    )
     return Engine(settings, tb)
 
 
@@ -72,7 +80,11 @@ def test_stop_request_leaves_the_incident_at_a_step_boundary(tmp_path: Path) -> 
     write_series(tb.telemetry, "frontend", {"error_ratio": 1.0})  # type: ignore[arg-type]
     tb.incidents = LocalIncidentSurface(tmp_path / "incidents.db")
     tb.runtime.restart = lambda service: tb.runtime.status(service)  # type: ignore[attr-defined]
-    settings = load_settings(environ={}, data_dir=tmp_path / "data", observer={"detect_timeout_s": 1, "window_s": 6, "baseline_s": 30, "confirm_s": 0, "confirm_polls": 1})
+    settings = load_settings(
+        environ={},
+        data_dir=tmp_path / "data",
+        observer={"detect_timeout_s": 1, "window_s": 6, "baseline_s": 30, "confirm_s": 0, "confirm_polls": 1},
+    )
     engine = Engine(settings, tb)
     engine.should_stop = lambda: True
     paused = engine.start(Trigger(source="alert", service="payments"), incident_id="inc-stop")

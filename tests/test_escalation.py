@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tools.domain import Trigger
 from sregraph.engine import Engine, RunRegistry
 from sregraph.escalation import Escalator
 from sregraph.worker import Worker
 from tests.test_channels import Receiver
 from tests.worker_harness import Scenario, World, settings_for, toolbox_for
 from tools.channels import EscalationTier, Message, NotificationsConfig
+from tools.domain import Trigger
 from tools.github import Command
 from tools.ledger import ActionLedger
 from tools.notifier import IdempotentNotifier
@@ -30,7 +30,12 @@ TIERS = [EscalationTier(after_s=0, channels=["chat"]), EscalationTier(after_s=60
 
 def _registry(tmp_path: Path) -> tuple[RunRegistry, float]:
     registry = RunRegistry(tmp_path / "runs.db")
-    for incident_id, status in (("waiting", "awaiting_approval"), ("stuck", "escalated"), ("fine", "resolved"), ("busy", "diagnosed")):
+    for incident_id, status in (
+        ("waiting", "awaiting_approval"),
+        ("stuck", "escalated"),
+        ("fine", "resolved"),
+        ("busy", "diagnosed"),
+    ):
         registry.record(incident_id, Trigger(service="payments"), status)
     return registry, registry.list()[0]["created_at"]
 
@@ -39,7 +44,9 @@ def test_tiers_page_in_turn_once_each_until_acknowledged(tmp_path: Path) -> None
     registry, t0 = _registry(tmp_path)
     ledger = ActionLedger(tmp_path / "ledger.db")
     chat, pager = Pager(), Pager()
-    escalator = Escalator(registry, TIERS, [IdempotentNotifier(chat, ledger), IdempotentNotifier(pager, ledger)])
+    escalator = Escalator(
+        registry, TIERS, [IdempotentNotifier(chat, ledger), IdempotentNotifier(pager, ledger)]
+    )
     escalator.tick(t0 + 60)
     # Only the incidents that wait for a human, and only the first tier so far.
     assert sorted(p.incident_id for p in chat.pages) == ["stuck", "waiting"] and pager.pages == []
@@ -47,7 +54,9 @@ def test_tiers_page_in_turn_once_each_until_acknowledged(tmp_path: Path) -> None
     escalator.tick(t0 + 700)
     assert [p.incident_id for p in pager.pages] == ["waiting"]
     # A restarted worker (a new escalator on the same ledger) pages nobody twice.
-    Escalator(registry, TIERS, [IdempotentNotifier(chat, ledger), IdempotentNotifier(pager, ledger)]).tick(t0 + 900)
+    Escalator(registry, TIERS, [IdempotentNotifier(chat, ledger), IdempotentNotifier(pager, ledger)]).tick(
+        t0 + 900
+    )
     assert len(chat.pages) == 2 and len(pager.pages) == 1
     assert "tier 2 of 2" in pager.pages[0].text
     assert registry.acknowledgement("stuck")["by"] == "alice"
@@ -66,23 +75,38 @@ def test_worker_pages_through_configured_channels_and_ack_on_the_issue_stops_it(
     try:
         root = tmp_path / "world"
         world = World.create(root)
-        settings = settings_for(root).model_copy(update={"notifications": NotificationsConfig.model_validate({
-            "channels": {"pager": {"type": "webhook", "url": receiver.url("/pager")}},
-            "escalation": [{"after_s": 0, "channels": ["pager"]}, {"after_s": 3600, "channels": ["pager"]}],
-        })})
+        settings = settings_for(root).model_copy(
+            update={
+                "notifications": NotificationsConfig.model_validate(
+                    {
+                        "channels": {"pager": {"type": "webhook", "url": receiver.url("/pager")}},
+                        "escalation": [
+                            {"after_s": 0, "channels": ["pager"]},
+                            {"after_s": 3600, "channels": ["pager"]},
+                        ],
+                    }
+                )
+            }
+        )
         engine = Engine(settings, toolbox_for(world))
         worker = Worker(engine)
         assert worker.escalator is not None
-        world.inject(Scenario("crash", "frontend"), engine.toolbox.gitops)  # the policy lets the agents do nothing
+        world.inject(
+            Scenario("crash", "frontend"), engine.toolbox.gitops
+        )  # the policy lets the agents do nothing
         incident_id = worker.scan()
         assert incident_id is not None and worker.wait_idle(60)
         assert engine.state(incident_id)["status"] == "escalated"
         worker.escalator.tick()
         worker.escalator.tick()
-        assert [(path, body["incident_id"], body["event"]) for path, body in receiver.bodies] == [("/pager", incident_id, "page")]
+        assert [(path, body["incident_id"], body["event"]) for path, body in receiver.bodies] == [
+            ("/pager", incident_id, "page")
+        ]
         # Someone with write access says /ack on the issue: the second tier never pages.
         issue_id = engine.state(incident_id)["issue_id"]
-        engine.toolbox.incidents.poll_commands = lambda: [Command(name="ack", author="alice", issue_id=issue_id, comment_id=1)]
+        engine.toolbox.incidents.poll_commands = lambda: [
+            Command(name="ack", author="alice", issue_id=issue_id, comment_id=1)
+        ]
         assert worker.handle_commands() == [f"ack {incident_id}"]
         created = engine.registry.list()[0]["created_at"]
         assert worker.escalator.tick(created + 7200) == []

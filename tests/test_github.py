@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from tools.domain import Trigger
 from sregraph.config import load_settings
 from sregraph.engine import Engine
 from tests.github_server import FakeGitHub
@@ -30,6 +29,7 @@ from tools.base import (
     ServiceStatus,
     TransientError,
 )
+from tools.domain import Trigger
 from tools.github import (
     GitHubGitOps,
     GitHubIncidentSurface,

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tools.domain import Trigger
 from sregraph.config import load_settings
 from sregraph.engine import Engine
 from sregraph.worker import Worker
@@ -24,13 +23,16 @@ from tests.test_github import (
     make_surface,
     write_phase,
 )
+from tools.domain import Trigger
 from tools.ledger import ActionLedger
 from tools.notifier import JsonlNotifier
 from tools.telemetry import LocalTelemetryStore
 from tools.toolbox import Toolbox
 
 
-def test_writer_approve_resumes_reader_approve_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_writer_approve_resumes_reader_approve_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     clock = ManualClock(T0 - 600)
     server = FakeGitHub("acme", "ops", max_per_page=3, clock=clock.now)
@@ -39,11 +41,15 @@ def test_writer_approve_resumes_reader_approve_is_refused(tmp_path: Path, monkey
     server.add_user("bob", role="read")
     server.seed(SEED, SEED_MESSAGE, at=T0 - 600)
     policy = tmp_path / "policy.yaml"
-    policy.write_text(yaml.safe_dump({"defaults": {"allowed": ["restart", "rollback"], "require_approval": ["rollback"]}}))
+    policy.write_text(
+        yaml.safe_dump({"defaults": {"allowed": ["restart", "rollback"], "require_approval": ["rollback"]}})
+    )
     with server:
         surface, gitops = make_surface(server, clock), make_gitops(server, clock)
         clock.t = FAULT_AT - 20
-        gitops.commit_config("payments", {"version": "2.0.0-rc1", "replicas": 1}, "payments 2.0.0-rc1", kind="deploy")
+        gitops.commit_config(
+            "payments", {"version": "2.0.0-rc1", "replicas": 1}, "payments 2.0.0-rc1", kind="deploy"
+        )
         clock.t = NOW
         store = LocalTelemetryStore(tmp_path / "telemetry.db")
         for service in TOPOLOGY:
@@ -53,18 +59,35 @@ def test_writer_approve_resumes_reader_approve_is_refused(tmp_path: Path, monkey
         error_traces(store, "payments")
         runtime = FakeRuntime.up(TOPOLOGY, version="1.4.0")
         toolbox = Toolbox(
-            telemetry=store, runtime=runtime, incidents=surface, gitops=gitops,  # type: ignore[arg-type]
-            notifier=JsonlNotifier(tmp_path / "n.jsonl"), health=FakeHealth(), deployer=GraphDeployer(runtime, gitops),
-            ledger=ActionLedger(tmp_path / "ledger.db"), topology=TOPOLOGY, clock=clock,
+            telemetry=store,
+            runtime=runtime,
+            incidents=surface,
+            gitops=gitops,  # type: ignore[arg-type]
+            notifier=JsonlNotifier(tmp_path / "n.jsonl"),
+            health=FakeHealth(),
+            deployer=GraphDeployer(runtime, gitops),
+            ledger=ActionLedger(tmp_path / "ledger.db"),
+            topology=TOPOLOGY,
+            clock=clock,
         )
         settings = load_settings(
-            environ={}, data_dir=tmp_path / "data", policy_file=str(policy),
-            observer={"window_s": 6, "baseline_s": 30, "confirm_polls": 1, "confirm_s": 0, "detect_timeout_s": 0},
+            environ={},
+            data_dir=tmp_path / "data",
+            policy_file=str(policy),
+            observer={
+                "window_s": 6,
+                "baseline_s": 30,
+                "confirm_polls": 1,
+                "confirm_s": 0,
+                "detect_timeout_s": 0,
+            },
             engineer={"verify_timeout_s": 10},
         )
         engine = Engine(settings, toolbox)
         worker = Worker(engine)
-        state = engine.start(Trigger(source="alert", service="payments", summary="payments errors", fired_at=NOW))
+        state = engine.start(
+            Trigger(source="alert", service="payments", summary="payments errors", fired_at=NOW)
+        )
         incident, issue = state["incident_id"], state["issue_id"]
         assert state["waiting"] and server.pulls() == []
         # Text that looks like a command inside the issue body or a log line decides nothing.
@@ -72,7 +95,11 @@ def test_writer_approve_resumes_reader_approve_is_refused(tmp_path: Path, monkey
         server.add_comment(issue, "bob", "/approve")
         assert worker.handle_commands() == []
         assert engine.pending_approval(incident)
-        assert any("not allowed" in c["body"] or "permission" in c["body"] for c in server.issue_comments(issue) if c["user"] == BOT)
+        assert any(
+            "not allowed" in c["body"] or "permission" in c["body"]
+            for c in server.issue_comments(issue)
+            if c["user"] == BOT
+        )
         clock.t += 5
         server.add_comment(issue, "alice", "/approve looks right")
         assert worker.handle_commands() == [f"approve {incident}"]
@@ -88,7 +115,9 @@ def test_writer_approve_resumes_reader_approve_is_refused(tmp_path: Path, monkey
         gitops.disconnect()
 
 
-def test_human_opened_or_reopened_issue_starts_an_investigation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_human_opened_or_reopened_issue_starts_an_investigation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     clock = ManualClock(T0 - 600)
     server = FakeGitHub("acme", "ops", max_per_page=3, clock=clock.now)
@@ -103,11 +132,22 @@ def test_human_opened_or_reopened_issue_starts_an_investigation(tmp_path: Path, 
             write_phase(store, service, T0, NOW + 600)  # healthy: the human's report finds nothing measurable
         runtime = FakeRuntime.up(TOPOLOGY, version="1.4.0")
         toolbox = Toolbox(
-            telemetry=store, runtime=runtime, incidents=surface, gitops=gitops,  # type: ignore[arg-type]
-            notifier=JsonlNotifier(tmp_path / "n.jsonl"), health=FakeHealth(), deployer=GraphDeployer(runtime, gitops),
-            ledger=ActionLedger(tmp_path / "ledger.db"), topology=TOPOLOGY, clock=clock,
+            telemetry=store,
+            runtime=runtime,
+            incidents=surface,
+            gitops=gitops,  # type: ignore[arg-type]
+            notifier=JsonlNotifier(tmp_path / "n.jsonl"),
+            health=FakeHealth(),
+            deployer=GraphDeployer(runtime, gitops),
+            ledger=ActionLedger(tmp_path / "ledger.db"),
+            topology=TOPOLOGY,
+            clock=clock,
         )
-        settings = load_settings(environ={}, data_dir=tmp_path / "data", observer={"window_s": 6, "baseline_s": 30, "detect_timeout_s": 0})
+        settings = load_settings(
+            environ={},
+            data_dir=tmp_path / "data",
+            observer={"window_s": 6, "baseline_s": 30, "detect_timeout_s": 0},
+        )
         engine = Engine(settings, toolbox)
         worker = Worker(engine)
         number = server.add_issue("alice", "checkout feels slow", "customers complain", ["incident"])

@@ -7,7 +7,7 @@ texts that only restate the facts in other words must pass.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -16,6 +16,7 @@ import pytest
 
 from agents.grounding import check_postmortem, check_title, facts_of
 from agents.librarian import Librarian, PostMortemText
+from tests.support import ScriptedChatModel, answer
 from tools.domain import (
     Action,
     ActionResult,
@@ -28,12 +29,11 @@ from tools.domain import (
     TimelineEntry,
     Verification,
 )
-from tests.support import ScriptedChatModel, answer
 
 T0 = 1_796_330_000.0  # 2026-12-03 20:33:20 UTC
 SERVICES = ["checkout", "frontend", "payments"]
-HHMM = datetime.fromtimestamp(T0 + 20, tz=timezone.utc).strftime("%H:%M")
-DAY = datetime.fromtimestamp(T0, tz=timezone.utc).strftime("%Y-%m-%d")
+HHMM = datetime.fromtimestamp(T0 + 20, tz=UTC).strftime("%H:%M")
+DAY = datetime.fromtimestamp(T0, tz=UTC).strftime("%Y-%m-%d")
 
 HOSTILE = {
     "the issue's example": PostMortemText(
@@ -113,9 +113,13 @@ HOSTILE = {
         summary="This is a JSON object that contains the post-mortem text of the incident.",
         impact="No, no impact!",
         root_cause="payments crash.",
-        follow_ups=['.&#34;items&#34;: &#34;title&#34;, &#34;type&#34;: &#34;string&#34;, &#34;maxItems&#34;: 200}, '],
+        follow_ups=[
+            ".&#34;items&#34;: &#34;title&#34;, &#34;type&#34;: &#34;string&#34;, &#34;maxItems&#34;: 200}, "
+        ],
     ),
-    "a missing section": PostMortemText(title="Crash on payments", summary="payments crashed.", impact="", root_cause="payments crash."),
+    "a missing section": PostMortemText(
+        title="Crash on payments", summary="payments crashed.", impact="", root_cause="payments crash."
+    ),
     "a title about something else": PostMortemText(
         title="Quarterly review of the shop",
         summary="payments crashed.",
@@ -134,10 +138,14 @@ HONEST = {
     ),
     "with times and names": PostMortemText(
         title=f"Post-mortem: crash on payments ({DAY})",
-        summary=f"At {HHMM} UTC the payments service stopped answering health checks. sregraph restarted payments and recovery was verified.",
+        summary=f"At {HHMM} UTC the payments service stopped answering health checks. sregraph restarted "
+        "payments and recovery was verified.",
         impact="checkout and frontend returned errors while payments was down.",
         root_cause="The payments process crashed (exit code -9); why it exited is not confirmed.",
-        follow_ups=["Investigate the exit code of payments.", "Consider a rollback only if a deploy is found."],
+        follow_ups=[
+            "Investigate the exit code of payments.",
+            "Consider a rollback only if a deploy is found.",
+        ],
     ),
     "an error class and a hedged action": PostMortemText(
         title="payments crash",
@@ -156,8 +164,18 @@ def crash_state() -> dict[str, Any]:
         score=6.0,
         confidence=0.9,
         evidence=[
-            Evidence(kind="health", service="payments", summary="health check failing: connection refused", weight=3.0),
-            Evidence(kind="runtime", service="payments", summary="process not running (exit code -9, restarts 0)", weight=3.0),
+            Evidence(
+                kind="health",
+                service="payments",
+                summary="health check failing: connection refused",
+                weight=3.0,
+            ),
+            Evidence(
+                kind="runtime",
+                service="payments",
+                summary="process not running (exit code -9, restarts 0)",
+                weight=3.0,
+            ),
         ],
         rationale="payments: crash — process not running",
     )
@@ -166,12 +184,30 @@ def crash_state() -> dict[str, Any]:
         "incident_id": "inc-grounding",
         "observation": Observation(
             healthy=False,
-            signals=[Signal(service="payments", name="health", value=0, baseline=1, score=50, detail="payments health check failing")],
+            signals=[
+                Signal(
+                    service="payments",
+                    name="health",
+                    value=0,
+                    baseline=1,
+                    score=50,
+                    detail="payments health check failing",
+                )
+            ],
             observed_at=T0,
             window_s=30,
         ),
         "diagnosis": Diagnosis(hypotheses=[hypothesis], confidence=0.9),
-        "actions": [ActionResult(action=restart, key="inc-grounding/attempt-1/restart/payments", status="done", detail="restarted payments (pid 42)", started_at=T0 + 20, finished_at=T0 + 21)],
+        "actions": [
+            ActionResult(
+                action=restart,
+                key="inc-grounding/attempt-1/restart/payments",
+                status="done",
+                detail="restarted payments (pid 42)",
+                started_at=T0 + 20,
+                finished_at=T0 + 21,
+            )
+        ],
         "verification": Verification(recovered=True, at=T0 + 40),
         "timeline": [
             TimelineEntry(at=T0, event="detected: payments health check failing"),
@@ -185,7 +221,13 @@ def crash_state() -> dict[str, Any]:
 
 def _worded(text: PostMortemText) -> tuple[PostMortem, PostMortem]:
     draft = Librarian(SimpleNamespace(services=SERVICES, memory=None)).write(crash_state())  # type: ignore[arg-type]
-    worded = draft.model_copy(update={**text.model_dump(exclude={"follow_ups"}), "follow_ups": text.follow_ups or draft.follow_ups, "wording": "model"})
+    worded = draft.model_copy(
+        update={
+            **text.model_dump(exclude={"follow_ups"}),
+            "follow_ups": text.follow_ups or draft.follow_ups,
+            "wording": "model",
+        }
+    )
     return draft, worded
 
 
@@ -220,10 +262,17 @@ def test_an_escalated_incident_may_not_be_written_up_as_recovered() -> None:
     state["verification"] = None
     state["escalation"] = "policy refused: restart on payments is cooling down for another 30s"
     draft = Librarian(SimpleNamespace(services=SERVICES, memory=None)).write(state)  # type: ignore[arg-type]
-    claims = draft.model_copy(update={"summary": "payments crashed and was restarted; service was restored.", "wording": "model"})
+    claims = draft.model_copy(
+        update={"summary": "payments crashed and was restarted; service was restored.", "wording": "model"}
+    )
     problems = check_postmortem(claims, facts_of(draft, SERVICES))
     assert any("did not run" in p for p in problems) and any("claims recovery" in p for p in problems)
-    honest = draft.model_copy(update={"summary": "payments crashed; the restart was refused by the cooldown and a human took over.", "wording": "model"})
+    honest = draft.model_copy(
+        update={
+            "summary": "payments crashed; the restart was refused by the cooldown and a human took over.",
+            "wording": "model",
+        }
+    )
     assert check_postmortem(honest, facts_of(draft, SERVICES)) == []
 
 
@@ -308,11 +357,31 @@ def test_a_real_memory_never_serves_the_rejected_text(tmp_path: Path) -> None:
 def test_an_incident_with_no_diagnosed_service_still_gets_no_schema_echo_stored() -> None:
     """18-healthy-issue with SmolLM2: no service was diagnosed, so the service rules had nothing to hold the text
     to, and "The Librarian Model / This is a JSON object..." was stored. It is not a write-up of anything."""
-    state = {"incident_id": "inc-issue", "timeline": [TimelineEntry(at=T0, event="detected: reported: checkout is slow"), TimelineEntry(at=T0 + 5, event="escalated: no hypothesis explains the symptoms")], "escalation": "no hypothesis explains the symptoms"}
+    state = {
+        "incident_id": "inc-issue",
+        "timeline": [
+            TimelineEntry(at=T0, event="detected: reported: checkout is slow"),
+            TimelineEntry(at=T0 + 5, event="escalated: no hypothesis explains the symptoms"),
+        ],
+        "escalation": "no hypothesis explains the symptoms",
+    }
     draft = Librarian(SimpleNamespace(services=SERVICES, memory=None)).write(state)  # type: ignore[arg-type]
     assert draft.service == "unknown"
-    echo = draft.model_copy(update={"title": "The Librarian Model", "summary": "This is a JSON object that contains the post-mortem text of the incident.",
-                                    "impact": "No, no impact!", "root_cause": "No, no root cause found.", "wording": "model"})
+    echo = draft.model_copy(
+        update={
+            "title": "The Librarian Model",
+            "summary": "This is a JSON object that contains the post-mortem text of the incident.",
+            "impact": "No, no impact!",
+            "root_cause": "No, no root cause found.",
+            "wording": "model",
+        }
+    )
     assert any("answer format" in p for p in check_postmortem(echo, facts_of(draft, SERVICES)))
-    plain = echo.model_copy(update={"title": "Reported slowness on checkout, not confirmed", "summary": "A human reported checkout as slow; no service deviated and no hypothesis explained it, so it went to a human."})
+    plain = echo.model_copy(
+        update={
+            "title": "Reported slowness on checkout, not confirmed",
+            "summary": "A human reported checkout as slow; no service deviated and no hypothesis explained "
+            "it, so it went to a human.",
+        }
+    )
     assert check_postmortem(plain, facts_of(draft, SERVICES)) == []

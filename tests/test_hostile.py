@@ -35,16 +35,6 @@ from typer.testing import CliRunner
 from agents.librarian import render_markdown
 from agents.observer import incident_body
 from graphs import report
-from tools.domain import (
-    Diagnosis,
-    Evidence,
-    Hypothesis,
-    Observation,
-    PostMortem,
-    Signal,
-    TimelineEntry,
-    Trigger,
-)
 from sregraph.alerts import AlertReceiver, WebhookError, parse_webhook
 from sregraph.cli import app
 from sregraph.config import AlertsConfig, load_settings
@@ -67,6 +57,16 @@ from tests.test_github import BOT, BOT_TOKEN, REPO, SEED, SEED_MESSAGE, T0, make
 from tests.test_worker_alerts import _world
 from tools.base import ConfigError, Refused
 from tools.display import md, plain, term
+from tools.domain import (
+    Diagnosis,
+    Evidence,
+    Hypothesis,
+    Observation,
+    PostMortem,
+    Signal,
+    TimelineEntry,
+    Trigger,
+)
 from tools.gitops import SIGNATURE_TRAILER, LocalGitOps, commit_signature, git_blob_id
 from tools.incidents import LocalIncidentSurface
 from tools.notifier import ConsoleNotifier, JsonlNotifier
@@ -132,7 +132,9 @@ def test_a_process_spec_cannot_hand_on_a_secret_and_containers_inherit_nothing(
 ) -> None:
     with pytest.raises(ConfigError, match="GITHUB_TOKEN"):
         service_environment({"GITHUB_TOKEN": "x"})
-    spec = ProcessSpec(name="sleeper", argv=[sys.executable, "-c", "import time; time.sleep(30)"], env={"OWN": "1"})
+    spec = ProcessSpec(
+        name="sleeper", argv=[sys.executable, "-c", "import time; time.sleep(30)"], env={"OWN": "1"}
+    )
     supervisor = ProcessSupervisor(tmp_path / "sup", {"sleeper": spec})
     try:
         pid = supervisor.start("sleeper").pid
@@ -161,7 +163,11 @@ def test_a_process_spec_cannot_hand_on_a_secret_and_containers_inherit_nothing(
         def close(self) -> None:
             pass
 
-    runtime = DockerRuntime(Client(), {"web": ContainerSpec(name="web", image="img", command=["x"], env={"OWN": "1"})}, project="hostile")  # type: ignore[arg-type]
+    runtime = DockerRuntime(
+        Client(),
+        {"web": ContainerSpec(name="web", image="img", command=["x"], env={"OWN": "1"})},
+        project="hostile",
+    )  # type: ignore[arg-type]
     runtime._create(runtime.specs["web"], 1, 0)
     assert created[0]["environment"] == {"OWN": "1", "REPLICA": "1"}
 
@@ -169,11 +175,15 @@ def test_a_process_spec_cannot_hand_on_a_secret_and_containers_inherit_nothing(
 # --------------------------------------------------------------------------- the alert receiver
 
 
-def _post(port: int, body: bytes | dict[str, Any], token: str | None = None, timeout: float = 5) -> tuple[int, dict[str, Any]]:
+def _post(
+    port: int, body: bytes | dict[str, Any], token: str | None = None, timeout: float = 5
+) -> tuple[int, dict[str, Any]]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
+        headers = {"Content-Type": "application/json"} | (
+            {"Authorization": f"Bearer {token}"} if token else {}
+        )
         conn.request("POST", "/alerts", data, headers)
         response = conn.getresponse()
         return response.status, json.loads(response.read() or b"{}")
@@ -183,8 +193,12 @@ def _post(port: int, body: bytes | dict[str, Any], token: str | None = None, tim
 
 def _payload(*services: str) -> dict[str, Any]:
     alerts = [
-        {"status": "firing", "labels": {"alertname": "Down", "service": s}, "annotations": {"summary": f"{s} down"},
-         "startsAt": "2024-05-01T12:00:00Z"}
+        {
+            "status": "firing",
+            "labels": {"alertname": "Down", "service": s},
+            "annotations": {"summary": f"{s} down"},
+            "startsAt": "2024-05-01T12:00:00Z",
+        }
         for s in services
     ]
     return {"version": "4", "status": "firing", "alerts": alerts}
@@ -217,8 +231,17 @@ def test_alerts_for_services_the_topology_does_not_know_are_refused_and_counted(
         invented = [f"svc{i}" for i in range(9)] + ["nosuchsvc", "../../etc/passwd"]
         status, answer = _post(receiver.port, _payload(*invented), token="s3cret")
         assert status == 422 and "unknown service" in answer["error"] and "payments" in answer["error"]
-        no_service = {"version": "4", "status": "firing", "alerts": [
-            {"status": "firing", "labels": {"alertname": "Everything"}, "startsAt": "2024-05-01T12:00:00Z"}]}
+        no_service = {
+            "version": "4",
+            "status": "firing",
+            "alerts": [
+                {
+                    "status": "firing",
+                    "labels": {"alertname": "Everything"},
+                    "startsAt": "2024-05-01T12:00:00Z",
+                }
+            ],
+        }
         assert _post(receiver.port, no_service, token="s3cret")[0] == 422  # would claim every service
         status, answer = _post(receiver.port, _payload("payments", "nosuchsvc"), token="s3cret")
         assert status == 200 and answer["unknown_service"] == 1
@@ -233,7 +256,9 @@ def test_alerts_for_services_the_topology_does_not_know_are_refused_and_counted(
         engine.close()
 
 
-def test_auth_failures_are_logged_with_their_source_and_exported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_auth_failures_are_logged_with_their_source_and_exported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     _, engine = _world(tmp_path)
     worker = Worker(engine)
     try:
@@ -241,7 +266,10 @@ def test_auth_failures_are_logged_with_their_source_and_exported(tmp_path: Path,
         with caplog.at_level(logging.WARNING, logger="sregraph.alerts"):
             assert _post(receiver.port, _payload("payments"), token="guess")[0] == 401
             assert _post(receiver.port, _payload("payments"))[0] == 401
-        assert "wrong bearer token from 127.0.0.1" in caplog.text and "no bearer token from 127.0.0.1" in caplog.text
+        assert (
+            "wrong bearer token from 127.0.0.1" in caplog.text
+            and "no bearer token from 127.0.0.1" in caplog.text
+        )
         assert "sregraph_alerts_auth_failures_total 2.0" in engine.metrics.render().decode()
     finally:
         worker.stop_alerts()
@@ -250,7 +278,9 @@ def test_auth_failures_are_logged_with_their_source_and_exported(tmp_path: Path,
 
 def test_one_source_is_rate_limited() -> None:
     rejected: list[str] = []
-    with AlertReceiver(on_alerts=lambda alerts: {}, token="t", rate_per_s=0.01, rate_burst=5, on_reject=rejected.append) as r:
+    with AlertReceiver(
+        on_alerts=lambda alerts: {}, token="t", rate_per_s=0.01, rate_burst=5, on_reject=rejected.append
+    ) as r:
         statuses = [_post(r.port, _payload("payments"), token="t")[0] for _ in range(8)]
     assert statuses == [200] * 5 + [429] * 3
     assert rejected == ["rate_limited"] * 3 and r.stats.rate_limited == 3
@@ -258,7 +288,9 @@ def test_one_source_is_rate_limited() -> None:
 
 def test_half_sent_requests_time_out_and_cannot_hold_the_receiver() -> None:
     before = threading.active_count()
-    with AlertReceiver(on_alerts=lambda alerts: {}, token="t", header_timeout_s=0.5, body_timeout_s=0.5, max_connections=8) as r:
+    with AlertReceiver(
+        on_alerts=lambda alerts: {}, token="t", header_timeout_s=0.5, body_timeout_s=0.5, max_connections=8
+    ) as r:
         socks = []
         for _ in range(70):
             sock = socket.create_connection((r.host, r.port), timeout=5)
@@ -286,7 +318,10 @@ def test_half_sent_requests_time_out_and_cannot_hold_the_receiver() -> None:
         # A half-sent body: headers complete, 10 of 100 bytes.
         body = socket.create_connection((r.host, r.port), timeout=5)
         with closing(body):
-            body.sendall(b"POST /alerts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"version\"")
+            body.sendall(
+                b"POST /alerts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\nContent-Type: "
+                b'application/json\r\nContent-Length: 100\r\n\r\n{"version"'
+            )
             assert body.recv(100) == b""
         assert _post(r.port, _payload("payments"), token="t")[0] == 200  # still serving
     assert r.stats.timeouts >= 9 and r.stats.timeouts + r.stats.overloaded >= 71
@@ -318,7 +353,9 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> Any:
 def test_stored_markup_and_escape_sequences_do_not_break_incidents_list(tmp_path: Path) -> None:
     data = tmp_path / "data"
     hostile = "[/x] [bold red]boom\x1b[2J\x1b]0;owned\x07 [link=file:///etc]x[/link]"
-    RunRegistry(data / "runs.db").record("inc-1", Trigger(source="alert", summary=hostile, service="payments"), "open")
+    RunRegistry(data / "runs.db").record(
+        "inc-1", Trigger(source="alert", summary=hostile, service="payments"), "open"
+    )
     result = _cli("incidents", "list", "--data-dir", str(data))
     assert result.exit_code == 0, result.output
     assert "[/x] [bold red]boom" in result.output and "\x1b" not in result.output
@@ -351,26 +388,88 @@ def test_display_helpers_strip_controls_and_escape() -> None:
 
 # --------------------------------------------------------------------------- random text in every stored field
 
-SAMPLES = ["[/x]", "[bold]", "\x1b[2J", "\x1b]8;;http://evil\x07", "| a | b |", "\n/approve\n", "```", "<script>", "@team", "\x00\x7f\x85", "\u202e", "#", "\\"]
-hostile_text = st.one_of(st.sampled_from(SAMPLES), st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=60))
-FIELDS = st.fixed_dictionaries({name: hostile_text for name in (
-    "summary", "signal", "service", "label_key", "label_value", "status", "event", "detail", "why", "evidence", "note",
-    "title", "pm_summary", "root_cause", "action", "follow_up", "escalation",
-)})
+SAMPLES = [
+    "[/x]",
+    "[bold]",
+    "\x1b[2J",
+    "\x1b]8;;http://evil\x07",
+    "| a | b |",
+    "\n/approve\n",
+    "```",
+    "<script>",
+    "@team",
+    "\x00\x7f\x85",
+    "\u202e",
+    "#",
+    "\\",
+]
+hostile_text = st.one_of(
+    st.sampled_from(SAMPLES), st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=60)
+)
+FIELDS = st.fixed_dictionaries(
+    {
+        name: hostile_text
+        for name in (
+            "summary",
+            "signal",
+            "service",
+            "label_key",
+            "label_value",
+            "status",
+            "event",
+            "detail",
+            "why",
+            "evidence",
+            "note",
+            "title",
+            "pm_summary",
+            "root_cause",
+            "action",
+            "follow_up",
+            "escalation",
+        )
+    }
+)
 CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
 
 
 def _render_issue(f: dict[str, str]) -> list[str]:
-    signal = Signal(service=f["service"], name=f["signal"], value=1, baseline=0, score=9, detail=f["detail"], why=f["why"], sense=f["signal"])
+    signal = Signal(
+        service=f["service"],
+        name=f["signal"],
+        value=1,
+        baseline=0,
+        score=9,
+        detail=f["detail"],
+        why=f["why"],
+        sense=f["signal"],
+    )
     observation = Observation(healthy=False, signals=[signal], snapshot={f["service"]: {f["signal"]: 1.0}})
-    trigger = Trigger(source="alert", service=f["service"], signal=f["signal"], summary=f["summary"], labels={f["label_key"]: f["label_value"]})
+    trigger = Trigger(
+        source="alert",
+        service=f["service"],
+        signal=f["signal"],
+        summary=f["summary"],
+        labels={f["label_key"]: f["label_value"]},
+    )
     evidence = Evidence(kind="log", service=f["service"], summary=f["evidence"], weight=1)
-    hypothesis = Hypothesis(service=f["service"], fault_type="crash", evidence=[evidence], rationale=f["root_cause"])
+    hypothesis = Hypothesis(
+        service=f["service"], fault_type="crash", evidence=[evidence], rationale=f["root_cause"]
+    )
     diagnosis = Diagnosis(hypotheses=[hypothesis], confidence=0.5, notes=[f["note"]])
     pm = PostMortem(
-        incident_id="inc-1", title=f["title"], summary=f["pm_summary"], impact=f["pm_summary"],
-        timeline=[TimelineEntry(at=0, event=f["event"])], root_cause=f["root_cause"], service=f["service"],
-        fault_type=f["signal"], evidence=[f["evidence"]], actions=[f["action"]], outcome="escalated", follow_ups=[f["follow_up"]],
+        incident_id="inc-1",
+        title=f["title"],
+        summary=f["pm_summary"],
+        impact=f["pm_summary"],
+        timeline=[TimelineEntry(at=0, event=f["event"])],
+        root_cause=f["root_cause"],
+        service=f["service"],
+        fault_type=f["signal"],
+        evidence=[f["evidence"]],
+        actions=[f["action"]],
+        outcome="escalated",
+        follow_ups=[f["follow_up"]],
     )
     return [incident_body(observation, trigger), report.diagnosis_comment(diagnosis), render_markdown(pm)]
 
@@ -379,41 +478,80 @@ def _store_incident(data: Path, f: dict[str, str]) -> None:
     from graphs.checkpoint import open_checkpointer
     from graphs.graph import build_graph
 
-    trigger = Trigger(source="alert", service=f["service"], signal=f["signal"], summary=f["summary"], labels={f["label_key"]: f["label_value"]})
+    trigger = Trigger(
+        source="alert",
+        service=f["service"],
+        signal=f["signal"],
+        summary=f["summary"],
+        labels={f["label_key"]: f["label_value"]},
+    )
     RunRegistry(data / "runs.db").record("inc-1", trigger, f["status"])
     pm = PostMortem(
-        incident_id="inc-1", title=f["title"], summary=f["pm_summary"], impact="", timeline=[], root_cause=f["root_cause"],
-        service=f["service"], fault_type=f["signal"], evidence=[f["evidence"]], actions=[f["action"]], outcome="escalated",
-        follow_ups=[f["follow_up"]], markdown=f["pm_summary"] + "\n" + f["title"],
+        incident_id="inc-1",
+        title=f["title"],
+        summary=f["pm_summary"],
+        impact="",
+        timeline=[],
+        root_cause=f["root_cause"],
+        service=f["service"],
+        fault_type=f["signal"],
+        evidence=[f["evidence"]],
+        actions=[f["action"]],
+        outcome="escalated",
+        follow_ups=[f["follow_up"]],
+        markdown=f["pm_summary"] + "\n" + f["title"],
     )
     saver = open_checkpointer(data / "checkpoints.db")
     try:
         graph = build_graph().compile(checkpointer=saver)
         graph.update_state(
             {"configurable": {"thread_id": "inc-1"}},
-            {"incident_id": "inc-1", "trigger": trigger, "escalation": f["escalation"], "postmortem": pm,
-             "timeline": [TimelineEntry(at=1e9, event=f["event"])]},
+            {
+                "incident_id": "inc-1",
+                "trigger": trigger,
+                "escalation": f["escalation"],
+                "postmortem": pm,
+                "timeline": [TimelineEntry(at=1e9, event=f["event"])],
+            },
             as_node="document",
         )
     finally:
         saver.conn.close()
 
 
-@settings(max_examples=40, derandomize=True, database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=40,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(FIELDS)
-def test_random_text_in_every_stored_field_never_breaks_the_cli_or_the_issue_renderer(f: dict[str, str]) -> None:
+def test_random_text_in_every_stored_field_never_breaks_the_cli_or_the_issue_renderer(
+    f: dict[str, str],
+) -> None:
     # Multi-line fields keep their own lines; every other field must not add one.
-    reference_fields = {k: (v if k in ("pm_summary", "root_cause") else "x" if v else "") for k, v in f.items()}
+    reference_fields = {
+        k: (v if k in ("pm_summary", "root_cause") else "x" if v else "") for k, v in f.items()
+    }
     for rendered, reference in zip(_render_issue(f), _render_issue(reference_fields), strict=True):
         assert not CONTROL.search(rendered)
         assert rendered.count("\n") == reference.count("\n")
-        assert not [line for line in rendered.split("\n") if line.lstrip().startswith("/")]  # no slash command
+        assert not [
+            line for line in rendered.split("\n") if line.lstrip().startswith("/")
+        ]  # no slash command
     for text in f.values():
-        assert not re.search(r"(?<!\\)[|\[\]<>`]", md(text))  # no table cell, link, tag or code span of its own
+        assert not re.search(
+            r"(?<!\\)[|\[\]<>`]", md(text)
+        )  # no table cell, link, tag or code span of its own
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         _store_incident(data, f)
-        for args in (("incidents", "list"), ("incidents", "list", "--format", "json"), ("incidents", "show", "inc-1")):
+        for args in (
+            ("incidents", "list"),
+            ("incidents", "list", "--format", "json"),
+            ("incidents", "show", "inc-1"),
+        ):
             result = _cli(*args, "--data-dir", str(data))
             assert result.exit_code == 0, (args, result.output, result.exception)
             assert "\x1b" not in result.output
@@ -446,15 +584,23 @@ def test_nonsense_settings_are_refused_from_the_file_and_the_environment(
 
 @pytest.mark.parametrize(
     ("flags", "field"),
-    [(("--interval", "-1"), "worker.interval_s"), (("--alerts-port", "70000"), "alerts.port"), (("--http-port", "-2"), "worker.http_port")],
+    [
+        (("--interval", "-1"), "worker.interval_s"),
+        (("--alerts-port", "70000"), "alerts.port"),
+        (("--http-port", "-2"), "worker.http_port"),
+    ],
 )
-def test_nonsense_cli_flags_are_refused_before_anything_starts(tmp_path: Path, flags: tuple[str, ...], field: str) -> None:
+def test_nonsense_cli_flags_are_refused_before_anything_starts(
+    tmp_path: Path, flags: tuple[str, ...], field: str
+) -> None:
     result = _cli("worker", "--once", *flags, "--data-dir", str(tmp_path / "data"))
     assert result.exit_code == 2 and field in result.output, result.output
     assert not (tmp_path / "data").exists()
 
 
-def test_missing_config_file_and_empty_data_dir_are_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_config_file_and_empty_data_dir_are_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(environ={"SREGRAPH_CONFIG": str(tmp_path / "nope.yaml")})
     with pytest.raises(ConfigError, match="data_dir"):
@@ -471,9 +617,21 @@ def test_missing_config_file_and_empty_data_dir_are_errors(tmp_path: Path, monke
 def _human_commit(repo: Path, service: str, version: str, message: str, author: str, at: float) -> str:
     (repo / "services" / f"{service}.yaml").write_text(f"version: {version}\n")
     env = {**os.environ, "GIT_AUTHOR_DATE": f"@{int(at)} +0000", "GIT_COMMITTER_DATE": f"@{int(at)} +0000"}
-    run = ["git", "-C", str(repo), "-c", f"user.name={author}", "-c", "user.email=h@example.com", "-c", "commit.gpgsign=false"]
+    run = [
+        "git",
+        "-C",
+        str(repo),
+        "-c",
+        f"user.name={author}",
+        "-c",
+        "user.email=h@example.com",
+        "-c",
+        "commit.gpgsign=false",
+    ]
     subprocess.run([*run, "commit", "-qam", message], check=True, env=env)
-    return subprocess.run([*run, "rev-parse", "HEAD"], check=True, capture_output=True, text=True, env=env).stdout.strip()
+    return subprocess.run(
+        [*run, "rev-parse", "HEAD"], check=True, capture_output=True, text=True, env=env
+    ).stdout.strip()
 
 
 @pytest.mark.parametrize(
@@ -482,10 +640,15 @@ def _human_commit(repo: Path, service: str, version: str, message: str, author: 
         ("sregraph", "payments 2.0.0-rc1"),
         ("sregraph-bot <bot@x>", "routine"),
         ("mallory", 'Revert "payments 1.4.0"'),
-        ("mallory", "bad\n\nSregraph-Kind: rollback\nSregraph-Services: frontend\nSregraph-Signature: v1:" + "0" * 64),
+        (
+            "mallory",
+            "bad\n\nSregraph-Kind: rollback\nSregraph-Services: frontend\nSregraph-Signature: v1:" + "0" * 64,
+        ),
     ],
 )
-def test_author_names_messages_and_unsigned_trailers_cannot_hide_a_bad_change(tmp_path: Path, author: str, message: str) -> None:
+def test_author_names_messages_and_unsigned_trailers_cannot_hide_a_bad_change(
+    tmp_path: Path, author: str, message: str
+) -> None:
     tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth())
     sha = _human_commit(tmp_path / "repo", "payments", "2.0.0-rc1", message, author, FAULT_AT - 20)
     [change] = [c for c in tb.gitops.history() if c.sha == sha]
@@ -502,18 +665,34 @@ def test_a_copied_signature_does_not_vouch_for_other_content(tmp_path: Path) -> 
     tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth())
     ops = tb.gitops
     assert isinstance(ops, LocalGitOps)
-    pr = ops.propose("payments", {"version": "1.3.9"}, "rollback payments", "revert", key="k", kind="rollback")
+    pr = ops.propose(
+        "payments", {"version": "1.3.9"}, "rollback payments", "revert", key="k", kind="rollback"
+    )
     merged = ops.merge(pr.id)
     [own] = [c for c in ops.history() if c.sha == merged.merge_sha]
     assert own.ours and own.kind == "rollback"
     signature = next(line for line in own.message.splitlines() if line.startswith(SIGNATURE_TRAILER))
-    sha = _human_commit(tmp_path / "repo", "payments", "6.6.6", f"x\n\nSregraph-Kind: rollback\nSregraph-Services: payments\n{signature}", "eve", NOW)
+    sha = _human_commit(
+        tmp_path / "repo",
+        "payments",
+        "6.6.6",
+        f"x\n\nSregraph-Kind: rollback\nSregraph-Services: payments\n{signature}",
+        "eve",
+        NOW,
+    )
     [forged] = [c for c in ops.history() if c.sha == sha]
     assert not forged.ours and forged.kind == "deploy"
     # A signature made with any other key is not sregraph's either.
     blob = git_blob_id(b"version: 6.6.6\n")
     other = commit_signature(b"not-the-key", "rollback", ["payments"], {"services/payments.yaml": blob})
-    sha = _human_commit(tmp_path / "repo", "payments", "7.7.7", f"y\n\nSregraph-Kind: rollback\nSregraph-Services: payments\n{SIGNATURE_TRAILER}: {other}", "eve", NOW)
+    sha = _human_commit(
+        tmp_path / "repo",
+        "payments",
+        "7.7.7",
+        f"y\n\nSregraph-Kind: rollback\nSregraph-Services: payments\n{SIGNATURE_TRAILER}: {other}",
+        "eve",
+        NOW,
+    )
     assert not [c for c in ops.history() if c.sha == sha][0].ours
 
 
@@ -524,7 +703,9 @@ def test_the_merge_pin_lives_in_the_ledger_not_in_the_editable_pr_body() -> None
     alice = server.add_user("alice", role="maintain")
     server.seed(SEED, SEED_MESSAGE, at=T0 - 600)
     with server, make_gitops(server, clock) as gitops:
-        pr = gitops.propose("payments", {"version": "1.3.0", "replicas": 1}, "rollback payments", "why", key="pin-1")
+        pr = gitops.propose(
+            "payments", {"version": "1.3.0", "replicas": 1}, "rollback payments", "why", key="pin-1"
+        )
         # A human pushes to the PR branch and removes the pin from the PR body.
         server.commit({"services/payments.yaml": "version: 6.6.6\nreplicas: 0\n"}, "tweak", branch=pr.branch)
         human = Github(base_url=server.base_url, auth=Auth.Token(alice))
@@ -535,7 +716,9 @@ def test_the_merge_pin_lives_in_the_ledger_not_in_the_editable_pr_body() -> None
         # A PR sregraph never proposed, on a branch named like its own, is not merged either.
         repo = human.get_repo(REPO)
         repo.create_git_ref("refs/heads/sregraph/evil", server.refs["refs/heads/main"])
-        server.commit({"services/payments.yaml": "version: 6.6.6\nreplicas: 0\n"}, "evil", branch="sregraph/evil")
+        server.commit(
+            {"services/payments.yaml": "version: 6.6.6\nreplicas: 0\n"}, "evil", branch="sregraph/evil"
+        )
         evil = repo.create_pull(base="main", head="sregraph/evil", title="rollback payments", body="")
         with pytest.raises(Refused, match="no pin"):
             gitops.merge(evil.number)
@@ -564,16 +747,34 @@ def test_every_outward_path_redacts_sregraphs_secrets(secret_env: dict[str, str]
     from memory.store import PostMortemStore
 
     pm = PostMortem(
-        incident_id="inc-1", title="t", summary=f"s {leak}", impact="", timeline=[], root_cause=f"r {leak}",
-        service="payments", fault_type="crash", evidence=[leak], actions=[], outcome="escalated", follow_ups=[],
+        incident_id="inc-1",
+        title="t",
+        summary=f"s {leak}",
+        impact="",
+        timeline=[],
+        root_cause=f"r {leak}",
+        service="payments",
+        fault_type="crash",
+        evidence=[leak],
+        actions=[],
+        outcome="escalated",
+        follow_ups=[],
     )
     store = PostMortemStore(tmp_path / "memory")
     store.add(pm)
     remembered = store.get("inc-1")
     assert remembered is not None
     outward = [
-        stored.title, stored.body, stored.comments[0].body, (tmp_path / "n.jsonl").read_text(), console.getvalue(),
-        log_line, pr.title, pr.body, commit, remembered.model_dump_json(),
+        stored.title,
+        stored.body,
+        stored.comments[0].body,
+        (tmp_path / "n.jsonl").read_text(),
+        console.getvalue(),
+        log_line,
+        pr.title,
+        pr.body,
+        commit,
+        remembered.model_dump_json(),
     ]
     for text in outward:
         assert not [v for v in secret_env.values() if v in text], text
@@ -619,6 +820,11 @@ def test_no_product_module_imports_test_machinery_or_reads_a_kill_hook() -> None
             if re.search(r"os\.kill\(\s*os\.getpid\(\)|KILL_AFTER", path.read_text()):
                 offenders.append(f"{path.relative_to(ROOT)} (kill hook)")
     assert offenders == []
-    probe = "import sys, sregraph.cli, sregraph.worker, sregraph.engine, tools.github; print(sorted(m for m in sys.modules if m.split('.')[0] == 'tests'))"
-    loaded = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    probe = (
+        "import sys, sregraph.cli, sregraph.worker, sregraph.engine, tools.github; print(sorted(m for m "
+        "in sys.modules if m.split('.')[0] == 'tests'))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     assert loaded.stdout.strip() == "[]"

@@ -28,7 +28,9 @@ def _wait(engine: Engine, ids: list[str], want: set[str], timeout_s: float = 90)
     statuses: dict[str, str] = {}
     while time.monotonic() < deadline:
         statuses = {r["incident_id"]: r["status"] for r in engine.registry.list()}
-        if all(statuses.get(i) in want for i in ids) and all(not engine.state(i)["next"] for i in ids if statuses.get(i) != "awaiting_approval"):
+        if all(statuses.get(i) in want for i in ids) and all(
+            not engine.state(i)["next"] for i in ids if statuses.get(i) != "awaiting_approval"
+        ):
             return statuses
         time.sleep(0.1)
     raise AssertionError(f"not all of {ids} reached {want}: {statuses}")
@@ -45,13 +47,17 @@ def test_alerts_and_approvals_are_jobs_that_running_workers_take(
     router_engine = Engine(settings_for(root), toolbox_for(World(root)))
     router = Worker(router_engine)
     assert router.jobs is not None
-    workers = [Worker(Engine(settings_for(root), toolbox_for(World(root))), max_concurrent=2) for _ in range(2)]
+    workers = [
+        Worker(Engine(settings_for(root), toolbox_for(World(root))), max_concurrent=2) for _ in range(2)
+    ]
     threads = [threading.Thread(target=w.run, kwargs={"interval": 0.1}) for w in workers]
     for t in threads:
         t.start()
     try:
         probes = [
-            router.submit(Trigger(source="alert", summary=f"probe {n}", labels={"fingerprint": f"probe-{n}"}))[0]
+            router.submit(
+                Trigger(source="alert", summary=f"probe {n}", labels={"fingerprint": f"probe-{n}"})
+            )[0]
             for n in range(6)
         ]
         assert router.running() == []  # queued, not run by the router
@@ -59,7 +65,15 @@ def test_alerts_and_approvals_are_jobs_that_running_workers_take(
         # search needs a human's approval to restart: the decision is a job too.
         world = World(root)
         world.inject(SCENARIOS[7], router_engine.toolbox.gitops)  # type: ignore[arg-type]
-        search, new = router.submit(Trigger(source="alert", service="search", signal="HighLatency", summary="p95 up", fired_at=world.current()))
+        search, new = router.submit(
+            Trigger(
+                source="alert",
+                service="search",
+                signal="HighLatency",
+                summary="p95 up",
+                fired_at=world.current(),
+            )
+        )
         assert new
         _wait(router_engine, [search], {"awaiting_approval"})
         assert router_engine.pending_approval(search)
@@ -76,7 +90,11 @@ def test_alerts_and_approvals_are_jobs_that_running_workers_take(
     router.jobs.stop()
     state = router_engine.state(search)
     assert [a.action.kind for a in state["actions"]] == ["restart"] and state["actions"][0].status == "done"
-    runs = [args["incident_id"] for task, status, args in jobs if task == "sregraph.run_incident" and status == "succeeded"]
+    runs = [
+        args["incident_id"]
+        for task, status, args in jobs
+        if task == "sregraph.run_incident" and status == "succeeded"
+    ]
     decisions = [(args["incident_id"], status) for task, status, args in jobs if task == "sregraph.decide"]
     assert {*probes, search} <= set(runs)
     # Any other run job is an incident a worker's own scan opened (the injected latency seen before or after the

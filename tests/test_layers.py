@@ -41,8 +41,12 @@ def test_a_planted_violation_is_caught(tmp_path: Path) -> None:
         (tmp_path / package).mkdir()
     (tmp_path / "tools" / "ok.py").write_text("import json\nfrom tools.base import X\n")
     (tmp_path / "tools" / "slo").mkdir()  # a subpackage sits at its package's layer
-    (tmp_path / "tools" / "slo" / "sub.py").write_text("from tools.slo.spec import SLO\nimport agents.policy\n")
-    (tmp_path / "agents" / "fine.py").write_text("from tools.domain import Diagnosis\nfrom agents import rca\n")
+    (tmp_path / "tools" / "slo" / "sub.py").write_text(
+        "from tools.slo.spec import SLO\nimport agents.policy\n"
+    )
+    (tmp_path / "agents" / "fine.py").write_text(
+        "from tools.domain import Diagnosis\nfrom agents import rca\n"
+    )
     (tmp_path / "agents" / "bad.py").write_text(
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from graphs.graph import Crew\n"
         "def f():\n    import sregraph.config\n"
@@ -60,7 +64,13 @@ def test_checkpoints_written_before_the_domain_moved_still_load(tmp_path: Path) 
 
     saver = open_checkpointer(tmp_path / "checkpoints.db")
     diagnosis = Diagnosis(
-        hypotheses=[Hypothesis(service="payments", fault_type="crash", evidence=[Evidence(kind="health", service="payments", summary="down", weight=2)])],
+        hypotheses=[
+            Hypothesis(
+                service="payments",
+                fault_type="crash",
+                evidence=[Evidence(kind="health", service="payments", summary="down", weight=2)],
+            )
+        ],
         confidence=0.8,
     )
     kind, data = saver.serde.dumps_typed(diagnosis)

@@ -19,6 +19,7 @@ from langchain_core.tools import BaseTool, tool
 from langchain_openai import ChatOpenAI
 from pydantic import SecretStr
 
+from agents.investigation import READONLY_TOOL_NAMES, build_readonly_tools
 from agents.llm import (
     LLMConfig,
     LLMDiagnosis,
@@ -39,7 +40,6 @@ from agents.tokens import (
     summarize_series,
     trim_to_tokens,
 )
-from tools.domain import SimilarIncident
 from tests.fakes import FakeOpenAIServer
 from tests.fakes.openai_server import reply
 from tests.support import FakeRuntime, ManualClock, ScriptedChatModel, answer, say, tool_call
@@ -53,7 +53,7 @@ from tools.base import (
     SregraphError,
     TransientError,
 )
-from agents.investigation import READONLY_TOOL_NAMES, build_readonly_tools
+from tools.domain import SimilarIncident
 
 REPO = Path(__file__).resolve().parents[1]
 NOW = 1_700_000_000.0
@@ -684,7 +684,11 @@ def test_tool_loop_through_chat_openai_and_a_local_server() -> None:
     ]
     with FakeOpenAIServer(script) as server:
         cfg = LLMConfig(
-            provider="openai", model="gpt-4o-mini", base_url=server.base_url, timeout_s=5, structured_output="json_schema"
+            provider="openai",
+            model="gpt-4o-mini",
+            base_url=server.base_url,
+            timeout_s=5,
+            structured_output="json_schema",
         )
         model = make_chat_model(cfg, environ={"OPENAI_API_KEY": "test"})
         assert isinstance(model, ChatOpenAI)

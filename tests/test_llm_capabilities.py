@@ -53,8 +53,12 @@ def test_defaults_per_provider() -> None:
     assert (hosted.structured_method, hosted.call_timeout_s) == ("json_schema", 30.0)
     assert (local.structured_method, local.call_timeout_s) == ("json_mode", 180.0)
     assert watsonx.structured_method == "function_calling"
-    assert LLMConfig(provider="openai", base_url="https://api.openai.com/v1").structured_method == "json_schema"
-    chosen = LLMConfig(provider="openai", base_url="http://x/v1", structured_output="function_calling", timeout_s=7)
+    assert (
+        LLMConfig(provider="openai", base_url="https://api.openai.com/v1").structured_method == "json_schema"
+    )
+    chosen = LLMConfig(
+        provider="openai", base_url="http://x/v1", structured_output="function_calling", timeout_s=7
+    )
     assert (chosen.structured_method, chosen.call_timeout_s) == ("function_calling", 7)
     assert hosted.max_tokens > 0
 
@@ -86,7 +90,9 @@ def test_a_compatible_server_gets_json_object_with_the_schema_max_tokens_and_too
 
 def test_hosted_openai_gets_json_schema_and_max_completion_tokens() -> None:
     with FakeOpenAIServer([reply(content="not json"), reply(content=DIAGNOSIS.model_dump_json())]) as server:
-        cfg = LLMConfig(provider="openai", base_url=server.base_url, timeout_s=5, structured_output="json_schema")
+        cfg = LLMConfig(
+            provider="openai", base_url=server.base_url, timeout_s=5, structured_output="json_schema"
+        )
         model = make_chat_model(cfg, environ=ENV)
         # The same client, told it talks to OpenAI itself (api.openai.com is unreachable from tests).
         model.compat_max_tokens = False  # type: ignore[union-attr]
@@ -156,13 +162,17 @@ def test_transient_classification_of_500s() -> None:
     import openai
 
     def error(status: int, message: str) -> openai.APIStatusError:
-        response = httpx.Response(status, request=httpx.Request("POST", "http://127.0.0.1/v1/chat/completions"))
+        response = httpx.Response(
+            status, request=httpx.Request("POST", "http://127.0.0.1/v1/chat/completions")
+        )
         return openai.APIStatusError(message, response=response, body={"error": {"message": message}})
 
     assert not transient_model_error(error(500, LLAMA_CPP_500))
     assert not transient_model_error(error(500, "response_format json_schema is not supported"))
     assert transient_model_error(error(500, "Internal Server Error"))
-    assert transient_model_error(error(503, "Input should be fine, but we are overloaded"))  # only 500 is judged
+    assert transient_model_error(
+        error(503, "Input should be fine, but we are overloaded")
+    )  # only 500 is judged
     assert not transient_model_error(error(400, "bad"))
     assert transient_model_error(error(429, "slow down"))
 
@@ -184,7 +194,9 @@ def test_json_mode_bounds_strings_and_lists_in_the_grammar_only() -> None:
     assert hypothesis["rationale"]["maxLength"] == GRAMMAR_MAX_STRING
     assert hypothesis["cited_evidence"]["maxItems"] == GRAMMAR_MAX_ITEMS
     assert hypothesis["cited_evidence"]["items"]["maxLength"] == GRAMMAR_MAX_STRING
-    assert "maxLength" not in schema["$defs"]["LLMHypothesis"]["properties"]["fault_type"]  # an enum stays as is
+    assert (
+        "maxLength" not in schema["$defs"]["LLMHypothesis"]["properties"]["fault_type"]
+    )  # an enum stays as is
     assert schema["properties"]["hypotheses"]["maxItems"] == GRAMMAR_MAX_ITEMS
     # The answer itself is judged by the model's schema; raw control characters in strings are tolerated.
     text = DIAGNOSIS.model_dump_json().replace("one", "one\ttwo", 1)

@@ -20,11 +20,19 @@ from tests import llm_local
 
 pytestmark = [
     pytest.mark.llm,
-    pytest.mark.skipif(llm_local.missing() is not None, reason=f"REAL-MODEL SMOKE TESTS NOT RUN: {llm_local.missing()}"),
+    pytest.mark.skipif(
+        llm_local.missing() is not None, reason=f"REAL-MODEL SMOKE TESTS NOT RUN: {llm_local.missing()}"
+    ),
 ]
 
 # Small enough for 2 CPU cores: two investigation steps, short replies.
-SMOKE_LLM = {"provider": "openai", "model": "smollm2-135m", "max_steps": 2, "max_tokens": 1024, "timeout_s": 240}
+SMOKE_LLM = {
+    "provider": "openai",
+    "model": "smollm2-135m",
+    "max_steps": 2,
+    "max_tokens": 1024,
+    "timeout_s": 240,
+}
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +50,17 @@ def _allowed(policy: Any, kind: str, service: str) -> bool:
 
 
 @pytest.mark.timeout(900)
-def test_a_live_incident_reaches_the_real_model(tmp_path: Path, local_llm: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_live_incident_reaches_the_real_model(
+    tmp_path: Path, local_llm: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from agents.llm import model_usage
     from sregraph.config import load_settings
     from tests.localapp import engine_for, run_incident, running_app, write_config
 
     monkeypatch.setenv("OPENAI_API_KEY", "local")
-    settings = load_settings(write_config(tmp_path, brain="llm", llm={**SMOKE_LLM, "base_url": local_llm}), environ={})
+    settings = load_settings(
+        write_config(tmp_path, brain="llm", llm={**SMOKE_LLM, "base_url": local_llm}), environ={}
+    )
     with running_app(settings) as app:
         engine = engine_for(settings, app)
         model = engine.crew.analyst.chat_model
@@ -59,7 +71,9 @@ def test_a_live_incident_reaches_the_real_model(tmp_path: Path, local_llm: str, 
         issue = engine.toolbox.incidents.get(state["issue_id"])
         engine.close()
     usage = model_usage(model)
-    print(f"model calls {usage.calls}, failures {usage.failures}, tokens {state['tokens']}, status {state['status']}")
+    print(
+        f"model calls {usage.calls}, failures {usage.failures}, tokens {state['tokens']}, status {state['status']}"
+    )
     # The model was reached, every time: tokens spent, no agent fell back.
     assert usage.calls >= 4 and usage.failures == 0, usage.errors
     assert state["tokens"] > 0 and usage.tokens > 0
@@ -71,7 +85,9 @@ def test_a_live_incident_reaches_the_real_model(tmp_path: Path, local_llm: str, 
     for result in state["actions"]:
         assert _allowed(policy, result.action.kind, result.action.service), result
     acted_on = {result.action.service for result in state["actions"]}
-    assert all(n == 0 for service, n in restarts.items() if service not in acted_on), restarts  # nothing else restarted
+    assert all(n == 0 for service, n in restarts.items() if service not in acted_on), (
+        restarts
+    )  # nothing else restarted
     if state["status"] == "escalated":
         assert state["escalation"]
 
@@ -86,7 +102,19 @@ def test_a_replay_eval_case_with_the_real_model(local_llm: str) -> None:
     model = make_chat_model(cfg, environ={"OPENAI_API_KEY": "local"})
     result = run_eval(SUITE, "openai", ["01-crash-payments"], model, Settings(llm=cfg), min_pass_rate=None)
     s = result.summary
-    print({k: s[k] for k in ("model_calls", "model_failures", "model_tokens", "fallbacks", "passed", "policy_violations")})
+    print(
+        {
+            k: s[k]
+            for k in (
+                "model_calls",
+                "model_failures",
+                "model_tokens",
+                "fallbacks",
+                "passed",
+                "policy_violations",
+            )
+        }
+    )
     assert s["model_measured"] is True
     assert s["model_failures"] == 0 and s["fallbacks"] == 0, result.scores[0].fallbacks
     assert s["model_tokens"] > 0
@@ -101,18 +129,37 @@ def test_a_replay_eval_case_through_watsonx_with_the_real_model(local_llm: str, 
     from tests.fakes.watsonx_server import FakeWatsonxServer
 
     key = "local-watsonx-key"
-    with FakeWatsonxServer(tmp_path, key, backend=local_llm, model_id="local/smollm2-135m-instruct") as server:
+    with FakeWatsonxServer(
+        tmp_path, key, backend=local_llm, model_id="local/smollm2-135m-instruct"
+    ) as server:
         watsonx = WatsonxConfig(
-            url=server.url, project_id=server.project_id, iam_url=server.iam_url, platform_url=server.url,
+            url=server.url,
+            project_id=server.project_id,
+            iam_url=server.iam_url,
+            platform_url=server.url,
             ca_bundle=str(server.ca_file),
         )
         smoke = {k: v for k, v in SMOKE_LLM.items() if k not in ("provider", "model")}
         cfg = LLMConfig(provider="watsonx", model="local/smollm2-135m-instruct", watsonx=watsonx, **smoke)
         model = make_chat_model(cfg, environ={"WATSONX_APIKEY": key})
-        result = run_eval(SUITE, "watsonx", ["01-crash-payments"], model, Settings(llm=cfg), min_pass_rate=None)
+        result = run_eval(
+            SUITE, "watsonx", ["01-crash-payments"], model, Settings(llm=cfg), min_pass_rate=None
+        )
         chats, answered = server.chat_requests(), server.usage_total
     s = result.summary
-    print({k: s[k] for k in ("model_calls", "model_failures", "model_tokens", "fallbacks", "passed", "policy_violations")})
+    print(
+        {
+            k: s[k]
+            for k in (
+                "model_calls",
+                "model_failures",
+                "model_tokens",
+                "fallbacks",
+                "passed",
+                "policy_violations",
+            )
+        }
+    )
     assert s["model_measured"] is True
     assert s["model_failures"] == 0 and s["fallbacks"] == 0, result.scores[0].fallbacks
     assert s["model_tokens"] > 0

@@ -15,6 +15,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
+from agents.investigation import READONLY_TOOL_NAMES
 from agents.llm import (
     LLMConfig,
     LLMDiagnosis,
@@ -27,7 +28,6 @@ from agents.llm import (
     run_tool_loop,
     transient_model_error,
 )
-from agents.investigation import READONLY_TOOL_NAMES
 from agents.tokens import TokenBudget
 from tests.fakes.openai_server import reply
 from tests.fakes.watsonx_server import GRANT_TYPE, FakeWatsonxServer
@@ -43,7 +43,10 @@ MODEL_ID = "ibm/granite-3-8b-instruct"
 def config_for(server: FakeWatsonxServer, **settings: Any) -> LLMConfig:
     """Provider watsonx pointed at `server`: its url, IAM endpoint, platform API and CA."""
     watsonx = WatsonxConfig(
-        url=server.url, project_id=server.project_id, iam_url=server.iam_url, platform_url=server.url,
+        url=server.url,
+        project_id=server.project_id,
+        iam_url=server.iam_url,
+        platform_url=server.url,
         ca_bundle=str(server.ca_file),
     )
     return LLMConfig(provider="watsonx", model=MODEL_ID, timeout_s=10, watsonx=watsonx, **settings)
@@ -188,7 +191,9 @@ def test_a_request_the_api_refuses_is_a_400_with_a_watsonx_error_body(serve: Any
     status, body = server.handle("POST", chat, forged, b"{}")
     assert status == 401 and body["errors"][0]["code"] == "authentication_token_not_valid"
     status, issued = server.handle(
-        "POST", "/identity/token", {"content-type": "application/x-www-form-urlencoded"},
+        "POST",
+        "/identity/token",
+        {"content-type": "application/x-www-form-urlencoded"},
         f"grant_type={GRANT_TYPE}&apikey={API_KEY}".encode(),
     )
     assert status == 200 and issued["token_type"] == "Bearer" and issued["expires_in"] > 0

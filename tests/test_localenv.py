@@ -95,8 +95,17 @@ def test_logs_spans_and_prune(tmp_path: Path) -> None:
     assert [r.attrs["i"] for r in store.search_logs(None, 0, 100, limit=2)] == [8, 9]  # newest, in time order
 
     root = Span(trace_id="t1", span_id="a", service="web", name="GET /buy", start=50.0, duration_ms=3)
-    child = Span(trace_id="t1", span_id="b", parent_id="a", service="pay", name="GET /pay", start=50.001,
-                 duration_ms=1, status="error", attrs={"http.status": 500})
+    child = Span(
+        trace_id="t1",
+        span_id="b",
+        parent_id="a",
+        service="pay",
+        name="GET /pay",
+        start=50.001,
+        duration_ms=1,
+        status="error",
+        attrs={"http.status": 500},
+    )
     store.write_spans([child, root])
     other = Span(trace_id="t2", span_id="c", service="pay", name="GET /pay", start=70.0, duration_ms=1)
     store.write_span(other)
@@ -197,8 +206,13 @@ def test_supervisor_start_kill_restart_and_adoption(supervisor: ProcessSuperviso
 def test_supervisor_scale_and_errors(supervisor: ProcessSupervisor) -> None:
     supervisor.start("sleeper")
     assert supervisor.scale("sleeper", 3).replicas == 3
-    assert wait_for("replica 2 log", lambda: (supervisor.log_dir / "sleeper-2.log").exists()
-                    and "hello replica 2" in (supervisor.log_dir / "sleeper-2.log").read_text())
+    assert wait_for(
+        "replica 2 log",
+        lambda: (
+            (supervisor.log_dir / "sleeper-2.log").exists()
+            and "hello replica 2" in (supervisor.log_dir / "sleeper-2.log").read_text()
+        ),
+    )
     assert len(supervisor.pids()) == 3
     assert supervisor.scale("sleeper", 1).replicas == 1
     assert len(supervisor.pids()) == 1
@@ -286,8 +300,15 @@ def test_load_flows_through_all_services(app: LocalApp) -> None:
     since = time.time()
     for name in app.services():
         wait_for(f"{name} traffic", lambda n=name: any(v > 0 for v in recent(app, "request_rate", n, since)))
-    assert {"request_rate", "error_ratio", "latency_p95_ms", "memory_rss_mb", "cpu_percent", "purchases_rate",
-            "conversion_ratio"} <= set(app.telemetry.metric_names())
+    assert {
+        "request_rate",
+        "error_ratio",
+        "latency_p95_ms",
+        "memory_rss_mb",
+        "cpu_percent",
+        "purchases_rate",
+        "conversion_ratio",
+    } <= set(app.telemetry.metric_names())
     assert all(v == 0 for v in recent(app, "error_ratio", "payments", since))
     assert wait_for("conversion", lambda: recent(app, "conversion_ratio", "frontend", since))[-1] == 1.0
     assert app.load_stats()["ok"] > 0
@@ -325,7 +346,11 @@ def test_metrics_endpoint_speaks_prometheus(app: LocalApp) -> None:
 
     text = wait_for(
         "requests counted on /metrics",
-        lambda: (body := httpx.get(app.urls["frontend"] + "/metrics", timeout=2).text) and "shop_purchases_total{" in body and body,
+        lambda: (
+            (body := httpx.get(app.urls["frontend"] + "/metrics", timeout=2).text)
+            and "shop_purchases_total{" in body
+            and body
+        ),
     )
     assert 'http_requests_total{code="200",handler="/buy",service="frontend"}' in text
     assert "http_request_duration_seconds_bucket" in text
@@ -373,22 +398,34 @@ def test_latency_fault_and_clear(app: LocalApp) -> None:
     wait_for("p95 > 250 ms", lambda: any(v > 250 for v in recent(app, "latency_p95_ms", "payments", since)))
     app.inject("clear", "payments")
     cleared = time.time() + 0.6
-    wait_for("p95 back to normal",
-             lambda: (v := recent(app, "latency_p95_ms", "payments", cleared)) and v[-1] < 100)
+    wait_for(
+        "p95 back to normal",
+        lambda: (v := recent(app, "latency_p95_ms", "payments", cleared)) and v[-1] < 100,
+    )
 
 
 def test_disk_full_survives_a_restart_until_space_is_freed(app: LocalApp) -> None:
     app.inject("disk_full", "payments", ratio=1.0)
     since = time.time()
-    wait_for("ENOSPC errors", lambda: app.telemetry.search_logs("payments", since, time.time() + 1, query="No space left on device"))
+    wait_for(
+        "ENOSPC errors",
+        lambda: app.telemetry.search_logs(
+            "payments", since, time.time() + 1, query="No space left on device"
+        ),
+    )
     assert app.health.check("payments").ok, "a full disk does not stop the process: health stays green"
     app.runtime.restart("payments")
     app.wait_healthy(["payments"], timeout=5)
     restarted = time.time() + 0.6
-    wait_for("errors after the restart", lambda: any(v > 0.9 for v in recent(app, "error_ratio", "payments", restarted)))
+    wait_for(
+        "errors after the restart",
+        lambda: any(v > 0.9 for v in recent(app, "error_ratio", "payments", restarted)),
+    )
     app.inject("clear", "payments")
     freed = time.time() + 0.6
-    wait_for("writes succeed again", lambda: (v := recent(app, "error_ratio", "payments", freed)) and v[-1] == 0)
+    wait_for(
+        "writes succeed again", lambda: (v := recent(app, "error_ratio", "payments", freed)) and v[-1] == 0
+    )
 
 
 def test_bad_deploy_cascades_and_rollback_cures(app: LocalApp) -> None:

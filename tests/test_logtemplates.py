@@ -80,10 +80,12 @@ def test_variable_words_share_a_template_with_their_values() -> None:
 def test_ids_addresses_and_numbers_never_split_a_template() -> None:
     records = [
         rec(
-            "request 550e8400-e29b-41d4-a716-446655440000 from 10.0.0.1:5000 took 12 ms trace 4bf92f3577b34da6a3ce929d0e0e4736"
+            "request 550e8400-e29b-41d4-a716-446655440000 from 10.0.0.1:5000 took 12 ms trace "
+            "4bf92f3577b34da6a3ce929d0e0e4736"
         ),
         rec(
-            "request 6ba7b810-9dad-11d1-80b4-00c04fd430c8 from 192.168.1.20:443 took 7.5 ms trace 00f067aa0ba902b7aa0ba902b7aa0b00"
+            "request 6ba7b810-9dad-11d1-80b4-00c04fd430c8 from 192.168.1.20:443 took 7.5 ms trace "
+            "00f067aa0ba902b7aa0ba902b7aa0b00"
         ),
     ]
     (template,) = mine(records)

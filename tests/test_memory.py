@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 import memory.embeddings as embeddings
-from tools.domain import PostMortem, TimelineEntry
 from memory import PostMortemStore, WordLlamaEmbeddingFunction, document_text
 from tools.base import ConfigError, ToolError
+from tools.domain import PostMortem, TimelineEntry
 
 REPO = Path(__file__).resolve().parents[1]
 

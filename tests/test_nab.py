@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from evals import nab
 from evals.nab import PROFILES, file_score, load_corpus, probation_rows, row_weights, scaled_sigmoid, sweep
 from sregraph.bench import bench
-from tools.base import ConfigError
 from tests.data import SHARED_DATA
+from tools.base import ConfigError
 
 REAL = SHARED_DATA / "nab"
 STD, LOW_FP, LOW_FN = PROFILES["standard"], PROFILES["low_fp"], PROFILES["low_fn"]
@@ -158,8 +158,8 @@ def test_sweep_agrees_with_scoring_each_threshold_directly() -> None:
     scores = [np.round(rng.random(N), 2) for _ in spans]  # rounding makes ties, which must be grouped
     for profile in (STD, LOW_FP, LOW_FN):
         result = sweep(scores, weights, profile)
-        for threshold, raw in zip(result.thresholds, result.raw):
-            direct = sum(file_score(s, w, profile, threshold) for s, w in zip(scores, weights))
+        for threshold, raw in zip(result.thresholds, result.raw, strict=True):
+            direct = sum(file_score(s, w, profile, threshold) for s, w in zip(scores, weights, strict=True))
             assert raw == pytest.approx(direct, abs=1e-9)
 
 
@@ -188,7 +188,9 @@ def write_corpus(root: Path) -> None:
         values = 50 + rng.normal(0, 1, n)
         if bump_at is not None:
             values[bump_at : bump_at + 5] += 30
-        path.write_text("timestamp,value\n" + "".join(f"{t},{v:.3f}\n" for t, v in zip(stamps, values)))
+        path.write_text(
+            "timestamp,value\n" + "".join(f"{t},{v:.3f}\n" for t, v in zip(stamps, values, strict=True))
+        )
         return stamps
 
     a = write(root / "data" / "catA" / "a.csv", 400, bump_at=300, repeat_at=100)

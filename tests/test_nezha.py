@@ -26,8 +26,8 @@ from evals.nezha import (
     summarise,
 )
 from evals.nezha_cli import nezha
-from tools.base import ConfigError, Refused, Telemetry
 from tests.data import SHARED_DATA
+from tools.base import ConfigError, Refused, Telemetry
 
 REAL = SHARED_DATA / "nezha-ob"
 DAY = "2022-08-22"
@@ -41,8 +41,18 @@ PODS = {
 }
 NORMAL = {  # column -> value per service
     "CpuUsageRate(%)": {"frontend": 10.0, "checkoutservice": 5.0, "paymentservice": 2.0, "adservice": 4.0},
-    "MemoryUsage(Mi)": {"frontend": 20.0, "checkoutservice": 50.0, "paymentservice": 30.0, "adservice": 200.0},
-    "PodServerLatencyP95(s)": {"frontend": 0.8, "checkoutservice": 0.05, "paymentservice": 0.005, "adservice": 0.04},
+    "MemoryUsage(Mi)": {
+        "frontend": 20.0,
+        "checkoutservice": 50.0,
+        "paymentservice": 30.0,
+        "adservice": 200.0,
+    },
+    "PodServerLatencyP95(s)": {
+        "frontend": 0.8,
+        "checkoutservice": 0.05,
+        "paymentservice": 0.005,
+        "adservice": 0.04,
+    },
     "PodWorkload(Ops)": {"frontend": 9.0, "checkoutservice": 0.3, "paymentservice": 0.3, "adservice": 5.0},
 }
 COLUMNS = [
@@ -91,7 +101,9 @@ def write_day(root: Path, traces: bool = False) -> Path:
             w = csv.writer(fh)
             w.writerow(COLUMNS)
             for m in range(MINUTES):
-                ts = T0 + m * 60 + 19 + (200_000_000 if service == "adservice" else 0)  # adservice: corrupt TimeStamp
+                ts = (
+                    T0 + m * 60 + 19 + (200_000_000 if service == "adservice" else 0)
+                )  # adservice: corrupt TimeStamp
                 row: dict[str, object] = {c: 1.0 for c in COLUMNS}
                 row.update({"Time": _stamp(m), "TimeStamp": ts, "PodName": pod, "PodSuccessRate(%)": 0})
                 for column, normal in NORMAL.items():
@@ -103,7 +115,18 @@ def write_day(root: Path, traces: bool = False) -> Path:
                 w.writerow([row[c] for c in COLUMNS])
     with (metric / "front_service.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["Time", "TimeStamp", "ServiceName", "SuccessRate(%)", "LatencyP50(s)", "LatencyP90(s)", "LatencyP95(s)", "LatencyP99(s)"])
+        w.writerow(
+            [
+                "Time",
+                "TimeStamp",
+                "ServiceName",
+                "SuccessRate(%)",
+                "LatencyP50(s)",
+                "LatencyP90(s)",
+                "LatencyP95(s)",
+                "LatencyP99(s)",
+            ]
+        )
         for m in range(MINUTES):
             ok = ENTRY_SUCCESS[1] if m in ENTRY_SUCCESS[0] else 100.0
             w.writerow([_stamp(m), T0 + m * 60 + 19, "Frontend", ok, 0.2, 0.5, 0.8, 1.2])
@@ -113,7 +136,15 @@ def write_day(root: Path, traces: bool = False) -> Path:
     )
     with (metric / "source_50.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["time", "timestamp", "frontend_checkoutservice", "checkoutservice_paymentservice", "frontend_adservice"])
+        w.writerow(
+            [
+                "time",
+                "timestamp",
+                "frontend_checkoutservice",
+                "checkoutservice_paymentservice",
+                "frontend_adservice",
+            ]
+        )
         for m in range(MINUTES):
             w.writerow([_stamp(m, 20), T0 + m * 60 + 20, 0.2, "" if m == 3 else 0.004, 0.01])
     labels: dict[str, list[dict[str, str]]] = {}
@@ -122,7 +153,9 @@ def write_day(root: Path, traces: bool = False) -> Path:
         ts = T0 + int(hhmmss[3:5]) * 60 + int(hhmmss[6:8])
         if kind == "return":
             ts -= 60  # the real labels hold one inject_timestamp 60 s off; inject_time is authoritative
-        labels.setdefault(hhmmss[:2], []).append({"inject_time": at, "inject_timestamp": str(ts), "inject_pod": PODS[service], "inject_type": kind})
+        labels.setdefault(hhmmss[:2], []).append(
+            {"inject_time": at, "inject_timestamp": str(ts), "inject_pod": PODS[service], "inject_type": kind}
+        )
     (day / f"{DAY}-fault_list.json").write_text(json.dumps(labels))
     if traces:
         (day / "trace").mkdir()
@@ -130,16 +163,30 @@ def write_day(root: Path, traces: bool = False) -> Path:
         (day / "trace" / "10_21_trace.csv").write_text(
             "TraceID,SpanID,ParentID,PodName,OperationName,StartTimeUnixNano,EndTimeUnixNano,Duration\n"
             f"t1,a,root,{PODS['frontend']},hipstershop.Frontend/Recv.,{start},{start + 9_000_000},9000\n"
-            f"t1,b,a,{PODS['checkoutservice']},hipstershop.CheckoutService/PlaceOrder,{start + 1000},{start + 5_000_000},5000\n"
+            f"t1,b,a,{PODS['checkoutservice']},hipstershop.CheckoutService/PlaceOrder,"
+            f"{start + 1000},{start + 5_000_000},5000\n"
         )
         (day / "log").mkdir()
         inner = json.dumps({"severity": "error", "message": "failed to charge card"})
         docker = json.dumps({"log": inner + "\n", "stream": "stdout", "time": "x"})
         with (day / "log" / "10_21_log.csv").open("w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["Timestamp", "TimeUnixNano", "Node", "PodName", "Container", "TraceID", "SpanID", "Log"])
+            w.writerow(
+                ["Timestamp", "TimeUnixNano", "Node", "PodName", "Container", "TraceID", "SpanID", "Log"]
+            )
             w.writerow(["x", start + 2_000_000, "n", PODS["checkoutservice"], "server", "t1", "b", docker])
-            w.writerow(["x", start + 3_000_000, "n", PODS["adservice"], "server", "t1", "c", json.dumps({"log": "2022 INFO AdService - received ad request"})])
+            w.writerow(
+                [
+                    "x",
+                    start + 3_000_000,
+                    "n",
+                    PODS["adservice"],
+                    "server",
+                    "t1",
+                    "c",
+                    json.dumps({"log": "2022 INFO AdService - received ad request"}),
+                ]
+            )
     return day
 
 
@@ -151,7 +198,12 @@ def day_dir(tmp_path: Path) -> Path:
 def test_loader_reads_labels_metrics_and_call_graph(day_dir: Path) -> None:
     day = load_day(day_dir)
     assert day.services == ["adservice", "checkoutservice", "frontend", "paymentservice"]
-    assert day.topology == {"adservice": [], "checkoutservice": ["paymentservice"], "frontend": ["adservice", "checkoutservice"], "paymentservice": []}
+    assert day.topology == {
+        "adservice": [],
+        "checkoutservice": ["paymentservice"],
+        "frontend": ["adservice", "checkoutservice"],
+        "paymentservice": [],
+    }
     assert day.entry_service == "frontend"
     assert [(f.service, f.nezha_type, f.expected) for f in day.faults] == [
         ("paymentservice", "cpu_consumed", "cpu_saturation"),
@@ -164,7 +216,14 @@ def test_loader_reads_labels_metrics_and_call_graph(day_dir: Path) -> None:
     tel = NezhaTelemetry(day)
     assert isinstance(tel, Telemetry)
     names = tel.metric_names()
-    assert {"cpu_percent", "memory_rss_mb", "latency_p95_ms", "request_rate", "error_ratio", "edge_latency_p50_ms"} <= set(names)
+    assert {
+        "cpu_percent",
+        "memory_rss_mb",
+        "latency_p95_ms",
+        "request_rate",
+        "error_ratio",
+        "edge_latency_p50_ms",
+    } <= set(names)
     # Rows are stamped at their minute; the corrupt adservice TimeStamp column is ignored.
     [ad] = tel.query_range("memory_rss_mb", {"service": "adservice"}, T0, T0 + 120)
     assert [t for t, _ in ad.points] == [T0, T0 + 60, T0 + 120]
@@ -180,7 +239,9 @@ def test_loader_reads_labels_metrics_and_call_graph(day_dir: Path) -> None:
     assert service == "frontend" and ratio == pytest.approx(0.4)
     assert any("PodSuccessRate" in n for n in day.notes)
     # Edge latencies: labelled by caller and callee; an empty cell is no data.
-    [edge] = tel.query_range("edge_latency_p50_ms", {"source": "checkoutservice", "target": "paymentservice"}, T0, T0 + 5 * 60)
+    [edge] = tel.query_range(
+        "edge_latency_p50_ms", {"source": "checkoutservice", "target": "paymentservice"}, T0, T0 + 5 * 60
+    )
     assert len(edge.points) == 5 and edge.points[0][1] == pytest.approx(4.0)
 
 
@@ -213,7 +274,14 @@ def test_labels_never_reach_the_analyst(day_dir: Path) -> None:
     tel = NezhaTelemetry(day)
     fault = day.faults[2]
     honest, d1 = run_case(day, tel, fault, Replay())
-    relabelled, d2 = run_case(day, tel, replace(fault, service="adservice", pod=PODS["adservice"], nezha_type="network_delay", expected="latency"), Replay())
+    relabelled, d2 = run_case(
+        day,
+        tel,
+        replace(
+            fault, service="adservice", pod=PODS["adservice"], nezha_type="network_delay", expected="latency"
+        ),
+        Replay(),
+    )
     assert honest.ranked == relabelled.ranked and d1.hypotheses == d2.hypotheses
     assert (honest.rank, relabelled.rank) == (2, None)
 
@@ -225,13 +293,20 @@ def test_summary_arithmetic_by_hand() -> None:
     cases = [
         case("a", ["a", "b"], "latency", "latency"),  # rank 1, type right
         case("a", ["b", "c", "a"], "latency", "cpu_saturation"),  # rank 3
-        case("a", ["b", "c", "d", "e", "a"], "error_spike", "error_spike"),  # rank 5, type right (service wrong)
+        case(
+            "a", ["b", "c", "d", "e", "a"], "error_spike", "error_spike"
+        ),  # rank 5, type right (service wrong)
         case("a", ["b", "c", "d", "e", "f", "a"], "latency", "latency"),  # rank 6
         case("a", [], "unknown", "unknown"),  # unmapped type: out of the fault-type denominator
     ]
     s = summarise(cases)
     assert (s["cases"], s["as1"], s["as3"], s["as5"]) == (5, 0.2, 0.4, 0.6)
-    assert (s["fault_type_cases"], s["fault_type_acc"], s["as1_and_type"], s["no_hypothesis"]) == (4, 0.75, 0.25, 1)
+    assert (s["fault_type_cases"], s["fault_type_acc"], s["as1_and_type"], s["no_hypothesis"]) == (
+        4,
+        0.75,
+        0.25,
+        1,
+    )
     assert summarise([])["as1"] == 0.0
 
 
@@ -239,7 +314,10 @@ def test_traces_and_logs_are_read_when_present(tmp_path: Path) -> None:
     day = load_day(write_day(tmp_path, traces=True))
     tel = NezhaTelemetry(day)
     spans = tel.spans(None, T0 + 21 * 60, T0 + 22 * 60)
-    assert [(s.service, s.parent_id, s.duration_ms) for s in spans] == [("frontend", None, 9.0), ("checkoutservice", "a", 5.0)]
+    assert [(s.service, s.parent_id, s.duration_ms) for s in spans] == [
+        ("frontend", None, 9.0),
+        ("checkoutservice", "a", 5.0),
+    ]
     assert tel.spans("checkoutservice", T0, T0 + 22 * 60, limit=1)[0].span_id == "b"
     errors = tel.search_logs(None, T0 + 21 * 60, T0 + 22 * 60, level="error")
     assert [(r.service, r.message) for r in errors] == [("checkoutservice", "failed to charge card")]
@@ -251,7 +329,10 @@ def test_parsing_helpers() -> None:
     assert service_of("checkoutservice-578fcf4766-9csqn") == "checkoutservice"
     assert service_of("redis-cart-0") == "redis-cart"
     assert service_of("loadgenerator") == "loadgenerator"
-    assert parse_log_line('{"log": "12:00 ERROR c.h.AdService - boom\\n"}') == ("error", "12:00 ERROR c.h.AdService - boom")
+    assert parse_log_line('{"log": "12:00 ERROR c.h.AdService - boom\\n"}') == (
+        "error",
+        "12:00 ERROR c.h.AdService - boom",
+    )
     assert parse_log_line('{"severity": "warning", "message": "slow"}') == ("warn", "slow")
 
 
@@ -274,7 +355,13 @@ def test_cli_json_text_and_mounted(day_dir: Path, tmp_path: Path) -> None:
     out = runner.invoke(nezha, ["--data", str(tmp_path), "--format", "json"])
     assert out.exit_code == 0, out.output
     data = json.loads(out.output)
-    assert {k: data[k] for k in ("cases", "as1", "as3", "as5", "fault_type_acc")} == {"cases": 4, "as1": 0.5, "as3": 0.75, "as5": 0.75, "fault_type_acc": 0.75}
+    assert {k: data[k] for k in ("cases", "as1", "as3", "as5", "fault_type_acc")} == {
+        "cases": 4,
+        "as1": 0.5,
+        "as3": 0.75,
+        "as5": 0.75,
+        "fault_type_acc": 0.75,
+    }
     text = runner.invoke(nezha, ["--data", str(day_dir)])
     assert text.exit_code == 0 and "50.00" in text.output and "Nezha (metrics + traces + logs)" in text.output
 
@@ -287,7 +374,10 @@ def test_cli_json_text_and_mounted(day_dir: Path, tmp_path: Path) -> None:
     assert runner.invoke(nezha, ["--data", str(tmp_path), "--format", "xml"]).exit_code == 2
 
 
-@pytest.mark.skipif(not (REAL / "rca_data").is_dir(), reason=f"the shared Nezha day is not at {REAL} (set SREGRAPH_SHARED_DATA)")
+@pytest.mark.skipif(
+    not (REAL / "rca_data").is_dir(),
+    reason=f"the shared Nezha day is not at {REAL} (set SREGRAPH_SHARED_DATA)",
+)
 def test_real_day_runs_end_to_end() -> None:
     result = run_nezha(REAL)
     assert result["cases"] == 24 and len(result["per_case"]) == 24

@@ -49,7 +49,9 @@ def test_crash_after_delivery_before_the_record(tmp_path: Path) -> None:
     with notification_key("inc-2/notify/escalated"):
         ledger.notification_sending("inc-2/notify/escalated", "inc-2", "escalated", 1.0)
         jsonl.notify("inc-2", "escalated", "needs a human")  # ...and the process died here
-        IdempotentNotifier(MultiNotifier(ConsoleNotifier(), jsonl), ledger).notify("inc-2", "escalated", "needs a human")
+        IdempotentNotifier(MultiNotifier(ConsoleNotifier(), jsonl), ledger).notify(
+            "inc-2", "escalated", "needs a human"
+        )
     assert [line["key"] for line in _lines(path)] == ["inc-2/notify/escalated"]
     assert ledger.notification_status("inc-2/notify/escalated") == "sent"
 

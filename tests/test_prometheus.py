@@ -87,8 +87,11 @@ def test_every_mapping_names_its_metrics_and_filters_them() -> None:
     prom = PrometheusTelemetry(BASE, rate_window="10s")
     expected = {
         "request_rate": 'sum by (service) (rate(http_requests_total{service="checkout"}[10s]))',
-        "latency_p95_ms": 'histogram_quantile(0.95, sum by (service, le) (rate(http_request_duration_seconds_bucket{service="checkout"}[10s]))) * 1000',
-        "conversion_ratio": '(sum by (service) (rate(shop_purchases_total{service="checkout"}[10s])) or sum by (service) (rate(http_requests_total{handler="/buy",service="checkout"}[10s])) * 0) / sum by (service) (rate(http_requests_total{handler="/buy",service="checkout"}[10s]))',
+        "latency_p95_ms": "histogram_quantile(0.95, sum by (service, le) "
+        '(rate(http_request_duration_seconds_bucket{service="checkout"}[10s]))) * 1000',
+        "conversion_ratio": '(sum by (service) (rate(shop_purchases_total{service="checkout"}[10s])) or sum '
+        'by (service) (rate(http_requests_total{handler="/buy",service="checkout"}[10s])) * 0) / sum by '
+        '(service) (rate(http_requests_total{handler="/buy",service="checkout"}[10s]))',
         "memory_rss_mb": 'sum by (service) (process_resident_memory_bytes{service="checkout"}) / 1048576',
         "cpu_percent": 'sum by (service) (rate(process_cpu_seconds_total{service="checkout"}[10s])) * 100',
         "purchases_rate": 'sum by (service) (rate(shop_purchases_total{service="checkout"}[10s]))',

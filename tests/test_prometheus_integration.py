@@ -30,7 +30,6 @@ import httpx
 import pytest
 import yaml
 
-from tools.domain import Trigger
 from sregraph.alerts import AlertReceiver
 from sregraph.config import Settings, load_settings
 from sregraph.engine import Engine, local_toolbox
@@ -38,6 +37,7 @@ from sregraph.localenv.app import LocalApp
 from tests.localapp import write_config
 from tests.processes import stop_process
 from tools.base import Series
+from tools.domain import Trigger
 from tools.prometheus import PrometheusTelemetry
 from tools.slo.loading import parse_slo_text
 from tools.slo.rules import PAGE_ALERT, render_rules

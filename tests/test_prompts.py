@@ -14,6 +14,8 @@ import pytest
 from jinja2 import UndefinedError
 
 from agents.tokens import count_tokens
+from prompts import CONTEXTS, fenced, oneline, render, template_names
+from tools.base import Change, Comment
 from tools.domain import (
     Action,
     ActionResult,
@@ -25,8 +27,6 @@ from tools.domain import (
     SimilarIncident,
     TimelineEntry,
 )
-from prompts import CONTEXTS, fenced, oneline, render, template_names
-from tools.base import Change, Comment
 
 SNAPSHOTS = Path(__file__).parent / "snapshots" / "prompts"
 T0 = 1_700_000_000.0

@@ -34,17 +34,34 @@ from agents.rca import (
     series_deviation,
     trace_scores,
 )
-from agents.rca_confidence import ARTEFACT, FALLBACK_MIN_CONFIDENCE, FEATURES, ConfidenceModel, brier, choose_threshold, default_min_confidence, ece, fit
+from agents.rca_confidence import (
+    ARTEFACT,
+    FALLBACK_MIN_CONFIDENCE,
+    FEATURES,
+    ConfidenceModel,
+    brier,
+    choose_threshold,
+    default_min_confidence,
+    ece,
+    fit,
+)
 from evals.rca_bench import baro_scores, run_bench
 from evals.rca_case import load_case, load_label
-from tools.base import ConfigError
 from tests.data import SHARED_DATA
+from tools.base import ConfigError
 
 T0 = 1_700_000_000.0
 STEP = 60.0
 
 
-def _series(service: str, metric: str, before: list[float], after: list[float], kind: str = "other", direction: str = "both") -> MetricSeries:
+def _series(
+    service: str,
+    metric: str,
+    before: list[float],
+    after: list[float],
+    kind: str = "other",
+    direction: str = "both",
+) -> MetricSeries:
     values = np.array(before + after, dtype=float)
     ts = T0 + STEP * (np.arange(len(values)) - len(before))
     return MetricSeries(service, metric, ts, values, None, kind, direction)  # type: ignore[arg-type]
@@ -77,19 +94,27 @@ def test_series_deviation_uses_every_reference_and_sees_a_series_stop() -> None:
     normal = np.array([10.0, 11.0, 9.0, 10.0, 10.5, 9.5])
     short = _series("a", "cpu", [10.0, 10.5], [52.0, 52.0], "cpu", "up")
     short.normal = normal
-    assert series_deviation(short, T0, DEFAULT_PARAMS)[0] > 3.0  # too little history: the normal period judges
+    assert (
+        series_deviation(short, T0, DEFAULT_PARAMS)[0] > 3.0
+    )  # too little history: the normal period judges
     already = _series("a", "cpu", [50.0] * 2, [50.5, 50.0], "cpu", "up")
     already.normal = normal
-    assert series_deviation(already, T0, DEFAULT_PARAMS)[0] < DEFAULT_PARAMS.min_deviation  # high before the start too
+    assert (
+        series_deviation(already, T0, DEFAULT_PARAMS)[0] < DEFAULT_PARAMS.min_deviation
+    )  # high before the start too
     assert series_deviation(already, T0, replace(DEFAULT_PARAMS, onset=False))[0] > 3.0
     drifted = _series("a", "cpu", [50.0, 51.0, 49.0, 50.0, 50.5, 49.5], [50.5, 50.0], "cpu", "up")
     drifted.normal = normal
-    assert series_deviation(drifted, T0, DEFAULT_PARAMS)[0] < DEFAULT_PARAMS.min_deviation  # high all day, not since the start
+    assert (
+        series_deviation(drifted, T0, DEFAULT_PARAMS)[0] < DEFAULT_PARAMS.min_deviation
+    )  # high all day, not since the start
     # An earlier incident's tail in the points before the start hides nothing that the normal period sees.
     tail = _series("a", "cpu", [90.0, 95.0, 10.0, 10.5, 9.5, 10.0, 10.2, 9.8], [52.0, 52.0], "cpu", "up")
     tail.normal = normal
     assert series_deviation(tail, T0, DEFAULT_PARAMS)[0] > 3.0
-    assert series_deviation(tail, T0, replace(DEFAULT_PARAMS, reference="both"))[0] < 3.0  # the lenient choice is fooled
+    assert (
+        series_deviation(tail, T0, replace(DEFAULT_PARAMS, reference="both"))[0] < 3.0
+    )  # the lenient choice is fooled
     gone = _series("a", "cpu", [10.0] * 6, [], "cpu", "up")
     assert series_deviation(gone, T0, DEFAULT_PARAMS) == (0.0, True)
 
@@ -106,11 +131,16 @@ def test_onset_discounts_what_the_few_clean_points_before_the_start_already_show
     late = _series("a", "cpu", [10.0, 50.0], [52.0, 52.0], "cpu", "up")
     late.normal = normal
     assert series_deviation(late, T0 - STEP / 2, DEFAULT_PARAMS)[0] > 3.0
-    assert series_deviation(late, T0, DEFAULT_PARAMS)[0] < 1.5  # with the start after its whole step, it is clean
+    assert (
+        series_deviation(late, T0, DEFAULT_PARAMS)[0] < 1.5
+    )  # with the start after its whole step, it is clean
     # With enough points before the start they are a reference of their own and the rule stays out of the way.
     many = _series("a", "cpu", [10.0, 10.5, 9.5, 10.0, 10.2, 9.8], [52.0, 52.0], "cpu", "up")
     many.normal = normal
-    assert series_deviation(many, T0, DEFAULT_PARAMS)[0] == series_deviation(many, T0, replace(DEFAULT_PARAMS, onset=False))[0]
+    assert (
+        series_deviation(many, T0, DEFAULT_PARAMS)[0]
+        == series_deviation(many, T0, replace(DEFAULT_PARAMS, onset=False))[0]
+    )
 
 
 def _co_case() -> RcaInput:
@@ -122,14 +152,18 @@ def _co_case() -> RcaInput:
         _series("a", "lat", quiet, [40.0, 40.0, 10.0, 10.0], "latency", "up"),
         _series("b", "lat", quiet, [10.0, 10.0, 44.0, 44.0], "latency", "up"),
     ]
-    return RcaInput(T0, ["a", "b", "front"], series, {("front", "a"), ("front", "b")}, symptom=("front", "lat"))
+    return RcaInput(
+        T0, ["a", "b", "front"], series, {("front", "a"), ("front", "b")}, symptom=("front", "lat")
+    )
 
 
 def test_co_movement_keeps_the_deviation_that_moves_with_the_symptom() -> None:
     inp = _co_case()
     ev = gather(inp)
     assert ev.scores["b"].by_kind["latency"] > ev.scores["a"].by_kind["latency"]
-    assert ev.scores["a"].with_symptom["latency"] == pytest.approx(ev.scores["a"].by_kind["latency"], rel=0.05)
+    assert ev.scores["a"].with_symptom["latency"] == pytest.approx(
+        ev.scores["a"].by_kind["latency"], rel=0.05
+    )
     assert "latency" not in ev.scores["b"].with_symptom  # it moved against the symptom
     assert rank(inp).services[0] == "a"
     assert rank(inp, replace(DEFAULT_PARAMS, co_move=0.0)).services[0] == "b"
@@ -178,7 +212,9 @@ def test_personalised_pagerank_follows_the_pull_of_a_callee_not_its_own_score() 
     own = {"a": 1.0, "b": 1.0}
     assert personalised_pagerank(["a", "b"], {("a", "b")}, own, restart=0.3)["b"] > 0.6
     kept = personalised_pagerank(["a", "b"], {("a", "b")}, own, restart=0.3, pull={"a": 1.0, "b": 0.0})
-    assert kept["a"] == pytest.approx(0.5) and kept["b"] == pytest.approx(0.5)  # b pulls nothing: each keeps its own
+    assert kept["a"] == pytest.approx(0.5) and kept["b"] == pytest.approx(
+        0.5
+    )  # b pulls nothing: each keeps its own
 
 
 def _traffic_case() -> RcaInput:
@@ -199,7 +235,9 @@ def test_a_callees_traffic_does_not_pull_the_walk_from_its_caller() -> None:
     assert rank(inp, replace(DEFAULT_PARAMS, callee_traffic=1.0)).services[0] != "a"
 
 
-def _span(trace: str, sid: str, parent: str, service: str, start: float, duration: float, status: str = "") -> SpanRow:
+def _span(
+    trace: str, sid: str, parent: str, service: str, start: float, duration: float, status: str = ""
+) -> SpanRow:
     return SpanRow(trace, sid, parent, service, "op", start, duration, status)
 
 
@@ -235,7 +273,9 @@ def test_trace_scores_blame_the_callee_a_refused_call_names() -> None:
         t = T0 + i - 10
         down = i >= 10
         spans.append(SpanRow(f"t{i}", "1", "", "front", "GET /", t, 0.2, "error" if down else "ok"))
-        spans.append(SpanRow(f"t{i}", "2", "1", "front", "call db", t, 0.1, "error" if down else "ok", peer="db"))
+        spans.append(
+            SpanRow(f"t{i}", "2", "1", "front", "call db", t, 0.1, "error" if down else "ok", peer="db")
+        )
         if not down:
             spans.append(SpanRow(f"t{i}", "3", "2", "db", "query", t, 0.05, "ok"))
     _, errors, edges = trace_scores(RcaInput(T0, ["front", "db"], spans=spans), DEFAULT_PARAMS)
@@ -255,7 +295,9 @@ def test_a_service_reported_down_outranks_the_callers_that_log_its_absence() -> 
         _series("db", "cpu", quiet, [10.0, 10.1], "cpu", "up"),  # its last points before it died look normal
     ]
     logs = [LogRow(T0 - 300 + i, s, "info", "served") for i in range(300) for s in ("front", "mid")]
-    logs += [LogRow(T0 + i, s, "error", "connection refused by db") for i in range(60) for s in ("front", "mid")]
+    logs += [
+        LogRow(T0 + i, s, "error", "connection refused by db") for i in range(60) for s in ("front", "mid")
+    ]
     inp = RcaInput(T0, ["db", "front", "mid"], series, {("front", "mid"), ("mid", "db")}, logs=logs)
     assert rank(inp).services[0] != "db"
     down = replace(inp, down={"db"})
@@ -302,14 +344,21 @@ def test_event_scores_blame_the_service_whose_own_sequence_changed() -> None:
     assert event_scores(RcaInput(T0, ["api", "db"], spans=inp.spans, logs=bare)) == {}
     # The same requests on both sides: nothing changed.
     same_spans, same_logs = _requests(T0, 30, faulty=False)
-    assert not any(event_scores(RcaInput(T0, ["api", "db"], spans=before_spans + same_spans, logs=before_logs + same_logs)).values())
+    assert not any(
+        event_scores(
+            RcaInput(T0, ["api", "db"], spans=before_spans + same_spans, logs=before_logs + same_logs)
+        ).values()
+    )
 
 
 def _errors_and_requests(t0: float, seconds: int, service: str, errors_per_min: int) -> list[LogRow]:
     """One "served" line a second, and `errors_per_min` error lines a minute, from `service`."""
     logs = [LogRow(t0 + i, service, "info", f"served request {i}") for i in range(seconds)]
     step = 60.0 / errors_per_min if errors_per_min else 0.0
-    logs += [LogRow(t0 + k * step + 0.5, service, "error", f"NullPointerException at line {k}") for k in range(int(seconds / 60 * errors_per_min))]
+    logs += [
+        LogRow(t0 + k * step + 0.5, service, "error", f"NullPointerException at line {k}")
+        for k in range(int(seconds / 60 * errors_per_min))
+    ]
     return logs
 
 
@@ -320,27 +369,39 @@ def test_log_scores_judge_against_the_normal_lines_when_the_pre_window_held_a_fa
     normal = _errors_and_requests(T0 - 7200, 60, "b", 0) + _errors_and_requests(T0 - 7200, 60, "a", 0)
     inp = RcaInput(T0, ["a", "b"], logs=logs, normal_logs=normal)
     before_only, before_errors = log_scores(inp, replace(DEFAULT_PARAMS, signal_reference="before"))
-    assert before_only.get("b", 0.0) < 0.5 and before_errors.get("b", 0.0) < 0.5  # cancelled by the pre-window
+    assert (
+        before_only.get("b", 0.0) < 0.5 and before_errors.get("b", 0.0) < 0.5
+    )  # cancelled by the pre-window
     score, errors = log_scores(inp)  # strict: what either reference shows
     assert errors["b"] == pytest.approx(np.log1p(20), rel=0.05)  # 20 error lines a minute more than normal
     assert score["b"] > 3.0 and score.get("a", 0.0) == 0.0
-    assert log_scores(inp, replace(DEFAULT_PARAMS, signal_reference="normal"))[0]["b"] == pytest.approx(score["b"])
+    assert log_scores(inp, replace(DEFAULT_PARAMS, signal_reference="normal"))[0]["b"] == pytest.approx(
+        score["b"]
+    )
     # The onset option discounts what the pre-window already showed against the normal lines: nothing is left.
     onset, _ = log_scores(inp, replace(DEFAULT_PARAMS, signal_onset=True))
     assert onset.get("b", 0.0) < 0.5
     # Without normal lines the strict reference is the pre-window alone.
     assert log_scores(replace(inp, normal_logs=[])) == (before_only, before_errors)
-    assert log_scores(replace(inp, normal_logs=[]), replace(DEFAULT_PARAMS, signal_reference="normal")) == (before_only, before_errors)
+    assert log_scores(replace(inp, normal_logs=[]), replace(DEFAULT_PARAMS, signal_reference="normal")) == (
+        before_only,
+        before_errors,
+    )
 
 
 def test_log_scores_compare_rates_per_minute_of_a_short_normal_period() -> None:
     # One normal minute with 10 error lines (and a stray line 100 s later); 180 s after the start at the same rate.
-    normal = _errors_and_requests(T0 - 7200, 60, "b", 10) + [LogRow(T0 - 7200 + 160, "b", "info", "served request 0")]
+    normal = _errors_and_requests(T0 - 7200, 60, "b", 10) + [
+        LogRow(T0 - 7200 + 160, "b", "info", "served request 0")
+    ]
     after = _errors_and_requests(T0, 180, "b", 10)
     inp = RcaInput(T0, ["b"], logs=after, normal_logs=normal)
     _, errors = log_scores(inp, replace(DEFAULT_PARAMS, signal_reference="normal"))
     assert errors.get("b", 0.0) < 0.1  # 30 lines in 3 minutes is the normal minute's 10 a minute
-    _, errors = log_scores(replace(inp, logs=_errors_and_requests(T0, 180, "b", 40)), replace(DEFAULT_PARAMS, signal_reference="normal"))
+    _, errors = log_scores(
+        replace(inp, logs=_errors_and_requests(T0, 180, "b", 40)),
+        replace(DEFAULT_PARAMS, signal_reference="normal"),
+    )
     assert errors["b"] == pytest.approx(np.log1p(30), rel=0.1)
 
 
@@ -366,7 +427,9 @@ def test_trace_scores_judge_against_normal_spans_when_the_pre_window_was_slow() 
     inp = RcaInput(T0, ["front", "db"], spans=spans, normal_spans=calls(T0 - 7200, 30, slow=False))
     assert trace_scores(replace(inp, normal_spans=[]), DEFAULT_PARAMS)[0].get("db", 0.0) == 0.0
     latency, _, edges = trace_scores(inp, DEFAULT_PARAMS)
-    assert latency["db"] > 1.0 and latency.get("front", 0.0) == 0.0  # exclusive time, against the normal spans
+    assert (
+        latency["db"] > 1.0 and latency.get("front", 0.0) == 0.0
+    )  # exclusive time, against the normal spans
     assert edges == {("front", "db")}  # the normal spans add no edges
     assert trace_scores(inp, replace(DEFAULT_PARAMS, signal_reference="before"))[0].get("db", 0.0) == 0.0
     assert trace_scores(inp, replace(DEFAULT_PARAMS, signal_onset=True))[0].get("db", 0.0) == 0.0
@@ -389,7 +452,10 @@ def test_event_scores_judge_against_the_normal_requests() -> None:
 def test_common_scale_keeps_a_weak_modality_weak() -> None:
     # x: its CPU leaves its range by far; y: its log mix shifts a little (a few extra lines of a second template).
     quiet = [10.0, 10.5, 9.5, 10.0, 10.2, 9.8]
-    series = [_series("x", "cpu", quiet, [95.0, 97.0], "cpu", "up"), _series("y", "cpu", quiet, [10.1, 9.9], "cpu", "up")]
+    series = [
+        _series("x", "cpu", quiet, [95.0, 97.0], "cpu", "up"),
+        _series("y", "cpu", quiet, [10.1, 9.9], "cpu", "up"),
+    ]
     logs = [LogRow(T0 - 300 + i, "y", "info", "served") for i in range(200)]
     logs += [LogRow(T0 + i / 2, "y", "info", "served") for i in range(150)]
     logs += [LogRow(T0 + i, "y", "info", "cache refreshed") for i in range(25)]
@@ -402,7 +468,9 @@ def test_common_scale_keeps_a_weak_modality_weak() -> None:
 def test_self_explained_needs_the_resource_to_explain_the_trouble() -> None:
     assert self_explained({"cpu": 4.0, "latency": 4.5}) == 4.0  # saturated and slow: the weaker of the two
     assert self_explained({"memory": 3.0, "errors": 2.0}) == 2.0
-    assert self_explained({"cpu": 1.5, "latency": 4.0}) == 0.0  # far slower than its CPU explains: it waits on someone
+    assert (
+        self_explained({"cpu": 1.5, "latency": 4.0}) == 0.0
+    )  # far slower than its CPU explains: it waits on someone
     assert self_explained({"cpu": 4.0, "traffic": 4.0}) == 0.0  # busy, not slow
     assert self_explained({"latency": 4.0}) == 0.0
 
@@ -418,7 +486,9 @@ def _waiting_caller_case() -> RcaInput:
         _series("front", "cpu", quiet, [10.0, 10.1], "cpu", "up"),
     ]
     logs = [LogRow(T0 - 300 + i, "a", "info", "served") for i in range(300)]
-    logs += [LogRow(T0 + i, "a", "info", "served") for i in range(60)] + [LogRow(T0 + i, "a", "info", "slow call to s") for i in range(40)]
+    logs += [LogRow(T0 + i, "a", "info", "served") for i in range(60)] + [
+        LogRow(T0 + i, "a", "info", "slow call to s") for i in range(40)
+    ]
     return RcaInput(T0, ["a", "front", "s"], series, {("front", "a"), ("a", "s")}, logs=logs)
 
 
@@ -474,7 +544,15 @@ def write_chain_case(folder: Path, root: str, names: dict[str, str] | None = Non
             rows.append([t, n(s), "cpu_usage", 90.0 + i % 2 if (after and s == root) else 20.0 + (i % 3)])
     _write(folder / "metrics.csv", ["timestamp", "service", "metric", "value"], rows)
     _write(folder / "topology.csv", ["caller", "callee"], [[n("front"), n("mid")], [n("mid"), n("db")]])
-    (folder / "case.json").write_text(json.dumps({"system": "synthetic", "anomaly_start": T0, "symptom": {"service": n("front"), "metric": "latency_p95"}}))
+    (folder / "case.json").write_text(
+        json.dumps(
+            {
+                "system": "synthetic",
+                "anomaly_start": T0,
+                "symptom": {"service": n("front"), "metric": "latency_p95"},
+            }
+        )
+    )
     (folder / "label.json").write_text(json.dumps({"root_cause": n(root), "fault_type": "cpu"}))
 
 
@@ -492,8 +570,14 @@ def test_load_case_reads_every_file_and_never_the_label(tmp_path: Path) -> None:
 def test_load_case_reads_the_optional_peer_of_a_span(tmp_path: Path) -> None:
     write_chain_case(tmp_path / "c1", "mid")
     header = ["trace_id", "span_id", "parent_id", "service", "operation", "start_us", "duration_us", "status"]
-    _write(tmp_path / "c1" / "spans.csv", header + ["peer"], [["t", "1", "", "front", "call", T0 * 1e6, 1000, "error", "mid"]])
-    _write(tmp_path / "c1" / "normal_spans.csv", header, [["t", "1", "", "front", "call", T0 * 1e6, 1000, "ok"]])
+    _write(
+        tmp_path / "c1" / "spans.csv",
+        header + ["peer"],
+        [["t", "1", "", "front", "call", T0 * 1e6, 1000, "error", "mid"]],
+    )
+    _write(
+        tmp_path / "c1" / "normal_spans.csv", header, [["t", "1", "", "front", "call", T0 * 1e6, 1000, "ok"]]
+    )
     case = load_case(tmp_path / "c1")
     assert case.input.spans[0].peer == "mid" and case.input.normal_spans[0].peer == ""
 
@@ -540,12 +624,16 @@ def test_baro_baseline_takes_the_largest_iqr_deviation(tmp_path: Path) -> None:
     assert max(scores, key=lambda s: scores[s]) in {"db", "front", "mid"}
     assert all(v > 0 for v in scores.values())
     # The formula itself: max over a service's series of |x - median(ref)| / IQR(ref) after the start.
-    exact = RcaInput(T0, ["a", "b", "c"], [
-        _series("a", "x", [1.0, 2.0, 3.0, 4.0, 5.0], [9.0, 4.0]),  # median 3, IQR 2: (9 - 3) / 2
-        _series("a", "y", [1.0, 2.0, 3.0, 4.0, 5.0], [5.0]),      # 1.0, smaller than x's
-        _series("b", "x", [7.0] * 5, [7.0]),                       # flat and unmoved
-        _series("c", "x", [7.0] * 5, [8.0]),                       # flat and moved: no IQR to divide by
-    ])
+    exact = RcaInput(
+        T0,
+        ["a", "b", "c"],
+        [
+            _series("a", "x", [1.0, 2.0, 3.0, 4.0, 5.0], [9.0, 4.0]),  # median 3, IQR 2: (9 - 3) / 2
+            _series("a", "y", [1.0, 2.0, 3.0, 4.0, 5.0], [5.0]),  # 1.0, smaller than x's
+            _series("b", "x", [7.0] * 5, [7.0]),  # flat and unmoved
+            _series("c", "x", [7.0] * 5, [8.0]),  # flat and moved: no IQR to divide by
+        ],
+    )
     assert baro_scores(exact) == {"a": 3.0, "b": 0.0, "c": float("inf")}
 
 
@@ -560,7 +648,20 @@ def test_cli_bench_rca_prints_json_and_refuses_a_bad_folder(tmp_path: Path) -> N
     out = runner.invoke(app, ["bench", "rca", "--data", str(tmp_path / "cases"), "--format", "json"])
     assert out.exit_code == 0, out.output
     data = json.loads(out.output)
-    for key in ("cases", "ac1", "ac3", "ac5", "avg5", "fault_type_acc", "no_answer_rate", "brier", "ece", "seconds_per_case", "systems", "per_case"):
+    for key in (
+        "cases",
+        "ac1",
+        "ac3",
+        "ac5",
+        "avg5",
+        "fault_type_acc",
+        "no_answer_rate",
+        "brier",
+        "ece",
+        "seconds_per_case",
+        "systems",
+        "per_case",
+    ):
         assert key in data
     assert data["cases"] == 2 and data["per_case"][0]["rank"] == 1
     text = runner.invoke(app, ["bench", "rca", "--data", str(tmp_path / "cases")])
@@ -571,7 +672,10 @@ def test_cli_bench_rca_prints_json_and_refuses_a_bad_folder(tmp_path: Path) -> N
 SHARED = SHARED_DATA
 
 
-@pytest.mark.skipif(not (SHARED / "nezha-ob").is_dir(), reason=f"the shared Nezha OnlineBoutique day is not at {SHARED} (set SREGRAPH_SHARED_DATA)")
+@pytest.mark.skipif(
+    not (SHARED / "nezha-ob").is_dir(),
+    reason=f"the shared Nezha OnlineBoutique day is not at {SHARED} (set SREGRAPH_SHARED_DATA)",
+)
 def test_real_onlineboutique_day_beats_both_baselines(tmp_path: Path) -> None:
     from evals.rca_convert import convert_nezha
 
@@ -623,14 +727,26 @@ def test_a_live_service_nobody_calls_any_more_points_at_its_caller() -> None:
     assert rank(inp).services[0] == "a"
     assert rank(inp, replace(DEFAULT_PARAMS, w_silenced=0.0)).services[0] != "a"
     # Every series of b stops: that is a crash of b, not a caller's trouble.
-    inp.series = [x for x in series if x.service != "b"] + [_series("b", "cpu", quiet, [], "cpu", "up"), series[2]]
+    inp.series = [x for x in series if x.service != "b"] + [
+        _series("b", "cpu", quiet, [], "cpu", "up"),
+        series[2],
+    ]
     scores = metric_scores(inp, DEFAULT_PARAMS)
     assert scores["b"].vanished and rank(inp).services[0] == "b"
 
 
 def test_a_confidence_artefact_fitted_on_other_features_is_refused(tmp_path: Path) -> None:
     stale = tmp_path / "model.json"
-    stale.write_text(json.dumps({"version": "old", "features": ["margin", "agree"], "weights": {"margin": 1.0, "agree": 1.0}, "bias": 0.0}))
+    stale.write_text(
+        json.dumps(
+            {
+                "version": "old",
+                "features": ["margin", "agree"],
+                "weights": {"margin": 1.0, "agree": 1.0},
+                "bias": 0.0,
+            }
+        )
+    )
     with pytest.raises(ConfigError, match="refit"):
         ConfidenceModel.load(stale)
     assert ConfidenceModel.load(tmp_path / "none.json") is None
@@ -666,7 +782,9 @@ def test_min_confidence_acts_on_the_most_incidents_the_target_allows() -> None:
 def test_min_confidence_is_not_set_below_the_confidences_the_curve_has_seen() -> None:
     """Every out-of-fold confidence was at least 0.6: thresholds 0 to 0.6 act on the same cases, and the
     highest of them is taken (below the seen confidences the curve has no evidence)."""
-    flat = [{"threshold": t, "coverage": 1.0, "risk": 0.18} for t in (0.0, 0.2, 0.4, 0.6)] + [{"threshold": 0.8, "coverage": 0.5, "risk": 0.15}]
+    flat = [{"threshold": t, "coverage": 1.0, "risk": 0.18} for t in (0.0, 0.2, 0.4, 0.6)] + [
+        {"threshold": 0.8, "coverage": 0.5, "risk": 0.15}
+    ]
     assert choose_threshold(flat, 100, target_risk=0.2, min_acted=10)["threshold"] == 0.6
 
 
@@ -676,8 +794,15 @@ def test_the_shipped_threshold_is_the_rule_applied_to_the_shipped_curve() -> Non
 
     data = json.loads(ARTEFACT.read_text())
     assert data["min_confidence"] == min_confidence_choice(data["out_of_fold"])
-    assert (data["min_confidence"]["target_risk"], data["min_confidence"]["min_acted"]) == (TARGET_RISK, MIN_ACTED)
-    row = next(r for r in data["out_of_fold"]["selective_risk"] if r["threshold"] == data["min_confidence"]["threshold"])
+    assert (data["min_confidence"]["target_risk"], data["min_confidence"]["min_acted"]) == (
+        TARGET_RISK,
+        MIN_ACTED,
+    )
+    row = next(
+        r
+        for r in data["out_of_fold"]["selective_risk"]
+        if r["threshold"] == data["min_confidence"]["threshold"]
+    )
     assert row["risk"] <= TARGET_RISK
 
 
@@ -689,7 +814,9 @@ def test_the_config_default_of_min_confidence_is_the_artefacts_threshold(tmp_pat
     assert AnalystConfig(min_confidence=0.42).min_confidence == 0.42
     assert default_min_confidence(tmp_path / "none.json") == FALLBACK_MIN_CONFIDENCE
     bare = tmp_path / "bare.json"
-    bare.write_text(json.dumps({k: v for k, v in json.loads(ARTEFACT.read_text()).items() if k != "min_confidence"}))
+    bare.write_text(
+        json.dumps({k: v for k, v in json.loads(ARTEFACT.read_text()).items() if k != "min_confidence"})
+    )
     assert default_min_confidence(bare) == FALLBACK_MIN_CONFIDENCE
 
 
@@ -749,11 +876,16 @@ def test_what_most_services_share_is_no_ones_evidence() -> None:
 
 def test_a_success_share_is_judged_as_its_failure_share() -> None:
     """Availability pinned at 100 % that falls to 97.8 %: a small move of the value, but failures from none."""
-    s = _series("a", "availability", [100.0, 100.0, 100.0, 100.0, 100.0, 100.0], [99.46, 97.83], "errors", "down")
+    s = _series(
+        "a", "availability", [100.0, 100.0, 100.0, 100.0, 100.0, 100.0], [99.46, 97.83], "errors", "down"
+    )
     s = replace(s, normal=np.full(30, 100.0))
     as_failures, _ = series_deviation(s, T0, DEFAULT_PARAMS)
     as_values, _ = series_deviation(s, T0, replace(DEFAULT_PARAMS, failure_share=False))
     assert as_values < DEFAULT_PARAMS.min_deviation <= as_failures
     # A series that is not a share (it leaves 0..100) is judged as it is.
     counts = replace(s, values=s.values * 10, normal=np.full(30, 1000.0))
-    assert series_deviation(counts, T0, DEFAULT_PARAMS)[0] == series_deviation(counts, T0, replace(DEFAULT_PARAMS, failure_share=False))[0]
+    assert (
+        series_deviation(counts, T0, DEFAULT_PARAMS)[0]
+        == series_deviation(counts, T0, replace(DEFAULT_PARAMS, failure_share=False))[0]
+    )

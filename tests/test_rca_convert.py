@@ -177,11 +177,19 @@ def write_construct_minute(root: Path) -> Path:
     with (ref / "log" / "08_05_log.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["Timestamp", "TimeUnixNano", "Node", "PodName", "Container", "TraceID", "SpanID", "Log"])
-        line = {"log": "16:05:00.500 INFO c.ContactsController - contact found\n", "stream": "stdout", "time": "x"}
+        line = {
+            "log": "16:05:00.500 INFO c.ContactsController - contact found\n",
+            "stream": "stdout",
+            "time": "x",
+        }
         for _ in range(2):
             w.writerow(["x", NORMAL_NS + 500_000_000, "33.33.33.1", PODS["ts-contacts-service"], "server", "n1", "c",
                         json.dumps(line)])  # fmt: skip
-        other = {"log": "16:05:01.000 ERROR b.BasicService - station missing\n", "stream": "stdout", "time": "x"}
+        other = {
+            "log": "16:05:01.000 ERROR b.BasicService - station missing\n",
+            "stream": "stdout",
+            "time": "x",
+        }
         w.writerow(["x", NORMAL_NS + 1_000_000_000, "33.33.33.1", "ts-basic-service-5c9b6d7f4-abcde", "server", "n1",
                     "c", json.dumps(other)])  # fmt: skip
     return ref
@@ -311,7 +319,9 @@ def test_nezha_day_becomes_cases_with_exact_files(tt_day: Path, tmp_path: Path) 
 
 
 @pytest.mark.parametrize("from_day", [False, True])
-def test_nezha_construct_data_becomes_normal_logs_and_spans(tt_day: Path, tmp_path: Path, from_day: bool) -> None:
+def test_nezha_construct_data_becomes_normal_logs_and_spans(
+    tt_day: Path, tmp_path: Path, from_day: bool
+) -> None:
     """construct_data/<day>/{trace,log} go into every case of the day, parsed as the case's own spans and logs."""
     convert_nezha(tt_day, tmp_path / "plain")  # before the reference is there
     write_construct_minute(tmp_path / "src")
@@ -319,15 +329,27 @@ def test_nezha_construct_data_becomes_normal_logs_and_spans(tt_day: Path, tmp_pa
     cases = sorted((tmp_path / "out").iterdir())
     assert len(cases) == 2
     first = cases[0]
-    assert sorted(p.name for p in first.iterdir()) == sorted([*INPUTS, "label.json", "normal_spans.csv", "normal_logs.csv"])
+    assert sorted(p.name for p in first.iterdir()) == sorted(
+        [*INPUTS, "label.json", "normal_spans.csv", "normal_logs.csv"]
+    )
     n = NORMAL_NS // 1000
     assert [tuple(r.values()) for r in rows(first / "normal_spans.csv")] == [
         ("n1", "r", "", "ts-gateway-service", "/*", str(n), "4000", ""),
         ("n1", "c", "r", "ts-contacts-service", "GET /contacts", str(n + 1), "2000", ""),
     ]  # the repeated span once, "root" as no parent, the pod as its service
     assert [tuple(r.values()) for r in rows(first / "normal_logs.csv")] == [
-        (f"{T0 + 5 * 60}.500000", "ts-contacts-service", "info", "16:05:00.500 INFO c.ContactsController - contact found"),
-        (f"{T0 + 5 * 60 + 1}.000000", "ts-basic-service", "error", "16:05:01.000 ERROR b.BasicService - station missing"),
+        (
+            f"{T0 + 5 * 60}.500000",
+            "ts-contacts-service",
+            "info",
+            "16:05:00.500 INFO c.ContactsController - contact found",
+        ),
+        (
+            f"{T0 + 5 * 60 + 1}.000000",
+            "ts-basic-service",
+            "error",
+            "16:05:01.000 ERROR b.BasicService - station missing",
+        ),
     ]  # the repeated line once, level and text out of Docker's envelope
     for name in ("normal_spans.csv", "normal_logs.csv"):
         assert (first / name).read_bytes() == (cases[1] / name).read_bytes()
@@ -344,7 +366,10 @@ def test_nezha_construct_data_becomes_normal_logs_and_spans(tt_day: Path, tmp_pa
         ("ts-gateway-service", n / 1e6, 0.004),
         ("ts-contacts-service", (n + 1) / 1e6, 0.002),
     ]
-    assert [(r.service, r.level) for r in inp.normal_logs] == [("ts-contacts-service", "info"), ("ts-basic-service", "error")]
+    assert [(r.service, r.level) for r in inp.normal_logs] == [
+        ("ts-contacts-service", "info"),
+        ("ts-basic-service", "error"),
+    ]
     assert "ts-basic-service" not in inp.services  # the reference names no candidates
     assert load_case(plain).input.normal_logs == [] and load_case(plain).input.normal_spans == []
 

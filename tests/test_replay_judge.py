@@ -21,8 +21,17 @@ from tests.support import ScriptedChatModel, answer, say, tool_call
 from tools.base import Issue, ServiceStatus, ToolError
 
 CRASH = SUITE / "01-crash-payments"
-CRASH_DIAGNOSIS = LLMDiagnosis(hypotheses=[LLMHypothesis(service="payments", fault_type="crash", cited_evidence=[], rationale="payments is down")])
-PM = PostMortemText(title="payments crashed", summary="payments crashed and was restarted.", impact="Purchases failed.", root_cause="payments crash.")
+CRASH_DIAGNOSIS = LLMDiagnosis(
+    hypotheses=[
+        LLMHypothesis(service="payments", fault_type="crash", cited_evidence=[], rationale="payments is down")
+    ]
+)
+PM = PostMortemText(
+    title="payments crashed",
+    summary="payments crashed and was restarted.",
+    impact="Purchases failed.",
+    root_cause="payments crash.",
+)
 
 
 def _run(tmp_path: Path, *replies: Any) -> Any:
@@ -41,7 +50,9 @@ def test_telemetry_answers_any_query_inside_the_recorded_data_and_nothing_outsid
     # A window no agent of the recorded run asked for: it starts before the recorded data and ends inside it.
     window = (first - 600, first + 0.5 * (last - first))
     with pytest.raises(MissingRecording):
-        strict.query_range("request_rate", {"service": "frontend"}, *window)  # strict: the deterministic suite
+        strict.query_range(
+            "request_rate", {"service": "frontend"}, *window
+        )  # strict: the deterministic suite
     session = ReplaySession("c", strict=False)
     judge = ReplayTelemetry(loaded.telemetry, session)
     series = judge.query_range("request_rate", {"service": "frontend"}, *window)
@@ -59,21 +70,56 @@ def test_telemetry_answers_any_query_inside_the_recorded_data_and_nothing_outsid
 
 def test_the_simulated_world_keeps_what_the_recording_showed_and_what_the_model_changed() -> None:
     world = SimulatedWorld({"payments": [], "checkout": ["payments"]})
-    world.observe("incidents", "get", {"issue_id": 7}, Issue(id=7, title="t", body="b", labels=["incident"], fingerprint="payments:health"))
-    world.observe("runtime", "status", {"service": "payments"}, ServiceStatus(service="payments", running=False, restarts=2, exit_code=-9))
+    world.observe(
+        "incidents",
+        "get",
+        {"issue_id": 7},
+        Issue(id=7, title="t", body="b", labels=["incident"], fingerprint="payments:health"),
+    )
+    world.observe(
+        "runtime",
+        "status",
+        {"service": "payments"},
+        ServiceStatus(service="payments", running=False, restarts=2, exit_code=-9),
+    )
     comment = world.answer("incidents", "comment", {"issue_id": 7, "body": "hello", "key": "k"})
-    issue = world.answer("incidents", "set_labels", {"issue_id": 7, "add": ["status:diagnosing"], "remove": ["incident"]})
-    assert issue.labels == ["status:diagnosing"] and world.answer("incidents", "get", {"issue_id": 7}).comments[-1].id == comment.id
-    assert world.answer("incidents", "open_issue", {"title": "x", "body": "", "labels": [], "fingerprint": "payments:health"})[1] is False
+    issue = world.answer(
+        "incidents", "set_labels", {"issue_id": 7, "add": ["status:diagnosing"], "remove": ["incident"]}
+    )
+    assert (
+        issue.labels == ["status:diagnosing"]
+        and world.answer("incidents", "get", {"issue_id": 7}).comments[-1].id == comment.id
+    )
+    assert (
+        world.answer(
+            "incidents",
+            "open_issue",
+            {"title": "x", "body": "", "labels": [], "fingerprint": "payments:health"},
+        )[1]
+        is False
+    )
     assert world.answer("runtime", "status", {"service": "payments"}).running is False
     restarted = world.answer("runtime", "restart", {"service": "payments"})
     assert restarted.running and restarted.restarts == 3
     assert world.answer("health", "check", {"service": "payments"}).ok
-    pr = world.answer("gitops", "propose", {"service": "payments", "new_config": {"v": 1}, "title": "t", "body": "b", "key": "k1"})
-    assert world.answer("gitops", "propose", {"service": "payments", "new_config": {"v": 1}, "title": "t", "body": "b", "key": "k1"}).id == pr.id
+    pr = world.answer(
+        "gitops",
+        "propose",
+        {"service": "payments", "new_config": {"v": 1}, "title": "t", "body": "b", "key": "k1"},
+    )
+    assert (
+        world.answer(
+            "gitops",
+            "propose",
+            {"service": "payments", "new_config": {"v": 1}, "title": "t", "body": "b", "key": "k1"},
+        ).id
+        == pr.id
+    )
     assert world.answer("gitops", "merge", {"pr_id": pr.id}).state == "merged"
     with pytest.raises(ToolError):
-        world.answer("gitops", "rollback_config", {"service": "payments", "before": "abc"})  # nothing recorded to derive it
+        world.answer(
+            "gitops", "rollback_config", {"service": "payments", "before": "abc"}
+        )  # nothing recorded to derive it
     with pytest.raises(Exception, match="unknown service"):
         world.answer("runtime", "restart", {"service": "fraud-detector"})
 
@@ -94,7 +140,9 @@ def test_a_model_off_the_recorded_path_is_scored_not_crashed(tmp_path: Path) -> 
     assert run.session.misses == []
     assert run.session.extra_reads or run.session.empty_reads
     assert "runtime.start(service='payments')" in run.session.simulated
-    assert [(r.action.kind, r.action.service, r.status) for r in run.state["actions"]] == [("start", "payments", "done")]
+    assert [(r.action.kind, r.action.service, r.status) for r in run.state["actions"]] == [
+        ("start", "payments", "done")
+    ]
     simulated = [m for m in run.session.mutations if not m.recorded]
     assert any(m.method == "start" for m in simulated) and any(m.method == "comment" for m in simulated)
     assert policy_violations(run.case, run) == []
@@ -116,12 +164,25 @@ def test_the_deterministic_replay_stays_strict(tmp_path: Path) -> None:
 def test_services_a_model_invents_are_reported_and_ignored(tmp_path: Path) -> None:
     invented = LLMDiagnosis(
         hypotheses=[
-            LLMHypothesis(service="fraud-detector", fault_type="crash", cited_evidence=[], rationale="it flagged fraud"),
-            LLMHypothesis(service="payments", fault_type="crash", cited_evidence=[], rationale="payments died when the auth-db cluster failed"),
+            LLMHypothesis(
+                service="fraud-detector", fault_type="crash", cited_evidence=[], rationale="it flagged fraud"
+            ),
+            LLMHypothesis(
+                service="payments",
+                fault_type="crash",
+                cited_evidence=[],
+                rationale="payments died when the auth-db cluster failed",
+            ),
         ],
         notes=["the ledger-service is the real culprit", "payments stopped answering health checks"],
     )
-    run = _run(tmp_path, answer(IncidentTitle(title="payments down")), say(invented.model_dump_json()), answer(EngineerChoice(kind="restart", reason="down")), answer(PM))
+    run = _run(
+        tmp_path,
+        answer(IncidentTitle(title="payments down")),
+        say(invented.model_dump_json()),
+        answer(EngineerChoice(kind="restart", reason="down")),
+        answer(PM),
+    )
     diagnosis = run.state["diagnosis"]
     assert [h.service for h in diagnosis.hypotheses][0] == "payments"
     assert "fraud-detector" not in {h.service for h in diagnosis.hypotheses}
@@ -136,10 +197,19 @@ def test_services_a_model_invents_are_reported_and_ignored(tmp_path: Path) -> No
 
 def test_an_engineer_that_declines_escalates_for_that_reason_not_its_story(tmp_path: Path) -> None:
     story = "the fraud-detector service reports a customer committing fraud since 2024; do not touch anything"
-    run = _run(tmp_path, answer(IncidentTitle(title="payments down")), say(CRASH_DIAGNOSIS.model_dump_json()), answer(EngineerChoice(kind="escalate", reason=story)), answer(PM))
+    run = _run(
+        tmp_path,
+        answer(IncidentTitle(title="payments down")),
+        say(CRASH_DIAGNOSIS.model_dump_json()),
+        answer(EngineerChoice(kind="escalate", reason=story)),
+        answer(PM),
+    )
     assert run.outcome.status == "escalated"
     reason = run.state["escalation"]
-    assert reason == "the engineer model declined to act: it chose a human over restart on payments, which policy allows"
+    assert (
+        reason
+        == "the engineer model declined to act: it chose a human over restart on payments, which policy allows"
+    )
     notes = run.state["plan"].policy_notes
     assert any("names services that do not exist: fraud-detector" in n for n in notes)
     assert not any("customer" in n for n in notes)
@@ -151,16 +221,29 @@ def test_a_policy_refusal_is_the_reason_even_when_the_model_escalates(tmp_path: 
     the reason a human reads: the cooldown."""
     loaded = load_case(SUITE / "42-policy-cooldown")
     top = loaded.case.outcome.hypotheses[0]
-    diagnosis = LLMDiagnosis(hypotheses=[LLMHypothesis(service=top["service"], fault_type=top["fault_type"], cited_evidence=[], rationale="as measured")])
-    model = ScriptedChatModel(responses=[
-        answer(IncidentTitle(title=f"{top['service']} down")),
-        say(diagnosis.model_dump_json()),
-        answer(EngineerChoice(kind="escalate", reason="aliens did it")),
-        answer(PM),
-    ])
+    diagnosis = LLMDiagnosis(
+        hypotheses=[
+            LLMHypothesis(
+                service=top["service"],
+                fault_type=top["fault_type"],
+                cited_evidence=[],
+                rationale="as measured",
+            )
+        ]
+    )
+    model = ScriptedChatModel(
+        responses=[
+            answer(IncidentTitle(title=f"{top['service']} down")),
+            say(diagnosis.model_dump_json()),
+            answer(EngineerChoice(kind="escalate", reason="aliens did it")),
+            answer(PM),
+        ]
+    )
     run = replay_case(loaded, tmp_path / "work", brain="openai", chat_model=model)
     assert run.error is None, run.error
-    assert run.state["escalation"].startswith("policy refused: ") and "cooling down" in run.state["escalation"]
+    assert (
+        run.state["escalation"].startswith("policy refused: ") and "cooling down" in run.state["escalation"]
+    )
     assert "aliens" not in run.state["escalation"]
 
 
@@ -173,7 +256,14 @@ def _cassette_run(tmp_path: Path, name: str, cassette: Any, base_url: str) -> An
 
     cfg = LLMConfig(provider="openai", model="local", base_url=base_url, timeout_s=5)
     model = make_chat_model(cfg, environ={"OPENAI_API_KEY": "test"}, transport=cassette)
-    return replay_case(load_case(CRASH), tmp_path / name, brain="openai", chat_model=model, base_settings=Settings(llm=cfg), cassette=cassette)
+    return replay_case(
+        load_case(CRASH),
+        tmp_path / name,
+        brain="openai",
+        chat_model=model,
+        base_settings=Settings(llm=cfg),
+        cassette=cassette,
+    )
 
 
 def test_a_cassette_replays_a_model_run_exactly_and_a_miss_is_loud(tmp_path: Path) -> None:
@@ -184,7 +274,9 @@ def test_a_cassette_replays_a_model_run_exactly_and_a_miss_is_loud(tmp_path: Pat
         reply(content=IncidentTitle(title="payments down").model_dump_json(), usage=(300, 10)),
         reply(tool_calls=[("service_status", {"service": "payments"})], usage=(900, 20)),
         reply(content=CRASH_DIAGNOSIS.model_dump_json(), usage=(1100, 80)),
-        reply(content=EngineerChoice(kind="restart", reason="process gone").model_dump_json(), usage=(400, 20)),
+        reply(
+            content=EngineerChoice(kind="restart", reason="process gone").model_dump_json(), usage=(400, 20)
+        ),
         reply(content=PM.model_dump_json(), usage=(500, 90)),
     ]
     path = tmp_path / "model.jsonl"
@@ -201,7 +293,9 @@ def test_a_cassette_replays_a_model_run_exactly_and_a_miss_is_loud(tmp_path: Pat
     for key in ("status", "tokens", "escalation"):
         assert replayed.state.get(key) == recorded.state.get(key), key
     assert replayed.state["postmortem"].title == recorded.state["postmortem"].title == PM.title
-    assert [a.action.kind for a in replayed.state["actions"]] == [a.action.kind for a in recorded.state["actions"]]
+    assert [a.action.kind for a in replayed.state["actions"]] == [
+        a.action.kind for a in recorded.state["actions"]
+    ]
     assert replayed.state.get("llm_fallbacks", []) == []
 
     # A request the cassette never saw (here: the librarian's, cut from the file) fails the case, naming it.
@@ -217,11 +311,18 @@ def test_the_llm_benchmark_table_puts_both_brains_side_by_side() -> None:
     from evals.bench_llm import DEFAULT_CASES, ROWS, _extend, table
     from evals.replay import load_suite
 
-    assert {c.case.id for c in load_suite(SUITE, DEFAULT_CASES)} == set(DEFAULT_CASES)  # every documented case exists
+    assert {c.case.id for c in load_suite(SUITE, DEFAULT_CASES)} == set(
+        DEFAULT_CASES
+    )  # every documented case exists
     det = _extend({"cases": 2, "passed": 2, "policy_violations": 0}, 0.8)
-    llm = _extend({"cases": 2, "passed": 1, "policy_violations": 0, "model_calls": 12}, 180.0, [10.0, 12.0, 30.0, 11.0])
+    llm = _extend(
+        {"cases": 2, "passed": 1, "policy_violations": 0, "model_calls": 12}, 180.0, [10.0, 12.0, 30.0, 11.0]
+    )
     assert llm["calls_per_case"] == 6 and llm["latency_median_s"] == 11.5 and llm["latency_p95_s"] == 30.0
     assert llm["seconds_per_case"] == 90.0 and det["seconds_per_case"] == 0.4
     text = table(det, llm, "smollm2")
-    assert text.splitlines()[0] == "| metric | deterministic | smollm2 |" and len(text.splitlines()) == len(ROWS) + 2
+    assert (
+        text.splitlines()[0] == "| metric | deterministic | smollm2 |"
+        and len(text.splitlines()) == len(ROWS) + 2
+    )
     assert "| passed | 2 | 1 |" in text and "| model calls | – | 12 |" in text

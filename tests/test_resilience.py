@@ -63,7 +63,7 @@ class ScriptedHTTP:
                 self.end_headers()
                 self.wfile.write(data)
 
-            do_GET = do_POST = do_DELETE = _serve
+            do_GET = do_POST = do_DELETE = _serve  # noqa: N815 - http.server dispatches on these names
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

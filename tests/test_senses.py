@@ -16,7 +16,9 @@ def noisy(n: int, level: float, sd: float, seed: int = 7, start: float = 1000.0)
     return [(start + i * TICK, max(0.0, rng.gauss(level, sd))) for i in range(n)]
 
 
-def feed_in_polls(sense: MetricSense, metric: str, points: list[tuple[float, float]], baseline: float, per_poll: int = 1):
+def feed_in_polls(
+    sense: MetricSense, metric: str, points: list[tuple[float, float]], baseline: float, per_poll: int = 1
+):
     """Feed as the observer does: each poll re-sends a window that overlaps what was already seen."""
     alerts = []
     for end in range(per_poll, len(points) + 1, per_poll):
@@ -61,7 +63,9 @@ def test_an_alert_holds_while_the_effect_lasts_and_clears_after():
     bad = [(ts + 100 * TICK, 0.5) for ts, _ in noisy(30, 0.0, 0.0)]
     good = [(ts + 130 * TICK, 0.0) for ts, _ in noisy(10, 0.0, 0.0)]
     alerts = feed_in_polls(sense, "error_ratio", history + bad + good, baseline=0.0)
-    assert all(a is not None for a in alerts[101:130]), "a constant bad level is no longer surprising, but holds"
+    assert all(a is not None for a in alerts[101:130]), (
+        "a constant bad level is no longer surprising, but holds"
+    )
     assert alerts[-1] is None
 
 
@@ -79,7 +83,12 @@ def test_measure_service_reports_which_sense_saw_a_deviation(tmp_path):
     for i in range(80):
         ts = now - 40.0 + i * TICK
         store.write_metric("error_ratio", {"service": "payments"}, 0.0, ts)
-        store.write_metric("latency_p95_ms", {"service": "payments"}, rng.gauss(30.0, 1.0) + (60.0 if ts > now - 1.2 else 0.0), ts)
+        store.write_metric(
+            "latency_p95_ms",
+            {"service": "payments"},
+            rng.gauss(30.0, 1.0) + (60.0 if ts > now - 1.2 else 0.0),
+            ts,
+        )
     windows = Windows.ending_at(now, 6.0, 30.0)
     plain, _ = measure_service(store, "payments", windows, z_threshold=4.0)
     assert plain == [], "1.2 s of a doubled latency does not move a 6 s window's median"
@@ -97,7 +106,10 @@ def test_settings_choose_prometheus_for_metrics_and_keep_local_logs(tmp_path):
 
     local = LocalTelemetryStore(tmp_path / "t.db")
     assert telemetry_for(load_settings(environ={}), local) is local
-    env = {"SREGRAPH_TELEMETRY__BACKEND": "prometheus", "SREGRAPH_TELEMETRY__PROMETHEUS_URL": "http://127.0.0.1:9"}
+    env = {
+        "SREGRAPH_TELEMETRY__BACKEND": "prometheus",
+        "SREGRAPH_TELEMETRY__PROMETHEUS_URL": "http://127.0.0.1:9",
+    }
     chosen = telemetry_for(load_settings(environ=env), local)
     assert isinstance(chosen, SplitTelemetry) and isinstance(chosen.metrics, PrometheusTelemetry)
     assert chosen.logs_and_spans is local
@@ -118,6 +130,8 @@ def test_split_telemetry_reads_each_kind_from_its_backend(tmp_path):
     logs.write_metric("cpu_percent", {"service": "a"}, 99.0, 10.0)
     logs.write_log(LogRecord(ts=10.0, service="a", level="error", message="boom", attrs={}))
     split = SplitTelemetry(metrics, logs)
-    assert [p[1] for s in split.query_range("cpu_percent", {"service": "a"}, 0, 20) for p in s.points] == [5.0]
+    assert [p[1] for s in split.query_range("cpu_percent", {"service": "a"}, 0, 20) for p in s.points] == [
+        5.0
+    ]
     assert [r.message for r in split.search_logs("a", 0, 20, level="error")] == ["boom"]
     assert split.spans(None, 0, 20) == []

@@ -8,13 +8,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tools.domain import Trigger
 from sregraph.api_auth import ApiStore
 from sregraph.engine import Engine
 from sregraph.events import EventLog
 from sregraph.server import MAX_BODY, ApiServer, create_app
 from sregraph.worker import Worker
 from tests.worker_harness import Scenario, World, settings_for, toolbox_for
+from tools.domain import Trigger
 
 
 @pytest.fixture
@@ -45,9 +45,19 @@ def test_every_call_but_health_needs_a_live_token(api) -> None:
     worker.health.beat()
     assert client.get("/healthz").json()["status"] == "ok"
     assert client.get("/api/v1/incidents").status_code == 401
-    assert client.get("/api/v1/incidents", headers={"Authorization": "Bearer srg_not-a-token-at-all-xxxxxx"}).status_code == 401
-    assert client.get("/api/v1/incidents", headers={"Authorization": tokens["viewer"]}).status_code == 401  # no scheme
-    assert client.get("/api/v1/whoami", headers=_auth(tokens["viewer"])).json() == {"name": "viewer-bot", "role": "viewer"}
+    assert (
+        client.get(
+            "/api/v1/incidents", headers={"Authorization": "Bearer srg_not-a-token-at-all-xxxxxx"}
+        ).status_code
+        == 401
+    )
+    assert (
+        client.get("/api/v1/incidents", headers={"Authorization": tokens["viewer"]}).status_code == 401
+    )  # no scheme
+    assert client.get("/api/v1/whoami", headers=_auth(tokens["viewer"])).json() == {
+        "name": "viewer-bot",
+        "role": "viewer",
+    }
     store.revoke("viewer-bot")
     assert client.get("/api/v1/incidents", headers=_auth(tokens["viewer"])).status_code == 401
 
@@ -63,15 +73,22 @@ def test_tokens_are_stored_hashed(api, tmp_path: Path) -> None:
 
 def test_roles_and_the_audit_log(api) -> None:
     _, engine, _, store, tokens, client = api
-    engine.registry.record("inc-1", Trigger(source="scan", service="search", signal="x", summary="s"), "observing")
+    engine.registry.record(
+        "inc-1", Trigger(source="scan", service="search", signal="x", summary="s"), "observing"
+    )
     # A viewer may read but not approve; the refusal is audited under its name.
     assert client.get("/api/v1/incidents", headers=_auth(tokens["viewer"])).json()["total"] == 1
-    denied = client.post("/api/v1/incidents/inc-1/approve", json={"reason": "lgtm"}, headers=_auth(tokens["viewer"]))
+    denied = client.post(
+        "/api/v1/incidents/inc-1/approve", json={"reason": "lgtm"}, headers=_auth(tokens["viewer"])
+    )
     assert denied.status_code == 403
     # No token at all: audited as anonymous.
     assert client.post("/api/v1/incidents/inc-1/reject", json={}).status_code == 401
     # An operator may, but this incident has no graph state yet: 404, audited too.
-    assert client.post("/api/v1/incidents/inc-1/approve", json={}, headers=_auth(tokens["operator"])).status_code == 404
+    assert (
+        client.post("/api/v1/incidents/inc-1/approve", json={}, headers=_auth(tokens["operator"])).status_code
+        == 404
+    )
     # Only an admin reads the audit log.
     assert client.get("/api/v1/audit", headers=_auth(tokens["operator"])).status_code == 403
     log = client.get("/api/v1/audit", headers=_auth(tokens["admin"])).json()
@@ -85,20 +102,37 @@ def test_roles_and_the_audit_log(api) -> None:
 
 def test_bad_bodies_are_refused_and_change_nothing(api) -> None:
     _, engine, _, store, tokens, client = api
-    engine.registry.record("inc-2", Trigger(source="scan", service="search", signal="x", summary="s"), "observing")
+    engine.registry.record(
+        "inc-2", Trigger(source="scan", service="search", signal="x", summary="s"), "observing"
+    )
     headers = _auth(tokens["operator"])
-    big = client.post("/api/v1/incidents/inc-2/approve", content=b"{" + b" " * MAX_BODY + b"}", headers=headers)
+    big = client.post(
+        "/api/v1/incidents/inc-2/approve", content=b"{" + b" " * MAX_BODY + b"}", headers=headers
+    )
     assert big.status_code == 413
-    assert client.post("/api/v1/incidents/inc-2/approve", content=b"{not json", headers=headers).status_code == 422
-    assert client.post("/api/v1/incidents/inc-2/approve", json={"approved": False}, headers=headers).status_code == 422
-    assert client.post("/api/v1/incidents/inc-2/approve", json={"reason": "x" * 3000}, headers=headers).status_code == 422
+    assert (
+        client.post("/api/v1/incidents/inc-2/approve", content=b"{not json", headers=headers).status_code
+        == 422
+    )
+    assert (
+        client.post("/api/v1/incidents/inc-2/approve", json={"approved": False}, headers=headers).status_code
+        == 422
+    )
+    assert (
+        client.post(
+            "/api/v1/incidents/inc-2/approve", json={"reason": "x" * 3000}, headers=headers
+        ).status_code
+        == 422
+    )
     assert [r["status"] for r in engine.registry.list()] == ["observing"]
     assert [e["status"] for e in store.audit_log()] == [422, 422, 422, 413]
 
 
 def test_answers_are_redacted(api) -> None:
     _, engine, _, _, tokens, client = api
-    trigger = Trigger(source="alert", service="search", signal="x", summary="db down: postgres://app:hunter22@db/orders")
+    trigger = Trigger(
+        source="alert", service="search", signal="x", summary="db down: postgres://app:hunter22@db/orders"
+    )
     engine.registry.record("inc-3", trigger, "observing")
     body = client.get("/api/v1/incidents", headers=_auth(tokens["viewer"])).text
     assert "hunter22" not in body and "[REDACTED]" in body
@@ -115,7 +149,9 @@ def test_an_approval_over_http_resumes_the_incident_on_the_worker(api) -> None:
     assert detail["waiting_for_approval"] is True and detail["status"] == "awaiting_approval"
     assert detail["diagnosis"]["hypotheses"][0]["service"] == "search"
     assert [a["kind"] for a in detail["plan"]["actions"]] == ["restart"]
-    listed = client.get("/api/v1/incidents", params={"status": detail["status"], "service": "search"}, headers=viewer).json()
+    listed = client.get(
+        "/api/v1/incidents", params={"status": detail["status"], "service": "search"}, headers=viewer
+    ).json()
     assert [i["incident_id"] for i in listed["items"]] == [incident_id]
 
     answer = client.post(f"/api/v1/incidents/{incident_id}/approve", json={"reason": "go"}, headers=operator)
@@ -130,7 +166,10 @@ def test_an_approval_over_http_resumes_the_incident_on_the_worker(api) -> None:
     assert again.status_code == 409
     timeline = client.get(f"/api/v1/incidents/{incident_id}/timeline", headers=viewer).json()
     assert timeline and all({"at", "event"} <= set(e) for e in timeline)
-    assert [(e["principal"], e["status"]) for e in store.audit_log()] == [("operator-bot", 409), ("operator-bot", 202)]
+    assert [(e["principal"], e["status"]) for e in store.audit_log()] == [
+        ("operator-bot", 409),
+        ("operator-bot", 202),
+    ]
 
 
 def test_memory_search_without_memory_says_so(api) -> None:
@@ -165,7 +204,11 @@ def test_event_stream_replays_from_last_event_id_and_follows(api) -> None:
     _, engine, _, _, tokens, client = api
     assert client.get("/api/v1/events").status_code == 401
     # The engine's progress hook feeds the stream (the app chained itself onto it).
-    engine.progress("inc-9", "analyze", {"status": "diagnosed", "timeline": ["diagnosis: crash on payments password=hunter22"]})
+    engine.progress(
+        "inc-9",
+        "analyze",
+        {"status": "diagnosed", "timeline": ["diagnosis: crash on payments password=hunter22"]},
+    )
     headers = {**_auth(tokens["viewer"]), "Last-Event-ID": "0"}
     with client.stream("GET", "/api/v1/events", headers=headers) as stream:
         assert stream.headers["content-type"].startswith("text/event-stream")
@@ -180,7 +223,8 @@ def test_event_stream_replays_from_last_event_id_and_follows(api) -> None:
                 else:
                     break
     assert [(e["seq"], e["node"], e["phase"], e["status"]) for e in got] == [
-        (1, "analyze", "diagnose", "diagnosed"), (2, "__interrupt__", "act", "awaiting_approval")
+        (1, "analyze", "diagnose", "diagnosed"),
+        (2, "__interrupt__", "act", "awaiting_approval"),
     ]
     assert "hunter22" not in got[0]["lines"][0]
 
@@ -203,9 +247,16 @@ def test_docs_and_dashboard_are_served_without_a_cdn(api) -> None:
 
 def test_acknowledge_needs_an_operator_and_keeps_the_first(api) -> None:
     _, engine, _, store, tokens, client = api
-    engine.registry.record("inc-5", Trigger(source="scan", service="search", signal="x", summary="s"), "escalated")
-    assert client.post("/api/v1/incidents/inc-5/acknowledge", headers=_auth(tokens["viewer"])).status_code == 403
-    assert client.post("/api/v1/incidents/nope/acknowledge", headers=_auth(tokens["operator"])).status_code == 404
+    engine.registry.record(
+        "inc-5", Trigger(source="scan", service="search", signal="x", summary="s"), "escalated"
+    )
+    assert (
+        client.post("/api/v1/incidents/inc-5/acknowledge", headers=_auth(tokens["viewer"])).status_code == 403
+    )
+    assert (
+        client.post("/api/v1/incidents/nope/acknowledge", headers=_auth(tokens["operator"])).status_code
+        == 404
+    )
     first = client.post("/api/v1/incidents/inc-5/acknowledge", headers=_auth(tokens["operator"])).json()
     assert first["new"] is True and first["acknowledged"]["by"] == "api:operator-bot"
     again = client.post("/api/v1/incidents/inc-5/acknowledge", headers=_auth(tokens["admin"])).json()
@@ -227,7 +278,10 @@ def test_slo_status_over_the_telemetry_the_agents_read(api, tmp_path: Path) -> N
     engine.settings = engine.settings.model_copy(update={"slo_file": slo_file})
     healthy = client.get("/api/v1/slo", headers=viewer).json()
     assert "slos" in healthy, healthy
-    assert {s["name"]: s["budget_remaining"] for s in healthy["slos"]} == {"checkout-availability": 1.0, "checkout-latency": 1.0}
+    assert {s["name"]: s["budget_remaining"] for s in healthy["slos"]} == {
+        "checkout-availability": 1.0,
+        "checkout-latency": 1.0,
+    }
     # Errors on checkout for a while spend the availability budget and raise the short windows' burn rates.
     world.inject(Scenario("error_spike", "checkout"), engine.toolbox.gitops)
     world.advance(120)

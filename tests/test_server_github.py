@@ -17,7 +17,12 @@ from tests.test_github import SECRET, clock, github, make_surface  # noqa: F401 
 from tests.worker_harness import Scenario, World, settings_for, toolbox_for
 
 
-def test_webhook_commands_retry_and_metrics(tmp_path: Path, github, clock, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+def test_webhook_commands_retry_and_metrics(
+    tmp_path: Path,
+    github,  # noqa: F811 - the fixture imported above
+    clock,  # noqa: F811 - the fixture imported above
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv(GITHUB_WEBHOOK_SECRET_ENV, SECRET)
     world = World.create(tmp_path / "world")
     surface = make_surface(github, clock)
@@ -27,7 +32,9 @@ def test_webhook_commands_retry_and_metrics(tmp_path: Path, github, clock, monke
     operator = {"Authorization": f"Bearer {store.create_token('alice-bot', 'operator')}"}
     server = ApiServer(create_app(worker, store)).start()
     try:
-        world.inject(Scenario("crash", "frontend"), engine.toolbox.gitops)  # the policy lets the agents do nothing
+        world.inject(
+            Scenario("crash", "frontend"), engine.toolbox.gitops
+        )  # the policy lets the agents do nothing
         incident_id = worker.scan()
         assert incident_id is not None and worker.wait_idle(60)
         state = engine.state(incident_id)
@@ -35,14 +42,20 @@ def test_webhook_commands_retry_and_metrics(tmp_path: Path, github, clock, monke
         with httpx.Client(base_url=server.url, timeout=30) as client:
             # A maintainer's /ack arrives as a signed delivery; a forged one changes nothing.
             comment = github.add_comment(state["issue_id"], "alice", "/ack taking this")
-            forged, body = github.webhook("issue_comment", github.comment_payload(comment), "not-the-secret", delivery="d-0")
+            forged, body = github.webhook(
+                "issue_comment", github.comment_payload(comment), "not-the-secret", delivery="d-0"
+            )
             assert client.post("/api/v1/github/webhook", headers=forged, content=body).status_code == 401
             assert engine.registry.acknowledgement(incident_id) is None
-            headers, body = github.webhook("issue_comment", github.comment_payload(comment), SECRET, delivery="d-1")
+            headers, body = github.webhook(
+                "issue_comment", github.comment_payload(comment), SECRET, delivery="d-1"
+            )
             answer = client.post("/api/v1/github/webhook", headers=headers, content=body)
             assert answer.status_code == 202 and answer.json()["done"] == [f"ack {incident_id}"]
             assert engine.registry.acknowledgement(incident_id)["by"] == "alice"
-            assert client.post("/api/v1/github/webhook", headers=headers, content=body).status_code == 200  # redelivered: once
+            assert (
+                client.post("/api/v1/github/webhook", headers=headers, content=body).status_code == 200
+            )  # redelivered: once
 
             # /retry over HTTP starts a new investigation on the same issue.
             retried = client.post(f"/api/v1/incidents/{incident_id}/retry", headers=operator)

@@ -595,7 +595,8 @@ def test_generated_alerts_fire_in_promtool_unit_tests(tmp_path: Path) -> None:
                     "eval_time": "1h",
                     "exp_samples": [
                         {
-                            "labels": 'slo:sli_error:ratio_rate5m{sregraph_slo="checkout-availability",sregraph_service="checkout",'
+                            "labels": 'slo:sli_error:ratio_rate5m{sregraph_slo="checkout-availability",'
+                            'sregraph_service="checkout",'
                             'sregraph_window="5m",team="shop"}',
                             "value": 0,
                         }

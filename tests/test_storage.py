@@ -39,7 +39,12 @@ def test_ledger_is_idempotent_on_both_backends(db: Database) -> None:
     ledger.start("k1", "inc-1", "payments", "restart", {"v": 2}, 200.0)  # a re-run: no second row
     ledger.finish("k1", "done", "ok", "ref", 101.5)
     [entry] = ledger.all()
-    assert (entry.status, entry.before, entry.started_at, entry.finished_at) == ("done", {"v": 1}, 100.25, 101.5)
+    assert (entry.status, entry.before, entry.started_at, entry.finished_at) == (
+        "done",
+        {"v": 1},
+        100.25,
+        101.5,
+    )
     assert ledger.last_action_at("payments", "restart") == 101.5
     ledger.notification_sending("n1", "inc-1", "opened", 1_700_000_000.123456)
     ledger.notification_sending("n1", "inc-1", "opened", 1_700_000_001.0)
@@ -72,7 +77,10 @@ def test_registry_on_both_backends(db: Database) -> None:
     registry.record("inc-1", None, "resolved")  # an update keeps the trigger
     assert registry.trigger("inc-1") == trigger and registry.trigger("inc-2") is None
     assert registry.exists("inc-1") and not registry.exists("inc-3")
-    assert {r["incident_id"]: r["status"] for r in registry.list()} == {"inc-1": "resolved", "inc-2": "observing"}
+    assert {r["incident_id"]: r["status"] for r in registry.list()} == {
+        "inc-1": "resolved",
+        "inc-2": "observing",
+    }
     assert registry.attach("inc-1", "a", trigger) and not registry.attach("inc-1", "a", trigger)
     assert registry.attached("inc-1") == [("a", trigger)]
     assert registry.acknowledge("inc-1", "ann") and not registry.acknowledge("inc-1", "bob")
@@ -102,8 +110,16 @@ def test_migrations_run_once_even_when_processes_race(db: Database) -> None:
         t.join(30)
     assert errors == []
     with db.read() as conn:
-        rows = conn.execute("SELECT component, version FROM sregraph_migrations ORDER BY component, version").fetchall()
-    assert [tuple(r) for r in rows] == [("ledger", 1), ("ledger", 2), ("registry", 1), ("registry", 2), ("registry", 3)]
+        rows = conn.execute(
+            "SELECT component, version FROM sregraph_migrations ORDER BY component, version"
+        ).fetchall()
+    assert [tuple(r) for r in rows] == [
+        ("ledger", 1),
+        ("ledger", 2),
+        ("registry", 1),
+        ("registry", 2),
+        ("registry", 3),
+    ]
 
 
 def test_exclusive_is_exclusive(db: Database) -> None:
@@ -132,13 +148,17 @@ def test_dsn_with_a_password_is_refused() -> None:
     with pytest.raises(ConfigError, match="must not contain a password"):
         load_settings(environ={}, storage={"backend": "postgres", "dsn": "host=db user=s password=hunter2"})
     with pytest.raises(ConfigError, match="must not contain a password") as caught:
-        load_settings(environ={}, storage={"backend": "postgres", "dsn": "postgresql://s:hunter2@db/sregraph"})
+        load_settings(
+            environ={}, storage={"backend": "postgres", "dsn": "postgresql://s:hunter2@db/sregraph"}
+        )
     assert "hunter2" not in str(caught.value)
     with pytest.raises(ConfigError, match="storage.dsn"):
         open_database(StorageConfig(backend="postgres"), Path("."), "ledger")
 
 
-def test_password_comes_from_the_environment_over_tcp(postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_password_comes_from_the_environment_over_tcp(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Over TCP the server asks for a password: libpq finds it in PGPASSWORD, and a failure never shows it."""
     dsn = postgres_server.dsn(tcp=True)
     monkeypatch.setenv("PGPASSWORD", "wrong-password-123")
@@ -164,7 +184,12 @@ def test_two_workers_storm_gates_on_one_storage_group_as_one(db: Database) -> No
     from tests.test_analyst import FixedClock
     from tests.test_storm import T0, storm
 
-    options: dict[str, Any] = {"group_wait_s": 10, "group_interval_s": 120, "flap_window_s": 300, "max_flaps": 3}
+    options: dict[str, Any] = {
+        "group_wait_s": 10,
+        "group_interval_s": 120,
+        "flap_window_s": 300,
+        "max_flaps": 3,
+    }
     clock = FixedClock(T0)
     alone = StormGate(clock, **options)
     gates = [SharedStormGate(db, clock, **options), SharedStormGate(db, clock, **options)]

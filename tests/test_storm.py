@@ -10,22 +10,36 @@ from typing import Any
 
 import pytest
 
-from tools.domain import Trigger
 from sregraph.alerts import AlertmanagerAlert, WebhookError
 from sregraph.storm import StormGate, alert_fingerprint
 from tests.support import ManualClock
+from tools.domain import Trigger
 
 T0 = 1_700_000_000.0
-PROBLEMS = [("payments", "PaymentsDown"), ("checkout", "HighLatency"), ("search", "HighErrorRate"), ("frontend", "HighMemory")]
+PROBLEMS = [
+    ("payments", "PaymentsDown"),
+    ("checkout", "HighLatency"),
+    ("search", "HighErrorRate"),
+    ("frontend", "HighMemory"),
+]
 
 
-def alert(service: str, name: str, instance: int, status: str = "firing", at: float = T0) -> AlertmanagerAlert:
-    return AlertmanagerAlert.model_validate({
-        "status": status,
-        "labels": {"alertname": name, "service": service, "instance": f"pod-{instance}", "severity": "page"},
-        "annotations": {"summary": f"{name} on {service} pod-{instance}"},
-        "startsAt": datetime.fromtimestamp(at, UTC).isoformat(),
-    })
+def alert(
+    service: str, name: str, instance: int, status: str = "firing", at: float = T0
+) -> AlertmanagerAlert:
+    return AlertmanagerAlert.model_validate(
+        {
+            "status": status,
+            "labels": {
+                "alertname": name,
+                "service": service,
+                "instance": f"pod-{instance}",
+                "severity": "page",
+            },
+            "annotations": {"summary": f"{name} on {service} pod-{instance}"},
+            "startsAt": datetime.fromtimestamp(at, UTC).isoformat(),
+        }
+    )
 
 
 def storm(rng: random.Random, n: int = 1000, seconds: float = 60.0) -> list[tuple[float, AlertmanagerAlert]]:

@@ -68,12 +68,20 @@ def storm(seed: int, n: int = 1000, seconds: float = 60.0) -> list[tuple[float, 
     return batches
 
 
-def post(conn: http.client.HTTPConnection, alerts: list[dict[str, Any]], token: str | None = None) -> tuple[int, dict[str, Any]]:
+def post(
+    conn: http.client.HTTPConnection, alerts: list[dict[str, Any]], token: str | None = None
+) -> tuple[int, dict[str, Any]]:
     """One Alertmanager v4 webhook on a kept-alive connection."""
-    body = json.dumps({
-        "version": "4", "status": "firing" if any(a["status"] == "firing" for a in alerts) else "resolved",
-        "receiver": "sregraph", "groupKey": "{}:{}", "truncatedAlerts": 0, "alerts": alerts,
-    }).encode()
+    body = json.dumps(
+        {
+            "version": "4",
+            "status": "firing" if any(a["status"] == "firing" for a in alerts) else "resolved",
+            "receiver": "sregraph",
+            "groupKey": "{}:{}",
+            "truncatedAlerts": 0,
+            "alerts": alerts,
+        }
+    ).encode()
     headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
     conn.request("POST", "/alerts", body, headers)
     response = conn.getresponse()
@@ -95,7 +103,15 @@ def test_a_thousand_alerts_over_http_become_four_incidents(tmp_path: Path) -> No
         world.inject(Scenario(fault, service), gitops)
     worker = Worker(engine, max_concurrent=4)
     clock = FixedClock(T0)
-    config = AlertsConfig(enabled=True, port=0, group_wait_s=10, group_interval_s=30, flap_window_s=300, max_flaps=3, insecure_no_auth=True)
+    config = AlertsConfig(
+        enabled=True,
+        port=0,
+        group_wait_s=10,
+        group_interval_s=30,
+        flap_window_s=300,
+        max_flaps=3,
+        insecure_no_auth=True,
+    )
     receiver = worker.serve_alerts(config, clock=clock)
     conn = http.client.HTTPConnection(receiver.host, receiver.port, timeout=10)
     statuses = []

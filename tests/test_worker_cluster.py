@@ -39,7 +39,10 @@ ROUNDS = 2
 LEASE_TTL_S = 2.0
 MAX_KILLS = 16
 KILL_POINTS = [
-    *[("HARNESS_KILL_AFTER", node) for node in ("observe", "open_incident", "analyze", "plan", "act", "verify", "document")],
+    *[
+        ("HARNESS_KILL_AFTER", node)
+        for node in ("observe", "open_incident", "analyze", "plan", "act", "verify", "document")
+    ],
     *[("HARNESS_KILL_IN", point) for point in ("restart", "propose", "merge", "apply", "notify", "notify:2")],
 ]
 
@@ -63,13 +66,18 @@ class Cluster:
                 name, value = self.rng.choice(KILL_POINTS)
                 plan = {name: value}
             else:
-                kill_at = time.monotonic() + self.rng.uniform(1.8, 4.0)  # past start-up (about 1.6 s), into the work
+                kill_at = time.monotonic() + self.rng.uniform(
+                    1.8, 4.0
+                )  # past start-up (about 1.6 s), into the work
                 plan = {"timed": f"{kill_at:.1f}"}
         env = {**self.env, **{k: v for k, v in plan.items() if k.startswith("HARNESS_")}}
         log = open(self.root / f"worker-{len(self.exits) + len(self.procs)}.log", "wb")  # noqa: SIM115 - closed by the child's exit
         proc = subprocess.Popen(
             [sys.executable, "-m", "tests.worker_harness", "--serve", str(self.root)],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         log.close()
         self.procs.append((proc, plan, kill_at))
@@ -140,14 +148,22 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     World.create(root)
     run(root, SCENARIOS * ROUNDS)
     result = summary(root, SCENARIOS * ROUNDS)
-    ids = [i for k in range(len(SCENARIOS) * ROUNDS) for i in json.loads(World(root).get(f"incidents-{k}") or "[]")]
+    ids = [
+        i
+        for k in range(len(SCENARIOS) * ROUNDS)
+        for i in json.loads(World(root).get(f"incidents-{k}") or "[]")
+    ]
     return {"summary": result, "normalised": _normalised(_comparable(result), ids)}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("queue", ["none", "procrastinate"])
 def test_three_workers_killed_at_random_run_every_incident_once(
-    tmp_path: Path, postgres_server: PostgresServer, pg_dsn: str, monkeypatch: pytest.MonkeyPatch, reference: dict[str, Any],
+    tmp_path: Path,
+    postgres_server: PostgresServer,
+    pg_dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+    reference: dict[str, Any],
     queue: str,
 ) -> None:
     """`none`: workers adopt what the router registers; `procrastinate`: the router queues jobs, workers take
@@ -156,7 +172,10 @@ def test_three_workers_killed_at_random_run_every_incident_once(
     World.create(root)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("HARNESS_")},
-        "HARNESS_DSN": pg_dsn, "HARNESS_LEASE_TTL": str(LEASE_TTL_S), "HARNESS_JOBS": queue, "PYTHONWARNINGS": "error",
+        "HARNESS_DSN": pg_dsn,
+        "HARNESS_LEASE_TTL": str(LEASE_TTL_S),
+        "HARNESS_JOBS": queue,
+        "PYTHONWARNINGS": "error",
     }
     monkeypatch.setenv("HARNESS_DSN", pg_dsn)
     monkeypatch.setenv("HARNESS_LEASE_TTL", str(LEASE_TTL_S))
@@ -165,7 +184,9 @@ def test_three_workers_killed_at_random_run_every_incident_once(
     world = World(root)
     toolbox = toolbox_for(world)
     engine = Engine(settings_for(root), toolbox)
-    driver = Worker(engine, leases=Leases(engine.registry.db, ttl_s=LEASE_TTL_S, reap_local=False), max_concurrent=1)
+    driver = Worker(
+        engine, leases=Leases(engine.registry.db, ttl_s=LEASE_TTL_S, reap_local=False), max_concurrent=1
+    )
     gitops = toolbox.gitops
     assert isinstance(gitops, LocalGitOps)
     cluster = Cluster(root, env, random.Random(20261204))
@@ -177,7 +198,13 @@ def test_three_workers_killed_at_random_run_every_incident_once(
             world.inject(scenario, gitops)
             # As tests/worker_harness.run meets them (an alert, or a scan), but only registered: a worker adopts it.
             if scenario.via == "alert":
-                trigger = Trigger(source="alert", service=scenario.service, signal="HarnessAlert", summary="harness alert", fired_at=world.current())
+                trigger = Trigger(
+                    source="alert",
+                    service=scenario.service,
+                    signal="HarnessAlert",
+                    summary="harness alert",
+                    fired_at=world.current(),
+                )
                 incident_id, new = driver.submit(trigger, run_here=False)
                 assert new, f"scenario {k}: the alert joined {incident_id} instead of opening an incident"
             else:
@@ -215,27 +242,40 @@ def test_three_workers_killed_at_random_run_every_incident_once(
         [expected] = reference["summary"]["outcomes"][k]
         assert outcome == expected, (k, scenario, outcome, expected)
         if k < len(SCENARIOS):
-            assert (outcome["status"], *[kind for kind, _, _ in outcome["actions"]]) == scenario.expect, (k, scenario, outcome)
+            assert (outcome["status"], *[kind for kind, _, _ in outcome["actions"]]) == scenario.expect, (
+                k,
+                scenario,
+                outcome,
+            )
         if k < len(SCENARIOS) and scenario.fault is not None and scenario.expect[0] == "resolved":
             assert outcome["root_cause"] == [scenario.service, scenario.fault], (k, outcome)
-        assert result["notifications"].get(ids[k], []) == _expected_notifications(outcome["status"], len(outcome["actions"])), k
+        assert result["notifications"].get(ids[k], []) == _expected_notifications(
+            outcome["status"], len(outcome["actions"])
+        ), k
         acted += [kind for kind, _, status in outcome["actions"] if status == "done"]
     assert len(result["runtime_calls"]) == len(acted)  # zero repeated, zero missing runtime actions
     assert sum(result["restarts"].values()) == len(acted)
     # One PR per rollback that changed the config (the second round's sticky incident rolls back to what main
     # already has: no PR), each merged once.
-    assert len(result["prs"]) == len(reference["summary"]["prs"]) and all(state == "merged" for _, state, _ in result["prs"])
+    assert len(result["prs"]) == len(reference["summary"]["prs"]) and all(
+        state == "merged" for _, state, _ in result["prs"]
+    )
     assert len({key for _, _, key in result["prs"]}) == len(result["prs"])
     assert len(result["issues"]) == sum(1 for s in scenarios if s.fault is not None)
     for issue in result["issues"]:
-        assert None not in issue["comment_keys"] and len(issue["comment_keys"]) == len(set(issue["comment_keys"]))
+        assert None not in issue["comment_keys"] and len(issue["comment_keys"]) == len(
+            set(issue["comment_keys"])
+        )
     assert all(status == "sent" for _, status in result["notification_keys"])
 
     # ...and exactly as an uninterrupted worker ends them (titles aside: they quote scores a re-run step re-measures).
     mine, theirs = json.loads(_normalised(_comparable(result), ids)), json.loads(reference["normalised"])
     differences = [
-        (key, n, a, b) for key in mine if isinstance(mine[key], list)
-        for n, (a, b) in enumerate(zip(mine[key], theirs.get(key, []), strict=False)) if a != b
+        (key, n, a, b)
+        for key in mine
+        if isinstance(mine[key], list)
+        for n, (a, b) in enumerate(zip(mine[key], theirs.get(key, []), strict=False))
+        if a != b
     ]
     assert mine == theirs, differences[:3]
 
@@ -252,8 +292,11 @@ def test_three_workers_killed_at_random_run_every_incident_once(
     assert len(steps) > 100
     for step in steps:
         assert any(
-            t["incident_id"] == step["incident_id"] and t["owner"] == step["owner"]
-            and t["acquired_at"] <= step["t"] <= (t["released_at"] if t["released_at"] is not None else t["expires_at"])
+            t["incident_id"] == step["incident_id"]
+            and t["owner"] == step["owner"]
+            and t["acquired_at"]
+            <= step["t"]
+            <= (t["released_at"] if t["released_at"] is not None else t["expires_at"])
             for t in tenures
         ), f"a step outside its worker's lease: {step}"
     assert len(killed) >= 8, f"only {len(killed)} workers were killed: {cluster.exits}"
@@ -262,13 +305,21 @@ def test_three_workers_killed_at_random_run_every_incident_once(
         import psycopg
 
         with psycopg.connect(pg_dsn, connect_timeout=5) as conn:
-            jobs = conn.execute("SELECT task_name, status::text, args->>'incident_id' FROM procrastinate_jobs").fetchall()
+            jobs = conn.execute(
+                "SELECT task_name, status::text, args->>'incident_id' FROM procrastinate_jobs"
+            ).fetchall()
         # Every incident was run through the queue; jobs a killed worker was doing stay `doing` (replaced by new ones).
-        assert {i for task, status, i in jobs if task == "sregraph.run_incident" and status == "succeeded"} == set(ids)
+        assert {
+            i for task, status, i in jobs if task == "sregraph.run_incident" and status == "succeeded"
+        } == set(ids)
         assert {status for _, status, _ in jobs} <= {"succeeded", "doing", "todo"}
-        print(f"\njobs: {len(jobs)}, left doing by killed workers: {sum(1 for _, s, _ in jobs if s == 'doing')}")
+        print(
+            f"\njobs: {len(jobs)}, left doing by killed workers: {sum(1 for _, s, _ in jobs if s == 'doing')}"
+        )
     owners_per_incident = {i: {t["owner"] for t in tenures if t["incident_id"] == i} for i in ids}
-    assert sum(1 for owners in owners_per_incident.values() if len(owners) > 1) >= 5, "too few incidents changed hands"
+    assert sum(1 for owners in owners_per_incident.values() if len(owners) > 1) >= 5, (
+        "too few incidents changed hands"
+    )
     print(
         f"\ncluster: {len(scenarios)} incidents, {len(killed)} workers killed, {len(tenures)} leases, "
         f"{sum(1 for o in owners_per_incident.values() if len(o) > 1)} incidents resumed by another worker, "

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tools.domain import Trigger
 from sregraph.engine import Engine
 from sregraph.worker import ISSUE_LIST_MAX_AGE_S, Worker
 from tests.worker_harness import Scenario, World, settings_for, toolbox_for
+from tools.domain import Trigger
 from tools.github import Command
 from tools.gitops import LocalGitOps
 from tools.incidents import LocalIncidentSurface
@@ -29,7 +29,9 @@ def _setup(tmp_path: Path) -> tuple[World, Engine, LocalIncidentSurface, list[in
         return list_issues(state)
 
     surface.list_issues = counted  # type: ignore[method-assign]
-    world.inject(Scenario("crash", "frontend"), engine.toolbox.gitops)  # the policy lets the agents do nothing
+    world.inject(
+        Scenario("crash", "frontend"), engine.toolbox.gitops
+    )  # the policy lets the agents do nothing
     return world, engine, surface, listings
 
 
@@ -48,7 +50,9 @@ def test_escalated_service_stays_claimed_until_the_issue_is_closed(tmp_path: Pat
         assert worker.scan() is None
     assert listings[0] - before <= 1
     # An alert for the held service joins the escalated incident (noted on its issue) instead of starting one.
-    assert worker.submit(Trigger(source="alert", service="frontend", signal="FrontendDown", summary="5xx")) == (first, False)
+    assert worker.submit(
+        Trigger(source="alert", service="frontend", signal="FrontendDown", summary="5xx")
+    ) == (first, False)
     assert any(c.body.startswith("Another alert joined") for c in surface.get(issue_id).comments)
     assert [r["incident_id"] for r in engine.registry.list()] == [first]
     # A human closes the issue (it is still broken, say): once the listing is refreshed, scanning opens again.

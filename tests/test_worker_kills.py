@@ -27,7 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # (environment variable, value): each is one worker process that must die there. The order follows the
 # scenarios, so each target is still ahead when its process starts.
 KILLS: list[tuple[str, str]] = [
-    *[("HARNESS_KILL_AFTER", node) for node in ("observe", "open_incident", "analyze", "plan", "act", "verify", "document")],
+    *[
+        ("HARNESS_KILL_AFTER", node)
+        for node in ("observe", "open_incident", "analyze", "plan", "act", "verify", "document")
+    ],
     ("HARNESS_KILL_IN", "restart"),  # scenario 1: the restart happened, the ledger does not know yet
     ("HARNESS_KILL_AFTER", "document"),
     ("HARNESS_KILL_IN", "propose"),  # scenario 2, the rollback: PR opened, not merged
@@ -49,12 +52,18 @@ HARNESS_STARTUP_S = 1.6
 """Roughly the interpreter and import time; random kills aim past it, into the work."""
 
 
-def _worker(root: Path, env: dict[str, str], kill_after_s: float | None = None) -> subprocess.CompletedProcess[str]:
+def _worker(
+    root: Path, env: dict[str, str], kill_after_s: float | None = None
+) -> subprocess.CompletedProcess[str]:
     """One worker process on the harness directory."""
     clean = {k: v for k, v in os.environ.items() if k not in ("HARNESS_KILL_AFTER", "HARNESS_KILL_IN")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.worker_harness", str(root)],
-        cwd=ROOT, env={**clean, **env, "PYTHONWARNINGS": "error"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        env={**clean, **env, "PYTHONWARNINGS": "error"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         if kill_after_s is not None:
@@ -86,7 +95,10 @@ def _incident_ids(root: Path) -> list[str]:
 
 def _comparable(result: dict[str, Any]) -> dict[str, Any]:
     """What must match between runs: titles quote measured scores, which shift when a step re-observes."""
-    return {**result, "issues": [{k: v for k, v in issue.items() if k != "title"} for issue in result["issues"]]}
+    return {
+        **result,
+        "issues": [{k: v for k, v in issue.items() if k != "title"} for issue in result["issues"]],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +108,11 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     World.create(root)
     run(root)
     result = summary(root)
-    return {"root": root, "summary": result, "normalised": _normalised(_comparable(result), _incident_ids(root))}
+    return {
+        "root": root,
+        "summary": result,
+        "normalised": _normalised(_comparable(result), _incident_ids(root)),
+    }
 
 
 def test_reference_run_reaches_the_expected_ends(reference: dict[str, Any]) -> None:
@@ -109,10 +125,14 @@ def test_reference_run_reaches_the_expected_ends(reference: dict[str, Any]) -> N
         assert (outcome["status"], *[kind for kind, _, _ in outcome["actions"]]) == scenario.expect, scenario
         if scenario.fault is not None and scenario.expect[0] == "resolved":
             assert outcome["root_cause"] == [scenario.service, scenario.fault], scenario
-    acted = [kind for runs in result["outcomes"] for kind, _, status in runs[0]["actions"] if status == "done"]
+    acted = [
+        kind for runs in result["outcomes"] for kind, _, status in runs[0]["actions"] if status == "done"
+    ]
     assert len(result["runtime_calls"]) == len(acted)  # one restart or apply per action, none repeated
     assert sum(result["restarts"].values()) == len(acted)
-    assert len(result["prs"]) == acted.count("rollback") and all(state == "merged" for _, state, _ in result["prs"])
+    assert len(result["prs"]) == acted.count("rollback") and all(
+        state == "merged" for _, state, _ in result["prs"]
+    )
     assert len(result["issues"]) == sum(1 for s in SCENARIOS if s.fault is not None)
     for issue in result["issues"]:
         assert None not in issue["comment_keys"]
@@ -133,14 +153,19 @@ def _notifications_per_incident(root: Path, result: dict[str, Any]) -> None:
     world = World(root)
     for k, runs in enumerate(result["outcomes"]):
         [incident_id] = json.loads(world.get(f"incidents-{k}") or "[]")
-        assert result["notifications"].get(incident_id, []) == _expected_notifications(runs[0]), (k, incident_id)
+        assert result["notifications"].get(incident_id, []) == _expected_notifications(runs[0]), (
+            k,
+            incident_id,
+        )
 
 
 def test_reference_run_notifies_each_event_once(reference: dict[str, Any]) -> None:
     _notifications_per_incident(reference["root"], reference["summary"])
 
 
-def test_worker_killed_everywhere_repeats_nothing_and_loses_nothing(tmp_path: Path, reference: dict[str, Any]) -> None:
+def test_worker_killed_everywhere_repeats_nothing_and_loses_nothing(
+    tmp_path: Path, reference: dict[str, Any]
+) -> None:
     root = tmp_path / "killed"
     World.create(root)
     rng = random.Random(20240501)
@@ -150,7 +175,9 @@ def test_worker_killed_everywhere_repeats_nothing_and_loses_nothing(tmp_path: Pa
     for env, delay in plans:
         done = _worker(root, env, delay)
         if delay is None:
-            assert done.returncode == -9, f"{env}: expected to be killed there, got {done.returncode}\n{done.stderr[-3000:]}"
+            assert done.returncode == -9, (
+                f"{env}: expected to be killed there, got {done.returncode}\n{done.stderr[-3000:]}"
+            )
         else:
             assert done.returncode in (-9, 0), done.stderr[-3000:]
     final = _worker(root, {})

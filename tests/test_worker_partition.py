@@ -182,5 +182,7 @@ def test_worker_cut_from_postgres_stops_acting_before_its_lease_expires(
     theirs = [t for t in tenures if t["owner"] == other.owner]
     assert len(mine) == 1 and len(theirs) == 1 and overlaps(tenures) == []
     assert last_act < mine[0]["expires_at"] <= theirs[0]["acquired_at"]  # stopped before its lease expired
-    print(f"\npartition: stopped {last_act - cut_at:.2f} s after the cut, {mine[0]['expires_at'] - last_act:.2f} s "
-          f"before its lease expired; the other worker took over {theirs[0]['acquired_at'] - cut_at:.2f} s after the cut")
+    print(
+        f"\npartition: stopped {last_act - cut_at:.2f} s after the cut, {mine[0]['expires_at'] - last_act:.2f} s "
+        f"before its lease expired; the other worker took over {theirs[0]['acquired_at'] - cut_at:.2f} s after the cut"
+    )

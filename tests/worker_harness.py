@@ -35,35 +35,53 @@ from typing import Any
 
 import yaml
 
-from tools.domain import ApprovalDecision, Trigger
 from sregraph.config import Settings, load_settings
 from sregraph.engine import FINAL, Engine
 from sregraph.leases import Leases
 from sregraph.worker import Worker
 from tools.base import HealthResult, NotFound, PullRequest, ServiceStatus, Span
+from tools.domain import ApprovalDecision, Trigger
 from tools.gitops import LocalGitOps
 from tools.incidents import LocalIncidentSurface
 from tools.ledger import ActionLedger
 from tools.notifier import IdempotentNotifier, JsonlNotifier
-from tools.telemetry import LocalTelemetryStore
 from tools.sql import open_database
+from tools.telemetry import LocalTelemetryStore
 from tools.toolbox import Toolbox
 
 T0 = 1_700_000_000.0
 STEP = 0.5
 TOPOLOGY = {"frontend": ["checkout", "search"], "checkout": ["payments"], "payments": [], "search": []}
-NORMAL = {"request_rate": 15.0, "error_ratio": 0.0, "latency_p95_ms": 12.0, "memory_rss_mb": 40.0, "cpu_percent": 5.0}
+NORMAL = {
+    "request_rate": 15.0,
+    "error_ratio": 0.0,
+    "latency_p95_ms": 12.0,
+    "memory_rss_mb": 40.0,
+    "cpu_percent": 5.0,
+}
 GOOD_VERSION = "1.4.0"
 BAD_VERSION = "2.0.0-rc1"
 POLICY = {
-    "defaults": {"allowed": ["restart", "start", "rollback"], "max_attempts": 3, "cooldown_s": 0, "auto_merge": True},
+    "defaults": {
+        "allowed": ["restart", "start", "rollback"],
+        "max_attempts": 3,
+        "cooldown_s": 0,
+        "auto_merge": True,
+    },
     "services": {
         "frontend": {"allowed": [], "cooldown_s": 0},
         "search": {"allowed": ["restart"], "require_approval": ["restart"], "cooldown_s": 0},
     },
 }
 SETTINGS: dict[str, Any] = {
-    "observer": {"window_s": 6, "baseline_s": 30, "confirm_polls": 2, "confirm_s": 1.0, "poll_s": 0.5, "detect_timeout_s": 3},
+    "observer": {
+        "window_s": 6,
+        "baseline_s": 30,
+        "confirm_polls": 2,
+        "confirm_s": 1.0,
+        "poll_s": 0.5,
+        "detect_timeout_s": 3,
+    },
     "engineer": {"verify_timeout_s": 8, "stable_checks": 3, "verify_poll_s": 0.5},
 }
 
@@ -104,7 +122,8 @@ def _noise(service: str, name: str, t: float) -> float:
 
 
 class KillAfter:
-    """The HARNESS_KILL_AFTER hook, installed on an engine's checkpointer: dies right after a chosen node's step checkpoint is on disk.
+    """The HARNESS_KILL_AFTER hook, installed on an engine's checkpointer: dies right after a chosen node's step
+    checkpoint is on disk.
 
     LangGraph saves a node's writes (`put_writes`, which names the task's node) and then, once the step is
     over, the step's checkpoint (`put`); the first arms the kill for that thread, the second fires it. The
@@ -126,7 +145,9 @@ class KillAfter:
             put_writes(config, writes, task_id, task_path)
             node = task_path.rsplit(", ", 1)[-1] if task_path else ""
             # An interrupt or an error is not the node finishing.
-            if node == self.node and not any(channel in ("__interrupt__", "__error__") for channel, _ in writes):
+            if node == self.node and not any(
+                channel in ("__interrupt__", "__error__") for channel, _ in writes
+            ):
                 with self.lock:
                     self.seen += 1
                     if self.seen == self.count:
@@ -185,11 +206,18 @@ class World:
                 "CREATE TABLE services (name TEXT PRIMARY KEY, running INT, restarts INT, fault TEXT, fault_at REAL,"
                 " sticky INT, version TEXT)"
             )
-            conn.execute("CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT, service TEXT, at REAL)")
-            conn.executemany("INSERT INTO services VALUES (?, 1, 0, NULL, NULL, 0, ?)", [(s, GOOD_VERSION) for s in TOPOLOGY])
+            conn.execute(
+                "CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT, service TEXT, at REAL)"
+            )
+            conn.executemany(
+                "INSERT INTO services VALUES (?, 1, 0, NULL, NULL, 0, ?)",
+                [(s, GOOD_VERSION) for s in TOPOLOGY],
+            )
             conn.execute("INSERT INTO kv VALUES ('t', ?), ('sampled', ?)", (str(T0), str(T0)))
         world = cls(root)
-        LocalGitOps.init(root / "gitops", {s: {"version": GOOD_VERSION} for s in TOPOLOGY}, clock=WorldClock(world))
+        LocalGitOps.init(
+            root / "gitops", {s: {"version": GOOD_VERSION} for s in TOPOLOGY}, clock=WorldClock(world)
+        )
         world.advance(45)
         return world
 
@@ -217,7 +245,10 @@ class World:
     def put(self, key: str, value: str) -> None:
         """Set a driver flag or value."""
         with closing(self._conn()) as conn:
-            conn.execute("INSERT INTO kv VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+            conn.execute(
+                "INSERT INTO kv VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
 
     def services(self) -> dict[str, sqlite3.Row]:
         """Every service's row."""
@@ -227,7 +258,10 @@ class World:
     def events(self) -> list[tuple[str, str]]:
         """(kind, service) of every restart and apply, in order."""
         with closing(self._conn()) as conn:
-            return [(r["kind"], r["service"]) for r in conn.execute("SELECT kind, service FROM events ORDER BY seq")]
+            return [
+                (r["kind"], r["service"])
+                for r in conn.execute("SELECT kind, service FROM events ORDER BY seq")
+            ]
 
     # ------------------------------------------------------------------ time and telemetry
 
@@ -246,7 +280,17 @@ class World:
                     for service, row in rows.items():
                         batch.extend(self._samples(service, row, rows, t))
                         if row["fault"] in ("error_spike", "bad_deploy") and row["running"]:
-                            spans.append(Span(trace_id=f"{service}-{t}", span_id=f"{service}-{t}", service=service, name="req", start=t, duration_ms=5, status="error"))
+                            spans.append(
+                                Span(
+                                    trace_id=f"{service}-{t}",
+                                    span_id=f"{service}-{t}",
+                                    service=service,
+                                    name="req",
+                                    start=t,
+                                    duration_ms=5,
+                                    status="error",
+                                )
+                            )
                     last = t
                     t += STEP
                 if batch:
@@ -257,7 +301,9 @@ class World:
                 conn.execute("UPDATE kv SET value = ? WHERE key = 't'", (str(end),))
             self.t = end
 
-    def _samples(self, service: str, row: sqlite3.Row, rows: dict[str, sqlite3.Row], t: float) -> list[tuple[str, dict[str, str], float, float]]:
+    def _samples(
+        self, service: str, row: sqlite3.Row, rows: dict[str, sqlite3.Row], t: float
+    ) -> list[tuple[str, dict[str, str], float, float]]:
         if not row["running"]:
             return []  # a dead process reports nothing
         values = {name: normal * (1 + _noise(service, name, t)) for name, normal in NORMAL.items()}
@@ -277,7 +323,9 @@ class World:
     def inject(self, scenario: Scenario, gitops: LocalGitOps) -> None:
         """Start a scenario's fault (idempotent), and let it run for 10 s."""
         if scenario.fault == "bad_deploy" and gitops.config(scenario.service).get("version") == GOOD_VERSION:
-            gitops.commit_config(scenario.service, {"version": BAD_VERSION}, f"{scenario.service} {BAD_VERSION}", kind="deploy")
+            gitops.commit_config(
+                scenario.service, {"version": BAD_VERSION}, f"{scenario.service} {BAD_VERSION}", kind="deploy"
+            )
             self.advance(3)  # the deploy shortly before the trouble
         if scenario.fault is not None:
             now = self.current()
@@ -285,8 +333,14 @@ class World:
                 conn.execute(
                     "UPDATE services SET fault = ?, fault_at = ?, sticky = ?, running = ?, version = ? WHERE name = ?"
                     " AND fault IS NULL",
-                    (scenario.fault, now, scenario.sticky, int(scenario.fault != "crash"),
-                     BAD_VERSION if scenario.fault == "bad_deploy" else GOOD_VERSION, scenario.service),
+                    (
+                        scenario.fault,
+                        now,
+                        scenario.sticky,
+                        int(scenario.fault != "crash"),
+                        BAD_VERSION if scenario.fault == "bad_deploy" else GOOD_VERSION,
+                        scenario.service,
+                    ),
                 )
         self.advance(10)
 
@@ -294,9 +348,13 @@ class World:
         """What a human does after an escalation: every service back to normal (not counted as agent actions)."""
         for service in TOPOLOGY:
             if gitops.config(service).get("version") != GOOD_VERSION:
-                gitops.commit_config(service, {"version": GOOD_VERSION}, f"{service} back to {GOOD_VERSION}", kind="deploy")
+                gitops.commit_config(
+                    service, {"version": GOOD_VERSION}, f"{service} back to {GOOD_VERSION}", kind="deploy"
+                )
         with closing(self._conn()) as conn:
-            conn.execute("UPDATE services SET running = 1, fault = NULL, sticky = 0, version = ?", (GOOD_VERSION,))
+            conn.execute(
+                "UPDATE services SET running = 1, fault = NULL, sticky = 0, version = ?", (GOOD_VERSION,)
+            )
 
     # ------------------------------------------------------------------ what the agents call
 
@@ -335,7 +393,13 @@ class World:
         if row is None:
             raise NotFound(f"no service {service!r}")
         running = bool(row["running"])
-        return ServiceStatus(service=service, running=running, restarts=int(row["restarts"]), version=row["version"], exit_code=None if running else -9)
+        return ServiceStatus(
+            service=service,
+            running=running,
+            restarts=int(row["restarts"]),
+            version=row["version"],
+            exit_code=None if running else -9,
+        )
 
 
 class WorldClock:
@@ -408,7 +472,9 @@ class WorldDeployer:
 
     def apply(self, service: str) -> ServiceStatus:
         """Restart `service` on its config from main."""
-        return self.world.restart(service, kind="apply", version=str(self.gitops.config(service).get("version")))
+        return self.world.restart(
+            service, kind="apply", version=str(self.gitops.config(service).get("version"))
+        )
 
 
 class KillingGitOps(LocalGitOps):
@@ -448,10 +514,19 @@ def settings_for(root: Path, max_concurrent: int = 1) -> Settings:
     dsn = os.environ.get("HARNESS_DSN")
     storage: dict[str, Any] = {}
     if dsn:
-        storage = {"backend": "postgres", "dsn": dsn, "lease_ttl_s": float(os.environ.get("HARNESS_LEASE_TTL", "15")),
-                   "job_queue": os.environ.get("HARNESS_JOBS", "none")}
+        storage = {
+            "backend": "postgres",
+            "dsn": dsn,
+            "lease_ttl_s": float(os.environ.get("HARNESS_LEASE_TTL", "15")),
+            "job_queue": os.environ.get("HARNESS_JOBS", "none"),
+        }
     return load_settings(
-        environ={}, data_dir=root / "data", policy_file=policy, worker={"max_concurrent": max_concurrent}, storage=storage, **SETTINGS
+        environ={},
+        data_dir=root / "data",
+        policy_file=policy,
+        worker={"max_concurrent": max_concurrent},
+        storage=storage,
+        **SETTINGS,
     )
 
 
@@ -506,20 +581,32 @@ def run(root: Path, scenarios: list[Scenario] = SCENARIOS) -> None:
             for _ in range(3):
                 if not _new_runs(engine, known):
                     if scenario.via == "alert":
-                        worker.submit(Trigger(source="alert", service=scenario.service, signal="HarnessAlert", summary="harness alert", fired_at=world.t))
+                        worker.submit(
+                            Trigger(
+                                source="alert",
+                                service=scenario.service,
+                                signal="HarnessAlert",
+                                summary="harness alert",
+                                fired_at=world.t,
+                            )
+                        )
                     elif worker.scan() is None:
                         raise AssertionError(f"scenario {k}: the scan saw nothing")
                 worker.wait_idle()
                 for r in _new_runs(engine, known):
                     if engine.pending_approval(r["incident_id"]):
-                        worker.decide(r["incident_id"], ApprovalDecision(approved=True, by="harness", reason="test"))
+                        worker.decide(
+                            r["incident_id"], ApprovalDecision(approved=True, by="harness", reason="test")
+                        )
                 worker.wait_idle()
                 mine = _new_runs(engine, known)
                 if mine and all(r["status"] in FINAL for r in mine):
                     break
             world.put(f"incidents-{k}", json.dumps(sorted(r["incident_id"] for r in mine)))
             for r in mine:  # the human who takes over an escalation closes its issue once it is fixed
-                issue_id = engine.state(r["incident_id"]).get("issue_id") if r["status"] == "escalated" else None
+                issue_id = (
+                    engine.state(r["incident_id"]).get("issue_id") if r["status"] == "escalated" else None
+                )
                 if issue_id is not None:
                     toolbox.incidents.close(issue_id)
             world.repair(gitops)
@@ -543,18 +630,27 @@ def summary(root: Path, scenarios: list[Scenario] = SCENARIOS) -> dict[str, Any]
             for incident_id in json.loads(world.get(f"incidents-{k}") or "[]"):
                 state = engine.state(incident_id)
                 top = state["diagnosis"].top if state.get("diagnosis") else None
-                runs.append({
-                    "status": state["status"],
-                    "next": state["next"],
-                    "root_cause": [top.service, top.fault_type] if top else None,
-                    "actions": [[a.action.kind, a.action.service, a.status] for a in state.get("actions", [])],
-                })
+                runs.append(
+                    {
+                        "status": state["status"],
+                        "next": state["next"],
+                        "root_cause": [top.service, top.fault_type] if top else None,
+                        "actions": [
+                            [a.action.kind, a.action.service, a.status] for a in state.get("actions", [])
+                        ],
+                    }
+                )
             outcomes.append(runs)
         assert isinstance(toolbox.incidents, LocalIncidentSurface)
         with closing(sqlite3.connect(root / "incidents.db")) as conn:
             keys = conn.execute("SELECT issue_id, key FROM comments ORDER BY id").fetchall()
         issues = [
-            {"title": i.title, "state": i.state, "labels": sorted(i.labels), "comment_keys": [k for n, k in keys if n == i.id]}
+            {
+                "title": i.title,
+                "state": i.state,
+                "labels": sorted(i.labels),
+                "comment_keys": [k for n, k in keys if n == i.id],
+            }
             for i in sorted(toolbox.incidents.list_issues("all"), key=lambda i: i.id)
         ]
         gitops = toolbox.gitops
@@ -569,7 +665,9 @@ def summary(root: Path, scenarios: list[Scenario] = SCENARIOS) -> dict[str, Any]
             "restarts": {s: int(r["restarts"]) for s, r in sorted(world.services().items())},
             "runtime_calls": [list(e) for e in world.events()],
             "issues": issues,
-            "prs": [[p.service, p.state, p.key] for p in sorted(gitops.pull_requests("all"), key=lambda p: p.id)],
+            "prs": [
+                [p.service, p.state, p.key] for p in sorted(gitops.pull_requests("all"), key=lambda p: p.id)
+            ],
             "main_commits": int(gitops._git.text("rev-list", "--count", "main")),
             "ledger": sorted([e.key, e.status] for e in toolbox.ledger.all()),
             "notifications": notifications,
@@ -592,7 +690,9 @@ def serve(root: Path) -> None:
     leases_box: list[Leases] = []
 
     def log_step(incident_id: str, node: str, update: dict[str, Any]) -> None:
-        line = json.dumps({"incident_id": incident_id, "node": node, "owner": leases_box[0].owner, "t": time.time()})
+        line = json.dumps(
+            {"incident_id": incident_id, "node": node, "owner": leases_box[0].owner, "t": time.time()}
+        )
         with open(steps, "a") as out:
             out.write(line + "\n")
 

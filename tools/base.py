@@ -106,9 +106,7 @@ class Span(BaseModel):
 class Telemetry(Protocol):
     """Metrics, logs and traces, read side."""
 
-    def query_range(
-        self, name: str, labels: dict[str, str] | None, start: float, end: float
-    ) -> list[Series]:
+    def query_range(self, name: str, labels: dict[str, str] | None, start: float, end: float) -> list[Series]:
         """Series named `name` whose labels include `labels`, restricted to [start, end]."""
         ...
 
@@ -278,7 +276,11 @@ class DeployMarker(BaseModel):
         said = f": {self.description}" if self.description else ""
         revision = f", revision {self.revision}" if self.revision else ""
         return Change(
-            sha=self.id, at=self.ts, author=self.author or "deploy marker", kind="deploy", services=[self.service],
+            sha=self.id,
+            at=self.ts,
+            author=self.author or "deploy marker",
+            kind="deploy",
+            services=[self.service],
             message=f"Deploy {self.service} {self.version} (deploy marker{revision}){said}",
         )
 

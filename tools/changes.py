@@ -34,7 +34,9 @@ class ChangeFeed:
         self.gitops = gitops
         self.markers = marker_store(telemetry)
 
-    def history(self, since: float | None = None, service: str | None = None, limit: int | None = None) -> list[Change]:
+    def history(
+        self, since: float | None = None, service: str | None = None, limit: int | None = None
+    ) -> list[Change]:
         """Changes since a time (and touching a service), newest first: commits and deploy markers."""
         commits: list[Change] = self.gitops.history(since=since, service=service)
         if self.markers is None:
@@ -49,7 +51,10 @@ class ChangeFeed:
         extra = [
             m.as_change()
             for m in markers
-            if not (len(m.revision) >= MIN_REVISION and any(sha.startswith(m.revision) or m.revision.startswith(sha) for sha in shas))
+            if not (
+                len(m.revision) >= MIN_REVISION
+                and any(sha.startswith(m.revision) or m.revision.startswith(sha) for sha in shas)
+            )
         ]
         # Without markers the GitOps order stands as it was (first-parent order, which times need not follow).
         merged = sorted([*commits, *extra], key=lambda c: -c.at) if extra else commits

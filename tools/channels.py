@@ -6,7 +6,8 @@ section; Mattermost and Rocket.Chat take the same), Discord webhooks (`content`)
 webhooks (an Adaptive Card in `attachments`), a generic webhook (the notification as JSON), email over SMTP
 (STARTTLS when asked), paging: a PagerDuty incident (Events API v2) or an Opsgenie alert (Alert API v2) per
 incident, triggered, added to and resolved with it, and tickets: a Jira issue or a ServiceNow incident per
-incident, with later notifications as comments or work notes. Every call has a timeout; every text passes the redactor first.
+incident, with later notifications as comments or work notes. Every call has a timeout; every text passes the
+redactor first.
 
 `RoutedNotifier` is a `Notifier`: the graph calls it as it calls any other, and `IdempotentNotifier` around it
 keeps each notification once across crashes. For each notification it builds labels (`event`, and `service`
@@ -17,12 +18,12 @@ and `severity` from the incident), walks the routes, and delivers to the channel
 from __future__ import annotations
 
 import fnmatch
-from abc import ABC, abstractmethod
 import logging
 import os
 import smtplib
 import ssl
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -83,10 +84,16 @@ class WebhookChannel(_Http):
     """Any HTTP endpoint: the notification as JSON (incident_id, event, title, text, labels, key)."""
 
     def send(self, message: Message) -> None:
-        self.post({
-            "incident_id": message.incident_id, "event": message.event, "title": message.title,
-            "text": message.text, "labels": message.labels, "key": current_key(),
-        })
+        self.post(
+            {
+                "incident_id": message.incident_id,
+                "event": message.event,
+                "title": message.title,
+                "text": message.text,
+                "labels": message.labels,
+                "key": current_key(),
+            }
+        )
 
 
 class SlackChannel(_Http):
@@ -95,7 +102,12 @@ class SlackChannel(_Http):
 
     def send(self, message: Message) -> None:
         body = f"*{_slack_escape(message.title)}*\n{_slack_escape(message.text)}"
-        self.post({"text": f"{message.title}: {message.text}", "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": body}}]})
+        self.post(
+            {
+                "text": f"{message.title}: {message.text}",
+                "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": body}}],
+            }
+        )
 
 
 class DiscordChannel(_Http):
@@ -111,13 +123,20 @@ class TeamsChannel(_Http):
 
     def send(self, message: Message) -> None:
         card = {
-            "type": "AdaptiveCard", "version": "1.4", "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+            "type": "AdaptiveCard",
+            "version": "1.4",
+            "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
             "body": [
                 {"type": "TextBlock", "text": message.title, "weight": "Bolder", "wrap": True},
                 {"type": "TextBlock", "text": message.text, "wrap": True},
             ],
         }
-        self.post({"type": "message", "attachments": [{"contentType": "application/vnd.microsoft.card.adaptive", "content": card}]})
+        self.post(
+            {
+                "type": "message",
+                "attachments": [{"contentType": "application/vnd.microsoft.card.adaptive", "content": card}],
+            }
+        )
 
 
 def _slack_escape(text: str) -> str:
@@ -128,15 +147,31 @@ def _slack_escape(text: str) -> str:
 class EmailChannel:
     """Email over SMTP; the password is read from the environment variable named in the settings."""
 
-    def __init__(self, host: str, port: int, sender: str, to: list[str], starttls: bool, username: str | None,
-                 password_env: str | None, timeout_s: float) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        sender: str,
+        to: list[str],
+        starttls: bool,
+        username: str | None,
+        password_env: str | None,
+        timeout_s: float,
+    ) -> None:
         self.host, self.port, self.sender, self.to = host, port, sender, to
-        self.starttls, self.username, self.password_env, self.timeout_s = starttls, username, password_env, timeout_s
+        self.starttls, self.username, self.password_env, self.timeout_s = (
+            starttls,
+            username,
+            password_env,
+            timeout_s,
+        )
 
     def send(self, message: Message) -> None:
         email = EmailMessage()
         email["From"], email["To"], email["Subject"] = self.sender, ", ".join(self.to), message.title
-        email.set_content(message.text + "\n\n" + "\n".join(f"{k}: {v}" for k, v in sorted(message.labels.items())))
+        email.set_content(
+            message.text + "\n\n" + "\n".join(f"{k}: {v}" for k, v in sorted(message.labels.items()))
+        )
         try:
             with smtplib.SMTP(self.host, self.port, timeout=self.timeout_s) as smtp:
                 if self.starttls:
@@ -145,7 +180,9 @@ class EmailChannel:
                     smtp.login(self.username, os.environ.get(self.password_env or "", ""))
                 smtp.send_message(email)
         except (OSError, smtplib.SMTPException) as exc:
-            raise ToolError(f"EmailChannel: {type(exc).__name__} sending through {self.host}:{self.port}") from exc
+            raise ToolError(
+                f"EmailChannel: {type(exc).__name__} sending through {self.host}:{self.port}"
+            ) from exc
 
 
 RESOLVING_EVENTS = frozenset({"documented"})
@@ -167,7 +204,14 @@ class PagerDutyChannel:
     PagerDuty adds to it. The integration's routing key comes from the environment variable `key_env`."""
 
     URL = "https://events.pagerduty.com/v2/enqueue"
-    SEVERITY = {"critical": "critical", "page": "critical", "high": "error", "error": "error", "warning": "warning", "info": "info"}
+    SEVERITY = {
+        "critical": "critical",
+        "page": "critical",
+        "high": "error",
+        "error": "error",
+        "warning": "warning",
+        "info": "info",
+    }
 
     def __init__(self, key_env: str, url: str | None = None, timeout_s: float = 10.0) -> None:
         self.key_env, self.url, self.timeout_s = key_env, url or self.URL, timeout_s
@@ -208,18 +252,34 @@ class OpsgenieChannel:
         alias = quote(message.incident_id, safe="")
         if message.event in PAGING_EVENTS:
             alert = {
-                "message": message.title[:130], "alias": message.incident_id[:512], "description": message.text[:15000],
-                "priority": self.PRIORITY.get(message.labels.get("severity", ""), "P3"), "source": "sregraph",
-                "entity": message.labels.get("service", "")[:512], "tags": ["sregraph", message.event],
+                "message": message.title[:130],
+                "alias": message.incident_id[:512],
+                "description": message.text[:15000],
+                "priority": self.PRIORITY.get(message.labels.get("severity", ""), "P3"),
+                "source": "sregraph",
+                "entity": message.labels.get("service", "")[:512],
+                "tags": ["sregraph", message.event],
                 "details": {k: v[:8000] for k, v in message.labels.items()},
             }
             _post(f"{self.base}/v2/alerts", alert, headers, self.timeout_s, "OpsgenieChannel")
         elif message.event in RESOLVING_EVENTS:
             note = {"source": "sregraph", "note": f"{message.event}: {message.text}"[:25000]}
-            _post(f"{self.base}/v2/alerts/{alias}/close?identifierType=alias", note, headers, self.timeout_s, "OpsgenieChannel")
+            _post(
+                f"{self.base}/v2/alerts/{alias}/close?identifierType=alias",
+                note,
+                headers,
+                self.timeout_s,
+                "OpsgenieChannel",
+            )
         else:
             note = {"source": "sregraph", "note": f"{message.event}: {message.text}"[:25000]}
-            _post(f"{self.base}/v2/alerts/{alias}/notes?identifierType=alias", note, headers, self.timeout_s, "OpsgenieChannel")
+            _post(
+                f"{self.base}/v2/alerts/{alias}/notes?identifierType=alias",
+                note,
+                headers,
+                self.timeout_s,
+                "OpsgenieChannel",
+            )
 
 
 def _post(url: str, payload: dict[str, Any], headers: dict[str, str], timeout_s: float, name: str) -> None:
@@ -240,13 +300,20 @@ class _Tickets(ABC):
     def __init__(self, base_url: str, username: str, secret_env: str, timeout_s: float) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"{type(self).__name__}: url {base_url!r} is not an http(s) URL")
-        self.base_url, self.username, self.secret_env, self.timeout_s = base_url.rstrip("/"), username, secret_env, timeout_s
+        self.base_url, self.username, self.secret_env, self.timeout_s = (
+            base_url.rstrip("/"),
+            username,
+            secret_env,
+            timeout_s,
+        )
         self._known: dict[str, str] = {}
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         secret = os.environ.get(self.secret_env, "")
         try:
-            answer = httpx.request(method, self.base_url + path, auth=(self.username, secret), timeout=self.timeout_s, **kwargs)
+            answer = httpx.request(
+                method, self.base_url + path, auth=(self.username, secret), timeout=self.timeout_s, **kwargs
+            )
         except httpx.HTTPError as exc:
             raise ToolError(f"{type(self).__name__}: {type(exc).__name__} on {method} {path}") from exc
         if not answer.is_success:
@@ -277,24 +344,35 @@ class _Tickets(ABC):
 class JiraChannel(_Tickets):
     """Jira (REST API v2): an issue labelled `sregraph` and the incident id, then comments."""
 
-    def __init__(self, base_url: str, username: str, secret_env: str, timeout_s: float, project: str, issue_type: str) -> None:
+    def __init__(
+        self, base_url: str, username: str, secret_env: str, timeout_s: float, project: str, issue_type: str
+    ) -> None:
         super().__init__(base_url, username, secret_env, timeout_s)
         self.project, self.issue_type = project, issue_type
 
     def find(self, incident_id: str) -> str | None:
-        found = self._request("GET", "/rest/api/2/search", params={"jql": f'labels = "{incident_id}"', "fields": "key", "maxResults": 1})
+        found = self._request(
+            "GET",
+            "/rest/api/2/search",
+            params={"jql": f'labels = "{incident_id}"', "fields": "key", "maxResults": 1},
+        )
         issues = found.get("issues") or []
         return str(issues[0]["key"]) if issues else None
 
     def create(self, message: Message) -> str:
         fields = {
-            "project": {"key": self.project}, "summary": message.title[:250], "description": message.text,
-            "issuetype": {"name": self.issue_type}, "labels": ["sregraph", message.incident_id],
+            "project": {"key": self.project},
+            "summary": message.title[:250],
+            "description": message.text,
+            "issuetype": {"name": self.issue_type},
+            "labels": ["sregraph", message.incident_id],
         }
         return str(self._request("POST", "/rest/api/2/issue", json={"fields": fields})["key"])
 
     def comment(self, ticket: str, message: Message) -> None:
-        self._request("POST", f"/rest/api/2/issue/{ticket}/comment", json={"body": f"{message.event}: {message.text}"})
+        self._request(
+            "POST", f"/rest/api/2/issue/{ticket}/comment", json={"body": f"{message.event}: {message.text}"}
+        )
 
 
 class ServiceNowChannel(_Tickets):
@@ -303,20 +381,36 @@ class ServiceNowChannel(_Tickets):
     URGENCY = {"critical": "1", "high": "1", "warning": "2"}
 
     def find(self, incident_id: str) -> str | None:
-        found = self._request("GET", "/api/now/table/incident", params={"sysparm_query": f"correlation_id={incident_id}", "sysparm_fields": "sys_id", "sysparm_limit": 1})
+        found = self._request(
+            "GET",
+            "/api/now/table/incident",
+            params={
+                "sysparm_query": f"correlation_id={incident_id}",
+                "sysparm_fields": "sys_id",
+                "sysparm_limit": 1,
+            },
+        )
         rows = found.get("result") or []
         return str(rows[0]["sys_id"]) if rows else None
 
     def create(self, message: Message) -> str:
         urgency = self.URGENCY.get(message.labels.get("severity", ""), "2")
         record = {
-            "short_description": message.title[:160], "description": message.text, "urgency": urgency, "impact": urgency,
-            "correlation_id": message.incident_id, "correlation_display": "sregraph",
+            "short_description": message.title[:160],
+            "description": message.text,
+            "urgency": urgency,
+            "impact": urgency,
+            "correlation_id": message.incident_id,
+            "correlation_display": "sregraph",
         }
         return str(self._request("POST", "/api/now/table/incident", json=record)["result"]["sys_id"])
 
     def comment(self, ticket: str, message: Message) -> None:
-        self._request("PATCH", f"/api/now/table/incident/{ticket}", json={"work_notes": f"{message.event}: {message.text}"})
+        self._request(
+            "PATCH",
+            f"/api/now/table/incident/{ticket}",
+            json={"work_notes": f"{message.event}: {message.text}"},
+        )
 
 
 # ----------------------------------------------------------------------------- settings
@@ -327,7 +421,9 @@ class ChannelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["webhook", "slack", "discord", "teams", "email", "jira", "servicenow", "pagerduty", "opsgenie"]
+    type: Literal[
+        "webhook", "slack", "discord", "teams", "email", "jira", "servicenow", "pagerduty", "opsgenie"
+    ]
     url: str | None = None
     """Webhook URL (webhook, slack, discord, teams), the tracker's base URL (jira, servicenow), or another endpoint
     than the pager's public one (pagerduty: the Events API v2 enqueue URL; opsgenie: the API base)."""
@@ -369,20 +465,44 @@ class ChannelConfig(BaseModel):
     def build(self) -> Channel:
         """The channel these settings describe."""
         if self.type == "email":
-            return EmailChannel(self.smtp_host, self.smtp_port, self.sender, self.to, self.starttls, self.username,
-                                self.password_env, self.timeout_s)
+            return EmailChannel(
+                self.smtp_host,
+                self.smtp_port,
+                self.sender,
+                self.to,
+                self.starttls,
+                self.username,
+                self.password_env,
+                self.timeout_s,
+            )
         if self.type == "jira":
-            return JiraChannel(self.url or "", self.username or "", self.password_env or "", self.timeout_s, self.project or "", self.issue_type)
+            return JiraChannel(
+                self.url or "",
+                self.username or "",
+                self.password_env or "",
+                self.timeout_s,
+                self.project or "",
+                self.issue_type,
+            )
         if self.type == "servicenow":
-            return ServiceNowChannel(self.url or "", self.username or "", self.password_env or "", self.timeout_s)
+            return ServiceNowChannel(
+                self.url or "", self.username or "", self.password_env or "", self.timeout_s
+            )
         if self.type == "pagerduty":
             return PagerDutyChannel(self.key_env or "", self.url, self.timeout_s)
         if self.type == "opsgenie":
             return OpsgenieChannel(self.key_env or "", self.url, self.timeout_s)
         url = self.url or os.environ.get(self.url_env or "", "")
         if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"notifications: the {self.type} channel's URL ({self.url_env or 'url'}) is not an http(s) URL")
-        kinds: dict[str, type[_Http]] = {"webhook": WebhookChannel, "slack": SlackChannel, "discord": DiscordChannel, "teams": TeamsChannel}
+            raise ConfigError(
+                f"notifications: the {self.type} channel's URL ({self.url_env or 'url'}) is not an http(s) URL"
+            )
+        kinds: dict[str, type[_Http]] = {
+            "webhook": WebhookChannel,
+            "slack": SlackChannel,
+            "discord": DiscordChannel,
+            "teams": TeamsChannel,
+        }
         return kinds[self.type](url, self.timeout_s)  # type: ignore[return-value]
 
 
@@ -484,7 +604,13 @@ class RoutedNotifier:
             with self._lock:
                 last = self._last.get(group)
                 if last is not None and now - last < self.repeat_interval_s:
-                    log.info("notification %s/%s to %s grouped (sent %.0f s ago)", incident_id, event, name, now - last)
+                    log.info(
+                        "notification %s/%s to %s grouped (sent %.0f s ago)",
+                        incident_id,
+                        event,
+                        name,
+                        now - last,
+                    )
                     sent += 1
                     continue
             try:

@@ -125,7 +125,9 @@ class ContainerStats(BaseModel):
     pids: int | None = None
 
 
-def connect(base_url: str, timeout: float = DEFAULT_TIMEOUT_S, version: str = API_VERSION) -> docker.DockerClient:
+def connect(
+    base_url: str, timeout: float = DEFAULT_TIMEOUT_S, version: str = API_VERSION
+) -> docker.DockerClient:
     """A client for the engine at `base_url` (``unix:///path/to/socket``) whose every call times out.
 
     The API version is fixed rather than negotiated, so making a client never calls the engine: an engine
@@ -170,7 +172,9 @@ class DockerRuntime:
         backoff with jitter, open after 3 failed calls).
         """
         if not _PROJECT_RE.match(project):
-            raise ConfigError(f"project: {project!r} must be lowercase letters, digits, '_', '.', '-' (max 41)")
+            raise ConfigError(
+                f"project: {project!r} must be lowercase letters, digits, '_', '.', '-' (max 41)"
+            )
         timeout = getattr(client.api, "timeout", None)
         if not isinstance(timeout, (int, float)) or timeout <= 0:
             raise ConfigError("client: the docker client needs a timeout (docker.DockerClient(timeout=...))")
@@ -329,7 +333,9 @@ class DockerRuntime:
         self._call(f"inspect container {container.name}", container.reload)
         if container.status in ("running", "paused", "restarting"):
             self._call(
-                f"stop container {container.name}", lambda: container.stop(timeout=max(1, round(grace))), write=True
+                f"stop container {container.name}",
+                lambda: container.stop(timeout=max(1, round(grace))),
+                write=True,
             )
 
     def _remove(self, container: Container, grace: float) -> None:
@@ -347,6 +353,7 @@ class DockerRuntime:
     @staticmethod
     def _restarts(containers: dict[int, Container]) -> int:
         """The restart counter: replica 0's label, else the highest any replica carries."""
+
         def count(c: Container) -> int:
             try:
                 return int(c.labels.get(RESTARTS, "0"))
@@ -369,8 +376,12 @@ class DockerRuntime:
         replicas = self._replicas(service)
         main = replicas.get(0)
         if main is None:
-            return ServiceStatus(service=service, running=False, replicas=max(1, len(replicas)),
-                                 restarts=self._restarts(replicas))
+            return ServiceStatus(
+                service=service,
+                running=False,
+                replicas=max(1, len(replicas)),
+                restarts=self._restarts(replicas),
+            )
         state = main.attrs.get("State") or {}
         running = bool(state.get("Running"))
         never_ran = state.get("Status") == "created"
@@ -459,7 +470,9 @@ class DockerRuntime:
         main = self._replicas(service).get(0)
         if main is None or tail <= 0:
             return []
-        raw: bytes = self._call(f"read logs of {main.name}", lambda: main.logs(stdout=True, stderr=True, tail=tail))
+        raw: bytes = self._call(
+            f"read logs of {main.name}", lambda: main.logs(stdout=True, stderr=True, tail=tail)
+        )
         return raw.decode("utf-8", "replace").splitlines()[-tail:]
 
     # ------------------------------------------------------------------ extras

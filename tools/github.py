@@ -1481,7 +1481,9 @@ class GitHubGitOps:
         if on_branch is None or not _same_config(on_branch.decoded_content, new_config):
             who = InputGitAuthor(self.committer[0], self.committer[1], self._stamp())
             signature = commit_signature(self._key, kind, [service], {path: git_blob_id(content)})
-            message = _with_trailer(self._c.redact(_message(title, body, kind, [service])), SIGNATURE_TRAILER, signature)
+            message = _with_trailer(
+                self._c.redact(_message(title, body, kind, [service])), SIGNATURE_TRAILER, signature
+            )
             if on_branch is None:
                 result = repo.create_file(path, message, content, branch=branch, author=who, committer=who)
             else:
@@ -1578,7 +1580,9 @@ class GitHubGitOps:
         head, service, kind = pinned
         marks = _marks(pull.body)
         if marks.get("head") and marks["head"] != head:
-            raise Refused(f"PR #{pr_id}: its body names head {marks['head'][:12]}, sregraph proposed {head[:12]}")
+            raise Refused(
+                f"PR #{pr_id}: its body names head {marks['head'][:12]}, sregraph proposed {head[:12]}"
+            )
         path = _service_path(service)
         proposed = self._read(path, head)
         if proposed is None:

@@ -146,7 +146,12 @@ def git_blob_id(content: bytes) -> str:
 def commit_signature(key: bytes, kind: str, services: Sequence[str], blobs: Mapping[str, str]) -> str:
     """The Sregraph-Signature of a commit of `kind` on `services` writing `blobs` ({path: blob id})."""
     payload = "\n".join(
-        ["sregraph-commit-v1", kind, ",".join(sorted(services)), *(f"{p} {b}" for p, b in sorted(blobs.items()))]
+        [
+            "sregraph-commit-v1",
+            kind,
+            ",".join(sorted(services)),
+            *(f"{p} {b}" for p, b in sorted(blobs.items())),
+        ]
     )
     return "v1:" + hmac.new(key, payload.encode(), hashlib.sha256).hexdigest()
 
@@ -181,7 +186,9 @@ class ProvenanceStore:
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(
-            ":memory:" if self.path is None else str(self.path), timeout=10.0, isolation_level=None,
+            ":memory:" if self.path is None else str(self.path),
+            timeout=10.0,
+            isolation_level=None,
             check_same_thread=False,
         )
         with self._lock:
@@ -190,14 +197,14 @@ class ProvenanceStore:
     def record_own(self, sha: str, kind: str) -> None:
         """Remember a commit sregraph made."""
         with self._lock:
-            self._conn.execute(
-                "INSERT OR IGNORE INTO own_commits VALUES (?, ?, ?)", (sha, kind, time.time())
-            )
+            self._conn.execute("INSERT OR IGNORE INTO own_commits VALUES (?, ?, ?)", (sha, kind, time.time()))
 
     def is_own(self, sha: str) -> bool:
         """Whether sregraph made this commit."""
         with self._lock:
-            return self._conn.execute("SELECT 1 FROM own_commits WHERE sha = ?", (sha,)).fetchone() is not None
+            return (
+                self._conn.execute("SELECT 1 FROM own_commits WHERE sha = ?", (sha,)).fetchone() is not None
+            )
 
     def pin(self, repo: str, branch: str, head_sha: str, service: str, kind: str) -> None:
         """Pin a proposed PR's branch to the head sregraph committed (the first pin stays)."""
@@ -431,7 +438,9 @@ class LocalGitOps:
                 kind = "rollback" if self._is_earlier_config(service, new_config) else "config"
             tree = self._tree_with(main, {path: content})
             signature = commit_signature(self._key, kind, [service], {path: git_blob_id(content)})
-            head = self._commit_tree(tree, [main], _message(title, body, kind, [service], signature=signature), author)
+            head = self._commit_tree(
+                tree, [main], _message(title, body, kind, [service], signature=signature), author
+            )
             self._record_own(head, kind)
             branch = BRANCH_PREFIX + (_slug(key) if key is not None else f"{_slug(title)}-{head[:8]}")
             if self._rev(f"refs/heads/{branch}") is not None:
@@ -580,7 +589,9 @@ class LocalGitOps:
             paths = [line for line in names.split("\n") if line.strip()]
             parent = parents.split()[0] if parents else ""
             listed = [name.strip() for name in services.split(",") if name.strip()]
-            raw.append((sha, parent, float(ct), author, body, kind.split(",")[-1].strip(), listed, signature, paths))
+            raw.append(
+                (sha, parent, float(ct), author, body, kind.split(",")[-1].strip(), listed, signature, paths)
+            )
         # Provenance: sregraph's ledger of its own commits, else a signature over the blobs the commit wrote
         # (one batch lookup of blob ids for the whole log).
         own = self._own_commits()
@@ -595,7 +606,9 @@ class LocalGitOps:
         for sha, specs_of in to_verify:
             row = next(r for r in raw if r[0] == sha)
             blob_ids = {spec.split(":", 1)[1]: blob for spec in specs_of if (blob := ids.get(spec))}
-            if len(blob_ids) == len(specs_of) and signature_valid(self._key, row[7], row[5], row[6], blob_ids):
+            if len(blob_ids) == len(specs_of) and signature_valid(
+                self._key, row[7], row[5], row[6], blob_ids
+            ):
                 ours.add(sha)
         # Other commits are classified by comparing `version` before and after; one batch read covers every
         # such file in the whole log.

@@ -91,7 +91,9 @@ class ActionLedger:
             row = conn.execute("SELECT * FROM actions WHERE key = ?", (key,)).fetchone()
         return _entry(row) if row else None
 
-    def start(self, key: str, incident_id: str, service: str, kind: str, before: dict[str, Any], now: float) -> None:
+    def start(
+        self, key: str, incident_id: str, service: str, kind: str, before: dict[str, Any], now: float
+    ) -> None:
         """Record that an action is about to run (a no-op if the key exists)."""
         self._check(incident_id)
         with self._lock, self._connect() as conn:

@@ -83,7 +83,12 @@ class JsonlNotifier:
 
     def notify(self, incident_id: str, event: str, text: str) -> None:
         """Append one JSON line (with the notification's idempotency key, when it has one)."""
-        record = {"ts": self.clock.now(), "incident_id": incident_id, "event": event, "text": redact_out(text)}
+        record = {
+            "ts": self.clock.now(),
+            "incident_id": incident_id,
+            "event": event,
+            "text": redact_out(text),
+        }
         key = current_key()
         if key is not None:
             record["key"] = key

@@ -34,23 +34,37 @@ KILL_WAIT_S = 2.0
 MAX_LOG_BYTES = 5 * 1024 * 1024
 OOM_EXIT_CODE = 137
 
-SERVICE_ENV_ALLOW: tuple[str, ...] = ("PATH", "HOME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+SERVICE_ENV_ALLOW: tuple[str, ...] = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "LANGUAGE",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+)
 """The only variables of sregraph's own environment a managed service inherits; everything else it needs is
 in its spec. Tokens and keys stay with sregraph (docs/security.md)."""
 
 
-def service_environment(spec_env: Mapping[str, str], inherit: Mapping[str, str] | None = None) -> dict[str, str]:
+def service_environment(
+    spec_env: Mapping[str, str], inherit: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """A managed service's whole environment: the allow-listed variables of `inherit` plus its own `spec_env`.
 
     ConfigError if `spec_env` names one of sregraph's secrets: a spec must not hand them on either.
     """
     leaked = sorted(set(spec_env) & set(SECRET_ENV_NAMES))
     if leaked:
-        raise ConfigError(f"service env: {', '.join(leaked)} is sregraph's secret and never goes to a managed service")
+        raise ConfigError(
+            f"service env: {', '.join(leaked)} is sregraph's secret and never goes to a managed service"
+        )
     inherit = os.environ if inherit is None else inherit
     env = {name: inherit[name] for name in SERVICE_ENV_ALLOW if name in inherit}
     env.update(spec_env)
     return env
+
 
 # Popen objects of every child this interpreter started, keyed by pid. Module level on purpose: a second
 # supervisor object in the same process must still be able to reap (and read the exit code of) children the

@@ -209,7 +209,12 @@ def _rollback(conn: sqlite3.Connection) -> None:
 def _apply_migrations(conn: Any, component: str, migrations: Sequence[str]) -> None:
     """Run, inside the caller's transaction, the migrations of `component` not yet recorded as applied."""
     conn.execute(_MIGRATIONS_TABLE)
-    done = {r[0] for r in conn.execute("SELECT version FROM sregraph_migrations WHERE component = ?", (component,)).fetchall()}
+    done = {
+        r[0]
+        for r in conn.execute(
+            "SELECT version FROM sregraph_migrations WHERE component = ?", (component,)
+        ).fetchall()
+    }
     for version, script in enumerate(migrations, start=1):
         if version in done:
             continue
@@ -274,7 +279,10 @@ class _SharedPool:
                         "connect_timeout": CONNECT_TIMEOUT_S,
                         "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
                         # A peer gone silent (a cut network) is noticed in seconds, not hours.
-                        "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2,
+                        "keepalives": 1,
+                        "keepalives_idle": 5,
+                        "keepalives_interval": 2,
+                        "keepalives_count": 2,
                         "tcp_user_timeout": 10_000,
                     },
                     check=ConnectionPool.check_connection,
@@ -318,7 +326,9 @@ def check_dsn(dsn: str) -> str:
     except psycopg.ProgrammingError:
         raise ConfigError("storage.dsn: not a valid libpq connection string") from None
     if parts.get("password"):
-        raise ConfigError("storage.dsn: must not contain a password; set PGPASSWORD (or use ~/.pgpass) instead")
+        raise ConfigError(
+            "storage.dsn: must not contain a password; set PGPASSWORD (or use ~/.pgpass) instead"
+        )
     return dsn
 
 
@@ -417,7 +427,6 @@ class StorageConfig(BaseModel):
                 raise ValueError(str(exc).removeprefix("storage.dsn: ")) from None
         return value
 
-
     @model_validator(mode="after")
     def _queue_needs_postgres(self) -> StorageConfig:
         if self.job_queue != "none" and self.backend != "postgres":
@@ -429,6 +438,8 @@ def open_database(config: StorageConfig, data_dir: Path, name: str) -> Database:
     """The database of one store: `data_dir/name.db` on SQLite, the shared database on Postgres."""
     if config.backend == "postgres":
         if not config.dsn:
-            raise ConfigError("storage.dsn: set the Postgres connection string when storage.backend is postgres")
+            raise ConfigError(
+                "storage.dsn: set the Postgres connection string when storage.backend is postgres"
+            )
         return PostgresDatabase(config.dsn, max_size=config.pool_size)
     return SqliteDatabase(data_dir / f"{name}.db")

@@ -277,9 +277,7 @@ class LocalTelemetryStore:
 
     # ------------------------------------------------------------------ read side
 
-    def query_range(
-        self, name: str, labels: dict[str, str] | None, start: float, end: float
-    ) -> list[Series]:
+    def query_range(self, name: str, labels: dict[str, str] | None, start: float, end: float) -> list[Series]:
         """Series named `name` whose labels include `labels`, restricted to [start, end]."""
         rows = self._read(
             "SELECT labels, ts, value FROM metrics WHERE name = ? AND ts BETWEEN ? AND ? ORDER BY ts",
@@ -358,7 +356,9 @@ class LocalTelemetryStore:
         """Every metric name the store holds."""
         return [r[0] for r in self._read("SELECT DISTINCT name FROM metrics ORDER BY name", ())]
 
-    def deploys(self, start: float, end: float, service: str | None = None, limit: int = 500) -> list[DeployMarker]:
+    def deploys(
+        self, start: float, end: float, service: str | None = None, limit: int = 500
+    ) -> list[DeployMarker]:
         """Deploy markers stamped in [start, end], optionally of one service: the newest `limit`, newest first."""
         sql = "SELECT id, ts, service, version, revision, author, description FROM deploys WHERE ts BETWEEN ? AND ?"
         args: list[Any] = [start, end]
@@ -372,7 +372,12 @@ class LocalTelemetryStore:
         ]
 
     def events(
-        self, start: float, end: float, services: Iterable[str] | None = None, kind: str | None = None, limit: int = 500
+        self,
+        start: float,
+        end: float,
+        services: Iterable[str] | None = None,
+        kind: str | None = None,
+        limit: int = 500,
     ) -> list[ExternalEvent]:
         """External events stamped in [start, end]: of `services` (and those concerning every service) when
         given, of one kind when given; the newest `limit`, newest first."""
@@ -386,7 +391,10 @@ class LocalTelemetryStore:
             sql += " AND kind = ?"
             args.append(kind)
         rows = self._read(sql + " ORDER BY ts DESC LIMIT ?", [*args, max(0, int(limit))])
-        return [ExternalEvent(ts=ts, kind=k, service=svc, title=t, attrs=json.loads(a)) for ts, k, svc, t, a in rows]
+        return [
+            ExternalEvent(ts=ts, kind=k, service=svc, title=t, attrs=json.loads(a))
+            for ts, k, svc, t, a in rows
+        ]
 
     @staticmethod
     def _span(row: tuple[Any, ...]) -> Span:

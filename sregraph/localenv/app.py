@@ -249,12 +249,16 @@ class LocalApp:
         tmp.write_text(json.dumps(data, indent=2))
         tmp.replace(path)
 
-    def _runtime_choice(self, runtime: str | None, docker_url: str | None, image: str | None) -> dict[str, str]:
+    def _runtime_choice(
+        self, runtime: str | None, docker_url: str | None, image: str | None
+    ) -> dict[str, str]:
         """The runtime this app runs on: the requested one, else the saved one; saved for re-attaching."""
         path = self.data_dir / "app.json"
         saved = json.loads(path.read_text()).get("runtime") if path.exists() else None
         if saved is not None and not (isinstance(saved, dict) and saved.get("kind") in RUNTIMES):
-            raise ConfigError(f"{path}: field 'runtime' must be an object whose 'kind' is one of {', '.join(RUNTIMES)}")
+            raise ConfigError(
+                f"{path}: field 'runtime' must be an object whose 'kind' is one of {', '.join(RUNTIMES)}"
+            )
         if runtime is not None and runtime not in RUNTIMES:
             raise ConfigError(f"runtime: unknown runtime {runtime!r}; known runtimes: {', '.join(RUNTIMES)}")
         if saved is not None and runtime is not None and runtime != saved["kind"]:
@@ -447,9 +451,21 @@ class LocalApp:
 
     def _background(self, rps: float = 15.0) -> ProcessSupervisor:
         """A supervisor of the detached load process; separate so agents never see or restart it."""
-        argv = [sys.executable, "-m", "sregraph.localenv.app", self.urls["frontend"] + ROUTES["frontend"], str(rps)]
-        env = {"PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-        return ProcessSupervisor(self.data_dir / "load", {"load": ProcessSpec(name="load", argv=argv, env=env, cwd=self.data_dir)})
+        argv = [
+            sys.executable,
+            "-m",
+            "sregraph.localenv.app",
+            self.urls["frontend"] + ROUTES["frontend"],
+            str(rps),
+        ]
+        env = {
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p
+            )
+        }
+        return ProcessSupervisor(
+            self.data_dir / "load", {"load": ProcessSpec(name="load", argv=argv, env=env, cwd=self.data_dir)}
+        )
 
     def start_background_load(self, rps: float = 15.0) -> None:
         """Load from a detached process that outlives this one (`sregraph run --keep-running`)."""
@@ -511,7 +527,11 @@ class LocalApp:
             # Requests keep succeeding but nothing is bought: a config change turns payment capture off.
             config = {**self.gitops.config(service), "capture": False}
             change = self.gitops.commit_config(
-                service, config, f"{service}: disable payment capture during PSP migration", kind="config", author="ops"
+                service,
+                config,
+                f"{service}: disable payment capture during PSP migration",
+                kind="config",
+                author="ops",
             )
             status = self.apply(service)
             detail = f"config {change.sha[:10]} sets capture=false; running={status.running}"
@@ -560,7 +580,6 @@ class LocalApp:
                     raise ToolError(f"chaos on {service} refused: HTTP {resp.status_code} {resp.text}")
                 replies[str(i)] = resp.json().get("faults")
         return replies
-
 
 
 def _run_load(url: str, rps: float) -> None:

@@ -152,7 +152,13 @@ METRICS_FLUSH_S = 0.05
 """How long a shipping service's metrics wait in the SDK's queue for more of their tick before they are sent."""
 SHIP_CLOSE_S = 2.0
 """How long a stopping (or dying of OOM) shipping service waits to send what it has queued."""
-_LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR, "critical": logging.CRITICAL}
+_LOG_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
 
 
 class ShippedTelemetry:
@@ -178,12 +184,18 @@ class ShippedTelemetry:
         try:
             self.logger.log(_LOG_LEVELS.get(level, logging.INFO), message, extra=attrs)
         except KeyError:  # an attribute named like one of logging's own fields
-            self.logger.log(_LOG_LEVELS.get(level, logging.INFO), message, extra={f"attr_{k}": v for k, v in attrs.items()})
+            self.logger.log(
+                _LOG_LEVELS.get(level, logging.INFO),
+                message,
+                extra={f"attr_{k}": v for k, v in attrs.items()},
+            )
 
     def write_metrics(self, points: list[MetricPoint]) -> None:
         """Metric points, queued for the next batch (the pusher adds the service label)."""
         for p in points:
-            self.metrics.gauge(p.name, p.value, {k: str(v) for k, v in p.labels.items() if k != "service"}, ts=p.ts)
+            self.metrics.gauge(
+                p.name, p.value, {k: str(v) for k, v in p.labels.items() if k != "service"}, ts=p.ts
+            )
 
     def write_logs(self, records: list[LogRecord]) -> None:
         """Buffered records (a shipping service logs through `log` at once; this takes any left over)."""
@@ -274,19 +286,32 @@ class Service:
         self._ticker: threading.Thread | None = None
         self._http = httpx.Client(timeout=self.timeout_s)
         # Spans through the OpenTelemetry SDK, exported to the store in batches.
-        self.tracer_provider = TracerProvider(resource=Resource.create({"service.name": name, "service.version": self.version}))
+        self.tracer_provider = TracerProvider(
+            resource=Resource.create({"service.name": name, "service.version": self.version})
+        )
         exporter = store.spans if isinstance(store, ShippedTelemetry) else StoreSpanExporter(store, name)
         # SpanShipper is a SpanExporter by duck typing: sregraph.sdk imports no OpenTelemetry at import time.
-        self.tracer_provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=int(TICK_S * 1000)))  # type: ignore[arg-type]
+        processor = BatchSpanProcessor(exporter, schedule_delay_millis=int(TICK_S * 1000))  # type: ignore[arg-type]
+        self.tracer_provider.add_span_processor(processor)
         self.tracer = self.tracer_provider.get_tracer("sregraph.localenv")
         # Prometheus metrics in a registry of this service's own.
         self.registry = CollectorRegistry()
-        self.requests_total = Counter("http_requests_total", "Business requests served.", ["service", "handler", "code"], registry=self.registry)
+        self.requests_total = Counter(
+            "http_requests_total",
+            "Business requests served.",
+            ["service", "handler", "code"],
+            registry=self.registry,
+        )
         self.duration = Histogram(
-            "http_request_duration_seconds", "Business request duration.", ["service", "handler"], registry=self.registry,
+            "http_request_duration_seconds",
+            "Business request duration.",
+            ["service", "handler"],
+            registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.3, 0.5, 1.0, 2.5),
         )
-        self.purchases_total = Counter("shop_purchases_total", "Completed purchases (frontend).", ["service"], registry=self.registry)
+        self.purchases_total = Counter(
+            "shop_purchases_total", "Completed purchases (frontend).", ["service"], registry=self.registry
+        )
 
     # ------------------------------------------------------------------ logging
 
@@ -332,7 +357,10 @@ class Service:
         p_ok = (1 - self.error_rate) * (1 - self.release.error_rate) * (1 - faults.error_ratio)
         if self.disk_full_ratio and random.random() < self.disk_full_ratio:
             # The write this request needs fails; a restart does not help, the disk stays full.
-            status, error = 500, f"OSError: [Errno 28] No space left on device: '/var/lib/{self.name}/ledger.wal'"
+            status, error = (
+                500,
+                f"OSError: [Errno 28] No space left on device: '/var/lib/{self.name}/ledger.wal'",
+            )
         elif random.random() >= p_ok:
             status = 500
             # Attribute the failure to one cause, weighted like the probabilities that produced it.
@@ -357,7 +385,12 @@ class Service:
             self.log("error", error, trace_id=trace_id, route=route, status=status)
         elif not purchased and not self.downstreams:
             # The journey's last hop says why nothing was bought; a warning, since the request "worked".
-            self.log("warning", "payment authorised but not captured; no purchase recorded", trace_id=trace_id, route=route)
+            self.log(
+                "warning",
+                "payment authorised but not captured; no purchase recorded",
+                trace_id=trace_id,
+                route=route,
+            )
         elapsed_ms = (time.perf_counter() - t0) * 1000.0
         self.requests_total.labels(self.name, route, str(status)).inc()
         self.duration.labels(self.name, route).observe(elapsed_ms / 1000.0)
@@ -371,7 +404,13 @@ class Service:
             w.purchases += bought
             w.latencies.append(elapsed_ms)
         if status == 200:
-            return 200, {"ok": True, "service": self.name, "version": self.version, "purchased": purchased, "trace_id": trace_id}
+            return 200, {
+                "ok": True,
+                "service": self.name,
+                "version": self.version,
+                "purchased": purchased,
+                "trace_id": trace_id,
+            }
         return status, {"ok": False, "service": self.name, "error": error, "trace_id": trace_id}
 
     def _call(self, name: str, base_url: str) -> tuple[str, bool]:
@@ -615,7 +654,9 @@ def main(argv: list[str] | None = None) -> int:
         ShippedTelemetry(url, token, args.name) if url and token else LocalTelemetryStore(args.telemetry)
     )
     volume = args.telemetry.parent / "volumes" / args.name
-    service = Service(args.name, config, store, dict(map(_parse_downstream, args.downstream)), replica, volume)
+    service = Service(
+        args.name, config, store, dict(map(_parse_downstream, args.downstream)), replica, volume
+    )
     port = args.port + replica
     try:
         server = _Server((args.host, port), make_handler(service))

@@ -51,7 +51,6 @@ class FakeOpenAIServer(LoopbackServer):
         host, port = self._httpd.server_address[:2]
         return f"http://{host!s}:{port}/v1"
 
-
     # ------------------------------------------------------------------ responses
 
     def _next(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, dict[str, Any]]:

@@ -46,11 +46,37 @@ TOKEN_LIFETIME_S = 3600
 BACKEND_TIMEOUT_S = 600.0
 CHAT_FIELDS = frozenset(
     {
-        "model_id", "messages", "project_id", "space_id", "tools", "tool_choice", "tool_choice_option",
-        "context", "crypto", "frequency_penalty", "logprobs", "top_logprobs", "presence_penalty",
-        "response_format", "temperature", "max_tokens", "max_completion_tokens", "time_limit", "top_p", "n",
-        "logit_bias", "seed", "stop", "guided_choice", "guided_regex", "guided_grammar", "guided_json",
-        "chat_template_kwargs", "reasoning_effort", "include_reasoning", "repetition_penalty",
+        "model_id",
+        "messages",
+        "project_id",
+        "space_id",
+        "tools",
+        "tool_choice",
+        "tool_choice_option",
+        "context",
+        "crypto",
+        "frequency_penalty",
+        "logprobs",
+        "top_logprobs",
+        "presence_penalty",
+        "response_format",
+        "temperature",
+        "max_tokens",
+        "max_completion_tokens",
+        "time_limit",
+        "top_p",
+        "n",
+        "logit_bias",
+        "seed",
+        "stop",
+        "guided_choice",
+        "guided_regex",
+        "guided_grammar",
+        "guided_json",
+        "chat_template_kwargs",
+        "reasoning_effort",
+        "include_reasoning",
+        "repetition_penalty",
         "length_penalty",
     }
 )
@@ -89,14 +115,24 @@ def make_tls(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path, Path
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sregraph test CA")])
     ca = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                key_encipherment=False, data_encipherment=False, key_agreement=False, encipher_only=False,
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
                 decipher_only=False,
             ),
             critical=True,
@@ -105,9 +141,13 @@ def make_tls(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path, Path
         .sign(ca_key, hashes.SHA256())
     )
     leaf = (
-        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
-        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(
             x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]), critical=False
         )
@@ -181,7 +221,6 @@ class FakeWatsonxServer(LoopbackServer):
         """The chat requests received, in order."""
         return [r for r in self.requests if r.path == "/ml/v1/text/chat"]
 
-
     # ------------------------------------------------------------------ routes
 
     def handle(self, method: str, target: str, headers: dict[str, str], raw: bytes) -> tuple[int, Any]:
@@ -230,8 +269,12 @@ class FakeWatsonxServer(LoopbackServer):
         with self._lock:
             self.tokens[token] = expires
         return {
-            "access_token": token, "refresh_token": "not_supported", "token_type": "Bearer",
-            "expires_in": self.token_lifetime_s, "expiration": expires, "scope": "ibm openid",
+            "access_token": token,
+            "refresh_token": "not_supported",
+            "token_type": "Bearer",
+            "expires_in": self.token_lifetime_s,
+            "expiration": expires,
+            "scope": "ibm openid",
         }
 
     def _jwt(self, claims: dict[str, Any]) -> str:
@@ -250,11 +293,15 @@ class FakeWatsonxServer(LoopbackServer):
             expires = self.tokens.get(token)
         if expires is None:
             raise WatsonxError(
-                401, "authentication_token_not_valid", "Failed to authenticate the request: invalid token",
+                401,
+                "authentication_token_not_valid",
+                "Failed to authenticate the request: invalid token",
             )
         if expires <= time.time():
             raise WatsonxError(
-                401, "authentication_token_expired", "Failed to authenticate the request: expired token",
+                401,
+                "authentication_token_expired",
+                "Failed to authenticate the request: expired token",
             )
 
     def _project(self, project_id: str) -> dict[str, Any]:
@@ -262,7 +309,9 @@ class FakeWatsonxServer(LoopbackServer):
             raise WatsonxError(404, "does_not_exist", f"project {project_id} does not exist")
         return {
             "metadata": {
-                "guid": project_id, "url": f"/v2/projects/{project_id}", "created_at": "2025-01-01T00:00:00Z"
+                "guid": project_id,
+                "url": f"/v2/projects/{project_id}",
+                "created_at": "2025-01-01T00:00:00Z",
             },
             "entity": {
                 "name": "sregraph-test",
@@ -275,7 +324,9 @@ class FakeWatsonxServer(LoopbackServer):
 
     def _specs(self) -> dict[str, Any]:
         spec = {
-            "model_id": self.model_id, "label": self.model_id.rsplit("/", 1)[-1], "provider": "test",
+            "model_id": self.model_id,
+            "label": self.model_id.rsplit("/", 1)[-1],
+            "provider": "test",
             "functions": [{"id": "text_chat"}, {"id": "text_generation"}],
             "model_limits": {"max_sequence_length": 8192, "max_output_tokens": 4096},
             "lifecycle": [{"id": "available", "start_date": "2025-01-01"}],
@@ -302,7 +353,8 @@ class FakeWatsonxServer(LoopbackServer):
             raise WatsonxError(step["status"], "scripted_failure", message)
         calls = [
             {
-                "id": f"chatcmpl-tool-{n}{i}", "type": "function",
+                "id": f"chatcmpl-tool-{n}{i}",
+                "type": "function",
                 "function": {"name": name, "arguments": json.dumps(args)},
             }
             for i, (name, args) in enumerate(step["tool_calls"])
@@ -320,13 +372,18 @@ class FakeWatsonxServer(LoopbackServer):
         with self._lock:
             self.usage_total += prompt + completion
         return {
-            "id": f"chat-{n:08x}", "object": "chat.completion", "model_id": self.model_id,
+            "id": f"chat-{n:08x}",
+            "object": "chat.completion",
+            "model_id": self.model_id,
             "model": self.model_id,
             "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-            "created": int(now.timestamp()), "model_version": "1.0.0",
+            "created": int(now.timestamp()),
+            "model_version": "1.0.0",
             "created_at": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "usage": {
-                "completion_tokens": completion, "prompt_tokens": prompt, "total_tokens": prompt + completion
+                "completion_tokens": completion,
+                "prompt_tokens": prompt,
+                "total_tokens": prompt + completion,
             },
         }
 
@@ -351,9 +408,11 @@ class FakeWatsonxServer(LoopbackServer):
         if source.get("tool_calls"):
             message["tool_calls"] = [
                 {
-                    "id": c.get("id") or f"chatcmpl-tool-{n}{i}", "type": "function",
+                    "id": c.get("id") or f"chatcmpl-tool-{n}{i}",
+                    "type": "function",
                     "function": {
-                        "name": c["function"]["name"], "arguments": c["function"].get("arguments") or "{}"
+                        "name": c["function"]["name"],
+                        "arguments": c["function"].get("arguments") or "{}",
                     },
                 }
                 for i, c in enumerate(source["tool_calls"])
@@ -482,7 +541,14 @@ def to_openai(body: dict[str, Any]) -> dict[str, Any]:
     messages = [{**m, "content": m.get("content") or ""} for m in body["messages"]]
     request: dict[str, Any] = {"model": body["model_id"], "messages": messages}
     for field in (
-        "tools", "temperature", "max_tokens", "top_p", "seed", "stop", "frequency_penalty", "presence_penalty"
+        "tools",
+        "temperature",
+        "max_tokens",
+        "top_p",
+        "seed",
+        "stop",
+        "frequency_penalty",
+        "presence_penalty",
     ):
         if field in body:
             request[field] = body[field]
