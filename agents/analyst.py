@@ -21,12 +21,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agents.detection.window import Windows, log_evidence, measure, trace_origins
 from agents.grounding import invented_services
 from agents.observer import ObserverConfig
 from agents.rca import ServiceScore, features, rank
 from agents.rca_confidence import ARTEFACT, ConfidenceModel, default_min_confidence
 from agents.rca_live import live_input
-from agents.signals import Windows, log_evidence, measure, trace_origins
 from tools.base import Change, ServiceStatus, SregraphError
 from tools.domain import (
     ActionResult,
@@ -80,7 +80,7 @@ W_RANKER = 0.5
 RANKER_MIN_DEVIATION = 1.6
 """... and only on a service whose own metrics moved by log1p(z) >= 1.6 (z about 4, the observer's threshold),
 or whose traces or logs did: on a healthy system the ranker still orders services by their noise, which is no
-evidence. Its z-scores are scaled by at least each metric's floor (`agents.rules.RULES`), as the window rule's
+evidence. Its z-scores are scaled by at least each metric's floor (`agents.detection.rules.RULES`), as the window rule's
 are: without the floor, a latency of 5.1 ms with a flat baseline that reads 8 ms once was z ≈ 12 (log1p 2.5)."""
 
 CHANGE_SLACK_S = 5.0

@@ -8,10 +8,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.analyst import AnalystConfig
+from agents.detection.window import Windows, measure
 from agents.grounding import invented_services
 from agents.observer import ObserverConfig
 from agents.policy import Policy
-from agents.signals import Windows, measure
 from tools.base import Refused, SregraphError
 from tools.domain import (
     Action,

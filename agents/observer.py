@@ -7,9 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agents.detection.stream import MetricSense
+from agents.detection.window import Windows, backtrack_onset, measure
 from agents.grounding import check_title
-from agents.senses import MetricSense
-from agents.signals import Windows, backtrack_onset, measure
 from tools.base import SregraphError
 from tools.display import md
 from tools.domain import Observation, Signal, Trigger
@@ -35,12 +35,13 @@ class ObserverConfig(BaseModel):
     detect_timeout_s: float = Field(default=20.0, ge=0)
     """How long one observe step watches before calling the system healthy (0: one look)."""
     ensemble: bool = True
-    """Also run the streaming detector ensemble on every series (agents/senses.py), not only the window rule."""
+    """Also run the streaming detector ensemble on every series (agents/detection/stream.py), not only the
+    window rule."""
     ensemble_warmup_points: int = Field(default=40, ge=5)
     """Points of a series the ensemble learns from before it may alert."""
     ensemble_gate: float = Field(default=2.0, gt=0)
     """An ensemble alert needs the value worse than baseline by this many times the metric's smallest change
-    that matters (agents/signals.py RULES)."""
+    that matters (agents/detection/window.py RULES)."""
 
 
 log = logging.getLogger(__name__)

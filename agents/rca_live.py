@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from agents.detection.rules import RULES
+from agents.detection.window import PEER, Windows
 from agents.rca import LogRow, MetricSeries, RcaInput, SpanRow, infer_kind
-from agents.rules import RULES
-from agents.signals import PEER, Windows
 from tools.base import Telemetry
 
 
@@ -27,7 +27,7 @@ def live_input(
 ) -> RcaInput:
     """The ranker's input from the windows the analyst measured: metrics of both windows, error lines, spans.
 
-    Each metric carries the analyst's floor for it (`agents.rules.RULES`): a latency of 5.1 ms that is 8 ms
+    Each metric carries the analyst's floor for it (`agents.detection.rules.RULES`): a latency of 5.1 ms that is 8 ms
     for one sample is no deviation, however flat its baseline was. A client span carries the service it called
     (`peer.service`), and `down` names the services the analyst found not serving (health, process state).
     """

@@ -51,9 +51,9 @@ from agents.librarian import PostMortemText
 from agents.llm import LLMDiagnosis, LLMHypothesis
 from agents.observer import IncidentTitle
 from graphs.checkpoint import open_checkpointer
-from graphs.graph import Crew, build_graph
+from graphs.graph import Team, build_graph
 from sregraph.config import Settings
-from sregraph.engine import build_crew
+from sregraph.engine import build_team
 from tools.base import HealthResult, LogRecord, NotFound, ServiceStatus, Span
 from tools.domain import RunInput, Trigger
 from tools.gitops import LocalGitOps
@@ -391,7 +391,7 @@ class _Config:
     name: str
     graph: Any
     world: SyntheticWorld
-    crew: Crew
+    team: Team
     timer: SaverTimer | None = None
     durations: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
@@ -433,7 +433,7 @@ def _warm_up(cfg: _Config, durability: str) -> tuple[Any, ...] | None:
         for mode, chunk in cfg.graph.stream(
             {"incident_id": incident_id, "trigger": trigger},
             config,
-            context=cfg.crew,
+            context=cfg.team,
             stream_mode=["updates", "values"],
             **_durability(cfg, durability),
         ):
@@ -461,7 +461,7 @@ def _timed_run(cfg: _Config, index: int, expected: tuple[Any, ...] | None, durab
     config = {"configurable": {"thread_id": incident_id}}
     t0 = time.perf_counter()
     try:
-        state = cfg.graph.invoke(payload, config, context=cfg.crew, **_durability(cfg, durability))
+        state = cfg.graph.invoke(payload, config, context=cfg.team, **_durability(cfg, durability))
     except Exception as exc:  # reported, never hidden
         cfg.durations.append(time.perf_counter() - t0)
         cfg.failures.append(_failure(incident_id, None, exc))
@@ -491,7 +491,7 @@ def bench_checkpointers(
             world = SyntheticWorld(base, seed)
             timer = SaverTimer(saver) if saver is not None else None
             graph = build_graph().compile(checkpointer=saver)
-            configs.append(_Config(name, graph, world, build_crew(settings, world.toolbox), timer))
+            configs.append(_Config(name, graph, world, build_team(settings, world.toolbox), timer))
         expected = {cfg.name: _warm_up(cfg, durability) for cfg in configs}
         for cfg in configs:
             if cfg.timer is not None:
@@ -682,12 +682,12 @@ def bench_llm_tokens(root: Path, seed: int) -> TokenResult:
     state: dict[str, Any] = {}
     title = ""
     try:
-        crew = build_crew(settings, world.toolbox, chat_model=model)
+        team = build_team(settings, world.toolbox, chat_model=model)
         graph = build_graph().compile()
         trigger = world.begin_incident()
         config: RunnableConfig = {"configurable": {"thread_id": "bench-llm"}}
         run_input: RunInput = {"incident_id": "bench-llm", "trigger": trigger}
-        state = graph.invoke(run_input, config, context=crew)
+        state = graph.invoke(run_input, config, context=team)
         title = (
             world.toolbox.incidents.get(state["issue_id"]).title if state.get("issue_id") is not None else ""
         )

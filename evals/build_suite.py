@@ -858,7 +858,7 @@ class Builder:
         time.sleep(SETTLE_S)
         quiet, deadline = 0, time.time() + 40
         while quiet < 3 and time.time() < deadline:
-            signals, _, _ = self.engine.crew.observer.check()
+            signals, _, _ = self.engine.team.observer.check()
             quiet = 0 if signals else quiet + 1
             time.sleep(0.5)
 
@@ -907,7 +907,7 @@ class Builder:
             return Trigger(source="scan", summary="scheduled scan", fired_at=now)
         deadline = now + DETECT_TIMEOUT_S
         while time.time() < deadline:
-            signals, _, _ = self.engine.crew.observer.check()
+            signals, _, _ = self.engine.team.observer.check()
             if signals:
                 top = signals[0]
                 return Trigger(
@@ -924,7 +924,7 @@ class Builder:
         """Produce, record and write one case."""
         assert self.recorder is not None
         self.injected, self.stoppers = [], []
-        engineer = self.engine.crew.engineer
+        engineer = self.engine.team.engineer
         default_policy = engineer.policy
         history_before = len(self.app.gitops.history())
         if spec.policy is not None:

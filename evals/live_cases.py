@@ -44,7 +44,7 @@ def new_case(
         injected=list(injected),
         topology={k: list(v) for k, v in engine.toolbox.topology.items()},
         settings=case_settings(engine.settings),
-        policy=engine.crew.engineer.policy.model_dump(mode="json"),
+        policy=engine.team.engineer.policy.model_dump(mode="json"),
         truth=truth,
         outcome=outcome,
         **meta,

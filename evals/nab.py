@@ -407,7 +407,7 @@ class BenchResult:
 
 def default_scorer(f: NabFile) -> np.ndarray:
     """Scores of the default ensemble: a fresh detector per file, fed point by point through ``update``."""
-    from agents.detectors import default_ensemble
+    from agents.detection.detectors import default_ensemble
 
     update = default_ensemble().update
     return np.fromiter(
@@ -452,7 +452,7 @@ def run(
     if not corpus:
         raise ConfigError(f"{root}: the label file names no data file")
     if score_fn is None:
-        from agents.detectors import ALERT_LEVEL
+        from agents.detection.detectors import ALERT_LEVEL
 
         score_fn = default_scorer
         fixed_threshold = ALERT_LEVEL if fixed_threshold is None else fixed_threshold

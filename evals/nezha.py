@@ -72,7 +72,7 @@ fail (an error return, a thrown exception); there is no deploy in the data, so t
 MIB_TO_MB = 1.048576
 
 POD_COLUMNS: dict[str, tuple[str, float]] = {
-    # Judged by the analyst (agents/rules.RULES).
+    # Judged by the analyst (agents/detection/rules.RULES).
     "CpuUsageRate(%)": ("cpu_percent", 1.0),
     "MemoryUsage(Mi)": ("memory_rss_mb", MIB_TO_MB),
     "PodServerLatencyP95(s)": ("latency_p95_ms", 1000.0),

@@ -19,7 +19,7 @@ from agents.analyst import Analyst
 from agents.engineer import Engineer
 from agents.librarian import Librarian
 from agents.observer import Observer, incident_body
-from graphs import report
+from graphs import comments
 from tools.display import md
 from tools.domain import ApprovalDecision, IncidentState, RunInput, TimelineEntry
 from tools.notifier import notification_key
@@ -27,7 +27,7 @@ from tools.toolbox import Toolbox
 
 
 @dataclass
-class Crew:
+class Team:
     """The four agents and what they share; the graph's run context."""
 
     toolbox: Toolbox
@@ -37,14 +37,14 @@ class Crew:
     librarian: Librarian
 
 
-def _at(crew: Crew, event: str) -> list[TimelineEntry]:
-    return [TimelineEntry(at=crew.toolbox.clock.now(), event=event)]
+def _at(team: Team, event: str) -> list[TimelineEntry]:
+    return [TimelineEntry(at=team.toolbox.clock.now(), event=event)]
 
 
-def _status(crew: Crew, state: IncidentState, status: str) -> None:
+def _status(team: Team, state: IncidentState, status: str) -> None:
     issue = state.get("issue_id")
     if issue is not None:
-        surface = crew.toolbox.incidents
+        surface = team.toolbox.incidents
         current = surface.get(issue)
         stale = [
             label for label in current.labels if label.startswith("status:") and label != f"status:{status}"
@@ -52,10 +52,10 @@ def _status(crew: Crew, state: IncidentState, status: str) -> None:
         surface.set_labels(issue, add=[f"status:{status}"], remove=stale)
 
 
-def _comment(crew: Crew, state: IncidentState, phase: str, body: str) -> None:
+def _comment(team: Team, state: IncidentState, phase: str, body: str) -> None:
     issue = state.get("issue_id")
     if issue is not None:
-        crew.toolbox.incidents.comment(issue, body, key=f"{state['incident_id']}/{phase}")
+        team.toolbox.incidents.comment(issue, body, key=f"{state['incident_id']}/{phase}")
 
 
 def _fell_back(agent: str, reason: str | None) -> dict:
@@ -68,53 +68,53 @@ def _rejected(agent: str, problems: list[str]) -> dict:
     return {"ungrounded": [f"{agent}: {'; '.join(problems[:5])}"]} if problems else {}
 
 
-def _notify(crew: Crew, state: IncidentState, key: str, event: str, text: str) -> None:
+def _notify(team: Team, state: IncidentState, key: str, event: str, text: str) -> None:
     # The key makes a re-run of the step after a crash not notify twice (tools/notifier.IdempotentNotifier).
     with notification_key(f"{state['incident_id']}/notify/{key}"):
-        crew.toolbox.notifier.notify(state["incident_id"], event, text)
+        team.toolbox.notifier.notify(state["incident_id"], event, text)
 
 
 # ----------------------------------------------------------------------------- nodes
 
 
-def observe(state: IncidentState, runtime: Runtime[Crew]) -> dict:
+def observe(state: IncidentState, runtime: Runtime[Team]) -> dict:
     """Decide whether an incident exists."""
-    crew = runtime.context
+    team = runtime.context
     trigger = state["trigger"]
-    observation = crew.observer.observe(trigger)
+    observation = team.observer.observe(trigger)
     if observation.healthy and trigger.issue_id is None:
         return {
             "observation": observation,
             "status": "healthy",
             "attempts": 0,
-            "timeline": _at(crew, "checked every service: healthy, no incident"),
+            "timeline": _at(team, "checked every service: healthy, no incident"),
         }
     what = observation.signals[0].detail if observation.signals else f"reported: {trigger.summary}"
     return {
         "observation": observation,
         "status": "open",
         "attempts": 0,
-        "timeline": _at(crew, f"detected: {what}"),
+        "timeline": _at(team, f"detected: {what}"),
     }
 
 
-def open_incident(state: IncidentState, runtime: Runtime[Crew]) -> dict:
+def open_incident(state: IncidentState, runtime: Runtime[Team]) -> dict:
     """Open (or join) the incident issue on the surface with a telemetry snapshot."""
-    crew = runtime.context
+    team = runtime.context
     observation, trigger = state["observation"], state["trigger"]
     assert observation is not None
     tokens = 0
     fallback: str | None = None
     ungrounded: list[str] = []
     if trigger.issue_id is not None:
-        issue = crew.toolbox.incidents.get(trigger.issue_id)
+        issue = team.toolbox.incidents.get(trigger.issue_id)
         created = False
     else:
         top = observation.top_signal(trigger.service)
-        labels = ["incident", "status:open", f"severity:{report.severity(observation)}"]
+        labels = ["incident", "status:open", f"severity:{comments.severity(observation)}"]
         if top:
             labels.append(f"service:{top.service}")
-        title, tokens, fallback, ungrounded = crew.observer.title(
+        title, tokens, fallback, ungrounded = team.observer.title(
             observation, trigger, state.get("tokens", 0)
         )
         # The observer's fallback goes on the incident itself, not only on stderr.
@@ -128,7 +128,7 @@ def open_incident(state: IncidentState, runtime: Runtime[Crew]) -> dict:
                 "\n\n_Title by the deterministic observer: the model's title was not grounded in what "
                 f"was measured ({md('; '.join(ungrounded[:3]))})._"
             )
-        issue, created = crew.toolbox.incidents.open_issue(
+        issue, created = team.toolbox.incidents.open_issue(
             title,
             incident_body(observation, trigger) + f"\n\n_sregraph incident `{state['incident_id']}`_" + note,
             labels,
@@ -138,32 +138,32 @@ def open_incident(state: IncidentState, runtime: Runtime[Crew]) -> dict:
     # own, not one it joins: a re-run of this step must not announce it as attached.
     own = not created and f"_sregraph incident `{state['incident_id']}`_" in issue.body
     if not created and not own:
-        crew.toolbox.incidents.comment(
+        team.toolbox.incidents.comment(
             issue.id,
             f"Incident `{state['incident_id']}` attached to this issue.\n\n"
             + incident_body(observation, trigger),
             key=f"{state['incident_id']}/attach",
         )
-    _notify(crew, state, "opened", "opened", f"{issue.title} ({issue.url})")
+    _notify(team, state, "opened", "opened", f"{issue.title} ({issue.url})")
     return {
         "issue_id": issue.id,
         "tokens": state.get("tokens", 0) + tokens,
-        "timeline": _at(crew, f"incident opened as issue #{issue.id}"),
+        "timeline": _at(team, f"incident opened as issue #{issue.id}"),
         **_fell_back("observer", fallback),
         **_rejected("observer", ungrounded),
     }
 
 
-def analyze(state: IncidentState, runtime: Runtime[Crew]) -> dict:
+def analyze(state: IncidentState, runtime: Runtime[Team]) -> dict:
     """Rank root-cause hypotheses from the evidence."""
-    crew = runtime.context
-    _status(crew, state, "diagnosing")
+    team = runtime.context
+    _status(team, state, "diagnosing")
     observation = state["observation"]
     assert observation is not None
-    diagnosis = crew.analyst.diagnose(observation, state.get("actions", []), state.get("tokens", 0))
+    diagnosis = team.analyst.diagnose(observation, state.get("actions", []), state.get("tokens", 0))
     diagnosis.incident_id = state["incident_id"]
     attempt = state.get("attempts", 0)
-    _comment(crew, state, f"diagnosis-{attempt}", report.diagnosis_comment(diagnosis))
+    _comment(team, state, f"diagnosis-{attempt}", comments.diagnosis_comment(diagnosis))
     top = diagnosis.top
     event = (
         f"diagnosis: {top.fault_type} on {top.service} (confidence {diagnosis.confidence:.2f})"
@@ -175,20 +175,20 @@ def analyze(state: IncidentState, runtime: Runtime[Crew]) -> dict:
         "diagnoses": [diagnosis],
         "status": "diagnosing",
         "tokens": state.get("tokens", 0) + diagnosis.tokens,
-        "timeline": _at(crew, event),
+        "timeline": _at(team, event),
         **_fell_back("analyst", diagnosis.llm_fallback),
     }
 
 
-def plan(state: IncidentState, runtime: Runtime[Crew]) -> dict:
+def plan(state: IncidentState, runtime: Runtime[Team]) -> dict:
     """Choose a typed action and check it against policy."""
-    crew = runtime.context
+    team = runtime.context
     diagnosis = state["diagnosis"]
     assert diagnosis is not None
-    action_plan = crew.engineer.plan(
+    action_plan = team.engineer.plan(
         diagnosis, state.get("attempts", 0), state.get("actions", []), state.get("tokens", 0)
     )
-    _comment(crew, state, f"plan-{state.get('attempts', 0)}", report.plan_comment(action_plan))
+    _comment(team, state, f"plan-{state.get('attempts', 0)}", comments.plan_comment(action_plan))
     event = (
         f"plan: {', '.join(f'{a.kind} {a.service}' for a in action_plan.actions)}"
         + (" (needs approval)" if action_plan.needs_approval else "")
@@ -199,22 +199,22 @@ def plan(state: IncidentState, runtime: Runtime[Crew]) -> dict:
         "plan": action_plan,
         "approval": None,
         "tokens": state.get("tokens", 0) + action_plan.tokens,
-        "timeline": _at(crew, event),
+        "timeline": _at(team, event),
         **_fell_back("engineer", action_plan.llm_fallback),
     }
 
 
-def approval(state: IncidentState, runtime: Runtime[Crew]) -> dict:
+def approval(state: IncidentState, runtime: Runtime[Team]) -> dict:
     """Wait for a human decision; the thread sleeps in the checkpointer until resumed."""
-    crew = runtime.context
+    team = runtime.context
     action_plan = state["plan"]
     assert action_plan is not None
-    _status(crew, state, "awaiting-approval")
+    _status(team, state, "awaiting-approval")
     _comment(
-        crew,
+        team,
         state,
         f"approval-request-{state.get('attempts', 0)}",
-        report.approval_request(state["incident_id"], action_plan),
+        comments.approval_request(state["incident_id"], action_plan),
     )
     answer = interrupt(
         {"incident_id": state["incident_id"], "actions": [a.model_dump() for a in action_plan.actions]}
@@ -222,28 +222,28 @@ def approval(state: IncidentState, runtime: Runtime[Crew]) -> dict:
     decision = answer if isinstance(answer, ApprovalDecision) else ApprovalDecision.model_validate(answer)
     verb = "approved" if decision.approved else "rejected"
     _comment(
-        crew,
+        team,
         state,
         f"approval-{state.get('attempts', 0)}",
         f"**{verb}** by {decision.by}" + (f": {decision.reason}" if decision.reason else ""),
     )
-    return {"approval": decision, "timeline": _at(crew, f"{verb} by {decision.by}")}
+    return {"approval": decision, "timeline": _at(team, f"{verb} by {decision.by}")}
 
 
-def act(state: IncidentState, runtime: Runtime[Crew]) -> dict:
+def act(state: IncidentState, runtime: Runtime[Team]) -> dict:
     """Run the approved, policy-checked actions exactly once."""
-    crew = runtime.context
-    _status(crew, state, "remediating")
+    team = runtime.context
+    _status(team, state, "remediating")
     action_plan = state["plan"]
     assert action_plan is not None
     attempt = state.get("attempts", 0) + 1
-    results = crew.engineer.act(
+    results = team.engineer.act(
         state["incident_id"], action_plan, attempt, issue_ref=f"#{state.get('issue_id')}"
     )
     for result in results:
-        _comment(crew, state, f"action-{result.key}", report.action_comment(result))
+        _comment(team, state, f"action-{result.key}", comments.action_comment(result))
         _notify(
-            crew,
+            team,
             state,
             f"action-{result.key}",
             "action",
@@ -258,53 +258,53 @@ def act(state: IncidentState, runtime: Runtime[Crew]) -> dict:
     return {"actions": results, "attempts": attempt, "status": "remediating", "timeline": events}
 
 
-def verify(state: IncidentState, runtime: Runtime[Crew]) -> dict:
+def verify(state: IncidentState, runtime: Runtime[Team]) -> dict:
     """Watch the system after the actions."""
-    crew = runtime.context
-    _status(crew, state, "verifying")
+    team = runtime.context
+    _status(team, state, "verifying")
     observation = state["observation"]
     assert observation is not None
-    since = max((a.finished_at for a in state.get("actions", [])), default=crew.toolbox.clock.now())
-    verification = crew.engineer.verify(observation, since)
-    _comment(crew, state, f"verify-{state.get('attempts', 0)}", report.verification_comment(verification))
+    since = max((a.finished_at for a in state.get("actions", [])), default=team.toolbox.clock.now())
+    verification = team.engineer.verify(observation, since)
+    _comment(team, state, f"verify-{state.get('attempts', 0)}", comments.verification_comment(verification))
     event = "verified: recovered" if verification.recovered else "verification: not recovered"
     return {
         "verification": verification,
         "status": "recovered" if verification.recovered else "verifying",
-        "timeline": _at(crew, event),
+        "timeline": _at(team, event),
     }
 
 
-def escalate(state: IncidentState, runtime: Runtime[Crew]) -> dict:
+def escalate(state: IncidentState, runtime: Runtime[Team]) -> dict:
     """Hand the incident to a human; nothing is mutated."""
-    crew = runtime.context
-    reason = report.escalation_reason(state, crew.engineer)
-    _status(crew, state, "escalated")
-    _comment(crew, state, "escalation", f"### Escalated to a human\n{md(reason)}")
-    _notify(crew, state, "escalated", "escalated", reason)
-    return {"escalation": reason, "status": "escalated", "timeline": _at(crew, f"escalated: {reason}")}
+    team = runtime.context
+    reason = comments.escalation_reason(state, team.engineer)
+    _status(team, state, "escalated")
+    _comment(team, state, "escalation", f"### Escalated to a human\n{md(reason)}")
+    _notify(team, state, "escalated", "escalated", reason)
+    return {"escalation": reason, "status": "escalated", "timeline": _at(team, f"escalated: {reason}")}
 
 
-def document(state: IncidentState, runtime: Runtime[Crew]) -> dict:
+def document(state: IncidentState, runtime: Runtime[Team]) -> dict:
     """Write the post-mortem, store it in memory, post it, and close the issue if recovered."""
-    crew = runtime.context
-    postmortem = crew.librarian.write_with_model(state)
-    stored = crew.librarian.store(postmortem)
-    _comment(crew, state, "postmortem", postmortem.markdown)
+    team = runtime.context
+    postmortem = team.librarian.write_with_model(state)
+    stored = team.librarian.store(postmortem)
+    _comment(team, state, "postmortem", postmortem.markdown)
     issue = state.get("issue_id")
     if issue is not None and postmortem.outcome == "recovered":
-        _status(crew, state, "resolved")
-        crew.toolbox.incidents.close(issue)
-    _notify(crew, state, "documented", "documented", postmortem.title)
+        _status(team, state, "resolved")
+        team.toolbox.incidents.close(issue)
+    _notify(team, state, "documented", "documented", postmortem.title)
     final = "resolved" if postmortem.outcome == "recovered" else "escalated"
     return {
         "postmortem": postmortem,
         "status": final,
         "tokens": state.get("tokens", 0) + postmortem.tokens,
         "timeline": _at(
-            crew,
+            team,
             "post-mortem written and stored"
-            if stored or crew.toolbox.memory is None
+            if stored or team.toolbox.memory is None
             else "post-mortem written; memory did not store it",
         ),
         **_fell_back("librarian", postmortem.llm_fallback),
@@ -344,7 +344,7 @@ def after_act(state: IncidentState) -> Literal["verify", "escalate"]:
     return "escalate"
 
 
-def after_verify(state: IncidentState, runtime: Runtime[Crew]) -> Literal["document", "analyze", "escalate"]:
+def after_verify(state: IncidentState, runtime: Runtime[Team]) -> Literal["document", "analyze", "escalate"]:
     """Recovered: document. Attempts left: analyze again with the new evidence. Otherwise escalate."""
     verification = state.get("verification")
     if verification is not None and verification.recovered:
@@ -356,9 +356,9 @@ def after_verify(state: IncidentState, runtime: Runtime[Crew]) -> Literal["docum
     return "escalate"
 
 
-def build_graph() -> StateGraph[IncidentState, Crew, RunInput, IncidentState]:
+def build_graph() -> StateGraph[IncidentState, Team, RunInput, IncidentState]:
     """The uncompiled incident graph."""
-    builder = StateGraph(IncidentState, context_schema=Crew, input_schema=RunInput)
+    builder = StateGraph(IncidentState, context_schema=Team, input_schema=RunInput)
     builder.add_node("observe", observe)
     builder.add_node("open_incident", open_incident)
     builder.add_node("analyze", analyze)

@@ -20,7 +20,7 @@ from agents.librarian import Librarian
 from agents.observer import Observer
 from agents.policy import load_policy
 from graphs.checkpoint import open_checkpointer, open_postgres_checkpointer
-from graphs.graph import Crew, build_graph
+from graphs.graph import Team, build_graph
 from sregraph.config import Settings
 from sregraph.observability import Metrics, incident_var
 from tools.base import ConfigError, NotFound
@@ -143,14 +143,14 @@ def telemetry_for(settings: Settings, local: Any) -> Any:
     return SplitTelemetry(prometheus, local)
 
 
-def build_crew(settings: Settings, toolbox: Toolbox, chat_model: Any = None) -> Crew:
+def build_team(settings: Settings, toolbox: Toolbox, chat_model: Any = None) -> Team:
     """The four agents; an LLM brain only when configured (or a model is injected, as tests do)."""
     if chat_model is None and settings.brain == "llm":
         from agents.llm import make_chat_model
 
         chat_model = make_chat_model(settings.llm)
     policy = load_policy(settings.policy_file)
-    return Crew(
+    return Team(
         toolbox=toolbox,
         observer=Observer(toolbox, settings.observer, chat_model, settings.llm),
         analyst=Analyst(toolbox, settings.analyst, settings.observer, chat_model, settings.llm),
@@ -313,7 +313,7 @@ class Engine:
     ) -> None:
         self.settings = settings
         self.toolbox = toolbox
-        self.crew = build_crew(settings, toolbox, chat_model)
+        self.team = build_team(settings, toolbox, chat_model)
         self._checkpoint_db: Database | None = None
         if settings.storage.backend == "postgres":
             self._checkpoint_db = open_database(settings.storage, settings.data_dir, "checkpoints")
@@ -341,7 +341,7 @@ class Engine:
             stream = self.graph.stream(
                 payload,
                 self._config(incident_id),
-                context=self.crew,
+                context=self.team,
                 stream_mode="updates",
                 durability="sync",
             )

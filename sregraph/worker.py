@@ -439,7 +439,7 @@ class Worker:
     def scan(self, run_here: bool = True) -> str | None:
         """One look at telemetry; a deviation on a service with no incident in progress starts one. Returns its id.
         `run_here=False`: only registered, for whichever worker adopts it."""
-        signals, _, _ = self.engine.crew.observer.check()
+        signals, _, _ = self.engine.team.observer.check()
         if not signals:
             return None
         busy = self._claimed_services()

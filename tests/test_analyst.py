@@ -525,9 +525,9 @@ def test_a_full_disk_is_named_from_its_error_lines_and_never_restarted(
 
 def test_the_live_analyst_reads_the_same_ranker_as_the_benchmark(tmp_path: Path) -> None:
     """The root-cause ranker (agents/rca.py) runs on the analyst's own reads and its view is evidence."""
+    from agents.detection.window import Windows
     from agents.rca import rank
     from agents.rca_live import live_input
-    from agents.signals import Windows
 
     tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth())
     write_series(tb.telemetry, "payments", {"cpu_percent": 95.0})  # type: ignore[arg-type]
@@ -688,7 +688,7 @@ def test_a_redeploy_gap_is_blamed_on_the_redeployed_service_not_its_caller(
 
 def test_unreached_calls_are_the_callees_failures(tmp_path: Path) -> None:
     """`trace_origins` gives a failed call that left no callee span to the callee, dated by the call."""
-    from agents.signals import Windows, trace_origins
+    from agents.detection.window import Windows, trace_origins
 
     store = LocalTelemetryStore(tmp_path / "t.db")
     store.write_spans(

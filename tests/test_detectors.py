@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agents.detectors import (
+from agents.detection.detectors import (
     ALERT_LEVEL,
     QUIET,
     Detector,

@@ -34,7 +34,7 @@ from typer.testing import CliRunner
 
 from agents.librarian import render_markdown
 from agents.observer import incident_body
-from graphs import report
+from graphs import comments
 from sregraph.alerts import AlertReceiver, WebhookError, parse_webhook
 from sregraph.cli import app
 from sregraph.config import AlertsConfig, load_settings
@@ -471,7 +471,7 @@ def _render_issue(f: dict[str, str]) -> list[str]:
         outcome="escalated",
         follow_ups=[f["follow_up"]],
     )
-    return [incident_body(observation, trigger), report.diagnosis_comment(diagnosis), render_markdown(pm)]
+    return [incident_body(observation, trigger), comments.diagnosis_comment(diagnosis), render_markdown(pm)]
 
 
 def _store_incident(data: Path, f: dict[str, str]) -> None:

@@ -48,7 +48,7 @@ def test_a_planted_violation_is_caught(tmp_path: Path) -> None:
         "from tools.domain import Diagnosis\nfrom agents import rca\n"
     )
     (tmp_path / "agents" / "bad.py").write_text(
-        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from graphs.graph import Crew\n"
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from graphs.graph import Team\n"
         "def f():\n    import sregraph.config\n"
     )
     assert violations(tmp_path) == [

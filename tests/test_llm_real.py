@@ -63,11 +63,11 @@ def test_a_live_incident_reaches_the_real_model(
     )
     with running_app(settings) as app:
         engine = engine_for(settings, app)
-        model = engine.crew.analyst.chat_model
+        model = engine.team.analyst.chat_model
         app.inject("crash", "payments")
         state = run_incident(engine)
         restarts = {s: app.runtime.status(s).restarts for s in app.services()}
-        policy = engine.crew.engineer.policy
+        policy = engine.team.engineer.policy
         issue = engine.toolbox.incidents.get(state["issue_id"])
         engine.close()
     usage = model_usage(model)

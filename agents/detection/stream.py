@@ -1,7 +1,7 @@
 """The observer's streaming sense: one detector ensemble per (service, metric), fed as telemetry arrives.
 
-The window rule in `agents.signals` compares a recent window's median with the baseline's; it needs the
-trouble to fill half the window before it moves. The ensemble (`agents.detectors`, measured on NAB in
+The window rule in `agents.detection.window` compares a recent window's median with the baseline's; it needs the
+trouble to fill half the window before it moves. The ensemble (`agents.detection.detectors`, measured on NAB in
 docs/nab.md) scores every new point as it arrives, so a level shift, spike or new extreme can be seen on its
 first points. It is fed the same points the window rule fetched (no extra queries), keeps constant state per
 series, and warms on the history it first sees.
@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from agents.detectors import (
+from agents.detection.detectors import (
     ALERT_LEVEL,
     DetectorScore,
     Ensemble,
@@ -28,7 +28,7 @@ from agents.detectors import (
     RobustLevel,
     SpreadChange,
 )
-from agents.rules import RULES
+from agents.detection.rules import RULES
 
 
 def live_ensemble(warmup_points: int = 40) -> Ensemble:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from agents.senses import MetricSense
-from agents.signals import Windows, measure_service
+from agents.detection.stream import MetricSense
+from agents.detection.window import Windows, measure_service
 from tools.telemetry import LocalTelemetryStore
 
 TICK = 0.5

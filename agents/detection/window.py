@@ -16,8 +16,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from agents.rules import RULES
-from agents.senses import MetricSense
+from agents.detection.rules import RULES
+from agents.detection.stream import MetricSense
 from tools.base import LogRecord, Span, Telemetry
 from tools.domain import Signal
 from tools.toolbox import Toolbox

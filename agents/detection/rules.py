@@ -1,7 +1,7 @@
 """How each metric of the local app is judged: which way is worse and the smallest change that matters.
 
-Shared by the window rule (agents/signals.py), the streaming detectors' gate (agents/senses.py) and the
-ranker's live input (agents/rca_live.py).
+Shared by the window rule (window.py), the streaming detectors' gate (stream.py) and the ranker's live input
+(agents/rca_live.py).
 """
 
 from __future__ import annotations
