@@ -81,25 +81,28 @@ from tools.base import (
 )
 from tools.breaker import CircuitBreaker
 from tools.gitops import (
+    MergeConflict,
+    ProvenanceStore,
+    commit_signature,
+    git_blob_id,
+    signature_valid,
+    signing_key,
+)
+from tools.gitops_common import (
     BRANCH_PREFIX,
+    CHANGE_KINDS,
     KIND_TRAILER,
     SERVICES_DIR,
     SERVICES_TRAILER,
     SIGNATURE_TRAILER,
     ChangeKind,
-    MergeConflict,
-    ProvenanceStore,
-    _dump,
-    _message,
-    _parse,
-    _path_service,
-    _same_config,
-    _service_path,
-    _slug,
-    commit_signature,
-    git_blob_id,
-    signature_valid,
-    signing_key,
+    commit_message,
+    dump_config,
+    parse_config,
+    path_service,
+    same_config,
+    service_path,
+    slug,
 )
 from tools.redact import redact_out
 from tools.resilience import Resilience
@@ -138,7 +141,6 @@ LABELS: dict[str, tuple[str, str]] = {
 _TITLE_MAX = 256
 _BODY_MAX = 65_536
 _ROLLBACK_LOOKBACK = 10
-_KINDS: tuple[str, ...] = ("deploy", "config", "rollback", "other")
 _MARK_RE = re.compile(r"\n*<!-- sregraph:(?P<name>[a-z-]+)=(?P<value>[^\s>]*) -->")
 _FOOTER = "<!-- sregraph:footer -->"
 _DETAILS = "<!-- sregraph:details -->"
@@ -1213,7 +1215,7 @@ class GitHubGitOps:
 
     def config(self, service: str) -> dict[str, Any]:
         """The service's config at the tip of the deploy branch; NotFound if it has none."""
-        path = _service_path(service)
+        path = service_path(service)
 
         def run() -> dict[str, Any]:
             found = self._read(path, self.deploy_branch)
@@ -1221,7 +1223,7 @@ class GitHubGitOps:
                 raise NotFound(
                     f"service {service!r} has no config ({path} is missing on {self.deploy_branch})"
                 )
-            return _parse(found.decoded_content, f"{self.deploy_branch}:{path}")
+            return parse_config(found.decoded_content, f"{self.deploy_branch}:{path}")
 
         return self._c.call(f"read {path}", run)
 
@@ -1246,7 +1248,7 @@ class GitHubGitOps:
         self, since: float | None = None, service: str | None = None, limit: int | None = None
     ) -> list[Change]:
         """Commits on the deploy branch, newest first, optionally since a time and touching a service."""
-        path = _service_path(service) if service is not None else None
+        path = service_path(service) if service is not None else None
 
         def run() -> list[Change]:
             kwargs: dict[str, Any] = {"sha": self.deploy_branch}
@@ -1268,7 +1270,7 @@ class GitHubGitOps:
 
     def rollback_config(self, service: str, before: float | str | None = None) -> dict[str, Any]:
         """The service's config just before a change: a sha, a time, or (default) its newest change."""
-        path = _service_path(service)
+        path = service_path(service)
 
         def run() -> dict[str, Any]:
             repo = self._c.repo
@@ -1303,7 +1305,7 @@ class GitHubGitOps:
             found = self._read(path, ref)
             if found is None:
                 raise NotFound(f"service {service!r} had no config {what}")
-            return _parse(found.decoded_content, f"{ref}:{path}")
+            return parse_config(found.decoded_content, f"{ref}:{path}")
 
         return self._c.call(f"read the earlier config of {service}", run)
 
@@ -1328,20 +1330,20 @@ class GitHubGitOps:
         author: str = "operator",
     ) -> Change:
         """Commit a service's config straight to the deploy branch, as a human or CI deploy would."""
-        path = _service_path(service)
-        if kind not in _KINDS:
-            raise ConfigError(f"kind: expected one of {', '.join(_KINDS)}, got {kind!r}")
-        content = _dump(new_config, "new_config")
+        path = service_path(service)
+        if kind not in CHANGE_KINDS:
+            raise ConfigError(f"kind: expected one of {', '.join(CHANGE_KINDS)}, got {kind!r}")
+        content = dump_config(new_config, "new_config")
         subject, _, rest = message.strip().partition("\n")
-        text = self._c.redact(_message(subject, rest, kind, [service]))
+        text = self._c.redact(commit_message(subject, rest, kind, [service]))
 
         def run() -> Change:
             current = self._read(path, self.deploy_branch)
-            if current is not None and _same_config(current.decoded_content, new_config):
+            if current is not None and same_config(current.decoded_content, new_config):
                 raise Refused(
                     f"config for {service!r} is identical to {self.deploy_branch}; nothing to commit"
                 )
-            who = InputGitAuthor(author, f"{_slug(author)}@sregraph.local", self._stamp())
+            who = InputGitAuthor(author, f"{slug(author)}@sregraph.local", self._stamp())
             if current is None:
                 result = self._c.repo.create_file(
                     path, text, content, branch=self.deploy_branch, author=who, committer=who
@@ -1367,10 +1369,10 @@ class GitHubGitOps:
         issue: int | None = None,
     ) -> PullRequest:
         """Branch + commit + pull request setting the service's config; a repeated key returns the first PR."""
-        path = _service_path(service)
-        content = _dump(new_config, "new_config")
-        if kind is not None and kind not in _KINDS:
-            raise ConfigError(f"kind: expected one of {', '.join(_KINDS)}, got {kind!r}")
+        path = service_path(service)
+        content = dump_config(new_config, "new_config")
+        if kind is not None and kind not in CHANGE_KINDS:
+            raise ConfigError(f"kind: expected one of {', '.join(CHANGE_KINDS)}, got {kind!r}")
         with self._lock:
             return self._c.call(
                 f"propose a change to {path}",
@@ -1458,14 +1460,14 @@ class GitHubGitOps:
         current = self._read(path, main)
         if current is None:
             raise NotFound(f"service {service!r} has no config ({path} is missing on {self.deploy_branch})")
-        if _same_config(current.decoded_content, new_config):
+        if same_config(current.decoded_content, new_config):
             raise Refused(
                 f"proposed config for {service!r} is identical to {self.deploy_branch}; nothing to propose"
             )
         if key is None:
             # Deterministic, so a retried attempt of this call finds the branch and PR it already made.
             digest = hashlib.sha1(main.encode() + content + title.encode()).hexdigest()[:8]
-            branch = f"{BRANCH_PREFIX}{_slug(title)[:40]}-{digest}"
+            branch = f"{BRANCH_PREFIX}{slug(title)[:40]}-{digest}"
             existing = self._pr_on(branch)
             if existing is not None:
                 return existing
@@ -1478,11 +1480,11 @@ class GitHubGitOps:
             if not (exc.status == 422 and "already exists" in _error_message(exc).lower()):
                 raise
         on_branch = self._read(path, branch)
-        if on_branch is None or not _same_config(on_branch.decoded_content, new_config):
+        if on_branch is None or not same_config(on_branch.decoded_content, new_config):
             who = InputGitAuthor(self.committer[0], self.committer[1], self._stamp())
             signature = commit_signature(self._key, kind, [service], {path: git_blob_id(content)})
             message = _with_trailer(
-                self._c.redact(_message(title, body, kind, [service])), SIGNATURE_TRAILER, signature
+                self._c.redact(commit_message(title, body, kind, [service])), SIGNATURE_TRAILER, signature
             )
             if on_branch is None:
                 result = repo.create_file(path, message, content, branch=branch, author=who, committer=who)
@@ -1496,7 +1498,7 @@ class GitHubGitOps:
             head = repo.get_git_ref(f"heads/{branch}").object.sha
         # The pin lives in sregraph's ledger; the PR body's copy is for humans and may be edited.
         self.provenance.pin(self.repo_name, branch, head, service, kind)
-        before = _parse(current.decoded_content, path)
+        before = parse_config(current.decoded_content, path)
         pr_body = self._pr_body(body, service, kind, path, before, new_config, key, issue, head)
         try:
             pull = repo.create_pull(
@@ -1583,14 +1585,14 @@ class GitHubGitOps:
             raise Refused(
                 f"PR #{pr_id}: its body names head {marks['head'][:12]}, sregraph proposed {head[:12]}"
             )
-        path = _service_path(service)
+        path = service_path(service)
         proposed = self._read(path, head)
         if proposed is None:
             raise Refused(f"PR #{pr_id}: the pinned head {head[:12]} has no {path}")
         description = (pull.body or "").split(_DETAILS)[0].strip()
         signature = commit_signature(self._key, kind, [service], {path: proposed.sha})
         message = _with_trailer(
-            self._c.redact(_message(pull.title, description, kind, [service], pr_id=pull.number)),
+            self._c.redact(commit_message(pull.title, description, kind, [service], pr_id=pull.number)),
             SIGNATURE_TRAILER,
             signature,
         )
@@ -1674,7 +1676,7 @@ class GitHubGitOps:
                 break
             if commit.parents:
                 earlier = self._read(path, commit.parents[0].sha)
-                if earlier is not None and _same_config(earlier.decoded_content, config):
+                if earlier is not None and same_config(earlier.decoded_content, config):
                     return True
         return False
 
@@ -1693,14 +1695,14 @@ class GitHubGitOps:
             files = list(self._c.repo.get_commit(commit.sha).files)
             written = {f.filename: f.sha for f in files}
             try:
-                blobs = {p: written[p] for p in (_service_path(s) for s in services)}
+                blobs = {p: written[p] for p in (service_path(s) for s in services)}
             except (KeyError, ConfigError):
                 blobs = {}
             ours = signature_valid(self._key, trailers[SIGNATURE_TRAILER], kind, services, blobs)
         if not ours:
             # Not sregraph's (or not provably): trailers are text anyone could write; classify by the files.
             files = files if files is not None else list(self._c.repo.get_commit(commit.sha).files)
-            services = sorted({name for f in files if (name := _path_service(f.filename))})
+            services = sorted({name for f in files if (name := path_service(f.filename))})
             kind = _infer_kind(files)
         return Change(
             sha=commit.sha,
@@ -1708,7 +1710,7 @@ class GitHubGitOps:
             author=commit.commit.author.name if commit.commit.author else "",
             message=message.strip(),
             services=services,
-            kind=kind if kind in _KINDS else "other",
+            kind=kind if kind in CHANGE_KINDS else "other",
             ours=ours,
         )
 
@@ -1719,7 +1721,7 @@ class GitHubGitOps:
 
 def _branch_for(key: str) -> str:
     # A slug alone could map two keys onto one branch; the digest keeps them apart.
-    return f"{BRANCH_PREFIX}{_slug(key)[:40]}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+    return f"{BRANCH_PREFIX}{slug(key)[:40]}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 
 
 def _trailers(message: str) -> dict[str, str]:
@@ -1734,7 +1736,7 @@ def _with_trailer(message: str, name: str, value: str) -> str:
 
 def _infer_kind(files: Iterable[Any]) -> str:
     """Kind of a commit sregraph did not write, from the files it changed (never from its message)."""
-    service_files = [f for f in files if _path_service(f.filename)]
+    service_files = [f for f in files if path_service(f.filename)]
     if not service_files:
         return "other"
     version_line = re.compile(r"^[+-]\s*version\s*:", re.MULTILINE)

@@ -42,8 +42,6 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, Literal, cast
 
-import yaml
-
 from tools.base import (
     Change,
     Clock,
@@ -55,26 +53,33 @@ from tools.base import (
     ToolError,
     TransientError,
 )
+from tools.gitops_common import (
+    BRANCH_PREFIX,
+    CHANGE_KINDS,
+    KIND_TRAILER,
+    SERVICE_NAME_RE,
+    SERVICES_DIR,
+    SERVICES_TRAILER,
+    SIGNATURE_TRAILER,
+    ChangeKind,
+    commit_message,
+    dump_config,
+    parse_config,
+    path_service,
+    same_config,
+    service_path,
+    slug,
+)
 from tools.redact import redact_out
 
 logger = logging.getLogger(__name__)
 
 DEPLOY_BRANCH = "main"
-BRANCH_PREFIX = "sregraph/"
-SERVICES_DIR = "services"
-KIND_TRAILER = "Sregraph-Kind"
-SERVICES_TRAILER = "Sregraph-Services"
-PR_TRAILER = "Sregraph-PR"
-SIGNATURE_TRAILER = "Sregraph-Signature"
 SIGNING_KEY_ENV = "SREGRAPH_SIGNING_KEY"
 SIGNING_KEY_FILE = "signing.key"
 
-ChangeKind = Literal["deploy", "config", "rollback", "other"]
 PRState = Literal["open", "merged", "closed"]
-_KINDS: tuple[str, ...] = ("deploy", "config", "rollback", "other")
 _MAIN_REF = f"refs/heads/{DEPLOY_BRANCH}"
-# Service names become file names and branch names: no slashes, no leading dot, nothing git or YAML minds.
-_SERVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _BOT_AUTHOR = "sregraph"
 # How many earlier versions of a service `propose` compares against to recognise a rollback.
 _ROLLBACK_LOOKBACK = 20
@@ -290,7 +295,9 @@ class LocalGitOps:
         repo = _resolve_repo(repo_dir, must_exist=False)
         if (repo / ".git").exists():
             return cls(repo, clock)
-        files = {_service_path(name): _dump(config, f"configs[{name!r}]") for name, config in configs.items()}
+        files = {
+            service_path(name): dump_config(config, f"configs[{name!r}]") for name, config in configs.items()
+        }
         try:
             repo.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -301,7 +308,9 @@ class LocalGitOps:
         key = signing_key(repo / ".git")
         blob_ids = {path: git_blob_id(content) for path, content in files.items()}
         signature = commit_signature(key, "other", sorted(configs), blob_ids)
-        message = _message("Seed deploy configuration", "", "other", sorted(configs), signature=signature)
+        message = commit_message(
+            "Seed deploy configuration", "", "other", sorted(configs), signature=signature
+        )
         tree = _write_tree(git, None, files)
         seed = _commit_tree(git, clock or SystemClock(), tree, [], message, author)
         _advance_main(git, None, seed)
@@ -313,11 +322,11 @@ class LocalGitOps:
 
     def config(self, service: str) -> dict[str, Any]:
         """The service's config at the tip of main; NotFound if it has none."""
-        path = _service_path(service)
+        path = service_path(service)
         data = self._git.blobs([f"{_MAIN_REF}:{path}"])[0]
         if data is None:
             raise NotFound(f"service {service!r} has no config ({path} is missing on {DEPLOY_BRANCH})")
-        return _parse(data, f"{DEPLOY_BRANCH}:{path}")
+        return parse_config(data, f"{DEPLOY_BRANCH}:{path}")
 
     def services(self) -> list[str]:
         """Names of the services with a config on main."""
@@ -329,7 +338,7 @@ class LocalGitOps:
     ) -> list[Change]:
         """Commits on main (first-parent), newest first, optionally since a time and touching a service."""
         if service is not None:
-            _service_path(service)
+            service_path(service)
         changes = self._log([_MAIN_REF])
         selected = [
             change
@@ -340,7 +349,7 @@ class LocalGitOps:
 
     def rollback_config(self, service: str, before: float | str | None = None) -> dict[str, Any]:
         """The service's config just before a change: a sha, a time, or (default) its newest change."""
-        path = _service_path(service)
+        path = service_path(service)
         if isinstance(before, str):
             sha = self._rev(before)
             if sha is None:
@@ -359,7 +368,7 @@ class LocalGitOps:
         data = self._git.blobs([f"{rev}:{path}"])[0]
         if data is None:
             raise NotFound(f"service {service!r} had no config {what}")
-        return _parse(data, f"{rev}:{path}")
+        return parse_config(data, f"{rev}:{path}")
 
     def pull_requests(self, state: Literal["open", "merged", "closed", "all"] = "all") -> list[PullRequest]:
         """Pull requests in a state, newest first."""
@@ -389,18 +398,18 @@ class LocalGitOps:
         author: str = "operator",
     ) -> Change:
         """Commit a service's config straight to main, as a human or CI deploy would."""
-        path = _service_path(service)
-        if kind not in _KINDS:
-            raise ConfigError(f"kind: expected one of {', '.join(_KINDS)}, got {kind!r}")
-        content = _dump(new_config, "new_config")
+        path = service_path(service)
+        if kind not in CHANGE_KINDS:
+            raise ConfigError(f"kind: expected one of {', '.join(CHANGE_KINDS)}, got {kind!r}")
+        content = dump_config(new_config, "new_config")
         with self._locked():
             main = self._main()
             current = self._git.blobs([f"{main}:{path}"])[0]
-            if current is not None and (current == content or _same_config(current, new_config)):
+            if current is not None and (current == content or same_config(current, new_config)):
                 raise Refused(f"config for {service!r} is identical to {DEPLOY_BRANCH}; nothing to commit")
             subject, _, rest = message.strip().partition("\n")
             tree = self._tree_with(main, {path: content})
-            sha = self._commit_tree(tree, [main], _message(subject, rest, kind, [service]), author)
+            sha = self._commit_tree(tree, [main], commit_message(subject, rest, kind, [service]), author)
             self._advance_main(main, sha)
         return self._log([sha, "-1"])[0]
 
@@ -416,11 +425,11 @@ class LocalGitOps:
         author: str = _BOT_AUTHOR,
     ) -> PullRequest:
         """Branch + commit + PR setting the service's config; a repeated key returns the first PR."""
-        path = _service_path(service)
-        content = _dump(new_config, "new_config")
+        path = service_path(service)
+        content = dump_config(new_config, "new_config")
         title, body = redact_out(title), redact_out(body)
-        if kind is not None and kind not in _KINDS:
-            raise ConfigError(f"kind: expected one of {', '.join(_KINDS)}, got {kind!r}")
+        if kind is not None and kind not in CHANGE_KINDS:
+            raise ConfigError(f"kind: expected one of {', '.join(CHANGE_KINDS)}, got {kind!r}")
         with self._locked():
             if key is not None:
                 existing = self._pr_by_key(key)
@@ -430,7 +439,7 @@ class LocalGitOps:
             current = self._git.blobs([f"{main}:{path}"])[0]
             if current is None:
                 raise NotFound(f"service {service!r} has no config ({path} is missing on {DEPLOY_BRANCH})")
-            if current == content or _same_config(current, new_config):
+            if current == content or same_config(current, new_config):
                 raise Refused(
                     f"proposed config for {service!r} is identical to {DEPLOY_BRANCH}; nothing to propose"
                 )
@@ -439,10 +448,10 @@ class LocalGitOps:
             tree = self._tree_with(main, {path: content})
             signature = commit_signature(self._key, kind, [service], {path: git_blob_id(content)})
             head = self._commit_tree(
-                tree, [main], _message(title, body, kind, [service], signature=signature), author
+                tree, [main], commit_message(title, body, kind, [service], signature=signature), author
             )
             self._record_own(head, kind)
-            branch = BRANCH_PREFIX + (_slug(key) if key is not None else f"{_slug(title)}-{head[:8]}")
+            branch = BRANCH_PREFIX + (slug(key) if key is not None else f"{slug(title)}-{head[:8]}")
             if self._rev(f"refs/heads/{branch}") is not None:
                 branch = f"{branch}-{head[:8]}"
             # An empty old value makes update-ref fail rather than overwrite a branch that appeared meanwhile.
@@ -490,10 +499,10 @@ class LocalGitOps:
                 merge_sha = main
             else:
                 service, kind = str(row["service"]), str(row["kind"])
-                path = _service_path(service)
+                path = service_path(service)
                 blob = self._git.text("rev-parse", f"{tree}:{path}")
                 signature = commit_signature(self._key, kind, [service], {path: blob})
-                message = _message(
+                message = commit_message(
                     str(row["title"]), str(row["body"]), kind, [service], pr_id=pr_id, signature=signature
                 )
                 merge_sha = self._commit_tree(tree, [main], message, str(row["author"]))
@@ -596,7 +605,7 @@ class LocalGitOps:
         # (one batch lookup of blob ids for the whole log).
         own = self._own_commits()
         to_verify = [
-            (sha, [f"{sha}:{_service_path(s)}" for s in listed if _SERVICE_RE.match(s)])
+            (sha, [f"{sha}:{service_path(s)}" for s in listed if SERVICE_NAME_RE.match(s)])
             for sha, _, _, _, _, kind, listed, signature, _ in raw
             if sha not in own and kind and signature
         ]
@@ -616,14 +625,14 @@ class LocalGitOps:
         for sha, parent, _, _, _, _, _, _, paths in raw:
             if sha not in ours:
                 for path in paths:
-                    if _path_service(path):
+                    if path_service(path):
                         specs += [f"{parent}:{path}" if parent else "", f"{sha}:{path}"]
         blobs = dict(zip(specs, self._git.blobs(specs), strict=True)) if specs else {}
         changes: list[Change] = []
         for sha, parent, at, author, body, kind, listed, _, paths in raw:
-            touched = sorted({name for path in paths if (name := _path_service(path))})
+            touched = sorted({name for path in paths if (name := path_service(path))})
             if sha in ours:
-                change_kind = kind if kind in _KINDS else "other"
+                change_kind = kind if kind in CHANGE_KINDS else "other"
                 services_of = listed or touched
             else:
                 # Trailers on a commit sregraph cannot vouch for are text anyone could write: ignored.
@@ -656,10 +665,10 @@ class LocalGitOps:
 
     def _is_earlier_config(self, service: str, config: Mapping[str, Any]) -> bool:
         """Whether `config` equals a version the service had before one of its recent changes."""
-        path = _service_path(service)
+        path = service_path(service)
         changes = self.history(service=service, limit=_ROLLBACK_LOOKBACK)
         blobs = self._git.blobs([f"{change.sha}^:{path}" for change in changes])
-        return any(blob is not None and _same_config(blob, config) for blob in blobs)
+        return any(blob is not None and same_config(blob, config) for blob in blobs)
 
     # ------------------------------------------------------------------ PR store
 
@@ -892,58 +901,18 @@ def _resolve_repo(repo_dir: Path | str, must_exist: bool = True) -> Path:
     return repo
 
 
-def _service_path(service: str) -> str:
-    if not isinstance(service, str) or not _SERVICE_RE.match(service) or ".." in service:
-        raise ConfigError(f"service: {service!r} is not a valid service name (letters, digits, . _ -)")
-    return f"{SERVICES_DIR}/{service}.yaml"
-
-
-def _path_service(path: str) -> str | None:
-    match = re.fullmatch(rf"{SERVICES_DIR}/([^/]+)\.yaml", path)
-    return match.group(1) if match else None
-
-
-def _dump(config: Mapping[str, Any], field: str) -> bytes:
-    if not isinstance(config, Mapping):
-        raise ConfigError(f"{field}: expected a mapping, got {type(config).__name__}")
-    try:
-        text = yaml.safe_dump(dict(config), sort_keys=False, allow_unicode=True, default_flow_style=False)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{field}: cannot be written as YAML: {exc}") from exc
-    return text.encode()
-
-
-def _parse(data: bytes, where: str) -> dict[str, Any]:
-    try:
-        loaded = yaml.safe_load(data.decode())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{where}: not valid YAML: {exc}") from exc
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{where}: expected a YAML mapping, got {type(loaded).__name__}")
-    return loaded
-
-
-def _same_config(data: bytes, config: Mapping[str, Any]) -> bool:
-    try:
-        return _parse(data, "") == dict(config)
-    except ConfigError:
-        return False
-
-
 def _version(data: bytes | None) -> object:
     if data is None:
         return None
     try:
-        return _parse(data, "").get("version")
+        return parse_config(data, "").get("version")
     except ConfigError:
         return None
 
 
 def _infer_kind(parent: str, sha: str, paths: Sequence[str], blobs: Mapping[str, bytes | None]) -> ChangeKind:
     """Kind of a commit sregraph did not write, from the files it changed (never from its message)."""
-    service_paths = [path for path in paths if _path_service(path)]
+    service_paths = [path for path in paths if path_service(path)]
     if not service_paths:
         return "other"
     for path in service_paths:
@@ -954,35 +923,12 @@ def _infer_kind(parent: str, sha: str, paths: Sequence[str], blobs: Mapping[str,
     return "config"
 
 
-def _message(
-    title: str,
-    body: str,
-    kind: str,
-    services: Sequence[str],
-    pr_id: int | None = None,
-    signature: str | None = None,
-) -> str:
-    trailers = [f"{KIND_TRAILER}: {kind}", f"{SERVICES_TRAILER}: {','.join(services)}"]
-    if pr_id is not None:
-        trailers.append(f"{PR_TRAILER}: {pr_id}")
-    if signature is not None:
-        trailers.append(f"{SIGNATURE_TRAILER}: {signature}")
-    # Our trailers always form the last paragraph, so text in a PR body cannot pose as one.
-    parts = [title.strip() or "(no title)", body.strip(), "\n".join(trailers)]
-    return "\n\n".join(part for part in parts if part) + "\n"
-
-
-def _slug(text: str) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48].strip("-")
-    return slug or "change"
-
-
 def _identity(author: str) -> tuple[str, str]:
     match = re.fullmatch(r"\s*(.*?)\s*<([^<>]+)>\s*", author)
     if match:
         return match.group(1) or match.group(2), match.group(2)
     name = author.strip() or _BOT_AUTHOR
-    return name, f"{_slug(name)}@sregraph.local"
+    return name, f"{slug(name)}@sregraph.local"
 
 
 def _pr(row: sqlite3.Row) -> PullRequest:
