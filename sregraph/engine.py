@@ -55,26 +55,33 @@ def local_toolbox(settings: Settings, app: Any) -> Toolbox:
     incidents: Any = LocalIncidentSurface(data / "incidents.db")
     gitops: Any = app.gitops
     gh = settings.github
-    if settings.surface == "github":
-        from tools.github import GitHubIncidentSurface
+    if settings.surface == "github" and not gh.repo:
+        raise ConfigError("github.repo: set owner/name of the incident repository when surface is github")
+    repos = ([gh.repo] if settings.surface == "github" else []) + ([gh.gitops_repo] if gh.gitops_repo else [])
+    if repos:
+        from tools.github.client import GitHubClient, check_repo
 
-        if not gh.repo:
-            raise ConfigError("github.repo: set owner/name of the incident repository when surface is github")
-        incidents = GitHubIncidentSurface(gh.repo, base_url=gh.base_url, timeout=gh.timeout_s)
-    if gh.gitops_repo:
-        from tools.github import GitHubGitOps
-        from tools.gitops import ProvenanceStore, signing_key
+        for repo in repos:
+            check_repo(repo)  # a malformed name is reported before a missing token
+        # One client for both backends: one token, one connection pool, one rate-limit budget, one breaker.
+        client = GitHubClient(base_url=gh.base_url, timeout=gh.timeout_s)
+        if settings.surface == "github":
+            from tools.github.issues import GitHubIncidentSurface
 
-        gitops = GitHubGitOps(
-            gh.gitops_repo,
-            base_url=gh.base_url,
-            deploy_branch=gh.deploy_branch,
-            timeout=gh.timeout_s,
-            incident_repo=gh.repo or None,
-            # sregraph's own commits are recognised by this key's signature or by this ledger, across restarts.
-            key=signing_key(data),
-            provenance=ProvenanceStore(data / "provenance.db"),
-        )
+            incidents = GitHubIncidentSurface(gh.repo, client=client)
+        if gh.gitops_repo:
+            from tools.github.gitops import GitHubGitOps
+            from tools.gitops import ProvenanceStore, signing_key
+
+            gitops = GitHubGitOps(
+                gh.gitops_repo,
+                deploy_branch=gh.deploy_branch,
+                incident_repo=gh.repo or None,
+                # sregraph's own commits are recognised by this key's signature or by this ledger, across restarts.
+                key=signing_key(data),
+                provenance=ProvenanceStore(data / "provenance.db"),
+                client=client,
+            )
     return Toolbox(
         telemetry=telemetry_for(settings, app.telemetry),
         runtime=app.runtime,

@@ -42,7 +42,7 @@ from tools.domain import ApprovalDecision
 from tools.redact import redact_data
 
 if TYPE_CHECKING:
-    from tools.github import WebhookCommands
+    from tools.github.webhooks import WebhookCommands
 
 log = logging.getLogger("sregraph.server")
 
@@ -233,7 +233,7 @@ def create_app(
         surface = engine.toolbox.incidents
         if not secret or not _takes_webhooks(surface):
             return None
-        from tools.github import WebhookReceiver
+        from tools.github.webhooks import WebhookReceiver
 
         return WebhookReceiver(surface, secret)
 

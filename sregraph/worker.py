@@ -47,7 +47,7 @@ from tools.domain import ApprovalDecision, Trigger
 
 if TYPE_CHECKING:
     from sregraph.jobs import JobQueue
-    from tools.github import Command
+    from tools.github.commands import Command
 
 log = logging.getLogger("sregraph.worker")
 

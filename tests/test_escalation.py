@@ -12,7 +12,7 @@ from tests.test_channels import Receiver
 from tests.worker_harness import Scenario, World, settings_for, toolbox_for
 from tools.channels import EscalationTier, Message, NotificationsConfig
 from tools.domain import Trigger
-from tools.github import Command
+from tools.github.commands import Command
 from tools.ledger import ActionLedger
 from tools.notifier import IdempotentNotifier
 

@@ -29,16 +29,13 @@ from tools.base import (
     ServiceStatus,
     TransientError,
 )
+from tools.breaker import CircuitOpenError
 from tools.domain import Trigger
-from tools.github import (
-    GitHubGitOps,
-    GitHubIncidentSurface,
-    RetryPolicy,
-    WebhookReceiver,
-    parse_commands,
-    resolve_token,
-    verify_signature,
-)
+from tools.github.client import GitHubClient, RetryPolicy, resolve_token
+from tools.github.commands import parse_commands
+from tools.github.gitops import GitHubGitOps
+from tools.github.issues import GitHubIncidentSurface
+from tools.github.webhooks import WebhookReceiver, verify_signature
 from tools.gitops import MergeConflict, commit_signature, git_blob_id
 from tools.ledger import ActionLedger
 from tools.notifier import JsonlNotifier
@@ -506,6 +503,31 @@ def test_persistent_failure_gives_up_with_a_transient_error(
     with pytest.raises(TransientError, match="502"):
         surface.get(number)
     assert len(clock.slept) == 4  # five attempts
+
+
+def test_one_client_serves_both_backends(github: FakeGitHub, clock: ManualClock) -> None:
+    """Both backends on one GitHubClient share its breaker: an outage seen by one fails the other fast."""
+    client = GitHubClient(
+        BOT_TOKEN,
+        github.base_url,
+        clock=clock,
+        retry=RetryPolicy(attempts=1, breaker_failures=2),
+        seconds_between_requests=0,
+        seconds_between_writes=0,
+    )
+    surface = GitHubIncidentSurface(REPO, client=client)
+    gitops = GitHubGitOps(REPO, client=client, key=SIGNING_KEY)
+    number = open_incident(surface)
+    assert gitops.config("payments")["version"] == "1.4.0"
+    github.inject(502, method="GET", path=rf"/issues/{number}$", times=2)
+    for _ in range(2):
+        with pytest.raises(TransientError, match="502"):
+            surface.get(number)
+    sent = len(github.requests())
+    with pytest.raises(CircuitOpenError):
+        gitops.config("payments")
+    assert len(github.requests()) == sent  # failed fast: nothing reached GitHub
+    client.close()  # whoever builds the shared client closes it (the backends' disconnect leaves it open)
 
 
 def test_rate_limits_are_respected(

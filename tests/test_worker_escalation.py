@@ -10,7 +10,7 @@ from sregraph.engine import Engine
 from sregraph.worker import ISSUE_LIST_MAX_AGE_S, Worker
 from tests.worker_harness import Scenario, World, settings_for, toolbox_for
 from tools.domain import Trigger
-from tools.github import Command
+from tools.github.commands import Command
 from tools.gitops import LocalGitOps
 from tools.incidents import LocalIncidentSurface
 
