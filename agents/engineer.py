@@ -22,6 +22,7 @@ from tools.domain import (
     FaultType,
     Hypothesis,
     Observation,
+    Signal,
     Verification,
 )
 from tools.toolbox import Toolbox
@@ -444,7 +445,7 @@ class Engineer:
         tb, oc = self.toolbox, self.observer_config
         deadline = tb.clock.now() + self.config.verify_timeout_s
         streak = 0
-        remaining: list = []
+        remaining: list[Signal] = []
         # Let fresh telemetry arrive before judging.
         tb.clock.sleep(min(2.0, self.config.verify_timeout_s / 4))
         while True:

@@ -435,7 +435,9 @@ def _chat_openai_class() -> type[BaseChatModel]:
     class CompatibleChatOpenAI(ChatOpenAI):
         compat_max_tokens: bool = False
 
-        def _get_request_payload(self, input_: Any, *, stop: list[str] | None = None, **kwargs: Any) -> dict:
+        def _get_request_payload(
+            self, input_: Any, *, stop: list[str] | None = None, **kwargs: Any
+        ) -> dict[str, Any]:
             payload = super()._get_request_payload(input_, stop=stop, **kwargs)
             for message in payload.get("messages", []):
                 if isinstance(message, dict) and "content" in message and message["content"] is None:
