@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,6 +14,11 @@ from tools.base import SregraphError
 from tools.display import md
 from tools.domain import Observation, Signal, Trigger
 from tools.toolbox import Toolbox
+
+if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
+
+    from agents.llm import LLMConfig
 
 
 class ObserverConfig(BaseModel):
@@ -62,7 +67,11 @@ class Observer:
     """
 
     def __init__(
-        self, toolbox: Toolbox, config: ObserverConfig, chat_model: Any = None, llm_config: Any = None
+        self,
+        toolbox: Toolbox,
+        config: ObserverConfig,
+        chat_model: BaseChatModel | None = None,
+        llm_config: LLMConfig | None = None,
     ) -> None:
         self.toolbox = toolbox
         self.config = config
