@@ -618,7 +618,7 @@ class Analyst:
             self.llm_config.max_steps if self.llm_config else 6,
             budget,
         )
-        answer: LLMDiagnosis = result.output  # type: ignore[assignment]
+        answer: LLMDiagnosis = result.output
         order = [(h.service, h.fault_type, h.rationale) for h in answer.hypotheses]
         unknown = [s for s, _, _ in order if s not in table]
         diagnosis = self._rank(

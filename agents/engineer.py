@@ -246,7 +246,7 @@ class Engineer:
         except SregraphError as exc:
             log.warning("LLM engineer failed, using the deterministic remedy: %s", exc)
             return None, 0, f"LLM unavailable ({exc}); deterministic remedy used"
-        choice: EngineerChoice = result.output  # type: ignore[assignment]
+        choice: EngineerChoice = result.output
         return choice, result.tokens, ""
 
     def remedy(

@@ -94,7 +94,7 @@ class Librarian:
             )
             draft.llm_fallback = str(exc)
             return draft
-        text: PostMortemText = result.output  # type: ignore[assignment]
+        text: PostMortemText = result.output
         worded = draft.model_copy(
             update={
                 "title": text.title[:200],

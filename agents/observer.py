@@ -99,7 +99,7 @@ class Observer:
         except SregraphError as exc:
             log.warning("LLM observer failed, using the deterministic title: %s", exc)
             return fallback, 0, str(exc), []
-        answer: IncidentTitle = result.output  # type: ignore[assignment]
+        answer: IncidentTitle = result.output
         # The title is untrusted model text: one line, bounded, and prefixed so it is never mistaken for ours.
         text = " ".join(answer.title.split())[:80]
         problems = check_title(text, observation, self.toolbox.services)
