@@ -595,8 +595,9 @@ class Analyst:
         from prompts import render
 
         tb = self.toolbox
+        memory = tb.memory
         memory_search = (
-            (lambda text: tb.memory.search(text, k=self.config.similar_k)) if tb.memory is not None else None
+            (lambda text: memory.search(text, k=self.config.similar_k)) if memory is not None else None
         )
         tools = build_readonly_tools(
             tb.telemetry, tb.runtime, tb.changes, memory_search, tb.clock, self.observer_config.window_s * 10
