@@ -17,7 +17,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -40,6 +40,11 @@ from tools.domain import (
 )
 from tools.gitops import is_own_change
 from tools.toolbox import Toolbox
+
+if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
+
+    from agents.llm import LLMConfig
 
 
 class AnalystConfig(BaseModel):
@@ -166,8 +171,8 @@ class Analyst:
         toolbox: Toolbox,
         config: AnalystConfig,
         observer_config: ObserverConfig,
-        chat_model: Any = None,
-        llm_config: Any = None,
+        chat_model: BaseChatModel | None = None,
+        llm_config: LLMConfig | None = None,
         confidence_artefact: Path = ARTEFACT,
     ) -> None:
         self.toolbox = toolbox
@@ -495,7 +500,9 @@ class Analyst:
         table, similar, _ = self.gather(observation, previous)
         if self.chat_model is not None:
             try:
-                return self._diagnose_llm(observation, table, similar, previous, tokens_spent)
+                return self._diagnose_llm(
+                    self.chat_model, observation, table, similar, previous, tokens_spent
+                )
             except SregraphError as exc:
                 log.warning("LLM analyst failed, using the deterministic method: %s", exc)
                 diagnosis = self._rank(table, similar, previous)
@@ -576,6 +583,7 @@ class Analyst:
 
     def _diagnose_llm(
         self,
+        model: BaseChatModel,
         observation: Observation,
         table: dict[str, ServiceEvidence],
         similar: list[SimilarIncident],
@@ -587,8 +595,9 @@ class Analyst:
         from prompts import render
 
         tb = self.toolbox
+        memory = tb.memory
         memory_search = (
-            (lambda text: tb.memory.search(text, k=self.config.similar_k)) if tb.memory is not None else None
+            (lambda text: memory.search(text, k=self.config.similar_k)) if memory is not None else None
         )
         tools = build_readonly_tools(
             tb.telemetry, tb.runtime, tb.changes, memory_search, tb.clock, self.observer_config.window_s * 10
@@ -602,7 +611,7 @@ class Analyst:
         user = "Investigate this incident with the tools, then give your ranked hypotheses."
         budget = incident_budget(self.llm_config, tokens_spent)
         result = run_tool_loop(
-            self.chat_model,
+            model,
             system,
             user,
             tools,
@@ -610,7 +619,7 @@ class Analyst:
             self.llm_config.max_steps if self.llm_config else 6,
             budget,
         )
-        answer: LLMDiagnosis = result.output  # type: ignore[assignment]
+        answer: LLMDiagnosis = result.output
         order = [(h.service, h.fault_type, h.rationale) for h in answer.hypotheses]
         unknown = [s for s, _, _ in order if s not in table]
         diagnosis = self._rank(

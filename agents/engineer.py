@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,9 +22,15 @@ from tools.domain import (
     FaultType,
     Hypothesis,
     Observation,
+    Signal,
     Verification,
 )
 from tools.toolbox import Toolbox
+
+if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
+
+    from agents.llm import LLMConfig
 
 
 class EngineerConfig(BaseModel):
@@ -96,8 +102,8 @@ class Engineer:
         config: EngineerConfig,
         analyst_config: AnalystConfig,
         observer_config: ObserverConfig,
-        chat_model: Any = None,
-        llm_config: Any = None,
+        chat_model: BaseChatModel | None = None,
+        llm_config: LLMConfig | None = None,
     ) -> None:
         self.toolbox = toolbox
         self.policy = policy
@@ -136,7 +142,7 @@ class Engineer:
         fallback: str | None = None
         declined: EngineerChoice | None = None
         if self.chat_model is not None:
-            choice, tokens, note = self._choose_llm(top, previous, tokens_spent)
+            choice, tokens, note = self._choose_llm(self.chat_model, top, previous, tokens_spent)
             if note:
                 notes.append(note)
                 fallback = note
@@ -226,7 +232,7 @@ class Engineer:
         ledger.finish(key, "refused", "; ".join(reasons), "", now)
 
     def _choose_llm(
-        self, top: Hypothesis, previous: list[ActionResult], tokens_spent: int
+        self, model: BaseChatModel, top: Hypothesis, previous: list[ActionResult], tokens_spent: int
     ) -> tuple[EngineerChoice | None, int, str]:
         """Ask the model to pick among the allowed actions; None (and a note) when it cannot."""
         from agents.llm import ask, incident_budget
@@ -236,13 +242,11 @@ class Engineer:
         allowed = [k for k in self.policy.for_service(top.service).allowed if k in fits]
         prompt = render("engineer.md.j2", hypothesis=top, allowed=allowed, previous=previous)
         try:
-            result = ask(
-                self.chat_model, prompt, EngineerChoice, incident_budget(self.llm_config, tokens_spent)
-            )
+            result = ask(model, prompt, EngineerChoice, incident_budget(self.llm_config, tokens_spent))
         except SregraphError as exc:
             log.warning("LLM engineer failed, using the deterministic remedy: %s", exc)
             return None, 0, f"LLM unavailable ({exc}); deterministic remedy used"
-        choice: EngineerChoice = result.output  # type: ignore[assignment]
+        choice: EngineerChoice = result.output
         return choice, result.tokens, ""
 
     def remedy(
@@ -444,7 +448,7 @@ class Engineer:
         tb, oc = self.toolbox, self.observer_config
         deadline = tb.clock.now() + self.config.verify_timeout_s
         streak = 0
-        remaining: list = []
+        remaining: list[Signal] = []
         # Let fresh telemetry arrive before judging.
         tb.clock.sleep(min(2.0, self.config.verify_timeout_s / 4))
         while True:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
@@ -15,6 +15,11 @@ from tools.display import md, md_block
 from tools.domain import IncidentState, PostMortem, SimilarIncident
 from tools.redact import redact_data
 from tools.toolbox import Toolbox
+
+if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
+
+    from agents.llm import LLMConfig
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +56,9 @@ class PostMortemText(BaseModel):
 class Librarian:
     """Post-mortems in, similar incidents out."""
 
-    def __init__(self, toolbox: Toolbox, chat_model: Any = None, llm_config: Any = None) -> None:
+    def __init__(
+        self, toolbox: Toolbox, chat_model: BaseChatModel | None = None, llm_config: LLMConfig | None = None
+    ) -> None:
         self.toolbox = toolbox
         self.chat_model = chat_model
         self.llm_config = llm_config
@@ -87,7 +94,7 @@ class Librarian:
             )
             draft.llm_fallback = str(exc)
             return draft
-        text: PostMortemText = result.output  # type: ignore[assignment]
+        text: PostMortemText = result.output
         worded = draft.model_copy(
             update={
                 "title": text.title[:200],

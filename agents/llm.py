@@ -40,7 +40,7 @@ import sys
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
@@ -56,6 +56,7 @@ from tools.resilience import Resilience, ResilienceConfig
 log = logging.getLogger(__name__)
 
 _Model = TypeVar("_Model")
+_Output = TypeVar("_Output", bound=BaseModel)
 
 # Per-message framing tokens in OpenAI's chat format (role, separators); close enough for other providers.
 MESSAGE_OVERHEAD = 4
@@ -435,7 +436,9 @@ def _chat_openai_class() -> type[BaseChatModel]:
     class CompatibleChatOpenAI(ChatOpenAI):
         compat_max_tokens: bool = False
 
-        def _get_request_payload(self, input_: Any, *, stop: list[str] | None = None, **kwargs: Any) -> dict:
+        def _get_request_payload(
+            self, input_: Any, *, stop: list[str] | None = None, **kwargs: Any
+        ) -> dict[str, Any]:
             payload = super()._get_request_payload(input_, stop=stop, **kwargs)
             for message in payload.get("messages", []):
                 if isinstance(message, dict) and "content" in message and message["content"] is None:
@@ -474,10 +477,10 @@ class LLMDiagnosis(BaseModel):
 
 
 @dataclass
-class LoopResult:
+class LoopResult(Generic[_Output]):
     """What one tool loop produced and what it cost."""
 
-    output: BaseModel
+    output: _Output
     tokens: int
     """Tokens charged to the budget by this loop."""
     steps: int
@@ -519,7 +522,7 @@ def bounded_schema(schema: Any) -> Any:
     return out
 
 
-def parse_json_output(text: str, output: type[BaseModel]) -> BaseModel:
+def parse_json_output(text: str, output: type[_Output]) -> _Output:
     """Validate the JSON object in a model's text reply (bare or in a ``` block) against `output`."""
     fenced = re.search(r"```(?:json)?\s*(\{.*\})\s*```", text, re.DOTALL)
     if fenced:
@@ -617,11 +620,11 @@ def run_tool_loop(
     system: str,
     user: str,
     tools: Sequence[BaseTool],
-    output: type[BaseModel],
+    output: type[_Output],
     max_steps: int,
     budget: TokenBudget,
     encoding: str = "cl100k_base",
-) -> LoopResult:
+) -> LoopResult[_Output]:
     """Run the bounded tool loop of `model` over `tools`, then return its structured answer as `output`."""
     if max_steps < 0:
         raise ConfigError(f"max_steps must be >= 0, got {max_steps}")
@@ -716,11 +719,11 @@ def _final_answer(
     model: BaseChatModel,
     messages: list[BaseMessage],
     last: AIMessage | None,
-    output: type[BaseModel],
+    output: type[_Output],
     meter: _Meter,
     prompt_tokens: Callable[[], int],
     profile: _Profile | None = None,
-) -> BaseModel:
+) -> _Output:
     """The structured answer: from the last reply if it already is one, else from one more structured call.
 
     The call follows the endpoint's `structured` method (`LLMConfig.structured_output`); a model with no
@@ -773,7 +776,7 @@ def _final_answer(
     )
 
 
-def ask(model: BaseChatModel, system: str, output: type[BaseModel], budget: TokenBudget) -> LoopResult:
+def ask(model: BaseChatModel, system: str, output: type[_Output], budget: TokenBudget) -> LoopResult[_Output]:
     """One structured answer with no tools (observer titles, engineer choices, librarian prose)."""
     return run_tool_loop(model, system, "Answer now.", [], output, 0, budget)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,6 +14,11 @@ from tools.base import SregraphError
 from tools.display import md
 from tools.domain import Observation, Signal, Trigger
 from tools.toolbox import Toolbox
+
+if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
+
+    from agents.llm import LLMConfig
 
 
 class ObserverConfig(BaseModel):
@@ -62,7 +67,11 @@ class Observer:
     """
 
     def __init__(
-        self, toolbox: Toolbox, config: ObserverConfig, chat_model: Any = None, llm_config: Any = None
+        self,
+        toolbox: Toolbox,
+        config: ObserverConfig,
+        chat_model: BaseChatModel | None = None,
+        llm_config: LLMConfig | None = None,
     ) -> None:
         self.toolbox = toolbox
         self.config = config
@@ -90,7 +99,7 @@ class Observer:
         except SregraphError as exc:
             log.warning("LLM observer failed, using the deterministic title: %s", exc)
             return fallback, 0, str(exc), []
-        answer: IncidentTitle = result.output  # type: ignore[assignment]
+        answer: IncidentTitle = result.output
         # The title is untrusted model text: one line, bounded, and prefixed so it is never mistaken for ours.
         text = " ".join(answer.title.split())[:80]
         problems = check_title(text, observation, self.toolbox.services)

@@ -8,13 +8,22 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 
 from tools.base import SregraphError
+
+if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
+
+    from evals.cassette import Cassette
+    from evals.replay import CaseRun
+    from evals.scoring import SuiteResult
+    from sregraph.config import Settings
 
 SUITE = Path(__file__).resolve().parent / "suite"
 EXIT_MODEL_NOT_REACHED = 3
@@ -31,7 +40,9 @@ def _out() -> Console:
     return Console(width=None if sys.stdout.isatty() else 200)
 
 
-def _chat_model(brain: str, config: Path | None, cassette: Any = None) -> tuple[Any, Any, float]:
+def _chat_model(
+    brain: str, config: Path | None, cassette: Cassette | None = None
+) -> tuple[BaseChatModel | None, Settings, float]:
     """The chat model, base settings and price per million tokens for an LLM brain (exit 2 without a key)."""
     import os
 
@@ -63,13 +74,13 @@ def run_eval(
     suite: Path,
     brain: str = "deterministic",
     only: list[str] | None = None,
-    chat_model: Any = None,
-    base_settings: Any = None,
+    chat_model: BaseChatModel | None = None,
+    base_settings: Settings | None = None,
     price_per_mtok: float = 0.0,
     min_pass_rate: float | None = PASS_RATE_BAR,
-    progress: Any = None,
-    cassette: Any = None,
-) -> Any:
+    progress: Callable[[CaseRun], None] | None = None,
+    cassette: Cassette | None = None,
+) -> SuiteResult:
     """Replay and score a suite; returns an evals.scoring.SuiteResult."""
     from evals.replay import load_suite, replay_suite
     from evals.scoring import score_suite

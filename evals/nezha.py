@@ -37,8 +37,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from agents.analyst import Analyst
-from sregraph.config import AnalystConfig, ObserverConfig
+from agents.analyst import Analyst, AnalystConfig
+from agents.observer import ObserverConfig
 from tools.base import (
     Change,
     ConfigError,

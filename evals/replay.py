@@ -33,12 +33,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 import tools.base as tool_errors
-from agents.llm import model_usage
+from agents.llm import ModelUsage, model_usage
 from evals.calls import (
     MUTATING,
     TOOLS,
@@ -58,6 +58,13 @@ from tools.base import LogRecord, NotFound, Series, Span, Telemetry
 from tools.domain import ApprovalDecision
 from tools.ledger import ActionLedger
 from tools.toolbox import Toolbox
+
+if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
+
+    from evals.cassette import Cassette
+    from memory.store import PostMortemStore
+    from sregraph.config import Settings
 
 log = logging.getLogger("sregraph.evals")
 
@@ -470,7 +477,7 @@ class CaseRun:
     error: str | None = None
     seconds: float = 0.0
     ledger: list[dict[str, Any]] = field(default_factory=list)
-    model: Any = None
+    model: ModelUsage | None = None
     """With an LLM brain: the agents.llm.ModelUsage of this case (model calls, failures, tokens)."""
     stored_wording: str | None = None
     """Who worded the post-mortem memory holds for this incident ("model", "deterministic"), None if none is stored."""
@@ -479,7 +486,7 @@ class CaseRun:
 
 
 def replay_toolbox(
-    loaded: LoadedCase, workdir: Path, memory: Any = None, strict: bool = True
+    loaded: LoadedCase, workdir: Path, memory: PostMortemStore | None = None, strict: bool = True
 ) -> tuple[Toolbox, ReplaySession, RecordedCalls]:
     """A toolbox answering from one case's recording (ledger seeded in `workdir`, memory as given)."""
     case = loaded.case
@@ -533,8 +540,8 @@ def replay_toolbox(
 
 
 def case_settings_for(
-    loaded: LoadedCase, workdir: Path, brain: str = "deterministic", base: Any = None
-) -> Any:
+    loaded: LoadedCase, workdir: Path, brain: str = "deterministic", base: Settings | None = None
+) -> Settings:
     """Settings of a replay: the recorded windows and loop caps, the recorded policy, data under `workdir`."""
     from sregraph.config import Settings
 
@@ -558,11 +565,11 @@ def case_settings_for(
 def replay_case(
     loaded: LoadedCase,
     workdir: Path,
-    memory: Any = None,
+    memory: PostMortemStore | None = None,
     brain: str = "deterministic",
-    chat_model: Any = None,
-    base_settings: Any = None,
-    cassette: Any = None,
+    chat_model: BaseChatModel | None = None,
+    base_settings: Settings | None = None,
+    cassette: Cassette | None = None,
 ) -> CaseRun:
     """Run one recorded incident through the real graph with tools answered from its recording.
 
@@ -617,7 +624,9 @@ def replay_case(
     return run
 
 
-def stored_grounding(memory: Any, incident_id: str, services: list[str]) -> tuple[str | None, list[str]]:
+def stored_grounding(
+    memory: PostMortemStore, incident_id: str, services: list[str]
+) -> tuple[str | None, list[str]]:
     """Who worded the post-mortem memory holds for an incident, and its grounding problems (checked anew)."""
     from agents.grounding import check_postmortem, facts_of
 
@@ -629,7 +638,7 @@ def stored_grounding(memory: Any, incident_id: str, services: list[str]) -> tupl
 
 
 @contextmanager
-def suite_memory(workdir: Path | None = None) -> Iterator[Any]:
+def suite_memory(workdir: Path | None = None) -> Iterator[PostMortemStore]:
     """A fresh ChromaDB post-mortem store for one suite run."""
     from memory.store import PostMortemStore
 
@@ -640,11 +649,11 @@ def suite_memory(workdir: Path | None = None) -> Iterator[Any]:
 def replay_suite(
     cases: list[LoadedCase],
     brain: str = "deterministic",
-    chat_model: Any = None,
-    base_settings: Any = None,
+    chat_model: BaseChatModel | None = None,
+    base_settings: Settings | None = None,
     on_case: Callable[[CaseRun], None] | None = None,
     memory: bool = True,
-    cassette: Any = None,
+    cassette: Cassette | None = None,
 ) -> list[CaseRun]:
     """Replay cases in order, sharing one live memory store, each with its own ledger and checkpoints."""
     runs: list[CaseRun] = []

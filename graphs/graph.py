@@ -21,7 +21,7 @@ from agents.librarian import Librarian
 from agents.observer import Observer, incident_body
 from graphs import comments
 from tools.display import md
-from tools.domain import ApprovalDecision, IncidentState, RunInput, TimelineEntry
+from tools.domain import ApprovalDecision, IncidentState, RunInput, Status, TimelineEntry
 from tools.notifier import notification_key
 from tools.toolbox import Toolbox
 
@@ -58,12 +58,12 @@ def _comment(team: Team, state: IncidentState, phase: str, body: str) -> None:
         team.toolbox.incidents.comment(issue, body, key=f"{state['incident_id']}/{phase}")
 
 
-def _fell_back(agent: str, reason: str | None) -> dict:
+def _fell_back(agent: str, reason: str | None) -> IncidentState:
     """The state update that records where the LLM brain fell back to the deterministic method (none if it did not)."""
     return {"llm_fallbacks": [f"{agent}: {reason}"]} if reason else {}
 
 
-def _rejected(agent: str, problems: list[str]) -> dict:
+def _rejected(agent: str, problems: list[str]) -> IncidentState:
     """The state update that records a model text rejected as ungrounded and replaced (none if it was not)."""
     return {"ungrounded": [f"{agent}: {'; '.join(problems[:5])}"]} if problems else {}
 
@@ -77,7 +77,7 @@ def _notify(team: Team, state: IncidentState, key: str, event: str, text: str) -
 # ----------------------------------------------------------------------------- nodes
 
 
-def observe(state: IncidentState, runtime: Runtime[Team]) -> dict:
+def observe(state: IncidentState, runtime: Runtime[Team]) -> IncidentState:
     """Decide whether an incident exists."""
     team = runtime.context
     trigger = state["trigger"]
@@ -98,7 +98,7 @@ def observe(state: IncidentState, runtime: Runtime[Team]) -> dict:
     }
 
 
-def open_incident(state: IncidentState, runtime: Runtime[Team]) -> dict:
+def open_incident(state: IncidentState, runtime: Runtime[Team]) -> IncidentState:
     """Open (or join) the incident issue on the surface with a telemetry snapshot."""
     team = runtime.context
     observation, trigger = state["observation"], state["trigger"]
@@ -154,7 +154,7 @@ def open_incident(state: IncidentState, runtime: Runtime[Team]) -> dict:
     }
 
 
-def analyze(state: IncidentState, runtime: Runtime[Team]) -> dict:
+def analyze(state: IncidentState, runtime: Runtime[Team]) -> IncidentState:
     """Rank root-cause hypotheses from the evidence."""
     team = runtime.context
     _status(team, state, "diagnosing")
@@ -180,7 +180,7 @@ def analyze(state: IncidentState, runtime: Runtime[Team]) -> dict:
     }
 
 
-def plan(state: IncidentState, runtime: Runtime[Team]) -> dict:
+def plan(state: IncidentState, runtime: Runtime[Team]) -> IncidentState:
     """Choose a typed action and check it against policy."""
     team = runtime.context
     diagnosis = state["diagnosis"]
@@ -204,7 +204,7 @@ def plan(state: IncidentState, runtime: Runtime[Team]) -> dict:
     }
 
 
-def approval(state: IncidentState, runtime: Runtime[Team]) -> dict:
+def approval(state: IncidentState, runtime: Runtime[Team]) -> IncidentState:
     """Wait for a human decision; the thread sleeps in the checkpointer until resumed."""
     team = runtime.context
     action_plan = state["plan"]
@@ -230,7 +230,7 @@ def approval(state: IncidentState, runtime: Runtime[Team]) -> dict:
     return {"approval": decision, "timeline": _at(team, f"{verb} by {decision.by}")}
 
 
-def act(state: IncidentState, runtime: Runtime[Team]) -> dict:
+def act(state: IncidentState, runtime: Runtime[Team]) -> IncidentState:
     """Run the approved, policy-checked actions exactly once."""
     team = runtime.context
     _status(team, state, "remediating")
@@ -258,7 +258,7 @@ def act(state: IncidentState, runtime: Runtime[Team]) -> dict:
     return {"actions": results, "attempts": attempt, "status": "remediating", "timeline": events}
 
 
-def verify(state: IncidentState, runtime: Runtime[Team]) -> dict:
+def verify(state: IncidentState, runtime: Runtime[Team]) -> IncidentState:
     """Watch the system after the actions."""
     team = runtime.context
     _status(team, state, "verifying")
@@ -275,7 +275,7 @@ def verify(state: IncidentState, runtime: Runtime[Team]) -> dict:
     }
 
 
-def escalate(state: IncidentState, runtime: Runtime[Team]) -> dict:
+def escalate(state: IncidentState, runtime: Runtime[Team]) -> IncidentState:
     """Hand the incident to a human; nothing is mutated."""
     team = runtime.context
     reason = comments.escalation_reason(state, team.engineer)
@@ -285,7 +285,7 @@ def escalate(state: IncidentState, runtime: Runtime[Team]) -> dict:
     return {"escalation": reason, "status": "escalated", "timeline": _at(team, f"escalated: {reason}")}
 
 
-def document(state: IncidentState, runtime: Runtime[Team]) -> dict:
+def document(state: IncidentState, runtime: Runtime[Team]) -> IncidentState:
     """Write the post-mortem, store it in memory, post it, and close the issue if recovered."""
     team = runtime.context
     postmortem = team.librarian.write_with_model(state)
@@ -296,7 +296,7 @@ def document(state: IncidentState, runtime: Runtime[Team]) -> dict:
         _status(team, state, "resolved")
         team.toolbox.incidents.close(issue)
     _notify(team, state, "documented", "documented", postmortem.title)
-    final = "resolved" if postmortem.outcome == "recovered" else "escalated"
+    final: Status = "resolved" if postmortem.outcome == "recovered" else "escalated"
     return {
         "postmortem": postmortem,
         "status": final,

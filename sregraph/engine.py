@@ -9,7 +9,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.types import Command
@@ -29,6 +29,9 @@ from tools.display import md
 from tools.domain import ApprovalDecision, Trigger
 from tools.sql import Database, PostgresDatabase, SqliteDatabase, open_database
 from tools.toolbox import Toolbox
+
+if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
 
 log = logging.getLogger("sregraph.engine")
 
@@ -150,7 +153,7 @@ def telemetry_for(settings: Settings, local: Any) -> Any:
     return SplitTelemetry(prometheus, local)
 
 
-def build_team(settings: Settings, toolbox: Toolbox, chat_model: Any = None) -> Team:
+def build_team(settings: Settings, toolbox: Toolbox, chat_model: BaseChatModel | None = None) -> Team:
     """The four agents; an LLM brain only when configured (or a model is injected, as tests do)."""
     if chat_model is None and settings.brain == "llm":
         from agents.llm import make_chat_model
@@ -314,7 +317,7 @@ class Engine:
         self,
         settings: Settings,
         toolbox: Toolbox,
-        chat_model: Any = None,
+        chat_model: BaseChatModel | None = None,
         progress: ProgressFn | None = None,
         metrics: Metrics | None = None,
     ) -> None:

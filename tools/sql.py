@@ -42,7 +42,7 @@ class SqlError(SregraphError):
     """A database call failed; the message names the operation, never the DSN."""
 
 
-class Row(tuple):
+class Row(tuple[Any, ...]):
     """A result row read by position or by column name, like sqlite3.Row."""
 
     _names: tuple[str, ...]

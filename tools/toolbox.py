@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tools.base import (
     Clock,
@@ -19,6 +19,9 @@ from tools.base import (
 )
 from tools.changes import ChangeFeed
 from tools.ledger import ActionLedger
+
+if TYPE_CHECKING:
+    from memory.store import PostMortemStore
 
 
 @dataclass
@@ -35,7 +38,7 @@ class Toolbox:
     ledger: ActionLedger
     topology: dict[str, list[str]]
     """service -> the services it calls."""
-    memory: Any = None
+    memory: PostMortemStore | None = None
     """A memory.store.PostMortemStore, or None to run without long-term memory."""
     clock: Clock = field(default_factory=SystemClock)
     on_close: list[Callable[[], None]] = field(default_factory=list)
