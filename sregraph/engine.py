@@ -61,6 +61,7 @@ def local_toolbox(settings: Settings, app: Any) -> Toolbox:
     if settings.surface == "github" and not gh.repo:
         raise ConfigError("github.repo: set owner/name of the incident repository when surface is github")
     repos = ([gh.repo] if settings.surface == "github" else []) + ([gh.gitops_repo] if gh.gitops_repo else [])
+    on_close: list[Callable[[], None]] = [ledger.close]
     if repos:
         from tools.github.client import GitHubClient, check_repo
 
@@ -68,6 +69,7 @@ def local_toolbox(settings: Settings, app: Any) -> Toolbox:
             check_repo(repo)  # a malformed name is reported before a missing token
         # One client for both backends: one token, one connection pool, one rate-limit budget, one breaker.
         client = GitHubClient(base_url=gh.base_url, timeout=gh.timeout_s)
+        on_close.append(client.close)
         if settings.surface == "github":
             from tools.github.issues import GitHubIncidentSurface
 
@@ -101,7 +103,7 @@ def local_toolbox(settings: Settings, app: Any) -> Toolbox:
         ledger=ledger,
         topology=app.topology,
         memory=PostMortemStore(data / "memory"),
-        on_close=[ledger.close],
+        on_close=on_close,
     )
 
 
