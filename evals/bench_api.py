@@ -2,7 +2,7 @@
 
     python -m evals.bench_api [--clients 50] [--requests 2000] [--runs 200] [--format json]
 
-A worker over the synthetic world (tests/worker_harness.py) serves the API in its own process; this process
+A worker over the synthetic world (evals/harness.py) serves the API in its own process; this process
 measures health, incident pages, a whole incident, an audited refusal, and ingestion through the SDK and the
 API. What is measured and how: docs/control-room.md §Measured.
 """
@@ -24,11 +24,11 @@ import numpy as np
 
 def _serve(root: str, runs: int, ready: Any, stop: Any) -> None:
     """The API process: a worker with `runs` finished incidents and one waiting for approval."""
+    from evals.harness import Scenario, World, settings_for, toolbox_for
     from sregraph.api_auth import ApiStore
     from sregraph.engine import Engine
     from sregraph.server import ApiServer, create_app
     from sregraph.worker import Worker
-    from tests.worker_harness import Scenario, World, settings_for, toolbox_for
     from tools.domain import Trigger
     from tools.gitops import LocalGitOps
 

@@ -3,7 +3,7 @@
     python -m evals.bench_scaleout [--dsn DSN] [--incidents 60] [--workers 1,2,4] [--open 100,1000,10000]
                                    [--queue none|procrastinate] [--format json]
 
-Throughput of N workers over the synthetic world (tests/worker_harness.py), and the ingest and adoption costs
+Throughput of N workers over the synthetic world (evals/harness.py), and the ingest and adoption costs
 with many open incidents. What is measured and how: docs/scale-out.md §Measured.
 """
 
@@ -77,10 +77,10 @@ def throughput(
     server: _Server, workers: int, incidents: int, threads: int, queue: str = "none"
 ) -> dict[str, Any]:
     """`incidents` alerts routed at once to `workers` worker processes."""
+    from evals.harness import World, settings_for, toolbox_for
     from sregraph.engine import FINAL, Engine
     from sregraph.leases import lease_log
     from sregraph.worker import Worker
-    from tests.worker_harness import World, settings_for, toolbox_for
     from tools.domain import Trigger
 
     dsn = server.new_database()
@@ -94,7 +94,7 @@ def throughput(
     env = {**os.environ, "HARNESS_THREADS": str(threads)}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.worker_harness", "--serve", str(root)],
+            [sys.executable, "-m", "evals.harness", "--serve", str(root)],
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -160,9 +160,9 @@ def throughput(
 
 def open_incidents(server: _Server, count: int, alerts: int = 200) -> dict[str, Any]:
     """Ingest latency and one adoption pass with `count` open incidents in the registry."""
+    from evals.harness import World, settings_for, toolbox_for
     from sregraph.engine import Engine
     from sregraph.worker import Worker
-    from tests.worker_harness import World, settings_for, toolbox_for
     from tools.domain import Trigger
 
     dsn = server.new_database()
