@@ -1,32 +1,8 @@
 """The LLM side of the agents: provider configuration, chat-model construction and a bounded tool loop.
 
-Every agent works without a model; a model only ever *adds* an opinion. So everything here fails one way:
-`LLMError` (a `SregraphError`), which callers catch to fall back to their deterministic method. Bad
-configuration (a missing API key, a watsonx URL not set) is a `ConfigError` naming the field or variable.
-
-The tool loop lets a model call read-only tools (agents/investigation.py) for at most `max_steps` model calls and a
-token budget, then asks for a structured answer. Tokens are counted locally with real tiktoken on every
-message (cl100k_base, an approximation for non-OpenAI models); when the provider reports usage, its numbers
-are what the budget is charged.
-
-A model built by `make_chat_model` carries a `Resilience` (tools/resilience.py, settings `llm.resilience`):
-each model call is retried on transient errors (connection refused or lost, timeouts, 408/409/429/5xx) with
-backoff and jitter, the SDK's own retries being off so the two do not multiply; after
-`failure_threshold` calls in a row fail that way, the circuit opens and every later call (the next agents,
-the next incidents) fails at once with an `LLMError`, so the agents fall back to their deterministic method
-without waiting out a timeout each, and say so on the incident. A model handed in by the caller (tests, a
-custom model) is called as is, unless given a policy with `guard_model`.
-
-Provider capabilities are settings, not assumptions (see `LLMConfig`): how the final structured answer is asked
-for (`structured_output`: OpenAI's `json_schema`, `json_mode` — `response_format` `json_object` with the schema
-attached, which llama.cpp, vLLM and Ollama grammar-constrain — or `function_calling`), `max_tokens` on every call
-(an abandoned request must not keep a CPU server generating), a timeout suited to the endpoint, `tool_choice`
-sent whenever tools are bound, and no message with `content: null`. An HTTP 4xx other than 408/409/429, or a
-500 whose message is a request-validation error (a server refusing a parameter it does not support), is
-permanent: not retried, and no verdict for the circuit breaker (the endpoint answered; it is not down).
-
-Every call through `run_tool_loop` is counted on the model (`model_usage`): calls, failures, tokens, so an
-eval can say when the model was never reached.
+A model only ever adds an opinion: everything here fails as `LLMError` (bad configuration as `ConfigError`),
+so callers fall back to their deterministic method. Model calls are retried and circuit-broken through a
+`Resilience`; provider capabilities are settings. Design: docs/llm.md.
 """
 
 from __future__ import annotations

@@ -1,36 +1,9 @@
 """The root-cause ranker: every candidate service scored from metrics, traces and logs, then moved along the call graph.
 
 One method serves the live analyst and the offline benchmark (`sregraph bench rca`); it knows nothing of a
-dataset's service or metric names. The method, its sources and its measured numbers are in docs/rca.md. In short:
-
-1. **Metrics** (BARO's robust scorer, direction-aware). The deviation of a point after the start is
-   `(x - median) / scale` against a reference (the points before `anomaly_start`, a known-normal period), with
-   a scale from the IQR and MAD and floors relative to the median and to the value, counted only in the
-   direction that is worse for the metric's kind; a series scores `log1p` of the mean of its two worst points.
-   Either reference may see the change, and what the series already showed before the start is discounted.
-   A service whose every series stops after the start has crashed; one whose request-facing series alone stop
-   is no longer called, which points at its callers. **Call edges** measured at both ends give the callee
-   the part of its callers' wait that its own server-side time does not explain (the network between them).
-2. **Traces** (MicroRank/TraceRCA-style). Each span's exclusive time (its duration less its children's) is
-   compared with the same operation's spans before the start and, when the case has them, with the spans of a
-   known-normal period; a service scores by how much more often its spans are slow, and by the errors it
-   originates (the deepest error span of a trace) when status is known.
-3. **Logs** (Nezha's event patterns, simplified). Lines are reduced to templates; a service scores by the rise
-   of its error lines (per minute) and by how far its template mix shifted (templates that appear and that
-   stop), against the lines before the start and against those of a known-normal period when there are some.
-   **Events** (Nezha's event graphs): where log lines name their trace and span, each span's events (its log
-   templates and the calls it makes, in time order) form a sequence, and a service scores by how far what
-   follows one of its events changed after the start (a handler that now throws, a callee that now answers
-   differently). A pre-window that holds an earlier fault hides the new one, so with a known-normal period the
-   trace, log and event evidence is what either reference shows (the larger), as for metrics.
-4. **Symptom.** Where the trouble was seen (given, or optionally the entry service's user-facing metrics) adds
-   the kind of trouble to follow; half of each deviation counts only as far as it moved with the symptom; and
-   services the symptom's service does not reach are discounted.
-5. **Propagation** (MicroRCA/CIRCA). Trouble travels from callee to caller, so a personalised PageRank walks
-   from each deviating service towards the callees that deviate too (more requests at a callee do not pull it).
-
-Every service named anywhere in a case is a candidate and is ranked; the ranker answers whenever anything
-deviates. The fault type is read from the kind of evidence that dominates the top service.
+dataset's service or metric names. Metrics (BARO-style), traces, logs and events score each service, a symptom
+steers them, and a personalised PageRank moves trouble from callers to callees.
+Method, sources and measured numbers: docs/rca.md §The method.
 """
 
 from __future__ import annotations

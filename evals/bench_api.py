@@ -2,22 +2,9 @@
 
     python -m evals.bench_api [--clients 50] [--requests 2000] [--runs 200] [--format json]
 
-The API runs in its own process, as in `sregraph worker --api-port`: a worker over the synthetic world of
-tests/worker_harness.py with `--runs` finished incidents in its registry and one real incident paused at the
-approval gate (a restart of `search` needs a human). The load comes from this process: `--clients` concurrent
-clients (each its own connection) share `--requests` requests per call measured:
-
-- `healthz`: no token, the worker's liveness;
-- `list`: a page of 50 incidents (token check, registry read, redaction);
-- `detail`: the waiting incident's whole state from the checkpointer (diagnosis, evidence, plan, timeline);
-- `refused`: an approval of an incident the checkpointer does not know: token check, a checkpointer read, a
-  404 and an audit row.
-
-Then ingestion: 20,000 log lines through the SDK's logging handler (one application, timed until the last
-batch is stored), and 10 applications posting 10 batches of 1,000 metric points each to the API at once.
-
-Reported per call: p50, p99 and max latency in ms, requests/s, and the count of answers that were not the
-expected status (which must be 0).
+A worker over the synthetic world (evals/harness.py) serves the API in its own process; this process
+measures health, incident pages, a whole incident, an audited refusal, and ingestion through the SDK and the
+API. What is measured and how: docs/control-room.md §Measured.
 """
 
 from __future__ import annotations
@@ -37,11 +24,11 @@ import numpy as np
 
 def _serve(root: str, runs: int, ready: Any, stop: Any) -> None:
     """The API process: a worker with `runs` finished incidents and one waiting for approval."""
+    from evals.harness import Scenario, World, settings_for, toolbox_for
     from sregraph.api_auth import ApiStore
     from sregraph.engine import Engine
     from sregraph.server import ApiServer, create_app
     from sregraph.worker import Worker
-    from tests.worker_harness import Scenario, World, settings_for, toolbox_for
     from tools.domain import Trigger
     from tools.gitops import LocalGitOps
 

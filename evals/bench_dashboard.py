@@ -2,7 +2,7 @@
 
     python -m evals.bench_dashboard [--incidents 20] [--format json]
 
-A worker over the synthetic world of tests/worker_harness.py serves the API from its own process, as
+A worker over the synthetic world of evals/harness.py serves the API from its own process, as
 `sregraph worker --api-port` does; Debian's headless Chromium (scripts/browser.sh) shows the control room with
 a viewer token. Each of `--incidents` incidents (a crash of payments, restarted without approval, then the
 world repaired and given a clean baseline) runs through the whole graph. The page records when each step's
@@ -37,13 +37,13 @@ true
 
 def run(incidents: int) -> dict[str, Any]:
     """Drive `incidents` incidents with the control room open; the latency of every graph step."""
+    from evals.browser import Browser, find_browser
+    from evals.harness import Scenario, World, settings_for, toolbox_for
     from sregraph.api_auth import ApiStore
     from sregraph.engine import Engine
     from sregraph.events import EventLog
     from sregraph.server import POLL_S, ApiServer, create_app
     from sregraph.worker import Worker
-    from tests.browser import Browser, find_browser
-    from tests.worker_harness import Scenario, World, settings_for, toolbox_for
 
     binary = find_browser()
     if binary is None:

@@ -112,12 +112,12 @@ def run(
     import os
 
     from agents.llm import LLMConfig, make_chat_model
+    from evals import llm_local
     from evals.cassette import Cassette
     from evals.eval_cli import SUITE
     from evals.replay import load_suite, replay_suite
     from evals.scoring import score_suite
     from sregraph.config import Settings
-    from tests import llm_local
 
     missing = llm_local.missing()
     if missing is not None and gguf is None:

@@ -3,19 +3,8 @@
     python -m evals.bench_scaleout [--dsn DSN] [--incidents 60] [--workers 1,2,4] [--open 100,1000,10000]
                                    [--queue none|procrastinate] [--format json]
 
-Without `--dsn` it starts a throwaway Postgres (scripts/postgres.sh) in a temp dir and stops it afterwards.
-
-1. `throughput`, for each N: a fresh database and synthetic world (tests/worker_harness.py: simulated clock, real
-   SQLite telemetry, issues and git; a healthy world, so each incident is a full observe step ending `healthy`),
-   N worker processes (`python -m tests.worker_harness --serve`, `--threads` runs each). Once all are up, this
-   process routes `--incidents` alerts with distinct fingerprints at once (`Worker.submit(run_here=False)`: the
-   routing lock, the lookup of incidents in progress, the registration, and with `--queue procrastinate` the
-   job) and waits until every incident has ended. Without the queue the workers adopt the registered incidents.
-   Reported: incidents/s from the first alert to the last end, the ingest latency of one alert (p50, p99, max)
-   while the workers run, and how many leases were taken.
-2. `open_incidents`, for each K: K incidents waiting for approval (open, not adoptable) registered in a fresh
-   database, then the ingest latency of 200 alerts and the time of one adoption pass (`Worker.adopt`), the two
-   costs that read the registry.
+Throughput of N workers over the synthetic world (evals/harness.py), and the ingest and adoption costs
+with many open incidents. What is measured and how: docs/scale-out.md §Measured.
 """
 
 from __future__ import annotations
@@ -88,10 +77,10 @@ def throughput(
     server: _Server, workers: int, incidents: int, threads: int, queue: str = "none"
 ) -> dict[str, Any]:
     """`incidents` alerts routed at once to `workers` worker processes."""
+    from evals.harness import World, settings_for, toolbox_for
     from sregraph.engine import FINAL, Engine
     from sregraph.leases import lease_log
     from sregraph.worker import Worker
-    from tests.worker_harness import World, settings_for, toolbox_for
     from tools.domain import Trigger
 
     dsn = server.new_database()
@@ -105,7 +94,7 @@ def throughput(
     env = {**os.environ, "HARNESS_THREADS": str(threads)}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.worker_harness", "--serve", str(root)],
+            [sys.executable, "-m", "evals.harness", "--serve", str(root)],
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -171,9 +160,9 @@ def throughput(
 
 def open_incidents(server: _Server, count: int, alerts: int = 200) -> dict[str, Any]:
     """Ingest latency and one adoption pass with `count` open incidents in the registry."""
+    from evals.harness import World, settings_for, toolbox_for
     from sregraph.engine import Engine
     from sregraph.worker import Worker
-    from tests.worker_harness import World, settings_for, toolbox_for
     from tools.domain import Trigger
 
     dsn = server.new_database()

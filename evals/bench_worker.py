@@ -1,5 +1,5 @@
 """Worker soak: many incidents at once on the deterministic brain over the synthetic world of
-tests/worker_harness.py (simulated clock, real SQLite/git backends, shared checkpointer).
+evals/harness.py (simulated clock, real SQLite/git backends, shared checkpointer).
 
     python -m evals.bench_worker [--incidents 50] [--concurrency 8] [--format json]
 
@@ -31,9 +31,9 @@ def _rss_mb() -> float:
 
 def concurrent(root: Path, incidents: int, concurrency: int) -> dict[str, Any]:
     """`incidents` alerts at once on one worker."""
+    from evals.harness import World, settings_for, toolbox_for
     from sregraph.engine import Engine
     from sregraph.worker import Worker
-    from tests.worker_harness import World, settings_for, toolbox_for
     from tools.domain import Trigger
 
     world = World.create(root)
@@ -63,7 +63,7 @@ def concurrent(root: Path, incidents: int, concurrency: int) -> dict[str, Any]:
 
 def full(root: Path) -> dict[str, Any]:
     """The harness scenarios, in order."""
-    from tests.worker_harness import SCENARIOS, World, run, summary
+    from evals.harness import SCENARIOS, World, run, summary
 
     World.create(root)
     tracemalloc.start()

@@ -4,16 +4,7 @@
     python -m evals.build_suite --only 03-error-spike-payments --only 12-oom-payments
     python -m evals.build_suite --list
 
-Each case starts from a settled, healthy app with load flowing, applies its set-up (a deploy elsewhere, a human's
-issue, hostile log lines, a CPU hog on the host...), injects its fault through the app's real chaos hooks,
-waits for the observer to see it as the worker would, and records the real engine handling it (demo windows and
-policy unless the case says otherwise). A case the app cannot produce can be derived from a recorded case by a
-documented edit of its recording (`derive` in its Spec, `derived_from` in case.yaml); none is at present.
-
-After a case that changed the config repository (a deploy, a rollback, a config PR) the next case gets a fresh
-app, so no case sees an earlier case's commits as recent changes. Memory (post-mortems) and the action ledger
-persist across the whole build, as they would on a real deployment; that is how recurring incidents and the
-cooldown case come about.
+How a case is set up, injected and recorded, and what persists between cases: docs/evals.md §The suite.
 """
 
 from __future__ import annotations

@@ -1,25 +1,9 @@
 """Nezha (ESEC/FSE 2023) OnlineBoutique days as an external root-cause benchmark for the analyst.
 
-A day folder in Nezha's layout (``rca_data/<day>/``) holds ``<day>-fault_list.json`` (the labels) and
-``metric/`` (one CSV per pod, the entry service's view, per-edge latencies and the call graph); the full
-repository also has ``trace/`` and ``log/`` with one CSV per minute, which are read when present. Each
-labelled fault becomes one replayed incident:
-
-* :class:`NezhaTelemetry` implements ``tools.base.Telemetry`` over the day's files. The dataset's columns are
-  mapped onto the analyst's metric names where the meaning matches (:data:`POD_COLUMNS`); the other columns
-  stay readable under names of their own. Rows are per-minute aggregates and are stamped at the start of
-  their minute, so every service has a point at the same instants.
-* The topology is the call graph of ``dependency.csv`` and the per-edge latency files (the authors derived
-  both from traces), restricted to services that have metrics.
-* The analyst runs at the end of the fault (injection + 3 min, the paper's fault length, rounded up to the
-  next minute) with its baseline ending at the injection time. The label's service and fault type are used
-  only to score the answer, never to build the inputs.
-* The runtime, health probe and GitOps are stubs: the dataset records no process state, no probe and no
-  deploy history, so every service reports running and healthy and there are no changes. Anything that
-  would mutate raises ``Refused``.
-
-Run with ``sregraph bench nezha --data DIR`` (see ``evals/nezha_cli.py``). The method, the mapping and the
-numbers are in docs/nezha.md.
+Each labelled fault of a day folder (``rca_data/<day>/``) becomes one replayed incident:
+:class:`NezhaTelemetry` serves the day's files, the topology is its call graph, runtime, health and GitOps are
+stubs, and the label is used only to score. Run with ``sregraph bench nezha --data DIR``
+(``evals/nezha_cli.py``). The adapter, the mapping and the numbers: docs/nezha.md §The adapter.
 """
 
 from __future__ import annotations

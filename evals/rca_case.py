@@ -1,25 +1,8 @@
 """Root-cause cases on disk: one folder per case, read into the ranker's input (`agents.rca.RcaInput`).
 
-The layout (docs/rca.md has it in full)::
-
-    <case>/case.json         {"system", "anomaly_start", "symptom": {"service", "metric"}?}   the only inputs of time
-    <case>/label.json        {"root_cause", "fault_type"}                                      read only to score
-    <case>/metrics.csv       timestamp,service,metric,value[,instance]
-    <case>/normal.csv        optional, same columns: a known-normal reference period
-    <case>/metrics_meta.csv  optional: metric,kind,direction
-    <case>/topology.csv      optional: caller,callee
-    <case>/spans.csv         optional: trace_id,span_id,parent_id,service,operation,start_us,duration_us,status
-    <case>/logs.csv          optional: timestamp,service,level,message
-    <case>/normal_spans.csv  optional, the columns of spans.csv: spans of a known-normal period (the reference
-                             the trace and event evidence is judged against, besides the spans before the start)
-    <case>/normal_logs.csv   optional, the columns of logs.csv: log lines of a known-normal period (the reference
-                             for the error-line rise, the template mix and the events; its rates are per minute
-                             of its own length, so it may be shorter than the case's window)
-    <case>/edge_metrics.csv  optional: timestamp,caller,callee,metric,value,side   (side client|server: who
-                             measured the call; e.g. a mesh's per-edge latency from both ends)
-    <case>/edge_normal.csv   optional, same columns: the known-normal period of the edge metrics
-
-`load_case` never opens label.json; `load_label` is the only function that does.
+A case is case.json (the only inputs of time), label.json (read only to score), metrics.csv and optional
+normal, metadata, topology, span, log and edge files. `load_case` never opens label.json; `load_label` is the
+only function that does. The layout in full: docs/rca.md §The case format.
 """
 
 from __future__ import annotations

@@ -1,53 +1,8 @@
 """Shared root-cause datasets written as sregraph cases, one folder per case (layout: evals/rca_case.py).
 
-``sregraph dataset convert nezha|petshop SRC DEST`` (sregraph/dataset_cli.py) runs :func:`convert_nezha` or
-:func:`convert_petshop`. A case is written into a hidden temporary folder under DEST, then renamed into place,
-replacing a folder of the same name. The source's layout (and, for PetShop, every file) is read and checked
-before the first case is written; bad input raises ``ConfigError``. Only label.json holds label data.
-
-Nezha (a day folder ``rca_data/<day>/`` or a folder above it; every day found is converted):
-
-* anomaly_start = ``inject_time`` read as UTC (``inject_timestamp`` is hours off on some days). The moment of
-  analysis is anomaly_start + 180 s (the paper's fault length). The case window is [start - 600, start + 180].
-* metrics.csv: every column of every ``<pod>_metric.csv`` under its raw name, constant ones included, for rows
-  whose ``Time`` string (never ``TimeStamp``, corrupt in places) is inside the window. service = pod name
-  minus its two hash parts, instance = the pod. Empty and NaN cells are no point. ``front_service.csv`` (the
-  entry view) goes to the service whose own server-side P90/P95/P99 latency equals the view's in most minutes:
-  ``frontend`` on OnlineBoutique and ``ts-ui-dashboard`` on TrainTicket (all 919 minutes of 2023-01-29 equal;
-  the traces are all rooted in ``ts-gateway-service``, which the untraced UI sits in front of). If no pod
-  matches, the view goes to the service it names, else to the only trace root or call-graph source, else it
-  is left out. Its rows have no instance.
-* normal.csv: the day's longest stretch of metric rows that are all at least 600 s from every fault's
-  [inject, inject + 180], cut to its first hour; left out when no stretch lasts 10 minutes.
-* edge_metrics.csv (and edge_normal.csv, the same rows in the normal stretch): ``source_50.csv`` and
-  ``destination_50.csv`` when the day has them, one row per edge and minute, metric ``latency_p50``, side
-  ``client`` (the source file) or ``server`` (the destination file). A column is an edge of dependency.csv.
-* topology.csv: the service edges of ``dependency.csv`` (node IPs and loadgenerator dropped), plus parent
-  span's service -> child span's service among the case's spans.
-* spans.csv and logs.csv (when the day has ``trace/`` and ``log/``): the lines whose start or time is inside
-  the window. Each minute file is read once per day. The files overlap, so a span seen again (same trace and
-  span id) or an identical log line is kept once. status is empty (Nezha records none). The log level and
-  the application's line come from ``evals.nezha.parse_log_line``.
-* normal_spans.csv and normal_logs.csv: the authors' fault-free reference, ``construct_data/<day>/trace/`` and
-  ``construct_data/<day>/log/`` (construct_data is the sibling of rca_data, the day found by its folder's
-  name), every line of it, read exactly as the day's own trace and log files; the same in every case of the
-  day. Left out when the day has no such folder (TrainTicket's 2023-01-29 has one minute of each).
-* label.json: root_cause = service of ``inject_pod``; fault_type by :data:`NEZHA_FAULT_TYPES`.
-* id ``<system>-<day>-<HHMMSS>``. system is ``nezha-tt`` when most services start with ``ts-``, ``nezha-ob``
-  when OnlineBoutique's services are there, else guessed from the source folder's name.
-
-PetShop (the dataset root, ``dataset/``, or one traffic folder; every ``<traffic>/{train,test}/issue_N``):
-
-* anomaly_start and symptom come from ``target`` (node, ``<metric>_<agg>``, timestamp). case.json also has
-  id ``petshop-<traffic>-<split>-issue_N`` and subset ``<traffic>/<split>``.
-* metrics.csv: every cell of the issue's metrics.csv (header rows node / metric / statistic, then
-  unix_timestamp rows), metric = ``<metric>_<statistic>``. normal.csv: the same from ``<traffic>/noissue``.
-* topology.csv: graph.csv is an adjacency matrix, row = caller, column = callee. The repository's
-  ``code/rca_task.py`` loads it with ``networkx.from_pandas_adjacency`` (edge row -> column), and its
-  baselines reverse that graph to get the causal one ("reversing the edges"). In the data, PetSite (the
-  entry) has outgoing edges only.
-* label.json: root_cause = ``root_cause.node``; fault_type from ``metadata.reproducibility.command`` by
-  :func:`petshop_fault_type`. Nothing else from target.json's label parts is written anywhere.
+`sregraph dataset convert nezha|petshop SRC DEST` runs :func:`convert_nezha` or :func:`convert_petshop`; each
+case is written to a hidden temporary folder and renamed into place, after the source was read and checked.
+Only label.json holds label data. What each converter decides: docs/rca.md §What the converters decide.
 """
 
 from __future__ import annotations

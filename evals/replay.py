@@ -1,25 +1,9 @@
 """Replay: recorded incidents run again through the real graph, with every tool answered from the recording.
 
-Each backend of the `Toolbox` is replaced by a replay proxy: reads are answered by (tool, method, arguments) and
-the n-th repeat of a call gets the n-th recorded answer (runtime.status before and after a restart differ);
-mutating calls (restart, propose, merge, comment, open_issue...) are matched by the arguments that identify
-them (`calls.MUTATING`), answered with the recorded result, and logged for scoring instead of touching
-anything. Telemetry is answered from the recorded tables inside the windows that were queried. The clock is
-pinned: each function that reads it gets the times it read when the incident was recorded.
-
-With a deterministic brain the replay is strict: a call with no recording raises `MissingRecording`, naming the
-call and how to record it. It is deliberately not a `SregraphError`, so no agent's fallback swallows it; every
-miss is also kept on the session, so a miss caught by a broad handler still shows in the case's result.
-
-With an LLM brain the replay judges the model instead of the recording (`strict=False`): a telemetry query over
-any window, service or metric is answered from the recorded tables (empty, and listed, wholly outside them), and
-any other call the recording has no answer for is answered by a simulated world built from the recording
-(evals/replay_world.py: a new comment, label or pull request, another service's status), so a model that takes
-a new path is scored, not crashed. Every such answer is listed on the session and counted in the report.
-
-Memory is live: cases of a suite replay in order against one real ChromaDB `PostMortemStore` in a temporary
-directory, so a recurring incident can retrieve the post-mortem an earlier case just wrote. The action ledger is
-live too, per case, seeded with the rows recorded from the hour before the incident (cooldowns).
+Every backend of the `Toolbox` becomes a replay proxy (reads answered by key, mutations logged for scoring,
+telemetry from the recorded tables, the clock pinned); a deterministic brain replays strictly
+(`MissingRecording`), an LLM brain against a simulated world built from the recording. Memory and the action
+ledger are live. Method: docs/evals.md §Replay, §Judging replays.
 """
 
 from __future__ import annotations

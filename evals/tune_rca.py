@@ -2,18 +2,7 @@
 
     python -m evals.tune_rca --data DIR [--data DIR ...] [--write]
 
-Every case under the folders is loaded once and grouped by its `system`. For each system held out, the grid
-point with the best mean AC@1 (then Avg@5) over the *other* systems is chosen and scored on the held-out one:
-those are the leave-one-out numbers. The grid point best over all systems is the in-sample choice, which
-`--write` prints as the new `Params` defaults to paste into agents/rca.py (they are code, reviewed like code).
-
-The confidence model is fitted the same way: for each held-out system a logistic model is fitted on the others'
-answers (with the parameters chosen without it) and predicts the held-out answers; Brier and ECE are measured
-on those out-of-fold predictions. `--write` then writes agents/rca_confidence.json, fitted on every system.
-
-`--write` also stores `min_confidence`, the live analyst's act-or-escalate threshold (`analyst.min_confidence`'s
-default), chosen from the out-of-fold selective-risk curve by `min_confidence_choice`: the lowest threshold at
-which at most TARGET_RISK of the answers acted on were wrong, acting on at least MIN_ACTED cases.
+Method (the grid, the held-out choice, the confidence fit, `min_confidence`): docs/rca.md §Parameters.
 """
 
 from __future__ import annotations

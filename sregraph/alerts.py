@@ -1,37 +1,9 @@
 """Alertmanager webhook receiver: firing alerts become `Trigger`s, resolved ones are noted.
 
-Alertmanager POSTs its webhook payload (version 4) to ``POST /alerts``::
-
-    {"version": "4", "status": "firing", "receiver": "sregraph", "groupKey": "...", "alerts": [
-        {"status": "firing",
-         "labels": {"alertname": "ErrorBudgetBurnPage", "sregraph_service": "payments", ...},
-         "annotations": {"summary": "..."},
-         "startsAt": "2024-05-01T12:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
-         "fingerprint": "5f1c..."}], ...}
-
-The payload is validated with pydantic (`AlertmanagerWebhook`); a broken one gets a 4xx naming the field
-(400 not JSON or nested deeper than MAX_DEPTH, 401 bad token, 411/413 length, 415 not JSON content, 422 wrong
-shape or only services the topology does not know, 429 too many requests from one address), so Alertmanager,
-which retries only 5xx, does not resend it forever.
-
-Served over HTTP the receiver needs a bearer token, unless it was started with `insecure_no_auth` on a
-loopback host (warned at start). Every connection has a deadline for its headers and one for its body, at
-most `max_connections` are served at once, and each source address has a token bucket. Refusals are counted
-by reason (`on_reject`, the worker's `sregraph_alerts_rejected_total`); failed authentications are logged
-with the source address. Alerts are grouped by sregraph's fingerprint
-``SERVICE:ALERTNAME`` (the service from the first of the `service_labels` an alert has): one Trigger per
-group that starts firing. While a group stays active (firing, not resolved), repeats of it (Alertmanager
-resends every `repeat_interval`, and each change of its group) are counted as duplicates and start nothing,
-unless `dedup_window_s` has passed since its trigger. A group whose alerts are all resolved is forgotten and
-noted as a `ResolvedAlert`.
-
-Events go through a bounded queue. With a `callback`, one dispatcher thread hands each Trigger to it;
-without one, the owner pulls with `next_event`. A full queue answers 503 without enqueueing anything from the
-payload, so Alertmanager's retry delivers it whole later.
-
-With `on_alerts` instead, each valid payload's alerts go straight to it and nothing above (grouping, dedup,
-queue) applies: the worker plugs in a `sregraph.storm.StormGate` (`ingest_many`), which groups, deduplicates
-and suppresses flapping itself, and forwards to `Worker.submit` from the worker's loop.
+The webhook payload (version 4) is validated with pydantic; a broken one gets a 4xx naming the field, so
+Alertmanager, which retries only 5xx, does not resend it forever. Alerts are grouped by `SERVICE:ALERTNAME`,
+deduplicated while active, and go through a bounded queue (a full queue answers 503); with `on_alerts` the
+worker's storm gate does the grouping instead. Design and answers: docs/observability.md §4.
 """
 
 from __future__ import annotations

@@ -1,22 +1,9 @@
 """Alert storms: deduplicate, suppress flapping and group alerts the way Alertmanager does, so a storm of
 alerts for a handful of problems becomes a handful of incidents.
 
-Alerts come parsed and validated by `sregraph.alerts` (`AlertmanagerAlert`). Each alert is identified by its
-fingerprint (Alertmanager's, or a hash of its labels) and grouped by `group_by` labels (by default the
-service, from `alerts.SERVICE_LABELS`, and `alertname`, i.e. sregraph's `SERVICE:ALERTNAME` fingerprint):
-
-- a new group waits `group_wait_s` to collect its first batch, then yields one ``new`` notification (one
-  incident);
-- alerts that join a group already notified are batched into an ``update`` at most every `group_interval_s`
-  (the worker attaches it to the incident in progress, it starts nothing);
-- an alert repeated while it fires is a duplicate and changes nothing;
-- an alert that changes state `max_flaps` times within `flap_window_s` is flapping: further changes are
-  ignored (it counts as firing) until it has been quiet for `flap_window_s`;
-- a group whose alerts all resolved yields ``resolved`` after `group_interval_s`, unless an alert fires
-  again first, in which case it simply stays the same group (no second incident).
-
-Nothing here reads the clock directly (`clock` is injected) and nothing sleeps: call `due()` when convenient
-(the worker loop, or a timer) to collect notifications whose time has come.
+The clock is injected and nothing sleeps: call `due()` to collect notifications whose time has come.
+The rules (group wait and interval, duplicates, flapping, resolution): docs/observability.md §4, The storm
+gate.
 """
 
 from __future__ import annotations

@@ -1,27 +1,9 @@
 """The long-lived worker: resumes unfinished incidents, then watches and handles new ones, several at a time.
 
-Incident runs go to a thread pool of `worker.max_concurrent` threads, at most one run per incident at any time;
-an alert for an incident already in progress joins it (noted on its issue) instead of starting another. The
-threads share the engine: LangGraph's SqliteSaver serialises its one connection with a lock, and every tool
-backend opens its own connection per call.
-
-An escalated incident whose issue is still open holds its service (and the services connected to it): a scan
-opens nothing there and an alert for it joins it, until a human closes the issue or a /retry takes it over.
-
-With `serve_alerts`, Alertmanager webhooks go through a `StormGate` (grouping, dedup, flap suppression) and
-its due groups reach `submit` once per loop, so a storm for a handful of problems is a handful of incidents; on
-Postgres the gate's groups are shared by every worker (`SharedStormGate`).
-
-Every run holds the incident's lease (sregraph/leases.py) in the shared storage, so any number of workers on one
-database (Postgres, or SQLite files on one machine) run each incident in at most one of them at a time; every
-loop a worker adopts the unfinished incidents nobody holds (new ones routed by another worker, or left by one
-that died). Actions, notifications, issue and PR writes and checkpoints are fenced: a worker that can no longer
-prove its lease stops before the lease can expire (docs/scale-out.md).
-
-A SIGTERM stops the alert receiver, lets each running graph step finish (its checkpoint is written at the step
-boundary) and then exits; a SIGKILL loses at most the steps in flight, which run again on the next start
-(tests/test_worker_kills.py). Alerts still inside the storm gate's group wait are not durable: Alertmanager
-sends them again at its next group interval.
+Runs go to a thread pool, at most one per incident; an alert for an incident in progress joins it. Every run
+holds the incident's lease, so many workers on one database run each incident in one of them at a time, and
+every outside write is fenced by it. SIGTERM finishes the running graph steps; SIGKILL loses at most those.
+Design: docs/scale-out.md §One worker.
 """
 
 from __future__ import annotations

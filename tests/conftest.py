@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-pytest_plugins = ["tests.pg"]
-"""The throwaway PostgreSQL fixtures (`postgres_server`, `pg_dsn`)."""
+pytest_plugins = ["tests.pg", "tests.fixtures.api", "tests.fixtures.github"]
+"""Fixtures shared by several modules: a throwaway PostgreSQL (`postgres_server`, `pg_dsn`), a worker's API on the
+synthetic world (`api`), the local fake GitHub and the backends on it (`clock`, `github`, `surface`, `gitops`)."""
 
 # Set before any test module imports chromadb, which reads it once.
 os.environ["ANONYMIZED_TELEMETRY"] = "False"
@@ -99,8 +100,35 @@ Alertmanager, worker processes killed and restarted), or take seconds each (whol
 out timeouts). `pytest -m "not slow and not llm"` is the quick loop without them; `.ci/run` runs everything."""
 
 
+INTEGRATION_MODULES = {
+    "test_dashboard",
+    "test_demo",
+    "test_e2e",
+    "test_jobs",
+    "test_localenv",
+    "test_prometheus_integration",
+    "test_worker_cluster",
+    "test_worker_kills",
+    "test_worker_partition",
+}
+"""Modules whose tests drive real external processes: the local app's services, Prometheus and Alertmanager,
+PostgreSQL, the headless browser, worker processes. A test elsewhere that takes a PostgreSQL fixture
+(POSTGRES_FIXTURES) is `integration` too."""
+
+POSTGRES_FIXTURES = {"postgres_server", "pg_dsn"}
+
+CONTAINER_MODULES = {"test_docker_runtime"}
+"""Modules that need a container engine (podman serving the Docker Engine API)."""
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark the tests of SLOW_MODULES `slow`."""
+    """Mark the tests of SLOW_MODULES `slow`, of INTEGRATION_MODULES (or on PostgreSQL) `integration`, and of
+    CONTAINER_MODULES `container`."""
     for item in items:
-        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module is not None else ""
+        if module in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
+        if module in INTEGRATION_MODULES or POSTGRES_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+        if module in CONTAINER_MODULES:
+            item.add_marker(pytest.mark.container)

@@ -37,10 +37,6 @@ NORMAL = {
 }
 
 
-FixedClock = ManualClock
-"""tests/test_worker_alerts.py imports the clock under this name from here."""
-
-
 def write_series(
     store: LocalTelemetryStore,
     service: str,

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
+from evals.llm_local import free_port
 from sregraph.config import load_settings
 from sregraph.engine import RunRegistry, routed_notifier
 from tests.fakes.http import answer_json
-from tests.llm_local import free_port
 from tests.support import ManualClock
 from tools.base import ToolError
 from tools.channels import (

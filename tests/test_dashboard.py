@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from evals.browser import Browser, Page, find_browser
+from evals.harness import Scenario, World, settings_for, toolbox_for
 from sregraph.api_auth import ApiStore
 from sregraph.config import load_settings
 from sregraph.demo import demo_settings
@@ -23,9 +25,7 @@ from sregraph.events import EventLog
 from sregraph.localenv.app import LocalApp
 from sregraph.server import ApiServer, create_app
 from sregraph.worker import Worker
-from tests.browser import Browser, Page, find_browser
 from tests.test_channels import Receiver
-from tests.worker_harness import Scenario, World, settings_for, toolbox_for
 from tools.base import ExternalEvent
 from tools.channels import NotificationsConfig
 from tools.notifier import IdempotentNotifier, MultiNotifier

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from evals.harness import Scenario, World, settings_for, toolbox_for
 from sregraph.engine import Engine, RunRegistry
 from sregraph.escalation import Escalator
 from sregraph.worker import Worker
 from tests.test_channels import Receiver
-from tests.worker_harness import Scenario, World, settings_for, toolbox_for
 from tools.channels import EscalationTier, Message, NotificationsConfig
 from tools.domain import Trigger
 from tools.github.commands import Command

@@ -143,9 +143,9 @@ def test_size_limits() -> None:
 
 def test_alert_text_never_authorises_an_action(tmp_path: Path) -> None:
     """An incident waits for approval; fuzzed alerts joining it are quoted on its issue and change nothing."""
+    from evals.harness import SCENARIOS, World, settings_for, toolbox_for
     from sregraph.engine import Engine
     from sregraph.worker import Worker
-    from tests.worker_harness import SCENARIOS, World, settings_for, toolbox_for
 
     world = World.create(tmp_path / "w")
     engine = Engine(settings_for(tmp_path / "w"), toolbox_for(world))

@@ -8,14 +8,24 @@ no test sleeps on real time except the one that trips a real socket timeout.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from sregraph.config import load_settings
 from sregraph.engine import Engine
+from tests.fixtures.github import (
+    BOT,
+    BOT_TOKEN,
+    REPO,
+    SECRET,
+    SEED,
+    SEED_MESSAGE,
+    SIGNING_KEY,
+    T0,
+    make_gitops,
+    make_surface,
+)
 from tests.github_server import FakeGitHub
 from tests.support import FakeHealth, FakeRuntime, ManualClock
 from tests.test_analyst import NORMAL, TOPOLOGY, error_traces
@@ -36,91 +46,12 @@ from tools.github.commands import parse_commands
 from tools.github.gitops import GitHubGitOps
 from tools.github.issues import GitHubIncidentSurface
 from tools.github.webhooks import WebhookReceiver, verify_signature
-from tools.gitops import MergeConflict, commit_signature, git_blob_id
+from tools.gitops import MergeConflict
 from tools.ledger import ActionLedger
 from tools.notifier import JsonlNotifier
 from tools.redact import redact
 from tools.telemetry import LocalTelemetryStore
 from tools.toolbox import Toolbox
-
-T0 = 1_700_000_000.0
-REPO = "acme/ops"
-BOT = "sregraph-bot"
-BOT_TOKEN = "ghp_" + "B0t" * 12
-SECRET = "webhook-secret"
-SEED = {
-    "services/payments.yaml": "version: 1.4.0\nreplicas: 1\n",
-    "services/checkout.yaml": "version: 1.4.0\n",
-}
-SIGNING_KEY = b"test-signing-key"
-# The seed as sregraph would have written it: its trailers signed with the key the backends are given.
-SEED_MESSAGE = "Seed deploy configuration\n\nSregraph-Kind: other\nSregraph-Services: checkout,payments\n" + (
-    "Sregraph-Signature: "
-    + commit_signature(
-        SIGNING_KEY, "other", ["checkout", "payments"], {p: git_blob_id(c.encode()) for p, c in SEED.items()}
-    )
-)
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    """Time for the client's backoff and the server's quota window; it moves only when slept on or set."""
-    return ManualClock(T0)
-
-
-@pytest.fixture
-def github(clock: ManualClock) -> Iterator[FakeGitHub]:
-    # Two items per page: every listing sregraph does crosses page boundaries through Link headers.
-    server = FakeGitHub("acme", "ops", max_per_page=2, clock=clock.now)
-    server.add_user(BOT, role="write", token=BOT_TOKEN)
-    server.add_user("alice", role="maintain")
-    server.add_user("bob", role="read")
-    server.add_user("tim", role="triage")
-    server.seed(SEED, SEED_MESSAGE, at=T0 - 600)
-    with server:
-        yield server
-
-
-def make_surface(github: FakeGitHub, clock: Any, **kwargs: Any) -> GitHubIncidentSurface:
-    kwargs.setdefault("retry", RetryPolicy(backoff_s=0.5))
-    return GitHubIncidentSurface(
-        REPO,
-        token=BOT_TOKEN,
-        base_url=github.base_url,
-        timeout=kwargs.pop("timeout", 5),
-        clock=clock,
-        seconds_between_requests=0,
-        seconds_between_writes=0,
-        **kwargs,
-    )
-
-
-def make_gitops(github: FakeGitHub, clock: Any, **kwargs: Any) -> GitHubGitOps:
-    kwargs.setdefault("key", SIGNING_KEY)
-    return GitHubGitOps(
-        REPO,
-        token=BOT_TOKEN,
-        base_url=github.base_url,
-        clock=clock,
-        retry=RetryPolicy(backoff_s=0.5),
-        seconds_between_requests=0,
-        seconds_between_writes=0,
-        **kwargs,
-    )
-
-
-@pytest.fixture
-def surface(github: FakeGitHub, clock: ManualClock) -> Iterator[GitHubIncidentSurface]:
-    backend = make_surface(github, clock)
-    yield backend
-    backend.disconnect()
-
-
-@pytest.fixture
-def gitops(github: FakeGitHub, clock: ManualClock) -> Iterator[GitHubGitOps]:
-    backend = make_gitops(github, clock)
-    yield backend
-    backend.disconnect()
 
 
 def open_incident(surface: GitHubIncidentSurface, fingerprint: str = "fp-payments-down") -> int:

@@ -41,6 +41,7 @@ from sregraph.config import AlertsConfig, load_settings
 from sregraph.engine import RunRegistry
 from sregraph.observability import JsonFormatter
 from sregraph.worker import Worker
+from tests.fixtures.github import BOT, BOT_TOKEN, REPO, SEED, SEED_MESSAGE, T0, make_gitops
 from tests.github_server import FakeGitHub
 from tests.support import FakeHealth, FakeRuntime, ManualClock
 from tests.test_analyst import (
@@ -53,7 +54,6 @@ from tests.test_analyst import (
     observe,
     write_series,
 )
-from tests.test_github import BOT, BOT_TOKEN, REPO, SEED, SEED_MESSAGE, T0, make_gitops
 from tests.test_worker_alerts import _world
 from tools.base import ConfigError, Refused
 from tools.display import md, plain, term
@@ -80,7 +80,7 @@ SECRETS = {
     "SREGRAPH_ALERTS_TOKEN": "opaque-webhook-credential-2b6d",
     "WATSONX_APIKEY": "opaque-watsonx-credential-7e31",
 }
-PRODUCT_PACKAGES = ("agents", "graphs", "memory", "prompts", "sregraph", "tools")
+PRODUCT_PACKAGES = ("agents", "evals", "graphs", "memory", "prompts", "sregraph", "tools")
 
 
 @pytest.fixture
@@ -808,9 +808,9 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_no_product_module_imports_test_machinery_or_reads_a_kill_hook() -> None:
-    """Product packages never import tests/ (the fake GitHub, the harness) and never kill their own process.
+    """Product packages never import tests/ (the fake GitHub, the kill hooks) and never kill their own process.
 
-    evals/ holds benchmarks; some drive the test harness on purpose, and none is imported by the CLI at start.
+    evals/ holds benchmarks; the synthetic world they drive is evals/harness.py, whose kill hooks are the tests'.
     """
     offenders = []
     for package in PRODUCT_PACKAGES:

@@ -10,15 +10,15 @@ import time
 import httpx
 import pytest
 
+from evals.harness import Scenario
 from sregraph import server
 from sregraph.ingest import MAX_BODY, DeployIn
 from sregraph.sdk import Annotator, MetricsPusher, Shipper, SregraphHandler, mark_deploy
-from tests.test_server import _auth, api  # noqa: F401 - the fixture
-from tests.worker_harness import Scenario
+from tests.fixtures.api import auth_header
 from tools.base import DeployMarker, ExternalEvent
 
 
-def test_sdk_logs_and_metrics_reach_the_store_the_agents_read(api) -> None:  # noqa: F811
+def test_sdk_logs_and_metrics_reach_the_store_the_agents_read(api) -> None:
     world, engine, _, store, _, client = api
     token = store.create_token("checkout-app", "ingest")
     handler = SregraphHandler(str(client.base_url), token, service="checkout", flush_s=0.1)
@@ -51,19 +51,19 @@ def test_sdk_logs_and_metrics_reach_the_store_the_agents_read(api) -> None:  # n
     assert [p[1] for p in series[0].points] == [float(i) for i in range(30)]
 
 
-def test_an_ingest_token_only_ingests_and_a_viewer_may_not_ingest(api) -> None:  # noqa: F811
+def test_an_ingest_token_only_ingests_and_a_viewer_may_not_ingest(api) -> None:
     _, _, _, store, tokens, client = api
     app_token = store.create_token("app", "ingest")
-    assert client.get("/api/v1/incidents", headers=_auth(app_token)).status_code == 403
+    assert client.get("/api/v1/incidents", headers=auth_header(app_token)).status_code == 403
     record = {"ts": time.time(), "service": "checkout", "message": "hello"}
     assert (
         client.post(
-            "/api/v1/ingest/logs", json={"records": [record]}, headers=_auth(tokens["viewer"])
+            "/api/v1/ingest/logs", json={"records": [record]}, headers=auth_header(tokens["viewer"])
         ).status_code
         == 403
     )
     assert client.post(
-        "/api/v1/ingest/logs", json={"records": [record]}, headers=_auth(tokens["operator"])
+        "/api/v1/ingest/logs", json={"records": [record]}, headers=auth_header(tokens["operator"])
     ).json() == {"stored": 1}
 
 
@@ -93,7 +93,7 @@ def test_an_ingest_token_only_ingests_and_a_viewer_may_not_ingest(api) -> None: 
         ("events", {"ts": 4e9, "kind": "feature_flag", "title": "from the future"}),
     ],
 )
-def test_a_bad_record_refuses_its_whole_batch(api, path: str, bad: dict) -> None:  # noqa: F811
+def test_a_bad_record_refuses_its_whole_batch(api, path: str, bad: dict) -> None:
     _, engine, _, _, tokens, client = api
     now = time.time()
     good = {
@@ -121,7 +121,7 @@ def test_a_bad_record_refuses_its_whole_batch(api, path: str, bad: dict) -> None
     answer = client.post(
         f"/api/v1/ingest/{path}",
         content=json.dumps({field: [good, bad]}, allow_nan=True),
-        headers={**_auth(tokens["operator"]), "Content-Type": "application/json"},
+        headers={**auth_header(tokens["operator"]), "Content-Type": "application/json"},
     )
     assert answer.status_code == 422, answer.text
     assert all(
@@ -134,9 +134,9 @@ def test_a_bad_record_refuses_its_whole_batch(api, path: str, bad: dict) -> None
     assert telemetry.deploys(now - 10, now + 10) == [] and telemetry.events(now - 10, now + 10) == []
 
 
-def test_oversized_and_too_frequent_batches(api) -> None:  # noqa: F811
+def test_oversized_and_too_frequent_batches(api) -> None:
     _, _, worker, store, tokens, client = api
-    headers = _auth(tokens["operator"])
+    headers = auth_header(tokens["operator"])
     big = client.post("/api/v1/ingest/logs", content=b" " * (MAX_BODY + 1), headers=headers)
     assert big.status_code == 413
     record = {"records": [{"ts": time.time(), "service": "checkout", "message": "x"}]}
@@ -152,7 +152,9 @@ def test_oversized_and_too_frequent_batches(api) -> None:  # noqa: F811
             marker = {"deploys": [{"ts": time.time(), "service": "checkout", "version": "1"}]}
             assert other.post("/api/v1/ingest/deploys", json=marker, headers=headers).status_code == 429
             assert (
-                other.post("/api/v1/ingest/logs", json=record, headers=_auth(tokens["admin"])).status_code
+                other.post(
+                    "/api/v1/ingest/logs", json=record, headers=auth_header(tokens["admin"])
+                ).status_code
                 == 200
             )
     finally:
@@ -179,7 +181,7 @@ def test_the_sdk_never_blocks_and_counts_what_it_loses() -> None:
     assert shipper.sent == 0 and shipper.dropped == 50
 
 
-def test_deploy_markers_and_events_through_the_sdk_are_stored_once_and_listed(api) -> None:  # noqa: F811
+def test_deploy_markers_and_events_through_the_sdk_are_stored_once_and_listed(api) -> None:
     _, engine, _, store, tokens, client = api
     token = store.create_token("pipeline", "ingest")
     now = time.time()
@@ -213,7 +215,7 @@ def test_deploy_markers_and_events_through_the_sdk_are_stored_once_and_listed(ap
             }
         ]
     }
-    assert client.post("/api/v1/ingest/deploys", json=again, headers=_auth(token)).json() == {
+    assert client.post("/api/v1/ingest/deploys", json=again, headers=auth_header(token)).json() == {
         "stored": 0
     }  # already there
     annotator = Annotator(str(client.base_url), token, flush_s=0.1)
@@ -224,7 +226,7 @@ def test_deploy_markers_and_events_through_the_sdk_are_stored_once_and_listed(ap
     annotator.event("scaling", "fleet scaled from 6 to 3 nodes")
     annotator.close()
     assert (annotator.deploys.sent, annotator.events.sent, annotator.dropped) == (1, 2, 0)
-    viewer = _auth(tokens["viewer"])
+    viewer = auth_header(tokens["viewer"])
     deploys = client.get("/api/v1/ingest/deploys", headers=viewer).json()
     assert [(d["service"], d["version"]) for d in deploys] == [("payments", "2.0.0"), ("checkout", "1.5.0")]
     assert deploys[1]["id"].startswith("dm-") and deploys[1]["revision"] == "a1b2c3d4e5"
@@ -252,10 +254,10 @@ def test_deploy_markers_and_events_through_the_sdk_are_stored_once_and_listed(ap
         ).status_code
         == 403
     )
-    assert client.get("/api/v1/ingest/deploys", headers=_auth(token)).status_code == 403
+    assert client.get("/api/v1/ingest/deploys", headers=auth_header(token)).status_code == 403
 
 
-def test_a_deploy_marker_naming_a_gitops_commit_is_that_commit(api) -> None:  # noqa: F811
+def test_a_deploy_marker_naming_a_gitops_commit_is_that_commit(api) -> None:
     world, engine, _, _, _, _ = api
     gitops = engine.toolbox.gitops
     commit = gitops.commit_config("checkout", {"version": "1.5.0"}, "checkout 1.5.0", kind="deploy")
@@ -276,7 +278,7 @@ def test_a_deploy_marker_naming_a_gitops_commit_is_that_commit(api) -> None:  # 
     ]  # the commit, not its marker; "abc" is too short to name one
 
 
-def test_the_analyst_suspects_an_ingested_deploy_marker(api) -> None:  # noqa: F811
+def test_the_analyst_suspects_an_ingested_deploy_marker(api) -> None:
     world, engine, worker, _, tokens, client = api
     # Deploy markers and events are stamped by the sender; the synthetic world runs on its own (2023) clock,
     # older than the API takes, so this test writes them where the API would, in world time.
@@ -315,7 +317,7 @@ def test_the_analyst_suspects_an_ingested_deploy_marker(api) -> None:  # noqa: F
         state["status"] == "escalated"
         and "no automatic remedy for bad_deploy on checkout" in state["escalation"]
     )
-    detail = client.get(f"/api/v1/incidents/{incident_id}", headers=_auth(tokens["viewer"])).json()
+    detail = client.get(f"/api/v1/incidents/{incident_id}", headers=auth_header(tokens["viewer"])).json()
     # checkout's marker and flag flip are shown with it; search's scaling is not (search is not on checkout's path).
     assert [(n["type"], n["kind"], n["service"]) for n in detail["nearby"]] == [
         ("event", "feature_flag", "checkout"),

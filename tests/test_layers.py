@@ -1,6 +1,6 @@
 """The import contract: sregraph/ and evals/ -> graphs/ -> agents/ -> tools/, memory/, prompts/ (README's layout).
 A module may import its own package, one at its layer, or one below it, never one above, not even inside a
-function or under TYPE_CHECKING."""
+function or under TYPE_CHECKING. No product package imports `tests` (it is not installed)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,12 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS = {"sregraph": 3, "evals": 3, "graphs": 2, "agents": 1, "tools": 0, "memory": 0, "prompts": 0}
 """Higher imports lower. The domain models are in tools/domain.py, at the bottom, so every layer can speak them."""
 
+TEST_ONLY = {"tests"}
+"""Packages no product module may import: the test suite is not installed with the product."""
+
 
 def violations(root: Path) -> list[str]:
-    """Every import of a package above the importing module's own, as 'file:line: a imports b'."""
+    """Every import of a package above the importing module's own, or of the tests, as 'file:line: a imports b'."""
     found = []
     for package, layer in LAYERS.items():
         for path in sorted((root / package).rglob("*.py")):
@@ -27,7 +30,7 @@ def violations(root: Path) -> list[str]:
                     continue
                 for target in targets:
                     top = target.split(".")[0]
-                    if LAYERS.get(top, -1) > layer:
+                    if LAYERS.get(top, -1) > layer or top in TEST_ONLY:
                         found.append(f"{path.relative_to(root)}:{node.lineno}: {package} imports {target}")
     return found
 
@@ -80,3 +83,18 @@ def test_checkpoints_written_before_the_domain_moved_still_load(tmp_path: Path) 
     legacy = data.replace(b"tools.domain", b"graphs.state")
     assert saver.serde.loads_typed((kind, legacy)) == diagnosis
     saver.conn.close()
+
+
+def test_a_planted_import_of_the_tests_is_caught(tmp_path: Path) -> None:
+    for package in LAYERS:
+        (tmp_path / package).mkdir()
+    (tmp_path / "evals" / "bench.py").write_text(
+        "from evals.harness import World\ndef f():\n    from tests.worker_harness import run\n"
+    )
+    (tmp_path / "sregraph" / "cli.py").write_text("import tests.support\nimport testsuite\n")
+    (tmp_path / "tools" / "fake.py").write_text("from tests import fakes\n")
+    assert violations(tmp_path) == [
+        "sregraph/cli.py:1: sregraph imports tests.support",
+        "evals/bench.py:3: evals imports tests.worker_harness",
+        "tools/fake.py:1: tools imports tests",
+    ]

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests import llm_local
+from evals import llm_local
 
 pytestmark = [
     pytest.mark.llm,

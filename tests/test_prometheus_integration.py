@@ -30,12 +30,12 @@ import httpx
 import pytest
 import yaml
 
+from evals.processes import stop_process
 from sregraph.alerts import AlertReceiver
 from sregraph.config import Settings, load_settings
 from sregraph.engine import Engine, local_toolbox
 from sregraph.localenv.app import LocalApp
 from tests.localapp import write_config
-from tests.processes import stop_process
 from tools.base import Series
 from tools.domain import Trigger
 from tools.prometheus import PrometheusTelemetry

@@ -5,37 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import httpx
-import pytest
-
+from evals.harness import Scenario
 from sregraph.api_auth import ApiStore
-from sregraph.engine import Engine
-from sregraph.events import EventLog
-from sregraph.server import MAX_BODY, ApiServer, create_app
-from sregraph.worker import Worker
-from tests.worker_harness import Scenario, World, settings_for, toolbox_for
+from sregraph.server import MAX_BODY
+from tests.fixtures.api import auth_header
 from tools.domain import Trigger
-
-
-@pytest.fixture
-def api(tmp_path: Path):
-    """A worker on the synthetic world, its API served on a loopback port, and a token per role."""
-    world = World.create(tmp_path / "world")
-    engine = Engine(settings_for(tmp_path / "world"), toolbox_for(world))
-    worker = Worker(engine)
-    store = ApiStore(tmp_path / "api.db")
-    tokens = {role: store.create_token(f"{role}-bot", role) for role in ("viewer", "operator", "admin")}
-    server = ApiServer(create_app(worker, store, EventLog())).start()
-    client = httpx.Client(base_url=server.url, timeout=30)
-    yield world, engine, worker, store, tokens, client
-    client.close()
-    server.stop()
-    worker.wait_idle(60)
-    engine.close()
-
-
-def _auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def test_every_call_but_health_needs_a_live_token(api) -> None:
@@ -54,12 +28,12 @@ def test_every_call_but_health_needs_a_live_token(api) -> None:
     assert (
         client.get("/api/v1/incidents", headers={"Authorization": tokens["viewer"]}).status_code == 401
     )  # no scheme
-    assert client.get("/api/v1/whoami", headers=_auth(tokens["viewer"])).json() == {
+    assert client.get("/api/v1/whoami", headers=auth_header(tokens["viewer"])).json() == {
         "name": "viewer-bot",
         "role": "viewer",
     }
     store.revoke("viewer-bot")
-    assert client.get("/api/v1/incidents", headers=_auth(tokens["viewer"])).status_code == 401
+    assert client.get("/api/v1/incidents", headers=auth_header(tokens["viewer"])).status_code == 401
 
 
 def test_tokens_are_stored_hashed(api, tmp_path: Path) -> None:
@@ -77,21 +51,23 @@ def test_roles_and_the_audit_log(api) -> None:
         "inc-1", Trigger(source="scan", service="search", signal="x", summary="s"), "observing"
     )
     # A viewer may read but not approve; the refusal is audited under its name.
-    assert client.get("/api/v1/incidents", headers=_auth(tokens["viewer"])).json()["total"] == 1
+    assert client.get("/api/v1/incidents", headers=auth_header(tokens["viewer"])).json()["total"] == 1
     denied = client.post(
-        "/api/v1/incidents/inc-1/approve", json={"reason": "lgtm"}, headers=_auth(tokens["viewer"])
+        "/api/v1/incidents/inc-1/approve", json={"reason": "lgtm"}, headers=auth_header(tokens["viewer"])
     )
     assert denied.status_code == 403
     # No token at all: audited as anonymous.
     assert client.post("/api/v1/incidents/inc-1/reject", json={}).status_code == 401
     # An operator may, but this incident has no graph state yet: 404, audited too.
     assert (
-        client.post("/api/v1/incidents/inc-1/approve", json={}, headers=_auth(tokens["operator"])).status_code
+        client.post(
+            "/api/v1/incidents/inc-1/approve", json={}, headers=auth_header(tokens["operator"])
+        ).status_code
         == 404
     )
     # Only an admin reads the audit log.
-    assert client.get("/api/v1/audit", headers=_auth(tokens["operator"])).status_code == 403
-    log = client.get("/api/v1/audit", headers=_auth(tokens["admin"])).json()
+    assert client.get("/api/v1/audit", headers=auth_header(tokens["operator"])).status_code == 403
+    log = client.get("/api/v1/audit", headers=auth_header(tokens["admin"])).json()
     assert [(e["principal"], e["path"], e["status"]) for e in reversed(log)] == [
         ("viewer-bot", "/api/v1/incidents/inc-1/approve", 403),
         ("anonymous", "/api/v1/incidents/inc-1/reject", 401),
@@ -105,7 +81,7 @@ def test_bad_bodies_are_refused_and_change_nothing(api) -> None:
     engine.registry.record(
         "inc-2", Trigger(source="scan", service="search", signal="x", summary="s"), "observing"
     )
-    headers = _auth(tokens["operator"])
+    headers = auth_header(tokens["operator"])
     big = client.post(
         "/api/v1/incidents/inc-2/approve", content=b"{" + b" " * MAX_BODY + b"}", headers=headers
     )
@@ -134,7 +110,7 @@ def test_answers_are_redacted(api) -> None:
         source="alert", service="search", signal="x", summary="db down: postgres://app:hunter22@db/orders"
     )
     engine.registry.record("inc-3", trigger, "observing")
-    body = client.get("/api/v1/incidents", headers=_auth(tokens["viewer"])).text
+    body = client.get("/api/v1/incidents", headers=auth_header(tokens["viewer"])).text
     assert "hunter22" not in body and "[REDACTED]" in body
 
 
@@ -144,7 +120,7 @@ def test_an_approval_over_http_resumes_the_incident_on_the_worker(api) -> None:
     world.inject(Scenario("latency", "search"), engine.toolbox.gitops)
     incident_id = worker.scan()
     assert incident_id is not None and worker.wait_idle(60)
-    viewer, operator = _auth(tokens["viewer"]), _auth(tokens["operator"])
+    viewer, operator = auth_header(tokens["viewer"]), auth_header(tokens["operator"])
     detail = client.get(f"/api/v1/incidents/{incident_id}", headers=viewer).json()
     assert detail["waiting_for_approval"] is True and detail["status"] == "awaiting_approval"
     assert detail["diagnosis"]["hypotheses"][0]["service"] == "search"
@@ -174,9 +150,11 @@ def test_an_approval_over_http_resumes_the_incident_on_the_worker(api) -> None:
 
 def test_memory_search_without_memory_says_so(api) -> None:
     _, _, _, _, tokens, client = api
-    answer = client.get("/api/v1/memory/search", params={"q": "latency"}, headers=_auth(tokens["viewer"]))
+    answer = client.get(
+        "/api/v1/memory/search", params={"q": "latency"}, headers=auth_header(tokens["viewer"])
+    )
     assert answer.status_code == 404 and "without long-term memory" in answer.json()["detail"]
-    assert client.get("/api/v1/memory/search", headers=_auth(tokens["viewer"])).status_code == 422
+    assert client.get("/api/v1/memory/search", headers=auth_header(tokens["viewer"])).status_code == 422
 
 
 def test_token_commands(tmp_path: Path) -> None:
@@ -209,7 +187,7 @@ def test_event_stream_replays_from_last_event_id_and_follows(api) -> None:
         "analyze",
         {"status": "diagnosed", "timeline": ["diagnosis: crash on payments password=hunter22"]},
     )
-    headers = {**_auth(tokens["viewer"]), "Last-Event-ID": "0"}
+    headers = {**auth_header(tokens["viewer"]), "Last-Event-ID": "0"}
     with client.stream("GET", "/api/v1/events", headers=headers) as stream:
         assert stream.headers["content-type"].startswith("text/event-stream")
         lines = stream.iter_lines()
@@ -251,22 +229,23 @@ def test_acknowledge_needs_an_operator_and_keeps_the_first(api) -> None:
         "inc-5", Trigger(source="scan", service="search", signal="x", summary="s"), "escalated"
     )
     assert (
-        client.post("/api/v1/incidents/inc-5/acknowledge", headers=_auth(tokens["viewer"])).status_code == 403
+        client.post("/api/v1/incidents/inc-5/acknowledge", headers=auth_header(tokens["viewer"])).status_code
+        == 403
     )
     assert (
-        client.post("/api/v1/incidents/nope/acknowledge", headers=_auth(tokens["operator"])).status_code
+        client.post("/api/v1/incidents/nope/acknowledge", headers=auth_header(tokens["operator"])).status_code
         == 404
     )
-    first = client.post("/api/v1/incidents/inc-5/acknowledge", headers=_auth(tokens["operator"])).json()
+    first = client.post("/api/v1/incidents/inc-5/acknowledge", headers=auth_header(tokens["operator"])).json()
     assert first["new"] is True and first["acknowledged"]["by"] == "api:operator-bot"
-    again = client.post("/api/v1/incidents/inc-5/acknowledge", headers=_auth(tokens["admin"])).json()
+    again = client.post("/api/v1/incidents/inc-5/acknowledge", headers=auth_header(tokens["admin"])).json()
     assert again["new"] is False and again["acknowledged"]["by"] == "api:operator-bot"
     assert [e["status"] for e in store.audit_log()] == [200, 200, 404, 403]
 
 
 def test_slo_status_over_the_telemetry_the_agents_read(api, tmp_path: Path) -> None:
     world, engine, _, _, tokens, client = api
-    viewer = _auth(tokens["viewer"])
+    viewer = auth_header(tokens["viewer"])
     engine.settings = engine.settings.model_copy(update={"slo_file": tmp_path / "none.yaml"})
     assert client.get("/api/v1/slo", headers=viewer).status_code == 404
     slo_file = tmp_path / "slos.yaml"

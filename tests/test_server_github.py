@@ -9,18 +9,18 @@ from pathlib import Path
 import httpx
 import pytest
 
+from evals.harness import Scenario, World, settings_for, toolbox_for
 from sregraph.api_auth import ApiStore
 from sregraph.engine import Engine
 from sregraph.server import GITHUB_WEBHOOK_SECRET_ENV, ApiServer, create_app
 from sregraph.worker import Worker
-from tests.test_github import SECRET, clock, github, make_surface  # noqa: F401 - fixtures
-from tests.worker_harness import Scenario, World, settings_for, toolbox_for
+from tests.fixtures.github import SECRET, make_surface
 
 
 def test_webhook_commands_retry_and_metrics(
     tmp_path: Path,
-    github,  # noqa: F811 - the fixture imported above
-    clock,  # noqa: F811 - the fixture imported above
+    github,
+    clock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv(GITHUB_WEBHOOK_SECRET_ENV, SECRET)

@@ -181,7 +181,7 @@ def test_two_workers_storm_gates_on_one_storage_group_as_one(db: Database) -> No
     import random
 
     from sregraph.storm import SharedStormGate, StormGate
-    from tests.test_analyst import FixedClock
+    from tests.support import ManualClock
     from tests.test_storm import T0, storm
 
     options: dict[str, Any] = {
@@ -190,7 +190,7 @@ def test_two_workers_storm_gates_on_one_storage_group_as_one(db: Database) -> No
         "flap_window_s": 300,
         "max_flaps": 3,
     }
-    clock = FixedClock(T0)
+    clock = ManualClock(T0)
     alone = StormGate(clock, **options)
     gates = [SharedStormGate(db, clock, **options), SharedStormGate(db, clock, **options)]
     rng = random.Random(5)

@@ -91,9 +91,9 @@ def test_a_thousand_alerts_in_a_minute_become_four_incidents() -> None:
 
 def test_storm_through_the_worker_starts_one_incident_per_problem(tmp_path: Path) -> None:
     """Updates go to Worker.submit too, and join the incident their group started."""
+    from evals.harness import World, settings_for, toolbox_for
     from sregraph.engine import Engine
     from sregraph.worker import Worker
-    from tests.worker_harness import World, settings_for, toolbox_for
 
     world = World.create(tmp_path / "w")
     engine = Engine(settings_for(tmp_path / "w"), toolbox_for(world))

@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 import yaml
 
+from evals.harness import TOPOLOGY, Scenario, World, settings_for, toolbox_for
 from sregraph.alerts import AlertReceiver
 from sregraph.config import AlertsConfig, alerts_token, load_settings
 from sregraph.engine import FINAL, Engine
 from sregraph.worker import Worker
-from tests.test_analyst import FixedClock
-from tests.worker_harness import TOPOLOGY, Scenario, World, settings_for, toolbox_for
+from tests.support import ManualClock
 from tools.base import ConfigError
 from tools.gitops import LocalGitOps
 
@@ -102,7 +102,7 @@ def test_a_thousand_alerts_over_http_become_four_incidents(tmp_path: Path) -> No
     for service, fault in FAULTS.items():
         world.inject(Scenario(fault, service), gitops)
     worker = Worker(engine, max_concurrent=4)
-    clock = FixedClock(T0)
+    clock = ManualClock(T0)
     config = AlertsConfig(
         enabled=True,
         port=0,

@@ -24,12 +24,12 @@ from typing import Any
 
 import pytest
 
+from evals.harness import SCENARIOS, World, run, settings_for, summary, toolbox_for
 from sregraph.engine import FINAL, Engine
 from sregraph.leases import Leases, lease_log, overlaps
 from sregraph.worker import Worker
 from tests.pg import PostgresServer
 from tests.test_worker_kills import _comparable, _normalised
-from tests.worker_harness import SCENARIOS, World, run, settings_for, summary, toolbox_for
 from tools.domain import ApprovalDecision, Trigger
 from tools.gitops import LocalGitOps
 
@@ -196,7 +196,7 @@ def test_three_workers_killed_at_random_run_every_incident_once(
         cluster.start()
         for k, scenario in enumerate(scenarios):
             world.inject(scenario, gitops)
-            # As tests/worker_harness.run meets them (an alert, or a scan), but only registered: a worker adopts it.
+            # As evals/harness.run meets them (an alert, or a scan), but only registered: a worker adopts it.
             if scenario.via == "alert":
                 trigger = Trigger(
                     source="alert",

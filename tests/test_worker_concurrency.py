@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from evals.harness import SCENARIOS, World, settings_for, toolbox_for
 from sregraph.config import load_settings
 from sregraph.engine import Engine
 from sregraph.worker import Worker
-from tests.worker_harness import SCENARIOS, World, settings_for, toolbox_for
 from tools.base import ConfigError
 from tools.domain import ApprovalDecision, Trigger
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from evals.harness import Scenario, World, settings_for, toolbox_for
 from sregraph.engine import Engine
 from sregraph.worker import ISSUE_LIST_MAX_AGE_S, Worker
-from tests.worker_harness import Scenario, World, settings_for, toolbox_for
 from tools.domain import Trigger
 from tools.github.commands import Command
 from tools.gitops import LocalGitOps

@@ -2,8 +2,8 @@
 random moments) still brings every incident to the end an uninterrupted worker reaches, with the same side
 effects, none twice: actions, issue comments, pull requests and notifications.
 
-The worker runs as a subprocess over tests/worker_harness.py's synthetic world (simulated clock, real local
-backends), so one incident takes milliseconds and a restart costs only the interpreter start-up.
+The worker runs as a subprocess (tests/worker_harness.py) over evals/harness.py's synthetic world (simulated
+clock, real local backends), so one incident takes milliseconds and a restart costs only the interpreter start-up.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.worker_harness import SCENARIOS, World, run, summary
+from evals.harness import SCENARIOS, World, run, summary
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -192,8 +192,8 @@ def test_worker_killed_everywhere_repeats_nothing_and_loses_nothing(
 
 def test_kill_hook_fires_after_the_checkpoint(tmp_path: Path) -> None:
     """The hook dies after the node's step is durable: the next process resumes at the following node."""
+    from evals.harness import settings_for, toolbox_for
     from sregraph.engine import Engine
-    from tests.worker_harness import settings_for, toolbox_for
 
     root = tmp_path / "hook"
     World.create(root)

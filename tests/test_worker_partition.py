@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from evals.harness import World, settings_for, toolbox_for
 from sregraph.engine import Engine
 from sregraph.leases import Leases, lease_log, overlaps
 from sregraph.observability import incident_var
 from sregraph.worker import Worker
 from tests.pg import PostgresServer
-from tests.worker_harness import World, settings_for, toolbox_for
 from tools.domain import Trigger
 from tools.sql import PostgresDatabase
 

@@ -1,43 +1,9 @@
 """`Runtime` on containers, through the `docker` SDK and a Docker Engine API (Docker, or podman serving it).
 
-Ownership. Every container this runtime creates carries four labels::
-
-    io.sregraph.managed=true   io.sregraph.project=<project>   io.sregraph.service=<name>   io.sregraph.replica=<i>
-
-and is named ``<project>-<service>-<i>``. Only containers with the first two (our project) are ever stopped,
-started, killed or removed: containers are found by label, every mutating call re-checks the labels of the
-container it is about to touch, and `container()` refuses any other. A container that is not ours but sits
-on one of our names (so we could not create ours) makes the operation raise `Refused` before anything
-changes; it is never touched.
-
-Restarts. `restart` re-creates every replica from its spec (stop, remove, create, start), which is what a
-deploy means for a container: the new container reads the config merged since, and the old one's state does
-not leak into the new one. The restart counter lives in the new containers' ``io.sregraph.restarts`` label
-(the previous value plus one). The engine's own RestartCount is not used: podman counts only restarts done
-by its restart policy, and a re-created container starts again at zero. Nothing else holds state, so a new
-`DockerRuntime` in another process (a worker restarted after SIGKILL) sees exactly what the last one left.
-
-Replicas. Replica 0 is the spec as is; replica i >= 1 gets ``REPLICA=i`` in its environment (the local app's
-services listen on PORT+i with host networking). The desired replica count is the number of the service's
-containers, running or not: `stop` keeps them (so their exit code and OOM flag stay readable), `start`
-starts them all, `scale` creates or removes the highest-numbered ones. `status` describes replica 0.
-
-Errors. The engine's messages are kept: a timeout or a lost connection is a `TransientError`, as are the
-engine's 502/503/504; any other refusal by the engine a `ToolError`; a missing image a `ToolError` that says
-how to build it. Every call has a timeout: the client's (`connect` sets one; a client without one is
-refused), plus the stop grace period for stops.
-
-Flaky engine. Every engine call goes through one `Resilience` (tools/resilience.py): reads (list, inspect,
-logs, stats) are retried on transient errors; writes (create, start, stop, remove, kill) are resent only when
-the engine was never reached (refused connection, missing socket), since a write that timed out may have
-happened. Retries are per engine call, not per `restart` or `scale`, so a half-done restart is never replayed
-from the top with a wrong idea of the replicas. After 3 calls in a row fail transiently the circuit opens and
-calls fail fast with `CircuitOpenError` (a `ToolError`) until a trial call succeeds.
-
-OOM. `oom_killed` is the engine's ``State.OOMKilled`` (a kill by the kernel's OOM killer under the spec's
-`mem_limit`). Podman 4.3 with runc on cgroup v1 misses it on its own (conmon writes its marker in the wrong
-directory); scripts/container-engine.sh installs an OCI hook that restores it. Memory is the engine's
-cgroup usage figure, which counts page cache as well as the process's resident memory.
+Only containers labelled as this project's are ever touched; `restart` re-creates every replica from its spec
+and keeps the restart count in a label, so a new `DockerRuntime` in another process sees what the last one
+left. Every engine call has a timeout and goes through one `Resilience`.
+Design: docs/container-runtime.md (§Ownership, §Restarts, §Replicas, §Errors, §Flaky engine, §OOM).
 """
 
 from __future__ import annotations

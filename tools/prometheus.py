@@ -1,37 +1,9 @@
 """`Telemetry` over Prometheus's HTTP API: the analyst's metric names become PromQL over conventional metrics.
 
-The agents ask for a handful of per-service gauges by name (`request_rate`, `error_ratio`, ...). The embedded
-store has them as written; a Prometheus has counters and histograms instead, so each name maps onto a PromQL
-expression over the metrics the demo services export (`http_requests_total{service,handler,code}`,
-`http_request_duration_seconds`, `shop_purchases_total`). `W` is the rate window (`rate_window`, default 30s);
-the same table, with notes, is in docs/observability.md::
-
-    request_rate      sum by (service) (rate(http_requests_total[W]))                    = <total>
-    error_ratio       (sum by (service) (rate(http_requests_total{code=~"5.."}[W])) or <total> * 0)
-                        / <total>
-    latency_p95_ms    histogram_quantile(0.95,
-                        sum by (service, le) (rate(http_request_duration_seconds_bucket[W]))) * 1000
-    conversion_ratio  (sum by (service) (rate(shop_purchases_total[W])) or <buy> * 0) / <buy>
-                        where <buy> = sum by (service) (rate(http_requests_total{handler="/buy"}[W]))
-    purchases_rate    sum by (service) (rate(shop_purchases_total[W]))
-    memory_rss_mb     sum by (service) (process_resident_memory_bytes) / 1048576   (needs a service label)
-    cpu_percent       sum by (service) (rate(process_cpu_seconds_total[W])) * 100  (needs a service label)
-
-Label filters (`{"service": "payments"}`) become matchers on every selector inside the expression, so they
-filter the underlying series. Any other name is passed through: a bare metric name gets the matchers
-(`up` + `{"service": "x"}` → `up{service="x"}`), anything else is run as PromQL as written and the filter
-is applied to the labels of what comes back. Points whose value is NaN or infinite (0/0 while a service
-gets no traffic) are dropped.
-
-Prometheus holds neither logs nor traces: `search_logs` and `spans` return `[]`, so the analyst's log and
-trace evidence is simply absent (no_data, not error). Pair this backend with a log store for those.
-
-Errors: a timeout, a refused connection or HTTP 5xx is a `TransientError` (retried `retries` times with
-backoff first); HTTP 4xx (bad PromQL: Prometheus's own `errorType: error` message is kept) and unreadable
-answers are `ToolError`, never retried. Every request carries a client timeout and asks Prometheus to stop at
-the same time. All requests are reads and go through one `Resilience` (tools/resilience.py): after 3 calls in
-a row fail transiently the circuit opens and queries fail fast with `CircuitOpenError` (a `ToolError`) instead
-of waiting out a timeout each.
+Each per-service gauge the agents ask for (`request_rate`, `error_ratio`, ...) maps onto a PromQL expression
+over the demo services' counters and histograms; other names pass through. Logs and traces are absent (no
+data, not an error). Timeouts, refusals and 5xx are transient and retried; bad PromQL is a `ToolError`.
+The mapping table, filters and errors: docs/observability.md §3.
 """
 
 from __future__ import annotations

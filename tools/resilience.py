@@ -1,41 +1,8 @@
 """One resilience policy per flaky dependency: bounded retries with backoff and jitter, inside a circuit breaker.
 
-`Resilience(name, ...)` wraps every call sregraph makes to one dependency (Prometheus, the container engine,
-GitHub, the LLM endpoint)::
-
-    call ──▶ breaker open? ──yes──▶ CircuitOpenError (a ToolError), nothing sent
-                 │ no
-                 ▼
-             tenacity: attempt ──transient & retry allowed & attempts/time left──▶ sleep (backoff+jitter) ──▶ attempt
-                 │
-                 ▼
-             outcome judged by the breaker (tools/breaker.py) as one call, however many attempts it took
-
-The rules:
-
-- **What is retried.** Only *transient* failures: by default a `TransientError` (each backend already sorts
-  timeouts, refused or lost connections and 5xx into it, and everything else into `ToolError`, `NotFound`,
-  `Refused`, `ConfigError`); a backend with raw exceptions (the LLM's SDK) passes its own `transient`
-  predicate. Bad input, 4xx, not-found, refusals, unreadable answers and our own bugs are never retried.
-- **Mutations.** A call made with `idempotent=False` (create, start, stop, remove, a POST) is retried only when
-  the failure proves the request never reached the server: refused connection, connect timeout, name lookup,
-  missing socket (`never_sent`). A read timeout, a reset connection or a 5xx after the request went out may
-  mean the change happened, so it is not resent; the caller re-checks state instead (GitHub's check-then-act
-  operations do that and are retried as a whole, by their own policy).
-- **Time is bounded.** At most `attempts` attempts, and no retry whose backoff would end past `max_elapsed_s`
-  after the first attempt started; every attempt is bounded by the client's own timeout. Backoff is
-  `backoff_s * 2**(n-1)`, capped at `max_backoff_s`, times `1 - jitter * U[0, 1)` so callers retrying together
-  spread out (`jitter=0` is deterministic).
-- **What the breaker counts.** Only transient failures (after the retries of that call) count towards opening
-  it; a success closes it; any other outcome (a 404, a 4xx, a validation error) leaves it as it was, since the
-  dependency answered. While open, calls fail fast without reaching the dependency; after the reset timeout one
-  trial call goes through (see tools/breaker.py).
-- **Nesting.** A call made while a call of the same `Resilience` runs on the same thread (GitHub operations read
-  the bot's login inside an operation) is part of the outer call: no second breaker check, no retries of its own.
-
-Metrics: objects passed to `subscribe` (held weakly) hear `dependency_retry(name)` before every retry sleep and
-`dependency_state(name, state)` after every call; `sregraph.observability.Metrics` subscribes itself.
-Time comes from the injectable `Clock` (tools.base), so tests never sleep.
+Only transient failures are retried, a mutation only when it provably never reached the server, within a
+bounded number of attempts and time; the breaker counts one call per outcome however many attempts it took.
+Method: docs/resilience.md §The rules.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ token and 400 to a request the API would refuse, with watsonx's error body (`err
 
 Chat answers come from a script (`reply` of tests/fakes/openai_server.py; a status other than 200 answers with
 that status) or, given `backend` (an OpenAI-compatible base_url, e.g. the local llama.cpp server of
-tests/llm_local.py), from a real model: the request is translated to /chat/completions and the answer back.
+evals/llm_local.py), from a real model: the request is translated to /chat/completions and the answer back.
 `requests` records every request as (method, path, query, headers, body); `usage_total` sums the tokens
 of the answers' `usage`.
 """

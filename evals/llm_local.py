@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.processes import stop_process
+from evals.processes import stop_process
 
 READY_TIMEOUT_S = 120.0
 INSTALL_HINT = "run `bash scripts/setup.sh --llm` (CI's `--test` includes it)"
