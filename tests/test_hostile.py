@@ -41,7 +41,7 @@ from sregraph.config import AlertsConfig, load_settings
 from sregraph.engine import RunRegistry
 from sregraph.observability import JsonFormatter
 from sregraph.worker import Worker
-from tests.github_server import FakeGitHub
+from tests.fakes.github import FakeGitHub
 from tests.support import FakeHealth, FakeRuntime, ManualClock
 from tests.test_analyst import (
     FAULT_AT,
