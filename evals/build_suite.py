@@ -855,7 +855,7 @@ class Builder:
 
     def reset(self) -> None:
         """Every service running with its faults cleared, no incident issue left open."""
-        from sregraph.localenv.app import TOPOLOGY
+        from sregraph.localenv.layout import TOPOLOGY
 
         for service in TOPOLOGY:
             if not self.app.runtime.status(service).running:

@@ -81,7 +81,7 @@ CHAOS_NAMES = {
 
 def fault_name(name: str) -> str:
     """The app's fault for a chaos name (both spellings accepted); ConfigError naming the choices otherwise."""
-    from sregraph.localenv.app import FAULTS
+    from sregraph.localenv.chaos import FAULTS
 
     fault = CHAOS_NAMES.get(name, name)
     if fault not in FAULTS or fault == "clear":
@@ -91,7 +91,7 @@ def fault_name(name: str) -> str:
 
 def validate(sequence: list[tuple[str, str, dict[str, Any]]]) -> list[tuple[str, str, dict[str, Any]]]:
     """The sequence with canonical fault names; bad faults or services fail before anything starts."""
-    from sregraph.localenv.app import TOPOLOGY
+    from sregraph.localenv.layout import TOPOLOGY
 
     checked = []
     for fault, service, params in sequence:

@@ -27,7 +27,8 @@ import pytest
 import yaml
 
 from sregraph.config import Settings, load_settings
-from sregraph.localenv.app import APP_IMAGE, LocalApp
+from sregraph.localenv.app import LocalApp
+from sregraph.localenv.runtimes import APP_IMAGE
 from tests.localapp import ROOT, WARMUP_S, engine_for, run_incident, write_config
 from tools.base import ConfigError, NotFound, Refused, ToolError, TransientError
 from tools.docker_runtime import MANAGED, PROJECT, REPLICA, ContainerSpec, DockerRuntime, connect

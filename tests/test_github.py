@@ -1,4 +1,4 @@
-"""GitHub backends through unmodified PyGithub, over real HTTP, against the local fake (tests/github_server.py).
+"""GitHub backends through unmodified PyGithub, over real HTTP, against the local fake (tests/fakes/github/).
 
 Every assertion about effects counts what the server holds (issues, comments, branches, commits), not what
 the client believes. Time is a fake clock shared by the client's backoff and the server's rate-limit window:
@@ -14,6 +14,7 @@ import pytest
 
 from sregraph.config import load_settings
 from sregraph.engine import Engine
+from tests.fakes.github import FakeGitHub
 from tests.fixtures.github import (
     BOT,
     BOT_TOKEN,
@@ -26,7 +27,6 @@ from tests.fixtures.github import (
     make_gitops,
     make_surface,
 )
-from tests.github_server import FakeGitHub
 from tests.support import FakeHealth, FakeRuntime, ManualClock
 from tests.test_analyst import NORMAL, TOPOLOGY, error_traces
 from tools.base import (

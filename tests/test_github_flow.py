@@ -10,8 +10,8 @@ import yaml
 from sregraph.config import load_settings
 from sregraph.engine import Engine
 from sregraph.worker import Worker
+from tests.fakes.github import FakeGitHub
 from tests.fixtures.github import BOT, BOT_TOKEN, SEED, SEED_MESSAGE, make_gitops, make_surface
-from tests.github_server import FakeGitHub
 from tests.support import FakeHealth, FakeRuntime, ManualClock
 from tests.test_analyst import FAULT_AT, NOW, T0, TOPOLOGY, error_traces
 from tests.test_github import GraphDeployer, write_phase

@@ -41,8 +41,8 @@ from sregraph.config import AlertsConfig, load_settings
 from sregraph.engine import RunRegistry
 from sregraph.observability import JsonFormatter
 from sregraph.worker import Worker
+from tests.fakes.github import FakeGitHub
 from tests.fixtures.github import BOT, BOT_TOKEN, REPO, SEED, SEED_MESSAGE, T0, make_gitops
-from tests.github_server import FakeGitHub
 from tests.support import FakeHealth, FakeRuntime, ManualClock
 from tests.test_analyst import (
     FAULT_AT,

@@ -16,7 +16,8 @@ from typing import TypeVar
 
 import pytest
 
-from sregraph.localenv.app import BAD_VERSION, STABLE_VERSION, LocalApp
+from sregraph.localenv.app import LocalApp
+from sregraph.localenv.layout import BAD_VERSION, STABLE_VERSION
 from tools.base import ConfigError, LogRecord, NotFound, Span, Telemetry
 from tools.health import HttpHealthChecker
 from tools.runtime import ProcessSpec, ProcessSupervisor

@@ -9,15 +9,26 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sregraph.localenv.app import DEFAULT_CONFIGS, FAULTS, TOPOLOGY, FaultInjection, LocalApp
+    from sregraph.localenv.app import LocalApp
+    from sregraph.localenv.chaos import FAULTS, FaultInjection
+    from sregraph.localenv.layout import DEFAULT_CONFIGS, TOPOLOGY
 
 __all__ = ["DEFAULT_CONFIGS", "FAULTS", "TOPOLOGY", "FaultInjection", "LocalApp"]
 
+_HOMES = {
+    "DEFAULT_CONFIGS": "layout",
+    "FAULTS": "chaos",
+    "TOPOLOGY": "layout",
+    "FaultInjection": "chaos",
+    "LocalApp": "app",
+}
+"""Which module of the package defines each name."""
+
 
 def __getattr__(name: str) -> Any:
-    """Load the app module on first use of one of its names."""
-    if name in __all__:
-        from sregraph.localenv import app
+    """Load the module that defines one of the names above on its first use."""
+    if name in _HOMES:
+        import importlib
 
-        return getattr(app, name)
+        return getattr(importlib.import_module(f"sregraph.localenv.{_HOMES[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
