@@ -49,6 +49,7 @@ def model_path() -> Path:
 
 
 def free_port() -> int:
+    """A loopback TCP port free at the time of asking."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

@@ -48,6 +48,8 @@ class _Strict(BaseModel):
 
 
 class LogIn(_Strict):
+    """One log record, as POST /api/v1/ingest/logs takes it."""
+
     ts: float
     service: str = Name
     level: Literal["debug", "info", "warning", "warn", "error", "critical", "fatal"] = "info"
@@ -58,6 +60,8 @@ class LogIn(_Strict):
 
 
 class MetricIn(_Strict):
+    """One metric point, as POST /api/v1/ingest/metrics takes it."""
+
     name: str = Name
     labels: dict[str, str] = Field(default_factory=dict, max_length=20)
     value: float
@@ -81,6 +85,8 @@ class MetricIn(_Strict):
 
 
 class SpanIn(_Strict):
+    """One trace span, as POST /api/v1/ingest/spans takes it."""
+
     trace_id: str = Field(min_length=1, max_length=64)
     span_id: str = Field(min_length=1, max_length=64)
     parent_id: str | None = Field(None, max_length=64)
@@ -95,6 +101,8 @@ class SpanIn(_Strict):
 
 
 class DeployIn(_Strict):
+    """One deploy marker, as POST /api/v1/ingest/deploys takes it."""
+
     ts: float
     service: str = Name
     version: str = Field(min_length=1, max_length=200)
@@ -112,6 +120,8 @@ class DeployIn(_Strict):
 
 
 class EventIn(_Strict):
+    """One change event, as POST /api/v1/ingest/events takes it."""
+
     ts: float
     kind: str = Name
     """What happened, in the sender's words: `feature_flag`, `config_push`, `scaling`, …"""
@@ -124,6 +134,8 @@ class EventIn(_Strict):
 
 
 class LogBatch(_Strict):
+    """A batch of log records, accepted or refused whole."""
+
     records: list[LogIn] = Field(min_length=1, max_length=MAX_RECORDS)
 
     def __len__(self) -> int:
@@ -131,6 +143,8 @@ class LogBatch(_Strict):
 
 
 class MetricBatch(_Strict):
+    """A batch of metric points, accepted or refused whole."""
+
     points: list[MetricIn] = Field(min_length=1, max_length=MAX_RECORDS)
 
     def __len__(self) -> int:
@@ -138,6 +152,8 @@ class MetricBatch(_Strict):
 
 
 class SpanBatch(_Strict):
+    """A batch of spans, accepted or refused whole."""
+
     spans: list[SpanIn] = Field(min_length=1, max_length=MAX_RECORDS)
 
     def __len__(self) -> int:
@@ -145,6 +161,8 @@ class SpanBatch(_Strict):
 
 
 class DeployBatch(_Strict):
+    """A batch of deploy markers, accepted or refused whole."""
+
     deploys: list[DeployIn] = Field(min_length=1, max_length=MAX_RECORDS)
 
     def __len__(self) -> int:
@@ -152,6 +170,8 @@ class DeployBatch(_Strict):
 
 
 class EventBatch(_Strict):
+    """A batch of change events, accepted or refused whole."""
+
     events: list[EventIn] = Field(min_length=1, max_length=MAX_RECORDS)
 
     def __len__(self) -> int:

@@ -159,6 +159,7 @@ class SregraphHandler(logging.Handler):
         self.shipper = Shipper(url, token, "logs", **shipper)
 
     def emit(self, record: logging.LogRecord) -> None:
+        """Queue the record for shipping; never raises into the application."""
         try:
             message = self.format(record)
         except Exception:  # noqa: BLE001 - logging must never raise into the application
@@ -180,6 +181,7 @@ class SregraphHandler(logging.Handler):
         return self.shipper.dropped
 
     def close(self) -> None:
+        """Ship what is queued (within the shipper's timeout), then close the handler."""
         self.shipper.close()
         super().close()
 

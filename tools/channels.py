@@ -59,7 +59,9 @@ class Message:
 class Channel(Protocol):
     """Delivers a message; raises ToolError when it could not."""
 
-    def send(self, message: Message) -> None: ...
+    def send(self, message: Message) -> None:
+        """Deliver one notification; raise ToolError when it could not."""
+        ...
 
 
 # ----------------------------------------------------------------------------- channels
@@ -84,6 +86,7 @@ class WebhookChannel(_Http):
     """Any HTTP endpoint: the notification as JSON (incident_id, event, title, text, labels, key)."""
 
     def send(self, message: Message) -> None:
+        """POST the notification as JSON."""
         self.post(
             {
                 "incident_id": message.incident_id,
@@ -101,6 +104,7 @@ class SlackChannel(_Http):
     section block carries the message."""
 
     def send(self, message: Message) -> None:
+        """Post the notification to the Slack webhook."""
         body = f"*{_slack_escape(message.title)}*\n{_slack_escape(message.text)}"
         self.post(
             {
@@ -114,6 +118,7 @@ class DiscordChannel(_Http):
     """A Discord webhook: `content` (at most 2,000 characters), mentions disabled."""
 
     def send(self, message: Message) -> None:
+        """Post the notification to the Discord webhook."""
         content = f"**{message.title}**\n{message.text}"
         self.post({"content": content[:2000], "allowed_mentions": {"parse": []}})
 
@@ -122,6 +127,7 @@ class TeamsChannel(_Http):
     """A Microsoft Teams workflow webhook: one Adaptive Card."""
 
     def send(self, message: Message) -> None:
+        """Post the notification to the Teams webhook as an Adaptive Card."""
         card = {
             "type": "AdaptiveCard",
             "version": "1.4",
@@ -167,6 +173,7 @@ class EmailChannel:
         )
 
     def send(self, message: Message) -> None:
+        """Mail the notification over SMTP."""
         email = EmailMessage()
         email["From"], email["To"], email["Subject"] = self.sender, ", ".join(self.to), message.title
         email.set_content(
@@ -217,6 +224,7 @@ class PagerDutyChannel:
         self.key_env, self.url, self.timeout_s = key_env, url or self.URL, timeout_s
 
     def send(self, message: Message) -> None:
+        """Trigger, update or resolve the incident's PagerDuty event."""
         event: dict[str, Any] = {
             "routing_key": _secret(self.key_env, "PagerDutyChannel"),
             "dedup_key": message.incident_id,
@@ -248,6 +256,7 @@ class OpsgenieChannel:
         self.key_env, self.base, self.timeout_s = key_env, (url or self.URL).rstrip("/"), timeout_s
 
     def send(self, message: Message) -> None:
+        """Create, note or close the incident's Opsgenie alert."""
         headers = {"Authorization": f"GenieKey {_secret(self.key_env, 'OpsgenieChannel')}"}
         alias = quote(message.incident_id, safe="")
         if message.event in PAGING_EVENTS:
@@ -351,6 +360,7 @@ class JiraChannel(_Tickets):
         self.project, self.issue_type = project, issue_type
 
     def find(self, incident_id: str) -> str | None:
+        """The Jira issue opened for `incident_id`, if any."""
         found = self._request(
             "GET",
             "/rest/api/2/search",
@@ -360,6 +370,7 @@ class JiraChannel(_Tickets):
         return str(issues[0]["key"]) if issues else None
 
     def create(self, message: Message) -> str:
+        """Open a Jira issue for the notification's incident; its key."""
         fields = {
             "project": {"key": self.project},
             "summary": message.title[:250],
@@ -370,6 +381,7 @@ class JiraChannel(_Tickets):
         return str(self._request("POST", "/rest/api/2/issue", json={"fields": fields})["key"])
 
     def comment(self, ticket: str, message: Message) -> None:
+        """Add the notification to the Jira issue."""
         self._request(
             "POST", f"/rest/api/2/issue/{ticket}/comment", json={"body": f"{message.event}: {message.text}"}
         )
@@ -381,6 +393,7 @@ class ServiceNowChannel(_Tickets):
     URGENCY = {"critical": "1", "high": "1", "warning": "2"}
 
     def find(self, incident_id: str) -> str | None:
+        """The ServiceNow incident opened for `incident_id`, if any."""
         found = self._request(
             "GET",
             "/api/now/table/incident",
@@ -394,6 +407,7 @@ class ServiceNowChannel(_Tickets):
         return str(rows[0]["sys_id"]) if rows else None
 
     def create(self, message: Message) -> str:
+        """Open a ServiceNow incident for the notification's incident; its key."""
         urgency = self.URGENCY.get(message.labels.get("severity", ""), "2")
         record = {
             "short_description": message.title[:160],
@@ -406,6 +420,7 @@ class ServiceNowChannel(_Tickets):
         return str(self._request("POST", "/api/now/table/incident", json=record)["result"]["sys_id"])
 
     def comment(self, ticket: str, message: Message) -> None:
+        """Add the notification to the ServiceNow incident."""
         self._request(
             "PATCH",
             f"/api/now/table/incident/{ticket}",

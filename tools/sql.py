@@ -48,6 +48,7 @@ class Row(tuple[Any, ...]):
     _names: tuple[str, ...]
 
     def __new__(cls, names: tuple[str, ...], values: Sequence[Any]) -> Self:
+        """A row of `values` whose columns are called `names`."""
         row = super().__new__(cls, values)
         row._names = names
         return row
