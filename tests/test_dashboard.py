@@ -25,7 +25,7 @@ from sregraph.events import EventLog
 from sregraph.localenv.app import LocalApp
 from sregraph.server import ApiServer, create_app
 from sregraph.worker import Worker
-from tests.test_channels import Receiver
+from tests.fakes.http import Receiver
 from tools.base import ExternalEvent
 from tools.channels import NotificationsConfig
 from tools.notifier import IdempotentNotifier, MultiNotifier

@@ -9,7 +9,7 @@ from evals.harness import Scenario, World, settings_for, toolbox_for
 from sregraph.engine import Engine, RunRegistry
 from sregraph.escalation import Escalator
 from sregraph.worker import Worker
-from tests.test_channels import Receiver
+from tests.fakes.http import Receiver
 from tools.channels import EscalationTier, Message, NotificationsConfig
 from tools.domain import Trigger
 from tools.github.commands import Command

@@ -43,8 +43,7 @@ from sregraph.observability import JsonFormatter
 from sregraph.worker import Worker
 from tests.fakes.github import FakeGitHub
 from tests.fixtures.github import BOT, BOT_TOKEN, REPO, SEED, SEED_MESSAGE, T0, make_gitops
-from tests.support import FakeHealth, FakeRuntime, ManualClock
-from tests.test_analyst import (
+from tests.fixtures.telemetry import (
     FAULT_AT,
     NOW,
     TOPOLOGY,
@@ -54,7 +53,8 @@ from tests.test_analyst import (
     observe,
     write_series,
 )
-from tests.test_worker_alerts import _world
+from tests.fixtures.world import approval_world
+from tests.support import FakeHealth, FakeRuntime, ManualClock
 from tools.base import ConfigError, Refused
 from tools.display import md, plain, term
 from tools.domain import (
@@ -207,7 +207,7 @@ def _payload(*services: str) -> dict[str, Any]:
 def test_the_receiver_refuses_to_serve_without_a_token_unless_told_so_on_loopback(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _, engine = _world(tmp_path)
+    _, engine = approval_world(tmp_path)
     worker = Worker(engine)
     try:
         with pytest.raises(ConfigError, match="bearer token"):
@@ -224,7 +224,7 @@ def test_the_receiver_refuses_to_serve_without_a_token_unless_told_so_on_loopbac
 
 
 def test_alerts_for_services_the_topology_does_not_know_are_refused_and_counted(tmp_path: Path) -> None:
-    _, engine = _world(tmp_path)
+    _, engine = approval_world(tmp_path)
     worker = Worker(engine)
     try:
         receiver = worker.serve_alerts(AlertsConfig(enabled=True, port=0, group_wait_s=0), token="s3cret")
@@ -259,7 +259,7 @@ def test_alerts_for_services_the_topology_does_not_know_are_refused_and_counted(
 def test_auth_failures_are_logged_with_their_source_and_exported(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _, engine = _world(tmp_path)
+    _, engine = approval_world(tmp_path)
     worker = Worker(engine)
     try:
         receiver = worker.serve_alerts(AlertsConfig(enabled=True, port=0), token="s3cret")
@@ -654,8 +654,8 @@ def test_author_names_messages_and_unsigned_trailers_cannot_hide_a_bad_change(
     [change] = [c for c in tb.gitops.history() if c.sha == sha]
     assert (change.ours, change.kind, change.services) == (False, "deploy", ["payments"])
     for service in TOPOLOGY:
-        write_series(tb.telemetry, service, {"error_ratio": 0.6})  # type: ignore[arg-type]
-    error_traces(tb.telemetry, "payments")  # type: ignore[arg-type]
+        write_series(tb.telemetry, service, {"error_ratio": 0.6})
+    error_traces(tb.telemetry, "payments")
     diagnosis = analyst(tb).diagnose(observe(tb))
     assert diagnosis.top is not None
     assert sha in {e.ref for e in diagnosis.top.evidence if e.kind == "change"}

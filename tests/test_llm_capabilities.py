@@ -22,8 +22,8 @@ from agents.llm import (
 )
 from agents.tokens import TokenBudget
 from tests.fakes.openai_server import FakeOpenAIServer, reply
+from tests.fixtures.investigation import DIAGNOSIS, make_tools
 from tests.support import ManualClock
-from tests.test_llm import DIAGNOSIS, make_tools
 
 ENV = {"OPENAI_API_KEY": "test"}
 

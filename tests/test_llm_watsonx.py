@@ -31,8 +31,8 @@ from agents.llm import (
 from agents.tokens import TokenBudget
 from tests.fakes.openai_server import reply
 from tests.fakes.watsonx_server import GRANT_TYPE, FakeWatsonxServer
+from tests.fixtures.investigation import DIAGNOSIS, make_tools
 from tests.support import ManualClock
-from tests.test_llm import DIAGNOSIS, make_tools
 from tools.base import ConfigError
 
 API_KEY = "wx-test-key-0123456789"
