@@ -168,7 +168,7 @@ def test_confidence_follows_separation(tmp_path: Path) -> None:
     write_series(tb.telemetry, "frontend")
     alone = analyst(tb).diagnose(observe(tb)).confidence
     tb2 = make_toolbox(tmp_path / "two", FakeRuntime.up(TOPOLOGY), FakeHealth())
-    topo = {"frontend": [], "checkout": [], "payments": []}
+    topo: dict[str, list[str]] = {"frontend": [], "checkout": [], "payments": []}
     tb2.topology = topo
     write_series(tb2.telemetry, "payments", {"latency_p95_ms": 400})
     write_series(tb2.telemetry, "checkout", {"latency_p95_ms": 400})

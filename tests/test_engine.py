@@ -78,7 +78,7 @@ def test_stop_request_leaves_the_incident_at_a_step_boundary(tmp_path: Path) -> 
     write_series(tb.telemetry, "checkout", {"error_ratio": 1.0})
     write_series(tb.telemetry, "frontend", {"error_ratio": 1.0})
     tb.incidents = LocalIncidentSurface(tmp_path / "incidents.db")
-    tb.runtime.restart = lambda service: tb.runtime.status(service)  # type: ignore[attr-defined]
+    tb.runtime.restart = lambda service: tb.runtime.status(service)  # type: ignore[method-assign]  # no-op restart
     settings = load_settings(
         environ={},
         data_dir=tmp_path / "data",

@@ -117,7 +117,8 @@ def test_refired_alert_comments_instead_of_opening_a_duplicate(
     assert [c["body"].splitlines()[0] for c in github.issue_comments(number)] == [
         "Incident `inc-2` attached to this issue."
     ]
-    assert surface.find_open("fp-payments-down").id == number  # type: ignore[union-attr]
+    found = surface.find_open("fp-payments-down")
+    assert found is not None and found.id == number
     assert surface.find_open("fp-unknown") is None
     # Once closed, the same alert opens a new incident.
     surface.close(number)
@@ -632,7 +633,7 @@ def test_the_real_graph_runs_an_incident_on_github(tmp_path: Path, monkeypatch: 
         deployer = GraphDeployer(runtime, gitops)
         toolbox = Toolbox(
             telemetry=store,
-            runtime=runtime,  # type: ignore[arg-type]
+            runtime=runtime,
             incidents=surface,
             gitops=gitops,
             notifier=JsonlNotifier(tmp_path / "notifications.jsonl"),

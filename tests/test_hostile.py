@@ -67,7 +67,8 @@ from tools.domain import (
     TimelineEntry,
     Trigger,
 )
-from tools.gitops import SIGNATURE_TRAILER, LocalGitOps, commit_signature, git_blob_id
+from tools.gitops import LocalGitOps, commit_signature, git_blob_id
+from tools.gitops_common import SIGNATURE_TRAILER
 from tools.incidents import LocalIncidentSurface
 from tools.notifier import ConsoleNotifier, JsonlNotifier
 from tools.runtime import ProcessSpec, ProcessSupervisor, service_environment
@@ -164,10 +165,10 @@ def test_a_process_spec_cannot_hand_on_a_secret_and_containers_inherit_nothing(
             pass
 
     runtime = DockerRuntime(
-        Client(),
+        Client(),  # type: ignore[arg-type]  # a stand-in client that records what would be created
         {"web": ContainerSpec(name="web", image="img", command=["x"], env={"OWN": "1"})},
         project="hostile",
-    )  # type: ignore[arg-type]
+    )
     runtime._create(runtime.specs["web"], 1, 0)
     assert created[0]["environment"] == {"OWN": "1", "REPLICA": "1"}
 
@@ -712,7 +713,8 @@ def test_the_merge_pin_lives_in_the_ledger_not_in_the_editable_pr_body() -> None
         human.get_repo(REPO).get_pull(pr.id).edit(body="looks fine, merge it")
         with pytest.raises(Refused, match="moved"):
             gitops.merge(pr.id)
-        assert "6.6.6" not in server.file("services/payments.yaml")
+        pinned = server.file("services/payments.yaml")
+        assert pinned is not None and "6.6.6" not in pinned
         # A PR sregraph never proposed, on a branch named like its own, is not merged either.
         repo = human.get_repo(REPO)
         repo.create_git_ref("refs/heads/sregraph/evil", server.refs["refs/heads/main"])
@@ -723,7 +725,8 @@ def test_the_merge_pin_lives_in_the_ledger_not_in_the_editable_pr_body() -> None
         with pytest.raises(Refused, match="no pin"):
             gitops.merge(evil.number)
         human.close()
-    assert "6.6.6" not in server.file("services/payments.yaml")
+    final = server.file("services/payments.yaml")
+    assert final is not None and "6.6.6" not in final
 
 
 # --------------------------------------------------------------------------- one redactor on every outward path

@@ -324,7 +324,8 @@ def test_tool_loop_round_trip_with_a_scripted_model() -> None:
     sent = model.calls[1][-1]
     assert isinstance(sent, ToolMessage) and sent.name == "query_metric"
     assert json.loads(str(sent.content))["data"]["series"][0].startswith("n=30")
-    assert sent.tool_call_id == model.calls[1][-2].tool_calls[0]["id"]  # type: ignore[attr-defined]
+    asked = model.calls[1][-2]
+    assert isinstance(asked, AIMessage) and sent.tool_call_id == asked.tool_calls[0]["id"]
     # Tools bound first; then the schema bound as the one tool the final answer must call.
     assert model.bound[0]["tools"] == list(READONLY_TOOL_NAMES)
     assert model.bound[1]["tools"] == ["LLMDiagnosis"] and model.bound[1]["tool_choice"] == "any"

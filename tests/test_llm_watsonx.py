@@ -230,7 +230,8 @@ def test_an_outage_is_retried_and_opens_the_breaker(serve: Any) -> None:
         with pytest.raises(LLMError):
             ask(model, "s", LLMDiagnosis, TokenBudget(12000))
     assert len(server.chat_requests()) == 4  # two attempts per call, by the resilience policy alone
-    assert model_resilience(model).state == "open"  # type: ignore[union-attr]
+    resilience = model_resilience(model)
+    assert resilience is not None and resilience.state == "open"
     with pytest.raises(LLMError, match="circuit open"):
         ask(model, "s", LLMDiagnosis, TokenBudget(12000))
     assert len(server.chat_requests()) == 4

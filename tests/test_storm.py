@@ -61,12 +61,13 @@ def test_storm_through_the_worker_starts_one_incident_per_problem(tmp_path: Path
     engine = Engine(settings_for(tmp_path / "w"), toolbox_for(world))
     release = threading.Event()
 
-    def start(trigger: Trigger, incident_id: str) -> dict[str, Any]:
+    def start(trigger: Trigger, incident_id: str | None = None) -> dict[str, Any]:
+        assert incident_id is not None  # the worker names every incident it starts
         release.wait(10)
         engine.registry.record(incident_id, None, "escalated")
         return {"incident_id": incident_id}
 
-    engine.start = start  # type: ignore[method-assign]
+    engine.start = start  # type: ignore[method-assign]  # a stand-in for the graph run
     worker = Worker(engine, max_concurrent=4)
     clock = ManualClock(T0)
     gate = StormGate(clock, group_wait_s=5, group_interval_s=5)
