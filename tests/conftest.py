@@ -125,7 +125,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Mark the tests of SLOW_MODULES `slow`, of INTEGRATION_MODULES (or on PostgreSQL) `integration`, and of
     CONTAINER_MODULES `container`."""
     for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1] if item.module is not None else ""
+        module = ""
+        if isinstance(item, pytest.Function) and item.module is not None:
+            module = item.module.__name__.rsplit(".", 1)[-1]
         if module in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
         if module in INTEGRATION_MODULES or POSTGRES_FIXTURES & set(getattr(item, "fixturenames", ())):

@@ -39,7 +39,7 @@ class PostgresServer:
         import psycopg
 
         with psycopg.connect(self.dsn("postgres"), autocommit=True, connect_timeout=5) as conn:
-            conn.execute(sql)  # type: ignore[arg-type]
+            conn.execute(sql)
 
     def new_database(self) -> str:
         """A fresh empty database; its name."""

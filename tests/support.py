@@ -1,8 +1,6 @@
-"""Test doubles shared by the test files: a manual clock, a runtime and a health checker over fixed answers,
-and the scripted chat model (it lives in tests/fakes/chat.py, beside the fake API servers).
-
-A test that needs something special subclasses these (a runtime that counts restarts, a clock whose time
-stands still) rather than writing its own from scratch.
+"""Test doubles shared by the test files: a manual clock; a runtime, a health checker, telemetry and a config
+history over fixed answers; a deployer that applies the config repository's version; and the scripted chat model
+(it lives in tests/fakes/chat.py, beside the fake API servers).
 """
 
 from __future__ import annotations
@@ -11,9 +9,20 @@ from collections.abc import Iterable
 from typing import Any, Self
 
 from tests.fakes.chat import ScriptedChatModel, answer, say, tool_call
-from tools.base import HealthResult, NotFound, ServiceStatus
+from tools.base import Change, GitOps, HealthResult, LogRecord, NotFound, Series, ServiceStatus, Span
 
-__all__ = ["FakeHealth", "FakeRuntime", "ManualClock", "ScriptedChatModel", "answer", "say", "tool_call"]
+__all__ = [
+    "FakeGitOps",
+    "FakeHealth",
+    "FakeRuntime",
+    "FakeTelemetry",
+    "GraphDeployer",
+    "ManualClock",
+    "ScriptedChatModel",
+    "answer",
+    "say",
+    "tool_call",
+]
 
 
 class ManualClock:
@@ -85,3 +94,98 @@ class FakeHealth:
         """The fixed answer for `service`."""
         failed = service in self.failing
         return HealthResult(service=service, ok=not failed, detail="connection refused" if failed else "")
+
+
+class GraphDeployer:
+    """Applies the merged config: restarts the service with the version now on the deploy branch."""
+
+    def __init__(self, runtime: FakeRuntime, gitops: GitOps) -> None:
+        self.runtime, self.gitops = runtime, gitops
+        self.applied: list[str] = []
+
+    def apply(self, service: str) -> ServiceStatus:
+        """Count a restart of `service` and set its version from the config repository."""
+        status = self.runtime.status(service)
+        status.restarts += 1
+        status.version = str(self.gitops.config(service)["version"])
+        self.applied.append(service)
+        return status
+
+
+class FakeTelemetry:
+    """Telemetry over fixed lists; records the queries it answered."""
+
+    def __init__(
+        self,
+        series: list[Series] | None = None,
+        logs: list[LogRecord] | None = None,
+        spans: list[Span] | None = None,
+        fail: Exception | None = None,
+    ) -> None:
+        self.series, self.logs, self.span_list, self.fail = series or [], logs or [], spans or [], fail
+        self.queries: list[tuple[Any, ...]] = []
+
+    def query_range(self, name: str, labels: dict[str, str] | None, start: float, end: float) -> list[Series]:
+        if self.fail:
+            raise self.fail
+        self.queries.append((name, labels, start, end))
+        return [
+            s.model_copy(update={"points": [p for p in s.points if start <= p[0] <= end]})
+            for s in self.series
+            if s.name == name and all(s.labels.get(k) == v for k, v in (labels or {}).items())
+        ]
+
+    def search_logs(
+        self,
+        service: str | None,
+        start: float,
+        end: float,
+        query: str | None = None,
+        level: str | None = None,
+        limit: int = 500,
+    ) -> list[LogRecord]:
+        self.queries.append(("logs", service, start, end, query))
+        return [
+            r
+            for r in self.logs
+            if (service is None or r.service == service)
+            and start <= r.ts <= end
+            and (query is None or query.lower() in r.message.lower())
+            and (level is None or r.level == level)
+        ][:limit]
+
+    def spans(self, service: str | None, start: float, end: float, limit: int = 2000) -> list[Span]:
+        return [
+            s for s in self.span_list if (service is None or s.service == service) and start <= s.start <= end
+        ]
+
+    def metric_names(self) -> list[str]:
+        return sorted({s.name for s in self.series})
+
+
+class FakeGitOps:
+    """GitOps history only; proposing or merging fails the test."""
+
+    def __init__(self, changes: list[Change]) -> None:
+        self.changes = changes
+
+    def config(self, service: str) -> dict[str, Any]:
+        return {}
+
+    def history(self, since: float | None = None, service: str | None = None) -> list[Change]:
+        return [
+            c
+            for c in sorted(self.changes, key=lambda c: -c.at)
+            if (since is None or c.at >= since) and (service is None or service in c.services)
+        ]
+
+    def _mutation(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a read-only tool tried to change the config repository")
+
+    propose = merge = _mutation
+
+    def rollback_config(self, service: str, before: float | str) -> dict[str, Any]:
+        return {}
+
+    def pull_requests(self, state: str = "all") -> list[Any]:
+        return []

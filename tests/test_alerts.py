@@ -71,7 +71,7 @@ def payload(*alerts: dict[str, Any], status: str | None = None) -> dict[str, Any
     }
 
 
-def body(data: dict[str, Any]) -> bytes:
+def body(data: object) -> bytes:
     return json.dumps(data).encode()
 
 

@@ -6,125 +6,44 @@ import json
 import math
 import random
 from pathlib import Path
+from typing import cast
 
 import pytest
 
-from agents.analyst import Analyst, ServiceEvidence, calibrated, confidence, ranking_features
-from agents.engineer import Engineer
-from agents.observer import Observer
+from agents.analyst import Analyst, AnalystConfig, ServiceEvidence, calibrated, confidence, ranking_features
+from agents.engineer import Engineer, EngineerConfig
+from agents.observer import ObserverConfig
 from agents.policy import Policy, ServicePolicy, load_policy
 from agents.rca_confidence import ARTEFACT, ConfidenceModel
-from sregraph.config import AnalystConfig, EngineerConfig, ObserverConfig
+from tests.fixtures.telemetry import (
+    FAULT_AT,
+    NORMAL,
+    NOW,
+    T0,
+    TOPOLOGY,
+    analyst,
+    error_traces,
+    local_store,
+    make_toolbox,
+    observe,
+    write_series,
+)
 from tests.support import FakeHealth, FakeRuntime, ManualClock
 from tools.base import ConfigError, LogRecord, ServiceStatus, Span
-from tools.domain import Action, ActionResult, Observation
+from tools.domain import Action, ActionResult
 from tools.gitops import LocalGitOps
-from tools.ledger import ActionLedger
-from tools.notifier import JsonlNotifier
 from tools.telemetry import LocalTelemetryStore
 from tools.toolbox import Toolbox
-
-T0 = 1_700_000_000.0
-FAULT_AT = T0 + 40
-NOW = T0 + 50
-TOPOLOGY = {"frontend": ["checkout"], "checkout": ["payments"], "payments": []}
-NORMAL = {
-    "request_rate": 15.0,
-    "error_ratio": 0.0,
-    "latency_p95_ms": 12.0,
-    "memory_rss_mb": 40.0,
-    "cpu_percent": 5.0,
-}
-
-
-def write_series(
-    store: LocalTelemetryStore,
-    service: str,
-    fault: dict[str, float] | None = None,
-    stop_at: float | None = None,
-    leak_mb_s: float = 0.0,
-) -> None:
-    """Half-second samples from T0 to NOW; after FAULT_AT the `fault` values replace normal ones."""
-    rng = random.Random(hash(service) & 0xFFFF)
-    batch = []
-    t = T0
-    while t <= NOW:
-        if stop_at is not None and t >= stop_at:
-            break
-        for name, normal in NORMAL.items():
-            value = normal * (1 + rng.uniform(-0.05, 0.05)) if normal else 0.0
-            if t >= FAULT_AT and fault and name in fault:
-                value = fault[name]
-            if name == "memory_rss_mb" and t >= FAULT_AT:
-                value += leak_mb_s * (t - FAULT_AT)
-            batch.append((name, {"service": service}, value, t))
-        t += 0.5
-    store.write_metrics(batch)
-
-
-def error_traces(store: LocalTelemetryStore, origin: str, n: int = 20) -> None:
-    """Failing traces frontend -> checkout -> payments whose deepest error is at `origin`."""
-    chain = ["frontend", "checkout", "payments"]
-    spans = []
-    for i in range(n):
-        parent = None
-        for depth, svc in enumerate(chain):
-            failing = chain.index(origin) >= depth
-            spans.append(
-                Span(
-                    trace_id=f"t{i}",
-                    span_id=f"t{i}-{svc}",
-                    parent_id=parent,
-                    service=svc,
-                    name="req",
-                    start=FAULT_AT + 1 + i * 0.3,
-                    duration_ms=5,
-                    status="error" if failing else "ok",
-                )
-            )
-            parent = f"t{i}-{svc}"
-            if svc == origin:
-                break
-    store.write_spans(spans)
-
-
-def make_toolbox(tmp_path: Path, runtime: FakeRuntime, health: FakeHealth) -> Toolbox:
-    store = LocalTelemetryStore(tmp_path / "telemetry.db")
-    configs = {s: {"version": "1.4.0"} for s in TOPOLOGY}
-    clock = ManualClock(T0 - 600)
-    gitops = LocalGitOps.init(tmp_path / "repo", configs, clock=clock)
-    clock.t = NOW
-    return Toolbox(
-        telemetry=store,
-        runtime=runtime,  # type: ignore[arg-type]
-        incidents=None,  # type: ignore[arg-type]
-        gitops=gitops,
-        notifier=JsonlNotifier(tmp_path / "n.jsonl"),
-        health=health,
-        deployer=None,  # type: ignore[arg-type]
-        ledger=ActionLedger(tmp_path / "ledger.db"),
-        topology=TOPOLOGY,
-        clock=clock,
-    )
-
-
-def observe(tb: Toolbox) -> Observation:
-    cfg = ObserverConfig(window_s=6, baseline_s=30, confirm_polls=1, confirm_s=0, detect_timeout_s=0)
-    return Observer(tb, cfg).observe(trigger=__import__("tools.domain", fromlist=["Trigger"]).Trigger())
-
-
-def analyst(tb: Toolbox) -> Analyst:
-    return Analyst(tb, AnalystConfig(), ObserverConfig(window_s=6, baseline_s=30))
 
 
 def test_cascade_blames_the_dependency_not_the_loud_caller(tmp_path: Path) -> None:
     """payments fails a little; checkout and frontend fail loudly because they call it."""
     tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth())
-    write_series(tb.telemetry, "payments", {"error_ratio": 0.3})  # type: ignore[arg-type]
-    write_series(tb.telemetry, "checkout", {"error_ratio": 0.6})  # type: ignore[arg-type]
-    write_series(tb.telemetry, "frontend", {"error_ratio": 0.9})  # type: ignore[arg-type]
-    error_traces(tb.telemetry, "payments")  # type: ignore[arg-type]
-    tb.telemetry.write_logs(
+    write_series(tb.telemetry, "payments", {"error_ratio": 0.3})
+    write_series(tb.telemetry, "checkout", {"error_ratio": 0.6})
+    write_series(tb.telemetry, "frontend", {"error_ratio": 0.9})
+    error_traces(tb.telemetry, "payments")
+    local_store(tb.telemetry).write_logs(
         [
             LogRecord(
                 ts=FAULT_AT + 2 + i * 0.1,
@@ -134,7 +53,7 @@ def test_cascade_blames_the_dependency_not_the_loud_caller(tmp_path: Path) -> No
             )
             for i in range(10)
         ]
-    )  # type: ignore[attr-defined]
+    )
     obs = observe(tb)
     assert not obs.healthy
     diagnosis = analyst(tb).diagnose(obs)
@@ -151,12 +70,13 @@ def test_cascade_blames_the_dependency_not_the_loud_caller(tmp_path: Path) -> No
 def test_crash_with_unrelated_deploy_elsewhere(tmp_path: Path) -> None:
     """A deploy to a quiet service is a red herring; the dead process is the cause."""
     tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY, down={"payments"}), FakeHealth(failing={"payments"}))
+    assert isinstance(tb.gitops, LocalGitOps)
     tb.gitops.commit_config(
         "inventory" if False else "frontend", {"version": "1.4.1"}, "frontend 1.4.1", kind="deploy"
-    )  # type: ignore[attr-defined]
-    write_series(tb.telemetry, "payments", stop_at=FAULT_AT)  # type: ignore[arg-type]
-    write_series(tb.telemetry, "checkout", {"error_ratio": 1.0})  # type: ignore[arg-type]
-    write_series(tb.telemetry, "frontend", {"error_ratio": 1.0})  # type: ignore[arg-type]
+    )
+    write_series(tb.telemetry, "payments", stop_at=FAULT_AT)
+    write_series(tb.telemetry, "checkout", {"error_ratio": 1.0})
+    write_series(tb.telemetry, "frontend", {"error_ratio": 1.0})
     diagnosis = analyst(tb).diagnose(observe(tb))
     assert diagnosis.top is not None and diagnosis.top.service == "payments"
     assert diagnosis.top.fault_type == "crash"
@@ -170,12 +90,13 @@ def test_bad_deploy_is_named_and_planned_as_rollback(tmp_path: Path) -> None:
     tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth())
     assert isinstance(tb.clock, ManualClock)
     tb.clock.t = FAULT_AT - 20
-    tb.gitops.commit_config("payments", {"version": "2.0.0-rc1"}, "payments 2.0.0-rc1", kind="deploy")  # type: ignore[attr-defined]
+    assert isinstance(tb.gitops, LocalGitOps)
+    tb.gitops.commit_config("payments", {"version": "2.0.0-rc1"}, "payments 2.0.0-rc1", kind="deploy")
     tb.clock.t = NOW
-    write_series(tb.telemetry, "payments", {"error_ratio": 0.6})  # type: ignore[arg-type]
-    write_series(tb.telemetry, "checkout", {"error_ratio": 0.6})  # type: ignore[arg-type]
-    write_series(tb.telemetry, "frontend", {"error_ratio": 0.6})  # type: ignore[arg-type]
-    error_traces(tb.telemetry, "payments")  # type: ignore[arg-type]
+    write_series(tb.telemetry, "payments", {"error_ratio": 0.6})
+    write_series(tb.telemetry, "checkout", {"error_ratio": 0.6})
+    write_series(tb.telemetry, "frontend", {"error_ratio": 0.6})
+    error_traces(tb.telemetry, "payments")
     diagnosis = analyst(tb).diagnose(observe(tb))
     assert diagnosis.top is not None
     assert (diagnosis.top.service, diagnosis.top.fault_type) == ("payments", "bad_deploy")
@@ -192,11 +113,12 @@ def test_a_service_down_after_its_deploy_is_restarted_once_then_rolled_back(tmp_
     tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth(failing={"payments"}))
     assert isinstance(tb.clock, ManualClock)
     tb.clock.t = FAULT_AT - 5
-    tb.gitops.commit_config("payments", {"version": "2.0.0-rc1"}, "payments 2.0.0-rc1", kind="deploy")  # type: ignore[attr-defined]
+    assert isinstance(tb.gitops, LocalGitOps)
+    tb.gitops.commit_config("payments", {"version": "2.0.0-rc1"}, "payments 2.0.0-rc1", kind="deploy")
     tb.clock.t = NOW
-    write_series(tb.telemetry, "payments", {"error_ratio": 0.6})  # type: ignore[arg-type]
-    write_series(tb.telemetry, "checkout", {"error_ratio": 0.6})  # type: ignore[arg-type]
-    error_traces(tb.telemetry, "payments")  # type: ignore[arg-type]
+    write_series(tb.telemetry, "payments", {"error_ratio": 0.6})
+    write_series(tb.telemetry, "checkout", {"error_ratio": 0.6})
+    error_traces(tb.telemetry, "payments")
     obs = observe(tb)
     first = analyst(tb).diagnose(obs)
     assert first.top is not None and (first.top.service, first.top.fault_type) == ("payments", "crash")
@@ -219,9 +141,9 @@ def test_a_service_down_after_its_deploy_is_restarted_once_then_rolled_back(tmp_
 
 def test_memory_leak_is_recognised(tmp_path: Path) -> None:
     tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth())
-    write_series(tb.telemetry, "checkout", leak_mb_s=40)  # type: ignore[arg-type]
-    write_series(tb.telemetry, "payments")  # type: ignore[arg-type]
-    write_series(tb.telemetry, "frontend")  # type: ignore[arg-type]
+    write_series(tb.telemetry, "checkout", leak_mb_s=40)
+    write_series(tb.telemetry, "payments")
+    write_series(tb.telemetry, "frontend")
     diagnosis = analyst(tb).diagnose(observe(tb))
     assert diagnosis.top is not None
     assert (diagnosis.top.service, diagnosis.top.fault_type) == ("checkout", "memory_leak")
@@ -230,7 +152,7 @@ def test_memory_leak_is_recognised(tmp_path: Path) -> None:
 def test_healthy_system_has_no_signals(tmp_path: Path) -> None:
     tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth())
     for s in TOPOLOGY:
-        write_series(tb.telemetry, s)  # type: ignore[arg-type]
+        write_series(tb.telemetry, s)
     obs = observe(tb)
     assert obs.healthy and obs.signals == []
     diagnosis = analyst(tb).diagnose(obs)
@@ -241,16 +163,16 @@ def test_confidence_follows_separation(tmp_path: Path) -> None:
     """Two equally broken independent services get a lower confidence than one broken service alone; both are
     the calibrated model's probability for their ranking."""
     tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth())
-    write_series(tb.telemetry, "payments", {"latency_p95_ms": 400})  # type: ignore[arg-type]
-    write_series(tb.telemetry, "checkout")  # type: ignore[arg-type]
-    write_series(tb.telemetry, "frontend")  # type: ignore[arg-type]
+    write_series(tb.telemetry, "payments", {"latency_p95_ms": 400})
+    write_series(tb.telemetry, "checkout")
+    write_series(tb.telemetry, "frontend")
     alone = analyst(tb).diagnose(observe(tb)).confidence
     tb2 = make_toolbox(tmp_path / "two", FakeRuntime.up(TOPOLOGY), FakeHealth())
-    topo = {"frontend": [], "checkout": [], "payments": []}
+    topo: dict[str, list[str]] = {"frontend": [], "checkout": [], "payments": []}
     tb2.topology = topo
-    write_series(tb2.telemetry, "payments", {"latency_p95_ms": 400})  # type: ignore[arg-type]
-    write_series(tb2.telemetry, "checkout", {"latency_p95_ms": 400})  # type: ignore[arg-type]
-    write_series(tb2.telemetry, "frontend")  # type: ignore[arg-type]
+    write_series(tb2.telemetry, "payments", {"latency_p95_ms": 400})
+    write_series(tb2.telemetry, "checkout", {"latency_p95_ms": 400})
+    write_series(tb2.telemetry, "frontend")
     two = analyst(tb2).diagnose(observe(tb2))
     assert two.confidence < alone
     model = ConfidenceModel.load()
@@ -286,9 +208,9 @@ def test_confidence_is_the_models_probability_for_a_ranking() -> None:
 
 def test_without_the_artefact_the_analyst_says_so_and_uses_the_formula(tmp_path: Path) -> None:
     tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY, down={"payments"}), FakeHealth(failing={"payments"}))
-    write_series(tb.telemetry, "payments", stop_at=FAULT_AT)  # type: ignore[arg-type]
-    write_series(tb.telemetry, "checkout", {"error_ratio": 1.0})  # type: ignore[arg-type]
-    write_series(tb.telemetry, "frontend", {"error_ratio": 1.0})  # type: ignore[arg-type]
+    write_series(tb.telemetry, "payments", stop_at=FAULT_AT)
+    write_series(tb.telemetry, "checkout", {"error_ratio": 1.0})
+    write_series(tb.telemetry, "frontend", {"error_ratio": 1.0})
     bare = Analyst(
         tb,
         AnalystConfig(),
@@ -419,11 +341,12 @@ def test_only_changes_shortly_before_the_incident_name_the_fault(
     tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth())
     assert isinstance(tb.clock, ManualClock)
     tb.clock.t = deployed_at
-    tb.gitops.commit_config("payments", {"version": "1.4.1"}, "payments 1.4.1", kind="deploy")  # type: ignore[attr-defined]
+    assert isinstance(tb.gitops, LocalGitOps)
+    tb.gitops.commit_config("payments", {"version": "1.4.1"}, "payments 1.4.1", kind="deploy")
     tb.clock.t = NOW
     for service in TOPOLOGY:
-        write_series(tb.telemetry, service, {"error_ratio": 0.5})  # type: ignore[arg-type]
-    error_traces(tb.telemetry, "payments")  # type: ignore[arg-type]
+        write_series(tb.telemetry, service, {"error_ratio": 0.5})
+    error_traces(tb.telemetry, "payments")
     diagnosis = analyst(tb).diagnose(observe(tb))
     assert diagnosis.top is not None and diagnosis.top.service == "payments"
     assert diagnosis.top.fault_type == expected
@@ -436,16 +359,17 @@ def test_a_rollback_is_never_reverted(tmp_path: Path) -> None:
     tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth())
     assert isinstance(tb.clock, ManualClock)
     tb.clock.t = FAULT_AT - 40
+    assert isinstance(tb.gitops, LocalGitOps)
     tb.gitops.commit_config(
         "payments", {"version": "1.4.0", "capture": False}, "disable capture", kind="config", author="ops"
-    )  # type: ignore[attr-defined]
+    )
     tb.clock.t = FAULT_AT - 20
-    pr = tb.gitops.propose("payments", {"version": "1.4.0"}, "revert", "revert capture", key="k1")  # type: ignore[call-arg]
+    pr = tb.gitops.propose("payments", {"version": "1.4.0"}, "revert", "revert capture", key="k1")
     tb.gitops.merge(pr.id)
     tb.clock.t = NOW
     for service in TOPOLOGY:
-        write_series(tb.telemetry, service, {"error_ratio": 0.5})  # type: ignore[arg-type]
-    error_traces(tb.telemetry, "payments")  # type: ignore[arg-type]
+        write_series(tb.telemetry, service, {"error_ratio": 0.5})
+    error_traces(tb.telemetry, "payments")
     diagnosis = analyst(tb).diagnose(observe(tb))
     assert diagnosis.top is not None and diagnosis.top.service == "payments"
     shas = {e.ref for e in diagnosis.top.evidence if e.kind == "change"}
@@ -465,7 +389,7 @@ def test_a_suspect_change_already_reverted_falls_back_to_a_checked_restart(tmp_p
 
     runtime = CountingRuntime.up(TOPOLOGY)
     tb = make_toolbox(tmp_path, runtime, FakeHealth())
-    current = tb.gitops.config("payments")  # type: ignore[attr-defined]
+    current = tb.gitops.config("payments")
     rollback = Action(kind="config_change", service="payments", params={"config": current, "revert": "abc"})
     allowed = Engineer(
         tb,
@@ -498,10 +422,10 @@ def test_a_full_disk_is_named_from_its_error_lines_and_never_restarted(
     tmp_path: Path, message: str, expected: str
 ) -> None:
     tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth())
-    write_series(tb.telemetry, "payments", {"error_ratio": 0.5})  # type: ignore[arg-type]
+    write_series(tb.telemetry, "payments", {"error_ratio": 0.5})
     for s in ("checkout", "frontend"):
-        write_series(tb.telemetry, s)  # type: ignore[arg-type]
-    tb.telemetry.write_logs(  # type: ignore[attr-defined]
+        write_series(tb.telemetry, s)
+    local_store(tb.telemetry).write_logs(
         LogRecord(ts=FAULT_AT + 1 + i * 0.5, service="payments", level="error", message=message, attrs={})
         for i in range(10)
     )
@@ -526,9 +450,9 @@ def test_the_live_analyst_reads_the_same_ranker_as_the_benchmark(tmp_path: Path)
     from agents.rca_live import live_input
 
     tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth())
-    write_series(tb.telemetry, "payments", {"cpu_percent": 95.0})  # type: ignore[arg-type]
-    write_series(tb.telemetry, "checkout")  # type: ignore[arg-type]
-    write_series(tb.telemetry, "frontend")  # type: ignore[arg-type]
+    write_series(tb.telemetry, "payments", {"cpu_percent": 95.0})
+    write_series(tb.telemetry, "checkout")
+    write_series(tb.telemetry, "frontend")
     obs = observe(tb)
     diagnosis = analyst(tb).diagnose(obs)
     assert diagnosis.top is not None and diagnosis.top.service == "payments"
@@ -542,7 +466,7 @@ def test_the_live_analyst_reads_the_same_ranker_as_the_benchmark(tmp_path: Path)
     quiet.mkdir()
     tb2 = make_toolbox(quiet, FakeRuntime.up(TOPOLOGY), FakeHealth())
     for s in TOPOLOGY:
-        write_series(tb2.telemetry, s)  # type: ignore[arg-type]
+        write_series(tb2.telemetry, s)
     healthy = analyst(tb2).diagnose(observe(tb2))
     assert all(e.ref != "ranker" for h in healthy.hypotheses for e in h.evidence)
 
@@ -555,12 +479,13 @@ def test_what_each_fault_type_needs_in_the_evidence() -> None:
         def downstream_of(self, service: str) -> set[str]:
             return {"payments"} if service == "checkout" else set()
 
+    toolbox = cast(Toolbox, _Toolbox())  # a stand-in: `unsupported` reads only downstream_of
     quiet = ServiceEvidence("checkout")
     table = {"checkout": quiet, "payments": ServiceEvidence("payments")}
-    assert unsupported("memory_leak", quiet, table, _Toolbox()) == "its memory did not deviate"  # type: ignore[arg-type]
-    assert unsupported("bad_deploy", quiet, table, _Toolbox()) == "it had no deploy in the lookback"  # type: ignore[arg-type]
-    assert unsupported("dependency_down", quiet, table, _Toolbox()) == "none of its dependencies is down"  # type: ignore[arg-type]
-    assert unsupported("unknown", quiet, table, _Toolbox()) == ""  # type: ignore[arg-type]
+    assert unsupported("memory_leak", quiet, table, toolbox) == "its memory did not deviate"
+    assert unsupported("bad_deploy", quiet, table, toolbox) == "it had no deploy in the lookback"
+    assert unsupported("dependency_down", quiet, table, toolbox) == "none of its dependencies is down"
+    assert unsupported("unknown", quiet, table, toolbox) == ""
     leaking = ServiceEvidence(
         "checkout",
         signals=[
@@ -574,17 +499,17 @@ def test_what_each_fault_type_needs_in_the_evidence() -> None:
             )
         ],
     )
-    assert unsupported("memory_leak", leaking, table, _Toolbox()) == ""  # type: ignore[arg-type]
+    assert unsupported("memory_leak", leaking, table, toolbox) == ""
     table["payments"].signals.append(
         Signal(service="payments", name="health", value=0.0, baseline=1.0, score=10.0, detail="down")
     )
-    assert unsupported("dependency_down", quiet, table, _Toolbox()) == ""  # type: ignore[arg-type]
+    assert unsupported("dependency_down", quiet, table, toolbox) == ""
 
 
 def _redeploy_telemetry(tb: Toolbox, peer_attr: bool) -> None:
     """A bad deploy of payments as a container redeploy recorded it: payments is unreachable for 2 s (no
     telemetry, checkout's calls to it refused), then serves the bad release; checkout's errors begin first."""
-    store: LocalTelemetryStore = tb.telemetry  # type: ignore[assignment]
+    store = local_store(tb.telemetry)
     began = NOW - 3.5  # the analyst reads it early, as the worker does, 3.5 s after the redeploy began
     gap = (began, began + 2.0)
     rng = random.Random(7)
@@ -666,7 +591,8 @@ def test_a_redeploy_gap_is_blamed_on_the_redeployed_service_not_its_caller(
     tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth())
     assert isinstance(tb.clock, ManualClock)
     tb.clock.t = NOW - 4  # committed, then applied: the restart begins half a second later
-    tb.gitops.commit_config("payments", {"version": "2.0.0-rc1"}, "Deploy payments 2.0.0-rc1", kind="deploy")  # type: ignore[attr-defined]
+    assert isinstance(tb.gitops, LocalGitOps)
+    tb.gitops.commit_config("payments", {"version": "2.0.0-rc1"}, "Deploy payments 2.0.0-rc1", kind="deploy")
     tb.clock.t = NOW
     _redeploy_telemetry(tb, peer_attr)
     diagnosis = analyst(tb).diagnose(observe(tb))
@@ -775,8 +701,8 @@ def test_a_wobble_on_a_flat_quiet_service_is_not_ranker_evidence(tmp_path: Path)
     checkout "a symptom" of it (a demo run on containers escalated `unknown on payments`).
     """
     tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth())
-    write_series(tb.telemetry, "checkout", leak_mb_s=40)  # type: ignore[arg-type]
-    write_series(tb.telemetry, "frontend")  # type: ignore[arg-type]
+    write_series(tb.telemetry, "checkout", leak_mb_s=40)
+    write_series(tb.telemetry, "frontend")
     batch = []
     t = T0
     while t <= NOW:
@@ -789,7 +715,7 @@ def test_a_wobble_on_a_flat_quiet_service_is_not_ranker_evidence(tmp_path: Path)
             ("cpu_percent", {"service": "payments"}, 2.2 if late else 1.7, t),
         ]
         t += 0.5
-    tb.telemetry.write_metrics(batch)  # type: ignore[attr-defined]
+    local_store(tb.telemetry).write_metrics(batch)
     diagnosis = analyst(tb).diagnose(observe(tb))
     assert diagnosis.top is not None
     assert (diagnosis.top.service, diagnosis.top.fault_type) == ("checkout", "memory_leak")

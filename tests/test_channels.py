@@ -16,7 +16,7 @@ from aiosmtpd.controller import Controller
 from evals.llm_local import free_port
 from sregraph.config import load_settings
 from sregraph.engine import RunRegistry, routed_notifier
-from tests.fakes.http import answer_json
+from tests.fakes.http import Receiver, answer_json
 from tests.support import ManualClock
 from tools.base import ToolError
 from tools.channels import (
@@ -36,36 +36,6 @@ from tools.channels import (
 from tools.domain import Trigger
 from tools.ledger import ActionLedger
 from tools.notifier import IdempotentNotifier, notification_key
-
-
-class Receiver:
-    """A local HTTP endpoint that keeps every JSON body posted to it and answers `status`."""
-
-    def __init__(self) -> None:
-        self.bodies: list[tuple[str, dict[str, Any]]] = []
-        self.status = 200
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - stdlib naming
-                length = int(self.headers.get("content-length", 0))
-                receiver.bodies.append((self.path, json.loads(self.rfile.read(length))))
-                self.send_response(receiver.status)
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

@@ -25,9 +25,10 @@ from sregraph.events import EventLog
 from sregraph.localenv.app import LocalApp
 from sregraph.server import ApiServer, create_app
 from sregraph.worker import Worker
-from tests.test_channels import Receiver
+from tests.fakes.http import Receiver
 from tools.base import ExternalEvent
 from tools.channels import NotificationsConfig
+from tools.gitops import LocalGitOps
 from tools.notifier import IdempotentNotifier, MultiNotifier
 
 ARTIFACTS = Path(
@@ -79,6 +80,7 @@ def test_live_incident_approved_from_the_dashboard(tmp_path: Path, browser: Page
     )
     toolbox = toolbox_for(world)
     # The harness's own notifier (a file), plus the configured channels behind the routing tree.
+    assert isinstance(toolbox.notifier, IdempotentNotifier)
     toolbox = replace(
         toolbox,
         notifier=IdempotentNotifier(
@@ -101,6 +103,7 @@ def test_live_incident_approved_from_the_dashboard(tmp_path: Path, browser: Page
             [ExternalEvent(ts=world.t, kind="feature_flag", title="search-v2 on for all", service="search")]
         )
         # The harness policy lets a restart of search happen only with a human's approval.
+        assert isinstance(engine.toolbox.gitops, LocalGitOps)
         world.inject(Scenario("latency", "search"), engine.toolbox.gitops)
         started: list[str | None] = []
         scan = threading.Thread(target=lambda: started.append(worker.scan()))
@@ -146,7 +149,8 @@ def test_live_incident_approved_from_the_dashboard(tmp_path: Path, browser: Page
         browser.wait_for(
             "document.querySelector('#acked').textContent.startsWith('Acknowledged by api:alice')"
         )
-        assert engine.registry.acknowledgement(incident_id)["by"] == "api:alice"
+        acknowledged = engine.registry.acknowledgement(incident_id)
+        assert acknowledged is not None and acknowledged["by"] == "api:alice"
         created = engine.registry.list()[0]["created_at"]
         assert worker.escalator.tick(created + 700) == []  # acknowledged: the second tier never pages
         browser.eval("document.querySelector('#reason').value = 'checked the graphs'")

@@ -48,7 +48,9 @@ def test_demo_json_scorecard_and_memory_hit(tmp_path: Path) -> None:
     for line in demo.stderr:
         head.append(line)
         if "watch it live:" in line:
-            url, token = re.search(r"(http://127\.0\.0\.1:\d+)/ui/ .*(srg_\S+)", line).groups()  # type: ignore[union-attr]
+            found = re.search(r"(http://127\.0\.0\.1:\d+)/ui/ .*(srg_\S+)", line)
+            assert found is not None, line
+            url, token = found.groups()
             me = httpx.get(f"{url}/api/v1/whoami", headers={"Authorization": f"Bearer {token}"}, timeout=10)
             assert me.json() == {"name": "demo-viewer", "role": "viewer"}
             assert httpx.get(f"{url}/ui/", timeout=10).status_code == 200
@@ -185,8 +187,8 @@ def test_the_stand_in_human_clears_a_stopped_service_and_closes_every_escalation
         toolbox=SimpleNamespace(incidents=SimpleNamespace(close=closed.append)),
     )
     handled = {"inc-a"}  # the scorecard's own escalation, already handed over
-    _close_other_escalations(engine, handled, said.append)  # type: ignore[arg-type]
-    _close_other_escalations(engine, handled, said.append)  # type: ignore[arg-type]
+    _close_other_escalations(engine, handled, said.append)  # type: ignore[arg-type]  # a stand-in engine
+    _close_other_escalations(engine, handled, said.append)  # type: ignore[arg-type]  # a stand-in engine
     assert closed == [3] and handled == {"inc-a", "inc-c"} and len(said) == 1
 
 
@@ -212,6 +214,7 @@ def test_the_demo_diagnoses_payments_from_the_telemetry_it_shipped_through_the_a
     assert not any("srg_" in line for line in said)  # no token is printed without the dashboard
     row = rows[0]
     assert row.detected and row.root_cause_correct and row.recovered, row
+    assert row.incident_id is not None
     top = diagnoses[row.incident_id].top
     assert (top.service, top.fault_type) == ("payments", "error_spike")
     assert any(e.kind == "metric" and e.ref == "error_ratio" and e.weight > 0 for e in top.evidence), (

@@ -125,9 +125,11 @@ def runtime(client: docker.DockerClient, project: str) -> Iterator[DockerRuntime
 
 
 def project_containers(client: docker.DockerClient, project: str) -> list[str]:
-    return sorted(
-        c.name for c in client.containers.list(all=True, filters={"label": [f"{PROJECT}={project}"]})
-    )
+    names = []
+    for c in client.containers.list(all=True, filters={"label": [f"{PROJECT}={project}"]}):
+        assert c.name is not None  # every container has a name
+        names.append(c.name)
+    return sorted(names)
 
 
 # --------------------------------------------------------------------------- ownership
@@ -148,7 +150,12 @@ def test_foreign_container_is_refused_and_left_untouched(
         labels={MANAGED: "true", PROJECT: "someone-else"},
     )
     try:
-        wait_for("the foreign container to run", lambda: foreign.reload() or foreign.status == "running")
+
+        def foreign_running() -> bool:
+            foreign.reload()
+            return bool(foreign.status == "running")
+
+        wait_for("the foreign container to run", foreign_running)
         for action in (
             runtime.restart,
             runtime.stop,
@@ -158,6 +165,7 @@ def test_foreign_container_is_refused_and_left_untouched(
         ):
             with pytest.raises(Refused, match=f"{name}.*not"):
                 action("sleeper")
+        assert foreign.id is not None and other.name is not None
         for target in (foreign.id, name, other.name):
             with pytest.raises(Refused, match="does not carry the labels"):
                 runtime.container(target)

@@ -59,6 +59,7 @@ def test_crash_is_restarted_and_verified(settings: Settings, app: LocalApp) -> N
     bodies = [c.body for c in issue.comments]
     assert any(b.startswith("### Diagnosis") for b in bodies)
     assert any("Post-mortem" in b for b in bodies)
+    assert engine.toolbox.memory is not None
     assert engine.toolbox.memory.get(state["incident_id"]) is not None
     engine.close()
 

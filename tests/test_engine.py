@@ -7,15 +7,15 @@ from typing import Any
 
 from sregraph.config import load_settings
 from sregraph.engine import Engine
+from tests.fixtures.telemetry import FAULT_AT, TOPOLOGY, make_toolbox, write_series
 from tests.support import FakeHealth, FakeRuntime
-from tests.test_analyst import TOPOLOGY, make_toolbox, write_series
 from tools.domain import Trigger
 
 
 def test_run_killed_before_its_first_checkpoint_is_restarted(tmp_path: Path) -> None:
     tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth())
     for service in TOPOLOGY:
-        write_series(tb.telemetry, service)  # type: ignore[arg-type]
+        write_series(tb.telemetry, service)
     from tools.incidents import LocalIncidentSurface
 
     tb.incidents = LocalIncidentSurface(tmp_path / "incidents.db")
@@ -41,7 +41,7 @@ def _healthy_engine(tmp_path: Path) -> Engine:
 
     tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY), FakeHealth())
     for service in TOPOLOGY:
-        write_series(tb.telemetry, service)  # type: ignore[arg-type]
+        write_series(tb.telemetry, service)
     tb.incidents = LocalIncidentSurface(tmp_path / "incidents.db")
     settings = load_settings(
         environ={},
@@ -71,15 +71,14 @@ def test_metrics_and_json_logs_carry_the_incident(tmp_path: Path, caplog: Any) -
 
 def test_stop_request_leaves_the_incident_at_a_step_boundary(tmp_path: Path) -> None:
     """A stop between steps (SIGTERM in the worker) leaves a checkpoint that the next start resumes."""
-    from tests.test_analyst import FAULT_AT
     from tools.incidents import LocalIncidentSurface
 
     tb = make_toolbox(tmp_path, FakeRuntime.up(TOPOLOGY, down={"payments"}), FakeHealth(failing={"payments"}))
-    write_series(tb.telemetry, "payments", stop_at=FAULT_AT)  # type: ignore[arg-type]
-    write_series(tb.telemetry, "checkout", {"error_ratio": 1.0})  # type: ignore[arg-type]
-    write_series(tb.telemetry, "frontend", {"error_ratio": 1.0})  # type: ignore[arg-type]
+    write_series(tb.telemetry, "payments", stop_at=FAULT_AT)
+    write_series(tb.telemetry, "checkout", {"error_ratio": 1.0})
+    write_series(tb.telemetry, "frontend", {"error_ratio": 1.0})
     tb.incidents = LocalIncidentSurface(tmp_path / "incidents.db")
-    tb.runtime.restart = lambda service: tb.runtime.status(service)  # type: ignore[attr-defined]
+    tb.runtime.restart = lambda service: tb.runtime.status(service)  # type: ignore[method-assign]  # no-op restart
     settings = load_settings(
         environ={},
         data_dir=tmp_path / "data",

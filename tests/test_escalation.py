@@ -9,10 +9,11 @@ from evals.harness import Scenario, World, settings_for, toolbox_for
 from sregraph.engine import Engine, RunRegistry
 from sregraph.escalation import Escalator
 from sregraph.worker import Worker
-from tests.test_channels import Receiver
+from tests.fakes.http import Receiver
 from tools.channels import EscalationTier, Message, NotificationsConfig
 from tools.domain import Trigger
 from tools.github.commands import Command
+from tools.gitops import LocalGitOps
 from tools.ledger import ActionLedger
 from tools.notifier import IdempotentNotifier
 
@@ -59,7 +60,8 @@ def test_tiers_page_in_turn_once_each_until_acknowledged(tmp_path: Path) -> None
     )
     assert len(chat.pages) == 2 and len(pager.pages) == 1
     assert "tier 2 of 2" in pager.pages[0].text
-    assert registry.acknowledgement("stuck")["by"] == "alice"
+    acknowledged = registry.acknowledgement("stuck")
+    assert acknowledged is not None and acknowledged["by"] == "alice"
     assert registry.acknowledge("stuck", "bob") is False  # the first acknowledgement stays
 
 
@@ -91,6 +93,7 @@ def test_worker_pages_through_configured_channels_and_ack_on_the_issue_stops_it(
         engine = Engine(settings, toolbox_for(world))
         worker = Worker(engine)
         assert worker.escalator is not None
+        assert isinstance(engine.toolbox.gitops, LocalGitOps)
         world.inject(
             Scenario("crash", "frontend"), engine.toolbox.gitops
         )  # the policy lets the agents do nothing
@@ -104,7 +107,7 @@ def test_worker_pages_through_configured_channels_and_ack_on_the_issue_stops_it(
         ]
         # Someone with write access says /ack on the issue: the second tier never pages.
         issue_id = engine.state(incident_id)["issue_id"]
-        engine.toolbox.incidents.poll_commands = lambda: [
+        engine.toolbox.incidents.poll_commands = lambda: [  # type: ignore[attr-defined]  # GitHub's polling
             Command(name="ack", author="alice", issue_id=issue_id, comment_id=1)
         ]
         assert worker.handle_commands() == [f"ack {incident_id}"]

@@ -14,6 +14,7 @@ from sregraph.alerts import MAX_ALERTS, SUMMARY_CHARS, AlertReceiver, WebhookErr
 from sregraph.storm import StormGate
 from tests.support import ManualClock
 from tools.domain import Trigger
+from tools.gitops import LocalGitOps
 
 FUZZ = settings(
     max_examples=150,
@@ -149,7 +150,8 @@ def test_alert_text_never_authorises_an_action(tmp_path: Path) -> None:
 
     world = World.create(tmp_path / "w")
     engine = Engine(settings_for(tmp_path / "w"), toolbox_for(world))
-    world.inject(SCENARIOS[7], engine.toolbox.gitops)  # type: ignore[arg-type]  # latency on search: approval needed
+    assert isinstance(engine.toolbox.gitops, LocalGitOps)
+    world.inject(SCENARIOS[7], engine.toolbox.gitops)  # latency on search: approval needed
     worker = Worker(engine, max_concurrent=2)
     incident_id, _ = worker.submit(Trigger(source="alert", service="search", signal="HighLatency"))
     assert worker.wait_idle(30) and engine.pending_approval(incident_id)

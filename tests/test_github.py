@@ -7,7 +7,6 @@ no test sleeps on real time except the one that trips a real socket timeout.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
@@ -27,8 +26,8 @@ from tests.fixtures.github import (
     make_gitops,
     make_surface,
 )
-from tests.support import FakeHealth, FakeRuntime, ManualClock
-from tests.test_analyst import NORMAL, TOPOLOGY, error_traces
+from tests.fixtures.telemetry import FAULT_AT, NOW, TOPOLOGY, error_traces, write_phase
+from tests.support import FakeHealth, FakeRuntime, GraphDeployer, ManualClock
 from tools.base import (
     ConfigError,
     GitOps,
@@ -36,7 +35,6 @@ from tools.base import (
     LogRecord,
     NotFound,
     Refused,
-    ServiceStatus,
     TransientError,
 )
 from tools.breaker import CircuitOpenError
@@ -119,7 +117,8 @@ def test_refired_alert_comments_instead_of_opening_a_duplicate(
     assert [c["body"].splitlines()[0] for c in github.issue_comments(number)] == [
         "Incident `inc-2` attached to this issue."
     ]
-    assert surface.find_open("fp-payments-down").id == number  # type: ignore[union-attr]
+    found = surface.find_open("fp-payments-down")
+    assert found is not None and found.id == number
     assert surface.find_open("fp-unknown") is None
     # Once closed, the same alert opens a new incident.
     surface.close(number)
@@ -598,41 +597,6 @@ def test_token_comes_from_the_environment_or_a_secrets_file(tmp_path: Path) -> N
 # --------------------------------------------------------------------------- the real graph
 
 
-NOW = T0 + 50
-FAULT_AT = T0 + 40
-
-
-class GraphDeployer:
-    """Applies the merged config: restarts the service with the version now on the deploy branch."""
-
-    def __init__(self, runtime: FakeRuntime, gitops: GitHubGitOps) -> None:
-        self.runtime, self.gitops = runtime, gitops
-        self.applied: list[str] = []
-
-    def apply(self, service: str) -> ServiceStatus:
-        status = self.runtime.status(service)
-        status.restarts += 1
-        status.version = str(self.gitops.config(service)["version"])
-        self.applied.append(service)
-        return status
-
-
-def write_phase(
-    store: LocalTelemetryStore, service: str, start: float, end: float, fault: dict[str, float] | None = None
-) -> None:
-    rng = random.Random(hash(service) & 0xFFFF)
-    batch = []
-    t = start
-    while t <= end:
-        for name, normal in NORMAL.items():
-            value = normal * (1 + rng.uniform(-0.05, 0.05)) if normal else 0.0
-            if fault and name in fault:
-                value = fault[name]
-            batch.append((name, {"service": service}, value, t))
-        t += 0.5
-    store.write_metrics(batch)
-
-
 def test_the_real_graph_runs_an_incident_on_github(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A bad deploy of payments: issue, phase comments, a rollback PR merged through GitHub, post-mortem, close."""
     monkeypatch.chdir(tmp_path)  # no stray sregraph.yaml from the working directory
@@ -669,7 +633,7 @@ def test_the_real_graph_runs_an_incident_on_github(tmp_path: Path, monkeypatch: 
         deployer = GraphDeployer(runtime, gitops)
         toolbox = Toolbox(
             telemetry=store,
-            runtime=runtime,  # type: ignore[arg-type]
+            runtime=runtime,
             incidents=surface,
             gitops=gitops,
             notifier=JsonlNotifier(tmp_path / "notifications.jsonl"),

@@ -12,9 +12,8 @@ from sregraph.engine import Engine
 from sregraph.worker import Worker
 from tests.fakes.github import FakeGitHub
 from tests.fixtures.github import BOT, BOT_TOKEN, SEED, SEED_MESSAGE, make_gitops, make_surface
-from tests.support import FakeHealth, FakeRuntime, ManualClock
-from tests.test_analyst import FAULT_AT, NOW, T0, TOPOLOGY, error_traces
-from tests.test_github import GraphDeployer, write_phase
+from tests.fixtures.telemetry import FAULT_AT, NOW, T0, TOPOLOGY, error_traces, write_phase
+from tests.support import FakeHealth, FakeRuntime, GraphDeployer, ManualClock
 from tools.domain import Trigger
 from tools.ledger import ActionLedger
 from tools.notifier import JsonlNotifier
@@ -54,7 +53,7 @@ def test_writer_approve_resumes_reader_approve_is_refused(
             telemetry=store,
             runtime=runtime,
             incidents=surface,
-            gitops=gitops,  # type: ignore[arg-type]
+            gitops=gitops,
             notifier=JsonlNotifier(tmp_path / "n.jsonl"),
             health=FakeHealth(),
             deployer=GraphDeployer(runtime, gitops),
@@ -127,7 +126,7 @@ def test_human_opened_or_reopened_issue_starts_an_investigation(
             telemetry=store,
             runtime=runtime,
             incidents=surface,
-            gitops=gitops,  # type: ignore[arg-type]
+            gitops=gitops,
             notifier=JsonlNotifier(tmp_path / "n.jsonl"),
             health=FakeHealth(),
             deployer=GraphDeployer(runtime, gitops),

@@ -10,7 +10,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
@@ -23,6 +22,7 @@ from tools.domain import (
     Diagnosis,
     Evidence,
     Hypothesis,
+    IncidentState,
     Observation,
     PostMortem,
     Signal,
@@ -156,7 +156,7 @@ HONEST = {
 }
 
 
-def crash_state() -> dict[str, Any]:
+def crash_state() -> IncidentState:
     """A recovered crash of payments, as the graph records it."""
     hypothesis = Hypothesis(
         service="payments",
@@ -220,7 +220,7 @@ def crash_state() -> dict[str, Any]:
 
 
 def _worded(text: PostMortemText) -> tuple[PostMortem, PostMortem]:
-    draft = Librarian(SimpleNamespace(services=SERVICES, memory=None)).write(crash_state())  # type: ignore[arg-type]
+    draft = Librarian(SimpleNamespace(services=SERVICES, memory=None)).write(crash_state())  # type: ignore[arg-type]  # a stand-in toolbox
     worded = draft.model_copy(
         update={
             **text.model_dump(exclude={"follow_ups"}),
@@ -244,7 +244,7 @@ def test_honest_post_mortems_are_grounded(name: str) -> None:
 
 
 def test_the_deterministic_post_mortem_is_grounded_in_its_own_facts() -> None:
-    draft = Librarian(SimpleNamespace(services=SERVICES, memory=None)).write(crash_state())  # type: ignore[arg-type]
+    draft = Librarian(SimpleNamespace(services=SERVICES, memory=None)).write(crash_state())  # type: ignore[arg-type]  # a stand-in toolbox
     assert check_postmortem(draft, facts_of(draft, SERVICES)) == []
 
 
@@ -261,7 +261,7 @@ def test_an_escalated_incident_may_not_be_written_up_as_recovered() -> None:
     state["actions"] = []
     state["verification"] = None
     state["escalation"] = "policy refused: restart on payments is cooling down for another 30s"
-    draft = Librarian(SimpleNamespace(services=SERVICES, memory=None)).write(state)  # type: ignore[arg-type]
+    draft = Librarian(SimpleNamespace(services=SERVICES, memory=None)).write(state)  # type: ignore[arg-type]  # a stand-in toolbox
     claims = draft.model_copy(
         update={"summary": "payments crashed and was restarted; service was restored.", "wording": "model"}
     )
@@ -292,6 +292,7 @@ def test_an_escalated_incident_may_not_be_written_up_as_recovered() -> None:
 )
 def test_incident_titles(title: str, grounded: bool) -> None:
     observation = crash_state()["observation"]
+    assert observation is not None
     assert (check_title(title, observation, SERVICES) == []) is grounded
 
 
@@ -309,7 +310,7 @@ def test_an_ungrounded_model_post_mortem_is_replaced_said_and_never_stored() -> 
     memory = _Memory()
     toolbox = SimpleNamespace(services=SERVICES, memory=memory, incidents=None)
     model = ScriptedChatModel(responses=[answer(HOSTILE["the issue's example"], usage=(300, 60))])
-    librarian = Librarian(toolbox, chat_model=model)  # type: ignore[arg-type]
+    librarian = Librarian(toolbox, chat_model=model)  # type: ignore[arg-type]  # a stand-in toolbox
     pm = librarian.write_with_model(crash_state())
     assert pm.wording == "deterministic" and pm.ungrounded
     assert "fraud" not in pm.title + pm.summary + pm.root_cause
@@ -324,7 +325,7 @@ def test_a_grounded_model_post_mortem_is_used_and_stored() -> None:
     memory = _Memory()
     toolbox = SimpleNamespace(services=SERVICES, memory=memory, incidents=None)
     model = ScriptedChatModel(responses=[answer(HONEST["plain restatement"])])
-    librarian = Librarian(toolbox, chat_model=model)  # type: ignore[arg-type]
+    librarian = Librarian(toolbox, chat_model=model)  # type: ignore[arg-type]  # a stand-in toolbox
     pm = librarian.write_with_model(crash_state())
     assert pm.wording == "model" and pm.ungrounded == [] and pm.title == HONEST["plain restatement"].title
     assert librarian.store(pm) and memory.added[0].title == pm.title
@@ -333,7 +334,7 @@ def test_a_grounded_model_post_mortem_is_used_and_stored() -> None:
 def test_store_refuses_a_model_wording_that_skipped_the_check() -> None:
     """Defence in depth: whoever built it, a model-worded post-mortem is checked again before memory keeps it."""
     memory = _Memory()
-    librarian = Librarian(SimpleNamespace(services=SERVICES, memory=memory))  # type: ignore[arg-type]
+    librarian = Librarian(SimpleNamespace(services=SERVICES, memory=memory))  # type: ignore[arg-type]  # a stand-in toolbox
     _, worded = _worded(HOSTILE["an invented service"])
     assert librarian.store(worded) is False
     assert memory.added == []
@@ -345,7 +346,7 @@ def test_a_real_memory_never_serves_the_rejected_text(tmp_path: Path) -> None:
 
     store = PostMortemStore(tmp_path / "memory")
     model = ScriptedChatModel(responses=[answer(HOSTILE["the issue's example"])])
-    librarian = Librarian(SimpleNamespace(services=SERVICES, memory=store, incidents=None), chat_model=model)  # type: ignore[arg-type]
+    librarian = Librarian(SimpleNamespace(services=SERVICES, memory=store, incidents=None), chat_model=model)  # type: ignore[arg-type]  # a stand-in toolbox
     assert librarian.store(librarian.write_with_model(crash_state()))
     stored = store.get("inc-grounding")
     assert stored is not None and stored.wording == "deterministic"
@@ -365,7 +366,7 @@ def test_an_incident_with_no_diagnosed_service_still_gets_no_schema_echo_stored(
         ],
         "escalation": "no hypothesis explains the symptoms",
     }
-    draft = Librarian(SimpleNamespace(services=SERVICES, memory=None)).write(state)  # type: ignore[arg-type]
+    draft = Librarian(SimpleNamespace(services=SERVICES, memory=None)).write(state)  # type: ignore[arg-type]  # a stand-in toolbox
     assert draft.service == "unknown"
     echo = draft.model_copy(
         update={

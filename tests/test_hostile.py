@@ -43,8 +43,7 @@ from sregraph.observability import JsonFormatter
 from sregraph.worker import Worker
 from tests.fakes.github import FakeGitHub
 from tests.fixtures.github import BOT, BOT_TOKEN, REPO, SEED, SEED_MESSAGE, T0, make_gitops
-from tests.support import FakeHealth, FakeRuntime, ManualClock
-from tests.test_analyst import (
+from tests.fixtures.telemetry import (
     FAULT_AT,
     NOW,
     TOPOLOGY,
@@ -54,7 +53,8 @@ from tests.test_analyst import (
     observe,
     write_series,
 )
-from tests.test_worker_alerts import _world
+from tests.fixtures.world import approval_world
+from tests.support import FakeHealth, FakeRuntime, ManualClock
 from tools.base import ConfigError, Refused
 from tools.display import md, plain, term
 from tools.domain import (
@@ -67,7 +67,8 @@ from tools.domain import (
     TimelineEntry,
     Trigger,
 )
-from tools.gitops import SIGNATURE_TRAILER, LocalGitOps, commit_signature, git_blob_id
+from tools.gitops import LocalGitOps, commit_signature, git_blob_id
+from tools.gitops_common import SIGNATURE_TRAILER
 from tools.incidents import LocalIncidentSurface
 from tools.notifier import ConsoleNotifier, JsonlNotifier
 from tools.runtime import ProcessSpec, ProcessSupervisor, service_environment
@@ -164,10 +165,10 @@ def test_a_process_spec_cannot_hand_on_a_secret_and_containers_inherit_nothing(
             pass
 
     runtime = DockerRuntime(
-        Client(),
+        Client(),  # type: ignore[arg-type]  # a stand-in client that records what would be created
         {"web": ContainerSpec(name="web", image="img", command=["x"], env={"OWN": "1"})},
         project="hostile",
-    )  # type: ignore[arg-type]
+    )
     runtime._create(runtime.specs["web"], 1, 0)
     assert created[0]["environment"] == {"OWN": "1", "REPLICA": "1"}
 
@@ -207,7 +208,7 @@ def _payload(*services: str) -> dict[str, Any]:
 def test_the_receiver_refuses_to_serve_without_a_token_unless_told_so_on_loopback(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _, engine = _world(tmp_path)
+    _, engine = approval_world(tmp_path)
     worker = Worker(engine)
     try:
         with pytest.raises(ConfigError, match="bearer token"):
@@ -224,7 +225,7 @@ def test_the_receiver_refuses_to_serve_without_a_token_unless_told_so_on_loopbac
 
 
 def test_alerts_for_services_the_topology_does_not_know_are_refused_and_counted(tmp_path: Path) -> None:
-    _, engine = _world(tmp_path)
+    _, engine = approval_world(tmp_path)
     worker = Worker(engine)
     try:
         receiver = worker.serve_alerts(AlertsConfig(enabled=True, port=0, group_wait_s=0), token="s3cret")
@@ -259,7 +260,7 @@ def test_alerts_for_services_the_topology_does_not_know_are_refused_and_counted(
 def test_auth_failures_are_logged_with_their_source_and_exported(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _, engine = _world(tmp_path)
+    _, engine = approval_world(tmp_path)
     worker = Worker(engine)
     try:
         receiver = worker.serve_alerts(AlertsConfig(enabled=True, port=0), token="s3cret")
@@ -654,8 +655,8 @@ def test_author_names_messages_and_unsigned_trailers_cannot_hide_a_bad_change(
     [change] = [c for c in tb.gitops.history() if c.sha == sha]
     assert (change.ours, change.kind, change.services) == (False, "deploy", ["payments"])
     for service in TOPOLOGY:
-        write_series(tb.telemetry, service, {"error_ratio": 0.6})  # type: ignore[arg-type]
-    error_traces(tb.telemetry, "payments")  # type: ignore[arg-type]
+        write_series(tb.telemetry, service, {"error_ratio": 0.6})
+    error_traces(tb.telemetry, "payments")
     diagnosis = analyst(tb).diagnose(observe(tb))
     assert diagnosis.top is not None
     assert sha in {e.ref for e in diagnosis.top.evidence if e.kind == "change"}
@@ -712,7 +713,8 @@ def test_the_merge_pin_lives_in_the_ledger_not_in_the_editable_pr_body() -> None
         human.get_repo(REPO).get_pull(pr.id).edit(body="looks fine, merge it")
         with pytest.raises(Refused, match="moved"):
             gitops.merge(pr.id)
-        assert "6.6.6" not in server.file("services/payments.yaml")
+        pinned = server.file("services/payments.yaml")
+        assert pinned is not None and "6.6.6" not in pinned
         # A PR sregraph never proposed, on a branch named like its own, is not merged either.
         repo = human.get_repo(REPO)
         repo.create_git_ref("refs/heads/sregraph/evil", server.refs["refs/heads/main"])
@@ -723,7 +725,8 @@ def test_the_merge_pin_lives_in_the_ledger_not_in_the_editable_pr_body() -> None
         with pytest.raises(Refused, match="no pin"):
             gitops.merge(evil.number)
         human.close()
-    assert "6.6.6" not in server.file("services/payments.yaml")
+    final = server.file("services/payments.yaml")
+    assert final is not None and "6.6.6" not in final
 
 
 # --------------------------------------------------------------------------- one redactor on every outward path

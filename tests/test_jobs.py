@@ -16,6 +16,7 @@ from sregraph.leases import lease_log, overlaps
 from sregraph.worker import Worker
 from tools.base import ConfigError
 from tools.domain import ApprovalDecision, Trigger
+from tools.gitops import LocalGitOps
 
 
 def test_job_queue_needs_postgres() -> None:
@@ -64,7 +65,8 @@ def test_alerts_and_approvals_are_jobs_that_running_workers_take(
         _wait(router_engine, probes, {"healthy"})
         # search needs a human's approval to restart: the decision is a job too.
         world = World(root)
-        world.inject(SCENARIOS[7], router_engine.toolbox.gitops)  # type: ignore[arg-type]
+        assert isinstance(router_engine.toolbox.gitops, LocalGitOps)
+        world.inject(SCENARIOS[7], router_engine.toolbox.gitops)
         search, new = router.submit(
             Trigger(
                 source="alert",

@@ -1,6 +1,7 @@
 """The import contract: sregraph/ and evals/ -> graphs/ -> agents/ -> tools/, memory/, prompts/ (README's layout).
 A module may import its own package, one at its layer, or one below it, never one above, not even inside a
-function or under TYPE_CHECKING. No product package imports `tests` (it is not installed)."""
+function or under TYPE_CHECKING. No product package imports `tests` (it is not installed). No test module imports
+another: what two of them share lives in tests/support.py, tests/fakes/ or tests/fixtures/."""
 
 from __future__ import annotations
 
@@ -32,6 +33,32 @@ def violations(root: Path) -> list[str]:
                     top = target.split(".")[0]
                     if LAYERS.get(top, -1) > layer or top in TEST_ONLY:
                         found.append(f"{path.relative_to(root)}:{node.lineno}: {package} imports {target}")
+    return found
+
+
+def cross_test_imports(root: Path) -> list[str]:
+    """Every import of a test module by a test module (tests/test_*.py), as 'file:line: a imports b'."""
+    found = []
+    for path in sorted((root / "tests").glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                # Relative imports resolve inside tests/; `from tests import test_x` names the module among the names.
+                if node.level == 0:
+                    package = node.module or ""
+                else:
+                    package = ".".join(["tests", *([node.module] if node.module else [])])
+                targets = [package] + [f"{package}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            else:
+                continue
+            for target in targets:
+                parts = target.split(".")
+                if len(parts) >= 2 and parts[0] == "tests" and parts[1].startswith("test_"):
+                    found.append(
+                        f"{path.relative_to(root)}:{node.lineno}: {path.stem} imports {'.'.join(parts[:2])}"
+                    )
+                    break
     return found
 
 
@@ -97,4 +124,30 @@ def test_a_planted_import_of_the_tests_is_caught(tmp_path: Path) -> None:
         "sregraph/cli.py:1: sregraph imports tests.support",
         "evals/bench.py:3: evals imports tests.worker_harness",
         "tools/fake.py:1: tools imports tests",
+    ]
+
+
+def test_no_test_module_imports_another() -> None:
+    assert cross_test_imports(ROOT) == []
+
+
+def test_a_planted_import_of_a_test_module_is_caught(tmp_path: Path) -> None:
+    (tmp_path / "tests" / "fixtures").mkdir(parents=True)
+    (tmp_path / "tests" / "support.py").write_text(
+        "from tests.test_analyst import TOPOLOGY\n"
+    )  # not a test module
+    (tmp_path / "tests" / "test_fine.py").write_text(
+        "from tests.support import FakeRuntime\nfrom tests.fixtures.telemetry import write_series\n"
+        "import tests.testing_helpers\nfrom tests import support\n"
+    )
+    (tmp_path / "tests" / "test_bad.py").write_text(
+        "from tests.test_analyst import make_toolbox\ndef f():\n    import tests.test_llm as llm\n"
+        "from tests import fakes, test_channels\nfrom .test_github import GraphDeployer\nfrom . import test_storm\n"
+    )
+    assert cross_test_imports(tmp_path) == [
+        "tests/test_bad.py:1: test_bad imports tests.test_analyst",
+        "tests/test_bad.py:4: test_bad imports tests.test_channels",
+        "tests/test_bad.py:5: test_bad imports tests.test_github",
+        "tests/test_bad.py:6: test_bad imports tests.test_storm",
+        "tests/test_bad.py:3: test_bad imports tests.test_llm",
     ]

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
@@ -19,12 +19,11 @@ from langchain_core.tools import BaseTool, tool
 from langchain_openai import ChatOpenAI
 from pydantic import SecretStr
 
-from agents.investigation import READONLY_TOOL_NAMES, build_readonly_tools
+from agents.investigation import READONLY_TOOL_NAMES
 from agents.llm import (
     LLMConfig,
     LLMDiagnosis,
     LLMError,
-    LLMHypothesis,
     WatsonxConfig,
     make_chat_model,
     message_tokens,
@@ -42,222 +41,15 @@ from agents.tokens import (
 )
 from tests.fakes import FakeOpenAIServer
 from tests.fakes.openai_server import reply
-from tests.support import FakeRuntime, ManualClock, ScriptedChatModel, answer, say, tool_call
+from tests.fixtures.investigation import DIAGNOSIS, LOGS, make_tools
+from tests.support import FakeTelemetry, ScriptedChatModel, answer, say, tool_call
 from tools.base import (
-    Change,
     ConfigError,
-    LogRecord,
-    Series,
-    ServiceStatus,
-    Span,
     SregraphError,
     TransientError,
 )
-from tools.domain import SimilarIncident
 
 REPO = Path(__file__).resolve().parents[1]
-NOW = 1_700_000_000.0
-
-# --------------------------------------------------------------------------- in-test fakes of the backends
-
-
-class FakeTelemetry:
-    """Telemetry over fixed lists; records the queries it answered."""
-
-    def __init__(
-        self,
-        series: list[Series] | None = None,
-        logs: list[LogRecord] | None = None,
-        spans: list[Span] | None = None,
-        fail: Exception | None = None,
-    ) -> None:
-        self.series, self.logs, self.span_list, self.fail = series or [], logs or [], spans or [], fail
-        self.queries: list[tuple[Any, ...]] = []
-
-    def query_range(self, name: str, labels: dict[str, str] | None, start: float, end: float) -> list[Series]:
-        if self.fail:
-            raise self.fail
-        self.queries.append((name, labels, start, end))
-        return [
-            s.model_copy(update={"points": [p for p in s.points if start <= p[0] <= end]})
-            for s in self.series
-            if s.name == name and all(s.labels.get(k) == v for k, v in (labels or {}).items())
-        ]
-
-    def search_logs(
-        self,
-        service: str | None,
-        start: float,
-        end: float,
-        query: str | None = None,
-        level: str | None = None,
-        limit: int = 500,
-    ) -> list[LogRecord]:
-        self.queries.append(("logs", service, start, end, query))
-        return [
-            r
-            for r in self.logs
-            if (service is None or r.service == service)
-            and start <= r.ts <= end
-            and (query is None or query.lower() in r.message.lower())
-            and (level is None or r.level == level)
-        ][:limit]
-
-    def spans(self, service: str | None, start: float, end: float, limit: int = 2000) -> list[Span]:
-        return [
-            s for s in self.span_list if (service is None or s.service == service) and start <= s.start <= end
-        ]
-
-    def metric_names(self) -> list[str]:
-        return sorted({s.name for s in self.series})
-
-
-class FakeGitOps:
-    """GitOps history only; proposing or merging fails the test."""
-
-    def __init__(self, changes: list[Change]) -> None:
-        self.changes = changes
-
-    def config(self, service: str) -> dict[str, Any]:
-        return {}
-
-    def history(self, since: float | None = None, service: str | None = None) -> list[Change]:
-        return [
-            c
-            for c in sorted(self.changes, key=lambda c: -c.at)
-            if (since is None or c.at >= since) and (service is None or service in c.services)
-        ]
-
-    def _mutation(self, *args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("a read-only tool tried to change the config repository")
-
-    propose = merge = _mutation
-
-    def rollback_config(self, service: str, before: float | str) -> dict[str, Any]:
-        return {}
-
-    def pull_requests(self, state: str = "all") -> list[Any]:
-        return []
-
-
-def _span(
-    trace: str,
-    sid: str,
-    parent: str | None,
-    service: str,
-    status: Literal["ok", "error"] = "ok",
-    dt: float = 0.0,
-) -> Span:
-    return Span(
-        trace_id=trace,
-        span_id=sid,
-        parent_id=parent,
-        service=service,
-        name="call",
-        start=NOW - 20 + dt,
-        duration_ms=5.0,
-        status=status,
-    )
-
-
-SERIES = [
-    Series(
-        name="error_ratio",
-        labels={"service": "payments"},
-        points=[(NOW - 60 + i * 2, 0.01 if i < 20 else 0.4) for i in range(30)],
-    ),
-    Series(
-        name="error_ratio",
-        labels={"service": "checkout"},
-        points=[(NOW - 60 + i * 2, 0.02) for i in range(30)],
-    ),
-    Series(name="memory_rss_mb", labels={"service": "payments"}, points=[]),
-]
-LOGS = [
-    *[
-        LogRecord(
-            ts=NOW - 30 + i,
-            service="payments",
-            level="error",
-            message=f"db pool exhausted after {100 + i}ms (order {5000 + i})",
-        )
-        for i in range(12)
-    ],
-    *[
-        LogRecord(ts=NOW - 30 + i, service="payments", level="info", message=f"GET /pay/{i} 200")
-        for i in range(5)
-    ],
-    LogRecord(ts=NOW - 10, service="payments", level="warning", message="retrying 10.0.0.7:5432"),
-]
-SPANS = [
-    span
-    for i in range(4)
-    for span in (
-        _span(f"t{i}", f"{i}a", None, "frontend", "error", i),
-        _span(f"t{i}", f"{i}b", f"{i}a", "checkout", "error", i),
-        _span(f"t{i}", f"{i}c", f"{i}b", "payments", "error", i),
-    )
-] + [_span("ok1", "x", None, "frontend"), _span("ok1", "y", "x", "search")]
-STATUSES = {
-    "payments": ServiceStatus(
-        service="payments",
-        running=True,
-        pid=42,
-        restarts=3,
-        started_at=NOW - 12.5,
-        memory_mb=310.0,
-        version="1.4.2",
-    ),
-    "checkout": ServiceStatus(service="checkout", running=True),
-}
-CHANGES = [
-    Change(
-        sha="4f1c2a9be07d11aa",
-        at=NOW - 300,
-        author="ci-bot",
-        kind="config",
-        services=["payments"],
-        message="payments: pool_size 20 -> 2\n\nlong body",
-    ),
-    Change(
-        sha="0000aaaa11112222",
-        at=NOW - 7200,
-        author="dev",
-        kind="deploy",
-        services=["checkout"],
-        message="old",
-    ),
-]
-PAST = [
-    SimilarIncident(
-        incident_id="inc-7",
-        service="payments",
-        fault_type="config_change",
-        outcome="recovered",
-        similarity=0.8,
-        summary="pool shrunk",
-        action="rollback",
-    )
-]
-
-
-def make_tools(memory: Any = "default", telemetry: FakeTelemetry | None = None) -> list[BaseTool]:
-    searches: list[str] = []
-
-    def memory_search(text: str) -> list[SimilarIncident]:
-        searches.append(text)
-        if not text.strip():
-            raise ConfigError("search text is empty")
-        return PAST
-
-    return build_readonly_tools(
-        telemetry or FakeTelemetry(SERIES, LOGS, SPANS),
-        FakeRuntime(dict(sorted(STATUSES.items()))),  # services listed by name
-        FakeGitOps(CHANGES),
-        memory_search if memory == "default" else memory,
-        ManualClock(NOW),
-        60.0,
-    )
 
 
 def call(tools: list[BaseTool], tool_name: str, /, **args: Any) -> dict[str, Any]:
@@ -267,18 +59,6 @@ def call(tools: list[BaseTool], tool_name: str, /, **args: Any) -> dict[str, Any
     result: dict[str, Any] = json.loads(out)
     return result
 
-
-DIAGNOSIS = LLMDiagnosis(
-    hypotheses=[
-        LLMHypothesis(
-            service="payments",
-            fault_type="config_change",
-            cited_evidence=["pool_size 20 -> 2"],
-            rationale="pool cut just before errors",
-        )
-    ],
-    notes=["checkout is a symptom"],
-)
 
 # --------------------------------------------------------------------------- tokens
 
@@ -544,7 +324,8 @@ def test_tool_loop_round_trip_with_a_scripted_model() -> None:
     sent = model.calls[1][-1]
     assert isinstance(sent, ToolMessage) and sent.name == "query_metric"
     assert json.loads(str(sent.content))["data"]["series"][0].startswith("n=30")
-    assert sent.tool_call_id == model.calls[1][-2].tool_calls[0]["id"]  # type: ignore[attr-defined]
+    asked = model.calls[1][-2]
+    assert isinstance(asked, AIMessage) and sent.tool_call_id == asked.tool_calls[0]["id"]
     # Tools bound first; then the schema bound as the one tool the final answer must call.
     assert model.bound[0]["tools"] == list(READONLY_TOOL_NAMES)
     assert model.bound[1]["tools"] == ["LLMDiagnosis"] and model.bound[1]["tool_choice"] == "any"

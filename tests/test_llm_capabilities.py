@@ -22,8 +22,8 @@ from agents.llm import (
 )
 from agents.tokens import TokenBudget
 from tests.fakes.openai_server import FakeOpenAIServer, reply
+from tests.fixtures.investigation import DIAGNOSIS, make_tools
 from tests.support import ManualClock
-from tests.test_llm import DIAGNOSIS, make_tools
 
 ENV = {"OPENAI_API_KEY": "test"}
 
@@ -95,8 +95,9 @@ def test_hosted_openai_gets_json_schema_and_max_completion_tokens() -> None:
         )
         model = make_chat_model(cfg, environ=ENV)
         # The same client, told it talks to OpenAI itself (api.openai.com is unreachable from tests).
-        model.compat_max_tokens = False  # type: ignore[union-attr]
-        run_tool_loop(model, "s", "u", [], LLMDiagnosis, 1, TokenBudget(12000))  # type: ignore[arg-type]
+        assert model is not None
+        model.compat_max_tokens = False  # type: ignore[attr-defined]  # the compatible client's own field
+        run_tool_loop(model, "s", "u", [], LLMDiagnosis, 1, TokenBudget(12000))
     final = server.requests[-1]
     assert final["response_format"]["type"] == "json_schema"
     assert final["max_completion_tokens"] == cfg.max_tokens
@@ -138,7 +139,8 @@ def test_client_errors_are_not_retried(status: int) -> None:
             with pytest.raises(LLMError):
                 ask(model, "s", LLMDiagnosis, TokenBudget(12000))
         assert len(server.requests) == 2
-        assert model_resilience(model).state == "closed"  # type: ignore[union-attr]
+        resilience = model_resilience(model)
+        assert resilience is not None and resilience.state == "closed"
 
 
 def test_an_outage_500_is_retried_and_opens_the_breaker() -> None:
@@ -149,7 +151,8 @@ def test_an_outage_500_is_retried_and_opens_the_breaker() -> None:
             with pytest.raises(LLMError):
                 ask(model, "s", LLMDiagnosis, TokenBudget(12000))
         assert len(server.requests) == 4  # two attempts per call
-        assert model_resilience(model).state == "open"  # type: ignore[union-attr]
+        resilience = model_resilience(model)
+        assert resilience is not None and resilience.state == "open"
         with pytest.raises(LLMError, match="circuit open"):
             ask(model, "s", LLMDiagnosis, TokenBudget(12000))
         assert len(server.requests) == 4
@@ -165,7 +168,11 @@ def test_transient_classification_of_500s() -> None:
         response = httpx.Response(
             status, request=httpx.Request("POST", "http://127.0.0.1/v1/chat/completions")
         )
-        return openai.APIStatusError(message, response=response, body={"error": {"message": message}})
+        return openai.APIStatusError(
+            message,
+            response=response,  # type: ignore[arg-type]  # openai types its own httpx fork; this reads the same
+            body={"error": {"message": message}},
+        )
 
     assert not transient_model_error(error(500, LLAMA_CPP_500))
     assert not transient_model_error(error(500, "response_format json_schema is not supported"))

@@ -73,6 +73,7 @@ def test_every_fallback_is_on_the_incident(tmp_path: Path) -> None:
     )
     assert run.state["diagnosis"].llm_fallback and run.state["plan"].llm_fallback
     assert run.state["postmortem"].llm_fallback
+    assert run.model is not None
     assert run.model.calls >= 4 and run.model.failures == run.model.calls
     score = score_case(run)
     summary = summarize([score], "openai")

@@ -79,6 +79,7 @@ def test_scripted_llm_brain_handles_a_crash_end_to_end(tmp_path: Path) -> None:
     # Tool calls round-tripped: the model saw a real status of the real payments process.
     tool_results = [m for call in model.calls for m in call if isinstance(m, ToolMessage)]
     status = next(m for m in tool_results if m.name == "service_status")
+    assert isinstance(status.content, str)
     assert json.loads(status.content)["data"]["running"] in (False, True)
     assert {m.name for m in tool_results} >= {"service_status", "trace_errors", "search_logs"}
     assert [(a.action.kind, a.status) for a in state["actions"]] == [("restart", "done")]

@@ -31,8 +31,8 @@ from agents.llm import (
 from agents.tokens import TokenBudget
 from tests.fakes.openai_server import reply
 from tests.fakes.watsonx_server import GRANT_TYPE, FakeWatsonxServer
+from tests.fixtures.investigation import DIAGNOSIS, make_tools
 from tests.support import ManualClock
-from tests.test_llm import DIAGNOSIS, make_tools
 from tools.base import ConfigError
 
 API_KEY = "wx-test-key-0123456789"
@@ -230,7 +230,8 @@ def test_an_outage_is_retried_and_opens_the_breaker(serve: Any) -> None:
         with pytest.raises(LLMError):
             ask(model, "s", LLMDiagnosis, TokenBudget(12000))
     assert len(server.chat_requests()) == 4  # two attempts per call, by the resilience policy alone
-    assert model_resilience(model).state == "open"  # type: ignore[union-attr]
+    resilience = model_resilience(model)
+    assert resilience is not None and resilience.state == "open"
     with pytest.raises(LLMError, match="circuit open"):
         ask(model, "s", LLMDiagnosis, TokenBudget(12000))
     assert len(server.chat_requests()) == 4

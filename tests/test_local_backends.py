@@ -288,7 +288,7 @@ def test_commit_config_lands_on_main_and_disk(ops: LocalGitOps, repo: Path, cloc
     with pytest.raises(Refused, match="identical"):
         ops.commit_config("payments", {**SEED["payments"], "version": "1.5.0"}, "again")
     with pytest.raises(ConfigError, match="kind"):
-        ops.commit_config("payments", {"version": "2"}, "x", kind="bogus")  # type: ignore[arg-type]
+        ops.commit_config("payments", {"version": "2"}, "x", kind="bogus")  # type: ignore[arg-type]  # refused: not a kind
 
 
 def test_history_order_kinds_and_filters(ops: LocalGitOps, repo: Path, clock: ManualClock) -> None:
@@ -369,7 +369,7 @@ def test_propose_refuses_noop_and_unknown_service(ops: LocalGitOps) -> None:
     with pytest.raises(NotFound, match="billing"):
         ops.propose("billing", {"version": "1"}, "new", "b")
     with pytest.raises(ConfigError, match="new_config"):
-        ops.propose("payments", ["not", "a", "mapping"], "bad", "b")  # type: ignore[arg-type]
+        ops.propose("payments", ["not", "a", "mapping"], "bad", "b")  # type: ignore[arg-type]  # refused
 
 
 def test_propose_merge_round_trip(ops: LocalGitOps, repo: Path, clock: ManualClock) -> None:

@@ -285,6 +285,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalApp]:
         try:
             local.stop()
         finally:
+            assert isinstance(local.runtime, ProcessSupervisor)  # the app runs local processes by default
             for pid in local.runtime.pids():  # belt and braces: nothing survives the module
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
@@ -300,7 +301,11 @@ def recent(app: LocalApp, metric: str, service: str, since: float) -> list[float
 def test_load_flows_through_all_services(app: LocalApp) -> None:
     since = time.time()
     for name in app.services():
-        wait_for(f"{name} traffic", lambda n=name: any(v > 0 for v in recent(app, "request_rate", n, since)))
+
+        def traffic(service: str = name) -> bool:
+            return any(v > 0 for v in recent(app, "request_rate", service, since))
+
+        wait_for(f"{name} traffic", traffic)
     assert {
         "request_rate",
         "error_ratio",
@@ -326,7 +331,12 @@ def test_spans_link_frontend_checkout_payments(app: LocalApp) -> None:
         lambda: [s for s in app.telemetry.spans("frontend", since, time.time() + 1) if s.parent_id is None],
     )
     root = roots[-2] if len(roots) > 1 else roots[-1]  # the newest may still have children in flight
-    chain = wait_for("a full trace", lambda: len(t := app.telemetry.trace(root.trace_id)) == 5 and t)
+
+    def full_trace() -> list[Span] | None:
+        trace = app.telemetry.trace(root.trace_id)
+        return trace if len(trace) == 5 else None
+
+    chain = wait_for("a full trace", full_trace)
     by_name = {(s.service, s.name): s for s in chain}
     front = by_name[("frontend", "GET /buy")]
     call_checkout = by_name[("frontend", "call checkout")]
@@ -345,14 +355,11 @@ def test_metrics_endpoint_speaks_prometheus(app: LocalApp) -> None:
     """Each service exposes prometheus-client metrics that Prometheus can scrape."""
     import httpx
 
-    text = wait_for(
-        "requests counted on /metrics",
-        lambda: (
-            (body := httpx.get(app.urls["frontend"] + "/metrics", timeout=2).text)
-            and "shop_purchases_total{" in body
-            and body
-        ),
-    )
+    def counted() -> str | None:
+        body = httpx.get(app.urls["frontend"] + "/metrics", timeout=2).text
+        return body if "shop_purchases_total{" in body else None
+
+    text = wait_for("requests counted on /metrics", counted)
     assert 'http_requests_total{code="200",handler="/buy",service="frontend"}' in text
     assert "http_request_duration_seconds_bucket" in text
 
@@ -475,6 +482,7 @@ def test_inject_rejects_bad_input_and_changes_nothing(app: LocalApp) -> None:
 
 def test_stop_stops_everything(app: LocalApp) -> None:
     app.stop()
+    assert isinstance(app.runtime, ProcessSupervisor)
     assert app.runtime.pids() == []
     for name in app.services():
         assert not app.runtime.status(name).running

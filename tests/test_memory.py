@@ -127,7 +127,7 @@ def make_pm(
         fault_type=fault_type,
         evidence=evidence,
         actions=actions,
-        outcome=outcome,  # type: ignore[arg-type]
+        outcome=outcome,
         follow_ups=[f"add an alert for {fault_type} on {service}"],
         markdown=f"# {title}\n\n{summary}\n\n## Root cause\n\n{root_cause}\n",
     )

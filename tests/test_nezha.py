@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import random
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,167 +24,10 @@ from evals.nezha import (
 )
 from evals.nezha_cli import nezha
 from tests.data import SHARED_DATA
+from tests.fixtures.nezha import DAY, PODS, T0, write_day
 from tools.base import ConfigError, Refused, Telemetry
 
 REAL = SHARED_DATA / "nezha-ob"
-DAY = "2022-08-22"
-T0 = 1661162400  # 2022-08-22 10:00:00 UTC
-MINUTES = 60
-PODS = {
-    "frontend": "frontend-579b9bff58-t2dbm",
-    "checkoutservice": "checkoutservice-578fcf4766-9csqn",
-    "paymentservice": "paymentservice-9cdb6588f-554sm",
-    "adservice": "adservice-5f6585d649-fnmft",
-}
-NORMAL = {  # column -> value per service
-    "CpuUsageRate(%)": {"frontend": 10.0, "checkoutservice": 5.0, "paymentservice": 2.0, "adservice": 4.0},
-    "MemoryUsage(Mi)": {
-        "frontend": 20.0,
-        "checkoutservice": 50.0,
-        "paymentservice": 30.0,
-        "adservice": 200.0,
-    },
-    "PodServerLatencyP95(s)": {
-        "frontend": 0.8,
-        "checkoutservice": 0.05,
-        "paymentservice": 0.005,
-        "adservice": 0.04,
-    },
-    "PodWorkload(Ops)": {"frontend": 9.0, "checkoutservice": 0.3, "paymentservice": 0.3, "adservice": 5.0},
-}
-COLUMNS = [
-    "Time", "TimeStamp", "PodName", "CpuUsage(m)", "CpuUsageRate(%)", "MemoryUsage(Mi)", "MemoryUsageRate(%)",
-    "SyscallRead", "SyscallWrite", "NetworkReceiveBytes", "NetworkTransmitBytes", "PodClientLatencyP90(s)",
-    "PodServerLatencyP90(s)", "PodClientLatencyP95(s)", "PodServerLatencyP95(s)", "PodClientLatencyP99(s)",
-    "PodServerLatencyP99(s)", "PodWorkload(Ops)", "PodSuccessRate(%)", "NodeCpuUsageRate(%)",
-    "NodeMemoryUsageRate(%)", "NodeNetworkReceiveBytes",
-]  # fmt: skip
-
-# Four faults, with what the synthetic metrics show for each (minute offsets from T0 -> value):
-#  A 10:10:30 paymentservice cpu_consumed   payment CPU 2 -> 95 %            => payment #1, cpu_saturation
-#  B 10:20:30 checkoutservice network_delay  checkout p95 50 -> 600 ms, frontend 0.8 -> 3 s at the same minutes
-#                                            => checkout #1 (frontend is its caller: a symptom), latency
-#  C 10:30:30 paymentservice return          entry success 100 -> 60 % from 10:31, payment p95 5 -> 100 ms from
-#                                            10:32 (after the frontend): frontend #1 (error_spike), payment #2
-#  D 10:40:30 frontend cpu_contention        nothing visible => no hypothesis
-FAULTS = [
-    ("10:10:30", "paymentservice", "cpu_consumed"),
-    ("10:20:30", "checkoutservice", "network_delay"),
-    ("10:30:30", "paymentservice", "return"),
-    ("10:40:30", "frontend", "cpu_contention"),
-]
-ANOMALIES: dict[tuple[str, str], tuple[range, float]] = {
-    ("paymentservice", "CpuUsageRate(%)"): (range(11, 14), 95.0),
-    ("checkoutservice", "PodServerLatencyP95(s)"): (range(21, 24), 0.6),
-    ("frontend", "PodServerLatencyP95(s)"): (range(21, 24), 3.0),
-    ("paymentservice", "PodServerLatencyP95(s)"): (range(32, 35), 0.1),
-}
-ENTRY_SUCCESS = (range(31, 35), 60.0)
-
-
-def _stamp(minute: int, second: int = 19) -> str:
-    t = time.gmtime(T0 + minute * 60 + second)
-    return time.strftime("%Y-%m-%d %H:%M:%S", t) + f".{minute:03d}158889 +0000 UTC m=+{minute * 60}.113112869"
-
-
-def write_day(root: Path, traces: bool = False) -> Path:
-    """Write a day folder in Nezha's layout: rca_data/<day>/{fault list, metric/*.csv[, trace/, log/]}."""
-    day = root / "rca_data" / DAY
-    metric = day / "metric"
-    metric.mkdir(parents=True)
-    rng = random.Random(7)
-    for service, pod in PODS.items():
-        with (metric / f"{pod}_metric.csv").open("w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(COLUMNS)
-            for m in range(MINUTES):
-                ts = (
-                    T0 + m * 60 + 19 + (200_000_000 if service == "adservice" else 0)
-                )  # adservice: corrupt TimeStamp
-                row: dict[str, object] = {c: 1.0 for c in COLUMNS}
-                row.update({"Time": _stamp(m), "TimeStamp": ts, "PodName": pod, "PodSuccessRate(%)": 0})
-                for column, normal in NORMAL.items():
-                    value = normal[service] * (1 + rng.uniform(-0.03, 0.03))
-                    span, bad = ANOMALIES.get((service, column), (range(0), 0.0))
-                    row[column] = bad if m in span else value
-                if service == "checkoutservice" and m == 5:
-                    row["PodServerLatencyP95(s)"] = "NaN"  # the real files hold NaN cells
-                w.writerow([row[c] for c in COLUMNS])
-    with (metric / "front_service.csv").open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(
-            [
-                "Time",
-                "TimeStamp",
-                "ServiceName",
-                "SuccessRate(%)",
-                "LatencyP50(s)",
-                "LatencyP90(s)",
-                "LatencyP95(s)",
-                "LatencyP99(s)",
-            ]
-        )
-        for m in range(MINUTES):
-            ok = ENTRY_SUCCESS[1] if m in ENTRY_SUCCESS[0] else 100.0
-            w.writerow([_stamp(m), T0 + m * 60 + 19, "Frontend", ok, 0.2, 0.5, 0.8, 1.2])
-    (metric / "dependency.csv").write_text(
-        "Source,Target,Weight\nfrontend,checkoutservice,1\ncheckoutservice,paymentservice,1\nfrontend,adservice,1\n"
-        "frontend,33.33.33.167,1\nloadgenerator,33.33.33.79,1\nloadgenerator,frontend,1\n"
-    )
-    with (metric / "source_50.csv").open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(
-            [
-                "time",
-                "timestamp",
-                "frontend_checkoutservice",
-                "checkoutservice_paymentservice",
-                "frontend_adservice",
-            ]
-        )
-        for m in range(MINUTES):
-            w.writerow([_stamp(m, 20), T0 + m * 60 + 20, 0.2, "" if m == 3 else 0.004, 0.01])
-    labels: dict[str, list[dict[str, str]]] = {}
-    for hhmmss, service, kind in FAULTS:
-        at = f"{DAY} {hhmmss}"
-        ts = T0 + int(hhmmss[3:5]) * 60 + int(hhmmss[6:8])
-        if kind == "return":
-            ts -= 60  # the real labels hold one inject_timestamp 60 s off; inject_time is authoritative
-        labels.setdefault(hhmmss[:2], []).append(
-            {"inject_time": at, "inject_timestamp": str(ts), "inject_pod": PODS[service], "inject_type": kind}
-        )
-    (day / f"{DAY}-fault_list.json").write_text(json.dumps(labels))
-    if traces:
-        (day / "trace").mkdir()
-        start = (T0 + 21 * 60) * 10**9
-        (day / "trace" / "10_21_trace.csv").write_text(
-            "TraceID,SpanID,ParentID,PodName,OperationName,StartTimeUnixNano,EndTimeUnixNano,Duration\n"
-            f"t1,a,root,{PODS['frontend']},hipstershop.Frontend/Recv.,{start},{start + 9_000_000},9000\n"
-            f"t1,b,a,{PODS['checkoutservice']},hipstershop.CheckoutService/PlaceOrder,"
-            f"{start + 1000},{start + 5_000_000},5000\n"
-        )
-        (day / "log").mkdir()
-        inner = json.dumps({"severity": "error", "message": "failed to charge card"})
-        docker = json.dumps({"log": inner + "\n", "stream": "stdout", "time": "x"})
-        with (day / "log" / "10_21_log.csv").open("w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(
-                ["Timestamp", "TimeUnixNano", "Node", "PodName", "Container", "TraceID", "SpanID", "Log"]
-            )
-            w.writerow(["x", start + 2_000_000, "n", PODS["checkoutservice"], "server", "t1", "b", docker])
-            w.writerow(
-                [
-                    "x",
-                    start + 3_000_000,
-                    "n",
-                    PODS["adservice"],
-                    "server",
-                    "t1",
-                    "c",
-                    json.dumps({"log": "2022 INFO AdService - received ad request"}),
-                ]
-            )
-    return day
 
 
 @pytest.fixture

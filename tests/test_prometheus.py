@@ -194,7 +194,8 @@ def test_server_trouble_is_transient_and_retried(response: httpx.Response) -> No
     with pytest.raises(TransientError):
         prom.query("up")
     assert len(seen) == 2  # one retry
-    assert prom.clock.slept == [0.2]  # type: ignore[attr-defined]
+    assert isinstance(prom.clock, StillClock)
+    assert prom.clock.slept == [0.2]
 
 
 def test_retry_recovers() -> None:

@@ -6,14 +6,17 @@ import csv
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
 
 from agents.rca import (
     DEFAULT_PARAMS,
+    Direction,
     EdgeSeries,
     Evidence,
+    Kind,
     LogRow,
     MetricSeries,
     RcaInput,
@@ -59,12 +62,12 @@ def _series(
     metric: str,
     before: list[float],
     after: list[float],
-    kind: str = "other",
-    direction: str = "both",
+    kind: Kind = "other",
+    direction: Direction = "both",
 ) -> MetricSeries:
     values = np.array(before + after, dtype=float)
     ts = T0 + STEP * (np.arange(len(values)) - len(before))
-    return MetricSeries(service, metric, ts, values, None, kind, direction)  # type: ignore[arg-type]
+    return MetricSeries(service, metric, ts, values, None, kind, direction)
 
 
 def test_infer_kind_from_names() -> None:
@@ -534,7 +537,7 @@ def write_chain_case(folder: Path, root: str, names: dict[str, str] | None = Non
     n = lambda s: names.get(s, s)  # noqa: E731
     folder.mkdir(parents=True)
     chain = ["front", "mid", "db"]
-    rows = []
+    rows: list[list[object]] = []
     for s in chain:
         hit = chain.index(s) <= chain.index(root)
         for i in range(12):
@@ -686,8 +689,10 @@ def test_real_onlineboutique_day_beats_both_baselines(tmp_path: Path) -> None:
     assert result["ac3"] >= result["baselines"]["baro"]["ac3"]
 
 
-def _edge(caller: str, callee: str, side: str, before: list[float], after: list[float]) -> EdgeSeries:
-    return EdgeSeries(caller, callee, side, _series(callee, "latency_p50", before, after, "latency", "up"))  # type: ignore[arg-type]
+def _edge(
+    caller: str, callee: str, side: Literal["client", "server"], before: list[float], after: list[float]
+) -> EdgeSeries:
+    return EdgeSeries(caller, callee, side, _series(callee, "latency_p50", before, after, "latency", "up"))
 
 
 def test_edge_gap_points_at_the_callee_whose_callers_wait_on_the_wire() -> None:
@@ -807,7 +812,7 @@ def test_the_shipped_threshold_is_the_rule_applied_to_the_shipped_curve() -> Non
 
 
 def test_the_config_default_of_min_confidence_is_the_artefacts_threshold(tmp_path: Path) -> None:
-    from sregraph.config import AnalystConfig
+    from agents.analyst import AnalystConfig
 
     threshold = json.loads(ARTEFACT.read_text())["min_confidence"]["threshold"]
     assert AnalystConfig().min_confidence == threshold == default_min_confidence()

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from evals.rca_convert import convert_nezha, convert_petshop, petshop_fault_type
 from sregraph.dataset_cli import dataset
 from tests.data import SHARED_DATA
-from tests.test_nezha import write_day
+from tests.fixtures.nezha import write_day
 from tools.base import ConfigError
 
 SHARED = SHARED_DATA

@@ -168,7 +168,8 @@ def test_token_commands(tmp_path: Path) -> None:
     assert made.exit_code == 0, made.output
     token = made.stdout.strip().splitlines()[-1]
     store = ApiStore(tmp_path / "data" / "api.db")
-    assert store.verify(token) is not None and store.verify(token).role == "operator"
+    principal = store.verify(token)
+    assert principal is not None and principal.role == "operator"
     listed = runner.invoke(app, ["token", "list", *data])
     assert "ci" in listed.stdout and token not in listed.stdout
     assert runner.invoke(app, ["token", "create", "ci", *data]).exit_code == 2  # the name is taken

@@ -15,6 +15,7 @@ from sregraph.engine import Engine
 from sregraph.server import GITHUB_WEBHOOK_SECRET_ENV, ApiServer, create_app
 from sregraph.worker import Worker
 from tests.fixtures.github import SECRET, make_surface
+from tools.gitops import LocalGitOps
 
 
 def test_webhook_commands_retry_and_metrics(
@@ -32,6 +33,7 @@ def test_webhook_commands_retry_and_metrics(
     operator = {"Authorization": f"Bearer {store.create_token('alice-bot', 'operator')}"}
     server = ApiServer(create_app(worker, store)).start()
     try:
+        assert isinstance(engine.toolbox.gitops, LocalGitOps)
         world.inject(
             Scenario("crash", "frontend"), engine.toolbox.gitops
         )  # the policy lets the agents do nothing
@@ -52,7 +54,8 @@ def test_webhook_commands_retry_and_metrics(
             )
             answer = client.post("/api/v1/github/webhook", headers=headers, content=body)
             assert answer.status_code == 202 and answer.json()["done"] == [f"ack {incident_id}"]
-            assert engine.registry.acknowledgement(incident_id)["by"] == "alice"
+            acknowledged = engine.registry.acknowledgement(incident_id)
+            assert acknowledged is not None and acknowledged["by"] == "alice"
             assert (
                 client.post("/api/v1/github/webhook", headers=headers, content=body).status_code == 200
             )  # redelivered: once

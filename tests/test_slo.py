@@ -23,7 +23,7 @@ from tools.slo.evaluation import evaluate, release_gate
 from tools.slo.gate import GATE_EXIT_CODES, decide_gate
 from tools.slo.loading import load_slo_file, parse_slo_text
 from tools.slo.rules import render_rules, rules_document, skipped
-from tools.slo.spec import GatePolicy
+from tools.slo.spec import GatePolicy, SloFile
 from tools.telemetry import LocalTelemetryStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,7 +45,7 @@ slos:
 """
 
 
-def slo_file(sli: str = "availability"):  # type: ignore[no-untyped-def]
+def slo_file(sli: str = "availability") -> SloFile:
     return parse_slo_text(ONE_SLO.format(sli=sli))
 
 
@@ -555,7 +555,7 @@ def test_generated_alerts_fire_in_promtool_unit_tests(tmp_path: Path) -> None:
             )
         return {"interval": "1m", "input_series": series, "alert_rule_test": alerts}
 
-    quiet = [
+    quiet: list[dict[str, Any]] = [
         {"eval_time": "2h", "alertname": a, "exp_alerts": []}
         for a in ("ErrorBudgetBurnPage", "ErrorBudgetBurnTicket")
     ]

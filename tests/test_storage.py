@@ -181,8 +181,8 @@ def test_two_workers_storm_gates_on_one_storage_group_as_one(db: Database) -> No
     import random
 
     from sregraph.storm import SharedStormGate, StormGate
+    from tests.fixtures.storm import T0, storm
     from tests.support import ManualClock
-    from tests.test_storm import T0, storm
 
     options: dict[str, Any] = {
         "group_wait_s": 10,

@@ -4,54 +4,16 @@ from __future__ import annotations
 
 import random
 import threading
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sregraph.alerts import AlertmanagerAlert, WebhookError
+from sregraph.alerts import WebhookError
 from sregraph.storm import StormGate, alert_fingerprint
+from tests.fixtures.storm import PROBLEMS, T0, alert, storm
 from tests.support import ManualClock
 from tools.domain import Trigger
-
-T0 = 1_700_000_000.0
-PROBLEMS = [
-    ("payments", "PaymentsDown"),
-    ("checkout", "HighLatency"),
-    ("search", "HighErrorRate"),
-    ("frontend", "HighMemory"),
-]
-
-
-def alert(
-    service: str, name: str, instance: int, status: str = "firing", at: float = T0
-) -> AlertmanagerAlert:
-    return AlertmanagerAlert.model_validate(
-        {
-            "status": status,
-            "labels": {
-                "alertname": name,
-                "service": service,
-                "instance": f"pod-{instance}",
-                "severity": "page",
-            },
-            "annotations": {"summary": f"{name} on {service} pod-{instance}"},
-            "startsAt": datetime.fromtimestamp(at, UTC).isoformat(),
-        }
-    )
-
-
-def storm(rng: random.Random, n: int = 1000, seconds: float = 60.0) -> list[tuple[float, AlertmanagerAlert]]:
-    """n alerts over `seconds`: many instances per problem, repeats, and instances that flap."""
-    events = []
-    for _ in range(n):
-        at = T0 + rng.uniform(0, seconds)
-        service, name = rng.choice(PROBLEMS)
-        instance = rng.randrange(40)
-        status = "resolved" if instance < 4 and rng.random() < 0.5 else "firing"  # pods 0-3 flap
-        events.append((at, alert(service, name, instance, status, at)))
-    return sorted(events, key=lambda e: e[0])
 
 
 def test_a_thousand_alerts_in_a_minute_become_four_incidents() -> None:
@@ -99,12 +61,13 @@ def test_storm_through_the_worker_starts_one_incident_per_problem(tmp_path: Path
     engine = Engine(settings_for(tmp_path / "w"), toolbox_for(world))
     release = threading.Event()
 
-    def start(trigger: Trigger, incident_id: str) -> dict[str, Any]:
+    def start(trigger: Trigger, incident_id: str | None = None) -> dict[str, Any]:
+        assert incident_id is not None  # the worker names every incident it starts
         release.wait(10)
         engine.registry.record(incident_id, None, "escalated")
         return {"incident_id": incident_id}
 
-    engine.start = start  # type: ignore[method-assign]
+    engine.start = start  # type: ignore[method-assign]  # a stand-in for the graph run
     worker = Worker(engine, max_concurrent=4)
     clock = ManualClock(T0)
     gate = StormGate(clock, group_wait_s=5, group_interval_s=5)

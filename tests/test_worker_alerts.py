@@ -18,11 +18,12 @@ from typing import Any
 import pytest
 import yaml
 
-from evals.harness import TOPOLOGY, Scenario, World, settings_for, toolbox_for
+from evals.harness import TOPOLOGY, Scenario
 from sregraph.alerts import AlertReceiver
 from sregraph.config import AlertsConfig, alerts_token, load_settings
-from sregraph.engine import FINAL, Engine
+from sregraph.engine import FINAL
 from sregraph.worker import Worker
+from tests.fixtures.world import approval_world
 from tests.support import ManualClock
 from tools.base import ConfigError
 from tools.gitops import LocalGitOps
@@ -36,8 +37,6 @@ GROUPS = [
     ("search", "SearchErrors"),
     ("frontend", "FrontendLatency"),
 ]
-ACTIONS = ["restart", "start", "rollback"]
-APPROVE_EVERYTHING = {"defaults": {"allowed": ACTIONS, "require_approval": ACTIONS, "cooldown_s": 0}}
 
 
 def _alert(rng: random.Random, at: float) -> dict[str, Any]:
@@ -88,15 +87,8 @@ def post(
     return response.status, json.loads(response.read())
 
 
-def _world(tmp_path: Path) -> tuple[World, Engine]:
-    root = tmp_path / "world"
-    world = World.create(root)
-    (root / "policy.yaml").write_text(yaml.safe_dump(APPROVE_EVERYTHING))  # incidents wait for a human
-    return world, Engine(settings_for(root, max_concurrent=4), toolbox_for(world))
-
-
 def test_a_thousand_alerts_over_http_become_four_incidents(tmp_path: Path) -> None:
-    world, engine = _world(tmp_path)
+    world, engine = approval_world(tmp_path)
     gitops = engine.toolbox.gitops
     assert isinstance(gitops, LocalGitOps)
     for service, fault in FAULTS.items():
@@ -154,7 +146,7 @@ def test_a_thousand_alerts_over_http_become_four_incidents(tmp_path: Path) -> No
 
 def test_sigterm_stops_the_receiver(tmp_path: Path) -> None:
     """The worker in the main thread: an alert opens an incident, a SIGTERM ends the loop and the receiver."""
-    _, engine = _world(tmp_path)
+    _, engine = approval_world(tmp_path)
     worker = Worker(engine)
     receiver = worker.serve_alerts(AlertsConfig(enabled=True, port=0, group_wait_s=0), token="s3cret")
     conn = http.client.HTTPConnection(receiver.host, receiver.port, timeout=10)
@@ -196,7 +188,7 @@ def test_alerts_settings_and_token_from_the_environment_only(tmp_path: Path) -> 
 
 
 def test_port_in_use_is_a_config_error(tmp_path: Path) -> None:
-    _, engine = _world(tmp_path)
+    _, engine = approval_world(tmp_path)
     with AlertReceiver(on_alerts=lambda alerts: {}, port=0, insecure_no_auth=True) as taken:
         with pytest.raises(ConfigError, match="cannot listen"):
             Worker(engine).serve_alerts(AlertsConfig(enabled=True, port=taken.port), token="s3cret")

@@ -29,7 +29,7 @@ from sregraph.engine import FINAL, Engine
 from sregraph.leases import Leases, lease_log, overlaps
 from sregraph.worker import Worker
 from tests.pg import PostgresServer
-from tests.test_worker_kills import _comparable, _normalised
+from tests.worker_harness import comparable, normalised
 from tools.domain import ApprovalDecision, Trigger
 from tools.gitops import LocalGitOps
 
@@ -153,7 +153,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         for k in range(len(SCENARIOS) * ROUNDS)
         for i in json.loads(World(root).get(f"incidents-{k}") or "[]")
     ]
-    return {"summary": result, "normalised": _normalised(_comparable(result), ids)}
+    return {"summary": result, "normalised": normalised(comparable(result), ids)}
 
 
 @pytest.mark.slow
@@ -269,7 +269,7 @@ def test_three_workers_killed_at_random_run_every_incident_once(
     assert all(status == "sent" for _, status in result["notification_keys"])
 
     # ...and exactly as an uninterrupted worker ends them (titles aside: they quote scores a re-run step re-measures).
-    mine, theirs = json.loads(_normalised(_comparable(result), ids)), json.loads(reference["normalised"])
+    mine, theirs = json.loads(normalised(comparable(result), ids)), json.loads(reference["normalised"])
     differences = [
         (key, n, a, b)
         for key in mine

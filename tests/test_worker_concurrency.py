@@ -16,6 +16,7 @@ from sregraph.engine import Engine
 from sregraph.worker import Worker
 from tools.base import ConfigError
 from tools.domain import ApprovalDecision, Trigger
+from tools.gitops import LocalGitOps
 
 
 @pytest.fixture(autouse=True, params=["sqlite", "postgres"])
@@ -47,7 +48,8 @@ def test_runs_never_exceed_the_limit_and_all_finish(tmp_path: Path) -> None:
     peak = 0
     three_running = threading.Event()
 
-    def start(trigger: Trigger, incident_id: str) -> dict[str, Any]:
+    def start(trigger: Trigger, incident_id: str | None = None) -> dict[str, Any]:
+        assert incident_id is not None  # the worker names every incident it starts
         nonlocal peak
         with lock:
             live.append(incident_id)
@@ -60,7 +62,7 @@ def test_runs_never_exceed_the_limit_and_all_finish(tmp_path: Path) -> None:
         engine.registry.record(incident_id, None, "healthy")
         return {"incident_id": incident_id, "status": "healthy"}
 
-    engine.start = start  # type: ignore[method-assign]
+    engine.start = start  # type: ignore[method-assign]  # a stand-in for the graph run
     worker = Worker(engine, max_concurrent=3)
     ids = [worker.submit(Trigger(source="alert", labels={"fingerprint": f"fp-{n}"}))[0] for n in range(10)]
     assert len(set(ids)) == 10
@@ -75,7 +77,8 @@ def test_runs_never_exceed_the_limit_and_all_finish(tmp_path: Path) -> None:
 def test_alert_for_an_incident_in_progress_joins_it(tmp_path: Path) -> None:
     """search needs approval to restart: its incident waits, and later alerts on search are noted on its issue."""
     world, engine = _engine(tmp_path)
-    world.inject(SCENARIOS[7], engine.toolbox.gitops)  # type: ignore[arg-type]
+    assert isinstance(engine.toolbox.gitops, LocalGitOps)
+    world.inject(SCENARIOS[7], engine.toolbox.gitops)
     worker = Worker(engine, max_concurrent=2)
     first = Trigger(source="alert", service="search", signal="HighLatency", summary="p95 above 300ms")
     incident_id, started = worker.submit(first)

@@ -28,7 +28,7 @@ def _setup(tmp_path: Path) -> tuple[World, Engine, LocalIncidentSurface, list[in
         listings[0] += 1
         return list_issues(state)
 
-    surface.list_issues = counted  # type: ignore[method-assign]
+    surface.list_issues = counted  # type: ignore[method-assign]  # counts the listings
     world.inject(
         Scenario("crash", "frontend"), engine.toolbox.gitops
     )  # the policy lets the agents do nothing
@@ -72,7 +72,7 @@ def test_retry_takes_the_issue_over(tmp_path: Path) -> None:
     assert first is not None and worker.wait_idle(60)
     issue_id = engine.state(first)["issue_id"]
     commands = [Command(name="retry", author="alice", issue_id=issue_id, comment_id=1)]
-    surface.poll_commands = lambda: [commands.pop()] if commands else []  # type: ignore[attr-defined]
+    surface.poll_commands = lambda: [commands.pop()] if commands else []  # type: ignore[attr-defined]  # GitHub's polling
     assert worker.handle_commands() == [f"retry {first}"]
     assert worker.wait_idle(60)
     [retry] = [r["incident_id"] for r in engine.registry.list() if r["incident_id"] != first]

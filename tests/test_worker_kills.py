@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 
 from evals.harness import SCENARIOS, World, run, summary
+from tests.worker_harness import comparable, normalised
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,26 +79,9 @@ def _worker(
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def _normalised(result: dict[str, Any], ids: list[str]) -> str:
-    """The summary with incident ids (random, clock-dependent) replaced by their scenario order."""
-    text = json.dumps(result, sort_keys=True)
-    for n, incident_id in enumerate(ids):
-        text = text.replace(incident_id, f"incident-{n}")
-    assert not re.search(r"inc-\d{8}-\d{6}-[0-9a-f]{4}", text), "an incident id outside the scenarios' runs"
-    return text
-
-
 def _incident_ids(root: Path) -> list[str]:
     world = World(root)
     return [i for k in range(len(SCENARIOS)) for i in json.loads(world.get(f"incidents-{k}") or "[]")]
-
-
-def _comparable(result: dict[str, Any]) -> dict[str, Any]:
-    """What must match between runs: titles quote measured scores, which shift when a step re-observes."""
-    return {
-        **result,
-        "issues": [{k: v for k, v in issue.items() if k != "title"} for issue in result["issues"]],
-    }
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +94,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {
         "root": root,
         "summary": result,
-        "normalised": _normalised(_comparable(result), _incident_ids(root)),
+        "normalised": normalised(comparable(result), _incident_ids(root)),
     }
 
 
@@ -187,7 +170,7 @@ def test_worker_killed_everywhere_repeats_nothing_and_loses_nothing(
     result = summary(root)
     assert result["unfinished"] == []
     _notifications_per_incident(root, result)
-    assert _normalised(_comparable(result), _incident_ids(root)) == reference["normalised"]
+    assert normalised(comparable(result), _incident_ids(root)) == reference["normalised"]
 
 
 def test_kill_hook_fires_after_the_checkpoint(tmp_path: Path) -> None:

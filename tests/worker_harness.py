@@ -8,11 +8,15 @@ the engine's checkpointer; product code has no such hook);
 `HARNESS_KILL_IN=restart|apply|propose|merge|notify[:n]` kills it inside the n-th such call, after the change
 is made (or the notification written) and before the agent hears back (the moment an action or a notification
 is most likely to be repeated by mistake). Everything else (`HARNESS_DSN`, ...) is evals/harness.py's.
+
+`comparable` and `normalised` turn a run's summary into what the kill and cluster tests compare between runs.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -92,6 +96,23 @@ def install_kill_hooks(world: World, engine: Engine) -> None:
     kill_in = os.environ.get("HARNESS_KILL_IN", "")
     if kill_in:
         world.after_change = _KillIn(kill_in).after
+
+
+def comparable(result: dict[str, Any]) -> dict[str, Any]:
+    """What must match between runs: titles quote measured scores, which shift when a step re-observes."""
+    return {
+        **result,
+        "issues": [{k: v for k, v in issue.items() if k != "title"} for issue in result["issues"]],
+    }
+
+
+def normalised(result: dict[str, Any], ids: list[str]) -> str:
+    """The summary with incident ids (random, clock-dependent) replaced by their scenario order."""
+    text = json.dumps(result, sort_keys=True)
+    for n, incident_id in enumerate(ids):
+        text = text.replace(incident_id, f"incident-{n}")
+    assert not re.search(r"inc-\d{8}-\d{6}-[0-9a-f]{4}", text), "an incident id outside the scenarios' runs"
+    return text
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ def answer(output: BaseModel, usage: tuple[int, int] | None = None) -> AIMessage
 class ScriptedChatModel(FakeMessagesListChatModel):
     """Replies with `responses` in order (an Exception in the script is raised instead); never cycles."""
 
-    responses: list[BaseMessage | Exception]  # type: ignore[assignment]
+    responses: list[BaseMessage | Exception]  # type: ignore[assignment]  # a script may raise, too
     calls: list[list[BaseMessage]] = Field(default_factory=list)
     """The messages of every call, in order."""
     bound: list[dict[str, Any]] = Field(default_factory=list)

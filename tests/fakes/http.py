@@ -1,4 +1,5 @@
-"""What the local stand-in servers share: answering a request with a JSON body, serving from a thread."""
+"""What the local stand-in servers share: answering a request with a JSON body, serving from a thread; and a
+receiver that keeps every JSON body posted to it (a webhook, chat or pager endpoint)."""
 
 from __future__ import annotations
 
@@ -40,3 +41,35 @@ class LoopbackServer:
             self._httpd.shutdown()
             self._thread.join(timeout=5)
         self._httpd.server_close()
+
+
+class Receiver:
+    """A local HTTP endpoint that keeps every JSON body posted to it and answers `status`."""
+
+    def __init__(self) -> None:
+        self.bodies: list[tuple[str, dict[str, Any]]] = []
+        self.status = 200
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+                length = int(self.headers.get("content-length", 0))
+                receiver.bodies.append((self.path, json.loads(self.rfile.read(length))))
+                self.send_response(receiver.status)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        """The endpoint's URL for `path`."""
+        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def close(self) -> None:
+        """Stop serving and release the port."""
+        self.server.shutdown()
+        self.server.server_close()

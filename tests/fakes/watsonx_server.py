@@ -349,8 +349,8 @@ class FakeWatsonxServer(LoopbackServer):
             )
         step = self.script[n - 1]
         if step["status"] != 200:
-            message = step.get("content") or f"scripted HTTP {step['status']}"
-            raise WatsonxError(step["status"], "scripted_failure", message)
+            reason = step.get("content") or f"scripted HTTP {step['status']}"
+            raise WatsonxError(step["status"], "scripted_failure", reason)
         calls = [
             {
                 "id": f"chatcmpl-tool-{n}{i}",
