@@ -590,6 +590,7 @@ class Analyst:
         previous: list[ActionResult],
         tokens_spent: int,
     ) -> Diagnosis:
+        # Imported on the first model call: the deterministic agents never load langchain or jinja2.
         from agents.investigation import build_readonly_tools
         from agents.llm import LLMDiagnosis, incident_budget, run_tool_loop
         from prompts import render

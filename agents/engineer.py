@@ -235,6 +235,7 @@ class Engineer:
         self, model: BaseChatModel, top: Hypothesis, previous: list[ActionResult], tokens_spent: int
     ) -> tuple[EngineerChoice | None, int, str]:
         """Ask the model to pick among the allowed actions; None (and a note) when it cannot."""
+        # Imported on the first model call: the deterministic agents never load langchain or jinja2.
         from agents.llm import ask, incident_budget
         from prompts import render
 

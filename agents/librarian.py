@@ -68,6 +68,7 @@ class Librarian:
         draft = self.write(state)
         if self.chat_model is None:
             return draft
+        # Imported on the first model call: the deterministic agents never load langchain or jinja2.
         from agents.llm import ask, incident_budget
         from prompts import render
 

@@ -3,6 +3,9 @@
 A model only ever adds an opinion: everything here fails as `LLMError` (bad configuration as `ConfigError`),
 so callers fall back to their deterministic method. Model calls are retried and circuit-broken through a
 `Resilience`; provider capabilities are settings. Design: docs/llm.md.
+
+Each provider's SDK (langchain-openai, langchain-ibm and ibm-watsonx-ai, openai) is imported when a model of
+that provider is built, so a process that builds none never pays for them.
 """
 
 from __future__ import annotations
@@ -12,12 +15,14 @@ import json
 import logging
 import os
 import re
+import ssl
 import sys
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
+import httpx
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import BaseTool
@@ -259,8 +264,6 @@ def transient_model_error(exc: BaseException) -> bool:
     """
     if isinstance(exc, SregraphError):
         return False
-    import httpx
-
     if isinstance(exc, (httpx.TransportError, ConnectionError, TimeoutError)):
         return True
     try:
@@ -355,9 +358,6 @@ def _chat_watsonx(cfg: LLMConfig, api_key: SecretStr) -> BaseChatModel:
     and the model over the network. The SDK's default HTTP client retries 401s and 5xx in its transport, and
     its inference retries 429/503/504; a plain httpx client and `max_retries=0` leave retries to the policy.
     """
-    import ssl
-
-    import httpx
     from ibm_watsonx_ai import APIClient, Credentials
     from ibm_watsonx_ai.foundation_models import ModelInference
     from langchain_ibm import ChatWatsonx
@@ -394,8 +394,6 @@ def _chat_watsonx(cfg: LLMConfig, api_key: SecretStr) -> BaseChatModel:
 
 
 def _http_client(transport: Any, timeout_s: float) -> Any:
-    import httpx
-
     return httpx.Client(transport=transport, timeout=timeout_s)
 
 

@@ -86,6 +86,7 @@ class Observer:
         fallback = incident_title(observation, trigger)
         if self.chat_model is None or not observation.signals:
             return fallback, 0, None, []
+        # Imported on the first model call: the deterministic agents never load langchain or jinja2.
         from agents.llm import ask, incident_budget
         from prompts import render
 

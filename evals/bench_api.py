@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import multiprocessing
 import tempfile
 import time
@@ -21,9 +22,12 @@ from typing import Any
 import httpx
 import numpy as np
 
+from sregraph.sdk import SregraphHandler
+
 
 def _serve(root: str, runs: int, ready: Any, stop: Any) -> None:
     """The API process: a worker with `runs` finished incidents and one waiting for approval."""
+    # The server's stack loads in the spawned server process only; this one stays a plain HTTP client.
     from evals.harness import Scenario, World, settings_for, toolbox_for
     from sregraph.api_auth import ApiStore
     from sregraph.engine import Engine
@@ -71,10 +75,6 @@ INGEST_CLIENTS = 10
 
 def _sdk_logs(url: str, token: str, lines: int) -> dict[str, Any]:
     """`lines` log lines through the SDK's handler, timed until the last one is stored."""
-    import logging
-
-    from sregraph.sdk import SregraphHandler
-
     handler = SregraphHandler(url, token, service="checkout", flush_s=0.2, max_queue=lines)
     logger = logging.getLogger("bench.sdk")
     logger.propagate = False

@@ -24,6 +24,14 @@ from typing import Any
 
 import numpy as np
 
+from evals.browser import Browser, find_browser
+from evals.harness import Scenario, World, settings_for, toolbox_for
+from sregraph.api_auth import ApiStore
+from sregraph.engine import Engine
+from sregraph.events import EventLog
+from sregraph.server import POLL_S, ApiServer, create_app
+from sregraph.worker import Worker
+
 OBSERVER = """
 window.__seen = [];
 new MutationObserver((changes) => {
@@ -37,14 +45,6 @@ true
 
 def run(incidents: int) -> dict[str, Any]:
     """Drive `incidents` incidents with the control room open; the latency of every graph step."""
-    from evals.browser import Browser, find_browser
-    from evals.harness import Scenario, World, settings_for, toolbox_for
-    from sregraph.api_auth import ApiStore
-    from sregraph.engine import Engine
-    from sregraph.events import EventLog
-    from sregraph.server import POLL_S, ApiServer, create_app
-    from sregraph.worker import Worker
-
     binary = find_browser()
     if binary is None:
         raise SystemExit(

@@ -44,6 +44,8 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.tools import BaseTool
 from langgraph.checkpoint.memory import InMemorySaver
 from pydantic import BaseModel, Field
+from rich.console import Console
+from rich.table import Table
 
 from agents.engineer import EngineerChoice
 from agents.investigation import READONLY_TOOL_NAMES
@@ -819,9 +821,6 @@ def _opt(value: float | int | None, fmt: str) -> str:
 
 
 def _print_table(report: Report) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console()
     m = report.machine
     console.print(

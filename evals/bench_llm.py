@@ -16,12 +16,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from agents.llm import LLMConfig, make_chat_model
+from evals import llm_local
+from evals.cassette import Cassette
+from evals.eval_cli import SUITE
+from evals.replay import load_suite, replay_suite
+from evals.scoring import score_suite
+from sregraph.config import Settings
 
 DEFAULT_CASES = [
     "01-crash-payments",
@@ -109,16 +118,6 @@ def run(
     say: Any = print,
 ) -> dict[str, Any]:
     """Replay `cases` (None: all) with both brains; the two summaries and per-case rows."""
-    import os
-
-    from agents.llm import LLMConfig, make_chat_model
-    from evals import llm_local
-    from evals.cassette import Cassette
-    from evals.eval_cli import SUITE
-    from evals.replay import load_suite, replay_suite
-    from evals.scoring import score_suite
-    from sregraph.config import Settings
-
     missing = llm_local.missing()
     if missing is not None and gguf is None:
         raise SystemExit(f"cannot run the local model: {missing}")

@@ -27,6 +27,7 @@ from typing import Any
 
 from agents.logtemplates import LogTemplateMiner, summarize_templates
 from agents.tokens import count_tokens, summarize_logs
+from sregraph.localenv.app import LocalApp
 from tools.base import LogRecord
 from tools.telemetry import LocalTelemetryStore
 
@@ -90,8 +91,6 @@ def measure(name: str, records: list[LogRecord]) -> dict[str, Any]:
 
 def generate(data_dir: Path, seconds: float) -> tuple[Path, list[tuple[str, float, float]]]:
     """Run the demo app with the faults in turn; the store's path and each fault's (name, start, end)."""
-    from sregraph.localenv.app import LocalApp
-
     app = LocalApp(data_dir)
     windows: list[tuple[str, float, float]] = []
     try:

@@ -16,6 +16,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
 from tools.domain import PostMortem, TimelineEntry
 
 SERVICES = [
@@ -451,9 +454,6 @@ def run(n: int, seed: int = 7, quality_queries: int = 50, latency_queries: int =
 
 
 def _print_table(report: Report) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=f"memory benchmark ({report.n} post-mortems)")
     table.add_column("measure")
     table.add_column("value", justify="right")

@@ -22,6 +22,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
+from evals.harness import World, settings_for, toolbox_for
+from sregraph.engine import FINAL, Engine
+from sregraph.leases import lease_log
+from sregraph.worker import Worker
+from tools.domain import Trigger
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -51,8 +59,6 @@ class _Server:
 
     def new_database(self) -> str:
         """A fresh database on the server; its DSN."""
-        import psycopg
-
         assert self.base is not None
         name = f"bench_{os.getpid()}_{time.monotonic_ns() % 10**9}"
         with psycopg.connect(
@@ -77,12 +83,6 @@ def throughput(
     server: _Server, workers: int, incidents: int, threads: int, queue: str = "none"
 ) -> dict[str, Any]:
     """`incidents` alerts routed at once to `workers` worker processes."""
-    from evals.harness import World, settings_for, toolbox_for
-    from sregraph.engine import FINAL, Engine
-    from sregraph.leases import lease_log
-    from sregraph.worker import Worker
-    from tools.domain import Trigger
-
     dsn = server.new_database()
     os.environ["HARNESS_DSN"], os.environ["HARNESS_LEASE_TTL"], os.environ["HARNESS_JOBS"] = dsn, "10", queue
     root = Path(tempfile.mkdtemp(prefix="sregraph-bench-world-"))
@@ -160,11 +160,6 @@ def throughput(
 
 def open_incidents(server: _Server, count: int, alerts: int = 200) -> dict[str, Any]:
     """Ingest latency and one adoption pass with `count` open incidents in the registry."""
-    from evals.harness import World, settings_for, toolbox_for
-    from sregraph.engine import Engine
-    from sregraph.worker import Worker
-    from tools.domain import Trigger
-
     dsn = server.new_database()
     os.environ["HARNESS_DSN"], os.environ["HARNESS_LEASE_TTL"], os.environ["HARNESS_JOBS"] = dsn, "10", "none"
     root = Path(tempfile.mkdtemp(prefix="sregraph-bench-world-"))

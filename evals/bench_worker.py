@@ -24,6 +24,11 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
+from evals.harness import SCENARIOS, World, run, settings_for, summary, toolbox_for
+from sregraph.engine import Engine
+from sregraph.worker import Worker
+from tools.domain import Trigger
+
 
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -31,11 +36,6 @@ def _rss_mb() -> float:
 
 def concurrent(root: Path, incidents: int, concurrency: int) -> dict[str, Any]:
     """`incidents` alerts at once on one worker."""
-    from evals.harness import World, settings_for, toolbox_for
-    from sregraph.engine import Engine
-    from sregraph.worker import Worker
-    from tools.domain import Trigger
-
     world = World.create(root)
     engine = Engine(settings_for(root, max_concurrent=concurrency), toolbox_for(world))
     worker = Worker(engine)
@@ -63,8 +63,6 @@ def concurrent(root: Path, incidents: int, concurrency: int) -> dict[str, Any]:
 
 def full(root: Path) -> dict[str, Any]:
     """The harness scenarios, in order."""
-    from evals.harness import SCENARIOS, World, run, summary
-
     World.create(root)
     tracemalloc.start()
     started = time.perf_counter()

@@ -22,10 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agents.policy import Policy
 from evals.case import Case, Injected, Truth
-from evals.case_files import read_calls, read_case, write_case
+from evals.case_files import dump_yaml, read_calls, read_case, write_case
 from evals.live_cases import new_case
 from evals.recorder import Recorder
+from sregraph.config import load_settings
+from sregraph.demo import demo_settings
+from sregraph.engine import Engine, local_toolbox
+from sregraph.localenv.app import LocalApp
+from sregraph.localenv.layout import TOPOLOGY
 from tools.base import LogRecord
 from tools.domain import ApprovalDecision, Trigger
 
@@ -808,9 +814,6 @@ class Builder:
     """One local app (replaced after cases that touch the config repo), one engine, one recorder."""
 
     def __init__(self, root: Path, out: Path) -> None:
-        from sregraph.config import load_settings
-        from sregraph.demo import demo_settings
-
         self.root, self.out = root, out
         self.settings = demo_settings(load_settings(environ={}, data_dir=root))
         self.generation = 0
@@ -822,9 +825,6 @@ class Builder:
 
     def fresh_app(self) -> None:
         """Stop the current app and start a new one (new config repo and telemetry), with a new engine."""
-        from sregraph.engine import Engine, local_toolbox
-        from sregraph.localenv.app import LocalApp
-
         self.close_app()
         self.generation += 1
         self.app = LocalApp(self.settings.data_dir / f"app-{self.generation}")
@@ -855,8 +855,6 @@ class Builder:
 
     def reset(self) -> None:
         """Every service running with its faults cleared, no incident issue left open."""
-        from sregraph.localenv.layout import TOPOLOGY
-
         for service in TOPOLOGY:
             if not self.app.runtime.status(service).running:
                 self.app.runtime.start(service)
@@ -919,8 +917,6 @@ class Builder:
         default_policy = engineer.policy
         history_before = len(self.app.gitops.history())
         if spec.policy is not None:
-            from agents.policy import Policy
-
             engineer.policy = Policy.model_validate(spec.policy)
         incident_id = f"inc-eval-{spec.id}"
         try:
@@ -989,8 +985,6 @@ def derive(spec: Spec, out: Path) -> Case:
     text = (dst / "calls.jsonl").read_text().replace(source.incident_id, case.incident_id)
     (dst / "calls.jsonl").write_text(text)
     read_calls(dst / "calls.jsonl")
-    from evals.case_files import dump_yaml
-
     (dst / "case.yaml").write_text(dump_yaml(case.model_dump(mode="json")))
     return case
 

@@ -1,11 +1,13 @@
 """`sregraph eval` (replay a suite of recorded incidents and score it) and `sregraph record` (make a case).
 
-Mounted by sregraph/cli.py; also runs on its own: `python -m evals.eval_cli eval --suite evals/suite`.
+Mounted by sregraph/cli.py; also runs on its own: `python -m evals.eval_cli eval --suite evals/suite`. It loads
+with `sregraph --help`, so the replay, scoring and recording machinery is imported when a command runs.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -14,16 +16,18 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from agents.llm import make_chat_model
+from evals.cassette import Cassette
+from sregraph.config import Settings, load_settings
 from tools.base import SregraphError
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
 
-    from evals.cassette import Cassette
     from evals.replay import CaseRun
     from evals.scoring import SuiteResult
-    from sregraph.config import Settings
 
 SUITE = Path(__file__).resolve().parent / "suite"
 EXIT_MODEL_NOT_REACHED = 3
@@ -44,11 +48,7 @@ def _chat_model(
     brain: str, config: Path | None, cassette: Cassette | None = None
 ) -> tuple[BaseChatModel | None, Settings, float]:
     """The chat model, base settings and price per million tokens for an LLM brain (exit 2 without a key)."""
-    import os
-
-    from agents.llm import make_chat_model
     from evals.scoring import PRICE_PER_MTOK
-    from sregraph.config import load_settings
 
     settings = load_settings(config)
     settings = settings.model_copy(
@@ -132,8 +132,6 @@ def eval_command(
                 raise typer.BadParameter(
                     "--cassette needs --brain openai (it records the OpenAI-compatible HTTP answers)"
                 )
-            from evals.cassette import Cassette
-
             cassette = Cassette(cassette_path, cassette_mode)  # type: ignore[arg-type]
         if brain != "deterministic":
             chat_model, base, price = _chat_model(brain, config, cassette)
@@ -165,8 +163,6 @@ def eval_command(
             cassette_recorded=cassette.recorded,
         )
     result.summary["wall_s"] = round(time.perf_counter() - started, 2)
-    from rich.markup import escape
-
     from evals.scoring import markdown, model_banner, rich_table
 
     command = (
@@ -226,7 +222,6 @@ def record_command(
 ) -> None:
     """Record an incident as an eval case: a demo fault on a fresh local app, or (--worker) every live incident."""
     from evals.live_cases import record_demo_incident
-    from sregraph.config import load_settings
     from sregraph.demo import demo_settings, validate
 
     try:

@@ -5,6 +5,7 @@ the local app and records the incident the worker opens for it."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,9 @@ from typing import Any
 from evals.case import Case, Injected, Truth, outcome_of
 from evals.case_files import case_settings, dump_yaml, read_case, write_case
 from evals.recorder import Recorder, Recording
+from sregraph.engine import Engine, local_toolbox, new_incident_id
+from sregraph.localenv.app import LocalApp
+from sregraph.worker import Worker
 from tools.domain import Trigger
 
 
@@ -66,8 +70,6 @@ def attach_recorder(
     as an eval case (ground truth unlabelled unless `truth_for(incident_id, trigger, state)` gives one; the
     case id is the incident id unless `case_id_for` names it).
     """
-    from sregraph.engine import new_incident_id
-
     recorder = Recorder().attach(engine.toolbox)
     original = engine.start
 
@@ -139,12 +141,6 @@ def record_demo_incident(
 
     `settings` should be the demo's (`sregraph.demo.demo_settings`); its data_dir must not hold a running app.
     """
-    import time
-
-    from sregraph.engine import Engine, local_toolbox
-    from sregraph.localenv.app import LocalApp
-    from sregraph.worker import Worker
-
     out = Path(out)
     app = LocalApp(settings.data_dir / "app")
     injected: list[Injected] = []

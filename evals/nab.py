@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from agents.detection.detectors import ALERT_LEVEL, default_ensemble
 from tools.base import ConfigError
 
 PROBATION_PERCENT = 0.15
@@ -407,8 +408,6 @@ class BenchResult:
 
 def default_scorer(f: NabFile) -> np.ndarray:
     """Scores of the default ensemble: a fresh detector per file, fed point by point through ``update``."""
-    from agents.detection.detectors import default_ensemble
-
     update = default_ensemble().update
     return np.fromiter(
         (update(t, v).score for t, v in zip(f.epoch.tolist(), f.values.tolist(), strict=True)), float, f.rows
@@ -452,8 +451,6 @@ def run(
     if not corpus:
         raise ConfigError(f"{root}: the label file names no data file")
     if score_fn is None:
-        from agents.detection.detectors import ALERT_LEVEL
-
         score_fn = default_scorer
         fixed_threshold = ALERT_LEVEL if fixed_threshold is None else fixed_threshold
     scores = []

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from evals.calls import TOOLS, bind_args, caller_name, protocol_methods, result_adapter
 from evals.telemetry_tables import TelemetryLog
+from sregraph.observability import incident_var
 from tools.base import Clock, LogRecord, Series, Span, Telemetry
 from tools.toolbox import Toolbox
 
@@ -85,8 +86,6 @@ class Recorder:
             return self.recordings.pop(incident_id, Recording())
 
     def _current(self) -> Recording | None:
-        from sregraph.observability import incident_var
-
         return self.recordings.get(incident_var.get())
 
     def recording_now(self) -> bool:

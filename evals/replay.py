@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+from pydantic import TypeAdapter
 
 import tools.base as tool_errors
+from agents.grounding import check_postmortem, facts_of
 from agents.llm import ModelUsage, model_usage
 from evals.calls import (
     MUTATING,
@@ -38,6 +40,8 @@ from evals.case import Case, Outcome, outcome_of
 from evals.case_files import case_folders, read_calls, read_case
 from evals.replay_world import SimulatedWorld
 from evals.telemetry_tables import TelemetryTables, covered, expand, stream_of, tables_from_json
+from sregraph.config import Settings
+from sregraph.engine import Engine
 from tools.base import LogRecord, NotFound, Series, Span, Telemetry
 from tools.domain import ApprovalDecision
 from tools.ledger import ActionLedger
@@ -48,7 +52,6 @@ if TYPE_CHECKING:
 
     from evals.cassette import Cassette
     from memory.store import PostMortemStore
-    from sregraph.config import Settings
 
 log = logging.getLogger("sregraph.evals")
 
@@ -129,8 +132,6 @@ class ReplaySession:
 
 def _jsonable(value: Any) -> Any:
     """A simulated answer as the recording would hold it (scoring reads comment and PR ids from it)."""
-    from pydantic import TypeAdapter
-
     return TypeAdapter(Any).dump_python(value, mode="json")
 
 
@@ -527,8 +528,6 @@ def case_settings_for(
     loaded: LoadedCase, workdir: Path, brain: str = "deterministic", base: Settings | None = None
 ) -> Settings:
     """Settings of a replay: the recorded windows and loop caps, the recorded policy, data under `workdir`."""
-    from sregraph.config import Settings
-
     policy_file = workdir / "policy.yaml"
     policy_file.write_text(yaml.safe_dump(loaded.case.policy))
     data: dict[str, Any] = {
@@ -559,8 +558,6 @@ def replay_case(
 
     With a model `cassette` (evals/cassette.py) in replay mode, a model request it has no answer for fails the case.
     """
-    from sregraph.engine import Engine
-
     workdir.mkdir(parents=True, exist_ok=True)
     case = loaded.case
     toolbox, session, calls = replay_toolbox(loaded, workdir, memory, strict=brain == "deterministic")
@@ -612,8 +609,6 @@ def stored_grounding(
     memory: PostMortemStore, incident_id: str, services: list[str]
 ) -> tuple[str | None, list[str]]:
     """Who worded the post-mortem memory holds for an incident, and its grounding problems (checked anew)."""
-    from agents.grounding import check_postmortem, facts_of
-
     stored = memory.get(incident_id)
     if stored is None:
         return None, []
@@ -624,6 +619,7 @@ def stored_grounding(
 @contextmanager
 def suite_memory(workdir: Path | None = None) -> Iterator[PostMortemStore]:
     """A fresh ChromaDB post-mortem store for one suite run."""
+    # ChromaDB loads when a suite runs, not with the replay helpers.
     from memory.store import PostMortemStore
 
     with tempfile.TemporaryDirectory(prefix="sregraph-eval-memory-") as tmp:

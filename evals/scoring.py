@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, Field
+from rich.console import Group
+from rich.table import Table
 
 from agents.policy import Policy
 from evals.calls import ACTION_CALLS
@@ -542,9 +544,6 @@ def model_banner(summary: dict[str, Any]) -> str | None:
 
 def rich_table(result: SuiteResult) -> Any:
     """A rich renderable: the per-case table and the summary."""
-    from rich.console import Group
-    from rich.table import Table
-
     table = Table(
         title=f"sregraph eval — {result.summary.get('brain')} brain, {result.summary.get('cases')} cases"
     )

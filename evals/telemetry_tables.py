@@ -10,6 +10,7 @@ Replay answers from the tables (`tables_from_json`).
 from __future__ import annotations
 
 import json
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from typing import Any
 
@@ -70,8 +71,6 @@ class TelemetryTables:
 
     def query_range(self, name: str, labels: dict[str, str] | None, start: float, end: float) -> list[Series]:
         """Series named `name` whose labels include `labels`, restricted to [start, end]."""
-        from bisect import bisect_left, bisect_right
-
         wanted = {str(k): str(v) for k, v in (labels or {}).items()}
         out = []
         for s, ts in zip(self.series, self._series_ts, strict=True):
@@ -92,8 +91,6 @@ class TelemetryTables:
         limit: int = 500,
     ) -> list[LogRecord]:
         """Log records in [start, end] by service, text and level: the newest `limit`, oldest first."""
-        from bisect import bisect_left, bisect_right
-
         rows = self.logs[bisect_left(self._log_ts, start) : bisect_right(self._log_ts, end)]
         needle = query.lower() if query else None
         out = [
@@ -112,8 +109,6 @@ class TelemetryTables:
 
     def spans_in(self, service: str | None, start: float, end: float, limit: int = 2000) -> list[Span]:
         """Spans that started in [start, end], optionally of one service: the newest `limit`, oldest first."""
-        from bisect import bisect_left, bisect_right
-
         rows = self.spans[bisect_left(self._span_ts, start) : bisect_right(self._span_ts, end)]
         out = [s for s in rows if service is None or s.service == service]
         limit = max(0, int(limit))

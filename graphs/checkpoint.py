@@ -1,5 +1,5 @@
 """The durable checkpointer (SQLite by default, LangGraph's Postgres saver for scale-out), with the state's own
-types allow-listed for deserialization."""
+types allow-listed for deserialization. The Postgres saver is imported only when one is opened."""
 
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import typer
 
+from agents.rca_confidence import ConfidenceModel
 from tools.base import SregraphError
 
 bench = typer.Typer(
@@ -33,6 +34,7 @@ def _num(x: float | None, fmt: str = "9.2f") -> str:
 
 def render_text(result: dict[str, Any]) -> str:
     """Headline scores, the published scoreboards to compare with, and one line per file."""
+    # Each benchmark imports its runner when it runs, so the CLI's start-up does not load them.
     from evals.nab import PUBLISHED_FULL, PUBLISHED_SUBSET
 
     prof = result["profiles"]
@@ -152,7 +154,6 @@ def bench_rca(
     """Rank root causes on every case under a folder; AC@k, fault type, calibration, and two baselines."""
     if fmt not in ("text", "json"):
         raise typer.BadParameter("use text or json", param_hint="--format")
-    from agents.rca_confidence import ConfidenceModel
     from evals.rca_bench import run_bench
 
     try:

@@ -1,4 +1,8 @@
-"""The `sregraph` command line."""
+"""The `sregraph` command line.
+
+Commands import their machinery (the engine, the worker, the API server, the local app, memory) when they run,
+so `sregraph --help` and the light commands stay fast.
+"""
 
 from __future__ import annotations
 
@@ -17,15 +21,18 @@ from rich.table import Column, Table
 
 from evals.eval_cli import eval_app
 from evals.nezha_cli import nezha
+from sregraph.api_auth import ApiStore
 from sregraph.bench import bench
-from sregraph.config import Settings, load_settings
+from sregraph.config import Settings, alerts_token, load_settings
 from sregraph.datadir import data_dir_to_read
 from sregraph.dataset_cli import dataset
+from sregraph.scenario import bundled, inject, load_scenario, start_app, trigger_for
 from sregraph.slo_cli import release_gate_command, slo
 from sregraph.terminal import results_console
 from tools.base import SregraphError
 from tools.display import term, term_block
 from tools.domain import ApprovalDecision, Trigger
+from tools.sql import PostgresDatabase, open_database
 
 app = typer.Typer(
     help="sregraph: a team of SRE agents that runs the incident lifecycle.", no_args_is_help=True
@@ -127,7 +134,6 @@ def _engine(settings: Settings, start: bool = False) -> Any:
     """An engine on the local app: started with load (`run`), or attached as it is (worker, approve)."""
     from sregraph.engine import Engine, local_toolbox
     from sregraph.localenv.app import LocalApp
-    from sregraph.scenario import start_app
 
     # Attaching must never start services: a stopped service is what the agents are there to notice.
     local = start_app(settings) if start else LocalApp(settings.data_dir / "app")
@@ -148,8 +154,6 @@ def run(
     data_dir: Path | None = DataOpt,
 ) -> None:
     """Run one incident: start the local app, inject the scenario's fault, and let the agents handle it."""
-    from sregraph.scenario import inject, load_scenario, trigger_for
-
     settings = _settings(config, data_dir)
     with _errors():
         if alert is not None:
@@ -380,7 +384,6 @@ def worker(
     data_dir: Path | None = DataOpt,
 ) -> None:
     """Long-lived loop: resume unfinished incidents, watch telemetry and alerts, open and handle new ones."""
-    from sregraph.config import alerts_token
     from sregraph.observability import HealthState, configure_logging, serve
     from sregraph.worker import Worker
 
@@ -417,7 +420,6 @@ def worker(
                 )
         api = None
         if settings.worker.api_port is not None:
-            from sregraph.api_auth import ApiStore
             from sregraph.server import ApiServer, create_app
 
             store = ApiStore(settings.data_dir / "api.db")
@@ -439,8 +441,6 @@ def worker(
 @app.command()
 def scenarios() -> None:
     """List the bundled scenarios."""
-    from sregraph.scenario import bundled, load_scenario
-
     for name in bundled():
         out.print(f"{term(name):24} {term(load_scenario(name).description)}")
 
@@ -453,7 +453,6 @@ def incidents_list(
 ) -> None:
     """Incidents with their status."""
     from sregraph.engine import RunRegistry
-    from tools.sql import open_database
 
     settings = _read_settings(config, data_dir)
     registry = RunRegistry(open_database(settings.storage, settings.data_dir, "runs"))
@@ -483,7 +482,6 @@ def incidents_show(
     """One incident: status, diagnosis, actions and post-mortem."""
     from graphs.checkpoint import open_checkpointer, open_postgres_checkpointer
     from graphs.graph import build_graph
-    from tools.sql import PostgresDatabase, open_database
 
     settings = _read_settings(config, data_dir)
     if settings.storage.backend == "postgres":
@@ -542,8 +540,6 @@ def token_create(
     data_dir: Path | None = DataOpt,
 ) -> None:
     """Create an API token; it is printed once and only its hash is kept."""
-    from sregraph.api_auth import ApiStore
-
     settings = _settings(config, data_dir)
     with _errors():
         token = ApiStore(settings.data_dir / "api.db").create_token(name, role)
@@ -554,8 +550,6 @@ def token_create(
 @token_app.command("list")
 def token_list(config: Path | None = ConfigOpt, data_dir: Path | None = DataOpt) -> None:
     """API tokens: name, role, created, revoked (never the tokens themselves)."""
-    from sregraph.api_auth import ApiStore
-
     settings = _settings(config, data_dir)
     table = Table("name", "role", "created", "revoked")
     for t in ApiStore(settings.data_dir / "api.db").tokens():
@@ -571,8 +565,6 @@ def token_list(config: Path | None = ConfigOpt, data_dir: Path | None = DataOpt)
 @token_app.command("revoke")
 def token_revoke(name: str, config: Path | None = ConfigOpt, data_dir: Path | None = DataOpt) -> None:
     """Revoke an API token at once."""
-    from sregraph.api_auth import ApiStore
-
     settings = _settings(config, data_dir)
     with _errors():
         ApiStore(settings.data_dir / "api.db").revoke(name)

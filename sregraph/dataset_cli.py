@@ -38,6 +38,7 @@ def convert(
     notes: bool = typer.Option(False, "--notes", help="Also print what was noticed in the data."),
 ) -> None:
     """Write every labelled fault of a Nezha or PetShop dataset as one case folder under DEST."""
+    # Imported when a conversion runs, so the CLI's start-up does not load it.
     from evals.rca_convert import CONVERTERS
 
     converter = CONVERTERS.get(kind.lower())

@@ -17,9 +17,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from sregraph.api_auth import ApiStore
 from sregraph.config import Settings
 from sregraph.datadir import demo_dir
 from sregraph.engine import FINAL, Engine, ProgressFn, local_toolbox
+from sregraph.localenv.app import LocalApp
+from sregraph.localenv.chaos import FAULTS
+from sregraph.localenv.layout import TOPOLOGY
 from sregraph.worker import Worker
 from tools.base import ConfigError, SregraphError
 
@@ -81,8 +85,6 @@ CHAOS_NAMES = {
 
 def fault_name(name: str) -> str:
     """The app's fault for a chaos name (both spellings accepted); ConfigError naming the choices otherwise."""
-    from sregraph.localenv.chaos import FAULTS
-
     fault = CHAOS_NAMES.get(name, name)
     if fault not in FAULTS or fault == "clear":
         raise ConfigError(f"unknown fault {name!r}; known faults: {', '.join(CHAOS_NAMES)}")
@@ -91,8 +93,6 @@ def fault_name(name: str) -> str:
 
 def validate(sequence: list[tuple[str, str, dict[str, Any]]]) -> list[tuple[str, str, dict[str, Any]]]:
     """The sequence with canonical fault names; bad faults or services fail before anything starts."""
-    from sregraph.localenv.layout import TOPOLOGY
-
     checked = []
     for fault, service, params in sequence:
         if service not in TOPOLOGY:
@@ -224,8 +224,6 @@ def run_demo(
     runs beside the worker on a free loopback port and takes the telemetry of `SHIPPED` services; with
     `dashboard`, a viewer token made for this demo is printed to watch it (its data directory, tokens
     included, is wiped by the next demo)."""
-    from sregraph.localenv.app import LocalApp
-
     sequence = validate(sequence or DEFAULT_SEQUENCE)
     if settings.data_dir.exists():
         # A leftover app from an interrupted demo is stopped before its state is wiped.
@@ -332,7 +330,7 @@ def _serve_api(
 ) -> Any:
     """The API beside the demo's worker, before the app starts: `SHIPPED` services send it their telemetry
     with an ingest token of their own. With `dashboard`, a viewer token and where to watch."""
-    from sregraph.api_auth import ApiStore
+    # FastAPI loads only when a demo serves the API, not for `sregraph chaos` or `record`.
     from sregraph.server import ApiServer, create_app
 
     store = ApiStore(settings.data_dir / "api.db")

@@ -17,6 +17,7 @@ from langgraph.types import Command
 from agents.analyst import Analyst
 from agents.engineer import Engineer
 from agents.librarian import Librarian
+from agents.llm import make_chat_model
 from agents.observer import Observer
 from agents.policy import load_policy
 from graphs.checkpoint import open_checkpointer, open_postgres_checkpointer
@@ -25,9 +26,16 @@ from sregraph.config import Settings
 from sregraph.observability import Metrics, incident_var
 from tools.base import ConfigError, NotFound
 from tools.breaker import BreakerHealthChecker
+from tools.channels import RoutedNotifier
 from tools.display import md
 from tools.domain import ApprovalDecision, Trigger
+from tools.gitops import ProvenanceStore, signing_key
+from tools.incidents import LocalIncidentSurface
+from tools.ledger import ActionLedger
+from tools.notifier import ConsoleNotifier, IdempotentNotifier, JsonlNotifier, MultiNotifier
+from tools.prometheus import PrometheusTelemetry
 from tools.sql import Database, PostgresDatabase, SqliteDatabase, open_database
+from tools.telemetry import SplitTelemetry
 from tools.toolbox import Toolbox
 
 if TYPE_CHECKING:
@@ -47,10 +55,8 @@ def new_incident_id(now: float | None = None) -> str:
 
 def local_toolbox(settings: Settings, app: Any) -> Toolbox:
     """The embedded default backends around a running local application."""
+    # ChromaDB (and PyGithub, for GitHub backends) load when a toolbox is built, not for registry reads.
     from memory.store import PostMortemStore
-    from tools.incidents import LocalIncidentSurface
-    from tools.ledger import ActionLedger
-    from tools.notifier import ConsoleNotifier, IdempotentNotifier, JsonlNotifier, MultiNotifier
 
     data = settings.data_dir
     ledger = ActionLedger(open_database(settings.storage, data, "ledger"))
@@ -76,7 +82,6 @@ def local_toolbox(settings: Settings, app: Any) -> Toolbox:
             incidents = GitHubIncidentSurface(gh.repo, client=client)
         if gh.gitops_repo:
             from tools.github.gitops import GitHubGitOps
-            from tools.gitops import ProvenanceStore, signing_key
 
             gitops = GitHubGitOps(
                 gh.gitops_repo,
@@ -131,8 +136,6 @@ def incident_labels(settings: Settings) -> Callable[[str], dict[str, str]]:
 
 def routed_notifier(settings: Settings) -> Any:
     """The configured channels behind the routing tree."""
-    from tools.channels import RoutedNotifier
-
     config = settings.notifications
     channels = {name: channel.build() for name, channel in config.channels.items()}
     return RoutedNotifier(channels, config.route, incident_labels(settings), config.repeat_interval_s)
@@ -143,9 +146,6 @@ def telemetry_for(settings: Settings, local: Any) -> Any:
     tc = settings.telemetry
     if tc.backend == "local":
         return local
-    from tools.prometheus import PrometheusTelemetry
-    from tools.telemetry import SplitTelemetry
-
     try:
         prometheus = PrometheusTelemetry(
             tc.prometheus_url, timeout_s=tc.timeout_s, rate_window=tc.rate_window
@@ -158,8 +158,6 @@ def telemetry_for(settings: Settings, local: Any) -> Any:
 def build_team(settings: Settings, toolbox: Toolbox, chat_model: BaseChatModel | None = None) -> Team:
     """The four agents; an LLM brain only when configured (or a model is injected, as tests do)."""
     if chat_model is None and settings.brain == "llm":
-        from agents.llm import make_chat_model
-
         chat_model = make_chat_model(settings.llm)
     policy = load_policy(settings.policy_file)
     return Team(

@@ -18,6 +18,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import procrastinate
+import psycopg
+from procrastinate import exceptions
+
 from tools.base import SregraphError
 from tools.sql import CONNECT_TIMEOUT_S, POOL_TIMEOUT_S, STATEMENT_TIMEOUT_MS, Database
 
@@ -49,8 +53,6 @@ class JobQueue:
     """Defers and consumes this worker's jobs."""
 
     def __init__(self, dsn: str, db: Database) -> None:
-        import procrastinate
-
         self.dsn = dsn
         self._sender = procrastinate.App(connector=procrastinate.SyncPsycopgConnector(**_pool_args(dsn, 2)))
         self._sender.open()
@@ -79,8 +81,6 @@ class JobQueue:
 
     def defer_run(self, incident_id: str) -> bool:
         """Queue a run of the incident; False if one is already waiting."""
-        from procrastinate import exceptions
-
         try:
             self._sender.configure_task(RUN, queue=QUEUE, queueing_lock=f"run:{incident_id}").defer(
                 incident_id=incident_id
@@ -93,8 +93,6 @@ class JobQueue:
 
     def defer_decision(self, incident_id: str, decision: dict[str, Any]) -> None:
         """Queue a human's decision on the incident's approval gate."""
-        from procrastinate import exceptions
-
         try:
             self._sender.configure_task(DECIDE, queue=QUEUE).defer(incident_id=incident_id, decision=decision)
         except exceptions.ConnectorException as exc:
@@ -112,8 +110,6 @@ class JobQueue:
         name: str,
     ) -> None:
         """Consume the queue on a thread of its own until `stop`."""
-        import procrastinate
-
         app = procrastinate.App(
             connector=procrastinate.PsycopgConnector(**_pool_args(self.dsn, concurrency + 2))
         )
@@ -170,8 +166,6 @@ class JobQueue:
 
     def jobs(self) -> list[tuple[str, str, dict[str, Any]]]:
         """(task, status, arguments) of every job, oldest first (tests and operators)."""
-        import psycopg
-
         with psycopg.connect(self.dsn, connect_timeout=CONNECT_TIMEOUT_S) as conn:
             rows = conn.execute(
                 "SELECT task_name, status::text, args FROM procrastinate_jobs ORDER BY id"

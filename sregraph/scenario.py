@@ -56,6 +56,7 @@ def load_scenario(name_or_path: str) -> Scenario:
 
 def start_app(settings: Settings) -> Any:
     """Start (or re-attach to) the local application with load flowing."""
+    # Reading scenarios (`sregraph scenarios`, the CLI's start-up) does not load the local app.
     from sregraph.localenv.app import LocalApp
 
     app = LocalApp(settings.data_dir / "app", runtime=settings.runtime, docker_url=settings.docker_url)

@@ -14,7 +14,8 @@ markers and events from a long-running process): records go into
 a bounded queue (the application never blocks on the network; a full queue drops the record and counts it),
 a background thread sends them in batches every `flush_s` or `batch_size` records, retrying a failed batch
 with backoff (connection errors, 429 and 5xx; a 4xx other than 429 is the batch's fault and is dropped and
-counted). `close()` flushes what is queued, within `close_timeout_s`.
+counted). `close()` flushes what is queued, within `close_timeout_s`. OpenTelemetry is imported only when
+`SpanShipper` exports spans: an application that ships none needs none of it.
 """
 
 from __future__ import annotations

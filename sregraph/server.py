@@ -40,6 +40,8 @@ from tools.base import NotFound, SregraphError
 from tools.changes import marker_store
 from tools.domain import ApprovalDecision
 from tools.redact import redact_data
+from tools.slo.evaluation import combine_gate, evaluate
+from tools.slo.loading import load_slo_file
 
 if TYPE_CHECKING:
     from tools.github.webhooks import WebhookCommands
@@ -233,6 +235,7 @@ def create_app(
         surface = engine.toolbox.incidents
         if not secret or not _takes_webhooks(surface):
             return None
+        # PyGithub loads only when GitHub webhooks are configured.
         from tools.github.webhooks import WebhookReceiver
 
         return WebhookReceiver(surface, secret)
@@ -524,9 +527,6 @@ def create_app(
     def slo_status(_: Viewer, service: Annotated[str | None, Query(max_length=200)] = None) -> dict[str, Any]:
         """Every SLO's error budget, burn rates by window, alert pairs, forecast and release-gate state, from the
         telemetry the agents read (`slo_file`, default ./slos.yaml)."""
-        from tools.slo.evaluation import combine_gate, evaluate
-        from tools.slo.loading import load_slo_file
-
         path = engine.settings.slo_file or Path("slos.yaml")
         if not path.exists():
             raise HTTPException(404, f"no SLO file at {path} (set slo_file)")

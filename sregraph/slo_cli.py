@@ -18,12 +18,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from sregraph.config import load_settings
+from sregraph.datadir import data_dir_to_read
 from sregraph.terminal import results_console
 from tools.base import ConfigError, SregraphError
 from tools.slo.durations import format_duration, parse_duration
 from tools.slo.evaluation import SloStatus, combine_gate, evaluate, release_gate
 from tools.slo.loading import load_slo_file
+from tools.slo.rules import render_rules, skipped
 from tools.slo.spec import SloFile
+from tools.telemetry import LocalTelemetryStore
 
 slo = typer.Typer(
     help="Service level objectives: error budgets, burn rates, Prometheus rules.", no_args_is_help=True
@@ -60,9 +64,6 @@ def _check_format(fmt: str) -> None:
 def _telemetry_path(data_dir: Path | None) -> Path:
     """The local app's telemetry store under --data-dir, else under sregraph.yaml's `data_dir` or the demo's."""
     if data_dir is None:
-        from sregraph.config import load_settings
-        from sregraph.datadir import data_dir_to_read
-
         choice = data_dir_to_read(load_settings(None).data_dir)
         if choice.note:
             console.print(f"[dim]{escape(choice.note)}[/dim]", soft_wrap=True)
@@ -77,8 +78,6 @@ def _telemetry_path(data_dir: Path | None) -> Path:
 
 
 def _evaluate(slo_file: Path, data_dir: Path | None, service: str | None) -> tuple[SloFile, list[SloStatus]]:
-    from tools.telemetry import LocalTelemetryStore
-
     slos = load_slo_file(slo_file)
     if service is not None:
         slos.for_service(service)  # an unknown service is an error before any store is opened
@@ -179,8 +178,6 @@ def rules(
     output: Path | None = OutputOpt,
 ) -> None:
     """Prometheus recording and alerting rules for every SLO with a `prometheus:` section."""
-    from tools.slo.rules import render_rules, skipped
-
     with _errors():
         slos = load_slo_file(slo_file)
         text = render_rules(slos, str(slo_file))
@@ -202,8 +199,6 @@ def release_gate_command(
     fmt: str = FormatOpt,
 ) -> None:
     """Deploy gate for CI/CD: exit 0 for SAFE or OBSERVE, 3 for DANGER, 4 for FREEZE (2: bad input)."""
-    from tools.telemetry import LocalTelemetryStore
-
     _check_format(fmt)
     with _errors():
         slos = load_slo_file(slo_file)

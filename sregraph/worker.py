@@ -93,6 +93,7 @@ class Worker:
         there."""
         storage = engine.settings.storage
         if storage.job_queue == "procrastinate":
+            # procrastinate loads only when the job queue is configured.
             from sregraph.jobs import JobQueue
 
             self.jobs = JobQueue(storage.dsn, engine.registry.db)

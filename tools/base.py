@@ -16,6 +16,7 @@ policy gate.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
@@ -403,12 +404,8 @@ class SystemClock:
 
     def now(self) -> float:
         """Seconds since the epoch."""
-        import time
-
         return time.time()
 
     def sleep(self, seconds: float) -> None:
         """Wait on real time."""
-        import time
-
         time.sleep(seconds)

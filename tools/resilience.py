@@ -15,6 +15,7 @@ import weakref
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field
 from tenacity import RetryCallState, Retrying, retry_if_exception
 
@@ -67,8 +68,6 @@ def _connect_errors() -> tuple[type[BaseException], ...]:
     """Exception types raised only while connecting, before a byte of the request is sent."""
     kinds: list[type[BaseException]] = [ConnectionRefusedError, FileNotFoundError, socket.gaierror]
     try:
-        import httpx
-
         kinds += [httpx.ConnectError, httpx.ConnectTimeout]
     except ImportError:  # pragma: no cover - httpx is a dependency
         pass

@@ -9,7 +9,8 @@ Schemas change only through numbered migrations (`Database.migrate`), recorded p
 
 Postgres connections come from one pool per DSN and process (shared by the stores and the checkpointer, closed
 when the last user closes). A DSN never carries a password: libpq reads it from $PGPASSWORD or ~/.pgpass, so it
-is never in a settings file, a log line or an error message.
+is never in a settings file, a log line or an error message. psycopg is imported only where Postgres is used,
+so the SQLite default never loads it.
 
     SqlError            a database call failed (a connection, a constraint, a timeout); carries no DSN
 """

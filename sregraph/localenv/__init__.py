@@ -6,6 +6,7 @@ not pay for the app's imports.
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -28,7 +29,5 @@ _HOMES = {
 def __getattr__(name: str) -> Any:
     """Load the module that defines one of the names above on its first use."""
     if name in _HOMES:
-        import importlib
-
         return getattr(importlib.import_module(f"sregraph.localenv.{_HOMES[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -77,6 +77,7 @@ class LocalApp:
         """The runtime `runtime_choice` names, over this app's specs."""
         if self.runtime_choice["kind"] == "process":
             return ProcessSupervisor(self.data_dir / "runtime", self._specs(), max_replicas=PORT_BLOCK)
+        # The Docker SDK loads only for the container runtime.
         from tools.docker_runtime import DockerRuntime, connect
 
         client = connect(self.runtime_choice["url"])

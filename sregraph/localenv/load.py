@@ -7,6 +7,7 @@ outlives the process that started it and stops on SIGTERM.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -91,8 +92,6 @@ def background_load(data_dir: Path, url: str, rps: float = 15.0) -> ProcessSuper
 
 def _run_load(url: str, rps: float) -> None:
     """Generate load until SIGTERM (the detached load process)."""
-    import signal
-
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     load = LoadGenerator(url, rps)

@@ -101,6 +101,7 @@ def container_specs(
     ship_env: Mapping[str, dict[str, str]],
 ) -> dict[str, ContainerSpec]:
     """The process specs as containers: same arguments, the image's python3, host network, same paths."""
+    # The Docker SDK loads only for the container runtime.
     from tools.docker_runtime import BindMount, ContainerSpec
 
     # Parents before children, so the read-only config repo is mounted over the writable data directory.

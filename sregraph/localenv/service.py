@@ -40,6 +40,7 @@ from typing import Any
 import httpx
 import yaml
 from opentelemetry import context as otel_context
+from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -48,6 +49,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from sregraph.sdk import MetricsPusher, SpanShipper, SregraphHandler
 from tools.base import LogRecord, Span, SregraphError
 from tools.telemetry import LocalTelemetryStore, MetricPoint
 
@@ -166,8 +168,6 @@ class ShippedTelemetry:
     logging handler, metrics through a pusher, spans through an OpenTelemetry exporter, each batched every tick."""
 
     def __init__(self, url: str, token: str, service: str) -> None:
-        from sregraph.sdk import MetricsPusher, SpanShipper, SregraphHandler
-
         options: dict[str, Any] = {"flush_s": TICK_S, "close_timeout_s": SHIP_CLOSE_S, "timeout_s": 5.0}
         self.handler = SregraphHandler(url, token, service=service, level=logging.DEBUG, **options)
         self.logger = logging.getLogger(f"sregraph.localenv.{service}")
@@ -557,8 +557,6 @@ class Service:
 
 def _current_trace_id() -> int:
     """Trace id of the active span (0 outside a span)."""
-    from opentelemetry import trace
-
     return trace.get_current_span(otel_context.get_current()).get_span_context().trace_id
 
 
