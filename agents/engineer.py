@@ -30,7 +30,7 @@ from tools.toolbox import Toolbox
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
 
-    from agents.llm import LLMConfig
+    from agents.llm_config import LLMConfig
 
 
 class EngineerConfig(BaseModel):

@@ -18,7 +18,6 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from agents.llm import make_chat_model
 from evals.cassette import Cassette
 from sregraph.config import Settings, load_settings
 from tools.base import SregraphError
@@ -48,6 +47,7 @@ def _chat_model(
     brain: str, config: Path | None, cassette: Cassette | None = None
 ) -> tuple[BaseChatModel | None, Settings, float]:
     """The chat model, base settings and price per million tokens for an LLM brain (exit 2 without a key)."""
+    from agents.llm import make_chat_model
     from evals.scoring import PRICE_PER_MTOK
 
     settings = load_settings(config)
@@ -60,9 +60,8 @@ def _chat_model(
         )
     environ: dict[str, str] = dict(os.environ)
     if cassette is not None and cassette.mode == "replay":
-        environ.setdefault(
-            settings.llm.api_key_env, "cassette"
-        )  # answered from the cassette: no key is sent anywhere
+        # Answered from the cassette: no key is sent anywhere.
+        environ.setdefault(settings.llm.api_key_env, "cassette")
     return (
         make_chat_model(settings.llm, environ, transport=cassette),
         settings,

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agents.analyst import AnalystConfig
 from agents.engineer import EngineerConfig
-from agents.llm import LLMConfig
+from agents.llm_config import LLMConfig
 from agents.observer import ObserverConfig
 from tools.base import ConfigError
 from tools.channels import NotificationsConfig
