@@ -17,7 +17,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,6 +29,7 @@ from agents.rca_confidence import ARTEFACT, ConfidenceModel, default_min_confide
 from agents.rca_live import live_input
 from tools.base import Change, ServiceStatus, SregraphError
 from tools.domain import (
+    FAULT_TYPES,
     ActionResult,
     Diagnosis,
     Evidence,
@@ -776,7 +777,9 @@ def classify(
     if any(table[d].down for d in toolbox.downstream_of(ev.service) if d in table):
         return "dependency_down"
     remembered = next((s.fault_type for s in similar if s.service == ev.service), None)
-    return remembered if remembered in _FAULTS else "unknown"  # type: ignore[return-value]
+    if remembered is not None and remembered in FAULT_TYPES:
+        return cast(FaultType, remembered)
+    return "unknown"
 
 
 def unsupported(fault: str, ev: ServiceEvidence, table: dict[str, ServiceEvidence], toolbox: Toolbox) -> str:
@@ -827,20 +830,6 @@ def _disk_full(ev: ServiceEvidence) -> bool:
         return False
     matching = sum(n for template, n in ev.error_templates if DISK_FULL.search(template))
     return matching * 2 > ev.error_lines
-
-
-_FAULTS = {
-    "crash",
-    "memory_leak",
-    "bad_deploy",
-    "config_change",
-    "latency",
-    "error_spike",
-    "dependency_down",
-    "cpu_saturation",
-    "disk_full",
-    "conversion_drop",
-}
 
 
 def rationale_for(ev: ServiceEvidence, fault: str) -> str:

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from tools.domain import Observation, PostMortem
+from tools.domain import FAULT_TYPES, Observation, PostMortem
 
 METRIC_NAMES = frozenset(
     {
@@ -30,21 +30,7 @@ METRIC_NAMES = frozenset(
         "stale",
     }
 )
-FAULT_NAMES = frozenset(
-    {
-        "crash",
-        "memory_leak",
-        "bad_deploy",
-        "config_change",
-        "latency",
-        "error_spike",
-        "dependency_down",
-        "cpu_saturation",
-        "disk_full",
-        "conversion_drop",
-        "unknown",
-    }
-)
+FAULT_NAMES = FAULT_TYPES
 ACTION_NAMES = frozenset({"restart", "scale", "rollback", "config_change", "start"})
 COMMON_COMPOUNDS = frozenset(
     {

@@ -9,7 +9,7 @@ resumed run in a new process reads back exactly what the old one wrote.
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Any, Literal, TypedDict
+from typing import Annotated, Any, Literal, TypedDict, get_args
 
 from pydantic import BaseModel, Field
 
@@ -26,6 +26,8 @@ FaultType = Literal[
     "conversion_drop",
     "unknown",
 ]
+FAULT_TYPES: frozenset[str] = frozenset(get_args(FaultType))
+"""Every FaultType, as strings: for checking a fault type read from text (a model's answer, a past incident)."""
 
 ActionKind = Literal["restart", "scale", "rollback", "config_change", "start"]
 
