@@ -834,9 +834,8 @@ def convert_petshop(src: Path, dest: Path, meta: bool = True) -> list[Converted]
     src, dest = Path(src), Path(dest)
     if not src.is_dir():
         raise ConfigError(f"SRC {src} is not a folder")
-    levels = [
-        load_petshop_level(d) for d in _petshop_traffic_dirs(src)
-    ]  # all read before anything is written
+    # all read before anything is written
+    levels = [load_petshop_level(d) for d in _petshop_traffic_dirs(src)]
     _prepare_dest(dest)
     results = []
     for level in levels:

@@ -122,9 +122,8 @@ def tune(data: Sequence[Path]) -> dict[str, Any]:
         for system in systems:
             table[(i, system)] = _ranks(by_system[system], params, cache)
 
-    changed = [
-        len(_diff(params, with_grid=False)) for params in points
-    ]  # how many defaults each point changes
+    # how many defaults each point changes
+    changed = [len(_diff(params, with_grid=False)) for params in points]
 
     def best(use: Sequence[str]) -> int:
         def key(i: int) -> tuple[float, float, int]:

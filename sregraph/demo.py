@@ -68,6 +68,11 @@ class FaultResult:
     action_s: float | None = None
     """How long the incident's actions took to run (a restart or a redeploy on this runtime), summed."""
 
+    @classmethod
+    def missed(cls, fault: str, service: str, status: str) -> FaultResult:
+        """A fault that never became an incident ("not injected", "not detected")."""
+        return cls(fault, service, None, False, None, False, None, None, False, None, None, None, status)
+
 
 CHAOS_NAMES = {
     "crash": "crash",
@@ -263,46 +268,13 @@ def run_demo(
                 app.inject(fault, service, **params)
             except SregraphError as exc:
                 say(f"  could not inject {fault}: {exc}")
-                results.append(
-                    FaultResult(
-                        fault,
-                        service,
-                        None,
-                        False,
-                        None,
-                        False,
-                        None,
-                        None,
-                        False,
-                        None,
-                        None,
-                        None,
-                        "not injected",
-                    )
-                )
+                results.append(FaultResult.missed(fault, service, "not injected"))
                 continue
             incident = _wait_for_incident(engine, known, service, time.time() + FAULT_TIMEOUT_S)
             if incident is None:
-                results.append(
-                    FaultResult(
-                        fault,
-                        service,
-                        None,
-                        False,
-                        None,
-                        False,
-                        None,
-                        None,
-                        False,
-                        None,
-                        None,
-                        None,
-                        "not detected",
-                    )
-                )
-                _clear(
-                    app, service, say
-                )  # dependency_down leaves the service stopped: chaos alone cannot reach it
+                results.append(FaultResult.missed(fault, service, "not detected"))
+                # dependency_down leaves the service stopped: chaos alone cannot reach it
+                _clear(app, service, say)
             else:
                 results.append(_outcome(engine, incident, fault, service, injected_at))
                 if results[-1].status == "escalated":

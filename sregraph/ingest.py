@@ -193,9 +193,8 @@ def store(telemetry: Any, batch: Batch) -> int:
                 f"this worker's telemetry backend ({type(telemetry).__name__}) keeps no {type(batch).__name__}es"
             )
         if isinstance(batch, DeployBatch):
-            return markers.write_deploys(
-                [d.marker() for d in batch.deploys]
-            )  # a marker sent again is not stored again
+            # a marker sent again is not stored again
+            return markers.write_deploys([d.marker() for d in batch.deploys])
         markers.write_events([ExternalEvent(**e.model_dump()) for e in batch.events])
         return len(batch)
     if isinstance(batch, LogBatch):

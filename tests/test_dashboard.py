@@ -291,9 +291,8 @@ def test_a_fault_in_the_demo_app_approved_from_the_dashboard(tmp_path: Path, bro
             "document.querySelector('#acked').textContent.startsWith('Acknowledged by api:alice')"
         )
         created = next(r for r in engine.registry.list() if r["incident_id"] == incident_id)["created_at"]
-        assert (
-            worker.escalator is not None and worker.escalator.tick(created + 700) == []
-        )  # taken: no second page
+        # taken: no second page
+        assert worker.escalator is not None and worker.escalator.tick(created + 700) == []
         browser.eval("document.querySelector('#approve').click()")
         browser.wait_for("document.body.dataset.status === 'resolved'", timeout=90)
         browser.screenshot(ARTIFACTS / "demo-app-incident-resolved.png")

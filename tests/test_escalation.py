@@ -94,9 +94,8 @@ def test_worker_pages_through_configured_channels_and_ack_on_the_issue_stops_it(
         worker = Worker(engine)
         assert worker.escalator is not None
         assert isinstance(engine.toolbox.gitops, LocalGitOps)
-        world.inject(
-            Scenario("crash", "frontend"), engine.toolbox.gitops
-        )  # the policy lets the agents do nothing
+        # the policy lets the agents do nothing
+        world.inject(Scenario("crash", "frontend"), engine.toolbox.gitops)
         incident_id = worker.scan()
         assert incident_id is not None and worker.wait_idle(60)
         assert engine.state(incident_id)["status"] == "escalated"

@@ -107,9 +107,8 @@ def test_telemetry_log_keeps_what_each_query_saw() -> None:
         logs,
     )
     doc = log.to_json()
-    assert [e["args"]["end"] for e in doc["exceptions"]] == [
-        2.0
-    ]  # only the query the late point would change
+    # only the query the late point would change
+    assert [e["args"]["end"] for e in doc["exceptions"]] == [2.0]
     tables = tables_from_json(json.loads(json.dumps(doc)))
     assert [p[1] for p in tables.query_range("error_ratio", {"service": "a"}, 0.0, 3.0)[0].points] == [
         0.1,
@@ -117,9 +116,8 @@ def test_telemetry_log_keeps_what_each_query_saw() -> None:
         0.2,
         0.3,
     ]
-    assert (
-        doc["spans"][0][:2] == ["t1", "s1"] and doc["logs"][0][4]["trace_id"] == "t1"
-    )  # ids renamed together
+    # ids renamed together
+    assert doc["spans"][0][:2] == ["t1", "s1"] and doc["logs"][0][4]["trace_id"] == "t1"
 
 
 # --------------------------------------------------------------------------- loud misses
@@ -299,9 +297,8 @@ def test_healthy_control_actions_and_waiting_plans() -> None:
     score = score_case(run)
     assert score.action_ok and not score.violations and score.passed
     summary = summarize([score])
-    assert (
-        summary["cases"] == 1 and summary["pass_rate"] == 1.0 and summary["brier"] == pytest.approx(0.04)
-    )  # (0.8 - 1)²
+    # (0.8 - 1)²
+    assert summary["cases"] == 1 and summary["pass_rate"] == 1.0 and summary["brier"] == pytest.approx(0.04)
 
 
 # --------------------------------------------------------------------------- the suite

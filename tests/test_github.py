@@ -323,9 +323,8 @@ def test_rollback_pr_is_opened_merged_where_allowed_and_branches_pruned(
     stored = github.pulls()[0]
     assert "Incident: #7" in stored["body"] and "| `version` | `2.0.0-rc1` | `1.4.0` |" in stored["body"]
     assert "Sregraph-Kind: rollback" in github.commits[github.refs[f"refs/heads/{pr.branch}"]].message
-    assert (
-        github.file("services/payments.yaml") == "version: 2.0.0-rc1\nreplicas: 1\n"
-    )  # nothing runs before the merge
+    # nothing runs before the merge
+    assert github.file("services/payments.yaml") == "version: 2.0.0-rc1\nreplicas: 1\n"
 
     # Where policy leaves the merge to a human, the PR stays open.
     with (

@@ -538,13 +538,11 @@ def test_random_text_in_every_stored_field_never_breaks_the_cli_or_the_issue_ren
     for rendered, reference in zip(_render_issue(f), _render_issue(reference_fields), strict=True):
         assert not CONTROL.search(rendered)
         assert rendered.count("\n") == reference.count("\n")
-        assert not [
-            line for line in rendered.split("\n") if line.lstrip().startswith("/")
-        ]  # no slash command
+        # no slash command
+        assert not [line for line in rendered.split("\n") if line.lstrip().startswith("/")]
     for text in f.values():
-        assert not re.search(
-            r"(?<!\\)[|\[\]<>`]", md(text)
-        )  # no table cell, link, tag or code span of its own
+        # no table cell, link, tag or code span of its own
+        assert not re.search(r"(?<!\\)[|\[\]<>`]", md(text))
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         _store_incident(data, f)

@@ -124,9 +124,8 @@ def test_a_bad_record_refuses_its_whole_batch(api, path: str, bad: dict) -> None
         headers={**auth_header(tokens["operator"]), "Content-Type": "application/json"},
     )
     assert answer.status_code == 422, answer.text
-    assert all(
-        set(e) == {"loc", "msg", "type"} for e in answer.json()["detail"]
-    )  # never the input echoed back
+    # never the input echoed back
+    assert all(set(e) == {"loc", "msg", "type"} for e in answer.json()["detail"])
     telemetry = engine.toolbox.telemetry
     assert telemetry.search_logs("checkout", now - 10, now + 10, query="fine") == []
     assert telemetry.query_range("q", {"service": "checkout"}, now - 10, now + 10) == []
@@ -215,9 +214,10 @@ def test_deploy_markers_and_events_through_the_sdk_are_stored_once_and_listed(ap
             }
         ]
     }
+    # already there
     assert client.post("/api/v1/ingest/deploys", json=again, headers=auth_header(token)).json() == {
         "stored": 0
-    }  # already there
+    }
     annotator = Annotator(str(client.base_url), token, flush_s=0.1)
     annotator.deploy("payments", "2.0.0", description="canary 10%")
     annotator.event(
@@ -272,10 +272,11 @@ def test_a_deploy_marker_naming_a_gitops_commit_is_that_commit(api) -> None:
         ]
     )
     history = engine.toolbox.changes.history(since=at - 1)
+    # the commit, not its marker; "abc" is too short to name one
     assert [c.sha for c in history] == [
         "dm-000000000002",
         commit.sha,
-    ]  # the commit, not its marker; "abc" is too short to name one
+    ]
 
 
 def test_the_analyst_suspects_an_ingested_deploy_marker(api) -> None:

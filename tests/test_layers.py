@@ -133,9 +133,8 @@ def test_no_test_module_imports_another() -> None:
 
 def test_a_planted_import_of_a_test_module_is_caught(tmp_path: Path) -> None:
     (tmp_path / "tests" / "fixtures").mkdir(parents=True)
-    (tmp_path / "tests" / "support.py").write_text(
-        "from tests.test_analyst import TOPOLOGY\n"
-    )  # not a test module
+    # not a test module
+    (tmp_path / "tests" / "support.py").write_text("from tests.test_analyst import TOPOLOGY\n")
     (tmp_path / "tests" / "test_fine.py").write_text(
         "from tests.support import FakeRuntime\nfrom tests.fixtures.telemetry import write_series\n"
         "import tests.testing_helpers\nfrom tests import support\n"

@@ -177,9 +177,8 @@ def test_transient_classification_of_500s() -> None:
     assert not transient_model_error(error(500, LLAMA_CPP_500))
     assert not transient_model_error(error(500, "response_format json_schema is not supported"))
     assert transient_model_error(error(500, "Internal Server Error"))
-    assert transient_model_error(
-        error(503, "Input should be fine, but we are overloaded")
-    )  # only 500 is judged
+    # only 500 is judged
+    assert transient_model_error(error(503, "Input should be fine, but we are overloaded"))
     assert not transient_model_error(error(400, "bad"))
     assert transient_model_error(error(429, "slow down"))
 
@@ -201,9 +200,8 @@ def test_json_mode_bounds_strings_and_lists_in_the_grammar_only() -> None:
     assert hypothesis["rationale"]["maxLength"] == GRAMMAR_MAX_STRING
     assert hypothesis["cited_evidence"]["maxItems"] == GRAMMAR_MAX_ITEMS
     assert hypothesis["cited_evidence"]["items"]["maxLength"] == GRAMMAR_MAX_STRING
-    assert (
-        "maxLength" not in schema["$defs"]["LLMHypothesis"]["properties"]["fault_type"]
-    )  # an enum stays as is
+    # an enum stays as is
+    assert "maxLength" not in schema["$defs"]["LLMHypothesis"]["properties"]["fault_type"]
     assert schema["properties"]["hypotheses"]["maxItems"] == GRAMMAR_MAX_ITEMS
     # The answer itself is judged by the model's schema; raw control characters in strings are tolerated.
     text = DIAGNOSIS.model_dump_json().replace("one", "one\ttwo", 1)

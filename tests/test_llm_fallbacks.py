@@ -130,6 +130,5 @@ def test_the_engineer_model_cannot_override_the_evidences_remedy(tmp_path: Path)
     # What the engineer model was offered is the policy's list cut to what remedies a crash.
     prompt = " ".join(m.text for m in model.calls[2])
     assert "- config_change" not in prompt and "- restart" in prompt
-    assert (
-        MODEL_MAY_CHOOSE.get("disk_full") is None
-    )  # no automatic remedy for disk_full, whatever the model says
+    # no automatic remedy for disk_full, whatever the model says
+    assert MODEL_MAY_CHOOSE.get("disk_full") is None

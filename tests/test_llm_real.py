@@ -85,9 +85,8 @@ def test_a_live_incident_reaches_the_real_model(
     for result in state["actions"]:
         assert _allowed(policy, result.action.kind, result.action.service), result
     acted_on = {result.action.service for result in state["actions"]}
-    assert all(n == 0 for service, n in restarts.items() if service not in acted_on), (
-        restarts
-    )  # nothing else restarted
+    # nothing else restarted
+    assert all(n == 0 for service, n in restarts.items() if service not in acted_on), restarts
     if state["status"] == "escalated":
         assert state["escalation"]
 

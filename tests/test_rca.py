@@ -97,27 +97,23 @@ def test_series_deviation_uses_every_reference_and_sees_a_series_stop() -> None:
     normal = np.array([10.0, 11.0, 9.0, 10.0, 10.5, 9.5])
     short = _series("a", "cpu", [10.0, 10.5], [52.0, 52.0], "cpu", "up")
     short.normal = normal
-    assert (
-        series_deviation(short, T0, DEFAULT_PARAMS)[0] > 3.0
-    )  # too little history: the normal period judges
+    # too little history: the normal period judges
+    assert series_deviation(short, T0, DEFAULT_PARAMS)[0] > 3.0
     already = _series("a", "cpu", [50.0] * 2, [50.5, 50.0], "cpu", "up")
     already.normal = normal
-    assert (
-        series_deviation(already, T0, DEFAULT_PARAMS)[0] < DEFAULT_PARAMS.min_deviation
-    )  # high before the start too
+    # high before the start too
+    assert series_deviation(already, T0, DEFAULT_PARAMS)[0] < DEFAULT_PARAMS.min_deviation
     assert series_deviation(already, T0, replace(DEFAULT_PARAMS, onset=False))[0] > 3.0
     drifted = _series("a", "cpu", [50.0, 51.0, 49.0, 50.0, 50.5, 49.5], [50.5, 50.0], "cpu", "up")
     drifted.normal = normal
-    assert (
-        series_deviation(drifted, T0, DEFAULT_PARAMS)[0] < DEFAULT_PARAMS.min_deviation
-    )  # high all day, not since the start
+    # high all day, not since the start
+    assert series_deviation(drifted, T0, DEFAULT_PARAMS)[0] < DEFAULT_PARAMS.min_deviation
     # An earlier incident's tail in the points before the start hides nothing that the normal period sees.
     tail = _series("a", "cpu", [90.0, 95.0, 10.0, 10.5, 9.5, 10.0, 10.2, 9.8], [52.0, 52.0], "cpu", "up")
     tail.normal = normal
     assert series_deviation(tail, T0, DEFAULT_PARAMS)[0] > 3.0
-    assert (
-        series_deviation(tail, T0, replace(DEFAULT_PARAMS, reference="both"))[0] < 3.0
-    )  # the lenient choice is fooled
+    # the lenient choice is fooled
+    assert series_deviation(tail, T0, replace(DEFAULT_PARAMS, reference="both"))[0] < 3.0
     gone = _series("a", "cpu", [10.0] * 6, [], "cpu", "up")
     assert series_deviation(gone, T0, DEFAULT_PARAMS) == (0.0, True)
 
@@ -134,9 +130,8 @@ def test_onset_discounts_what_the_few_clean_points_before_the_start_already_show
     late = _series("a", "cpu", [10.0, 50.0], [52.0, 52.0], "cpu", "up")
     late.normal = normal
     assert series_deviation(late, T0 - STEP / 2, DEFAULT_PARAMS)[0] > 3.0
-    assert (
-        series_deviation(late, T0, DEFAULT_PARAMS)[0] < 1.5
-    )  # with the start after its whole step, it is clean
+    # with the start after its whole step, it is clean
+    assert series_deviation(late, T0, DEFAULT_PARAMS)[0] < 1.5
     # With enough points before the start they are a reference of their own and the rule stays out of the way.
     many = _series("a", "cpu", [10.0, 10.5, 9.5, 10.0, 10.2, 9.8], [52.0, 52.0], "cpu", "up")
     many.normal = normal
@@ -215,9 +210,8 @@ def test_personalised_pagerank_follows_the_pull_of_a_callee_not_its_own_score() 
     own = {"a": 1.0, "b": 1.0}
     assert personalised_pagerank(["a", "b"], {("a", "b")}, own, restart=0.3)["b"] > 0.6
     kept = personalised_pagerank(["a", "b"], {("a", "b")}, own, restart=0.3, pull={"a": 1.0, "b": 0.0})
-    assert kept["a"] == pytest.approx(0.5) and kept["b"] == pytest.approx(
-        0.5
-    )  # b pulls nothing: each keeps its own
+    # b pulls nothing: each keeps its own
+    assert kept["a"] == pytest.approx(0.5) and kept["b"] == pytest.approx(0.5)
 
 
 def _traffic_case() -> RcaInput:
@@ -372,9 +366,8 @@ def test_log_scores_judge_against_the_normal_lines_when_the_pre_window_held_a_fa
     normal = _errors_and_requests(T0 - 7200, 60, "b", 0) + _errors_and_requests(T0 - 7200, 60, "a", 0)
     inp = RcaInput(T0, ["a", "b"], logs=logs, normal_logs=normal)
     before_only, before_errors = log_scores(inp, replace(DEFAULT_PARAMS, signal_reference="before"))
-    assert (
-        before_only.get("b", 0.0) < 0.5 and before_errors.get("b", 0.0) < 0.5
-    )  # cancelled by the pre-window
+    # cancelled by the pre-window
+    assert before_only.get("b", 0.0) < 0.5 and before_errors.get("b", 0.0) < 0.5
     score, errors = log_scores(inp)  # strict: what either reference shows
     assert errors["b"] == pytest.approx(np.log1p(20), rel=0.05)  # 20 error lines a minute more than normal
     assert score["b"] > 3.0 and score.get("a", 0.0) == 0.0
@@ -430,9 +423,8 @@ def test_trace_scores_judge_against_normal_spans_when_the_pre_window_was_slow() 
     inp = RcaInput(T0, ["front", "db"], spans=spans, normal_spans=calls(T0 - 7200, 30, slow=False))
     assert trace_scores(replace(inp, normal_spans=[]), DEFAULT_PARAMS)[0].get("db", 0.0) == 0.0
     latency, _, edges = trace_scores(inp, DEFAULT_PARAMS)
-    assert (
-        latency["db"] > 1.0 and latency.get("front", 0.0) == 0.0
-    )  # exclusive time, against the normal spans
+    # exclusive time, against the normal spans
+    assert latency["db"] > 1.0 and latency.get("front", 0.0) == 0.0
     assert edges == {("front", "db")}  # the normal spans add no edges
     assert trace_scores(inp, replace(DEFAULT_PARAMS, signal_reference="before"))[0].get("db", 0.0) == 0.0
     assert trace_scores(inp, replace(DEFAULT_PARAMS, signal_onset=True))[0].get("db", 0.0) == 0.0
@@ -471,9 +463,8 @@ def test_common_scale_keeps_a_weak_modality_weak() -> None:
 def test_self_explained_needs_the_resource_to_explain_the_trouble() -> None:
     assert self_explained({"cpu": 4.0, "latency": 4.5}) == 4.0  # saturated and slow: the weaker of the two
     assert self_explained({"memory": 3.0, "errors": 2.0}) == 2.0
-    assert (
-        self_explained({"cpu": 1.5, "latency": 4.0}) == 0.0
-    )  # far slower than its CPU explains: it waits on someone
+    # far slower than its CPU explains: it waits on someone
+    assert self_explained({"cpu": 1.5, "latency": 4.0}) == 0.0
     assert self_explained({"cpu": 4.0, "traffic": 4.0}) == 0.0  # busy, not slow
     assert self_explained({"latency": 4.0}) == 0.0
 

@@ -77,9 +77,8 @@ def write_tt_day(root: Path) -> Path:
                 lat = latency(m) if service == "ts-ui-dashboard" else "0.05"
                 cpu = "" if (service, m) == ("ts-gateway-service", 15) else f"{m}.5"
                 mem = "NaN" if (service, m) == ("ts-gateway-service", 16) else "300"
-                stamp = (
-                    ts + 28_800 if service == "ts-contacts-service" else ts
-                )  # a wrong TimeStamp is ignored
+                # a wrong TimeStamp is ignored
+                stamp = ts + 28_800 if service == "ts-contacts-service" else ts
                 w.writerow([go_time(ts), stamp, pod, cpu, mem, lat, lat, lat, "2", "0", "40", "7", "1"])
     with (metric / "front_service.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
@@ -276,6 +275,7 @@ def test_nezha_day_becomes_cases_with_exact_files(tt_day: Path, tmp_path: Path) 
     ).read_bytes()
 
     meta = {r["metric"]: (r["kind"], r["direction"]) for r in rows(case / "metrics_meta.csv")}
+    # Mystery(x) is not a known column: no kind is made up for it
     assert meta == {
         "CpuUsageRate(%)": ("cpu", "up"),
         "MemoryUsage(Mi)": ("memory", "up"),
@@ -291,7 +291,7 @@ def test_nezha_day_becomes_cases_with_exact_files(tt_day: Path, tmp_path: Path) 
         "LatencyP90(s)": ("latency", "up"),
         "LatencyP95(s)": ("latency", "up"),
         "LatencyP99(s)": ("latency", "up"),
-    }  # Mystery(x) is not a known column: no kind is made up for it
+    }
 
     # Spans in the window, the repeated one once; 08:33:00 is past this case's end (08:23:30).
     s1 = (T0 + 21 * 60) * 10**6
@@ -333,10 +333,12 @@ def test_nezha_construct_data_becomes_normal_logs_and_spans(
         [*INPUTS, "label.json", "normal_spans.csv", "normal_logs.csv"]
     )
     n = NORMAL_NS // 1000
+    # the repeated span once, "root" as no parent, the pod as its service
     assert [tuple(r.values()) for r in rows(first / "normal_spans.csv")] == [
         ("n1", "r", "", "ts-gateway-service", "/*", str(n), "4000", ""),
         ("n1", "c", "r", "ts-contacts-service", "GET /contacts", str(n + 1), "2000", ""),
-    ]  # the repeated span once, "root" as no parent, the pod as its service
+    ]
+    # the repeated line once, level and text out of Docker's envelope
     assert [tuple(r.values()) for r in rows(first / "normal_logs.csv")] == [
         (
             f"{T0 + 5 * 60}.500000",
@@ -350,7 +352,7 @@ def test_nezha_construct_data_becomes_normal_logs_and_spans(
             "error",
             "16:05:01.000 ERROR b.BasicService - station missing",
         ),
-    ]  # the repeated line once, level and text out of Docker's envelope
+    ]
     for name in ("normal_spans.csv", "normal_logs.csv"):
         assert (first / name).read_bytes() == (cases[1] / name).read_bytes()
     # The window's own spans and logs are what they were without the reference.

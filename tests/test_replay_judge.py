@@ -50,9 +50,8 @@ def test_telemetry_answers_any_query_inside_the_recorded_data_and_nothing_outsid
     # A window no agent of the recorded run asked for: it starts before the recorded data and ends inside it.
     window = (first - 600, first + 0.5 * (last - first))
     with pytest.raises(MissingRecording):
-        strict.query_range(
-            "request_rate", {"service": "frontend"}, *window
-        )  # strict: the deterministic suite
+        # strict: the deterministic suite
+        strict.query_range("request_rate", {"service": "frontend"}, *window)
     session = ReplaySession("c", strict=False)
     judge = ReplayTelemetry(loaded.telemetry, session)
     series = judge.query_range("request_rate", {"service": "frontend"}, *window)
@@ -117,9 +116,8 @@ def test_the_simulated_world_keeps_what_the_recording_showed_and_what_the_model_
     )
     assert world.answer("gitops", "merge", {"pr_id": pr.id}).state == "merged"
     with pytest.raises(ToolError):
-        world.answer(
-            "gitops", "rollback_config", {"service": "payments", "before": "abc"}
-        )  # nothing recorded to derive it
+        # nothing recorded to derive it
+        world.answer("gitops", "rollback_config", {"service": "payments", "before": "abc"})
     with pytest.raises(Exception, match="unknown service"):
         world.answer("runtime", "restart", {"service": "fraud-detector"})
 
@@ -311,9 +309,8 @@ def test_the_llm_benchmark_table_puts_both_brains_side_by_side() -> None:
     from evals.bench_llm import DEFAULT_CASES, ROWS, _extend, table
     from evals.replay import load_suite
 
-    assert {c.case.id for c in load_suite(SUITE, DEFAULT_CASES)} == set(
-        DEFAULT_CASES
-    )  # every documented case exists
+    # every documented case exists
+    assert {c.case.id for c in load_suite(SUITE, DEFAULT_CASES)} == set(DEFAULT_CASES)
     det = _extend({"cases": 2, "passed": 2, "policy_violations": 0}, 0.8)
     llm = _extend(
         {"cases": 2, "passed": 1, "policy_violations": 0, "model_calls": 12}, 180.0, [10.0, 12.0, 30.0, 11.0]

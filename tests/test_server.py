@@ -25,9 +25,8 @@ def test_every_call_but_health_needs_a_live_token(api) -> None:
         ).status_code
         == 401
     )
-    assert (
-        client.get("/api/v1/incidents", headers={"Authorization": tokens["viewer"]}).status_code == 401
-    )  # no scheme
+    # no scheme
+    assert client.get("/api/v1/incidents", headers={"Authorization": tokens["viewer"]}).status_code == 401
     assert client.get("/api/v1/whoami", headers=auth_header(tokens["viewer"])).json() == {
         "name": "viewer-bot",
         "role": "viewer",

@@ -34,9 +34,8 @@ def test_webhook_commands_retry_and_metrics(
     server = ApiServer(create_app(worker, store)).start()
     try:
         assert isinstance(engine.toolbox.gitops, LocalGitOps)
-        world.inject(
-            Scenario("crash", "frontend"), engine.toolbox.gitops
-        )  # the policy lets the agents do nothing
+        # the policy lets the agents do nothing
+        world.inject(Scenario("crash", "frontend"), engine.toolbox.gitops)
         incident_id = worker.scan()
         assert incident_id is not None and worker.wait_idle(60)
         state = engine.state(incident_id)
@@ -56,9 +55,8 @@ def test_webhook_commands_retry_and_metrics(
             assert answer.status_code == 202 and answer.json()["done"] == [f"ack {incident_id}"]
             acknowledged = engine.registry.acknowledgement(incident_id)
             assert acknowledged is not None and acknowledged["by"] == "alice"
-            assert (
-                client.post("/api/v1/github/webhook", headers=headers, content=body).status_code == 200
-            )  # redelivered: once
+            # redelivered: once
+            assert client.post("/api/v1/github/webhook", headers=headers, content=body).status_code == 200
 
             # /retry over HTTP starts a new investigation on the same issue.
             retried = client.post(f"/api/v1/incidents/{incident_id}/retry", headers=operator)

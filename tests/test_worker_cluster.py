@@ -66,9 +66,8 @@ class Cluster:
                 name, value = self.rng.choice(KILL_POINTS)
                 plan = {name: value}
             else:
-                kill_at = time.monotonic() + self.rng.uniform(
-                    1.8, 4.0
-                )  # past start-up (about 1.6 s), into the work
+                # past start-up (about 1.6 s), into the work
+                kill_at = time.monotonic() + self.rng.uniform(1.8, 4.0)
                 plan = {"timed": f"{kill_at:.1f}"}
         env = {**self.env, **{k: v for k, v in plan.items() if k.startswith("HARNESS_")}}
         log = open(self.root / f"worker-{len(self.exits) + len(self.procs)}.log", "wb")  # noqa: SIM115 - closed by the child's exit

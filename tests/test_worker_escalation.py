@@ -29,9 +29,8 @@ def _setup(tmp_path: Path) -> tuple[World, Engine, LocalIncidentSurface, list[in
         return list_issues(state)
 
     surface.list_issues = counted  # type: ignore[method-assign]  # counts the listings
-    world.inject(
-        Scenario("crash", "frontend"), engine.toolbox.gitops
-    )  # the policy lets the agents do nothing
+    # the policy lets the agents do nothing
+    world.inject(Scenario("crash", "frontend"), engine.toolbox.gitops)
     return world, engine, surface, listings
 
 
