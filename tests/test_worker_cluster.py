@@ -134,6 +134,25 @@ def _wait_for_end(engine: Engine, driver: Worker, incident_id: str, timeout_s: f
     raise AssertionError(f"{incident_id} did not end within {timeout_s} s")
 
 
+def _diagnosis(engine: Engine, cluster: Cluster, root: Path, incident_id: str) -> str:
+    """What a stuck incident's run, leases and workers looked like, for the failure message."""
+    run = next((r for r in engine.registry.list() if r["incident_id"] == incident_id), None)
+    leases = [row for row in lease_log(engine.registry.db) if row["incident_id"] == incident_id]
+    now = time.monotonic()
+    living = [
+        (proc.pid, plan, None if kill_at is None else round(kill_at - now, 1))
+        for proc, plan, kill_at in cluster.procs
+    ]
+    tails = "\n".join(
+        f"--- {p.name}\n" + p.read_text(errors="replace")[-800:]
+        for p in sorted(root.glob("worker-*.log"))[-6:]
+    )
+    return (
+        f"run: {run}\nnext: {engine.state(incident_id)['next']}\nleases: {leases}\nnow: {time.time():.1f}\n"
+        f"workers (pid, plan, kill in s): {living}\nexits: {cluster.exits}\n{tails}"
+    )
+
+
 def _expected_notifications(status: str, actions: int) -> list[str]:
     if status == "healthy":
         return []
@@ -211,7 +230,10 @@ def test_three_workers_killed_at_random_run_every_incident_once(
                 assert found is not None, f"scenario {k}: the scan saw nothing"
                 incident_id = found
             ids.append(incident_id)
-            status = _wait_for_end(engine, driver, incident_id, timeout_s=90)
+            try:
+                status = _wait_for_end(engine, driver, incident_id, timeout_s=90)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{_diagnosis(engine, cluster, root, incident_id)}") from None
             world.put(f"incidents-{k}", json.dumps([incident_id]))
             if status == "escalated":  # the human who takes over closes the issue once it is fixed
                 issue_id = engine.state(incident_id).get("issue_id")

@@ -15,6 +15,7 @@ is most likely to be repeated by mistake). Everything else (`HARNESS_DSN`, ...) 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -116,6 +117,9 @@ def normalised(result: dict[str, Any], ids: list[str]) -> str:
 
 
 if __name__ == "__main__":
+    # The worker's own account (adoptions, leases lost or not taken) in its log, for a failed cluster test.
+    logging.basicConfig(format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    logging.getLogger("sregraph").setLevel(logging.INFO)
     if sys.argv[1] == "--serve":
         serve(Path(sys.argv[2]), instrument=install_kill_hooks)
     else:
