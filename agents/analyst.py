@@ -60,7 +60,7 @@ class AnalystConfig(BaseModel):
     from the confidence model's out-of-fold selective-risk curve, stored in agents/rca_confidence.json
     (docs/rca.md); sregraph.yaml or SREGRAPH_ANALYST__MIN_CONFIDENCE override it."""
     similar_k: int = Field(default=3, ge=0, le=100)
-    memory_min_similarity: float = Field(default=0.55, ge=-1, le=1)
+    memory_min_similarity: float = Field(default=0.5, ge=-1, le=1)
 
 
 log = logging.getLogger(__name__)
